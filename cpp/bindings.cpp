@@ -1,0 +1,474 @@
+// pybind11 glue for simdnn._core: converts NumPy arrays to pointers and strides, checks every
+// argument (raising TypeError/ValueError that name it), releases the GIL and calls the active
+// kernel table. No arithmetic on array data happens here.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "common/cpu.h"
+#include "common/parallel.h"
+#include "dispatch.h"
+#include "gemm/gemm.h"
+
+namespace py = pybind11;
+
+namespace simdnn {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Argument conversion and checks
+
+std::string shape_str(const py::array& a) {
+  std::ostringstream os;
+  os << "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+    os << a.shape(i);
+    if (a.ndim() == 1 || i + 1 < a.ndim()) os << (a.ndim() == 1 ? "," : ", ");
+  }
+  os << ")";
+  return os.str();
+}
+
+std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+[[noreturn]] void type_error(const std::string& msg) { throw py::type_error(msg); }
+[[noreturn]] void value_error(const std::string& msg) { throw py::value_error(msg); }
+
+py::module_& numpy() {
+  static py::module_ np = py::module_::import("numpy");
+  return np;
+}
+
+// Returns a float32/float64 ndarray in native byte order whose strides are whole elements and whose
+// data is aligned, converting (copying) only what the kernels cannot read as it is: array-likes,
+// byte-swapped or misaligned data. Integer, complex, float16, bool and object inputs are refused.
+py::array as_float_array(const py::handle& obj, const char* fn, const char* arg) {
+  py::array a;
+  if (py::isinstance<py::array>(obj)) {
+    a = py::reinterpret_borrow<py::array>(obj);
+  } else {
+    try {
+      a = numpy().attr("asarray")(obj);
+    } catch (py::error_already_set&) {
+      type_error(std::string(fn) + ": argument '" + arg + "' must be a NumPy array, got " +
+                 py::str(py::type::of(obj)).cast<std::string>());
+    }
+  }
+  const py::dtype dt = a.dtype();
+  const char kind = dt.kind();
+  const py::ssize_t size = dt.itemsize();
+  if (kind != 'f' || (size != 4 && size != 8)) {
+    type_error(std::string(fn) + ": argument '" + arg + "' has dtype " + dtype_str(a) +
+               "; expected float32 or float64 (convert with .astype(numpy.float32))");
+  }
+  bool needs_copy = false;
+  if (!dt.attr("isnative").cast<bool>()) {
+    // Byte-swapped data: same values, native order.
+    a = a.attr("astype")(dt.attr("newbyteorder")("="));
+  } else {
+    if (reinterpret_cast<std::uintptr_t>(a.data()) % size != 0) needs_copy = true;
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+      if (a.strides(i) % size != 0) needs_copy = true;
+    }
+  }
+  if (needs_copy) a = numpy().attr("array")(a, py::arg("copy") = true, py::arg("order") = "C");
+  return a;
+}
+
+void require_ndim(const py::array& a, int ndim, const char* fn, const char* arg) {
+  if (a.ndim() != ndim) {
+    value_error(std::string(fn) + ": argument '" + arg + "' must be " + std::to_string(ndim) +
+                "-D, got shape " + shape_str(a));
+  }
+}
+
+void require_same_dtype(const py::array& a, const char* an, const py::array& b, const char* bn,
+                        const char* fn) {
+  if (a.dtype().itemsize() != b.dtype().itemsize()) {
+    type_error(std::string(fn) + ": '" + an + "' is " + dtype_str(a) + " but '" + bn + "' is " +
+               dtype_str(b) + "; both must have the same dtype (convert one with .astype)");
+  }
+}
+
+// Element stride of axis i.
+int64_t estride(const py::array& a, int i) {
+  return static_cast<int64_t>(a.strides(i) / a.dtype().itemsize());
+}
+
+// Half-open byte range that an array's elements occupy (empty arrays occupy nothing).
+struct Extent {
+  std::uintptr_t lo = 0, hi = 0;
+};
+Extent extent(const py::array& a) {
+  Extent e;
+  if (a.size() == 0) return e;
+  std::intptr_t lo = 0, hi = 0;
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+    const std::intptr_t span = static_cast<std::intptr_t>(a.shape(i) - 1) * a.strides(i);
+    if (span < 0) {
+      lo += span;
+    } else {
+      hi += span;
+    }
+  }
+  const auto base = reinterpret_cast<std::uintptr_t>(a.data());
+  e.lo = base + lo;
+  e.hi = base + hi + static_cast<std::uintptr_t>(a.dtype().itemsize());
+  return e;
+}
+bool may_overlap(const py::array& a, const py::array& b) {
+  const Extent x = extent(a), y = extent(b);
+  return x.lo < x.hi && y.lo < y.hi && x.lo < y.hi && y.lo < x.hi;
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM
+
+// A 2-D operand after an optional transpose, as rows x cols with element strides.
+struct MatView {
+  const void* data;
+  int64_t rows, cols, rs, cs;
+};
+MatView view2d(const py::array& a, bool trans) {
+  MatView v{a.data(), static_cast<int64_t>(a.shape(0)), static_cast<int64_t>(a.shape(1)),
+            estride(a, 0), estride(a, 1)};
+  if (trans) {
+    std::swap(v.rows, v.cols);
+    std::swap(v.rs, v.cs);
+  }
+  return v;
+}
+
+template <typename T>
+void run_gemm(const MatView& a, const MatView& b, T alpha, T beta, T* c, int64_t rs_c) {
+  GemmArgs<T> g;
+  g.m = a.rows;
+  g.n = b.cols;
+  g.k = a.cols;
+  g.alpha = alpha;
+  g.a = static_cast<const T*>(a.data);
+  g.rs_a = a.rs;
+  g.cs_a = a.cs;
+  g.b = static_cast<const T*>(b.data);
+  g.rs_b = b.rs;
+  g.cs_b = b.cs;
+  g.beta = beta;
+  g.c = c;
+  g.rs_c = rs_c;
+  g.nthreads = get_num_threads();
+  const KernelTable& kt = kernels();
+  py::gil_scoped_release release;
+  if constexpr (sizeof(T) == 4) {
+    kt.sgemm(g);
+  } else {
+    kt.dgemm(g);
+  }
+}
+
+// c (M x N, unit column stride, row stride rs_c) = alpha * a . b + beta * c.
+void dispatch_gemm(const py::array& like, const MatView& a, const MatView& b, double alpha,
+                   double beta, void* c, int64_t rs_c) {
+  if (like.dtype().itemsize() == 4) {
+    run_gemm<float>(a, b, static_cast<float>(alpha), static_cast<float>(beta),
+                    static_cast<float*>(c), rs_c);
+  } else {
+    run_gemm<double>(a, b, alpha, beta, static_cast<double*>(c), rs_c);
+  }
+}
+
+// Whether the kernels can write into `out` directly: unit column stride, whole-element row stride.
+bool writable_in_place(const py::array& out) {
+  const py::ssize_t size = out.dtype().itemsize();
+  return out.shape(0) <= 1 || out.shape(1) <= 1 ||
+         (out.strides(1) == size && out.strides(0) % size == 0);
+}
+
+int64_t row_stride_of(const py::array& out) {
+  // For a single row or column the unused stride is irrelevant; keep the kernels' contract
+  // (unit column stride) by describing the array as row-major.
+  if (out.shape(1) <= 1) return estride(out, 0);
+  if (out.shape(0) <= 1) return out.shape(1);
+  return estride(out, 0);
+}
+
+py::array new_matrix(const py::array& like, int64_t m, int64_t n) {
+  return py::array(like.dtype(), std::vector<py::ssize_t>{static_cast<py::ssize_t>(m),
+                                                          static_cast<py::ssize_t>(n)});
+}
+
+void check_gemm_operands(const py::array& a, const py::array& b, bool ta, bool tb,
+                         const char* fn) {
+  require_ndim(a, 2, fn, "a");
+  require_ndim(b, 2, fn, "b");
+  require_same_dtype(a, "a", b, "b", fn);
+  const py::ssize_t ka = ta ? a.shape(0) : a.shape(1);
+  const py::ssize_t kb = tb ? b.shape(1) : b.shape(0);
+  if (ka != kb) {
+    std::ostringstream os;
+    os << fn << ": inner dimensions differ: " << (ta ? "a.T" : "a") << " has shape ("
+       << (ta ? a.shape(1) : a.shape(0)) << ", " << ka << ") and " << (tb ? "b.T" : "b")
+       << " has shape (" << kb << ", " << (tb ? b.shape(0) : b.shape(1)) << ")";
+    value_error(os.str());
+  }
+}
+
+void check_output(const py::array& out, const py::array& like, int64_t m, int64_t n,
+                  const char* fn, const char* arg, bool need_contiguous) {
+  if (out.dtype().itemsize() != like.dtype().itemsize() || out.dtype().kind() != 'f') {
+    type_error(std::string(fn) + ": '" + arg + "' has dtype " + dtype_str(out) +
+               "; expected " + dtype_str(like) + " to match the inputs");
+  }
+  if (out.ndim() != 2 || out.shape(0) != m || out.shape(1) != n) {
+    value_error(std::string(fn) + ": '" + arg + "' has shape " + shape_str(out) +
+                "; expected (" + std::to_string(m) + ", " + std::to_string(n) + ")");
+  }
+  if (!out.writeable()) value_error(std::string(fn) + ": '" + arg + "' is read-only");
+  if (need_contiguous && !(out.flags() & py::array::c_style)) {
+    value_error(std::string(fn) + ": '" + arg +
+                "' must be C-contiguous (use numpy.ascontiguousarray)");
+  }
+  if (!out.dtype().attr("isnative").cast<bool>()) {
+    type_error(std::string(fn) + ": '" + arg + "' must be in native byte order");
+  }
+}
+
+py::array gemm(const py::object& a_obj, const py::object& b_obj, const py::object& c_obj,
+               double alpha, double beta, bool trans_a, bool trans_b) {
+  const char* fn = "gemm";
+  py::array a = as_float_array(a_obj, fn, "a");
+  py::array b = as_float_array(b_obj, fn, "b");
+  check_gemm_operands(a, b, trans_a, trans_b, fn);
+  const MatView va = view2d(a, trans_a), vb = view2d(b, trans_b);
+  const int64_t m = va.rows, n = vb.cols;
+  if (c_obj.is_none()) {
+    py::array c = new_matrix(a, m, n);
+    if (m > 0 && n > 0) dispatch_gemm(a, va, vb, alpha, 0.0, c.mutable_data(), n);
+    return c;
+  }
+  if (!py::isinstance<py::array>(c_obj)) {
+    type_error(std::string(fn) + ": 'c' must be a NumPy array or None, got " +
+               py::str(py::type::of(c_obj)).cast<std::string>());
+  }
+  py::array c = py::reinterpret_borrow<py::array>(c_obj);
+  check_output(c, a, m, n, fn, "c", true);
+  if (m == 0 || n == 0) return c;
+  if (may_overlap(c, a) || may_overlap(c, b)) {
+    // c aliases an input: compute into a copy of c, then write back.
+    py::array tmp = numpy().attr("array")(c, py::arg("copy") = true, py::arg("order") = "C");
+    dispatch_gemm(a, va, vb, alpha, beta, tmp.mutable_data(), n);
+    numpy().attr("copyto")(c, tmp);
+  } else {
+    dispatch_gemm(a, va, vb, alpha, beta, c.mutable_data(), n);
+  }
+  return c;
+}
+
+py::array matmul(const py::object& a_obj, const py::object& b_obj, const py::object& out_obj) {
+  const char* fn = "matmul";
+  py::array a = as_float_array(a_obj, fn, "a");
+  py::array b = as_float_array(b_obj, fn, "b");
+  check_gemm_operands(a, b, false, false, fn);
+  const MatView va = view2d(a, false), vb = view2d(b, false);
+  const int64_t m = va.rows, n = vb.cols;
+  if (out_obj.is_none()) {
+    py::array c = new_matrix(a, m, n);
+    if (m > 0 && n > 0) dispatch_gemm(a, va, vb, 1.0, 0.0, c.mutable_data(), n);
+    return c;
+  }
+  if (!py::isinstance<py::array>(out_obj)) {
+    type_error(std::string(fn) + ": 'out' must be a NumPy array or None, got " +
+               py::str(py::type::of(out_obj)).cast<std::string>());
+  }
+  py::array out = py::reinterpret_borrow<py::array>(out_obj);
+  check_output(out, a, m, n, fn, "out", false);
+  if (m == 0 || n == 0) return out;
+  const bool aligned = reinterpret_cast<std::uintptr_t>(out.data()) % out.dtype().itemsize() == 0;
+  if (aligned && writable_in_place(out) && !may_overlap(out, a) && !may_overlap(out, b)) {
+    dispatch_gemm(a, va, vb, 1.0, 0.0, out.mutable_data(), row_stride_of(out));
+  } else {
+    py::array tmp = new_matrix(a, m, n);
+    dispatch_gemm(a, va, vb, 1.0, 0.0, tmp.mutable_data(), n);
+    numpy().attr("copyto")(out, tmp);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Micro-kernels on their own (tests)
+
+py::list list_ukernels() {
+  int count = 0;
+  const UkernelInfo* list = ukernels(&count);
+  py::list out;
+  for (int i = 0; i < count; ++i) {
+    py::dict d;
+    d["index"] = i;
+    d["op"] = list[i].op;
+    d["isa"] = isa_name(list[i].isa);
+    d["dtype"] = list[i].dtype;
+    d["mr"] = list[i].mr;
+    d["nr"] = list[i].nr;
+    d["name"] = list[i].name;
+    d["available"] = isa_available(list[i].isa);
+    out.append(d);
+  }
+  return out;
+}
+
+template <typename T>
+void call_gemm_ukernel(const UkernelInfo& uk, const py::array& a, const py::array& b,
+                       py::array& c, double alpha, double beta) {
+  auto fn = reinterpret_cast<GemmUkernelFn<T>>(uk.fn);
+  const int64_t m = a.shape(0), k = a.shape(1), n = b.shape(1);
+  const T* pa = static_cast<const T*>(a.data());
+  const T* pb = static_cast<const T*>(b.data());
+  T* pc = static_cast<T*>(c.mutable_data());
+  const int64_t rs_a = estride(a, 0), cs_a = estride(a, 1), rs_b = estride(b, 0),
+                rs_c = estride(c, 0);
+  py::gil_scoped_release release;
+  fn(k, pa, rs_a, cs_a, pb, rs_b, pc, rs_c, m, n, static_cast<T>(alpha), static_cast<T>(beta));
+}
+
+// c[m, n] = alpha * a[m, k] . b[k, n] + beta * c with one micro-kernel of the registry, as the
+// driver would call it: m <= MR, n <= NR, a with a unit stride on one axis, b and c with unit
+// column strides.
+void run_ukernel(int index, const py::array& a, const py::array& b, py::array& c, double alpha,
+                 double beta) {
+  int count = 0;
+  const UkernelInfo* list = ukernels(&count);
+  if (index < 0 || index >= count) value_error("run_ukernel: no micro-kernel " + std::to_string(index));
+  const UkernelInfo& uk = list[index];
+  if (!isa_available(uk.isa)) value_error(std::string("run_ukernel: ") + isa_name(uk.isa) + " is not available");
+  const py::ssize_t size = std::string(uk.dtype) == "float32" ? 4 : 8;
+  const py::array* operands[] = {&a, &b, &c};
+  for (const py::array* x : operands) {
+    if (x->ndim() != 2 || x->dtype().kind() != 'f' || x->dtype().itemsize() != size) {
+      type_error(std::string("run_ukernel: operands must be 2-D ") + uk.dtype);
+    }
+    if (x->strides(0) % size != 0 || x->strides(1) % size != 0) value_error("run_ukernel: bad strides");
+  }
+  const int64_t m = a.shape(0), k = a.shape(1), n = b.shape(1);
+  if (b.shape(0) != k || c.shape(0) != m || c.shape(1) != n) value_error("run_ukernel: shapes");
+  if (m < 1 || m > uk.mr || n < 1 || n > uk.nr) value_error("run_ukernel: tile larger than MR x NR");
+  if (k > 0 && !(estride(a, 1) == 1 || estride(a, 0) == 1)) {
+    value_error("run_ukernel: a needs a unit stride");
+  }
+  if ((k > 0 && estride(b, 1) != 1 && n > 1) || (estride(c, 1) != 1 && n > 1)) {
+    value_error("run_ukernel: b and c need unit column strides");
+  }
+  if (!c.writeable()) value_error("run_ukernel: c is read-only");
+  if (size == 4) {
+    call_gemm_ukernel<float>(uk, a, b, c, alpha, beta);
+  } else {
+    call_gemm_ukernel<double>(uk, a, b, c, alpha, beta);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU, ISA, threads
+
+py::dict blocking_dict(const GemmBlocking& bl) {
+  py::dict d;
+  d["mr"] = bl.mr;
+  d["nr"] = bl.nr;
+  d["kc"] = bl.kc;
+  d["nc"] = bl.nc;
+  return d;
+}
+
+py::dict cpu_info_dict() {
+  const CpuInfo& cpu = cpu_info();
+  py::dict d;
+  d["isa"] = isa_name(active_isa());
+  py::list available, compiled;
+  for (int i = 0; i < kNumIsas; ++i) {
+    if (isa_available(static_cast<Isa>(i))) available.append(isa_name(static_cast<Isa>(i)));
+    if (cpu.compiled[i]) compiled.append(isa_name(static_cast<Isa>(i)));
+  }
+  d["available"] = available;
+  d["compiled"] = compiled;
+  d["num_threads"] = get_num_threads();
+  d["openmp"] = have_openmp();
+  d["vendor"] = cpu.vendor;
+  d["l1d_cache"] = cpu.l1d;
+  d["l2_cache"] = cpu.l2;
+  d["l3_cache"] = cpu.l3;
+  const KernelTable& kt = kernels();
+  py::dict blocking;
+  blocking["float32"] = blocking_dict(kt.sgemm_blocking);
+  blocking["float64"] = blocking_dict(kt.dgemm_blocking);
+  d["gemm_blocking"] = blocking;
+  return d;
+}
+
+std::string available_list() {
+  std::string s;
+  for (int i = 0; i < kNumIsas; ++i) {
+    if (!isa_available(static_cast<Isa>(i))) continue;
+    if (!s.empty()) s += ", ";
+    s += isa_name(static_cast<Isa>(i));
+  }
+  return s;
+}
+
+void set_isa(const std::string& name) {
+  Isa isa;
+  if (!parse_isa(name.c_str(), &isa)) {
+    value_error("unknown ISA '" + name + "'; expected one of scalar, avx2, avx512");
+  }
+  if (!set_active_isa(isa)) {
+    value_error("ISA '" + name + "' is not available on this CPU/build (available: " +
+                available_list() + ")");
+  }
+}
+
+void set_threads(const py::object& n) {
+  if (!py::isinstance<py::int_>(n) || py::isinstance<py::bool_>(n)) {
+    type_error("set_num_threads: n must be an int, got " +
+               py::str(py::type::of(n)).cast<std::string>());
+  }
+  const long long v = n.cast<long long>();
+  if (v < 1 || v > 4096) value_error("set_num_threads: n must be in [1, 4096], got " + std::to_string(v));
+  set_num_threads(static_cast<int>(v));
+}
+
+}  // namespace
+}  // namespace simdnn
+
+PYBIND11_MODULE(_core, m) {
+  using namespace simdnn;
+  m.doc() = "simdnn native kernels (SIMD + OpenMP). Use simdnn.ops, not this module directly.";
+
+  // SIMDNN_ISA=scalar|avx2|avx512 forces a path for the whole process.
+  if (const char* forced = std::getenv("SIMDNN_ISA"); forced != nullptr && forced[0] != '\0') {
+    Isa isa;
+    if (!parse_isa(forced, &isa)) {
+      throw py::import_error(std::string("SIMDNN_ISA='") + forced +
+                             "' is not one of scalar, avx2, avx512");
+    }
+    if (!set_active_isa(isa)) {
+      throw py::import_error(std::string("SIMDNN_ISA='") + forced +
+                             "' is not available on this CPU/build (available: " +
+                             available_list() + ")");
+    }
+  }
+
+  m.def("cpu_info", &cpu_info_dict);
+  m.def("get_num_threads", &get_num_threads);
+  m.def("set_num_threads", &set_threads, py::arg("n"));
+  m.def("get_isa", []() { return std::string(isa_name(active_isa())); });
+  m.def("set_isa", &set_isa, py::arg("name"));
+  m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("out") = py::none());
+  m.def("gemm", &gemm, py::arg("a"), py::arg("b"), py::arg("c") = py::none(),
+        py::arg("alpha") = 1.0, py::arg("beta") = 0.0, py::arg("trans_a") = false,
+        py::arg("trans_b") = false);
+  m.def("ukernels", &list_ukernels);
+  m.def("run_ukernel", &run_ukernel, py::arg("index"), py::arg("a"), py::arg("b"), py::arg("c"),
+        py::arg("alpha"), py::arg("beta"));
+}

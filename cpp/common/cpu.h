@@ -1,0 +1,30 @@
+// CPU description used by dispatch and blocking: which ISAs the CPU *and* the OS support, and the
+// data-cache sizes the kernels block for. Detected once, at first use.
+#pragma once
+
+#include <cstdint>
+
+namespace simdnn {
+
+enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2 };
+constexpr int kNumIsas = 3;
+
+const char* isa_name(Isa isa);
+// Parses "scalar" / "avx2" / "avx512"; returns false for anything else.
+bool parse_isa(const char* name, Isa* out);
+
+struct CpuInfo {
+  bool compiled[kNumIsas];   // the kernels of this ISA are part of this build
+  bool supported[kNumIsas];  // the CPU has the instructions and the OS saves the registers
+  // Per-core data cache sizes in bytes (L3 is the whole cache as reported; kernels cap its use).
+  int64_t l1d = 0, l2 = 0, l3 = 0;
+  const char* vendor = "unknown";
+};
+
+// Detected once (thread-safe static initialisation) and immutable afterwards.
+const CpuInfo& cpu_info();
+
+// compiled && supported.
+bool isa_available(Isa isa);
+
+}  // namespace simdnn

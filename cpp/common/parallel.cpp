@@ -1,0 +1,87 @@
+#include "common/parallel.h"
+
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+
+#ifdef _WIN32
+#include <malloc.h>
+#endif
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace simdnn {
+
+namespace {
+
+int default_threads() {
+#ifdef _OPENMP
+  const int n = omp_get_max_threads();
+  return n > 0 ? n : 1;
+#else
+  return 1;
+#endif
+}
+
+std::atomic<int>& thread_setting() {
+  static std::atomic<int> n{default_threads()};
+  return n;
+}
+
+void* aligned_malloc(std::size_t size) {
+#ifdef _WIN32
+  return _aligned_malloc(size, 64);
+#else
+  return std::aligned_alloc(64, size);
+#endif
+}
+
+void aligned_free(void* p) {
+#ifdef _WIN32
+  _aligned_free(p);
+#else
+  std::free(p);
+#endif
+}
+
+struct Buffer {
+  void* ptr = nullptr;
+  std::size_t size = 0;
+  ~Buffer() { aligned_free(ptr); }
+};
+
+}  // namespace
+
+int get_num_threads() { return thread_setting().load(std::memory_order_relaxed); }
+
+void set_num_threads(int n) { thread_setting().store(n < 1 ? 1 : n, std::memory_order_relaxed); }
+
+bool have_openmp() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
+void* workspace(WorkspaceSlot slot, std::size_t bytes) {
+  thread_local Buffer buffers[static_cast<int>(WorkspaceSlot::count)];
+  Buffer& buf = buffers[static_cast<int>(slot)];
+  if (bytes > buf.size) {
+    // Grow to the next multiple of 64 KiB so that slowly growing requests do not reallocate often.
+    constexpr std::size_t kGrain = 65536;
+    if (bytes > SIZE_MAX - kGrain) throw std::bad_alloc();
+    const std::size_t size = (bytes + kGrain - 1) & ~(kGrain - 1);
+    void* p = aligned_malloc(size);
+    if (p == nullptr) throw std::bad_alloc();
+    aligned_free(buf.ptr);
+    buf.ptr = p;
+    buf.size = size;
+  }
+  return buf.ptr;
+}
+
+}  // namespace simdnn

@@ -1,0 +1,24 @@
+// Thread count shared by every kernel, and the workspace that kernels pack into.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace simdnn {
+
+// Threads a kernel may use. Defaults to OpenMP's max (which honours OMP_NUM_THREADS); 1 when the
+// build has no OpenMP.
+int get_num_threads();
+// n >= 1. Takes effect for the next kernel call; safe to call while other threads run kernels.
+void set_num_threads(int n);
+bool have_openmp();
+
+// A grow-only, 64-byte-aligned scratch buffer owned by the calling thread, one per slot. Kernels
+// take it before their parallel region and share it among their OpenMP workers, so a call never
+// allocates once the buffer has grown to its size (an allocation of a packing buffer per call costs
+// page faults that are comparable with a whole small GEMM). Throws std::bad_alloc when it cannot
+// grow. The pointer stays valid until the same thread asks for the same slot again.
+enum class WorkspaceSlot : int { gemm_pack = 0, op_scratch = 1, count = 2 };
+void* workspace(WorkspaceSlot slot, std::size_t bytes);
+
+}  // namespace simdnn

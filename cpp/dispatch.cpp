@@ -1,0 +1,69 @@
+#include "dispatch.h"
+
+#include <atomic>
+
+#include "common/isa_macros.h"
+#include "gemm/gemm_ukernels.h"
+
+namespace simdnn {
+
+namespace {
+
+struct Tables {
+  KernelTable t[kNumIsas];
+  Tables() {
+    for (int i = 0; i < kNumIsas; ++i) t[i].isa = static_cast<Isa>(i);
+    scalar::register_gemm(&t[static_cast<int>(Isa::scalar)]);
+#ifdef SIMDNN_HAVE_AVX2
+    avx2::register_gemm(&t[static_cast<int>(Isa::avx2)]);
+#endif
+#ifdef SIMDNN_HAVE_AVX512
+    avx512::register_gemm(&t[static_cast<int>(Isa::avx512)]);
+#endif
+  }
+};
+
+const Tables& tables() {
+  static const Tables tabs;
+  return tabs;
+}
+
+std::atomic<const KernelTable*>& active() {
+  static std::atomic<const KernelTable*> p{&kernels_for(best_isa())};
+  return p;
+}
+
+}  // namespace
+
+const KernelTable& kernels_for(Isa isa) { return tables().t[static_cast<int>(isa)]; }
+
+Isa best_isa() {
+  for (int i = kNumIsas - 1; i > 0; --i) {
+    if (isa_available(static_cast<Isa>(i))) return static_cast<Isa>(i);
+  }
+  return Isa::scalar;
+}
+
+const KernelTable& kernels() { return *active().load(std::memory_order_acquire); }
+
+Isa active_isa() { return kernels().isa; }
+
+bool set_active_isa(Isa isa) {
+  if (!isa_available(isa)) return false;
+  active().store(&kernels_for(isa), std::memory_order_release);
+  return true;
+}
+
+const UkernelInfo* ukernels(int* count) {
+#define SIMDNN_GEMM_UKERNEL(isa, T, MR, NR, name)                                         \
+  SIMDNN_IF_##isa({"gemm", Isa::isa, sizeof(T) == 4 ? "float32" : "float64", MR, NR, #name, \
+                   reinterpret_cast<void*>(&isa::name)}, )
+  static const UkernelInfo list[] = {
+#include "kernels.inc"
+  };
+#undef SIMDNN_GEMM_UKERNEL
+  *count = static_cast<int>(sizeof(list) / sizeof(list[0]));
+  return list;
+}
+
+}  // namespace simdnn

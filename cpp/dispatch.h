@@ -1,0 +1,54 @@
+// Runtime dispatch: one table of kernel entry points per compiled ISA, filled from the registry
+// (kernels.inc) by each ISA's translation units; one of them is active, chosen at import from the
+// CPU (or SIMDNN_ISA) and switchable for tests.
+#pragma once
+
+#include <cstdint>
+
+#include "common/cpu.h"
+#include "gemm/gemm.h"
+
+namespace simdnn {
+
+struct KernelTable {
+  Isa isa = Isa::scalar;
+  GemmFn<float> sgemm = nullptr;
+  GemmFn<double> dgemm = nullptr;
+  GemmBlocking sgemm_blocking{}, dgemm_blocking{};  // for cpu_info()
+};
+
+// Filled by gemm.cpp of each ISA.
+#define SIMDNN_DECLARE_REGISTER(isa) \
+  namespace isa {                    \
+  void register_gemm(KernelTable* table); \
+  }
+SIMDNN_DECLARE_REGISTER(scalar)
+#ifdef SIMDNN_HAVE_AVX2
+SIMDNN_DECLARE_REGISTER(avx2)
+#endif
+#ifdef SIMDNN_HAVE_AVX512
+SIMDNN_DECLARE_REGISTER(avx512)
+#endif
+#undef SIMDNN_DECLARE_REGISTER
+
+// The active table. Never null.
+const KernelTable& kernels();
+// The table of one ISA; the ISA must be available (isa_available).
+const KernelTable& kernels_for(Isa isa);
+Isa active_isa();
+Isa best_isa();
+// Switches the active table; returns false (and changes nothing) when the ISA is not available.
+bool set_active_isa(Isa isa);
+
+// One micro-kernel of the registry, for the tests that run each kernel on its own.
+struct UkernelInfo {
+  const char* op;  // "gemm"
+  Isa isa;
+  const char* dtype;  // "float32" / "float64"
+  int mr, nr;
+  const char* name;
+  void* fn;  // GemmUkernelFn<float> or <double>, by dtype
+};
+const UkernelInfo* ukernels(int* count);
+
+}  // namespace simdnn

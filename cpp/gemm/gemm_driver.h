@@ -1,0 +1,373 @@
+// The portable GEMM framework (BLIS-style loop nest): blocking, packing and threading around one
+// micro-kernel. No intrinsics here: the file is compiled once per ISA (gemm.cpp, with that ISA's
+// flags) and templated on a micro-kernel descriptor that lives in the ISA's namespace, so every
+// instantiation is a distinct symbol. Helpers are `static` so that nothing compiled with wide-ISA
+// flags can be merged by the linker into code that runs on a narrower CPU.
+//
+// Notation: C[M, N] = alpha * A[M, K] . B[K, N] + beta * C. The micro-tile is MR x NR: MR rows of
+// A are broadcast, NR columns of B are vector loads.
+//
+// Loop nest, outermost first (per thread, after the thread grid has split M and N):
+//   ic  over M in steps of MC   A block (all of K), packed once and shared by all threads
+//   jc  over N in steps of NC   one packed B block per thread, kept in that core's L2
+//   pc  over K in steps of KC   B block = KC x NC, packed as NR-wide micro-panels
+//   ir  over M in steps of MR   A micro-panel (MR x KC) stays in L1 while ...
+//   jr  over NC in steps of NR  ... the kernel sweeps the B micro-panels streaming from L2
+// Edge tiles are handled inside the micro-kernel (row count by template, columns by masks).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "common/cpu.h"
+#include "common/parallel.h"
+#include "gemm/gemm.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace simdnn::gemm_detail {
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+static inline int64_t round_down(int64_t a, int64_t b) { return a / b * b; }
+
+// Problems with at most this many multiply-adds (M*N*K) run single-threaded and unpacked: below
+// 64^3 the fork/join of a parallel region (~2-3 us) and the packing copies cost more than the
+// second core or the contiguous panels give back (OpenBLAS uses the same 262144 bound for going
+// single-threaded, interface/gemm.c).
+constexpr int64_t kSmallMnk = 64 * 64 * 64;
+// Below this many multiply-adds per thread a further thread does not pay for its barrier and its
+// share of packing; 2^17 multiply-adds take about 1.5 us on one AVX-512 core.
+constexpr int64_t kMinMnkPerThread = 1 << 17;
+
+// Blocking for a micro-kernel with MR x NR tiles of elements of `bytes` bytes, from the caches:
+//  - KC: the MR x KC A micro-panel is the L1-resident operand; it gets about half of L1 so that the
+//    streaming B micro-panels and the C tile do not evict it (BLIS's analytical model, Low et al.
+//    2016). 48 KiB L1, 12 x fp32 rows: KC = 512; 32 KiB: KC = 336.
+//  - NC: the KC x NC B block is the L2-resident operand, given half of L2 (the rest holds the A
+//    micro-panels and C tiles passing through). 2 MiB L2, KC = 512, fp32: NC = 512.
+//  - MC: rows of A packed at once (all of K): a 4 MiB budget, which stays in L3 on any recent x86
+//    core.
+static inline GemmBlocking make_blocking(int64_t mr, int64_t nr, int64_t bytes, int64_t k) {
+  const CpuInfo& cpu = cpu_info();
+  GemmBlocking bl{};
+  bl.mr = mr;
+  bl.nr = nr;
+  int64_t kc = round_down(cpu.l1d / 2 / (mr * bytes), 16);
+  kc = max64(64, min64(kc, 1024));
+  // Split K evenly so that the last panel is not a sliver (K = 600 with KC = 512 becomes 2 x 300).
+  if (k > 0) kc = round_up(ceil_div(k, ceil_div(k, kc)), 8);
+  bl.kc = kc;
+  int64_t nc = round_down(cpu.l2 / 2 / (kc * bytes), nr);
+  bl.nc = max64(nr, min64(nc, 4096));
+  bl.mc = mr;  // set per problem in plan()
+  return bl;
+}
+
+// Thread grid: tm x tn threads split M and N. Each thread packs its own B block (so splitting N
+// costs nothing extra, splitting M makes threads of one column pack the same B), hence N is
+// preferred on ties.
+struct Grid {
+  int tm = 1, tn = 1;
+};
+
+static inline Grid choose_grid(int64_t m, int64_t n, int64_t k, int64_t mr, int64_t nr,
+                               int nthreads) {
+  Grid best;
+  const int64_t mnk = m * n * k;
+  int64_t t = nthreads;
+  // Not more threads than the work can feed.
+  t = min64(t, max64(1, mnk / kMinMnkPerThread));
+  t = min64(t, ceil_div(m, mr) * ceil_div(n, nr));
+  if (t <= 1) return best;
+  double best_cost = -1;
+  for (int64_t tn = 1; tn <= t; ++tn) {
+    if (t % tn != 0) continue;
+    const int64_t tm = t / tn;
+    const int64_t mp = ceil_div(ceil_div(m, mr), tm) * mr;  // rows per thread, in whole tiles
+    const int64_t np = ceil_div(ceil_div(n, nr), tn) * nr;
+    // Cost per thread: its multiply-adds plus packing its B block (about one multiply-add's time
+    // per packed element and row of tile it feeds is far too much; 4 elements per MR-row pass is
+    // the measured ratio of a packed element to a micro-kernel FMA row on AVX-512).
+    const double cost = static_cast<double>(mp) * np * k + 4.0 * static_cast<double>(np) * k;
+    if (best_cost < 0 || cost < best_cost || (cost == best_cost && tn > best.tn)) {
+      best_cost = cost;
+      best.tm = static_cast<int>(tm);
+      best.tn = static_cast<int>(tn);
+    }
+  }
+  return best;
+}
+
+// Splits [0, total) into `parts` ranges aligned to `align`; returns part `idx`.
+static inline void split_range(int64_t total, int64_t align, int parts, int idx, int64_t* begin,
+                               int64_t* end) {
+  const int64_t units = ceil_div(total, align);
+  const int64_t base = units / parts, extra = units % parts;
+  const int64_t u0 = idx * base + min64(idx, extra);
+  const int64_t u1 = u0 + base + (idx < extra ? 1 : 0);
+  *begin = min64(u0 * align, total);
+  *end = min64(u1 * align, total);
+}
+
+// Packs B[pc : pc+kc, jc : jc+nc] into NR-wide micro-panels: panel q holds columns
+// jc + q*NR ... as kc rows of NR contiguous elements. Columns past nc in the last panel are left
+// as they are or zero: the micro-kernel masks them.
+//  - Row-major B (unit column stride): a memcpy per row of each panel.
+//  - Transposed B (unit row stride: each column of B is contiguous in k, as W^T in dX = dY.W^T):
+//    W x W blocks are loaded along k, transposed in registers (V::transpose) and stored as W rows.
+//    Element by element, this pack took about as long as the micro-kernels that used it for
+//    64 x 256 . 256 x 784.
+//  - Anything else: element by element.
+template <class V, int NR>
+static void pack_b(const typename V::T* b, int64_t rs_b, int64_t cs_b, int64_t kc, int64_t nc,
+                   typename V::T* dst) {
+  using T = typename V::T;
+  using R = typename V::V;
+  constexpr int W = V::W;
+  for (int64_t j0 = 0; j0 < nc; j0 += NR) {
+    const int64_t nn = min64(NR, nc - j0);
+    T* d = dst + j0 * kc;
+    const T* s = b + j0 * cs_b;
+    if (cs_b == 1) {
+      for (int64_t p = 0; p < kc; ++p) std::memcpy(d + p * NR, s + p * rs_b, nn * sizeof(T));
+    } else if (rs_b == 1) {
+      for (int64_t p0 = 0; p0 < kc; p0 += W) {
+        const int pw = static_cast<int>(min64(W, kc - p0));
+        for (int64_t jw = 0; jw < nn; jw += W) {
+          R r[W];
+          for (int i = 0; i < W; ++i) {
+            const T* col = s + (jw + i) * cs_b + p0;
+            r[i] = jw + i >= nn ? V::zero() : (pw == W ? V::load(col) : V::loadn(col, pw));
+          }
+          V::transpose(r);
+          for (int q = 0; q < pw; ++q) V::store(d + (p0 + q) * NR + jw, r[q]);
+        }
+      }
+    } else {
+      for (int64_t p = 0; p < kc; ++p) {
+        for (int64_t j = 0; j < nn; ++j) d[p * NR + j] = s[p * rs_b + j * cs_b];
+      }
+    }
+  }
+}
+
+// A is always packed in the blocked path, one MR-row micro-panel at a time, covering all of K:
+//  - "row" layout when A has a unit column stride (row-major A, e.g. X in X.W): each of the MR rows
+//    is copied as it is (a memcpy) to a row stride of K + kAPad elements. Reading rows of A in
+//    place instead is as fast until the leading dimension is a multiple of 2 KiB (1024 floats):
+//    then the MR rows alias in the same L1 sets and 1024^2 SGEMM ran at half speed. The pad of
+//    16 elements (64 bytes) shifts each row by one cache line.
+//  - "column" layout otherwise: K steps of MR contiguous values (a memcpy per step for a
+//    transposed A, whose MR values per step are already contiguous; a strided gather for
+//    anything else).
+// Rows past mm in the last panel are not written: the micro-kernel never reads them.
+constexpr int64_t kAPad = 16;
+// Packed A held at once (all of K): 32 MiB, so that A of up to 2048 x 4096 fp32 is packed once and
+// B once. The packed A is streamed (each MR-row panel once per B block), far below any bandwidth.
+constexpr int64_t kAPackBytes = int64_t(32) << 20;
+// Row panels of A (per thread) up to which B is read in place rather than packed.
+constexpr int64_t kDirectBMaxPanels = 6;
+
+template <typename T, int MR>
+static void pack_a_panel(const T* a, int64_t rs_a, int64_t cs_a, int64_t mm, int64_t k,
+                         int64_t ld_row, T* dst) {
+  if (cs_a == 1) {
+    for (int64_t i = 0; i < mm; ++i) std::memcpy(dst + i * ld_row, a + i * rs_a, k * sizeof(T));
+  } else if (rs_a == 1) {
+    for (int64_t p = 0; p < k; ++p) std::memcpy(dst + p * MR, a + p * cs_a, mm * sizeof(T));
+  } else {
+    for (int64_t p = 0; p < k; ++p) {
+      for (int64_t i = 0; i < mm; ++i) dst[p * MR + i] = a[i * rs_a + p * cs_a];
+    }
+  }
+}
+
+// UK: struct { using T; using V (vector traits); static constexpr int MR, NR;
+//              static void run(SIMDNN_GEMM_UKERNEL_PARAMS(T)); }
+template <class UK>
+static void gemm_small(const GemmArgs<typename UK::T>& g) {
+  using T = typename UK::T;
+  constexpr int MR = UK::MR, NR = UK::NR;
+  const T* a = g.a;
+  int64_t rs_a = g.rs_a, cs_a = g.cs_a;
+  const T* b = g.b;
+  int64_t rs_b = g.rs_b;
+  // Unpacked operands as they are when the micro-kernel can address them; otherwise one small
+  // contiguous copy (at most kSmallMnk elements in total, by the caller's bound).
+  const bool copy_a = !(cs_a == 1 || rs_a == 1);
+  const bool copy_b = g.cs_b != 1;
+  T* scratch = nullptr;
+  if (copy_a || copy_b) {
+    const int64_t na = copy_a ? g.m * g.k : 0, nb = copy_b ? g.k * g.n : 0;
+    scratch = static_cast<T*>(workspace(WorkspaceSlot::gemm_pack, (na + nb) * sizeof(T)));
+    if (copy_a) {
+      for (int64_t i = 0; i < g.m; ++i) {
+        for (int64_t p = 0; p < g.k; ++p) scratch[i * g.k + p] = g.a[i * g.rs_a + p * g.cs_a];
+      }
+      a = scratch;
+      rs_a = g.k;
+      cs_a = 1;
+    }
+    if (copy_b) {
+      T* bb = scratch + na;
+      for (int64_t p = 0; p < g.k; ++p) {
+        for (int64_t j = 0; j < g.n; ++j) bb[p * g.n + j] = g.b[p * g.rs_b + j * g.cs_b];
+      }
+      b = bb;
+      rs_b = g.n;
+    }
+  }
+  for (int64_t i = 0; i < g.m; i += MR) {
+    for (int64_t j = 0; j < g.n; j += NR) {
+      UK::run(g.k, a + i * rs_a, rs_a, cs_a, b + j, rs_b, g.c + i * g.rs_c + j, g.rs_c,
+              min64(MR, g.m - i), min64(NR, g.n - j), g.alpha, g.beta);
+    }
+  }
+}
+
+template <class UK>
+static void gemm_blocked(const GemmArgs<typename UK::T>& g) {
+  using T = typename UK::T;
+  constexpr int MR = UK::MR, NR = UK::NR;
+  const int64_t m = g.m, n = g.n, k = g.k;
+  const GemmBlocking bl = make_blocking(MR, NR, sizeof(T), k);
+  const int64_t kc_max = bl.kc;
+
+  // A is packed MC rows at a time (all of K), shared by all threads. The blocks are balanced, so
+  // that M = 1024 is one block and not 960 + 64 (each block repacks B).
+  const bool row_layout = g.cs_a == 1;
+  const int64_t ld_row = k + kAPad;         // row layout: row stride inside a panel
+  const int64_t panel_elems = MR * ld_row;  // either layout fits in MR x (K + pad)
+  const int64_t panel_bytes = panel_elems * static_cast<int64_t>(sizeof(T));
+  const int64_t max_panels = max64(1, kAPackBytes / panel_bytes);
+  const int64_t m_panels = ceil_div(m, MR);
+  const int64_t mc = ceil_div(m_panels, ceil_div(m_panels, max_panels)) * MR;
+
+  const Grid grid = choose_grid(m, n, k, MR, NR, g.nthreads);
+  const int nt = grid.tm * grid.tn;
+  // B is read in place, unpacked, when its rows are contiguous and few row panels reuse it: a
+  // packed element is then read too few times to repay its copy. (64 x 784 . 784 x 256: packing B
+  // took 40% of the time of the micro-kernels that used it.)
+  const bool direct_b =
+      g.cs_b == 1 && ceil_div(ceil_div(m_panels, grid.tm), 1) <= kDirectBMaxPanels;
+  // Columns per thread, then B blocks of at most NC columns, balanced so the last is not tiny.
+  const int64_t n_per = round_up(ceil_div(n, grid.tn), NR);
+  const int64_t nc = round_up(ceil_div(n_per, ceil_div(n_per, bl.nc)), NR);
+  const int64_t b_elems = direct_b ? 0 : round_up(kc_max * nc, 16);  // per thread, 64-byte aligned
+  const int64_t a_elems = round_up(ceil_div(mc, MR) * panel_elems, 16);
+  T* ws = static_cast<T*>(
+      workspace(WorkspaceSlot::gemm_pack, (a_elems + nt * b_elems) * sizeof(T)));
+  T* apack = ws;
+  T* bpack_all = ws + a_elems;
+
+  // Packs the A block starting at row ic: this worker's share `part` of `parts`.
+  auto pack_a_block = [&](int64_t ic, int part, int parts) {
+    const int64_t mce = min64(mc, m - ic);
+    const int64_t panels = ceil_div(mce, MR);
+    for (int64_t q = part; q < panels; q += parts) {
+      pack_a_panel<T, MR>(g.a + (ic + q * MR) * g.rs_a, g.rs_a, g.cs_a, min64(MR, mce - q * MR),
+                          k, ld_row, apack + q * panel_elems);
+    }
+  };
+  // Thread tid's tiles of the A block starting at row ic.
+  auto compute_block = [&](int tid, int64_t ic) {
+    const int ti = tid / grid.tn, tj = tid % grid.tn;
+    int64_t m0, m1, n0, n1;
+    split_range(m, MR, grid.tm, ti, &m0, &m1);
+    split_range(n, NR, grid.tn, tj, &n0, &n1);
+    T* bpack = bpack_all + tid * b_elems;
+    const int64_t r0 = max64(m0, ic), r1 = min64(m1, ic + mc);
+    if (r0 >= r1) return;
+    for (int64_t jc = n0; jc < n1; jc += nc) {
+      const int64_t nce = min64(nc, n1 - jc);
+      for (int64_t pc = 0; pc < k; pc += kc_max) {
+        const int64_t kc = min64(kc_max, k - pc);
+        const T* bsrc = g.b + pc * g.rs_b + jc * g.cs_b;
+        if (!direct_b) pack_b<typename UK::V, NR>(bsrc, g.rs_b, g.cs_b, kc, nce, bpack);
+        const T beta = pc == 0 ? g.beta : T(1);
+        for (int64_t ir = r0; ir < r1; ir += MR) {
+          const int64_t mm = min64(MR, r1 - ir);
+          const T* panel = apack + (ir - ic) / MR * panel_elems;
+          const T* ap = row_layout ? panel + pc : panel + pc * MR;
+          const int64_t rs = row_layout ? ld_row : 1, cs = row_layout ? 1 : MR;
+          T* crow = g.c + ir * g.rs_c + jc;
+          for (int64_t jr = 0; jr < nce; jr += NR) {
+            const T* bp = direct_b ? bsrc + jr : bpack + jr * kc;
+            UK::run(kc, ap, rs, cs, bp, direct_b ? g.rs_b : NR, crow + jr, g.rs_c, mm,
+                    min64(NR, nce - jr), g.alpha, beta);
+          }
+        }
+      }
+    }
+  };
+  auto run_sequential = [&]() {
+    for (int64_t ic = 0; ic < m; ic += mc) {
+      pack_a_block(ic, 0, 1);
+      for (int t = 0; t < nt; ++t) compute_block(t, ic);
+    }
+  };
+
+  if (nt == 1) {
+    run_sequential();
+    return;
+  }
+#ifdef _OPENMP
+  bool short_team = false;
+#pragma omp parallel num_threads(nt)
+  {
+    if (omp_get_num_threads() != nt) {
+      // The runtime granted fewer threads than asked (a call from inside a parallel region, a
+      // thread limit): the grid assumes nt workers, so one thread does all of their work.
+#pragma omp single
+      short_team = true;
+    } else {
+      const int tid = omp_get_thread_num();
+      for (int64_t ic = 0; ic < m; ic += mc) {
+        pack_a_block(ic, tid, nt);
+#pragma omp barrier
+        compute_block(tid, ic);
+        if (ic + mc < m) {
+#pragma omp barrier
+        }
+      }
+    }
+  }
+  if (short_team) run_sequential();
+#else
+  run_sequential();
+#endif
+}
+
+// C = beta * C for K == 0 (alpha * A . B is an empty sum).
+template <typename T>
+static void scale_c(const GemmArgs<T>& g) {
+  for (int64_t i = 0; i < g.m; ++i) {
+    T* c = g.c + i * g.rs_c;
+    if (g.beta == T(0)) {
+      for (int64_t j = 0; j < g.n; ++j) c[j] = T(0);
+    } else {
+      for (int64_t j = 0; j < g.n; ++j) c[j] *= g.beta;
+    }
+  }
+}
+
+template <class UK>
+static void gemm(const GemmArgs<typename UK::T>& g) {
+  if (g.m <= 0 || g.n <= 0) return;
+  if (g.k <= 0) {
+    scale_c(g);
+    return;
+  }
+  if (g.m * g.n * g.k <= kSmallMnk) {
+    gemm_small<UK>(g);
+  } else {
+    gemm_blocked<UK>(g);
+  }
+}
+
+}  // namespace simdnn::gemm_detail

@@ -1,0 +1,12 @@
+// sgemm_ukernel_6x16_avx2: 6x16 float GEMM micro-kernel for avx2 (contract and register budget in gemm_ukernel.h).
+#include "gemm/gemm_ukernel.h"
+#include "gemm/gemm_ukernels.h"
+#include "simd/simd_avx2.h"
+
+namespace simdnn::avx2 {
+
+void sgemm_ukernel_6x16_avx2(SIMDNN_GEMM_UKERNEL_PARAMS(float)) {
+  gemm_detail::ukernel<F32, 6, 16>(k, a, rs_a, cs_a, b, rs_b, c, rs_c, m, n, alpha, beta);
+}
+
+}  // namespace simdnn::avx2

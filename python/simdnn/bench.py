@@ -1,0 +1,337 @@
+"""Benchmarks: every native kernel against its pure-NumPy twin, same thread count on both sides.
+
+``python -m simdnn bench`` runs them and prints a Markdown table; ``benchmarks/`` holds the
+pytest-benchmark files over the same cases.
+
+How the timing is kept fair:
+
+- both sides get the same number of threads (simdnn's OpenMP team, NumPy's BLAS pool pinned with
+  threadpoolctl);
+- each side is timed in its own block, after a warm-up of at least ``WARMUP_S`` seconds: a BLAS
+  pool keeps spinning for about 0.1 s after its last call and takes a core from whatever runs
+  next, so interleaving single calls would charge one side for the other's idle threads;
+- every call is timed on its own and the median is reported, so that a stray stall of the
+  machine (seen here: 10 ms pauses under virtualisation) does not move the figure;
+- small inputs are rotated among several copies so that neither side runs from a warm L1/L2 that a
+  real workload would not give it;
+- both sides' results are compared before anything is timed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _runtime, ops, reference
+
+# A BLAS pool that was just used spins for ~0.1 s (measured: OpenBLAS 0.3.31 here); warm up
+# longer than that before timing a block.
+WARMUP_S = 0.15
+# Rotate inputs until the copies together exceed this many bytes (above a 2 MiB L2).
+ROTATE_BYTES = 8 << 20
+
+
+@dataclasses.dataclass
+class Case:
+    """One benchmark row: an op on fixed shapes, native against the NumPy twin."""
+
+    group: str
+    name: str
+    flops: float  # floating-point operations of one call (0 for memory-bound ops)
+    nbytes: float  # bytes read + written by one call
+    # make(rng, dtype) -> list of argument tuples (rotated copies)
+    make: Callable[[np.random.Generator, np.dtype], tuple[Any, ...]]
+    native: Callable[..., Any]
+    numpy: Callable[..., Any]
+    rtol: float = 1e-4
+
+
+def _gemm_case(
+    name: str, m: int, k: int, n: int, trans_a: bool = False, trans_b: bool = False
+) -> Case:
+    def make(rng: np.random.Generator, dtype: np.dtype) -> tuple[Any, ...]:
+        a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+        b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+        return (a, b)
+
+    def native(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return ops.gemm(a, b, trans_a=trans_a, trans_b=trans_b)
+
+    # The strongest NumPy formulation: one BLAS call on transposed views (no copies).
+    if trans_a and trans_b:
+
+        def numpy_fn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            return a.T @ b.T
+    elif trans_a:
+
+        def numpy_fn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            return a.T @ b
+    elif trans_b:
+
+        def numpy_fn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            return a @ b.T
+    else:
+        numpy_fn = reference.matmul  # type: ignore[assignment]
+
+    return Case(
+        group="gemm",
+        name=name,
+        flops=2.0 * m * n * k,
+        nbytes=4.0 * (m * k + k * n + m * n),
+        make=make,
+        native=native,
+        numpy=numpy_fn,
+    )
+
+
+def gemm_cases() -> list[Case]:
+    """Squares 256-2048 and the products of training an MLP layer and a wide classifier."""
+    cases = [_gemm_case(f"{s}x{s}x{s}", s, s, s) for s in (256, 512, 1024, 2048)]
+    cases += [
+        # Linear(784 -> 256) on a batch of 64: forward Y = X.W, then dX = dY.W^T and dW = X^T.dY.
+        _gemm_case("mlp fwd 64x784 . 784x256", 64, 784, 256),
+        _gemm_case("mlp dX 64x256 . (784x256)^T", 64, 256, 784, trans_b=True),
+        _gemm_case("mlp dW (64x784)^T . 64x256", 784, 64, 256, trans_a=True),
+        _gemm_case("wide 128x4096 . 4096x1000", 128, 4096, 1000),
+    ]
+    return cases
+
+
+def all_cases() -> list[Case]:
+    return gemm_cases()
+
+
+# ------------------------------------------------------------------------------------------------
+# Timing
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """simdnn and NumPy's BLAS both limited to n threads inside the block."""
+    previous = _runtime.get_num_threads()
+    _runtime.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl is in the bench extra
+        limiter: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        print(
+            "warning: threadpoolctl is not installed; NumPy's BLAS thread count is not pinned",
+            file=sys.stderr,
+        )
+    else:
+        limiter = threadpool_limits(limits=n, user_api="blas")
+    try:
+        with limiter:
+            yield
+    finally:
+        _runtime.set_num_threads(previous)
+
+
+def _time_block(
+    fn: Callable[..., Any], args: Sequence[tuple[Any, ...]], min_time: float, min_calls: int
+) -> list[float]:
+    """Per-call seconds of fn over rotated args, after a warm-up of WARMUP_S."""
+    clock = time.perf_counter
+    i = 0
+    t_end = clock() + WARMUP_S
+    while True:
+        fn(*args[i % len(args)])
+        i += 1
+        if clock() >= t_end and i >= 2:
+            break
+    times: list[float] = []
+    t_end = clock() + min_time
+    while len(times) < min_calls or clock() < t_end:
+        a = args[i % len(args)]
+        t0 = clock()
+        fn(*a)
+        times.append(clock() - t0)
+        i += 1
+    return times
+
+
+@dataclasses.dataclass
+class Result:
+    group: str
+    name: str
+    dtype: str
+    threads: int
+    native_s: float
+    numpy_s: float
+    flops: float
+    nbytes: float
+
+    @property
+    def ratio(self) -> float:
+        return self.numpy_s / self.native_s
+
+    def rate(self, seconds: float) -> float:
+        """GFLOP/s for compute-bound rows, GB/s for memory-bound ones."""
+        return (self.flops if self.flops else self.nbytes) / seconds / 1e9
+
+
+def run_case(case: Case, dtype: np.dtype, threads: int, quick: bool = False) -> Result:
+    rng = np.random.default_rng(1234)
+    first = case.make(rng, dtype)
+    per_copy = sum(x.nbytes for x in first if isinstance(x, np.ndarray))
+    copies = max(1, min(8, -(-ROTATE_BYTES // max(per_copy, 1))))
+    args = [first] + [case.make(rng, dtype) for _ in range(copies - 1)]
+    with _threads(threads):
+        got = case.native(*args[0])
+        want = case.numpy(*args[0])
+        _check_close(case, got, want, dtype)
+        min_time = 0.1 if quick else 0.4
+        min_calls = 3 if quick else 7
+        rounds = 1 if quick else 3
+        native_t: list[float] = []
+        numpy_t: list[float] = []
+        for r in range(rounds):
+            order = (True, False) if r % 2 == 0 else (False, True)
+            for is_native in order:
+                fn = case.native if is_native else case.numpy
+                (native_t if is_native else numpy_t).extend(
+                    _time_block(fn, args, min_time, min_calls)
+                )
+    return Result(
+        group=case.group,
+        name=case.name,
+        dtype=np.dtype(dtype).name,
+        threads=threads,
+        native_s=statistics.median(native_t),
+        numpy_s=statistics.median(numpy_t),
+        flops=case.flops,
+        nbytes=case.nbytes * np.dtype(dtype).itemsize / 4,
+    )
+
+
+def _check_close(case: Case, got: Any, want: Any, dtype: np.dtype) -> None:
+    got_t = got if isinstance(got, tuple) else (got,)
+    want_t = want if isinstance(want, tuple) else (want,)
+    rtol = case.rtol if np.dtype(dtype) == np.float32 else 1e-10
+    for g, w in zip(got_t, want_t):
+        scale = max(float(np.max(np.abs(w))), 1.0) if np.size(w) else 1.0
+        err = float(np.max(np.abs(np.asarray(g, np.float64) - w))) if np.size(w) else 0.0
+        if err > rtol * scale * 10:
+            raise AssertionError(
+                f"{case.group} {case.name}: native and NumPy results differ (max error {err:.3g})"
+            )
+
+
+# ------------------------------------------------------------------------------------------------
+# Report
+
+
+def machine_description() -> dict[str, Any]:
+    info = _runtime.cpu_info()
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    desc: dict[str, Any] = {
+        "cpu": model,
+        "logical_cpus": os.cpu_count(),
+        "isa": info["isa"],
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_info
+
+        blas = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+        if blas:
+            desc["numpy_blas"] = (
+                f"{blas[0].get('internal_api')} {blas[0].get('version')} "
+                f"({blas[0].get('architecture')})"
+            )
+    return desc
+
+
+def format_table(results: Sequence[Result]) -> str:
+    lines = [
+        "| op | shape | dtype | threads | simdnn | rate | NumPy | rate | speed-up |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        unit = "GFLOP/s" if r.flops else "GB/s"
+        lines.append(
+            f"| {r.group} | {r.name} | {r.dtype} | {r.threads} | {_fmt_time(r.native_s)} | "
+            f"{r.rate(r.native_s):.0f} {unit} | {_fmt_time(r.numpy_s)} | "
+            f"{r.rate(r.numpy_s):.0f} {unit} | {r.ratio:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def _fmt_time(seconds: float) -> str:
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.1f} us"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m simdnn bench",
+        description="Time every simdnn kernel against its pure-NumPy twin.",
+    )
+    parser.add_argument("--quick", action="store_true", help="one short round per row")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="threads for both sides (default: all)"
+    )
+    parser.add_argument(
+        "--dtype", choices=["float32", "float64", "both"], default="both", help="element type"
+    )
+    parser.add_argument("--filter", default=None, help="only rows whose 'op shape' matches REGEX")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    opts = parser.parse_args(argv)
+
+    threads = opts.threads or _runtime.get_num_threads()
+    dtypes = ["float32", "float64"] if opts.dtype == "both" else [opts.dtype]
+    cases = all_cases()
+    if opts.filter:
+        pattern = re.compile(opts.filter)
+        cases = [c for c in cases if pattern.search(f"{c.group} {c.name}")]
+    machine = machine_description()
+    print(
+        f"simdnn bench: {machine['cpu']}, {threads} thread(s), ISA {machine['isa']}, "
+        f"NumPy {machine['numpy']} ({machine.get('numpy_blas', 'BLAS unknown')})",
+        flush=True,
+    )
+    results = []
+    for dtype in dtypes:
+        for case in cases:
+            res = run_case(case, np.dtype(dtype), threads, quick=opts.quick)
+            results.append(res)
+            print(
+                f"  {res.group} {res.name} {res.dtype}: {res.ratio:.2f}x",
+                file=sys.stderr,
+                flush=True,
+            )
+    print()
+    print(format_table(results))
+    if opts.json:
+        payload = {
+            "machine": machine,
+            "threads": threads,
+            "results": [
+                dataclasses.asdict(r) | {"ratio": r.ratio, "native_rate": r.rate(r.native_s)}
+                for r in results
+            ],
+        }
+        with open(opts.json, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2)
+    return 0
