@@ -34,15 +34,15 @@ def test_gemm_ukernel_every_tile(uk, a_layout):
     dtype = np.dtype(uk["dtype"])
     mr, nr = uk["mr"], uk["nr"]
     for m in range(1, mr + 1):
-        for n in sorted({1, 2, nr // 2 + 1, nr - 1, nr}):
-            for k in (0, 1, 3, 17):
+        for n in range(1, nr + 1):  # every live-vector count and mask
+            for k in (0, 1, 17):
                 a = rng.standard_normal((m, k)).astype(dtype)
                 if a_layout == "column":
                     a = np.asfortranarray(a)  # unit row stride: the packed-panel layout
                 # B with a row stride wider than the tile, as when read in place.
                 b = rng.standard_normal((k, nr + 5)).astype(dtype)[:, :n]
                 c0 = rng.standard_normal((m, n + 3)).astype(dtype)
-                for alpha, beta in ((1.0, 0.0), (-0.5, 1.0), (2.0, -1.5)):
+                for alpha, beta in ((1.0, 0.0), (2.0, -1.5)):
                     c = c0.copy()
                     cv = c[:, :n]
                     _core.run_ukernel(uk["index"], a, b, cv, alpha, beta)

@@ -68,15 +68,26 @@ static inline GemmBlocking make_blocking(int64_t mr, int64_t nr, int64_t bytes, 
   return bl;
 }
 
-// Thread grid: tm x tn threads split M and N. Each thread packs its own B block (so splitting N
-// costs nothing extra, splitting M makes threads of one column pack the same B), hence N is
-// preferred on ties.
+// Thread grid: tm x tn threads split M and N. Thread (ti, tj) computes rows ti and columns tj of
+// C; it packs its own B block, and the A panels of its rows are packed by the tn threads of its
+// row group together (so with tn == 1 a thread packs exactly what it reads, and no barrier is
+// needed). The grid minimises an estimate of one thread's time in cycles:
+//   FMAs / (lanes * 2 pipes)                             the micro-kernel work
+//   + 0.25 per packed element of B and of its A share    (memcpy-speed packing; 0.75 for a
+//                                                          B that must be transposed)
+//   + 6 per element of A packed by another core          (a cache line crosses cores twice per
+//                                                          call: read after the other core packs
+//                                                          it, invalidated when it packs again)
+//   + 0.25 per element of B read by more than one core   (B pulled into several L2s)
+// The cross-core term dominates small problems: on 2 threads, 64 x 256 . 256 x 64 took 18 us split
+// along N (4-7 us of it packing A over lines the other core held) and 9.7 us split along M;
+// 784 x 64 . 64 x 256 took 108 and 76 us; 512^3 and 64 x 784 . 784 x 256 were even.
 struct Grid {
   int tm = 1, tn = 1;
 };
 
 static inline Grid choose_grid(int64_t m, int64_t n, int64_t k, int64_t mr, int64_t nr,
-                               int nthreads) {
+                               int64_t lanes, bool b_transposed, int nthreads) {
   Grid best;
   const int64_t mnk = m * n * k;
   int64_t t = nthreads;
@@ -88,13 +99,16 @@ static inline Grid choose_grid(int64_t m, int64_t n, int64_t k, int64_t mr, int6
   for (int64_t tn = 1; tn <= t; ++tn) {
     if (t % tn != 0) continue;
     const int64_t tm = t / tn;
-    const int64_t mp = ceil_div(ceil_div(m, mr), tm) * mr;  // rows per thread, in whole tiles
-    const int64_t np = ceil_div(ceil_div(n, nr), tn) * nr;
-    // Cost per thread: its multiply-adds plus packing its B block (about one multiply-add's time
-    // per packed element and row of tile it feeds is far too much; 4 elements per MR-row pass is
-    // the measured ratio of a packed element to a micro-kernel FMA row on AVX-512).
-    const double cost = static_cast<double>(mp) * np * k + 4.0 * static_cast<double>(np) * k;
-    if (best_cost < 0 || cost < best_cost || (cost == best_cost && tn > best.tn)) {
+    const double mp = static_cast<double>(ceil_div(ceil_div(m, mr), tm) * mr);  // rows per thread
+    const double np = static_cast<double>(ceil_div(ceil_div(n, nr), tn) * nr);  // columns
+    const double kk = static_cast<double>(k);
+    const double fma = mp * np * kk / (2.0 * static_cast<double>(lanes));
+    const double pack =
+        (b_transposed ? 0.75 : 0.25) * np * kk + 0.25 * mp * kk / static_cast<double>(tn);
+    const double remote_a = 6.0 * mp * kk * static_cast<double>(tn - 1) / static_cast<double>(tn);
+    const double shared_b = tm > 1 ? 0.25 * np * kk : 0.0;
+    const double cost = fma + pack + remote_a + shared_b;
+    if (best_cost < 0 || cost < best_cost) {
       best_cost = cost;
       best.tm = static_cast<int>(tm);
       best.tn = static_cast<int>(tn);
@@ -129,13 +143,23 @@ static void pack_b(const typename V::T* b, int64_t rs_b, int64_t cs_b, int64_t k
   using T = typename V::T;
   using R = typename V::V;
   constexpr int W = V::W;
+  if (cs_b == 1) {
+    // Row by row, so that each row of the block is read sequentially (B often comes from DRAM:
+    // 128 x 4096 . 4096 x 1000 streams 16 MB of B once).
+    const int64_t full = nc / NR * NR;
+    for (int64_t p = 0; p < kc; ++p) {
+      const T* s = b + p * rs_b;
+      T* d = dst + p * NR;
+      for (int64_t j0 = 0; j0 < full; j0 += NR) std::memcpy(d + j0 * kc, s + j0, NR * sizeof(T));
+      if (full < nc) std::memcpy(d + full * kc, s + full, (nc - full) * sizeof(T));
+    }
+    return;
+  }
   for (int64_t j0 = 0; j0 < nc; j0 += NR) {
     const int64_t nn = min64(NR, nc - j0);
     T* d = dst + j0 * kc;
     const T* s = b + j0 * cs_b;
-    if (cs_b == 1) {
-      for (int64_t p = 0; p < kc; ++p) std::memcpy(d + p * NR, s + p * rs_b, nn * sizeof(T));
-    } else if (rs_b == 1) {
+    if (rs_b == 1) {
       for (int64_t p0 = 0; p0 < kc; p0 += W) {
         const int pw = static_cast<int>(min64(W, kc - p0));
         for (int64_t jw = 0; jw < nn; jw += W) {
@@ -170,8 +194,7 @@ constexpr int64_t kAPad = 16;
 // Packed A held at once (all of K): 32 MiB, so that A of up to 2048 x 4096 fp32 is packed once and
 // B once. The packed A is streamed (each MR-row panel once per B block), far below any bandwidth.
 constexpr int64_t kAPackBytes = int64_t(32) << 20;
-// Row panels of A (per thread) up to which B is read in place rather than packed.
-constexpr int64_t kDirectBMaxPanels = 6;
+
 
 template <typename T, int MR>
 static void pack_a_panel(const T* a, int64_t rs_a, int64_t cs_a, int64_t mm, int64_t k,
@@ -248,30 +271,28 @@ static void gemm_blocked(const GemmArgs<typename UK::T>& g) {
   const int64_t m_panels = ceil_div(m, MR);
   const int64_t mc = ceil_div(m_panels, ceil_div(m_panels, max_panels)) * MR;
 
-  const Grid grid = choose_grid(m, n, k, MR, NR, g.nthreads);
+  const Grid grid = choose_grid(m, n, k, MR, NR, UK::V::W, g.cs_b != 1, g.nthreads);
   const int nt = grid.tm * grid.tn;
-  // B is read in place, unpacked, when its rows are contiguous and few row panels reuse it: a
-  // packed element is then read too few times to repay its copy. (64 x 784 . 784 x 256: packing B
-  // took 40% of the time of the micro-kernels that used it.)
-  const bool direct_b =
-      g.cs_b == 1 && ceil_div(ceil_div(m_panels, grid.tm), 1) <= kDirectBMaxPanels;
   // Columns per thread, then B blocks of at most NC columns, balanced so the last is not tiny.
   const int64_t n_per = round_up(ceil_div(n, grid.tn), NR);
   const int64_t nc = round_up(ceil_div(n_per, ceil_div(n_per, bl.nc)), NR);
-  const int64_t b_elems = direct_b ? 0 : round_up(kc_max * nc, 16);  // per thread, 64-byte aligned
+  const int64_t b_elems = round_up(kc_max * nc, 16);  // per thread, 64-byte aligned
   const int64_t a_elems = round_up(ceil_div(mc, MR) * panel_elems, 16);
   T* ws = static_cast<T*>(
       workspace(WorkspaceSlot::gemm_pack, (a_elems + nt * b_elems) * sizeof(T)));
   T* apack = ws;
   T* bpack_all = ws + a_elems;
 
-  // Packs the A block starting at row ic: this worker's share `part` of `parts`.
-  auto pack_a_block = [&](int64_t ic, int part, int parts) {
-    const int64_t mce = min64(mc, m - ic);
-    const int64_t panels = ceil_div(mce, MR);
-    for (int64_t q = part; q < panels; q += parts) {
-      pack_a_panel<T, MR>(g.a + (ic + q * MR) * g.rs_a, g.rs_a, g.cs_a, min64(MR, mce - q * MR),
-                          k, ld_row, apack + q * panel_elems);
+  // Packs this thread's share of the A panels its row group needs from the block at row ic:
+  // the panels of rows [m0, m1) whose index is tj modulo tn.
+  auto pack_a_block = [&](int tid, int64_t ic) {
+    const int ti = tid / grid.tn, tj = tid % grid.tn;
+    int64_t m0, m1;
+    split_range(m, MR, grid.tm, ti, &m0, &m1);
+    const int64_t r0 = max64(m0, ic), r1 = min64(m1, ic + mc);
+    for (int64_t r = r0 + tj * MR; r < r1; r += grid.tn * MR) {
+      pack_a_panel<T, MR>(g.a + r * g.rs_a, g.rs_a, g.cs_a, min64(MR, r1 - r), k, ld_row,
+                          apack + (r - ic) / MR * panel_elems);
     }
   };
   // Thread tid's tiles of the A block starting at row ic.
@@ -287,8 +308,9 @@ static void gemm_blocked(const GemmArgs<typename UK::T>& g) {
       const int64_t nce = min64(nc, n1 - jc);
       for (int64_t pc = 0; pc < k; pc += kc_max) {
         const int64_t kc = min64(kc_max, k - pc);
-        const T* bsrc = g.b + pc * g.rs_b + jc * g.cs_b;
-        if (!direct_b) pack_b<typename UK::V, NR>(bsrc, g.rs_b, g.cs_b, kc, nce, bpack);
+        // B is always packed here, even when few row panels reuse it: reading a row-major B in
+        // place for the 6 row panels of 64 x 784 . 784 x 256 was 5-10% slower than packing it.
+        pack_b<typename UK::V, NR>(g.b + pc * g.rs_b + jc * g.cs_b, g.rs_b, g.cs_b, kc, nce, bpack);
         const T beta = pc == 0 ? g.beta : T(1);
         for (int64_t ir = r0; ir < r1; ir += MR) {
           const int64_t mm = min64(MR, r1 - ir);
@@ -297,8 +319,7 @@ static void gemm_blocked(const GemmArgs<typename UK::T>& g) {
           const int64_t rs = row_layout ? ld_row : 1, cs = row_layout ? 1 : MR;
           T* crow = g.c + ir * g.rs_c + jc;
           for (int64_t jr = 0; jr < nce; jr += NR) {
-            const T* bp = direct_b ? bsrc + jr : bpack + jr * kc;
-            UK::run(kc, ap, rs, cs, bp, direct_b ? g.rs_b : NR, crow + jr, g.rs_c, mm,
+            UK::run(kc, ap, rs, cs, bpack + jr * kc, NR, crow + jr, g.rs_c, mm,
                     min64(NR, nce - jr), g.alpha, beta);
           }
         }
@@ -307,7 +328,7 @@ static void gemm_blocked(const GemmArgs<typename UK::T>& g) {
   };
   auto run_sequential = [&]() {
     for (int64_t ic = 0; ic < m; ic += mc) {
-      pack_a_block(ic, 0, 1);
+      for (int t = 0; t < nt; ++t) pack_a_block(t, ic);
       for (int t = 0; t < nt; ++t) compute_block(t, ic);
     }
   };
@@ -328,10 +349,13 @@ static void gemm_blocked(const GemmArgs<typename UK::T>& g) {
     } else {
       const int tid = omp_get_thread_num();
       for (int64_t ic = 0; ic < m; ic += mc) {
-        pack_a_block(ic, tid, nt);
+        // Barriers only where threads share A panels (tn > 1); the condition is the same on all.
+        pack_a_block(tid, ic);
+        if (grid.tn > 1) {
 #pragma omp barrier
+        }
         compute_block(tid, ic);
-        if (ic + mc < m) {
+        if (grid.tn > 1 && ic + mc < m) {
 #pragma omp barrier
         }
       }

@@ -21,6 +21,8 @@ __all__ = ["gemm", "matmul"]
 
 
 def _real(value: object, name: str, fn: str) -> float:
+    if type(value) is float:  # the common case, without the cost of an ABC check
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{fn}: {name} must be a real number, got {type(value).__name__}")
     return float(value)
