@@ -202,8 +202,7 @@ py::array new_matrix(const py::array& like, int64_t m, int64_t n) {
                                                           static_cast<py::ssize_t>(n)});
 }
 
-void check_gemm_operands(const py::array& a, const py::array& b, bool ta, bool tb,
-                         const char* fn) {
+void check_gemm_operands(const py::array& a, const py::array& b, bool ta, bool tb, const char* fn) {
   require_ndim(a, 2, fn, "a");
   require_ndim(b, 2, fn, "b");
   require_same_dtype(a, "a", b, "b", fn);
@@ -218,15 +217,15 @@ void check_gemm_operands(const py::array& a, const py::array& b, bool ta, bool t
   }
 }
 
-void check_output(const py::array& out, const py::array& like, int64_t m, int64_t n,
-                  const char* fn, const char* arg, bool need_contiguous) {
+void check_output(const py::array& out, const py::array& like, int64_t m, int64_t n, const char* fn,
+                  const char* arg, bool need_contiguous) {
   if (out.dtype().itemsize() != like.dtype().itemsize() || out.dtype().kind() != 'f') {
-    type_error(std::string(fn) + ": '" + arg + "' has dtype " + dtype_str(out) +
-               "; expected " + dtype_str(like) + " to match the inputs");
+    type_error(std::string(fn) + ": '" + arg + "' has dtype " + dtype_str(out) + "; expected " +
+               dtype_str(like) + " to match the inputs");
   }
   if (out.ndim() != 2 || out.shape(0) != m || out.shape(1) != n) {
-    value_error(std::string(fn) + ": '" + arg + "' has shape " + shape_str(out) +
-                "; expected (" + std::to_string(m) + ", " + std::to_string(n) + ")");
+    value_error(std::string(fn) + ": '" + arg + "' has shape " + shape_str(out) + "; expected (" +
+                std::to_string(m) + ", " + std::to_string(n) + ")");
   }
   if (!out.writeable()) value_error(std::string(fn) + ": '" + arg + "' is read-only");
   if (need_contiguous && !(out.flags() & py::array::c_style)) {
@@ -322,8 +321,8 @@ py::list list_ukernels() {
 }
 
 template <typename T>
-void call_gemm_ukernel(const UkernelInfo& uk, const py::array& a, const py::array& b,
-                       py::array& c, double alpha, double beta) {
+void call_gemm_ukernel(const UkernelInfo& uk, const py::array& a, const py::array& b, py::array& c,
+                       double alpha, double beta) {
   auto fn = reinterpret_cast<GemmUkernelFn<T>>(uk.fn);
   const int64_t m = a.shape(0), k = a.shape(1), n = b.shape(1);
   const T* pa = static_cast<const T*>(a.data());
@@ -342,20 +341,24 @@ void run_ukernel(int index, const py::array& a, const py::array& b, py::array& c
                  double beta) {
   int count = 0;
   const UkernelInfo* list = ukernels(&count);
-  if (index < 0 || index >= count) value_error("run_ukernel: no micro-kernel " + std::to_string(index));
+  if (index < 0 || index >= count)
+    value_error("run_ukernel: no micro-kernel " + std::to_string(index));
   const UkernelInfo& uk = list[index];
-  if (!isa_available(uk.isa)) value_error(std::string("run_ukernel: ") + isa_name(uk.isa) + " is not available");
+  if (!isa_available(uk.isa))
+    value_error(std::string("run_ukernel: ") + isa_name(uk.isa) + " is not available");
   const py::ssize_t size = std::string(uk.dtype) == "float32" ? 4 : 8;
   const py::array* operands[] = {&a, &b, &c};
   for (const py::array* x : operands) {
     if (x->ndim() != 2 || x->dtype().kind() != 'f' || x->dtype().itemsize() != size) {
       type_error(std::string("run_ukernel: operands must be 2-D ") + uk.dtype);
     }
-    if (x->strides(0) % size != 0 || x->strides(1) % size != 0) value_error("run_ukernel: bad strides");
+    if (x->strides(0) % size != 0 || x->strides(1) % size != 0)
+      value_error("run_ukernel: bad strides");
   }
   const int64_t m = a.shape(0), k = a.shape(1), n = b.shape(1);
   if (b.shape(0) != k || c.shape(0) != m || c.shape(1) != n) value_error("run_ukernel: shapes");
-  if (m < 1 || m > uk.mr || n < 1 || n > uk.nr) value_error("run_ukernel: tile larger than MR x NR");
+  if (m < 1 || m > uk.mr || n < 1 || n > uk.nr)
+    value_error("run_ukernel: tile larger than MR x NR");
   if (k > 0 && !(estride(a, 1) == 1 || estride(a, 0) == 1)) {
     value_error("run_ukernel: a needs a unit stride");
   }
@@ -423,8 +426,8 @@ void set_isa(const std::string& name) {
     value_error("unknown ISA '" + name + "'; expected one of scalar, avx2, avx512");
   }
   if (!set_active_isa(isa)) {
-    value_error("ISA '" + name + "' is not available on this CPU/build (available: " +
-                available_list() + ")");
+    value_error("ISA '" + name +
+                "' is not available on this CPU/build (available: " + available_list() + ")");
   }
 }
 
@@ -434,7 +437,8 @@ void set_threads(const py::object& n) {
                py::str(py::type::of(n)).cast<std::string>());
   }
   const long long v = n.cast<long long>();
-  if (v < 1 || v > 4096) value_error("set_num_threads: n must be in [1, 4096], got " + std::to_string(v));
+  if (v < 1 || v > 4096)
+    value_error("set_num_threads: n must be in [1, 4096], got " + std::to_string(v));
   set_num_threads(static_cast<int>(v));
 }
 
@@ -453,9 +457,9 @@ PYBIND11_MODULE(_core, m) {
                              "' is not one of scalar, avx2, avx512");
     }
     if (!set_active_isa(isa)) {
-      throw py::import_error(std::string("SIMDNN_ISA='") + forced +
-                             "' is not available on this CPU/build (available: " +
-                             available_list() + ")");
+      throw py::import_error(
+          std::string("SIMDNN_ISA='") + forced +
+          "' is not available on this CPU/build (available: " + available_list() + ")");
     }
   }
 
@@ -469,6 +473,15 @@ PYBIND11_MODULE(_core, m) {
         py::arg("alpha") = 1.0, py::arg("beta") = 0.0, py::arg("trans_a") = false,
         py::arg("trans_b") = false);
   m.def("ukernels", &list_ukernels);
+  // Test hook: bytes of packed A a GEMM holds at once; returns the previous value.
+  m.def(
+      "_set_gemm_a_pack_bytes",
+      [](int64_t bytes) {
+        const int64_t before = gemm_a_pack_bytes();
+        set_gemm_a_pack_bytes(bytes);
+        return before;
+      },
+      py::arg("bytes"));
   m.def("run_ukernel", &run_ukernel, py::arg("index"), py::arg("a"), py::arg("b"), py::arg("c"),
         py::arg("alpha"), py::arg("beta"));
 }

@@ -55,7 +55,7 @@ bool set_active_isa(Isa isa) {
 }
 
 const UkernelInfo* ukernels(int* count) {
-#define SIMDNN_GEMM_UKERNEL(isa, T, MR, NR, name)                                         \
+#define SIMDNN_GEMM_UKERNEL(isa, T, MR, NR, name)                                           \
   SIMDNN_IF_##isa({"gemm", Isa::isa, sizeof(T) == 4 ? "float32" : "float64", MR, NR, #name, \
                    reinterpret_cast<void*>(&isa::name)}, )
   static const UkernelInfo list[] = {

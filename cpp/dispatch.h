@@ -18,8 +18,8 @@ struct KernelTable {
 };
 
 // Filled by gemm.cpp of each ISA.
-#define SIMDNN_DECLARE_REGISTER(isa) \
-  namespace isa {                    \
+#define SIMDNN_DECLARE_REGISTER(isa)      \
+  namespace isa {                         \
   void register_gemm(KernelTable* table); \
   }
 SIMDNN_DECLARE_REGISTER(scalar)

@@ -6,10 +6,10 @@ import threading
 
 import numpy as np
 import pytest
-from helpers import assert_gemm_close, gemm_error_bound
 
 import simdnn
-from simdnn import ops, reference
+from helpers import assert_gemm_close, gemm_error_bound
+from simdnn import _core, ops, reference
 
 # Shapes (M, K, N): ones, primes, sizes just around every tile (MR 4/6/12, NR 4/8/16/32) and
 # block (KC 256-512), and shapes large enough to take the blocked, threaded path.
@@ -164,7 +164,8 @@ def test_zero_sized_dimensions(isa, dtype):
         a, b = np.ones((m, k), dtype), np.ones((k, n), dtype)
         got = ops.matmul(a, b)
         np.testing.assert_array_equal(got, np.matmul(a, b))
-        assert got.shape == (m, n) and got.dtype == dtype
+        assert got.shape == (m, n)
+        assert got.dtype == dtype
     # K == 0: alpha * (empty sum) + beta * c.
     c = np.full((3, 4), 2.0, dtype)
     ops.gemm(np.ones((3, 0), dtype), np.ones((0, 4), dtype), c, beta=0.5)
@@ -204,9 +205,7 @@ def test_results_identical_across_thread_counts(isa, dtype, rng, threads):
 
 def test_concurrent_python_threads(isa, rng):
     """Kernels release the GIL; several Python threads at once give the serial results."""
-    pairs = [
-        (make(rng, (130, 90), np.float32), make(rng, (90, 70), np.float32)) for _ in range(8)
-    ]
+    pairs = [(make(rng, (130, 90), np.float32), make(rng, (90, 70), np.float32)) for _ in range(8)]
     want = [ops.matmul(a, b) for a, b in pairs]
     got: list[np.ndarray | None] = [None] * len(pairs)
 
@@ -232,11 +231,21 @@ def test_concurrent_python_threads(isa, rng):
     [
         (np.ones(3, np.float32), np.ones((3, 2), np.float32), ValueError, ["'a'", "2-D", "(3,)"]),
         (np.ones((2, 3), np.float32), np.ones((2, 3, 4), np.float32), ValueError, ["'b'", "2-D"]),
-        (np.ones((2, 3), np.float32), np.ones((4, 2), np.float32), ValueError, ["(2, 3)", "(4, 2)"]),
+        (
+            np.ones((2, 3), np.float32),
+            np.ones((4, 2), np.float32),
+            ValueError,
+            ["(2, 3)", "(4, 2)"],
+        ),
         (np.ones((2, 3), np.int64), np.ones((3, 2), np.float32), TypeError, ["'a'", "int64"]),
         (np.ones((2, 3), np.float32), np.ones((3, 2), np.complex64), TypeError, ["'b'", "complex"]),
         (np.ones((2, 3), np.float16), np.ones((3, 2), np.float16), TypeError, ["float16"]),
-        (np.ones((2, 3), np.float32), np.ones((3, 2), np.float64), TypeError, ["float32", "float64"]),
+        (
+            np.ones((2, 3), np.float32),
+            np.ones((3, 2), np.float64),
+            TypeError,
+            ["float32", "float64"],
+        ),
         (np.ones((2, 3), bool), np.ones((3, 2), np.float32), TypeError, ["'a'", "bool"]),
         ("abc", np.ones((3, 2), np.float32), TypeError, ["'a'"]),
     ],
@@ -282,3 +291,22 @@ def test_array_likes_are_accepted():
     got = ops.matmul([[1.0, 2.0]], [[3.0], [4.0]])
     np.testing.assert_array_equal(got, [[11.0]])
     assert got.dtype == np.float64
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+def test_many_packed_a_blocks(isa, dtype, rng, threads, trans_a):
+    """A packed in several blocks per row group (huge inputs do this; here the budget is shrunk)
+    on 1-3 threads, where row groups run different blocks at the same time."""
+    before = _core._set_gemm_a_pack_bytes(20_000)
+    try:
+        m, k, n = 181, 300, 97
+        a = make(rng, (k, m) if trans_a else (m, k), dtype)
+        b = make(rng, (k, n), dtype)
+        opa = a.T if trans_a else a
+        want = oracle(opa, b)
+        for nt in (1, 2, 3):
+            simdnn.set_num_threads(nt)
+            got = ops.gemm(a, b, trans_a=trans_a)
+            assert_gemm_close(got, want, gemm_error_bound(opa, b, dtype))
+    finally:
+        _core._set_gemm_a_pack_bytes(before)

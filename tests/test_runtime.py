@@ -26,10 +26,12 @@ def test_cpu_info_keys():
     assert set(info["available"]) <= set(info["compiled"])
     assert info["num_threads"] == simdnn.get_num_threads() >= 1
     for key in ("l1d_cache", "l2_cache", "l3_cache"):
-        assert isinstance(info[key], int) and info[key] > 0
+        assert isinstance(info[key], int)
+        assert info[key] > 0
     for dt in ("float32", "float64"):
         blk = info["gemm_blocking"][dt]
-        assert blk["kc"] > 0 and blk["nc"] % blk["nr"] == 0
+        assert blk["kc"] > 0
+        assert blk["nc"] % blk["nr"] == 0
 
 
 def test_best_isa_is_the_default():

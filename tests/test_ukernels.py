@@ -17,17 +17,22 @@ def test_registry_covers_every_isa_and_dtype():
     compiled = set(simdnn.cpu_info()["compiled"])
     seen = {(u["isa"], u["dtype"]) for u in UKERNELS if u["op"] == "gemm"}
     for isa in compiled:
-        assert (isa, "float32") in seen and (isa, "float64") in seen
+        assert (isa, "float32") in seen
+        assert (isa, "float64") in seen
 
 
 def test_unavailable_kernels_are_refused():
     for u in UKERNELS:
         if u["isa"] not in AVAILABLE:  # pragma: no cover - depends on the CPU
             with pytest.raises(ValueError, match="not available"):
-                _core.run_ukernel(u["index"], np.ones((1, 1)), np.ones((1, 1)), np.ones((1, 1)), 1, 0)
+                _core.run_ukernel(
+                    u["index"], np.ones((1, 1)), np.ones((1, 1)), np.ones((1, 1)), 1, 0
+                )
 
 
-@pytest.mark.parametrize("uk", [u for u in UKERNELS if u["isa"] in AVAILABLE], ids=lambda u: u["name"])
+@pytest.mark.parametrize(
+    "uk", [u for u in UKERNELS if u["isa"] in AVAILABLE], ids=lambda u: u["name"]
+)
 @pytest.mark.parametrize("a_layout", ["row", "column"])
 def test_gemm_ukernel_every_tile(uk, a_layout):
     rng = np.random.default_rng(7)
@@ -57,4 +62,11 @@ def test_ukernel_rejects_oversized_tiles():
     uk = next(u for u in UKERNELS if u["isa"] == "scalar" and u["dtype"] == "float32")
     a = np.ones((uk["mr"] + 1, 2), np.float32)
     with pytest.raises(ValueError, match="MR x NR"):
-        _core.run_ukernel(uk["index"], a, np.ones((2, 1), np.float32), np.ones((uk["mr"] + 1, 1), np.float32), 1, 0)
+        _core.run_ukernel(
+            uk["index"],
+            a,
+            np.ones((2, 1), np.float32),
+            np.ones((uk["mr"] + 1, 1), np.float32),
+            1,
+            0,
+        )

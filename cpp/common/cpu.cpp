@@ -65,8 +65,8 @@ void probe_isas(CpuInfo* info) {
   const bool osxsave = (l1.c >> 27) & 1;
   if (!osxsave) return;
   const uint64_t xcr0 = xgetbv0();
-  const bool os_ymm = (xcr0 & 0x6) == 0x6;     // SSE + AVX state
-  const bool os_zmm = (xcr0 & 0xe6) == 0xe6;   // + opmask, ZMM_Hi256, Hi16_ZMM
+  const bool os_ymm = (xcr0 & 0x6) == 0x6;    // SSE + AVX state
+  const bool os_zmm = (xcr0 & 0xe6) == 0xe6;  // + opmask, ZMM_Hi256, Hi16_ZMM
   const bool avx = (l1.c >> 28) & 1, fma = (l1.c >> 12) & 1;
   const bool avx2 = (l7.b >> 5) & 1;
   const bool f = (l7.b >> 16) & 1, dq = (l7.b >> 17) & 1, bw = (l7.b >> 30) & 1,

@@ -67,6 +67,18 @@ bool have_openmp() {
 #endif
 }
 
+namespace {
+std::atomic<int64_t>& a_pack_setting() {
+  static std::atomic<int64_t> bytes{int64_t(32) << 20};
+  return bytes;
+}
+}  // namespace
+
+int64_t gemm_a_pack_bytes() { return a_pack_setting().load(std::memory_order_relaxed); }
+void set_gemm_a_pack_bytes(int64_t bytes) {
+  a_pack_setting().store(bytes < 1 ? 1 : bytes, std::memory_order_relaxed);
+}
+
 void* workspace(WorkspaceSlot slot, std::size_t bytes) {
   thread_local Buffer buffers[static_cast<int>(WorkspaceSlot::count)];
   Buffer& buf = buffers[static_cast<int>(slot)];

@@ -18,6 +18,11 @@ bool have_openmp();
 // allocates once the buffer has grown to its size (an allocation of a packing buffer per call costs
 // page faults that are comparable with a whole small GEMM). Throws std::bad_alloc when it cannot
 // grow. The pointer stays valid until the same thread asks for the same slot again.
+// Bytes of packed A a GEMM holds at once (default 32 MiB). Tests lower it to reach the blocked
+// code paths of huge inputs with small ones; it is not a user setting.
+int64_t gemm_a_pack_bytes();
+void set_gemm_a_pack_bytes(int64_t bytes);
+
 enum class WorkspaceSlot : int { gemm_pack = 0, op_scratch = 1, count = 2 };
 void* workspace(WorkspaceSlot slot, std::size_t bytes);
 

@@ -1,10 +1,9 @@
 // The GEMM drivers of one ISA: compiled once per ISA with that ISA's flags and
 // -DSIMDNN_ISA_NS=<isa>, instantiating gemm_driver.h with this ISA's micro-kernels from the
 // registry.
-#include "gemm/gemm_driver.h"
-
 #include "common/isa_macros.h"
 #include "dispatch.h"
+#include "gemm/gemm_driver.h"
 #include "gemm/gemm_ukernels.h"
 #include "simd/simd.h"
 
@@ -39,10 +38,9 @@ GemmBlocking& blocking_slot(KernelTable* t, double) { return t->dgemm_blocking; 
 }  // namespace
 
 void register_gemm(KernelTable* table) {
-#define SIMDNN_GEMM_UKERNEL(isa, T, MR, NR, name)                            \
+#define SIMDNN_GEMM_UKERNEL(isa, T, MR, NR, name)                                   \
   SIMDNN_THIS_##isa(gemm_slot(table, T()) = &gemm_entry<Ukernel<T, MR, NR, &name>>; \
-                    blocking_slot(table, T()) =                                  \
-                        gemm_detail::make_blocking(MR, NR, sizeof(T), 0);)
+                    blocking_slot(table, T()) = gemm_detail::make_blocking(MR, NR, sizeof(T), 0);)
 #include "kernels.inc"
 #undef SIMDNN_GEMM_UKERNEL
 }

@@ -30,9 +30,9 @@ template <typename T>
 using GemmFn = void (*)(const GemmArgs<T>& args);
 
 // Micro-kernel signature (contract in gemm_ukernel.h).
-#define SIMDNN_GEMM_UKERNEL_PARAMS(T)                                                      \
-  int64_t k, const T *a, int64_t rs_a, int64_t cs_a, const T *b, int64_t rs_b, T *c,       \
-      int64_t rs_c, int64_t m, int64_t n, T alpha, T beta
+#define SIMDNN_GEMM_UKERNEL_PARAMS(T)                                                              \
+  int64_t k, const T *a, int64_t rs_a, int64_t cs_a, const T *b, int64_t rs_b, T *c, int64_t rs_c, \
+      int64_t m, int64_t n, T alpha, T beta
 
 template <typename T>
 using GemmUkernelFn = void (*)(SIMDNN_GEMM_UKERNEL_PARAMS(T));

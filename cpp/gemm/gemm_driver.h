@@ -8,7 +8,8 @@
 // A are broadcast, NR columns of B are vector loads.
 //
 // Loop nest, outermost first (per thread, after the thread grid has split M and N):
-//   ic  over M in steps of MC   A block (all of K), packed once and shared by all threads
+//   ic  over M in steps of MC   A block (all of K), packed once and shared by the threads that
+//                                compute the same rows
 //   jc  over N in steps of NC   one packed B block per thread, kept in that core's L2
 //   pc  over K in steps of KC   B block = KC x NC, packed as NR-wide micro-panels
 //   ir  over M in steps of MR   A micro-panel (MR x KC) stays in L1 while ...
@@ -64,7 +65,7 @@ static inline GemmBlocking make_blocking(int64_t mr, int64_t nr, int64_t bytes, 
   bl.kc = kc;
   int64_t nc = round_down(cpu.l2 / 2 / (kc * bytes), nr);
   bl.nc = max64(nr, min64(nc, 4096));
-  bl.mc = mr;  // set per problem in plan()
+  bl.mc = mr;  // set per problem by gemm_blocked
   return bl;
 }
 
@@ -191,10 +192,9 @@ static void pack_b(const typename V::T* b, int64_t rs_b, int64_t cs_b, int64_t k
 //    anything else).
 // Rows past mm in the last panel are not written: the micro-kernel never reads them.
 constexpr int64_t kAPad = 16;
-// Packed A held at once (all of K): 32 MiB, so that A of up to 2048 x 4096 fp32 is packed once and
-// B once. The packed A is streamed (each MR-row panel once per B block), far below any bandwidth.
-constexpr int64_t kAPackBytes = int64_t(32) << 20;
-
+// Packed A held at once (all of K) is gemm_a_pack_bytes(): 32 MiB by default, so that A of up to
+// 2048 x 4096 fp32 is packed once and B once. The packed A is streamed (each MR-row panel once per
+// B block), far below any bandwidth.
 
 template <typename T, int MR>
 static void pack_a_panel(const T* a, int64_t rs_a, int64_t cs_a, int64_t mm, int64_t k,
@@ -261,49 +261,61 @@ static void gemm_blocked(const GemmArgs<typename UK::T>& g) {
   const GemmBlocking bl = make_blocking(MR, NR, sizeof(T), k);
   const int64_t kc_max = bl.kc;
 
-  // A is packed MC rows at a time (all of K), shared by all threads. The blocks are balanced, so
-  // that M = 1024 is one block and not 960 + 64 (each block repacks B).
+  const Grid grid = choose_grid(m, n, k, MR, NR, UK::V::W, g.cs_b != 1, g.nthreads);
+  const int nt = grid.tm * grid.tn;
+
+  // A is packed in blocks of MC rows (all of K). Each row group (the tn threads that share rows)
+  // owns a region of the buffer and walks its own rows block by block; every group runs the same
+  // number of blocks, so that the barriers inside a group (tn > 1) line up across the team. The
+  // blocks are balanced: M = 1024 is one block, not 960 + 64 (each block repacks B).
   const bool row_layout = g.cs_a == 1;
   const int64_t ld_row = k + kAPad;         // row layout: row stride inside a panel
   const int64_t panel_elems = MR * ld_row;  // either layout fits in MR x (K + pad)
   const int64_t panel_bytes = panel_elems * static_cast<int64_t>(sizeof(T));
-  const int64_t max_panels = max64(1, kAPackBytes / panel_bytes);
-  const int64_t m_panels = ceil_div(m, MR);
-  const int64_t mc = ceil_div(m_panels, ceil_div(m_panels, max_panels)) * MR;
+  const int64_t group_panels = ceil_div(ceil_div(m, MR), grid.tm);  // the largest group's
+  const int64_t max_panels = max64(1, gemm_a_pack_bytes() / grid.tm / panel_bytes);
+  const int64_t blocks = ceil_div(group_panels, max_panels);
+  const int64_t block_panels = ceil_div(group_panels, blocks);
+  const int64_t a_region = round_up(block_panels * panel_elems, 16);  // per row group
 
-  const Grid grid = choose_grid(m, n, k, MR, NR, UK::V::W, g.cs_b != 1, g.nthreads);
-  const int nt = grid.tm * grid.tn;
   // Columns per thread, then B blocks of at most NC columns, balanced so the last is not tiny.
   const int64_t n_per = round_up(ceil_div(n, grid.tn), NR);
   const int64_t nc = round_up(ceil_div(n_per, ceil_div(n_per, bl.nc)), NR);
   const int64_t b_elems = round_up(kc_max * nc, 16);  // per thread, 64-byte aligned
-  const int64_t a_elems = round_up(ceil_div(mc, MR) * panel_elems, 16);
   T* ws = static_cast<T*>(
-      workspace(WorkspaceSlot::gemm_pack, (a_elems + nt * b_elems) * sizeof(T)));
-  T* apack = ws;
-  T* bpack_all = ws + a_elems;
+      workspace(WorkspaceSlot::gemm_pack, (grid.tm * a_region + nt * b_elems) * sizeof(T)));
+  T* bpack_all = ws + grid.tm * a_region;
 
-  // Packs this thread's share of the A panels its row group needs from the block at row ic:
-  // the panels of rows [m0, m1) whose index is tj modulo tn.
-  auto pack_a_block = [&](int tid, int64_t ic) {
-    const int ti = tid / grid.tn, tj = tid % grid.tn;
+  // Rows [r0, r1) of block `blk` of thread tid's row group, and the group's A region.
+  struct Rows {
+    int64_t r0, r1;
+    T* apack;
+  };
+  auto block_rows = [&](int tid, int64_t blk) {
+    const int ti = tid / grid.tn;
     int64_t m0, m1;
     split_range(m, MR, grid.tm, ti, &m0, &m1);
-    const int64_t r0 = max64(m0, ic), r1 = min64(m1, ic + mc);
-    for (int64_t r = r0 + tj * MR; r < r1; r += grid.tn * MR) {
-      pack_a_panel<T, MR>(g.a + r * g.rs_a, g.rs_a, g.cs_a, min64(MR, r1 - r), k, ld_row,
-                          apack + (r - ic) / MR * panel_elems);
+    const int64_t r0 = min64(m1, m0 + blk * block_panels * MR);
+    const int64_t r1 = min64(m1, r0 + block_panels * MR);
+    return Rows{r0, r1, ws + ti * a_region};
+  };
+  // Packs this thread's share of its group's A panels for block blk: every tn-th panel.
+  auto pack_a_block = [&](int tid, int64_t blk) {
+    const int tj = tid % grid.tn;
+    const Rows rows = block_rows(tid, blk);
+    for (int64_t r = rows.r0 + tj * MR; r < rows.r1; r += grid.tn * MR) {
+      pack_a_panel<T, MR>(g.a + r * g.rs_a, g.rs_a, g.cs_a, min64(MR, rows.r1 - r), k, ld_row,
+                          rows.apack + (r - rows.r0) / MR * panel_elems);
     }
   };
-  // Thread tid's tiles of the A block starting at row ic.
-  auto compute_block = [&](int tid, int64_t ic) {
-    const int ti = tid / grid.tn, tj = tid % grid.tn;
-    int64_t m0, m1, n0, n1;
-    split_range(m, MR, grid.tm, ti, &m0, &m1);
+  // Thread tid's tiles of block blk.
+  auto compute_block = [&](int tid, int64_t blk) {
+    const int tj = tid % grid.tn;
+    const Rows rows = block_rows(tid, blk);
+    if (rows.r0 >= rows.r1) return;
+    int64_t n0, n1;
     split_range(n, NR, grid.tn, tj, &n0, &n1);
     T* bpack = bpack_all + tid * b_elems;
-    const int64_t r0 = max64(m0, ic), r1 = min64(m1, ic + mc);
-    if (r0 >= r1) return;
     for (int64_t jc = n0; jc < n1; jc += nc) {
       const int64_t nce = min64(nc, n1 - jc);
       for (int64_t pc = 0; pc < k; pc += kc_max) {
@@ -312,24 +324,24 @@ static void gemm_blocked(const GemmArgs<typename UK::T>& g) {
         // place for the 6 row panels of 64 x 784 . 784 x 256 was 5-10% slower than packing it.
         pack_b<typename UK::V, NR>(g.b + pc * g.rs_b + jc * g.cs_b, g.rs_b, g.cs_b, kc, nce, bpack);
         const T beta = pc == 0 ? g.beta : T(1);
-        for (int64_t ir = r0; ir < r1; ir += MR) {
-          const int64_t mm = min64(MR, r1 - ir);
-          const T* panel = apack + (ir - ic) / MR * panel_elems;
+        for (int64_t ir = rows.r0; ir < rows.r1; ir += MR) {
+          const int64_t mm = min64(MR, rows.r1 - ir);
+          const T* panel = rows.apack + (ir - rows.r0) / MR * panel_elems;
           const T* ap = row_layout ? panel + pc : panel + pc * MR;
           const int64_t rs = row_layout ? ld_row : 1, cs = row_layout ? 1 : MR;
           T* crow = g.c + ir * g.rs_c + jc;
           for (int64_t jr = 0; jr < nce; jr += NR) {
-            UK::run(kc, ap, rs, cs, bpack + jr * kc, NR, crow + jr, g.rs_c, mm,
-                    min64(NR, nce - jr), g.alpha, beta);
+            UK::run(kc, ap, rs, cs, bpack + jr * kc, NR, crow + jr, g.rs_c, mm, min64(NR, nce - jr),
+                    g.alpha, beta);
           }
         }
       }
     }
   };
   auto run_sequential = [&]() {
-    for (int64_t ic = 0; ic < m; ic += mc) {
-      for (int t = 0; t < nt; ++t) pack_a_block(t, ic);
-      for (int t = 0; t < nt; ++t) compute_block(t, ic);
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      for (int t = 0; t < nt; ++t) pack_a_block(t, blk);
+      for (int t = 0; t < nt; ++t) compute_block(t, blk);
     }
   };
 
@@ -348,14 +360,14 @@ static void gemm_blocked(const GemmArgs<typename UK::T>& g) {
       short_team = true;
     } else {
       const int tid = omp_get_thread_num();
-      for (int64_t ic = 0; ic < m; ic += mc) {
+      for (int64_t blk = 0; blk < blocks; ++blk) {
         // Barriers only where threads share A panels (tn > 1); the condition is the same on all.
-        pack_a_block(tid, ic);
+        pack_a_block(tid, blk);
         if (grid.tn > 1) {
 #pragma omp barrier
         }
-        compute_block(tid, ic);
-        if (grid.tn > 1 && ic + mc < m) {
+        compute_block(tid, blk);
+        if (grid.tn > 1 && blk + 1 < blocks) {
 #pragma omp barrier
         }
       }

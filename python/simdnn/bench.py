@@ -235,12 +235,11 @@ def _check_close(case: Case, got: Any, want: Any, dtype: np.dtype) -> None:
 def machine_description() -> dict[str, Any]:
     info = _runtime.cpu_info()
     model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
     desc: dict[str, Any] = {
         "cpu": model,
         "logical_cpus": os.cpu_count(),

@@ -1,4 +1,5 @@
-// dgemm_ukernel_12x16_avx512: 12x16 double GEMM micro-kernel for avx512 (contract and register budget in gemm_ukernel.h).
+// dgemm_ukernel_12x16_avx512: 12x16 double GEMM micro-kernel for avx512 (contract and register
+// budget in gemm_ukernel.h).
 #include "gemm/gemm_ukernel.h"
 #include "gemm/gemm_ukernels.h"
 #include "simd/simd_avx512.h"

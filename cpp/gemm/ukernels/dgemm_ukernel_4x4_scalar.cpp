@@ -1,4 +1,5 @@
-// dgemm_ukernel_4x4_scalar: 4x4 double GEMM micro-kernel for scalar (contract and register budget in gemm_ukernel.h).
+// dgemm_ukernel_4x4_scalar: 4x4 double GEMM micro-kernel for scalar (contract and register budget
+// in gemm_ukernel.h).
 #include "gemm/gemm_ukernel.h"
 #include "gemm/gemm_ukernels.h"
 #include "simd/simd_scalar.h"

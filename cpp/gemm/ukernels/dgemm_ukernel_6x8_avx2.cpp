@@ -1,4 +1,5 @@
-// dgemm_ukernel_6x8_avx2: 6x8 double GEMM micro-kernel for avx2 (contract and register budget in gemm_ukernel.h).
+// dgemm_ukernel_6x8_avx2: 6x8 double GEMM micro-kernel for avx2 (contract and register budget in
+// gemm_ukernel.h).
 #include "gemm/gemm_ukernel.h"
 #include "gemm/gemm_ukernels.h"
 #include "simd/simd_avx2.h"

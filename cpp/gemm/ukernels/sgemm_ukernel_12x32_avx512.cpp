@@ -1,4 +1,5 @@
-// sgemm_ukernel_12x32_avx512: 12x32 float GEMM micro-kernel for avx512 (contract and register budget in gemm_ukernel.h).
+// sgemm_ukernel_12x32_avx512: 12x32 float GEMM micro-kernel for avx512 (contract and register
+// budget in gemm_ukernel.h).
 #include "gemm/gemm_ukernel.h"
 #include "gemm/gemm_ukernels.h"
 #include "simd/simd_avx512.h"

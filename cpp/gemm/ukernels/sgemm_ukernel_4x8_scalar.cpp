@@ -1,4 +1,5 @@
-// sgemm_ukernel_4x8_scalar: 4x8 float GEMM micro-kernel for scalar (contract and register budget in gemm_ukernel.h).
+// sgemm_ukernel_4x8_scalar: 4x8 float GEMM micro-kernel for scalar (contract and register budget in
+// gemm_ukernel.h).
 #include "gemm/gemm_ukernel.h"
 #include "gemm/gemm_ukernels.h"
 #include "simd/simd_scalar.h"

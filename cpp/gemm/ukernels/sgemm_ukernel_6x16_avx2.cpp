@@ -1,4 +1,5 @@
-// sgemm_ukernel_6x16_avx2: 6x16 float GEMM micro-kernel for avx2 (contract and register budget in gemm_ukernel.h).
+// sgemm_ukernel_6x16_avx2: 6x16 float GEMM micro-kernel for avx2 (contract and register budget in
+// gemm_ukernel.h).
 #include "gemm/gemm_ukernel.h"
 #include "gemm/gemm_ukernels.h"
 #include "simd/simd_avx2.h"
