@@ -40,9 +40,11 @@ std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::
 [[noreturn]] void type_error(const std::string& msg) { throw py::type_error(msg); }
 [[noreturn]] void value_error(const std::string& msg) { throw py::value_error(msg); }
 
+// Deliberately never destroyed: a static py::object would be released by the C++ runtime after
+// the interpreter has shut down, and crash the process at exit.
 py::module_& numpy() {
-  static py::module_ np = py::module_::import("numpy");
-  return np;
+  static py::module_* np = new py::module_(py::module_::import("numpy"));
+  return *np;
 }
 
 // Returns a float32/float64 ndarray in native byte order whose strides are whole elements and whose
