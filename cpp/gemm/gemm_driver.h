@@ -253,22 +253,74 @@ static void gemm_small(const GemmArgs<typename UK::T>& g) {
   }
 }
 
-template <class UK>
-static void gemm_blocked(const GemmArgs<typename UK::T>& g) {
+// ------------------------------------------------------------------------------------------------
+// The blocked engine. It is written against three small policies so that the convolutions can
+// reuse it with their own packing (im2col fused into the B pack) and output layout (NCHW):
+//
+//   A  rows of A:   int64_t rows() const;  bool row_layout() const;
+//                   void pack(T* dst, int64_t r, int64_t mm, int64_t ld_row) const;
+//                     packs rows [r, r + mm) over all of K: row layout at dst + i * ld_row,
+//                     column layout at dst + p * MR + i (see pack_a_panel).
+//   B  columns:     void pack(T* dst, int64_t pc, int64_t kc, int64_t v0, int64_t v1) const;
+//                     packs NR-wide column panels v0..v1-1 for depth rows [pc, pc + kc) at
+//                     dst + (v - v0) * kc * NR + p * NR + j.
+//   C  output:      int64_t panels() const;  int width(int64_t v) const;  int64_t rs() const;
+//                   T* at(int64_t i, int64_t v) const;   row i, first column of panel v.
+//
+// Column panels replace raw columns so that a batched convolution can keep each image's pixels
+// in panels of their own (an NR-wide tile never straddles two images in NCHW).
+
+template <typename T, int MR>
+struct MatrixA {
+  const T* a;
+  int64_t m, k, rs, cs;
+  int64_t rows() const { return m; }
+  bool row_layout() const { return cs == 1; }
+  void pack(T* dst, int64_t r, int64_t mm, int64_t ld_row) const {
+    pack_a_panel<T, MR>(a + r * rs, rs, cs, mm, k, ld_row, dst);
+  }
+};
+
+template <class V, int NR>
+struct MatrixB {
+  using T = typename V::T;
+  const T* b;
+  int64_t n, rs, cs;
+  void pack(T* dst, int64_t pc, int64_t kc, int64_t v0, int64_t v1) const {
+    const int64_t j0 = v0 * NR, j1 = min64(n, v1 * NR);
+    pack_b<V, NR>(b + pc * rs + j0 * cs, rs, cs, kc, j1 - j0, dst);
+  }
+};
+
+template <typename T, int NR>
+struct MatrixC {
+  T* c;
+  int64_t n, ldc;
+  int64_t panels() const { return ceil_div(n, NR); }
+  int width(int64_t v) const { return static_cast<int>(min64(NR, n - v * NR)); }
+  int64_t rs() const { return ldc; }
+  T* at(int64_t i, int64_t v) const { return c + i * ldc + v * NR; }
+};
+
+// C = alpha * A . B + beta * C over the policies' rows, K and column panels, on up to nthreads
+// threads (see choose_grid). bl: the blocking for this K.
+template <class UK, class APol, class BPol, class CPol>
+static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k, typename UK::T alpha,
+                        typename UK::T beta, int nthreads, bool b_transposed) {
   using T = typename UK::T;
   constexpr int MR = UK::MR, NR = UK::NR;
-  const int64_t m = g.m, n = g.n, k = g.k;
+  const int64_t m = A.rows(), panels = C.panels();
+  if (m <= 0 || panels <= 0) return;
   const GemmBlocking bl = make_blocking(MR, NR, sizeof(T), k);
   const int64_t kc_max = bl.kc;
-
-  const Grid grid = choose_grid(m, n, k, MR, NR, UK::V::W, g.cs_b != 1, g.nthreads);
+  const Grid grid = choose_grid(m, panels * NR, k, MR, NR, UK::V::W, b_transposed, nthreads);
   const int nt = grid.tm * grid.tn;
 
   // A is packed in blocks of MC rows (all of K). Each row group (the tn threads that share rows)
   // owns a region of the buffer and walks its own rows block by block; every group runs the same
   // number of blocks, so that the barriers inside a group (tn > 1) line up across the team. The
   // blocks are balanced: M = 1024 is one block, not 960 + 64 (each block repacks B).
-  const bool row_layout = g.cs_a == 1;
+  const bool row_layout = A.row_layout();
   const int64_t ld_row = k + kAPad;         // row layout: row stride inside a panel
   const int64_t panel_elems = MR * ld_row;  // either layout fits in MR x (K + pad)
   const int64_t panel_bytes = panel_elems * static_cast<int64_t>(sizeof(T));
@@ -278,10 +330,11 @@ static void gemm_blocked(const GemmArgs<typename UK::T>& g) {
   const int64_t block_panels = ceil_div(group_panels, blocks);
   const int64_t a_region = round_up(block_panels * panel_elems, 16);  // per row group
 
-  // Columns per thread, then B blocks of at most NC columns, balanced so the last is not tiny.
-  const int64_t n_per = round_up(ceil_div(n, grid.tn), NR);
-  const int64_t nc = round_up(ceil_div(n_per, ceil_div(n_per, bl.nc)), NR);
-  const int64_t b_elems = round_up(kc_max * nc, 16);  // per thread, 64-byte aligned
+  // Column panels per thread, then B blocks of at most NC columns, balanced so the last is not
+  // tiny.
+  const int64_t p_per = ceil_div(panels, grid.tn);
+  const int64_t nc_panels = ceil_div(p_per, ceil_div(p_per, max64(1, bl.nc / NR)));
+  const int64_t b_elems = round_up(kc_max * nc_panels * NR, 16);  // per thread, 64-byte aligned
   T* ws = static_cast<T*>(
       workspace(WorkspaceSlot::gemm_pack, (grid.tm * a_region + nt * b_elems) * sizeof(T)));
   T* bpack_all = ws + grid.tm * a_region;
@@ -304,8 +357,7 @@ static void gemm_blocked(const GemmArgs<typename UK::T>& g) {
     const int tj = tid % grid.tn;
     const Rows rows = block_rows(tid, blk);
     for (int64_t r = rows.r0 + tj * MR; r < rows.r1; r += grid.tn * MR) {
-      pack_a_panel<T, MR>(g.a + r * g.rs_a, g.rs_a, g.cs_a, min64(MR, rows.r1 - r), k, ld_row,
-                          rows.apack + (r - rows.r0) / MR * panel_elems);
+      A.pack(rows.apack + (r - rows.r0) / MR * panel_elems, r, min64(MR, rows.r1 - r), ld_row);
     }
   };
   // Thread tid's tiles of block blk.
@@ -313,26 +365,25 @@ static void gemm_blocked(const GemmArgs<typename UK::T>& g) {
     const int tj = tid % grid.tn;
     const Rows rows = block_rows(tid, blk);
     if (rows.r0 >= rows.r1) return;
-    int64_t n0, n1;
-    split_range(n, NR, grid.tn, tj, &n0, &n1);
+    int64_t v0, v1;
+    split_range(panels, 1, grid.tn, tj, &v0, &v1);
     T* bpack = bpack_all + tid * b_elems;
-    for (int64_t jc = n0; jc < n1; jc += nc) {
-      const int64_t nce = min64(nc, n1 - jc);
+    for (int64_t jc = v0; jc < v1; jc += nc_panels) {
+      const int64_t je = min64(v1, jc + nc_panels);
       for (int64_t pc = 0; pc < k; pc += kc_max) {
         const int64_t kc = min64(kc_max, k - pc);
         // B is always packed here, even when few row panels reuse it: reading a row-major B in
         // place for the 6 row panels of 64 x 784 . 784 x 256 was 5-10% slower than packing it.
-        pack_b<typename UK::V, NR>(g.b + pc * g.rs_b + jc * g.cs_b, g.rs_b, g.cs_b, kc, nce, bpack);
-        const T beta = pc == 0 ? g.beta : T(1);
+        B.pack(bpack, pc, kc, jc, je);
+        const T beta_pc = pc == 0 ? beta : T(1);
         for (int64_t ir = rows.r0; ir < rows.r1; ir += MR) {
           const int64_t mm = min64(MR, rows.r1 - ir);
           const T* panel = rows.apack + (ir - rows.r0) / MR * panel_elems;
           const T* ap = row_layout ? panel + pc : panel + pc * MR;
           const int64_t rs = row_layout ? ld_row : 1, cs = row_layout ? 1 : MR;
-          T* crow = g.c + ir * g.rs_c + jc;
-          for (int64_t jr = 0; jr < nce; jr += NR) {
-            UK::run(kc, ap, rs, cs, bpack + jr * kc, NR, crow + jr, g.rs_c, mm, min64(NR, nce - jr),
-                    g.alpha, beta);
+          for (int64_t v = jc; v < je; ++v) {
+            UK::run(kc, ap, rs, cs, bpack + (v - jc) * kc * NR, NR, C.at(ir, v), C.rs(), mm,
+                    C.width(v), alpha, beta_pc);
           }
         }
       }
@@ -377,6 +428,15 @@ static void gemm_blocked(const GemmArgs<typename UK::T>& g) {
 #else
   run_sequential();
 #endif
+}
+
+template <class UK>
+static void gemm_blocked(const GemmArgs<typename UK::T>& g) {
+  using T = typename UK::T;
+  const MatrixA<T, UK::MR> A{g.a, g.m, g.k, g.rs_a, g.cs_a};
+  const MatrixB<typename UK::V, UK::NR> B{g.b, g.n, g.rs_b, g.cs_b};
+  const MatrixC<T, UK::NR> C{g.c, g.n, g.rs_c};
+  gemm_engine<UK>(A, B, C, g.k, g.alpha, g.beta, g.nthreads, g.cs_b != 1);
 }
 
 // C = beta * C for K == 0 (alpha * A . B is an empty sum).
