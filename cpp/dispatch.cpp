@@ -13,13 +13,18 @@ struct Tables {
   KernelTable t[kNumIsas];
   Tables() {
     for (int i = 0; i < kNumIsas; ++i) t[i].isa = static_cast<Isa>(i);
-    scalar::register_gemm(&t[static_cast<int>(Isa::scalar)]);
+#define SIMDNN_REGISTER_ALL(isa)                      \
+  isa::register_gemm(&t[static_cast<int>(Isa::isa)]); \
+  isa::register_conv(&t[static_cast<int>(Isa::isa)]); \
+  isa::register_pool(&t[static_cast<int>(Isa::isa)]);
+    SIMDNN_REGISTER_ALL(scalar)
 #ifdef SIMDNN_HAVE_AVX2
-    avx2::register_gemm(&t[static_cast<int>(Isa::avx2)]);
+    SIMDNN_REGISTER_ALL(avx2)
 #endif
 #ifdef SIMDNN_HAVE_AVX512
-    avx512::register_gemm(&t[static_cast<int>(Isa::avx512)]);
+    SIMDNN_REGISTER_ALL(avx512)
 #endif
+#undef SIMDNN_REGISTER_ALL
   }
 };
 

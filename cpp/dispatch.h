@@ -6,7 +6,9 @@
 #include <cstdint>
 
 #include "common/cpu.h"
+#include "conv/conv.h"
 #include "gemm/gemm.h"
+#include "pool/pool.h"
 
 namespace simdnn {
 
@@ -15,12 +17,38 @@ struct KernelTable {
   GemmFn<float> sgemm = nullptr;
   GemmFn<double> dgemm = nullptr;
   GemmBlocking sgemm_blocking{}, dgemm_blocking{};  // for cpu_info()
+
+  template <typename T>
+  struct Conv {
+    ConvForwardFn<T> forward = nullptr;
+    ConvBackwardDataFn<T> backward_data = nullptr;
+    ConvBackwardWeightsFn<T> backward_weights = nullptr;
+  };
+  Conv<float> sconv;
+  Conv<double> dconv;
+
+  template <typename T>
+  struct Pool {
+    MaxPoolForwardFn<T> max_forward = nullptr;
+    MaxPoolBackwardFn<T> max_backward = nullptr;
+    AvgPoolForwardFn<T> avg_forward = nullptr;
+    AvgPoolBackwardFn<T> avg_backward = nullptr;
+  };
+  Pool<float> spool;
+  Pool<double> dpool;
+
+  const Conv<float>& conv(float) const { return sconv; }
+  const Conv<double>& conv(double) const { return dconv; }
+  const Pool<float>& pool(float) const { return spool; }
+  const Pool<double>& pool(double) const { return dpool; }
 };
 
-// Filled by gemm.cpp of each ISA.
+// Filled by gemm.cpp, conv.cpp and pool.cpp of each ISA.
 #define SIMDNN_DECLARE_REGISTER(isa)      \
   namespace isa {                         \
   void register_gemm(KernelTable* table); \
+  void register_conv(KernelTable* table); \
+  void register_pool(KernelTable* table); \
   }
 SIMDNN_DECLARE_REGISTER(scalar)
 #ifdef SIMDNN_HAVE_AVX2

@@ -305,8 +305,9 @@ struct MatrixC {
 // C = alpha * A . B + beta * C over the policies' rows, K and column panels, on up to nthreads
 // threads (see choose_grid). bl: the blocking for this K.
 template <class UK, class APol, class BPol, class CPol>
-static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k, typename UK::T alpha,
-                        typename UK::T beta, int nthreads, bool b_transposed) {
+static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
+                        typename UK::T alpha, typename UK::T beta, int nthreads,
+                        bool b_transposed) {
   using T = typename UK::T;
   constexpr int MR = UK::MR, NR = UK::NR;
   const int64_t m = A.rows(), panels = C.panels();

@@ -12,12 +12,25 @@ channels (or output features), R x S kernel size, P x Q output size. For GEMM: M
 from __future__ import annotations
 
 import numbers
+from typing import Union
 
 import numpy as np
 
 from . import _core
 
-__all__ = ["gemm", "matmul"]
+__all__ = [
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "conv2d",
+    "conv2d_backward_data",
+    "conv2d_backward_weights",
+    "gemm",
+    "matmul",
+    "max_pool2d",
+    "max_pool2d_backward",
+]
+
+IntPair = Union[int, tuple[int, int]]
 
 
 def _real(value: object, name: str, fn: str) -> float:
@@ -76,4 +89,153 @@ def gemm(
         _real(beta, "beta", fn),
         bool(trans_a),
         bool(trans_b),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Convolution (NCHW). stride, padding and dilation take an int or an (h, w) pair, as in PyTorch.
+
+
+def conv2d(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+) -> np.ndarray:
+    """2-D cross-correlation of a batch of images with a bank of filters, plus a bias.
+
+    Each output pixel sees a receptive field of R x S input pixels (spread by ``dilation``) in
+    each of the C/groups input channels of its group; every position shares the same weights.
+
+    Shape:
+        - x: (N, C, H, W)
+        - w: (K, C / groups, R, S)
+        - b: (K,) or None
+        - result: (N, K, P, Q) with
+          P = (H + 2 * padding[0] - dilation[0] * (R - 1) - 1) // stride[0] + 1, Q likewise.
+    """
+    return _core.conv2d(x, w, b, stride, padding, dilation, groups)
+
+
+def conv2d_backward_data(
+    dy: np.ndarray,
+    w: np.ndarray,
+    x_shape: tuple[int, int, int, int],
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+) -> np.ndarray:
+    """Gradient of conv2d with respect to its input: the transposed convolution of dy with w.
+
+    Shape:
+        - dy: (N, K, P, Q)
+        - w: (K, C / groups, R, S)
+        - x_shape: (N, C, H, W), the input's shape (several H give the same P when stride > 1)
+        - result: (N, C, H, W)
+    """
+    return _core.conv2d_backward_data(dy, w, x_shape, stride, padding, dilation, groups)
+
+
+def conv2d_backward_weights(
+    x: np.ndarray,
+    dy: np.ndarray,
+    w_shape: tuple[int, int, int, int],
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gradients of conv2d with respect to its weights and bias.
+
+    Shape:
+        - x: (N, C, H, W)
+        - dy: (N, K, P, Q)
+        - w_shape: (K, C / groups, R, S)
+        - result: (dw, db) with dw (K, C / groups, R, S) and db (K,)
+    """
+    return _core.conv2d_backward_weights(x, dy, w_shape, stride, padding, dilation, groups)
+
+
+# ------------------------------------------------------------------------------------------------
+# Pooling (NCHW). kernel_size, stride and padding take an int or an (h, w) pair; stride=None
+# means stride = kernel_size. Padding may be at most half the kernel size.
+
+
+def max_pool2d(
+    x: np.ndarray,
+    kernel_size: IntPair,
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Maximum over each R x S window; padding counts as -inf.
+
+    Returns ``(y, indices)``: ``indices[n, c, p, q]`` is the position ``r * S + s`` of the maximum
+    inside its window (the first maximum in window order; a NaN in the window wins, as in
+    PyTorch), stored compactly as uint8 (int32 when R * S > 256). Pass it to
+    :func:`max_pool2d_backward`.
+
+    Shape:
+        - x: (N, C, H, W)
+        - y, indices: (N, C, P, Q) with P = (H + 2 * padding[0] - R) // stride[0] + 1, Q likewise.
+    """
+    return _core.max_pool2d(x, kernel_size, stride, padding)
+
+
+def max_pool2d_backward(
+    dy: np.ndarray,
+    indices: np.ndarray,
+    x_shape: tuple[int, int, int, int],
+    kernel_size: IntPair,
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
+) -> np.ndarray:
+    """Gradient of max_pool2d: each dy lands on the arg-max of its window (summed where windows
+    overlap).
+
+    Shape:
+        - dy, indices: (N, C, P, Q)
+        - x_shape: (N, C, H, W)
+        - result: (N, C, H, W)
+    """
+    return _core.max_pool2d_backward(dy, indices, x_shape, kernel_size, stride, padding)
+
+
+def avg_pool2d(
+    x: np.ndarray,
+    kernel_size: IntPair,
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
+    count_include_pad: bool = True,
+) -> np.ndarray:
+    """Mean over each R x S window; padding counts as 0 and, when ``count_include_pad``, in the
+    divisor (otherwise only the input pixels inside the window are counted).
+
+    Shape:
+        - x: (N, C, H, W)
+        - result: (N, C, P, Q) with P = (H + 2 * padding[0] - R) // stride[0] + 1, Q likewise.
+    """
+    return _core.avg_pool2d(x, kernel_size, stride, padding, bool(count_include_pad))
+
+
+def avg_pool2d_backward(
+    dy: np.ndarray,
+    x_shape: tuple[int, int, int, int],
+    kernel_size: IntPair,
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
+    count_include_pad: bool = True,
+) -> np.ndarray:
+    """Gradient of avg_pool2d: each dy spread evenly over its window's input pixels.
+
+    Shape:
+        - dy: (N, C, P, Q)
+        - x_shape: (N, C, H, W)
+        - result: (N, C, H, W)
+    """
+    return _core.avg_pool2d_backward(
+        dy, x_shape, kernel_size, stride, padding, bool(count_include_pad)
     )

@@ -1,133 +1,17 @@
-// pybind11 glue for simdnn._core: converts NumPy arrays to pointers and strides, checks every
-// argument (raising TypeError/ValueError that name it), releases the GIL and calls the active
-// kernel table. No arithmetic on array data happens here.
-#include <pybind11/numpy.h>
-#include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
+// GEMM glue: matmul and gemm, and the test hook that runs one registered micro-kernel.
+#include "gemm/gemm.h"
 
 #include <cstdint>
-#include <cstdlib>
 #include <sstream>
 #include <string>
 #include <vector>
 
-#include "common/cpu.h"
+#include "bindings/common.h"
 #include "common/parallel.h"
 #include "dispatch.h"
-#include "gemm/gemm.h"
 
-namespace py = pybind11;
-
-namespace simdnn {
+namespace simdnn::bind {
 namespace {
-
-// ---------------------------------------------------------------------------------------------
-// Argument conversion and checks
-
-std::string shape_str(const py::array& a) {
-  std::ostringstream os;
-  os << "(";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
-    os << a.shape(i);
-    if (a.ndim() == 1 || i + 1 < a.ndim()) os << (a.ndim() == 1 ? "," : ", ");
-  }
-  os << ")";
-  return os.str();
-}
-
-std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
-
-[[noreturn]] void type_error(const std::string& msg) { throw py::type_error(msg); }
-[[noreturn]] void value_error(const std::string& msg) { throw py::value_error(msg); }
-
-// Deliberately never destroyed: a static py::object would be released by the C++ runtime after
-// the interpreter has shut down, and crash the process at exit.
-py::module_& numpy() {
-  static py::module_* np = new py::module_(py::module_::import("numpy"));
-  return *np;
-}
-
-// Returns a float32/float64 ndarray in native byte order whose strides are whole elements and whose
-// data is aligned, converting (copying) only what the kernels cannot read as it is: array-likes,
-// byte-swapped or misaligned data. Integer, complex, float16, bool and object inputs are refused.
-py::array as_float_array(const py::handle& obj, const char* fn, const char* arg) {
-  py::array a;
-  if (py::isinstance<py::array>(obj)) {
-    a = py::reinterpret_borrow<py::array>(obj);
-  } else {
-    try {
-      a = numpy().attr("asarray")(obj);
-    } catch (py::error_already_set&) {
-      type_error(std::string(fn) + ": argument '" + arg + "' must be a NumPy array, got " +
-                 py::str(py::type::of(obj)).cast<std::string>());
-    }
-  }
-  const py::dtype dt = a.dtype();
-  const char kind = dt.kind();
-  const py::ssize_t size = dt.itemsize();
-  if (kind != 'f' || (size != 4 && size != 8)) {
-    type_error(std::string(fn) + ": argument '" + arg + "' has dtype " + dtype_str(a) +
-               "; expected float32 or float64 (convert with .astype(numpy.float32))");
-  }
-  bool needs_copy = false;
-  if (!dt.attr("isnative").cast<bool>()) {
-    // Byte-swapped data: same values, native order.
-    a = a.attr("astype")(dt.attr("newbyteorder")("="));
-  } else {
-    if (reinterpret_cast<std::uintptr_t>(a.data()) % size != 0) needs_copy = true;
-    for (py::ssize_t i = 0; i < a.ndim(); ++i) {
-      if (a.strides(i) % size != 0) needs_copy = true;
-    }
-  }
-  if (needs_copy) a = numpy().attr("array")(a, py::arg("copy") = true, py::arg("order") = "C");
-  return a;
-}
-
-void require_ndim(const py::array& a, int ndim, const char* fn, const char* arg) {
-  if (a.ndim() != ndim) {
-    value_error(std::string(fn) + ": argument '" + arg + "' must be " + std::to_string(ndim) +
-                "-D, got shape " + shape_str(a));
-  }
-}
-
-void require_same_dtype(const py::array& a, const char* an, const py::array& b, const char* bn,
-                        const char* fn) {
-  if (a.dtype().itemsize() != b.dtype().itemsize()) {
-    type_error(std::string(fn) + ": '" + an + "' is " + dtype_str(a) + " but '" + bn + "' is " +
-               dtype_str(b) + "; both must have the same dtype (convert one with .astype)");
-  }
-}
-
-// Element stride of axis i.
-int64_t estride(const py::array& a, int i) {
-  return static_cast<int64_t>(a.strides(i) / a.dtype().itemsize());
-}
-
-// Half-open byte range that an array's elements occupy (empty arrays occupy nothing).
-struct Extent {
-  std::uintptr_t lo = 0, hi = 0;
-};
-Extent extent(const py::array& a) {
-  Extent e;
-  if (a.size() == 0) return e;
-  std::intptr_t lo = 0, hi = 0;
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
-    const std::intptr_t span = static_cast<std::intptr_t>(a.shape(i) - 1) * a.strides(i);
-    if (span < 0) {
-      lo += span;
-    } else {
-      hi += span;
-    }
-  }
-  const auto base = reinterpret_cast<std::uintptr_t>(a.data());
-  e.lo = base + lo;
-  e.hi = base + hi + static_cast<std::uintptr_t>(a.dtype().itemsize());
-  return e;
-}
-bool may_overlap(const py::array& a, const py::array& b) {
-  const Extent x = extent(a), y = extent(b);
-  return x.lo < x.hi && y.lo < y.hi && x.lo < y.hi && y.lo < x.hi;
-}
 
 // ---------------------------------------------------------------------------------------------
 // GEMM
@@ -200,8 +84,7 @@ int64_t row_stride_of(const py::array& out) {
 }
 
 py::array new_matrix(const py::array& like, int64_t m, int64_t n) {
-  return py::array(like.dtype(), std::vector<py::ssize_t>{static_cast<py::ssize_t>(m),
-                                                          static_cast<py::ssize_t>(n)});
+  return new_array(like, {m, n});
 }
 
 void check_gemm_operands(const py::array& a, const py::array& b, bool ta, bool tb, const char* fn) {
@@ -375,106 +258,16 @@ void run_ukernel(int index, const py::array& a, const py::array& b, py::array& c
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// CPU, ISA, threads
-
-py::dict blocking_dict(const GemmBlocking& bl) {
-  py::dict d;
-  d["mr"] = bl.mr;
-  d["nr"] = bl.nr;
-  d["kc"] = bl.kc;
-  d["nc"] = bl.nc;
-  return d;
-}
-
-py::dict cpu_info_dict() {
-  const CpuInfo& cpu = cpu_info();
-  py::dict d;
-  d["isa"] = isa_name(active_isa());
-  py::list available, compiled;
-  for (int i = 0; i < kNumIsas; ++i) {
-    if (isa_available(static_cast<Isa>(i))) available.append(isa_name(static_cast<Isa>(i)));
-    if (cpu.compiled[i]) compiled.append(isa_name(static_cast<Isa>(i)));
-  }
-  d["available"] = available;
-  d["compiled"] = compiled;
-  d["num_threads"] = get_num_threads();
-  d["openmp"] = have_openmp();
-  d["vendor"] = cpu.vendor;
-  d["l1d_cache"] = cpu.l1d;
-  d["l2_cache"] = cpu.l2;
-  d["l3_cache"] = cpu.l3;
-  const KernelTable& kt = kernels();
-  py::dict blocking;
-  blocking["float32"] = blocking_dict(kt.sgemm_blocking);
-  blocking["float64"] = blocking_dict(kt.dgemm_blocking);
-  d["gemm_blocking"] = blocking;
-  return d;
-}
-
-std::string available_list() {
-  std::string s;
-  for (int i = 0; i < kNumIsas; ++i) {
-    if (!isa_available(static_cast<Isa>(i))) continue;
-    if (!s.empty()) s += ", ";
-    s += isa_name(static_cast<Isa>(i));
-  }
-  return s;
-}
-
-void set_isa(const std::string& name) {
-  Isa isa;
-  if (!parse_isa(name.c_str(), &isa)) {
-    value_error("unknown ISA '" + name + "'; expected one of scalar, avx2, avx512");
-  }
-  if (!set_active_isa(isa)) {
-    value_error("ISA '" + name +
-                "' is not available on this CPU/build (available: " + available_list() + ")");
-  }
-}
-
-void set_threads(const py::object& n) {
-  if (!py::isinstance<py::int_>(n) || py::isinstance<py::bool_>(n)) {
-    type_error("set_num_threads: n must be an int, got " +
-               py::str(py::type::of(n)).cast<std::string>());
-  }
-  const long long v = n.cast<long long>();
-  if (v < 1 || v > 4096)
-    value_error("set_num_threads: n must be in [1, 4096], got " + std::to_string(v));
-  set_num_threads(static_cast<int>(v));
-}
-
 }  // namespace
-}  // namespace simdnn
 
-PYBIND11_MODULE(_core, m) {
-  using namespace simdnn;
-  m.doc() = "simdnn native kernels (SIMD + OpenMP). Use simdnn.ops, not this module directly.";
-
-  // SIMDNN_ISA=scalar|avx2|avx512 forces a path for the whole process.
-  if (const char* forced = std::getenv("SIMDNN_ISA"); forced != nullptr && forced[0] != '\0') {
-    Isa isa;
-    if (!parse_isa(forced, &isa)) {
-      throw py::import_error(std::string("SIMDNN_ISA='") + forced +
-                             "' is not one of scalar, avx2, avx512");
-    }
-    if (!set_active_isa(isa)) {
-      throw py::import_error(
-          std::string("SIMDNN_ISA='") + forced +
-          "' is not available on this CPU/build (available: " + available_list() + ")");
-    }
-  }
-
-  m.def("cpu_info", &cpu_info_dict);
-  m.def("get_num_threads", &get_num_threads);
-  m.def("set_num_threads", &set_threads, py::arg("n"));
-  m.def("get_isa", []() { return std::string(isa_name(active_isa())); });
-  m.def("set_isa", &set_isa, py::arg("name"));
+void bind_gemm(py::module_& m) {
   m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("out") = py::none());
   m.def("gemm", &gemm, py::arg("a"), py::arg("b"), py::arg("c") = py::none(),
         py::arg("alpha") = 1.0, py::arg("beta") = 0.0, py::arg("trans_a") = false,
         py::arg("trans_b") = false);
   m.def("ukernels", &list_ukernels);
+  m.def("run_ukernel", &run_ukernel, py::arg("index"), py::arg("a"), py::arg("b"), py::arg("c"),
+        py::arg("alpha"), py::arg("beta"));
   // Test hook: bytes of packed A a GEMM holds at once; returns the previous value.
   m.def(
       "_set_gemm_a_pack_bytes",
@@ -484,6 +277,6 @@ PYBIND11_MODULE(_core, m) {
         return before;
       },
       py::arg("bytes"));
-  m.def("run_ukernel", &run_ukernel, py::arg("index"), py::arg("a"), py::arg("b"), py::arg("c"),
-        py::arg("alpha"), py::arg("beta"));
 }
+
+}  // namespace simdnn::bind

@@ -1,0 +1,185 @@
+#include "bindings/common.h"
+
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace simdnn::bind {
+
+std::string shape_str(const py::array& a) {
+  std::ostringstream os;
+  os << "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+    os << a.shape(i);
+    if (a.ndim() == 1 || i + 1 < a.ndim()) os << (a.ndim() == 1 ? "," : ", ");
+  }
+  os << ")";
+  return os.str();
+}
+
+std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+void type_error(const std::string& msg) { throw py::type_error(msg); }
+void value_error(const std::string& msg) { throw py::value_error(msg); }
+
+// Deliberately never destroyed: a static py::object would be released by the C++ runtime after
+// the interpreter has shut down, and crash the process at exit.
+py::module_& numpy() {
+  static py::module_* np = new py::module_(py::module_::import("numpy"));
+  return *np;
+}
+
+// Returns a float32/float64 ndarray in native byte order whose strides are whole elements and whose
+// data is aligned, converting (copying) only what the kernels cannot read as it is: array-likes,
+// byte-swapped or misaligned data. Integer, complex, float16, bool and object inputs are refused.
+py::array as_float_array(const py::handle& obj, const char* fn, const char* arg) {
+  py::array a;
+  if (py::isinstance<py::array>(obj)) {
+    a = py::reinterpret_borrow<py::array>(obj);
+  } else {
+    try {
+      a = numpy().attr("asarray")(obj);
+    } catch (py::error_already_set&) {
+      type_error(std::string(fn) + ": argument '" + arg + "' must be a NumPy array, got " +
+                 py::str(py::type::of(obj)).cast<std::string>());
+    }
+  }
+  const py::dtype dt = a.dtype();
+  const char kind = dt.kind();
+  const py::ssize_t size = dt.itemsize();
+  if (kind != 'f' || (size != 4 && size != 8)) {
+    type_error(std::string(fn) + ": argument '" + arg + "' has dtype " + dtype_str(a) +
+               "; expected float32 or float64 (convert with .astype(numpy.float32))");
+  }
+  bool needs_copy = false;
+  if (!dt.attr("isnative").cast<bool>()) {
+    // Byte-swapped data: same values, native order.
+    a = a.attr("astype")(dt.attr("newbyteorder")("="));
+  } else {
+    if (reinterpret_cast<std::uintptr_t>(a.data()) % size != 0) needs_copy = true;
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+      if (a.strides(i) % size != 0) needs_copy = true;
+    }
+  }
+  if (needs_copy) a = numpy().attr("array")(a, py::arg("copy") = true, py::arg("order") = "C");
+  return a;
+}
+
+void require_ndim(const py::array& a, int ndim, const char* fn, const char* arg) {
+  if (a.ndim() != ndim) {
+    value_error(std::string(fn) + ": argument '" + arg + "' must be " + std::to_string(ndim) +
+                "-D, got shape " + shape_str(a));
+  }
+}
+
+void require_same_dtype(const py::array& a, const char* an, const py::array& b, const char* bn,
+                        const char* fn) {
+  if (a.dtype().itemsize() != b.dtype().itemsize()) {
+    type_error(std::string(fn) + ": '" + an + "' is " + dtype_str(a) + " but '" + bn + "' is " +
+               dtype_str(b) + "; both must have the same dtype (convert one with .astype)");
+  }
+}
+
+// Element stride of axis i.
+int64_t estride(const py::array& a, int i) {
+  return static_cast<int64_t>(a.strides(i) / a.dtype().itemsize());
+}
+
+// Half-open byte range that an array's elements occupy (empty arrays occupy nothing).
+struct Extent {
+  std::uintptr_t lo = 0, hi = 0;
+};
+Extent extent(const py::array& a) {
+  Extent e;
+  if (a.size() == 0) return e;
+  std::intptr_t lo = 0, hi = 0;
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+    const std::intptr_t span = static_cast<std::intptr_t>(a.shape(i) - 1) * a.strides(i);
+    if (span < 0) {
+      lo += span;
+    } else {
+      hi += span;
+    }
+  }
+  const auto base = reinterpret_cast<std::uintptr_t>(a.data());
+  e.lo = base + lo;
+  e.hi = base + hi + static_cast<std::uintptr_t>(a.dtype().itemsize());
+  return e;
+}
+bool may_overlap(const py::array& a, const py::array& b) {
+  const Extent x = extent(a), y = extent(b);
+  return x.lo < x.hi && y.lo < y.hi && x.lo < y.hi && y.lo < x.hi;
+}
+
+py::array as_contiguous_float_array(const py::handle& obj, const char* fn, const char* arg) {
+  py::array a = as_float_array(obj, fn, arg);
+  if (!(a.flags() & py::array::c_style)) a = numpy().attr("ascontiguousarray")(a);
+  return a;
+}
+
+py::array new_array(const py::array& like, const std::vector<int64_t>& shape) {
+  std::vector<py::ssize_t> s(shape.begin(), shape.end());
+  return py::array(like.dtype(), s);
+}
+
+namespace {
+bool is_int(const py::handle& o) {
+  return (py::isinstance<py::int_>(o) || py::hasattr(o, "__index__")) &&
+         !py::isinstance<py::bool_>(o) && !py::isinstance<py::float_>(o);
+}
+}  // namespace
+
+std::pair<int64_t, int64_t> int_pair(const py::handle& obj, const char* fn, const char* arg,
+                                     int64_t min_value) {
+  int64_t v[2];
+  if (is_int(obj)) {
+    v[0] = v[1] = py::int_(py::reinterpret_borrow<py::object>(obj)).cast<int64_t>();
+  } else if ((py::isinstance<py::tuple>(obj) || py::isinstance<py::list>(obj)) &&
+             py::len(obj) == 2 && is_int(obj[py::int_(0)]) && is_int(obj[py::int_(1)])) {
+    for (int i = 0; i < 2; ++i) v[i] = py::int_(obj[py::int_(i)]).cast<int64_t>();
+  } else {
+    type_error(std::string(fn) + ": " + arg + " must be an int or a pair of ints, got " +
+               py::repr(obj).cast<std::string>());
+  }
+  for (int i = 0; i < 2; ++i) {
+    if (v[i] < min_value) {
+      value_error(std::string(fn) + ": " + arg + " must be >= " + std::to_string(min_value) +
+                  ", got " + py::repr(obj).cast<std::string>());
+    }
+  }
+  return {v[0], v[1]};
+}
+
+std::vector<int64_t> shape_tuple(const py::handle& obj, size_t n, const char* fn, const char* arg) {
+  if (!(py::isinstance<py::tuple>(obj) || py::isinstance<py::list>(obj)) || py::len(obj) != n) {
+    type_error(std::string(fn) + ": " + arg + " must be a tuple of " + std::to_string(n) +
+               " ints, got " + py::repr(obj).cast<std::string>());
+  }
+  std::vector<int64_t> out;
+  for (size_t i = 0; i < n; ++i) {
+    py::handle e = obj[py::int_(i)];
+    if (!is_int(e)) {
+      type_error(std::string(fn) + ": " + arg + " must be a tuple of " + std::to_string(n) +
+                 " ints, got " + py::repr(obj).cast<std::string>());
+    }
+    const int64_t x = py::int_(py::reinterpret_borrow<py::object>(e)).cast<int64_t>();
+    if (x < 0) {
+      value_error(std::string(fn) + ": " + arg +
+                  " has a negative size: " + py::repr(obj).cast<std::string>());
+    }
+    out.push_back(x);
+  }
+  return out;
+}
+
+std::string tuple_str(const std::vector<int64_t>& v) {
+  std::string s = "(";
+  for (size_t i = 0; i < v.size(); ++i) {
+    s += std::to_string(v[i]);
+    if (v.size() == 1 || i + 1 < v.size()) s += v.size() == 1 ? "," : ", ";
+  }
+  return s + ")";
+}
+
+}  // namespace simdnn::bind

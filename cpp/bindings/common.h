@@ -1,0 +1,53 @@
+// Shared argument conversion and checking for the pybind11 glue. Everything here converts or
+// checks; nothing computes on array data.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace simdnn::bind {
+
+namespace py = pybind11;
+
+std::string shape_str(const py::array& a);
+std::string dtype_str(const py::array& a);
+[[noreturn]] void type_error(const std::string& msg);
+[[noreturn]] void value_error(const std::string& msg);
+py::module_& numpy();
+
+// A float32/float64 ndarray in native byte order whose strides are whole elements and whose data
+// is aligned, converting (copying) only what the kernels cannot read as it is: array-likes,
+// byte-swapped or misaligned data. Integer, complex, float16, bool and object inputs are refused
+// with a TypeError naming `fn` and `arg`.
+py::array as_float_array(const py::handle& obj, const char* fn, const char* arg);
+// The same, additionally C-contiguous (a copy when it is not).
+py::array as_contiguous_float_array(const py::handle& obj, const char* fn, const char* arg);
+
+void require_ndim(const py::array& a, int ndim, const char* fn, const char* arg);
+void require_same_dtype(const py::array& a, const char* an, const py::array& b, const char* bn,
+                        const char* fn);
+// Element stride of axis i.
+int64_t estride(const py::array& a, int i);
+// Whether two arrays' memory ranges may intersect (bounds check, as numpy.may_share_memory).
+bool may_overlap(const py::array& a, const py::array& b);
+// A new C-contiguous array of `like`'s dtype.
+py::array new_array(const py::array& like, const std::vector<int64_t>& shape);
+// A parameter given as an int or a pair of ints, as PyTorch accepts (stride, padding, ...);
+// each value must be >= min_value. TypeError/ValueError name fn and arg.
+std::pair<int64_t, int64_t> int_pair(const py::handle& obj, const char* fn, const char* arg,
+                                     int64_t min_value);
+// A shape tuple of `n` non-negative ints (x_shape, w_shape, ...).
+std::vector<int64_t> shape_tuple(const py::handle& obj, size_t n, const char* fn, const char* arg);
+std::string tuple_str(const std::vector<int64_t>& v);
+
+void bind_runtime(py::module_& m);
+void bind_gemm(py::module_& m);
+void bind_conv(py::module_& m);
+void bind_pool(py::module_& m);
+
+}  // namespace simdnn::bind
