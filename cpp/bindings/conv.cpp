@@ -1,8 +1,224 @@
-// conv glue (placeholder).
+// Convolution glue: conv2d, conv2d_backward_data, conv2d_backward_weights.
+// Shape legend: x (N, C, H, W), w (K, C/groups, R, S), b (K,), y (N, K, P, Q).
+#include "conv/conv.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
 #include "bindings/common.h"
+#include "common/parallel.h"
+#include "dispatch.h"
 
 namespace simdnn::bind {
+namespace {
 
-void bind_conv(py::module_&) {}
+struct ConvArgs {
+  std::pair<int64_t, int64_t> stride, padding, dilation;
+  int64_t groups;
+};
+
+ConvArgs parse_args(const py::handle& stride, const py::handle& padding, const py::handle& dilation,
+                    const py::handle& groups, const char* fn) {
+  ConvArgs a;
+  a.stride = int_pair(stride, fn, "stride", 1);
+  a.padding = int_pair(padding, fn, "padding", 0);
+  a.dilation = int_pair(dilation, fn, "dilation", 1);
+  if (!py::isinstance<py::int_>(groups) || py::isinstance<py::bool_>(groups)) {
+    type_error(std::string(fn) + ": groups must be an int, got " +
+               py::repr(groups).cast<std::string>());
+  }
+  a.groups = groups.cast<int64_t>();
+  if (a.groups < 1) {
+    value_error(std::string(fn) + ": groups must be >= 1, got " + std::to_string(a.groups));
+  }
+  return a;
+}
+
+// Checks x_shape (N, C, H, W) against w_shape (K, C/groups, R, S) and the arguments and returns
+// the full geometry, P and Q included.
+Conv2d geometry(const std::vector<int64_t>& xs, const std::vector<int64_t>& ws, const ConvArgs& a,
+                const char* fn, const char* x_name, const char* w_name) {
+  Conv2d cv;
+  cv.n = xs[0];
+  cv.c = xs[1];
+  cv.h = xs[2];
+  cv.w = xs[3];
+  cv.k = ws[0];
+  cv.r = ws[2];
+  cv.s = ws[3];
+  cv.sh = a.stride.first;
+  cv.sw = a.stride.second;
+  cv.ph = a.padding.first;
+  cv.pw = a.padding.second;
+  cv.dh = a.dilation.first;
+  cv.dw = a.dilation.second;
+  cv.groups = a.groups;
+  const std::string f(fn);
+  if (cv.c % cv.groups != 0 || cv.k % cv.groups != 0) {
+    value_error(f + ": groups=" + std::to_string(cv.groups) + " must divide both the " +
+                std::to_string(cv.c) + " input channels of " + x_name + " and the " +
+                std::to_string(cv.k) + " filters of " + w_name);
+  }
+  if (ws[1] != cv.c / cv.groups) {
+    value_error(f + ": " + w_name + " has shape " + tuple_str(ws) + " but " + x_name + " has " +
+                std::to_string(cv.c) + " channels and groups=" + std::to_string(cv.groups) +
+                ": expected " + w_name +
+                ".shape[1] == C / groups == " + std::to_string(cv.c / cv.groups));
+  }
+  if (cv.r < 1 || cv.s < 1) {
+    value_error(f + ": the kernel size must be at least 1x1, " + w_name + " has shape " +
+                tuple_str(ws));
+  }
+  const int64_t eff_r = cv.dh * (cv.r - 1) + 1, eff_s = cv.dw * (cv.s - 1) + 1;
+  if (eff_r > cv.h + 2 * cv.ph || eff_s > cv.w + 2 * cv.pw) {
+    value_error(f + ": the kernel (" + std::to_string(eff_r) + " x " + std::to_string(eff_s) +
+                " with dilation) is larger than the padded input (" +
+                std::to_string(cv.h + 2 * cv.ph) + " x " + std::to_string(cv.w + 2 * cv.pw) + ")");
+  }
+  cv.p = (cv.h + 2 * cv.ph - eff_r) / cv.sh + 1;
+  cv.q = (cv.w + 2 * cv.pw - eff_s) / cv.sw + 1;
+  cv.nthreads = get_num_threads();
+  return cv;
+}
+
+std::vector<int64_t> shape_of(const py::array& a) {
+  std::vector<int64_t> s;
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s.push_back(a.shape(i));
+  return s;
+}
+
+void require_shape(const py::array& a, const std::vector<int64_t>& want, const char* fn,
+                   const char* name) {
+  if (shape_of(a) != want) {
+    value_error(std::string(fn) + ": '" + name + "' has shape " + shape_str(a) + "; expected " +
+                tuple_str(want));
+  }
+}
+
+template <typename T>
+const typename KernelTable::template Conv<T>& conv_kernels() {
+  return kernels().conv(T());
+}
+
+py::array conv2d(const py::object& x_obj, const py::object& w_obj, const py::object& b_obj,
+                 const py::object& stride, const py::object& padding, const py::object& dilation,
+                 const py::object& groups) {
+  const char* fn = "conv2d";
+  py::array x = as_contiguous_float_array(x_obj, fn, "x");
+  py::array w = as_contiguous_float_array(w_obj, fn, "w");
+  require_ndim(x, 4, fn, "x");
+  require_ndim(w, 4, fn, "w");
+  require_same_dtype(x, "x", w, "w", fn);
+  const Conv2d cv = geometry(shape_of(x), shape_of(w),
+                             parse_args(stride, padding, dilation, groups, fn), fn, "x", "w");
+  py::array b;
+  if (!b_obj.is_none()) {
+    b = as_contiguous_float_array(b_obj, fn, "b");
+    require_same_dtype(x, "x", b, "b", fn);
+    require_shape(b, {cv.k}, fn, "b");
+  }
+  py::array y = new_array(x, {cv.n, cv.k, cv.p, cv.q});
+  const void* bp = b_obj.is_none() ? nullptr : b.data();
+  if (x.dtype().itemsize() == 4) {
+    auto f = conv_kernels<float>().forward;
+    const float* xp = static_cast<const float*>(x.data());
+    const float* wp = static_cast<const float*>(w.data());
+    float* yp = static_cast<float*>(y.mutable_data());
+    py::gil_scoped_release release;
+    f(cv, xp, wp, static_cast<const float*>(bp), yp);
+  } else {
+    auto f = conv_kernels<double>().forward;
+    const double* xp = static_cast<const double*>(x.data());
+    const double* wp = static_cast<const double*>(w.data());
+    double* yp = static_cast<double*>(y.mutable_data());
+    py::gil_scoped_release release;
+    f(cv, xp, wp, static_cast<const double*>(bp), yp);
+  }
+  return y;
+}
+
+py::array conv2d_backward_data(const py::object& dy_obj, const py::object& w_obj,
+                               const py::object& x_shape, const py::object& stride,
+                               const py::object& padding, const py::object& dilation,
+                               const py::object& groups) {
+  const char* fn = "conv2d_backward_data";
+  py::array dy = as_contiguous_float_array(dy_obj, fn, "dy");
+  py::array w = as_contiguous_float_array(w_obj, fn, "w");
+  require_ndim(dy, 4, fn, "dy");
+  require_ndim(w, 4, fn, "w");
+  require_same_dtype(dy, "dy", w, "w", fn);
+  const std::vector<int64_t> xs = shape_tuple(x_shape, 4, fn, "x_shape");
+  const Conv2d cv = geometry(xs, shape_of(w), parse_args(stride, padding, dilation, groups, fn), fn,
+                             "x_shape", "w");
+  require_shape(dy, {cv.n, cv.k, cv.p, cv.q}, fn, "dy");
+  py::array dx = new_array(dy, xs);
+  if (dy.dtype().itemsize() == 4) {
+    auto f = conv_kernels<float>().backward_data;
+    const float* gp = static_cast<const float*>(dy.data());
+    const float* wp = static_cast<const float*>(w.data());
+    float* out = static_cast<float*>(dx.mutable_data());
+    py::gil_scoped_release release;
+    f(cv, gp, wp, out);
+  } else {
+    auto f = conv_kernels<double>().backward_data;
+    const double* gp = static_cast<const double*>(dy.data());
+    const double* wp = static_cast<const double*>(w.data());
+    double* out = static_cast<double*>(dx.mutable_data());
+    py::gil_scoped_release release;
+    f(cv, gp, wp, out);
+  }
+  return dx;
+}
+
+py::tuple conv2d_backward_weights(const py::object& x_obj, const py::object& dy_obj,
+                                  const py::object& w_shape, const py::object& stride,
+                                  const py::object& padding, const py::object& dilation,
+                                  const py::object& groups) {
+  const char* fn = "conv2d_backward_weights";
+  py::array x = as_contiguous_float_array(x_obj, fn, "x");
+  py::array dy = as_contiguous_float_array(dy_obj, fn, "dy");
+  require_ndim(x, 4, fn, "x");
+  require_ndim(dy, 4, fn, "dy");
+  require_same_dtype(x, "x", dy, "dy", fn);
+  const std::vector<int64_t> ws = shape_tuple(w_shape, 4, fn, "w_shape");
+  const Conv2d cv = geometry(shape_of(x), ws, parse_args(stride, padding, dilation, groups, fn), fn,
+                             "x", "w_shape");
+  require_shape(dy, {cv.n, cv.k, cv.p, cv.q}, fn, "dy");
+  py::array dw = new_array(x, ws);
+  py::array db = new_array(x, {cv.k});
+  if (x.dtype().itemsize() == 4) {
+    auto f = conv_kernels<float>().backward_weights;
+    const float* xp = static_cast<const float*>(x.data());
+    const float* gp = static_cast<const float*>(dy.data());
+    float* dwp = static_cast<float*>(dw.mutable_data());
+    float* dbp = static_cast<float*>(db.mutable_data());
+    py::gil_scoped_release release;
+    f(cv, xp, gp, dwp, dbp);
+  } else {
+    auto f = conv_kernels<double>().backward_weights;
+    const double* xp = static_cast<const double*>(x.data());
+    const double* gp = static_cast<const double*>(dy.data());
+    double* dwp = static_cast<double*>(dw.mutable_data());
+    double* dbp = static_cast<double*>(db.mutable_data());
+    py::gil_scoped_release release;
+    f(cv, xp, gp, dwp, dbp);
+  }
+  return py::make_tuple(dw, db);
+}
+
+}  // namespace
+
+void bind_conv(py::module_& m) {
+  m.def("conv2d", &conv2d, py::arg("x"), py::arg("w"), py::arg("b") = py::none(),
+        py::arg("stride") = 1, py::arg("padding") = 0, py::arg("dilation") = 1,
+        py::arg("groups") = 1);
+  m.def("conv2d_backward_data", &conv2d_backward_data, py::arg("dy"), py::arg("w"),
+        py::arg("x_shape"), py::arg("stride") = 1, py::arg("padding") = 0, py::arg("dilation") = 1,
+        py::arg("groups") = 1);
+  m.def("conv2d_backward_weights", &conv2d_backward_weights, py::arg("x"), py::arg("dy"),
+        py::arg("w_shape"), py::arg("stride") = 1, py::arg("padding") = 0, py::arg("dilation") = 1,
+        py::arg("groups") = 1);
+}
 
 }  // namespace simdnn::bind

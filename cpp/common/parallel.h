@@ -23,7 +23,9 @@ bool have_openmp();
 int64_t gemm_a_pack_bytes();
 void set_gemm_a_pack_bytes(int64_t bytes);
 
-enum class WorkspaceSlot : int { gemm_pack = 0, op_scratch = 1, count = 2 };
+// Slots: gemm_pack for the GEMM engine's packed panels, op_scratch for an op's own buffers (col
+// matrices, padded planes, partial sums), pack_aux for temporaries of a packing policy.
+enum class WorkspaceSlot : int { gemm_pack = 0, op_scratch = 1, pack_aux = 2, count = 3 };
 void* workspace(WorkspaceSlot slot, std::size_t bytes);
 
 }  // namespace simdnn

@@ -108,8 +108,113 @@ def gemm_cases() -> list[Case]:
     return cases
 
 
+@dataclasses.dataclass(frozen=True)
+class ConvShape:
+    """One convolution layer: x (N, C, H, W), w (K, C/groups, R, S)."""
+
+    name: str
+    n: int
+    c: int
+    h: int
+    w: int
+    k: int
+    r: int
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+
+    def kwargs(self) -> dict[str, int]:
+        return {"stride": self.stride, "padding": self.padding, "groups": self.groups}
+
+    @property
+    def out(self) -> tuple[int, int]:
+        p = (self.h + 2 * self.padding - self.r) // self.stride + 1
+        q = (self.w + 2 * self.padding - self.r) // self.stride + 1
+        return p, q
+
+    @property
+    def flops(self) -> float:
+        p, q = self.out
+        return 2.0 * self.n * self.k * (self.c // self.groups) * self.r * self.r * p * q
+
+
+CONV_SHAPES = [
+    ConvShape("lenet1 1->20 5x5 28x28 N64", 64, 1, 28, 28, 20, 5),
+    ConvShape("lenet2 20->50 5x5 12x12 N64", 64, 20, 12, 12, 50, 5),
+    ConvShape("3x3 64->64 32x32 N32", 32, 64, 32, 32, 64, 3, padding=1),
+    ConvShape("3x3 128->128 28x28 N16", 16, 128, 28, 28, 128, 3, padding=1),
+    ConvShape("3x3/s2 64->128 32x32 N16", 16, 64, 32, 32, 128, 3, stride=2, padding=1),
+    ConvShape("1x1 128->128 28x28 N16", 16, 128, 28, 28, 128, 1),
+    ConvShape("dw3x3 128 28x28 N16", 16, 128, 28, 28, 128, 3, padding=1, groups=128),
+]
+
+
+def _conv_cases(shape: ConvShape) -> list[Case]:
+    p, q = shape.out
+    x_shape = (shape.n, shape.c, shape.h, shape.w)
+    w_shape = (shape.k, shape.c // shape.groups, shape.r, shape.r)
+    y_shape = (shape.n, shape.k, p, q)
+    kw = shape.kwargs()
+    x_elems, w_elems, y_elems = (int(np.prod(s)) for s in (x_shape, w_shape, y_shape))
+
+    def make_fwd(rng: np.random.Generator, dtype: np.dtype) -> tuple[Any, ...]:
+        return (
+            rng.standard_normal(x_shape).astype(dtype),
+            rng.standard_normal(w_shape).astype(dtype),
+            rng.standard_normal(shape.k).astype(dtype),
+        )
+
+    def make_bwd_data(rng: np.random.Generator, dtype: np.dtype) -> tuple[Any, ...]:
+        return (
+            rng.standard_normal(y_shape).astype(dtype),
+            rng.standard_normal(w_shape).astype(dtype),
+        )
+
+    def make_bwd_weights(rng: np.random.Generator, dtype: np.dtype) -> tuple[Any, ...]:
+        return (
+            rng.standard_normal(x_shape).astype(dtype),
+            rng.standard_normal(y_shape).astype(dtype),
+        )
+
+    return [
+        Case(
+            group="conv2d",
+            name=shape.name,
+            flops=shape.flops,
+            nbytes=4.0 * (x_elems + w_elems + y_elems),
+            make=make_fwd,
+            native=lambda x, w, b: ops.conv2d(x, w, b, **kw),
+            numpy=lambda x, w, b: reference.conv2d(x, w, b, **kw),
+        ),
+        Case(
+            group="conv2d_backward_data",
+            name=shape.name,
+            flops=shape.flops,
+            nbytes=4.0 * (x_elems + w_elems + y_elems),
+            make=make_bwd_data,
+            native=lambda dy, w: ops.conv2d_backward_data(dy, w, x_shape, **kw),
+            numpy=lambda dy, w: reference.conv2d_backward_data(dy, w, x_shape, **kw),
+        ),
+        Case(
+            group="conv2d_backward_weights",
+            name=shape.name,
+            flops=shape.flops,
+            nbytes=4.0 * (x_elems + w_elems + y_elems),
+            make=make_bwd_weights,
+            native=lambda x, dy: ops.conv2d_backward_weights(x, dy, w_shape, **kw),
+            numpy=lambda x, dy: reference.conv2d_backward_weights(x, dy, w_shape, **kw),
+        ),
+    ]
+
+
+def conv_cases() -> list[Case]:
+    """LeNet's two layers, 3x3 convolutions of 64-128 channels, a stride-2 down-sampling, a 1x1
+    and a depthwise 3x3; forward, backward-data and backward-weights each."""
+    return [case for shape in CONV_SHAPES for case in _conv_cases(shape)]
+
+
 def all_cases() -> list[Case]:
-    return gemm_cases()
+    return gemm_cases() + conv_cases()
 
 
 # ------------------------------------------------------------------------------------------------
