@@ -9,6 +9,7 @@
 #include "conv/conv.h"
 #include "gemm/gemm.h"
 #include "pool/pool.h"
+#include "probe/probe.h"
 
 namespace simdnn {
 
@@ -37,18 +38,22 @@ struct KernelTable {
   Pool<float> spool;
   Pool<double> dpool;
 
+  ProbeFmaFn probe_fma = nullptr;
+  ProbeStreamFn probe_stream = nullptr;
+
   const Conv<float>& conv(float) const { return sconv; }
   const Conv<double>& conv(double) const { return dconv; }
   const Pool<float>& pool(float) const { return spool; }
   const Pool<double>& pool(double) const { return dpool; }
 };
 
-// Filled by gemm.cpp, conv.cpp and pool.cpp of each ISA.
-#define SIMDNN_DECLARE_REGISTER(isa)      \
-  namespace isa {                         \
-  void register_gemm(KernelTable* table); \
-  void register_conv(KernelTable* table); \
-  void register_pool(KernelTable* table); \
+// Filled by gemm.cpp, conv.cpp, pool.cpp and probe.cpp of each ISA.
+#define SIMDNN_DECLARE_REGISTER(isa)       \
+  namespace isa {                          \
+  void register_gemm(KernelTable* table);  \
+  void register_conv(KernelTable* table);  \
+  void register_pool(KernelTable* table);  \
+  void register_probe(KernelTable* table); \
   }
 SIMDNN_DECLARE_REGISTER(scalar)
 #ifdef SIMDNN_HAVE_AVX2

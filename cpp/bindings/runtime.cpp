@@ -86,6 +86,27 @@ void bind_runtime(py::module_& m) {
   m.def("set_num_threads", &set_threads, py::arg("n"));
   m.def("get_isa", []() { return std::string(isa_name(active_isa())); });
   m.def("set_isa", &set_isa, py::arg("name"));
+  // Machine-limit probes for the benchmark report (active ISA).
+  m.def(
+      "probe_fma_peak",
+      [](int nthreads, double seconds) {
+        if (nthreads < 1 || seconds <= 0)
+          value_error("probe_fma_peak: need nthreads >= 1, seconds > 0");
+        auto fn = kernels().probe_fma;
+        py::gil_scoped_release release;
+        return fn(nthreads, seconds);
+      },
+      py::arg("nthreads"), py::arg("seconds") = 0.2);
+  m.def(
+      "probe_stream_bandwidth",
+      [](int nthreads, int64_t bytes) {
+        if (nthreads < 1 || bytes < 3 * 64 * 4)
+          value_error("probe_stream_bandwidth: need nthreads >= 1, bytes >= 768");
+        auto fn = kernels().probe_stream;
+        py::gil_scoped_release release;
+        return fn(nthreads, bytes);
+      },
+      py::arg("nthreads"), py::arg("bytes") = int64_t(384) << 20);
 }
 
 }  // namespace simdnn::bind
