@@ -20,9 +20,12 @@
 #
 # Usage: bash tools/build_wheels.sh   (from anywhere; PYTHON=python3.X picks the interpreter)
 # Artefacts land in dist/ (the sdist and the manylinux wheel); scratch in build/wheels/. Running it
-# again rebuilds everything from scratch, so it gives the same answer each time. Missing system
+# again rebuilds every artefact, venv and build directory from scratch (only the tools venv is
+# kept), so it gives the same answer each time. Missing system
 # packages are installed with apt-get (root or sudo, Debian 12), Python tools with pip into
-# build/wheels/tools-venv. About 4 minutes on 2 cores, most of it the three compiles.
+# build/wheels/tools-venv. 216 s on 2 cores with the system packages already installed, most of it
+# the four compiles of the extension (GCC, the sdist's, clang, clang without OpenMP; about 40 s
+# each) and the three test-suite runs (about 10 s each).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -59,7 +62,6 @@ step "prerequisites"
 # build is still compiled, only not run.
 need=()
 command -v g++ >/dev/null || need+=(g++)
-command -v objdump >/dev/null || need+=(binutils)
 command -v clang++ >/dev/null || need+=(clang)
 command -v aarch64-linux-gnu-g++ >/dev/null || need+=(g++-aarch64-linux-gnu)
 # Clang's OpenMP headers and runtime (libomp) are a separate package; without them the clang
@@ -141,14 +143,15 @@ fi
 # ------------------------------------------------------------------------------------------------
 step "3. auditwheel: show, repair to manylinux, vendor libgomp"
 # Why this tag and no lower: Debian 12 links against glibc 2.36, and auditwheel takes the highest
-# symbol version anything in the wheel needs. Both the extension (pthread_once, which std::call_once
-# inlines) and Debian's libgomp (pthread_create and the rest, which moved into libc in 2.34) need
-# GLIBC_2.34, so manylinux_2_34 is the floor here; a lower tag needs an older glibc at build time,
+# symbol version anything in the wheel needs. Both the extension (pthread_once, from the
+# std::call_once in pybind11's headers) and Debian's libgomp (pthread_create and the rest, which
+# moved into libc in 2.34) need GLIBC_2.34, so manylinux_2_34 is the floor here, whatever the
+# extension is linked with; a lower tag needs an older glibc at build time,
 # which is what the cibuildwheel configuration (manylinux_2_28 images) gives a release.
 # libstdc++ stays a shared system library: GCC 12's headers ask for GLIBCXX_3.4.29 at most, within
-# what manylinux_2_34 allows. Linking it statically was measured and rejected: it pulled
-# arc4random@GLIBC_2.36 (std::random_device, reached through the exception classes) into the
-# extension, raising the tag to manylinux_2_36, and grew the extension from 1.2 MB to 2.1 MB.
+# what manylinux_2_34 allows. Linking it statically (-static-libstdc++) was measured and rejected:
+# it pulled libstdc++'s random.o, and with it arc4random@GLIBC_2.36, into the extension, raising
+# the tag to manylinux_2_36, and grew the extension from 1.2 MB to 2.1 MB.
 # The check below fails the build if anything but glibc ever sets the tag (a libstdc++ symbol
 # newer than the glibc floor allows), so an inflated tag is never published unnoticed.
 "$TOOLS/bin/auditwheel" show "$RAW_WHEEL"
