@@ -289,7 +289,7 @@ void depthwise_forward(const Im2col& g, int64_t n_img, const T* x, const T* w, c
   const PadPlane pp = pad_plane_geometry(g, V::W);
   const int64_t planes = n_img * g.c_total, in_plane = g.h * g.w, out_plane = g.p * g.q;
   const int64_t rs = g.r * g.s;
-  const int nt = static_cast<int>(min64(nthreads, planes));
+  [[maybe_unused]] const int nt = static_cast<int>(min64(nthreads, planes));
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
 #endif
@@ -305,7 +305,6 @@ void depthwise_forward(const Im2col& g, int64_t n_img, const T* x, const T* w, c
       depthwise_plane<V>(g, pp, buf, w + c * rs, b != nullptr ? b[c] : T(0), y + i * out_plane);
     }
   }
-  (void)nt;
 }
 
 // dx[n, c] for stride 1: the convolution of dy[n, c] with the flipped taps, padding dh*(R-1) - ph.
@@ -314,7 +313,7 @@ template <typename T>
 void depthwise_backward_data(const Conv2d& cv, const T* dy, const T* w, T* dx) {
   using V = typename VecOf<T>::type;
   const int64_t planes = cv.n * cv.c, rs = cv.r * cv.s;
-  const int nt = static_cast<int>(min64(cv.nthreads, max64(1, planes)));
+  [[maybe_unused]] const int nt = static_cast<int>(min64(cv.nthreads, max64(1, planes)));
   if (cv.sh == 1 && cv.sw == 1) {
     // Source dy (P x Q), output dx (H x W).
     const Im2col g{cv.c,
@@ -401,7 +400,7 @@ void depthwise_backward_weights(const Conv2d& cv, const T* x, const T* dy, T* dw
                  cv.sw, cv.ph, cv.pw, cv.dh, cv.dw, cv.p, cv.q};
   const PadPlane pp = pad_plane_geometry(g, V::W);
   const int64_t rs = cv.r * cv.s;
-  const int nt = static_cast<int>(min64(cv.nthreads, max64(1, cv.c)));
+  [[maybe_unused]] const int nt = static_cast<int>(min64(cv.nthreads, max64(1, cv.c)));
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
 #endif
@@ -589,7 +588,7 @@ void conv_backward_data(const Conv2d& cv, const T* dy, const T* w, T* dx) {
   for (int64_t i = 0; i < x_size; ++i) dx[i] = T(0);
   const int64_t img_size = cv.c * cv.h * cv.w;
   if (cv.n >= cv.nthreads) {
-    const int nt = cv.nthreads;
+    [[maybe_unused]] const int nt = cv.nthreads;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
 #endif
@@ -605,13 +604,12 @@ void conv_backward_data(const Conv2d& cv, const T* dy, const T* w, T* dx) {
         }
       }
     }
-    (void)nt;
   } else {
     T* col = static_cast<T*>(workspace(WorkspaceSlot::op_scratch, col_elems * sizeof(T)));
     for (int64_t n = 0; n < cv.n; ++n) {
       for (int64_t grp = 0; grp < cv.groups; ++grp) {
         gemm_col(n, grp, col, cv.nthreads);
-        const int nt = static_cast<int>(min64(cv.nthreads, cg));
+        [[maybe_unused]] const int nt = static_cast<int>(min64(cv.nthreads, cg));
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
         {
@@ -621,7 +619,6 @@ void conv_backward_data(const Conv2d& cv, const T* dy, const T* w, T* dx) {
         }
 #else
         col2im_add(cv, col, grp * cg, dx + n * img_size, 0, cg);
-        (void)nt;
 #endif
       }
     }
