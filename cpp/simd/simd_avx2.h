@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace simdnn::avx2 {
 
@@ -49,6 +50,90 @@ struct F32 {
       r[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
     }
   }
+
+  // --- Added for pooling (cpp/pool). Masks are all-ones lanes; index vectors hold small
+  // integers as floats (exact below 2^24), so selecting an index costs the same blend as a value.
+  using M = V;
+  // Lanes where a > b or a is NaN: the max-pool update rule (a NaN always takes over).
+  static M gt_or_nan(V a, V b) {
+    return _mm256_or_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ), _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+  }
+  static M eq(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
+  // m ? b : a, lane by lane.
+  static V blend(M m, V a, V b) { return _mm256_blendv_ps(a, b, m); }
+  static V div(V a, V b) { return _mm256_div_ps(a, b); }
+  // Deinterleave 2W contiguous elements: even = p[0], p[2], ..., odd = p[1], p[3], ...
+  static void load2(const T* p, V& even, V& odd) { deinterleave(load(p), load(p + W), even, odd); }
+  // The same reading only the first n <= 2W elements (the rest are 0).
+  static void load2n(const T* p, int n, V& even, V& odd) {
+    deinterleave(loadn(p, n < W ? n : W), loadn(p + W, n > W ? n - W : 0), even, odd);
+  }
+  static void deinterleave(V a, V b, V& even, V& odd) {
+    // In-lane shuffles give 0 2 8 10 | 4 6 12 14; a 64-bit permute puts the pairs in order.
+    const V e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+    const V o = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+    even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
+    odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), _MM_SHUFFLE(3, 1, 2, 0)));
+  }
+  // Interleave and store 2W contiguous elements p[2i] = even[i], p[2i+1] = odd[i] (first n only).
+  static void store2(T* p, V even, V odd) {
+    V lo, hi;
+    interleave(even, odd, lo, hi);
+    store(p, lo);
+    store(p + W, hi);
+  }
+  static void store2n(T* p, V even, V odd, int n) {
+    V lo, hi;
+    interleave(even, odd, lo, hi);
+    storen(p, lo, n < W ? n : W);
+    if (n > W) storen(p + W, hi, n - W);
+  }
+  static void interleave(V even, V odd, V& lo, V& hi) {
+    const V l = _mm256_unpacklo_ps(even, odd), h = _mm256_unpackhi_ps(even, odd);
+    lo = _mm256_permute2f128_ps(l, h, 0x20);
+    hi = _mm256_permute2f128_ps(l, h, 0x31);
+  }
+  // n lanes p[0], p[stride], ..., p[(n-1) * stride] (the rest 0); (W-1) * stride fits in int32.
+  static V gathern(const T* p, int stride, int n) {
+    const __m256i off =
+        _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(stride));
+    return _mm256_mask_i32gather_ps(zero(), p, off, _mm256_castsi256_ps(lane_mask32(n)), 4);
+  }
+  // Integer lanes in and out of float vectors (values are small non-negative integers on stores).
+  static V load_u8n(const uint8_t* p, int n) {
+    long long bytes = 0;
+    if (n >= W) {
+      std::memcpy(&bytes, p, W);  // a fixed-size copy is one 8-byte load
+    } else {
+      std::memcpy(&bytes, p, static_cast<size_t>(n));
+    }
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(bytes)));
+  }
+  static V load_i32n(const int32_t* p, int n) {
+    return _mm256_cvtepi32_ps(_mm256_maskload_epi32(p, lane_mask32(n)));
+  }
+  static void store_u8n(uint8_t* p, V v, int n) {
+    const __m256i i = _mm256_cvttps_epi32(v);
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+    const long long bytes = _mm_cvtsi128_si64(_mm_packus_epi16(w, w));
+    if (n >= W) {
+      std::memcpy(p, &bytes, W);
+    } else {
+      std::memcpy(p, &bytes, static_cast<size_t>(n));
+    }
+  }
+  static void store_i32n(int32_t* p, V v, int n) {
+    _mm256_maskstore_epi32(p, lane_mask32(n), _mm256_cvttps_epi32(v));
+  }
+  // How many of the first n lanes are not in [lo, hi).
+  static int count_outside(V v, V lo, V hi, int n) {
+    const V out =
+        _mm256_or_ps(_mm256_cmp_ps(v, lo, _CMP_NGE_UQ), _mm256_cmp_ps(v, hi, _CMP_NLT_UQ));
+    unsigned m = static_cast<unsigned>(_mm256_movemask_ps(out)) & ((1u << (n < W ? n : W)) - 1u);
+    int c = 0;
+    for (; m != 0; m &= m - 1) ++c;
+    return c;
+  }
 };
 
 struct F64 {
@@ -76,6 +161,82 @@ struct F64 {
       r[c] = _mm256_permute2f128_pd(t[c], t[2 + c], 0x20);
       r[2 + c] = _mm256_permute2f128_pd(t[c], t[2 + c], 0x31);
     }
+  }
+
+  // --- Added for pooling (cpp/pool); see F32.
+  using M = V;
+  static M gt_or_nan(V a, V b) {
+    return _mm256_or_pd(_mm256_cmp_pd(a, b, _CMP_GT_OQ), _mm256_cmp_pd(a, a, _CMP_UNORD_Q));
+  }
+  static M eq(V a, V b) { return _mm256_cmp_pd(a, b, _CMP_EQ_OQ); }
+  static V blend(M m, V a, V b) { return _mm256_blendv_pd(a, b, m); }
+  static V div(V a, V b) { return _mm256_div_pd(a, b); }
+  static void load2(const T* p, V& even, V& odd) { deinterleave(load(p), load(p + W), even, odd); }
+  static void load2n(const T* p, int n, V& even, V& odd) {
+    deinterleave(loadn(p, n < W ? n : W), loadn(p + W, n > W ? n - W : 0), even, odd);
+  }
+  static void deinterleave(V a, V b, V& even, V& odd) {
+    // unpack gives 0 4 | 2 6 and 1 5 | 3 7; a 64-bit permute puts them in order.
+    even = _mm256_permute4x64_pd(_mm256_unpacklo_pd(a, b), _MM_SHUFFLE(3, 1, 2, 0));
+    odd = _mm256_permute4x64_pd(_mm256_unpackhi_pd(a, b), _MM_SHUFFLE(3, 1, 2, 0));
+  }
+  static void store2(T* p, V even, V odd) {
+    V lo, hi;
+    interleave(even, odd, lo, hi);
+    store(p, lo);
+    store(p + W, hi);
+  }
+  static void store2n(T* p, V even, V odd, int n) {
+    V lo, hi;
+    interleave(even, odd, lo, hi);
+    storen(p, lo, n < W ? n : W);
+    if (n > W) storen(p + W, hi, n - W);
+  }
+  static void interleave(V even, V odd, V& lo, V& hi) {
+    const V l = _mm256_unpacklo_pd(even, odd), h = _mm256_unpackhi_pd(even, odd);
+    lo = _mm256_permute2f128_pd(l, h, 0x20);
+    hi = _mm256_permute2f128_pd(l, h, 0x31);
+  }
+  static V gathern(const T* p, int stride, int n) {
+    const __m128i off = _mm_mullo_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32(stride));
+    return _mm256_mask_i32gather_pd(zero(), p, off, _mm256_castsi256_pd(lane_mask64(n)), 8);
+  }
+  static V load_u8n(const uint8_t* p, int n) {
+    int bytes = 0;
+    if (n >= W) {
+      std::memcpy(&bytes, p, W);
+    } else {
+      std::memcpy(&bytes, p, static_cast<size_t>(n));
+    }
+    return _mm256_cvtepi32_pd(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(bytes)));
+  }
+  static V load_i32n(const int32_t* p, int n) {
+    return _mm256_cvtepi32_pd(_mm_maskload_epi32(p, lane_mask4x32(n)));
+  }
+  static void store_u8n(uint8_t* p, V v, int n) {
+    const __m128i i = _mm256_cvttpd_epi32(v);
+    const __m128i w = _mm_packs_epi32(i, i);
+    const int bytes = _mm_cvtsi128_si32(_mm_packus_epi16(w, w));
+    if (n >= W) {
+      std::memcpy(p, &bytes, W);
+    } else {
+      std::memcpy(p, &bytes, static_cast<size_t>(n));
+    }
+  }
+  static void store_i32n(int32_t* p, V v, int n) {
+    _mm_maskstore_epi32(p, lane_mask4x32(n), _mm256_cvttpd_epi32(v));
+  }
+  static int count_outside(V v, V lo, V hi, int n) {
+    const V out =
+        _mm256_or_pd(_mm256_cmp_pd(v, lo, _CMP_NGE_UQ), _mm256_cmp_pd(v, hi, _CMP_NLT_UQ));
+    unsigned m = static_cast<unsigned>(_mm256_movemask_pd(out)) & ((1u << (n < W ? n : W)) - 1u);
+    int c = 0;
+    for (; m != 0; m &= m - 1) ++c;
+    return c;
+  }
+  // Lane mask of 4 int32 lanes: lane i active when i < n.
+  static __m128i lane_mask4x32(int n) {
+    return _mm_cmpgt_epi32(_mm_set1_epi32(n), _mm_setr_epi32(0, 1, 2, 3));
   }
 };
 

@@ -26,6 +26,39 @@ struct Lane1 {
   static V add(V a, V b) { return a + b; }
   static V max(V a, V b) { return (a > b || a != a) ? a : b; }
   static void transpose(V*) {}  // a 1 x 1 block is its own transpose
+
+  // --- Added for pooling (cpp/pool); the same contracts as the vector ISAs, on one lane.
+  using M = bool;
+  static M gt_or_nan(V a, V b) { return a > b || a != a; }
+  static M eq(V a, V b) { return a == b; }
+  static V blend(M m, V a, V b) { return m ? b : a; }
+  static V div(V a, V b) { return a / b; }
+  static void load2(const T* p, V& even, V& odd) {
+    even = p[0];
+    odd = p[1];
+  }
+  static void load2n(const T* p, int n, V& even, V& odd) {
+    even = n > 0 ? p[0] : T(0);
+    odd = n > 1 ? p[1] : T(0);
+  }
+  static void store2(T* p, V even, V odd) {
+    p[0] = even;
+    p[1] = odd;
+  }
+  static void store2n(T* p, V even, V odd, int n) {
+    if (n > 0) p[0] = even;
+    if (n > 1) p[1] = odd;
+  }
+  static V gathern(const T* p, int, int n) { return n > 0 ? *p : T(0); }
+  static V load_u8n(const uint8_t* p, int n) { return n > 0 ? static_cast<T>(*p) : T(0); }
+  static V load_i32n(const int32_t* p, int n) { return n > 0 ? static_cast<T>(*p) : T(0); }
+  static void store_u8n(uint8_t* p, V v, int n) {
+    if (n > 0) *p = static_cast<uint8_t>(v);
+  }
+  static void store_i32n(int32_t* p, V v, int n) {
+    if (n > 0) *p = static_cast<int32_t>(v);
+  }
+  static int count_outside(V v, V lo, V hi, int n) { return n > 0 && !(lo <= v && v < hi); }
 };
 
 using F32 = Lane1<float>;
