@@ -7,6 +7,15 @@
 
 namespace simdnn::avx512 {
 
+// Set bits of a lane mask (pooling counts matching indices with it).
+static inline int popcount(unsigned m) {
+#if defined(_MSC_VER) && !defined(__clang__)
+  return static_cast<int>(__popcnt(m));
+#else
+  return __builtin_popcount(m);
+#endif
+}
+
 struct F32 {
   using T = float;
   using V = __m512;
@@ -63,12 +72,30 @@ struct F32 {
   static M eq(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
   // m ? b : a, lane by lane.
   static V blend(M m, V a, V b) { return _mm512_mask_blend_ps(m, a, b); }
+  static int count(M m) { return popcount(static_cast<unsigned>(m)); }
   static V div(V a, V b) { return _mm512_div_ps(a, b); }
+  // a + b in the lanes of m, a elsewhere.
+  static V mask_add(V a, M m, V b) { return _mm512_mask_add_ps(a, m, a, b); }
+  // Lanes lo <= i < hi; lo and hi may lie outside [0, W].
+  static M range_mask(int lo, int hi) {
+    lo = lo < 0 ? 0 : (lo > W ? W : lo);
+    hi = hi < 0 ? 0 : (hi > W ? W : hi);
+    return static_cast<M>(mask(hi) & ~mask(lo));
+  }
+  // Lanes [lo, hi) from p[lo..hi), the others `fill`. Only p[lo..hi) is read, so p itself may
+  // point outside the array (a window reaching into the padding).
+  static V loadr(const T* p, int lo, int hi, T fill) {
+    return _mm512_mask_loadu_ps(set1(fill), range_mask(lo, hi), p);
+  }
   // Deinterleave 2W contiguous elements: even = p[0], p[2], ..., odd = p[1], p[3], ...
   static void load2(const T* p, V& even, V& odd) { deinterleave(load(p), load(p + W), even, odd); }
   // The same reading only the first n <= 2W elements (the rest are 0).
   static void load2n(const T* p, int n, V& even, V& odd) {
     deinterleave(loadn(p, n < W ? n : W), loadn(p + W, n > W ? n - W : 0), even, odd);
+  }
+  // The same reading only elements [lo, hi) of the 2W, the others `fill` (see loadr).
+  static void load2r(const T* p, int lo, int hi, T fill, V& even, V& odd) {
+    deinterleave(loadr(p, lo, hi, fill), loadr(p + W, lo - W, hi - W, fill), even, odd);
   }
   static void deinterleave(V a, V b, V& even, V& odd) {
     const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -96,37 +123,32 @@ struct F32 {
     lo = _mm512_permutex2var_ps(even, il, odd);
     hi = _mm512_permutex2var_ps(even, ih, odd);
   }
-  // n lanes p[0], p[stride], ..., p[(n-1) * stride] (the rest 0); (W-1) * stride fits in int32.
+  // n lanes p[0], p[stride], ..., p[(n-1) * stride] (the rest 0); (n-1) * stride fits in int32.
   static V gathern(const T* p, int stride, int n) {
     const __m512i off =
         _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                            _mm512_set1_epi32(stride));
     return _mm512_mask_i32gather_ps(zero(), mask(n), off, p, 4);
   }
-  // Integer lanes in and out of float vectors (values are small non-negative integers on stores).
-  // The conversions use their maskz forms with a full mask: the same instructions, but GCC 12
-  // warns (falsely) about the _mm512_undefined_* operand of the plain forms (GCC bug 105593).
-  static V load_u8n(const uint8_t* p, int n) {
-    return _mm512_maskz_cvtepi32_ps(
-        0xffff, _mm512_maskz_cvtepu8_epi32(0xffff, _mm_maskz_loadu_epi8(mask(n), p)));
+  // Index lanes (max-pool positions as integers): the lanes i in [lo, hi) where p[i] == k.
+  static M eq_u8r(const uint8_t* p, int lo, int hi, int64_t k) {
+    const M m = range_mask(lo, hi);
+    return _mm_mask_cmpeq_epi8_mask(m, _mm_maskz_loadu_epi8(m, p),
+                                    _mm_set1_epi8(static_cast<char>(k)));
   }
-  static V load_i32n(const int32_t* p, int n) {
-    return _mm512_maskz_cvtepi32_ps(0xffff, _mm512_maskz_loadu_epi32(mask(n), p));
+  static M eq_i32r(const int32_t* p, int lo, int hi, int64_t k) {
+    const M m = range_mask(lo, hi);
+    return _mm512_mask_cmpeq_epi32_mask(m, _mm512_maskz_loadu_epi32(m, p),
+                                        _mm512_set1_epi32(static_cast<int>(k)));
   }
+  // Index stores: the first n lanes, small non-negative integers, converted. The conversions use
+  // their mask forms: the same instructions, but GCC 12 warns (falsely) about the
+  // _mm512_undefined_* operand of the plain forms (GCC bug 105593).
   static void store_u8n(uint8_t* p, V v, int n) {
     _mm512_mask_cvtepi32_storeu_epi8(p, mask(n), _mm512_maskz_cvttps_epi32(0xffff, v));
   }
   static void store_i32n(int32_t* p, V v, int n) {
     _mm512_mask_storeu_epi32(p, mask(n), _mm512_maskz_cvttps_epi32(0xffff, v));
-  }
-  // How many of the first n lanes are not in [lo, hi).
-  static int count_outside(V v, V lo, V hi, int n) {
-    unsigned m = static_cast<unsigned>(_mm512_cmp_ps_mask(v, lo, _CMP_NGE_UQ) |
-                                       _mm512_cmp_ps_mask(v, hi, _CMP_NLT_UQ)) &
-                 mask(n);
-    int c = 0;
-    for (; m != 0; m &= m - 1) ++c;
-    return c;
   }
 };
 
@@ -173,10 +195,23 @@ struct F64 {
   }
   static M eq(V a, V b) { return _mm512_cmp_pd_mask(a, b, _CMP_EQ_OQ); }
   static V blend(M m, V a, V b) { return _mm512_mask_blend_pd(m, a, b); }
+  static int count(M m) { return popcount(static_cast<unsigned>(m)); }
   static V div(V a, V b) { return _mm512_div_pd(a, b); }
+  static V mask_add(V a, M m, V b) { return _mm512_mask_add_pd(a, m, a, b); }
+  static M range_mask(int lo, int hi) {
+    lo = lo < 0 ? 0 : (lo > W ? W : lo);
+    hi = hi < 0 ? 0 : (hi > W ? W : hi);
+    return static_cast<M>(mask(hi) & ~mask(lo));
+  }
+  static V loadr(const T* p, int lo, int hi, T fill) {
+    return _mm512_mask_loadu_pd(set1(fill), range_mask(lo, hi), p);
+  }
   static void load2(const T* p, V& even, V& odd) { deinterleave(load(p), load(p + W), even, odd); }
   static void load2n(const T* p, int n, V& even, V& odd) {
     deinterleave(loadn(p, n < W ? n : W), loadn(p + W, n > W ? n - W : 0), even, odd);
+  }
+  static void load2r(const T* p, int lo, int hi, T fill, V& even, V& odd) {
+    deinterleave(loadr(p, lo, hi, fill), loadr(p + W, lo - W, hi - W, fill), even, odd);
   }
   static void deinterleave(V a, V b, V& even, V& odd) {
     even = _mm512_permutex2var_pd(a, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), b);
@@ -203,26 +238,21 @@ struct F64 {
         _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(stride));
     return _mm512_mask_i32gather_pd(zero(), mask(n), off, p, 8);
   }
-  static V load_u8n(const uint8_t* p, int n) {
-    return _mm512_maskz_cvtepi32_pd(
-        0xff, _mm256_maskz_cvtepu8_epi32(0xff, _mm_maskz_loadu_epi8(mask(n), p)));
+  static M eq_u8r(const uint8_t* p, int lo, int hi, int64_t k) {
+    const M m = range_mask(lo, hi);
+    return static_cast<M>(_mm_mask_cmpeq_epi8_mask(m, _mm_maskz_loadu_epi8(m, p),
+                                                   _mm_set1_epi8(static_cast<char>(k))));
   }
-  static V load_i32n(const int32_t* p, int n) {
-    return _mm512_maskz_cvtepi32_pd(0xff, _mm256_maskz_loadu_epi32(mask(n), p));
+  static M eq_i32r(const int32_t* p, int lo, int hi, int64_t k) {
+    const M m = range_mask(lo, hi);
+    return _mm256_mask_cmpeq_epi32_mask(m, _mm256_maskz_loadu_epi32(m, p),
+                                        _mm256_set1_epi32(static_cast<int>(k)));
   }
   static void store_u8n(uint8_t* p, V v, int n) {
     _mm256_mask_cvtepi32_storeu_epi8(p, mask(n), _mm512_maskz_cvttpd_epi32(0xff, v));
   }
   static void store_i32n(int32_t* p, V v, int n) {
     _mm256_mask_storeu_epi32(p, mask(n), _mm512_maskz_cvttpd_epi32(0xff, v));
-  }
-  static int count_outside(V v, V lo, V hi, int n) {
-    unsigned m = static_cast<unsigned>(_mm512_cmp_pd_mask(v, lo, _CMP_NGE_UQ) |
-                                       _mm512_cmp_pd_mask(v, hi, _CMP_NLT_UQ)) &
-                 mask(n);
-    int c = 0;
-    for (; m != 0; m &= m - 1) ++c;
-    return c;
   }
 };
 
