@@ -183,10 +183,10 @@ py::array max_pool2d_backward(const py::object& dy_obj, const py::object& idx_ob
   }
   if (bad != 0) {
     value_error(std::string(fn) + ": " + std::to_string(bad) + " of " + std::to_string(idx.size()) +
-                " 'indices' out of range: each must be a position " + "r * S + s < " +
-                std::to_string(pl.r * pl.s) + " of its " + std::to_string(pl.r) + "x" +
-                std::to_string(pl.s) +
-                " window that lies inside the input (not in the padding), as max_pool2d returns");
+                " indices out of range: each entry of 'indices' " +
+                "must be a position r * S + s < " + std::to_string(pl.r * pl.s) + " of its " +
+                std::to_string(pl.r) + "x" + std::to_string(pl.s) +
+                " window that lies inside the input, not in the padding (as max_pool2d returns)");
   }
   return dx;
 }
