@@ -506,9 +506,8 @@ struct MaxBwd {
   };
   const T* dy;  // row p of dy and of the indices
   const I* idx;
-  int64_t* matches;
-  static MaxBwd at(const Plane& pl, const Geom& g, int64_t p, int64_t* matches) {
-    return {pl.dy + p * g.q, pl.idx + p * g.q, matches};
+  static MaxBwd at(const Plane& pl, const Geom& g, int64_t p) {
+    return {pl.dy + p * g.q, pl.idx + p * g.q};
   }
   static typename V::M eq_idx(const uint8_t* p, int lo, int hi, int64_t k) {
     return V::eq_u8r(p, lo, hi, k);
@@ -517,17 +516,19 @@ struct MaxBwd {
     return V::eq_i32r(p, lo, hi, k);
   }
   // acc += the terms of windows q .. q + W - 1 at window position k; lanes [lo, hi) by mode.
+  // Returns the number of indices that matched.
   template <int kMode>
-  void add(R& acc, int64_t q, int64_t k, int lo, int hi) const {
+  int add(R& acc, int64_t q, int64_t k, int lo, int hi) const {
     const typename V::M m = eq_idx(shifted(idx, q), lo, hi, k);
-    *matches += V::count(m);
     acc = V::mask_add(acc, m, load_mode<V, kMode>(shifted(dy, q), lo, hi, T(0)));
+    return V::count(m);
   }
   template <int kMode>
   R finish(R v) const {
     return v;
   }
-  T scalar(const Geom&, int64_t q, int64_t k) const {
+  // The term of window q at position k, scalar; counts a match.
+  T scalar(const Geom&, int64_t q, int64_t k, int64_t* matches) const {
     if (static_cast<int64_t>(idx[q]) != k) return T(0);
     ++*matches;
     return dy[q];
@@ -554,25 +555,26 @@ struct AvgBwd {
   T div;        // divisor of the windows spanning S input columns
   bool include_pad;
   const T* cols;
-  static AvgBwd at(const Plane& pl, const Geom& g, int64_t p, int64_t*) {
+  static AvgBwd at(const Plane& pl, const Geom& g, int64_t p) {
     const RowSpan rs = row_span(g, p);
     const int64_t rows = rs.r1 - rs.r0;
     return {pl.dy + p * g.q, static_cast<T>(rows),
             static_cast<T>(pl.include_pad ? g.r * g.s : rows * g.s), pl.include_pad, pl.tab.cols};
   }
   template <int kMode>
-  void add(R& acc, int64_t q, int64_t, int lo, int hi) const {
+  int add(R& acc, int64_t q, int64_t, int lo, int hi) const {
     R d = load_mode<V, kMode>(shifted(dy, q), lo, hi, T(0));
     if (kMode == kEdge && !include_pad) {
       d = V::div(d, V::mul(V::loadr(shifted(cols, q), lo, hi, T(1)), V::set1(rows)));
     }
     acc = V::add(acc, d);
+    return 0;
   }
   template <int kMode>
   R finish(R v) const {
     return kMode == kEdge && !include_pad ? v : V::div(v, V::set1(div));
   }
-  T scalar(const Geom& g, int64_t q, int64_t) const {
+  T scalar(const Geom& g, int64_t q, int64_t, int64_t*) const {
     const ColSpan cs = col_span(g, q);
     return dy[q] / (include_pad ? static_cast<T>(g.r * g.s) : rows * static_cast<T>(cs.s1 - cs.s0));
   }
@@ -607,41 +609,41 @@ struct WindowRows {
 // The terms of tap s of row p (k = r*S + s) for n lanes of windows from q, into acc; an edge
 // block excludes the windows outside [0, Q).
 template <class V, class Op, int kMode>
-inline void bwd_add(const Op& op, typename V::V& acc, const Geom& g, int64_t q, int64_t k, int n) {
+inline int bwd_add(const Op& op, typename V::V& acc, const Geom& g, int64_t q, int64_t k, int n) {
   if (kMode == kEdge) {
     const int lo = clamp_int(-q, 0, n), hi = clamp_int(g.q - q, 0, n);
-    if (lo < hi) op.template add<kEdge>(acc, q, k, lo, hi);
-  } else {
-    op.template add<kMode>(acc, q, k, 0, n);
+    return lo < hi ? op.template add<kEdge>(acc, q, k, lo, hi) : 0;
   }
+  return op.template add<kMode>(acc, q, k, 0, n);
 }
 
 // One block of cnt dx columns from iw0 (kStep of them for kFull) of input row ih, from all the
-// window rows that contain it, summed in registers and stored once.
+// window rows that contain it, summed in registers and stored once. Returns the index matches.
 //   sw == 2: even and odd columns each take the taps s of their parity, whose windows are
 //            q = (iw + pw - s) / 2: a contiguous run of q per tap, so dy and the indices come in
 //            with plain loads at a shifted q; the halves are interleaved on store.
 //   sw == 1: tap s reads windows q = iw + pw - s.
 template <class V, class Op, int KS, int KSW, int kMode>
-inline void bwd_block(const typename Op::Plane& plane, const Geom& g, const WindowRows& wr,
-                      typename V::T* dxr, int64_t iw0, int cnt, int64_t* matches) {
+inline int64_t bwd_block(const typename Op::Plane& plane, const Geom& g, const WindowRows& wr,
+                         typename V::T* dxr, int64_t iw0, int cnt) {
   using R = typename V::V;
   constexpr int W = V::W;
   const int64_t S = KS ? KS : g.s;
   R even = V::zero(), odd = V::zero();
+  int64_t found = 0;
   if (KSW == 2) {
     const int n_even = kMode == kFull ? W : (cnt + 1) / 2, n_odd = kMode == kFull ? W : cnt / 2;
     const int64_t parity = (iw0 + g.pw) & 1;
     wr.for_each(g, [&](int64_t p, int64_t r) {
-      const Op op = Op::at(plane, g, p, matches);
+      const Op op = Op::at(plane, g, p);
       R e = V::zero(), o = V::zero();
       R& ea = Op::kDirect ? even : e;
       R& oa = Op::kDirect ? odd : o;
       for (int64_t s = 0; s < S; ++s) {
         if ((s & 1) == parity) {
-          bwd_add<V, Op, kMode>(op, ea, g, (iw0 + g.pw - s) / 2, r * S + s, n_even);
+          found += bwd_add<V, Op, kMode>(op, ea, g, (iw0 + g.pw - s) / 2, r * S + s, n_even);
         } else if (n_odd > 0) {
-          bwd_add<V, Op, kMode>(op, oa, g, (iw0 + 1 + g.pw - s) / 2, r * S + s, n_odd);
+          found += bwd_add<V, Op, kMode>(op, oa, g, (iw0 + 1 + g.pw - s) / 2, r * S + s, n_odd);
         }
       }
       if (!Op::kDirect) {
@@ -656,16 +658,17 @@ inline void bwd_block(const typename Op::Plane& plane, const Geom& g, const Wind
     }
   } else {
     wr.for_each(g, [&](int64_t p, int64_t r) {
-      const Op op = Op::at(plane, g, p, matches);
+      const Op op = Op::at(plane, g, p);
       R e = V::zero();
       R& ea = Op::kDirect ? even : e;
       for (int64_t s = 0; s < S; ++s) {
-        bwd_add<V, Op, kMode>(op, ea, g, iw0 + g.pw - s, r * S + s, cnt);
+        found += bwd_add<V, Op, kMode>(op, ea, g, iw0 + g.pw - s, r * S + s, cnt);
       }
       if (!Op::kDirect) even = V::add(even, op.template finish<kMode>(e));
     });
     store_n<V>(dxr + iw0, even, cnt);
   }
+  return found;
 }
 
 // dx[ih, iw] for one input column, scalar: the windows q that contain iw, of every window row.
@@ -677,8 +680,10 @@ typename Op::T bwd_col(const typename Op::Plane& plane, const Geom& g, const Win
   const int64_t q_hi = min64(g.q - 1, num / g.sw);
   typename Op::T sum = 0;
   wr.for_each(g, [&](int64_t p, int64_t r) {
-    const Op op = Op::at(plane, g, p, matches);
-    for (int64_t q = q_lo; q <= q_hi; ++q) sum += op.scalar(g, q, r * g.s + num - q * g.sw);
+    const Op op = Op::at(plane, g, p);
+    for (int64_t q = q_lo; q <= q_hi; ++q) {
+      sum += op.scalar(g, q, r * g.s + num - q * g.sw, matches);
+    }
   });
   return sum;
 }
@@ -703,11 +708,11 @@ int64_t bwd_rows(const Geom& g, const typename Op::Plane& plane, bool vec, int64
     for (int64_t iw0 = 0; iw0 < vw; iw0 += kStep) {
       const int cnt = static_cast<int>(min64(kStep, vw - iw0));
       if (iw0 < iv_lo || iw0 + cnt > iv_hi) {
-        bwd_block<V, Op, KS, KSW, kEdge>(plane, g, wr, dxr, iw0, cnt, &matches);
+        matches += bwd_block<V, Op, KS, KSW, kEdge>(plane, g, wr, dxr, iw0, cnt);
       } else if (cnt == kStep) {
-        bwd_block<V, Op, KS, KSW, kFull>(plane, g, wr, dxr, iw0, cnt, &matches);
+        matches += bwd_block<V, Op, KS, KSW, kFull>(plane, g, wr, dxr, iw0, cnt);
       } else {
-        bwd_block<V, Op, KS, KSW, kTail>(plane, g, wr, dxr, iw0, cnt, &matches);
+        matches += bwd_block<V, Op, KS, KSW, kTail>(plane, g, wr, dxr, iw0, cnt);
       }
     }
     for (int64_t iw = vw; iw < g.w; ++iw) dxr[iw] = bwd_col<Op>(plane, g, wr, iw, &matches);
