@@ -50,10 +50,6 @@
 #include "dispatch.h"
 #include "simd/simd.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #ifndef SIMDNN_ISA_NS
 #error "compile with -DSIMDNN_ISA_NS=<isa>"
 #endif
@@ -195,14 +191,6 @@ int64_t parallel_tasks(const Split& sp, const F& f) {
 // (tail), or lanes [lo, hi) inside and the others filled (edge: windows reaching the padding).
 enum Mode { kFull, kTail, kEdge };
 
-template <class V>
-typename V::V load_idx(const uint8_t* p, int lo, int hi) {
-  return V::load_u8r(p, lo, hi);
-}
-template <class V>
-typename V::V load_idx(const int32_t* p, int lo, int hi) {
-  return V::load_i32r(p, lo, hi);
-}
 template <class V>
 void store_idx(uint8_t* p, typename V::V v, int n) {
   V::store_u8n(p, v, n);
@@ -472,6 +460,7 @@ void fwd_planes(const Pool2d& pl, bool include_pad, const typename V::T* x, void
   });
 }
 
+// y, indices (N, C, P, Q) = max over each R x S window of x (N, C, H, W); padding is -inf.
 template <typename T>
 void max_forward(const Pool2d& pl, const T* x, T* y, void* idx) {
   using V = typename VecOf<T>::type;
@@ -482,6 +471,8 @@ void max_forward(const Pool2d& pl, const T* x, T* y, void* idx) {
   }
 }
 
+// y (N, C, P, Q) = mean over each R x S window of x (N, C, H, W); padding adds 0 and counts in
+// the divisor when count_include_pad.
 template <typename T>
 void avg_forward(const Pool2d& pl, bool count_include_pad, const T* x, T* y) {
   using V = typename VecOf<T>::type;
@@ -756,6 +747,7 @@ int64_t bwd_planes(const Pool2d& pl, const typename Op::Plane& plane0, int64_t q
   });
 }
 
+// dx (N, C, H, W) from dy and indices (N, C, P, Q); returns how many indices are bad.
 template <typename T, typename I>
 int64_t max_backward_t(const Pool2d& pl, const T* dy, const I* idx, T* dx) {
   using V = typename VecOf<T>::type;
@@ -771,6 +763,7 @@ int64_t max_backward(const Pool2d& pl, const T* dy, const void* idx, T* dx) {
   return max_backward_t(pl, dy, static_cast<const int32_t*>(idx), dx);
 }
 
+// dx (N, C, H, W) from dy (N, C, P, Q): each window's dy / divisor to each of its input pixels.
 template <typename T>
 void avg_backward(const Pool2d& pl, bool count_include_pad, const T* dy, T* dx) {
   using V = typename VecOf<T>::type;
