@@ -41,6 +41,8 @@ EDGE_CASES: list[Case] = [
     ((1, 1, 9, 40), (2, 5), (3, 4), (1, 2)),
     ((1, 1, 10, 37), (3, 4), None, (1, 2)),  # stride > kernel in neither; = kernel
     ((1, 1, 13, 45), (2, 2), (3, 3), 1),  # stride > kernel: gaps no window covers
+    ((2, 1, 5, 7), 2, (2**62, 1), 1),  # a stride no product of which may overflow
+    ((1, 2, 6, 5), 3, (1, 2**63 - 1), 1),
 ]
 
 

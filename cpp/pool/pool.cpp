@@ -99,6 +99,10 @@ struct Geom {
 
 Geom make_geom(const Pool2d& pl) {
   Geom g{pl.h, pl.w, pl.r, pl.s, pl.p, pl.q, pl.sh, pl.sw, pl.ph, pl.pw, 0, 0};
+  // With a single window row the stride does not matter; bounding it by the padded input keeps
+  // every stride product below in range whatever the caller passed (stride=2**62 is valid).
+  if (g.p == 1) g.sh = min64(g.sh, g.h + 2 * g.ph);
+  if (g.q == 1) g.sw = min64(g.sw, g.w + 2 * g.pw);
   g.qi_lo = min64(g.q, ceil_div(g.pw, g.sw));
   const int64_t last = g.w + g.pw - g.s;  // interior iff q * sw <= last
   g.qi_hi = last < 0 ? g.qi_lo : max64(g.qi_lo, min64(g.q, last / g.sw + 1));
@@ -588,11 +592,13 @@ struct WindowRows {
   template <class F>
   int for_each(const Geom& g, const F& f) const {
     int count = 0;
-    for (int64_t p = p_top, r = r_top; r < g.r && p >= 0; --p, r += g.sh) {
+    if (r_top >= g.r) return 0;
+    for (int64_t p = p_top, r = r_top; p >= 0; --p, r += g.sh) {
       if (p < g.p) {
         f(p, r);
         ++count;
       }
+      if (g.r - r <= g.sh) break;  // the next r would be >= R
     }
     return count;
   }
