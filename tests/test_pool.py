@@ -343,6 +343,26 @@ def test_large_windows_use_int32_indices(isa, dtype, rng):
     assert ops.max_pool2d(x, 16)[1].dtype == np.uint8  # 256 positions still fit
 
 
+def test_windows_beyond_float_index_lanes(isa, dtype):
+    """4097 x 4097 windows have more positions than float32 lanes hold exactly (2^24): float32
+    takes the scalar path there. Every window covers the whole (tiny) input."""
+    k, pad = 4097, 2048
+    x = np.array([[[[1.0, 5.0, 2.0], [7.0, 3.0, -1.0]]]], dtype)
+    y, idx = ops.max_pool2d(x, k, 1, pad)
+    assert y.shape == (1, 1, 2, 3)
+    assert idx.dtype == np.int32
+    np.testing.assert_array_equal(y, np.full(y.shape, 7.0))
+    p, q = np.meshgrid(np.arange(2), np.arange(3), indexing="ij")
+    np.testing.assert_array_equal(idx[0, 0], (1 - p + pad) * k + (0 - q + pad))
+    dy = np.arange(1, 7, dtype=dtype).reshape(y.shape)
+    dx = ops.max_pool2d_backward(dy, idx, x.shape, k, 1, pad)
+    np.testing.assert_array_equal(dx[0, 0], [[0, 0, 0], [21, 0, 0]])
+    np.testing.assert_allclose(ops.avg_pool2d(x, k, 1, pad, False), np.full(y.shape, 17 / 6))
+    np.testing.assert_allclose(ops.avg_pool2d(x, k, 1, pad), np.full(y.shape, 17 / k**2), 1e-6)
+    dx = ops.avg_pool2d_backward(dy, x.shape, k, 1, pad, False)
+    np.testing.assert_allclose(dx, np.full(x.shape, 21 / 6), 1e-6)
+
+
 # ------------------------------------------------------------------------------------------------
 # Threads, layouts, sizes
 

@@ -240,6 +240,7 @@ template <class V, typename I>
 struct MaxOp {
   using T = typename V::T;
   using R = typename V::V;
+  static constexpr bool kIndex = true;
   struct State {
     R best, idx;
   };
@@ -301,6 +302,7 @@ template <class V>
 struct AvgOp {
   using T = typename V::T;
   using R = typename V::V;
+  static constexpr bool kIndex = false;
   struct State {
     R sum;
   };
@@ -443,9 +445,9 @@ void fwd_planes(const Pool2d& pl, bool include_pad, const typename V::T* x, void
   const Geom g = make_geom(pl);
   const int64_t planes = pl.n * pl.c;
   if (planes == 0 || g.p == 0 || g.q == 0) return;
-  // The vector path needs exact float index lanes and int32 gather offsets (which a row shorter
-  // than 2^31 elements implies).
-  const bool vec = index_fits_lanes<T>(g.r * g.s) && g.w < (int64_t(1) << 31);
+  // The vector path needs exact float index lanes (max pooling) and int32 gather offsets (which a
+  // row shorter than 2^31 elements implies).
+  const bool vec = (!Op::kIndex || index_fits_lanes<T>(g.r * g.s)) && g.w < (int64_t(1) << 31);
   auto rows = fwd_rows<V, Op, 0, 0>;
   if (g.sw == 2 && g.s == 2) {
     rows = fwd_rows<V, Op, 2, 2>;
