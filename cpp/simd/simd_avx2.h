@@ -11,7 +11,7 @@ namespace simdnn::avx2 {
 // Set bits of a lane mask (pooling counts matching indices with it).
 static inline int popcount(unsigned m) {
 #if defined(_MSC_VER) && !defined(__clang__)
-  return static_cast<int>(__popcnt(m));
+  return static_cast<int>(_mm_popcnt_u32(m));
 #else
   return __builtin_popcount(m);
 #endif
