@@ -109,7 +109,11 @@ def gemm_cases() -> list[Case]:
 
 
 def _pool_case(op: str, backward: bool, k: int, padding: int, shape: tuple[int, ...]) -> Case:
-    """One pooling row: op "max" or "avg", a k x k window with stride 2, float32 byte counts."""
+    """One pooling row: op "max" or "avg", a k x k window with stride 2, float32 byte counts.
+
+    run_case scales the bytes by itemsize / 4, the uint8 indices included: float64 max-pool rows
+    count them twice, which overstates their rate by about 2%.
+    """
     n, c, h, w = shape
     p = (h + 2 * padding - k) // 2 + 1
     q = (w + 2 * padding - k) // 2 + 1
