@@ -4,8 +4,18 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace simdnn::avx2 {
+
+// Set bits of a lane mask (pooling counts matching indices with it).
+static inline int popcount(unsigned m) {
+#if defined(_MSC_VER) && !defined(__clang__)
+  return static_cast<int>(_mm_popcnt_u32(m));
+#else
+  return __builtin_popcount(m);
+#endif
+}
 
 // Lane masks for vmaskmov: lane i is active when i < n.
 static inline __m256i lane_mask32(int n) {
@@ -49,6 +59,107 @@ struct F32 {
       r[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
     }
   }
+
+  // --- Added for pooling (cpp/pool). Masks are all-ones lanes; index vectors hold small
+  // integers as floats (exact below 2^24), so selecting an index costs the same blend as a value.
+  using M = V;
+  // Lanes where a > b or a is NaN: the max-pool update rule (a NaN always takes over).
+  static M gt_or_nan(V a, V b) {
+    return _mm256_or_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ), _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+  }
+  static M eq(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
+  // m ? b : a, lane by lane.
+  static V blend(M m, V a, V b) { return _mm256_blendv_ps(a, b, m); }
+  static int count(M m) { return popcount(static_cast<unsigned>(_mm256_movemask_ps(m))); }
+  static V div(V a, V b) { return _mm256_div_ps(a, b); }
+  // a + b in the lanes of m, a elsewhere.
+  static V mask_add(V a, M m, V b) { return _mm256_add_ps(a, _mm256_and_ps(m, b)); }
+  // Lanes lo <= i < hi; lo and hi may lie outside [0, W].
+  static __m256i range_mask(int lo, int hi) {
+    return _mm256_andnot_si256(lane_mask32(lo), lane_mask32(hi));
+  }
+  // Lanes [lo, hi) from p[lo..hi), the others `fill`. Only p[lo..hi) is read, so p itself may
+  // point outside the array (a window reaching into the padding).
+  static V loadr(const T* p, int lo, int hi, T fill) {
+    const __m256i m = range_mask(lo, hi);
+    return _mm256_blendv_ps(set1(fill), _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
+  }
+  // Deinterleave 2W contiguous elements: even = p[0], p[2], ..., odd = p[1], p[3], ...
+  static void load2(const T* p, V& even, V& odd) { deinterleave(load(p), load(p + W), even, odd); }
+  // The same reading only the first n <= 2W elements (the rest are 0).
+  static void load2n(const T* p, int n, V& even, V& odd) {
+    deinterleave(loadn(p, n < W ? n : W), loadn(p + W, n > W ? n - W : 0), even, odd);
+  }
+  // The same reading only elements [lo, hi) of the 2W, the others `fill` (see loadr).
+  static void load2r(const T* p, int lo, int hi, T fill, V& even, V& odd) {
+    deinterleave(loadr(p, lo, hi, fill), loadr(p + W, lo - W, hi - W, fill), even, odd);
+  }
+  static void deinterleave(V a, V b, V& even, V& odd) {
+    // In-lane shuffles give 0 2 8 10 | 4 6 12 14; a 64-bit permute puts the pairs in order.
+    const V e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+    const V o = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+    even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
+    odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), _MM_SHUFFLE(3, 1, 2, 0)));
+  }
+  // Interleave and store 2W contiguous elements p[2i] = even[i], p[2i+1] = odd[i] (first n only).
+  static void store2(T* p, V even, V odd) {
+    V lo, hi;
+    interleave(even, odd, lo, hi);
+    store(p, lo);
+    store(p + W, hi);
+  }
+  static void store2n(T* p, V even, V odd, int n) {
+    V lo, hi;
+    interleave(even, odd, lo, hi);
+    storen(p, lo, n < W ? n : W);
+    if (n > W) storen(p + W, hi, n - W);
+  }
+  static void interleave(V even, V odd, V& lo, V& hi) {
+    const V l = _mm256_unpacklo_ps(even, odd), h = _mm256_unpackhi_ps(even, odd);
+    lo = _mm256_permute2f128_ps(l, h, 0x20);
+    hi = _mm256_permute2f128_ps(l, h, 0x31);
+  }
+  // n lanes p[0], p[stride], ..., p[(n-1) * stride] (the rest 0); (n-1) * stride fits in int32.
+  static V gathern(const T* p, int stride, int n) {
+    const __m256i off =
+        _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(stride));
+    return _mm256_mask_i32gather_ps(zero(), p, off, _mm256_castsi256_ps(lane_mask32(n)), 4);
+  }
+  // Index lanes (max-pool positions as integers): the lanes i in [lo, hi) where p[i] == k.
+  static M eq_u8r(const uint8_t* p, int lo, int hi, int64_t k) {
+    lo = lo < 0 ? 0 : lo;
+    hi = hi > W ? W : hi;
+    long long bytes = 0;
+    if (lo == 0 && hi == W) {
+      std::memcpy(&bytes, p, W);  // a fixed-size copy is one 8-byte load
+    } else if (hi > lo) {
+      std::memcpy(reinterpret_cast<unsigned char*>(&bytes) + lo, p + lo,
+                  static_cast<size_t>(hi - lo));
+    }
+    const __m128i eq =
+        _mm_cmpeq_epi8(_mm_cvtsi64_si128(bytes), _mm_set1_epi8(static_cast<char>(k)));
+    return _mm256_castsi256_ps(_mm256_and_si256(_mm256_cvtepi8_epi32(eq), range_mask(lo, hi)));
+  }
+  static M eq_i32r(const int32_t* p, int lo, int hi, int64_t k) {
+    const __m256i m = range_mask(lo, hi);
+    const __m256i eq =
+        _mm256_cmpeq_epi32(_mm256_maskload_epi32(p, m), _mm256_set1_epi32(static_cast<int>(k)));
+    return _mm256_castsi256_ps(_mm256_and_si256(eq, m));
+  }
+  // Index stores: the first n lanes, small non-negative integers, converted.
+  static void store_u8n(uint8_t* p, V v, int n) {
+    const __m256i i = _mm256_cvttps_epi32(v);
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+    const long long bytes = _mm_cvtsi128_si64(_mm_packus_epi16(w, w));
+    if (n >= W) {
+      std::memcpy(p, &bytes, W);
+    } else {
+      std::memcpy(p, &bytes, static_cast<size_t>(n));
+    }
+  }
+  static void store_i32n(int32_t* p, V v, int n) {
+    _mm256_maskstore_epi32(p, lane_mask32(n), _mm256_cvttps_epi32(v));
+  }
 };
 
 struct F64 {
@@ -76,6 +187,95 @@ struct F64 {
       r[c] = _mm256_permute2f128_pd(t[c], t[2 + c], 0x20);
       r[2 + c] = _mm256_permute2f128_pd(t[c], t[2 + c], 0x31);
     }
+  }
+
+  // --- Added for pooling (cpp/pool); see F32.
+  using M = V;
+  static M gt_or_nan(V a, V b) {
+    return _mm256_or_pd(_mm256_cmp_pd(a, b, _CMP_GT_OQ), _mm256_cmp_pd(a, a, _CMP_UNORD_Q));
+  }
+  static M eq(V a, V b) { return _mm256_cmp_pd(a, b, _CMP_EQ_OQ); }
+  static V blend(M m, V a, V b) { return _mm256_blendv_pd(a, b, m); }
+  static int count(M m) { return popcount(static_cast<unsigned>(_mm256_movemask_pd(m))); }
+  static V div(V a, V b) { return _mm256_div_pd(a, b); }
+  static V mask_add(V a, M m, V b) { return _mm256_add_pd(a, _mm256_and_pd(m, b)); }
+  static __m256i range_mask(int lo, int hi) {
+    return _mm256_andnot_si256(lane_mask64(lo), lane_mask64(hi));
+  }
+  // The same lanes as 4 x int32 (for the int32 index loads).
+  static __m128i range_mask32(int lo, int hi) {
+    const __m128i i = _mm_setr_epi32(0, 1, 2, 3);
+    return _mm_andnot_si128(_mm_cmpgt_epi32(_mm_set1_epi32(lo), i),
+                            _mm_cmpgt_epi32(_mm_set1_epi32(hi), i));
+  }
+  static V loadr(const T* p, int lo, int hi, T fill) {
+    const __m256i m = range_mask(lo, hi);
+    return _mm256_blendv_pd(set1(fill), _mm256_maskload_pd(p, m), _mm256_castsi256_pd(m));
+  }
+  static void load2(const T* p, V& even, V& odd) { deinterleave(load(p), load(p + W), even, odd); }
+  static void load2n(const T* p, int n, V& even, V& odd) {
+    deinterleave(loadn(p, n < W ? n : W), loadn(p + W, n > W ? n - W : 0), even, odd);
+  }
+  static void load2r(const T* p, int lo, int hi, T fill, V& even, V& odd) {
+    deinterleave(loadr(p, lo, hi, fill), loadr(p + W, lo - W, hi - W, fill), even, odd);
+  }
+  static void deinterleave(V a, V b, V& even, V& odd) {
+    // unpack gives 0 4 | 2 6 and 1 5 | 3 7; a 64-bit permute puts them in order.
+    even = _mm256_permute4x64_pd(_mm256_unpacklo_pd(a, b), _MM_SHUFFLE(3, 1, 2, 0));
+    odd = _mm256_permute4x64_pd(_mm256_unpackhi_pd(a, b), _MM_SHUFFLE(3, 1, 2, 0));
+  }
+  static void store2(T* p, V even, V odd) {
+    V lo, hi;
+    interleave(even, odd, lo, hi);
+    store(p, lo);
+    store(p + W, hi);
+  }
+  static void store2n(T* p, V even, V odd, int n) {
+    V lo, hi;
+    interleave(even, odd, lo, hi);
+    storen(p, lo, n < W ? n : W);
+    if (n > W) storen(p + W, hi, n - W);
+  }
+  static void interleave(V even, V odd, V& lo, V& hi) {
+    const V l = _mm256_unpacklo_pd(even, odd), h = _mm256_unpackhi_pd(even, odd);
+    lo = _mm256_permute2f128_pd(l, h, 0x20);
+    hi = _mm256_permute2f128_pd(l, h, 0x31);
+  }
+  static V gathern(const T* p, int stride, int n) {
+    const __m128i off = _mm_mullo_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32(stride));
+    return _mm256_mask_i32gather_pd(zero(), p, off, _mm256_castsi256_pd(lane_mask64(n)), 8);
+  }
+  static M eq_u8r(const uint8_t* p, int lo, int hi, int64_t k) {
+    lo = lo < 0 ? 0 : lo;
+    hi = hi > W ? W : hi;
+    int bytes = 0;
+    if (lo == 0 && hi == W) {
+      std::memcpy(&bytes, p, W);
+    } else if (hi > lo) {
+      std::memcpy(reinterpret_cast<unsigned char*>(&bytes) + lo, p + lo,
+                  static_cast<size_t>(hi - lo));
+    }
+    const __m128i eq =
+        _mm_cmpeq_epi8(_mm_cvtsi32_si128(bytes), _mm_set1_epi8(static_cast<char>(k)));
+    return _mm256_castsi256_pd(_mm256_and_si256(_mm256_cvtepi8_epi64(eq), range_mask(lo, hi)));
+  }
+  static M eq_i32r(const int32_t* p, int lo, int hi, int64_t k) {
+    const __m128i eq = _mm_cmpeq_epi32(_mm_maskload_epi32(p, range_mask32(lo, hi)),
+                                       _mm_set1_epi32(static_cast<int>(k)));
+    return _mm256_castsi256_pd(_mm256_and_si256(_mm256_cvtepi32_epi64(eq), range_mask(lo, hi)));
+  }
+  static void store_u8n(uint8_t* p, V v, int n) {
+    const __m128i i = _mm256_cvttpd_epi32(v);
+    const __m128i w = _mm_packs_epi32(i, i);
+    const int bytes = _mm_cvtsi128_si32(_mm_packus_epi16(w, w));
+    if (n >= W) {
+      std::memcpy(p, &bytes, W);
+    } else {
+      std::memcpy(p, &bytes, static_cast<size_t>(n));
+    }
+  }
+  static void store_i32n(int32_t* p, V v, int n) {
+    _mm_maskstore_epi32(p, range_mask32(0, n), _mm256_cvttpd_epi32(v));
   }
 };
 

@@ -20,6 +20,14 @@ static inline __m512d unpackhi(__m512d a, __m512d b) {
 }
 #define SIMDNN_SHUF_F32X4(a, b, imm) _mm512_maskz_shuffle_f32x4(0xffff, a, b, imm)
 #define SIMDNN_SHUF_F64X2(a, b, imm) _mm512_maskz_shuffle_f64x2(0xff, a, b, imm)
+// Set bits of a lane mask (pooling counts matching indices with it).
+static inline int popcount(unsigned m) {
+#if defined(_MSC_VER) && !defined(__clang__)
+  return static_cast<int>(_mm_popcnt_u32(m));
+#else
+  return __builtin_popcount(m);
+#endif
+}
 
 struct F32 {
   using T = float;
@@ -65,6 +73,96 @@ struct F32 {
       r[12 + c] = SIMDNN_SHUF_F32X4(v23, w23, 0xdd);
     }
   }
+
+  // --- Added for pooling (cpp/pool). Masks are k-registers; index vectors hold small integers
+  // as floats (exact below 2^24), so selecting an index costs the same blend as a value.
+  using M = __mmask16;
+  // Lanes where a > b or a is NaN: the max-pool update rule (a NaN always takes over).
+  static M gt_or_nan(V a, V b) {
+    return static_cast<M>(_mm512_cmp_ps_mask(a, b, _CMP_GT_OQ) |
+                          _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q));
+  }
+  static M eq(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+  // m ? b : a, lane by lane.
+  static V blend(M m, V a, V b) { return _mm512_mask_blend_ps(m, a, b); }
+  static int count(M m) { return popcount(static_cast<unsigned>(m)); }
+  static V div(V a, V b) { return _mm512_div_ps(a, b); }
+  // a + b in the lanes of m, a elsewhere.
+  static V mask_add(V a, M m, V b) { return _mm512_mask_add_ps(a, m, a, b); }
+  // Lanes lo <= i < hi; lo and hi may lie outside [0, W].
+  static M range_mask(int lo, int hi) {
+    lo = lo < 0 ? 0 : (lo > W ? W : lo);
+    hi = hi < 0 ? 0 : (hi > W ? W : hi);
+    return static_cast<M>(mask(hi) & ~mask(lo));
+  }
+  // Lanes [lo, hi) from p[lo..hi), the others `fill`. Only p[lo..hi) is read, so p itself may
+  // point outside the array (a window reaching into the padding).
+  static V loadr(const T* p, int lo, int hi, T fill) {
+    return _mm512_mask_loadu_ps(set1(fill), range_mask(lo, hi), p);
+  }
+  // Deinterleave 2W contiguous elements: even = p[0], p[2], ..., odd = p[1], p[3], ...
+  static void load2(const T* p, V& even, V& odd) { deinterleave(load(p), load(p + W), even, odd); }
+  // The same reading only the first n <= 2W elements (the rest are 0).
+  static void load2n(const T* p, int n, V& even, V& odd) {
+    deinterleave(loadn(p, n < W ? n : W), loadn(p + W, n > W ? n - W : 0), even, odd);
+  }
+  // The same reading only elements [lo, hi) of the 2W, the others `fill` (see loadr).
+  static void load2r(const T* p, int lo, int hi, T fill, V& even, V& odd) {
+    deinterleave(loadr(p, lo, hi, fill), loadr(p + W, lo - W, hi - W, fill), even, odd);
+  }
+  static void deinterleave(V a, V b, V& even, V& odd) {
+    const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    even = _mm512_permutex2var_ps(a, ie, b);
+    odd = _mm512_permutex2var_ps(a, io, b);
+  }
+  // Interleave and store 2W contiguous elements p[2i] = even[i], p[2i+1] = odd[i] (first n only).
+  static void store2(T* p, V even, V odd) {
+    V lo, hi;
+    interleave(even, odd, lo, hi);
+    store(p, lo);
+    store(p + W, hi);
+  }
+  static void store2n(T* p, V even, V odd, int n) {
+    V lo, hi;
+    interleave(even, odd, lo, hi);
+    storen(p, lo, n < W ? n : W);
+    if (n > W) storen(p + W, hi, n - W);
+  }
+  static void interleave(V even, V odd, V& lo, V& hi) {
+    const __m512i il = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i ih =
+        _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    lo = _mm512_permutex2var_ps(even, il, odd);
+    hi = _mm512_permutex2var_ps(even, ih, odd);
+  }
+  // n lanes p[0], p[stride], ..., p[(n-1) * stride] (the rest 0); (n-1) * stride fits in int32.
+  static V gathern(const T* p, int stride, int n) {
+    const __m512i off =
+        _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                           _mm512_set1_epi32(stride));
+    return _mm512_mask_i32gather_ps(zero(), mask(n), off, p, 4);
+  }
+  // Index lanes (max-pool positions as integers): the lanes i in [lo, hi) where p[i] == k.
+  static M eq_u8r(const uint8_t* p, int lo, int hi, int64_t k) {
+    const M m = range_mask(lo, hi);
+    return _mm_mask_cmpeq_epi8_mask(m, _mm_maskz_loadu_epi8(m, p),
+                                    _mm_set1_epi8(static_cast<char>(k)));
+  }
+  static M eq_i32r(const int32_t* p, int lo, int hi, int64_t k) {
+    const M m = range_mask(lo, hi);
+    return _mm512_mask_cmpeq_epi32_mask(m, _mm512_maskz_loadu_epi32(m, p),
+                                        _mm512_set1_epi32(static_cast<int>(k)));
+  }
+  // Index stores: the first n lanes, small non-negative integers, converted. The conversions use
+  // their mask forms: the same instructions, but GCC 12 warns (falsely) about the
+  // _mm512_undefined_* operand of the plain forms (GCC bug 105593).
+  static void store_u8n(uint8_t* p, V v, int n) {
+    _mm512_mask_cvtepi32_storeu_epi8(p, mask(n), _mm512_maskz_cvttps_epi32(0xffff, v));
+  }
+  static void store_i32n(int32_t* p, V v, int n) {
+    _mm512_mask_storeu_epi32(p, mask(n), _mm512_maskz_cvttps_epi32(0xffff, v));
+  }
 };
 
 struct F64 {
@@ -100,6 +198,74 @@ struct F64 {
       r[4 + c] = SIMDNN_SHUF_F64X2(v23, w23, 0x88);
       r[6 + c] = SIMDNN_SHUF_F64X2(v23, w23, 0xdd);
     }
+  }
+
+  // --- Added for pooling (cpp/pool); see F32.
+  using M = __mmask8;
+  static M gt_or_nan(V a, V b) {
+    return static_cast<M>(_mm512_cmp_pd_mask(a, b, _CMP_GT_OQ) |
+                          _mm512_cmp_pd_mask(a, a, _CMP_UNORD_Q));
+  }
+  static M eq(V a, V b) { return _mm512_cmp_pd_mask(a, b, _CMP_EQ_OQ); }
+  static V blend(M m, V a, V b) { return _mm512_mask_blend_pd(m, a, b); }
+  static int count(M m) { return popcount(static_cast<unsigned>(m)); }
+  static V div(V a, V b) { return _mm512_div_pd(a, b); }
+  static V mask_add(V a, M m, V b) { return _mm512_mask_add_pd(a, m, a, b); }
+  static M range_mask(int lo, int hi) {
+    lo = lo < 0 ? 0 : (lo > W ? W : lo);
+    hi = hi < 0 ? 0 : (hi > W ? W : hi);
+    return static_cast<M>(mask(hi) & ~mask(lo));
+  }
+  static V loadr(const T* p, int lo, int hi, T fill) {
+    return _mm512_mask_loadu_pd(set1(fill), range_mask(lo, hi), p);
+  }
+  static void load2(const T* p, V& even, V& odd) { deinterleave(load(p), load(p + W), even, odd); }
+  static void load2n(const T* p, int n, V& even, V& odd) {
+    deinterleave(loadn(p, n < W ? n : W), loadn(p + W, n > W ? n - W : 0), even, odd);
+  }
+  static void load2r(const T* p, int lo, int hi, T fill, V& even, V& odd) {
+    deinterleave(loadr(p, lo, hi, fill), loadr(p + W, lo - W, hi - W, fill), even, odd);
+  }
+  static void deinterleave(V a, V b, V& even, V& odd) {
+    even = _mm512_permutex2var_pd(a, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), b);
+    odd = _mm512_permutex2var_pd(a, _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15), b);
+  }
+  static void store2(T* p, V even, V odd) {
+    V lo, hi;
+    interleave(even, odd, lo, hi);
+    store(p, lo);
+    store(p + W, hi);
+  }
+  static void store2n(T* p, V even, V odd, int n) {
+    V lo, hi;
+    interleave(even, odd, lo, hi);
+    storen(p, lo, n < W ? n : W);
+    if (n > W) storen(p + W, hi, n - W);
+  }
+  static void interleave(V even, V odd, V& lo, V& hi) {
+    lo = _mm512_permutex2var_pd(even, _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), odd);
+    hi = _mm512_permutex2var_pd(even, _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15), odd);
+  }
+  static V gathern(const T* p, int stride, int n) {
+    const __m256i off =
+        _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(stride));
+    return _mm512_mask_i32gather_pd(zero(), mask(n), off, p, 8);
+  }
+  static M eq_u8r(const uint8_t* p, int lo, int hi, int64_t k) {
+    const M m = range_mask(lo, hi);
+    return static_cast<M>(_mm_mask_cmpeq_epi8_mask(m, _mm_maskz_loadu_epi8(m, p),
+                                                   _mm_set1_epi8(static_cast<char>(k))));
+  }
+  static M eq_i32r(const int32_t* p, int lo, int hi, int64_t k) {
+    const M m = range_mask(lo, hi);
+    return _mm256_mask_cmpeq_epi32_mask(m, _mm256_maskz_loadu_epi32(m, p),
+                                        _mm256_set1_epi32(static_cast<int>(k)));
+  }
+  static void store_u8n(uint8_t* p, V v, int n) {
+    _mm256_mask_cvtepi32_storeu_epi8(p, mask(n), _mm512_maskz_cvttpd_epi32(0xff, v));
+  }
+  static void store_i32n(int32_t* p, V v, int n) {
+    _mm256_mask_storeu_epi32(p, mask(n), _mm512_maskz_cvttpd_epi32(0xff, v));
   }
 };
 

@@ -26,6 +26,49 @@ struct Lane1 {
   static V add(V a, V b) { return a + b; }
   static V max(V a, V b) { return (a > b || a != a) ? a : b; }
   static void transpose(V*) {}  // a 1 x 1 block is its own transpose
+
+  // --- Added for pooling (cpp/pool); the same contracts as the vector ISAs, on one lane.
+  using M = bool;
+  static M gt_or_nan(V a, V b) { return a > b || a != a; }
+  static M eq(V a, V b) { return a == b; }
+  static V blend(M m, V a, V b) { return m ? b : a; }
+  static int count(M m) { return m ? 1 : 0; }
+  static V div(V a, V b) { return a / b; }
+  static V mask_add(V a, M m, V b) { return m ? a + b : a; }
+  static V loadr(const T* p, int lo, int hi, T fill) { return lo <= 0 && 0 < hi ? *p : fill; }
+  static void load2(const T* p, V& even, V& odd) {
+    even = p[0];
+    odd = p[1];
+  }
+  static void load2n(const T* p, int n, V& even, V& odd) {
+    even = n > 0 ? p[0] : T(0);
+    odd = n > 1 ? p[1] : T(0);
+  }
+  static void load2r(const T* p, int lo, int hi, T fill, V& even, V& odd) {
+    even = lo <= 0 && 0 < hi ? p[0] : fill;
+    odd = lo <= 1 && 1 < hi ? p[1] : fill;
+  }
+  static void store2(T* p, V even, V odd) {
+    p[0] = even;
+    p[1] = odd;
+  }
+  static void store2n(T* p, V even, V odd, int n) {
+    if (n > 0) p[0] = even;
+    if (n > 1) p[1] = odd;
+  }
+  static V gathern(const T* p, int, int n) { return n > 0 ? *p : T(0); }
+  static M eq_u8r(const uint8_t* p, int lo, int hi, int64_t k) {
+    return lo <= 0 && 0 < hi && *p == k;
+  }
+  static M eq_i32r(const int32_t* p, int lo, int hi, int64_t k) {
+    return lo <= 0 && 0 < hi && *p == k;
+  }
+  static void store_u8n(uint8_t* p, V v, int n) {
+    if (n > 0) *p = static_cast<uint8_t>(v);
+  }
+  static void store_i32n(int32_t* p, V v, int n) {
+    if (n > 0) *p = static_cast<int32_t>(v);
+  }
 };
 
 using F32 = Lane1<float>;

@@ -26,3 +26,25 @@ def run_ukernel(
 def _set_gemm_a_pack_bytes(bytes: int) -> int: ...
 def probe_fma_peak(nthreads: int, seconds: float = 0.2) -> float: ...
 def probe_stream_bandwidth(nthreads: int, bytes: int = ...) -> float: ...
+def max_pool2d(
+    x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0
+) -> tuple[np.ndarray, np.ndarray]: ...
+def max_pool2d_backward(
+    dy: Any,
+    indices: np.ndarray,
+    x_shape: tuple[int, int, int, int],
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+) -> np.ndarray: ...
+def avg_pool2d(
+    x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, count_include_pad: bool = True
+) -> np.ndarray: ...
+def avg_pool2d_backward(
+    dy: Any,
+    x_shape: tuple[int, int, int, int],
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    count_include_pad: bool = True,
+) -> np.ndarray: ...

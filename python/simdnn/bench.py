@@ -213,8 +213,81 @@ def conv_cases() -> list[Case]:
     return [case for shape in CONV_SHAPES for case in _conv_cases(shape)]
 
 
+def _pool_case(op: str, backward: bool, k: int, padding: int, shape: tuple[int, ...]) -> Case:
+    """One pooling row: op "max" or "avg", a k x k window with stride 2, float32 byte counts.
+
+    run_case scales the bytes by itemsize / 4, the uint8 indices included: float64 max-pool rows
+    count them twice, which overstates their rate by about 2%.
+    """
+    n, c, h, w = shape
+    p = (h + 2 * padding - k) // 2 + 1
+    q = (w + 2 * padding - k) // 2 + 1
+    x_elems, y_elems = n * c * h * w, n * c * p * q
+    idx_bytes = y_elems * (1 if k * k <= 256 else 4)
+    window = f"{k}x{k}/s2" + (f" p{padding}" if padding else "")
+    name = f"{window} {'x'.join(map(str, shape))}"
+    fwd_native = ops.max_pool2d if op == "max" else ops.avg_pool2d
+    fwd_numpy = reference.max_pool2d if op == "max" else reference.avg_pool2d
+
+    if not backward:
+
+        def make(rng: np.random.Generator, dtype: np.dtype) -> tuple[Any, ...]:
+            return (rng.standard_normal(shape).astype(dtype), k, 2, padding)
+
+        # Read x, write y (and the indices).
+        nbytes = 4.0 * (x_elems + y_elems) + (idx_bytes if op == "max" else 0)
+        return Case(f"{op}_pool2d", name, 0, nbytes, make, fwd_native, fwd_numpy)
+
+    if op == "max":
+
+        def make(rng: np.random.Generator, dtype: np.dtype) -> tuple[Any, ...]:
+            x = rng.standard_normal(shape).astype(dtype)
+            _, idx = ops.max_pool2d(x, k, 2, padding)
+            dy = rng.standard_normal(idx.shape).astype(dtype)
+            return (dy, idx, shape, k, 2, padding)
+
+        # Read dy and the indices, write dx.
+        nbytes = 4.0 * (y_elems + x_elems) + idx_bytes
+        return Case(
+            "max_pool2d_backward",
+            name,
+            0,
+            nbytes,
+            make,
+            ops.max_pool2d_backward,
+            reference.max_pool2d_backward,
+        )
+
+    def make(rng: np.random.Generator, dtype: np.dtype) -> tuple[Any, ...]:
+        dy = rng.standard_normal((n, c, p, q)).astype(dtype)
+        return (dy, shape, k, 2, padding)
+
+    return Case(
+        "avg_pool2d_backward",
+        name,
+        0,
+        4.0 * (y_elems + x_elems),
+        make,
+        ops.avg_pool2d_backward,
+        reference.avg_pool2d_backward,
+    )
+
+
+def pool_cases() -> list[Case]:
+    """Max and average pooling of a ConvNet's feature maps (batch 64, 64 channels, 32 x 32), the
+    2x2/s2 and 3x3/s2 padding 1 windows, forward and backward. Memory-bound: rated in GB/s of x,
+    y (and indices) moved."""
+    shape = (64, 64, 32, 32)
+    return [
+        _pool_case(op, backward, k, padding, shape)
+        for op in ("max", "avg")
+        for backward in (False, True)
+        for k, padding in ((2, 0), (3, 1))
+    ]
+
+
 def all_cases() -> list[Case]:
-    return gemm_cases() + conv_cases()
+    return gemm_cases() + conv_cases() + pool_cases()
 
 
 # ------------------------------------------------------------------------------------------------

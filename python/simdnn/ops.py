@@ -229,7 +229,9 @@ def avg_pool2d_backward(
     padding: IntPair = 0,
     count_include_pad: bool = True,
 ) -> np.ndarray:
-    """Gradient of avg_pool2d: each dy spread evenly over its window's input pixels.
+    """Gradient of avg_pool2d: each input pixel of a window receives dy / divisor, with the
+    forward pass's divisor (R * S, or the number of input pixels in the window when
+    ``count_include_pad`` is False; the shares of padding pixels are dropped).
 
     Shape:
         - dy: (N, C, P, Q)

@@ -13,11 +13,15 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 __all__ = [
+    "avg_pool2d",
+    "avg_pool2d_backward",
     "conv2d",
     "conv2d_backward_data",
     "conv2d_backward_weights",
     "gemm",
     "matmul",
+    "max_pool2d",
+    "max_pool2d_backward",
 ]
 
 IntPair = Union[int, tuple[int, int]]
@@ -122,7 +126,7 @@ def _taps(
     ]
 
 
-def _pad(x: np.ndarray, padding: tuple[int, int]) -> np.ndarray:
+def _pad_zero(x: np.ndarray, padding: tuple[int, int]) -> np.ndarray:
     ph, pw = padding
     return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
 
@@ -148,7 +152,7 @@ def conv2d(
         p = _out_size(x.shape[2], r, st[0], pad[0], dil[0])
         q = _out_size(x.shape[3], s, st[1], pad[1], dil[1])
         y = np.zeros((n, k, p, q), dtype=x.dtype)
-        for i, j, view in _taps(_pad(x, pad), r, s, p, q, st, dil):
+        for i, j, view in _taps(_pad_zero(x, pad), r, s, p, q, st, dil):
             y += w[:, 0, i, j].reshape(1, k, 1, 1) * view
         if b is not None:
             y += b.reshape(1, k, 1, 1)
@@ -212,7 +216,7 @@ def conv2d_backward_weights(
         p, q = dy.shape[-2:]
         dw = np.empty(w_shape, dtype=x.dtype)
         for i, j, view in _taps(
-            _pad(x, _pair(padding)), r, s, p, q, _pair(stride), _pair(dilation)
+            _pad_zero(x, _pair(padding)), r, s, p, q, _pair(stride), _pair(dilation)
         ):
             dw[:, 0, i, j] = np.einsum("ncpq,ncpq->c", dy, view)
         return dw, dy.sum(axis=(0, 2, 3))
@@ -222,3 +226,163 @@ def conv2d_backward_weights(
     dyg = dy.reshape(n, groups, k // groups, p * q)
     dw = np.matmul(dyg, cols.transpose(0, 1, 3, 2)).sum(axis=0).reshape(k, cg, r, s)
     return dw, dy.sum(axis=(0, 2, 3))
+
+
+# ------------------------------------------------------------------------------------------------
+# Pooling (NCHW). Shape legend: x (N, C, H, W), window R x S, y (N, C, P, Q). Each twin pads once
+# and then works on one strided view per window tap (R * S of them): no Python loop over pixels.
+
+
+def _window(
+    x_shape: tuple[int, ...], kernel_size: IntPair, stride: IntPair | None, padding: IntPair
+) -> tuple[int, int, int, int, int, int, int, int]:
+    """(R, S, sh, sw, ph, pw, P, Q) of pooling an input of shape x_shape."""
+    r, s = _pair(kernel_size)
+    sh, sw = (r, s) if stride is None else _pair(stride)
+    ph, pw = _pair(padding)
+    h, w = x_shape[2], x_shape[3]
+    return r, s, sh, sw, ph, pw, (h + 2 * ph - r) // sh + 1, (w + 2 * pw - s) // sw + 1
+
+
+def _tap(a: np.ndarray, r: int, s: int, sh: int, sw: int, p: int, q: int) -> np.ndarray:
+    """The (N, C, P, Q) strided view of padded ``a`` at window position (r, s)."""
+    return a[:, :, r : r + sh * (p - 1) + 1 : sh, s : s + sw * (q - 1) + 1 : sw]
+
+
+def _pad(a: np.ndarray, ph: int, pw: int, value: float) -> np.ndarray:
+    if ph == 0 and pw == 0:
+        return a
+    return np.pad(a, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
+
+
+def _in_bounds_counts(
+    h: int, w: int, r: int, s: int, sh: int, sw: int, ph: int, pw: int, p: int, q: int
+) -> np.ndarray:
+    """(P, Q) number of input pixels in each window (the count_include_pad=False divisor)."""
+    ones = _pad(np.ones((1, 1, h, w), np.int64), ph, pw, 0)
+    count = np.zeros((1, 1, p, q), np.int64)
+    for i in range(r):
+        for j in range(s):
+            count += _tap(ones, i, j, sh, sw, p, q)
+    return count[0, 0]
+
+
+def max_pool2d(
+    x: np.ndarray,
+    kernel_size: IntPair,
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Maximum over each R x S window (padding is -inf) and its position r * S + s in the window.
+
+    Window positions are visited r outer, s inner, with ``v > best or isnan(v)`` as the update
+    rule from best = -inf at the first in-bounds position: ties keep the first maximum, a NaN
+    always wins (PyTorch's CPU kernel). Shape: x (N, C, H, W) -> y, indices (N, C, P, Q); indices
+    are uint8 when R * S <= 256, else int32.
+    """
+    x = np.asarray(x)
+    n, c = x.shape[:2]
+    r, s, sh, sw, ph, pw, p, q = _window(x.shape, kernel_size, stride, padding)
+    xp = _pad(x, ph, pw, -np.inf)
+    idx_dtype = np.uint8 if r * s <= 256 else np.int32
+    # First in-bounds position of each window: its first input row and column.
+    r0 = np.maximum(ph - sh * np.arange(p), 0)
+    s0 = np.maximum(pw - sw * np.arange(q), 0)
+    idx = np.empty((n, c, p, q), idx_dtype)
+    idx[...] = (r0[:, None] * s + s0[None, :]).astype(idx_dtype)
+    # Tap (0, 0) as the start: it is either taken by the update rule, or it is -inf (padding or
+    # data) and then the first in-bounds position is the index either way.
+    best = _tap(xp, 0, 0, sh, sw, p, q).copy()
+    take = np.empty(best.shape, bool)
+    nan = np.empty(best.shape, bool)
+    for i in range(r):
+        for j in range(s):
+            if i == 0 and j == 0:
+                continue
+            v = _tap(xp, i, j, sh, sw, p, q)
+            np.greater(v, best, out=take)
+            np.isnan(v, out=nan)
+            take |= nan
+            np.copyto(best, v, where=take)
+            np.copyto(idx, idx_dtype(i * s + j), where=take)
+    return best, idx
+
+
+def max_pool2d_backward(
+    dy: np.ndarray,
+    indices: np.ndarray,
+    x_shape: tuple[int, int, int, int],
+    kernel_size: IntPair,
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
+) -> np.ndarray:
+    """dx: each dy[n, c, p, q] added at the position ``indices[n, c, p, q]`` of its window.
+
+    Shape: dy, indices (N, C, P, Q), x_shape (N, C, H, W) -> dx (N, C, H, W).
+    """
+    dy = np.asarray(dy)
+    indices = np.asarray(indices)
+    n, c, h, w = x_shape
+    r, s, sh, sw, ph, pw, p, q = _window(x_shape, kernel_size, stride, padding)
+    dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dy.dtype)
+    hit = np.empty(dy.shape, bool)
+    for i in range(r):
+        for j in range(s):
+            view = _tap(dxp, i, j, sh, sw, p, q)
+            np.equal(indices, i * s + j, out=hit)
+            np.add(view, dy, out=view, where=hit)
+    return dxp[:, :, ph : ph + h, pw : pw + w]
+
+
+def avg_pool2d(
+    x: np.ndarray,
+    kernel_size: IntPair,
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
+    count_include_pad: bool = True,
+) -> np.ndarray:
+    """Mean over each R x S window; padding adds 0 and counts in the divisor when
+    ``count_include_pad`` (else the divisor is the number of input pixels in the window).
+
+    Shape: x (N, C, H, W) -> (N, C, P, Q).
+    """
+    x = np.asarray(x)
+    _, _, h, w = x.shape
+    r, s, sh, sw, ph, pw, p, q = _window(x.shape, kernel_size, stride, padding)
+    xp = _pad(x, ph, pw, 0)
+    acc = _tap(xp, 0, 0, sh, sw, p, q).copy()
+    for i in range(r):
+        for j in range(s):
+            if i or j:
+                acc += _tap(xp, i, j, sh, sw, p, q)
+    if count_include_pad:
+        acc /= x.dtype.type(r * s)
+    else:
+        acc /= _in_bounds_counts(h, w, r, s, sh, sw, ph, pw, p, q).astype(x.dtype)
+    return acc
+
+
+def avg_pool2d_backward(
+    dy: np.ndarray,
+    x_shape: tuple[int, int, int, int],
+    kernel_size: IntPair,
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
+    count_include_pad: bool = True,
+) -> np.ndarray:
+    """dx: each dy[n, c, p, q] / divisor added to every input pixel of its window.
+
+    Shape: dy (N, C, P, Q), x_shape (N, C, H, W) -> dx (N, C, H, W).
+    """
+    dy = np.asarray(dy)
+    n, c, h, w = x_shape
+    r, s, sh, sw, ph, pw, p, q = _window(x_shape, kernel_size, stride, padding)
+    if count_include_pad:
+        g = dy / dy.dtype.type(r * s)
+    else:
+        g = dy / _in_bounds_counts(h, w, r, s, sh, sw, ph, pw, p, q).astype(dy.dtype)
+    dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dy.dtype)
+    for i in range(r):
+        for j in range(s):
+            _tap(dxp, i, j, sh, sw, p, q)[...] += g
+    return dxp[:, :, ph : ph + h, pw : pw + w]
