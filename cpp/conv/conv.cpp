@@ -66,6 +66,7 @@ struct Im2col {
 // A run of output pixels of one output row inside a column panel.
 struct Segment {
   int64_t p, q, len, off;
+  int64_t img = 0;  // image of the segment (backward-weights ranges span images)
 };
 
 // Splits the pixels [j0, j0 + width) of a P x Q output plane into row segments.
@@ -80,30 +81,90 @@ static inline int segments(const Im2col& g, int64_t j0, int64_t width, Segment* 
   return n;
 }
 
+// d[0, len) = src[0, len) and d[0, len) = 0, a vector at a time with a masked tail: im2col
+// segments are often shorter than a vector (LeNet's 8-pixel rows), where a scalar loop with its
+// bounds spent more cycles per element than the micro-kernel's FMAs on it.
+template <class V>
+static inline void copy_run(const typename V::T* src, typename V::T* d, int64_t len) {
+  constexpr int W = V::W;
+  int64_t j = 0;
+  for (; j + W <= len; j += W) V::store(d + j, V::load(src + j));
+  if (j < len) {
+    const int live = static_cast<int>(len - j);
+    V::storen(d + j, V::loadn(src + j, live), live);
+  }
+}
+
+template <class V>
+static inline void zero_run(typename V::T* d, int64_t len) {
+  constexpr int W = V::W;
+  int64_t j = 0;
+  for (; j + W <= len; j += W) V::store(d + j, V::zero());
+  if (j < len) V::storen(d + j, V::zero(), static_cast<int>(len - j));
+}
+
 // Writes the pixels of one segment for tap (r, s) of one source plane into d[0, len).
-template <typename T>
-static inline void gather_segment(const Im2col& g, const T* plane, int64_t r, int64_t s,
-                                  const Segment& sg, T* d) {
+template <class V>
+static inline void gather_segment(const Im2col& g, const typename V::T* plane, int64_t r, int64_t s,
+                                  const Segment& sg, typename V::T* d) {
+  using T = typename V::T;
   const int64_t hi = sg.p * g.sh - g.ph + r * g.dh;
   if (hi < 0 || hi >= g.h) {
-    for (int64_t j = 0; j < sg.len; ++j) d[j] = T(0);
+    zero_run<V>(d, sg.len);
     return;
   }
   const T* row = plane + hi * g.w;
   const int64_t w0 = sg.q * g.sw - g.pw + s * g.dw;
   if (g.sw == 1) {
-    // In bounds for j in [lo, hi_j): zeros, a contiguous copy, zeros.
+    // In bounds for j in [lo, hj): zeros, a contiguous copy, zeros.
     const int64_t lo = min64(sg.len, max64(0, -w0));
     const int64_t hj = max64(lo, min64(sg.len, g.w - w0));
-    for (int64_t j = 0; j < lo; ++j) d[j] = T(0);
-    for (int64_t j = lo; j < hj; ++j) d[j] = row[w0 + j];
-    for (int64_t j = hj; j < sg.len; ++j) d[j] = T(0);
+    if (lo > 0) zero_run<V>(d, lo);
+    copy_run<V>(row + w0 + lo, d + lo, hj - lo);
+    if (hj < sg.len) zero_run<V>(d + hj, sg.len - hj);
   } else {
-    for (int64_t j = 0; j < sg.len; ++j) {
-      const int64_t wi = w0 + j * g.sw;
-      d[j] = (wi >= 0 && wi < g.w) ? row[wi] : T(0);
+    // Strided: the in-bounds outputs [lo, hj) by deinterleaving loads (stride 2) or gathers.
+    const int64_t lo = w0 >= 0 ? 0 : min64(sg.len, ceil_div(-w0, g.sw));
+    const int64_t hj = w0 >= g.w ? lo : max64(lo, min64(sg.len, ceil_div(g.w - w0, g.sw)));
+    constexpr int W = V::W;
+    if (lo > 0) zero_run<V>(d, lo);
+    for (int64_t j = lo; j < hj; j += W) {
+      const int cnt = static_cast<int>(min64(W, hj - j));
+      const T* src = row + w0 + j * g.sw;
+      typename V::V v;
+      if (g.sw == 2) {
+        typename V::V odd;
+        // 2*cnt - 1 elements: the odd lane after the last output may lie past the plane.
+        V::load2n(src, 2 * cnt - 1, v, odd);
+      } else {
+        v = V::gathern(src, static_cast<int>(g.sw), cnt);
+      }
+      if (cnt == W) {
+        V::store(d + j, v);
+      } else {
+        V::storen(d + j, v, cnt);
+      }
+    }
+    if (hj < sg.len) zero_run<V>(d + hj, sg.len - hj);
+  }
+}
+
+// Splits the pixels [u0, u0 + len) of the flattened (image, p, q) index space into row segments,
+// with offsets relative to u0. Returns their number (at most len + 1... never more than len).
+static inline int64_t range_segments(const Im2col& g, int64_t u0, int64_t len, Segment* seg) {
+  const int64_t pq = g.p * g.q;
+  int64_t n = u0 / pq, p = (u0 % pq) / g.q, q = u0 % g.q, count = 0;
+  for (int64_t off = 0; off < len;) {
+    const int64_t run = min64(g.q - q, len - off);
+    seg[count++] = Segment{p, q, run, off, n};
+    off += run;
+    q = 0;
+    if (++p == g.p) {
+      p = 0;
+      ++n;
     }
   }
+  return count;
 }
 
 // B = im2col, columns = the output pixels of n_img images, NR-wide panels per image
@@ -117,16 +178,49 @@ struct Im2colB {
   int64_t ppi;
   bool ones_row;
 
+  // One segment for one tap (r, s), stride 1: where its in-bounds run starts in the plane
+  // (-1: the whole segment falls on padding rows) and which part of it is in bounds.
+  struct Run {
+    int64_t src;
+    int32_t lo, hi;
+  };
+  // Tabulated per panel when R*S*segments fits: every reduction row of a tap reuses the entry
+  // (C/groups times per block) instead of recomputing rows and bounds. Measured on 128->128 3x3
+  // 28x28: the pack cost ~1 cycle per element before, with 256 FLOPs of micro-kernel per element.
+  static constexpr int64_t kMaxRuns = 1024;
+
   void pack(T* dst, int64_t pc, int64_t kc, int64_t v0, int64_t v1) const {
     const int64_t plane = g.h * g.w, pq = g.p * g.q, rs = g.r * g.s, rows = g.rows();
     const bool pointwise = g.r == 1 && g.s == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 &&
                            g.pw == 0 && g.p == g.h && g.q == g.w;
+    Run runs[kMaxRuns];
     for (int64_t v = v0; v < v1; ++v) {
       const int64_t n = v / ppi, j0 = (v % ppi) * NR, width = min64(NR, pq - j0);
       const T* img = src + n * g.c_total * plane + g.c0 * plane;
       T* d = dst + (v - v0) * kc * NR;
       Segment seg[NR];
       const int nseg = pointwise ? 0 : segments(g, j0, width, seg);
+      // Only where a block reuses each entry (C/groups >= 2 within the block): for LeNet's first
+      // layer, one channel, tabulating cost more than it saved.
+      const bool tabulated = !pointwise && g.sw == 1 && rs * nseg <= kMaxRuns && kc >= 2 * rs;
+      if (tabulated) {
+        for (int64_t tap = 0; tap < rs; ++tap) {
+          const int64_t r = tap / g.s, s = tap % g.s;
+          for (int i = 0; i < nseg; ++i) {
+            const Segment& sg = seg[i];
+            const int64_t hi = sg.p * g.sh - g.ph + r * g.dh;
+            const int64_t w0 = sg.q - g.pw + s * g.dw;
+            Run& run = runs[tap * nseg + i];
+            if (hi < 0 || hi >= g.h) {
+              run = Run{-1, 0, 0};
+            } else {
+              const int64_t lo = min64(sg.len, max64(0, -w0));
+              const int64_t hj = max64(lo, min64(sg.len, g.w - w0));
+              run = Run{hi * g.w + w0 + lo, static_cast<int32_t>(lo), static_cast<int32_t>(hj)};
+            }
+          }
+        }
+      }
       // (c, r, s) of reduction row pc, then stepped along.
       int64_t c = pc / rs, r = (pc / g.s) % g.r, s = pc % g.s;
       for (int64_t t = pc; t < pc + kc; ++t, d += NR) {
@@ -138,8 +232,21 @@ struct Im2colB {
         if (pointwise) {
           // 1x1, stride 1, no padding: the panel is a contiguous run of the plane.
           std::memcpy(d, pl + j0, width * sizeof(T));
+        } else if (tabulated) {
+          const Run* tr = runs + (r * g.s + s) * nseg;
+          for (int i = 0; i < nseg; ++i) {
+            T* out = d + seg[i].off;
+            const int64_t len = seg[i].len;
+            if (tr[i].src < 0) {
+              zero_run<V>(out, len);
+              continue;
+            }
+            if (tr[i].lo > 0) zero_run<V>(out, tr[i].lo);
+            copy_run<V>(pl + tr[i].src, out + tr[i].lo, tr[i].hi - tr[i].lo);
+            if (tr[i].hi < len) zero_run<V>(out + tr[i].hi, len - tr[i].hi);
+          }
         } else {
-          for (int i = 0; i < nseg; ++i) gather_segment(g, pl, r, s, seg[i], d + seg[i].off);
+          for (int i = 0; i < nseg; ++i) gather_segment<V>(g, pl, r, s, seg[i], d + seg[i].off);
         }
         if (++s == g.s) {
           s = 0;
@@ -666,31 +773,32 @@ struct Im2colTB {
   const T* x;  // image 0
   Im2col g;
   int64_t u0;
-  T* scratch;  // NR x (KC rounded up to W), per calling thread
+  T* scratch;     // NR x (KC rounded up to W), per calling thread
+  Segment* segs;  // KC + 1 entries, per calling thread
 
   void pack(T* dst, int64_t pc, int64_t kc, int64_t v0, int64_t v1) const {
     using R = typename V::V;
     constexpr int W = V::W;
-    const int64_t plane = g.h * g.w, pq = g.p * g.q, rows = g.rows(), rs = g.r * g.s;
-    const int64_t kcw = round_up(kc, W), begin = u0 + pc, end = u0 + pc + kc;
+    const int64_t plane = g.h * g.w, rows = g.rows(), rs = g.r * g.s;
+    const int64_t kcw = round_up(kc, W);
+    // The same pixels for every column: split them into row segments once.
+    const int64_t nseg = range_segments(g, u0 + pc, kc, segs);
     for (int64_t v = v0; v < v1; ++v) {
       T* d = dst + (v - v0) * kc * NR;
       const int64_t t0 = v * NR, width = min64(NR, rows - t0);
       for (int64_t j = 0; j < NR; ++j) {
         T* srow = scratch + j * kcw;
         if (j >= width) {
-          for (int64_t u = 0; u < kcw; ++u) srow[u] = T(0);
+          zero_run<V>(srow, kcw);
           continue;
         }
         const int64_t t = t0 + j, c = t / rs, r = (t / g.s) % g.r, s = t % g.s;
-        // The pixels [begin, end), output row by output row, image by image.
-        for (int64_t u = begin; u < end;) {
-          const int64_t n = u / pq, pix = u % pq, p = pix / g.q, q = pix % g.q;
-          const Segment sg{p, q, min64(g.q - q, end - u), u - begin};
-          gather_segment(g, x + (n * g.c_total + g.c0 + c) * plane, r, s, sg, srow + sg.off);
-          u += sg.len;
+        const T* pl = x + (g.c0 + c) * plane;
+        const int64_t img_stride = g.c_total * plane;
+        for (int64_t i = 0; i < nseg; ++i) {
+          gather_segment<V>(g, pl + segs[i].img * img_stride, r, s, segs[i], srow + segs[i].off);
         }
-        for (int64_t u = kc; u < kcw; ++u) srow[u] = T(0);
+        if (kc < kcw) zero_run<V>(srow + kc, kcw - kc);
       }
       // Transpose W x W blocks: scratch[j][u] -> d[u * NR + j].
       for (int64_t ub = 0; ub < kc; ub += W) {
@@ -741,10 +849,12 @@ void conv_backward_weights(const Conv2d& cv, const T* x, const T* dy, T* dw, T* 
   using UK = typename UkernelFor<T>::type;
   using V = typename UK::V;
   constexpr int NR = UK::NR;
-  // Split the N*PQ reduction into one contiguous range per thread; not more threads than there
-  // are 4096-pixel chunks to share (below that, the final sum of partials costs more than it
-  // saves).
-  const int nt = static_cast<int>(max64(1, min64(cv.nthreads, ceil_div(total, 4096))));
+  // Split the N*PQ reduction into one contiguous range per thread. A thread must get enough
+  // multiply-adds to repay its share of the final sum of partial dW (K * CgRS additions): at least
+  // 2^21, about 10 us on one core. (Counting pixels instead left LeNet's second layer, 4096
+  // pixels of 25,000 multiply-adds each, on one thread.)
+  const int64_t macs = total * kg * crs;
+  const int nt = static_cast<int>(max64(1, min64(min64(cv.nthreads, total), macs >> 21)));
   const int64_t part = round_up(w_size + cv.k, 16);  // dw then db, per extra thread
   T* partials =
       nt > 1 ? static_cast<T*>(workspace(WorkspaceSlot::op_scratch, (nt - 1) * part * sizeof(T)))
@@ -761,7 +871,12 @@ void conv_backward_weights(const Conv2d& cv, const T* x, const T* dy, T* dw, T* 
     if (my_db != nullptr) {
       for (int64_t k = 0; k < cv.k; ++k) my_db[k] = T(0);
     }
-    T* scratch = static_cast<T*>(workspace(WorkspaceSlot::pack_aux, NR * kcw * sizeof(T)));
+    // Im2colTB's gather rows, then its segment list.
+    const int64_t seg_offset = round_up(NR * kcw * static_cast<int64_t>(sizeof(T)), 64);
+    char* aux = static_cast<char*>(workspace(
+        WorkspaceSlot::pack_aux, seg_offset + (bl.kc + 2) * static_cast<int64_t>(sizeof(Segment))));
+    T* scratch = reinterpret_cast<T*>(aux);
+    Segment* segs = reinterpret_cast<Segment*>(aux + seg_offset);
     int64_t a0, a1;
     split_range(total, 1, nt, tid, &a0, &a1);
     if (a0 >= a1) {
@@ -776,7 +891,7 @@ void conv_backward_weights(const Conv2d& cv, const T* x, const T* dy, T* dw, T* 
                                a0,
                                a1 - a0,
                                my_db != nullptr ? my_db + grp * kg : nullptr};
-      const Im2colTB<V, NR> B{x, forward_geometry(cv, grp), a0, scratch};
+      const Im2colTB<V, NR> B{x, forward_geometry(cv, grp), a0, scratch, segs};
       const PlainC<T, NR> C{my_dw + grp * kg * crs, crs, crs};
       gemm_detail::gemm_engine<UK>(A, B, C, a1 - a0, T(1), T(0), 1, true);
     }
