@@ -7,6 +7,7 @@
 
 #include "common/cpu.h"
 #include "conv/conv.h"
+#include "elementwise/elementwise.h"
 #include "gemm/gemm.h"
 #include "pool/pool.h"
 #include "probe/probe.h"
@@ -38,6 +39,23 @@ struct KernelTable {
   Pool<float> spool;
   Pool<double> dpool;
 
+  ReluFn<float> srelu = nullptr;
+  ReluFn<double> drelu = nullptr;
+  ReluBackwardFn<float> srelu_backward = nullptr;
+  ReluBackwardFn<double> drelu_backward = nullptr;
+  SgdUpdateFn<float> ssgd = nullptr;
+  SgdUpdateFn<double> dsgd = nullptr;
+  AdamUpdateFn<float> sadam = nullptr;
+  AdamUpdateFn<double> dadam = nullptr;
+  ReluFn<float> relu(float) const { return srelu; }
+  ReluFn<double> relu(double) const { return drelu; }
+  ReluBackwardFn<float> relu_backward(float) const { return srelu_backward; }
+  ReluBackwardFn<double> relu_backward(double) const { return drelu_backward; }
+  SgdUpdateFn<float> sgd(float) const { return ssgd; }
+  SgdUpdateFn<double> sgd(double) const { return dsgd; }
+  AdamUpdateFn<float> adam(float) const { return sadam; }
+  AdamUpdateFn<double> adam(double) const { return dadam; }
+
   ProbeFmaFn probe_fma = nullptr;
   ProbeStreamFn probe_stream = nullptr;
 
@@ -47,13 +65,14 @@ struct KernelTable {
   const Pool<double>& pool(double) const { return dpool; }
 };
 
-// Filled by gemm.cpp, conv.cpp, pool.cpp and probe.cpp of each ISA.
+// Filled by gemm.cpp, conv.cpp, pool.cpp, probe.cpp and elementwise.cpp of each ISA.
 #define SIMDNN_DECLARE_REGISTER(isa)       \
   namespace isa {                          \
   void register_gemm(KernelTable* table);  \
   void register_conv(KernelTable* table);  \
   void register_pool(KernelTable* table);  \
   void register_probe(KernelTable* table); \
+  void register_elementwise(KernelTable* table); \
   }
 SIMDNN_DECLARE_REGISTER(scalar)
 #ifdef SIMDNN_HAVE_AVX2

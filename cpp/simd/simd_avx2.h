@@ -68,6 +68,9 @@ struct F32 {
     return _mm256_or_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ), _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
   }
   static M eq(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
+  static M gt(V a, V b) {
+    return _mm256_cmp_ps(a, b, _CMP_GT_OQ);
+  }  // ordered: false where either is NaN
   // m ? b : a, lane by lane.
   static V blend(M m, V a, V b) { return _mm256_blendv_ps(a, b, m); }
   static int count(M m) { return popcount(static_cast<unsigned>(_mm256_movemask_ps(m))); }
@@ -195,6 +198,9 @@ struct F64 {
     return _mm256_or_pd(_mm256_cmp_pd(a, b, _CMP_GT_OQ), _mm256_cmp_pd(a, a, _CMP_UNORD_Q));
   }
   static M eq(V a, V b) { return _mm256_cmp_pd(a, b, _CMP_EQ_OQ); }
+  static M gt(V a, V b) {
+    return _mm256_cmp_pd(a, b, _CMP_GT_OQ);
+  }  // ordered: false where either is NaN
   static V blend(M m, V a, V b) { return _mm256_blendv_pd(a, b, m); }
   static int count(M m) { return popcount(static_cast<unsigned>(_mm256_movemask_pd(m))); }
   static V div(V a, V b) { return _mm256_div_pd(a, b); }

@@ -43,7 +43,7 @@ struct F32 {
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
-  static V max(V a, V b) { return _mm512_max_ps(a, b); }
+  static V max(V a, V b) { return _mm512_maskz_max_ps(0xffff, a, b); }  // see unpacklo
   // In-register 16x16 transpose: afterwards r[q][i] is the old r[i][q]. 64 shuffles (4 stages:
   // unpack ps, unpack pd, two 128-bit lane shuffles) for 256 elements.
   static void transpose(V r[16]) {
@@ -83,6 +83,9 @@ struct F32 {
                           _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q));
   }
   static M eq(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+  static M gt(V a, V b) {
+    return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ);
+  }  // ordered: false where either is NaN
   // m ? b : a, lane by lane.
   static V blend(M m, V a, V b) { return _mm512_mask_blend_ps(m, a, b); }
   static int count(M m) { return popcount(static_cast<unsigned>(m)); }
@@ -179,7 +182,7 @@ struct F64 {
   static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
   static V mul(V a, V b) { return _mm512_mul_pd(a, b); }
   static V add(V a, V b) { return _mm512_add_pd(a, b); }
-  static V max(V a, V b) { return _mm512_max_pd(a, b); }
+  static V max(V a, V b) { return _mm512_maskz_max_pd(0xff, a, b); }  // see unpacklo
   // In-register 8x8 transpose (same scheme as F32::transpose, on pairs of doubles).
   static void transpose(V r[8]) {
     V t[8];
@@ -207,6 +210,9 @@ struct F64 {
                           _mm512_cmp_pd_mask(a, a, _CMP_UNORD_Q));
   }
   static M eq(V a, V b) { return _mm512_cmp_pd_mask(a, b, _CMP_EQ_OQ); }
+  static M gt(V a, V b) {
+    return _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ);
+  }  // ordered: false where either is NaN
   static V blend(M m, V a, V b) { return _mm512_mask_blend_pd(m, a, b); }
   static int count(M m) { return popcount(static_cast<unsigned>(m)); }
   static V div(V a, V b) { return _mm512_div_pd(a, b); }

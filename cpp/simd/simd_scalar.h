@@ -31,6 +31,7 @@ struct Lane1 {
   using M = bool;
   static M gt_or_nan(V a, V b) { return a > b || a != a; }
   static M eq(V a, V b) { return a == b; }
+  static M gt(V a, V b) { return a > b; }  // ordered: false where either is NaN
   static V blend(M m, V a, V b) { return m ? b : a; }
   static int count(M m) { return m ? 1 : 0; }
   static V div(V a, V b) { return a / b; }

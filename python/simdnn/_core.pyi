@@ -48,3 +48,26 @@ def avg_pool2d_backward(
     padding: Any = 0,
     count_include_pad: bool = True,
 ) -> np.ndarray: ...
+def relu(x: Any) -> np.ndarray: ...
+def relu_backward(dy: Any, x: Any) -> np.ndarray: ...
+def sgd_update(
+    param: np.ndarray,
+    grad: Any,
+    velocity: np.ndarray | None,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+) -> None: ...
+def adam_update(
+    param: np.ndarray,
+    grad: Any,
+    exp_avg: np.ndarray,
+    exp_avg_sq: np.ndarray,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    step: int,
+) -> None: ...

@@ -1,9 +1,9 @@
 """Functional operations of the layers, forward and backward side by side.
 
 Every function runs on the current backend (:func:`simdnn.use_backend`): the native kernels of
-:mod:`simdnn.ops` or the NumPy twins of :mod:`simdnn.reference`. Elementwise activations and the
-losses are NumPy in both. Shape legend: N batch, C/K channels in/out, H x W and P x Q planes,
-R x S kernels, D_in/D_out features.
+:mod:`simdnn.ops` or the NumPy twins of :mod:`simdnn.reference`. The smooth activations
+(sigmoid, tanh, softmax) and the losses are NumPy in both. Shape legend: N batch, C/K channels
+in/out, H x W and P x Q planes, R x S kernels, D_in/D_out features.
 """
 
 from __future__ import annotations
@@ -29,13 +29,23 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
 
 
 def linear_backward(
-    dy: np.ndarray, x: np.ndarray, w: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Shape: dy (N, D_out) -> (dx (N, D_in), dw (D_in, D_out), db (D_out,))."""
+    dy: np.ndarray,
+    x: np.ndarray,
+    w: np.ndarray,
+    dw: np.ndarray,
+    db: np.ndarray | None,
+    need_dx: bool = True,
+) -> np.ndarray | None:
+    """Adds X^T . dY into dw and the column sums of dY into db; returns dY . W^T (or None).
+
+    Shape: dy (N, D_out), x (N, D_in), w and dw (D_in, D_out), db (D_out,) -> dx (N, D_in).
+    The weight gradient is accumulated by the GEMM itself (beta = 1), with no temporary.
+    """
     ops = backend_ops()
-    dx = ops.gemm(dy, w, trans_b=True)  # dY . W^T
-    dw = ops.gemm(x, dy, trans_a=True)  # X^T . dY
-    return dx, dw, dy.sum(axis=0)
+    ops.gemm(x, dy, dw, beta=1.0, trans_a=True)
+    if db is not None:
+        db += dy.sum(axis=0)
+    return ops.gemm(dy, w, trans_b=True) if need_dx else None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -63,10 +73,15 @@ def conv2d_backward(
     padding: IntPair,
     dilation: IntPair,
     groups: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Shape: dy (N, K, P, Q) -> (dx (N, C, H, W), dw (K, C/groups, R, S), db (K,))."""
+    need_dx: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Shape: dy (N, K, P, Q) -> (dx (N, C, H, W) or None, dw (K, C/groups, R, S), db (K,))."""
     ops = backend_ops()
-    dx = ops.conv2d_backward_data(dy, w, x.shape, stride, padding, dilation, groups)
+    dx = (
+        ops.conv2d_backward_data(dy, w, x.shape, stride, padding, dilation, groups)
+        if need_dx
+        else None
+    )
     dw, db = ops.conv2d_backward_weights(x, dy, w.shape, stride, padding, dilation, groups)
     return dx, dw, db
 
@@ -138,11 +153,11 @@ def tanh_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def relu(x: np.ndarray) -> np.ndarray:
-    return np.maximum(x, 0)
+    return backend_ops().relu(x)
 
 
 def relu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return np.where(x > 0, dy, 0).astype(dy.dtype, copy=False)
+    return backend_ops().relu_backward(dy, x)
 
 
 def leaky_relu(x: np.ndarray, negative_slope: float) -> np.ndarray:

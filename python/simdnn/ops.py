@@ -19,6 +19,7 @@ import numpy as np
 from . import _core
 
 __all__ = [
+    "adam_update",
     "avg_pool2d",
     "avg_pool2d_backward",
     "conv2d",
@@ -28,6 +29,9 @@ __all__ = [
     "matmul",
     "max_pool2d",
     "max_pool2d_backward",
+    "relu",
+    "relu_backward",
+    "sgd_update",
 ]
 
 IntPair = Union[int, tuple[int, int]]
@@ -240,4 +244,87 @@ def avg_pool2d_backward(
     """
     return _core.avg_pool2d_backward(
         dy, x_shape, kernel_size, stride, padding, bool(count_include_pad)
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Elementwise kernels of training: ReLU and the fused optimiser updates (one pass over the
+# parameter, its gradient and its state instead of NumPy's several passes with temporaries).
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    """max(x, 0) elementwise; NaN stays NaN (as in PyTorch). Shape: any; result of the same."""
+    return _core.relu(x)
+
+
+def relu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Gradient of relu: dy * (x > 0), a multiply, so NaN and Inf in dy propagate as IEEE
+    arithmetic says (PyTorch's select would zero them where x <= 0); a NaN x counts as
+    inactive. Shape: dy and x of the same shape; result of that shape."""
+    return _core.relu_backward(dy, x)
+
+
+def sgd_update(
+    param: np.ndarray,
+    grad: np.ndarray,
+    velocity: np.ndarray | None,
+    *,
+    lr: float,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+) -> None:
+    """One SGD step in place (PyTorch's rule; velocity starts at zero):
+
+        g = grad + weight_decay * param
+        velocity = momentum * velocity + g
+        param -= lr * (g + momentum * velocity if nesterov else velocity)
+
+    Without momentum, velocity may be None and param -= lr * g. param and velocity must be
+    writeable C-contiguous float32/float64 arrays of one shape and dtype, as grad.
+    """
+    fn = "sgd_update"
+    _core.sgd_update(
+        param,
+        grad,
+        velocity,
+        _real(lr, "lr", fn),
+        _real(momentum, "momentum", fn),
+        bool(nesterov),
+        _real(weight_decay, "weight_decay", fn),
+    )
+
+
+def adam_update(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_avg_sq: np.ndarray,
+    *,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    step: int = 1,
+) -> None:
+    """One Adam step in place (``step`` counts from 1 for the bias correction):
+
+    g = grad + weight_decay * param
+    exp_avg = beta1 * exp_avg + (1 - beta1) * g
+    exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+    param -= lr / (1 - beta1**step) * exp_avg / (sqrt(exp_avg_sq / (1 - beta2**step)) + eps)
+    """
+    fn = "adam_update"
+    _core.adam_update(
+        param,
+        grad,
+        exp_avg,
+        exp_avg_sq,
+        _real(lr, "lr", fn),
+        _real(beta1, "beta1", fn),
+        _real(beta2, "beta2", fn),
+        _real(eps, "eps", fn),
+        _real(weight_decay, "weight_decay", fn),
+        int(step),
     )

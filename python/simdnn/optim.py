@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from .backend import backend_ops
 from .nn.module import Parameter
 
 
@@ -50,22 +51,21 @@ class SGD(Optimizer):
         if nesterov and momentum == 0:
             raise ValueError("SGD: Nesterov momentum needs momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
-        self._velocity: list[np.ndarray | None] = [None] * len(self.params)
+        # Zero velocity: its first update momentum * 0 + g is PyTorch's initial buffer g.
+        self._velocity = [np.zeros_like(p.data) if momentum else None for p in self.params]
 
     def step(self) -> None:
-        for i, p in enumerate(self.params):
-            g = p.grad
-            if self.weight_decay:
-                g = g + p.data.dtype.type(self.weight_decay) * p.data
-            if self.momentum:
-                v = self._velocity[i]
-                if v is None:
-                    v = self._velocity[i] = g.copy()
-                else:
-                    v *= p.data.dtype.type(self.momentum)
-                    v += g
-                g = g + p.data.dtype.type(self.momentum) * v if self.nesterov else v
-            p.data -= p.data.dtype.type(self.lr) * g
+        update = backend_ops().sgd_update
+        for p, v in zip(self.params, self._velocity):
+            update(
+                p.data,
+                p.grad,
+                v,
+                lr=self.lr,
+                momentum=self.momentum,
+                nesterov=self.nesterov,
+                weight_decay=self.weight_decay,
+            )
 
 
 class Adam(Optimizer):
@@ -94,16 +94,17 @@ class Adam(Optimizer):
 
     def step(self) -> None:
         self._t += 1
-        b1, b2 = self.betas
-        c1 = 1.0 - b1**self._t
-        c2 = 1.0 - b2**self._t
+        update = backend_ops().adam_update
         for p, m, v in zip(self.params, self._m, self._v):
-            t = p.data.dtype.type
-            g = p.grad
-            if self.weight_decay:
-                g = g + t(self.weight_decay) * p.data
-            m *= t(b1)
-            m += t(1.0 - b1) * g
-            v *= t(b2)
-            v += t(1.0 - b2) * g * g
-            p.data -= t(self.lr / c1) * m / (np.sqrt(v / t(c2)) + t(self.eps))
+            update(
+                p.data,
+                p.grad,
+                m,
+                v,
+                lr=self.lr,
+                beta1=self.betas[0],
+                beta2=self.betas[1],
+                eps=self.eps,
+                weight_decay=self.weight_decay,
+                step=self._t,
+            )

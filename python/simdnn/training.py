@@ -20,7 +20,7 @@ import numpy as np
 
 from . import init
 from .nn.losses import Loss
-from .nn.module import Module, Parameter
+from .nn.module import Module, Parameter, Sequential
 from .optim import Optimizer
 
 
@@ -228,7 +228,10 @@ def fit(
                     stop = True
                     break
                 model.zero_grad()
-                model.backward(loss.backward())
+                if isinstance(model, Sequential):
+                    model.backward(loss.backward(), need_input_grad=False)
+                else:
+                    model.backward(loss.backward())
                 for i, (_, w) in enumerate(weights):
                     norms[i] += float(np.sqrt(np.sum(np.square(w.grad, dtype=np.float64))))
                 for p, s in zip(params, snapshot):

@@ -93,12 +93,15 @@ class Linear(Module):
         self._x = x
         return F.linear(x, self.weight.data, None if self.bias is None else self.bias.data)
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        dx, dw, db = F.linear_backward(grad_out, self._x, self.weight.data)
-        self.weight.grad += dw
-        if self.bias is not None:
-            self.bias.grad += db
-        return dx
+    def backward(self, grad_out: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        return F.linear_backward(
+            grad_out,
+            self._x,
+            self.weight.data,
+            self.weight.grad,
+            None if self.bias is None else self.bias.grad,
+            need_input_grad,
+        )
 
     def output_shape(self, input_shape: Shape) -> Shape:
         return (input_shape[0], self.out_features)
@@ -189,8 +192,10 @@ class Conv2d(Module):
             x, self.weight.data, None if self.bias is None else self.bias.data, *self._args()
         )
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        dx, dw, db = F.conv2d_backward(grad_out, self._x, self.weight.data, *self._args())
+    def backward(self, grad_out: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        dx, dw, db = F.conv2d_backward(
+            grad_out, self._x, self.weight.data, *self._args(), need_dx=need_input_grad
+        )
         self.weight.grad += dw
         if self.bias is not None:
             self.bias.grad += db

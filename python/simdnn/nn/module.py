@@ -83,6 +83,13 @@ class Module:
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         raise TypeError(f"{type(self).__name__} does not define backward()")
 
+    def accepts_need_input_grad(self) -> bool:
+        """Whether backward(grad, need_input_grad=False) may skip computing the input gradient
+        (the first trainable layer of a model never needs it; Linear and Conv2d skip it)."""
+        import inspect
+
+        return "need_input_grad" in inspect.signature(self.backward).parameters
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.forward(x)
 
@@ -293,10 +300,21 @@ class Sequential(Module):
             x = layer.forward(x)
         return x
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        for layer in reversed(self._modules.values()):
+    def backward(self, grad_out: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        """Backpropagate through the layers in reverse. With need_input_grad=False (what fit
+        does) nothing below the first layer with parameters is computed: no layer there has a
+        gradient to receive, and that layer skips its input gradient when it can (a Linear on
+        784 inputs saves a third of its backward pass)."""
+        layers = list(self._modules.values())
+        stop = 0
+        if not need_input_grad:
+            stop = next((i for i, m in enumerate(layers) if m.parameters()), len(layers))
+        for i in range(len(layers) - 1, stop - 1, -1):
+            layer = layers[i]
+            if i == stop and not need_input_grad and layer.accepts_need_input_grad():
+                return layer.backward(grad_out, need_input_grad=False)
             grad_out = layer.backward(grad_out)
-        return grad_out
+        return None if not need_input_grad else grad_out
 
     def output_shape(self, input_shape: Shape) -> Shape:
         for layer in self._modules.values():

@@ -1,0 +1,172 @@
+// Elementwise glue: relu, relu_backward, and the in-place optimiser updates.
+#include "elementwise/elementwise.h"
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "bindings/common.h"
+#include "common/parallel.h"
+#include "dispatch.h"
+
+namespace simdnn::bind {
+namespace {
+
+std::vector<int64_t> shape_of(const py::array& a) {
+  std::vector<int64_t> s;
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s.push_back(a.shape(i));
+  return s;
+}
+
+void require_like(const py::array& a, const char* an, const py::array& ref, const char* rn,
+                  const char* fn) {
+  require_same_dtype(ref, rn, a, an, fn);
+  if (shape_of(a) != shape_of(ref)) {
+    value_error(std::string(fn) + ": '" + an + "' has shape " + shape_str(a) + " but '" + rn +
+                "' has shape " + shape_str(ref) + "; they must match");
+  }
+}
+
+// An array updated in place: it must already be float32/float64, C-contiguous and writeable.
+py::array in_place(const py::object& obj, const char* fn, const char* arg) {
+  if (!py::isinstance<py::array>(obj)) {
+    type_error(std::string(fn) + ": '" + arg + "' must be a NumPy array, updated in place");
+  }
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  const py::dtype dt = a.dtype();
+  if (dt.kind() != 'f' || (dt.itemsize() != 4 && dt.itemsize() != 8) ||
+      !dt.attr("isnative").cast<bool>()) {
+    type_error(std::string(fn) + ": '" + arg + "' has dtype " + dtype_str(a) +
+               "; expected float32 or float64");
+  }
+  if (!(a.flags() & py::array::c_style) || !a.writeable()) {
+    value_error(std::string(fn) + ": '" + arg +
+                "' must be a writeable C-contiguous array (it is updated in place)");
+  }
+  return a;
+}
+
+template <typename T>
+T* ptr(py::array& a) {
+  return static_cast<T*>(a.mutable_data());
+}
+template <typename T>
+const T* cptr(const py::array& a) {
+  return static_cast<const T*>(a.data());
+}
+
+py::array relu(const py::object& x_obj) {
+  py::array x = as_contiguous_float_array(x_obj, "relu", "x");
+  py::array y = new_array(x, shape_of(x));
+  const int64_t n = x.size();
+  const int nt = get_num_threads();
+  if (x.dtype().itemsize() == 4) {
+    auto f = kernels().relu(float());
+    py::gil_scoped_release r;
+    f(n, cptr<float>(x), ptr<float>(y), nt);
+  } else {
+    auto f = kernels().relu(double());
+    py::gil_scoped_release r;
+    f(n, cptr<double>(x), ptr<double>(y), nt);
+  }
+  return y;
+}
+
+py::array relu_backward(const py::object& dy_obj, const py::object& x_obj) {
+  const char* fn = "relu_backward";
+  py::array dy = as_contiguous_float_array(dy_obj, fn, "dy");
+  py::array x = as_contiguous_float_array(x_obj, fn, "x");
+  require_like(dy, "dy", x, "x", fn);
+  py::array dx = new_array(x, shape_of(x));
+  const int64_t n = x.size();
+  const int nt = get_num_threads();
+  if (x.dtype().itemsize() == 4) {
+    auto f = kernels().relu_backward(float());
+    py::gil_scoped_release r;
+    f(n, cptr<float>(dy), cptr<float>(x), ptr<float>(dx), nt);
+  } else {
+    auto f = kernels().relu_backward(double());
+    py::gil_scoped_release r;
+    f(n, cptr<double>(dy), cptr<double>(x), ptr<double>(dx), nt);
+  }
+  return dx;
+}
+
+void sgd_update(const py::object& p_obj, const py::object& g_obj, const py::object& v_obj,
+                double lr, double momentum, bool nesterov, double weight_decay) {
+  const char* fn = "sgd_update";
+  py::array p = in_place(p_obj, fn, "param");
+  py::array g = as_contiguous_float_array(g_obj, fn, "grad");
+  require_like(g, "grad", p, "param", fn);
+  py::array v;
+  if (momentum != 0.0) {
+    if (v_obj.is_none()) value_error("sgd_update: momentum needs a 'velocity' array");
+    v = in_place(v_obj, fn, "velocity");
+    require_like(v, "velocity", p, "param", fn);
+  }
+  SgdParams s;
+  s.lr = lr;
+  s.momentum = momentum;
+  s.nesterov = nesterov;
+  s.weight_decay = weight_decay;
+  const int64_t n = p.size();
+  const int nt = get_num_threads();
+  if (p.dtype().itemsize() == 4) {
+    auto f = kernels().sgd(float());
+    float* vp = momentum != 0.0 ? ptr<float>(v) : nullptr;
+    py::gil_scoped_release r;
+    f(n, ptr<float>(p), cptr<float>(g), vp, s, nt);
+  } else {
+    auto f = kernels().sgd(double());
+    double* vp = momentum != 0.0 ? ptr<double>(v) : nullptr;
+    py::gil_scoped_release r;
+    f(n, ptr<double>(p), cptr<double>(g), vp, s, nt);
+  }
+}
+
+void adam_update(const py::object& p_obj, const py::object& g_obj, const py::object& m_obj,
+                 const py::object& v_obj, double lr, double beta1, double beta2, double eps,
+                 double weight_decay, int64_t step) {
+  const char* fn = "adam_update";
+  py::array p = in_place(p_obj, fn, "param");
+  py::array g = as_contiguous_float_array(g_obj, fn, "grad");
+  py::array m = in_place(m_obj, fn, "exp_avg");
+  py::array v = in_place(v_obj, fn, "exp_avg_sq");
+  require_like(g, "grad", p, "param", fn);
+  require_like(m, "exp_avg", p, "param", fn);
+  require_like(v, "exp_avg_sq", p, "param", fn);
+  if (step < 1) value_error("adam_update: step must be >= 1, got " + std::to_string(step));
+  AdamParams a;
+  a.lr = lr;
+  a.beta1 = beta1;
+  a.beta2 = beta2;
+  a.eps = eps;
+  a.weight_decay = weight_decay;
+  a.bias1 = 1.0 - std::pow(beta1, static_cast<double>(step));
+  a.bias2 = 1.0 - std::pow(beta2, static_cast<double>(step));
+  const int64_t n = p.size();
+  const int nt = get_num_threads();
+  if (p.dtype().itemsize() == 4) {
+    auto f = kernels().adam(float());
+    py::gil_scoped_release r;
+    f(n, ptr<float>(p), cptr<float>(g), ptr<float>(m), ptr<float>(v), a, nt);
+  } else {
+    auto f = kernels().adam(double());
+    py::gil_scoped_release r;
+    f(n, ptr<double>(p), cptr<double>(g), ptr<double>(m), ptr<double>(v), a, nt);
+  }
+}
+
+}  // namespace
+
+void bind_elementwise(py::module_& m) {
+  m.def("relu", &relu, py::arg("x"));
+  m.def("relu_backward", &relu_backward, py::arg("dy"), py::arg("x"));
+  m.def("sgd_update", &sgd_update, py::arg("param"), py::arg("grad"), py::arg("velocity"),
+        py::arg("lr"), py::arg("momentum"), py::arg("nesterov"), py::arg("weight_decay"));
+  m.def("adam_update", &adam_update, py::arg("param"), py::arg("grad"), py::arg("exp_avg"),
+        py::arg("exp_avg_sq"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
+        py::arg("weight_decay"), py::arg("step"));
+}
+
+}  // namespace simdnn::bind
