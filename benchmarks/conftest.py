@@ -1,25 +1,49 @@
-"""pytest-benchmark setup: both sides on the same thread count (simdnn's and NumPy's BLAS).
+"""pytest-benchmark setup: both sides on the same thread count (simdnn's, NumPy's BLAS and
+PyTorch's when it is installed), and one driver for every row of simdnn.bench.cases.
 
-Run with ``pytest benchmarks/`` (add ``--benchmark-compare`` to compare with a saved run, and
-``--benchmark-save=NAME`` to save one). ``SIMDNN_BENCH_THREADS`` overrides the thread count.
+Run with ``pytest benchmarks/`` (``-k conv`` to select, ``--benchmark-save=NAME`` to save a run,
+``--benchmark-compare`` to compare with the last saved one). ``SIMDNN_BENCH_THREADS`` overrides
+the thread count.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
+import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 import simdnn
+from simdnn.bench import Case, check_close
+from simdnn.bench.report import threads, torch_module
+
+TORCH = torch_module()
+SIDES = ["native", "numpy"] + (["torch"] if TORCH is not None else [])
 
 
 @pytest.fixture(scope="session", autouse=True)
 def same_threads() -> Iterator[int]:
     n = int(os.environ.get("SIMDNN_BENCH_THREADS", simdnn.get_num_threads()))
-    before = simdnn.get_num_threads()
-    simdnn.set_num_threads(n)
-    with threadpool_limits(limits=n, user_api="blas"):
+    with threads(n, TORCH):
         yield n
-    simdnn.set_num_threads(before)
+
+
+def run_row(benchmark: Any, case: Case, side: str, dtype: str) -> None:
+    """Benchmark one side of one row, after checking it against the native result."""
+    dt = np.dtype(dtype)
+    args = case.make(np.random.default_rng(0), dt)
+    expected = case.native(*args)
+    if side == "torch":
+        if case.torch is None or dt != np.float32:
+            pytest.skip("no PyTorch equivalent for this row")  # only rows PyTorch lacks
+        fn, call_args = case.torch(args)
+    else:
+        fn, call_args = (case.native if side == "native" else case.numpy), args
+    check_close(case, expected, fn(*call_args), dt, "PyTorch" if side == "torch" else side)
+    benchmark.group = f"{case.label} {dtype}"
+    benchmark.extra_info["gflops" if case.flops else "gbytes"] = (
+        case.flops if case.flops else case.nbytes
+    ) / 1e9
+    benchmark(fn, *call_args)

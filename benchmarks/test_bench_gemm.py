@@ -1,27 +1,19 @@
-"""GEMM against NumPy's matmul, on the rows of ``python -m simdnn bench`` (simdnn.bench).
-
-Each case is benchmarked twice, ``native`` and ``numpy``, in the same group, so the report shows
-them side by side. Results are compared before timing.
-"""
+"""The gemm rows of ``python -m simdnn bench`` (simdnn.bench.gemm_cases) under pytest-benchmark:
+each row once per side (native, numpy, and torch when installed), grouped so that the sides
+appear side by side."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from simdnn import bench
+from conftest import SIDES, run_row
+from simdnn.bench import gemm_cases
 
-CASES = bench.gemm_cases()
+CASES = gemm_cases()
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("side", ["native", "numpy"])
+@pytest.mark.parametrize("side", SIDES)
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_gemm(benchmark, case, side, dtype):
-    dt = np.dtype(dtype)
-    args = case.make(np.random.default_rng(0), dt)
-    bench._check_close(case, case.native(*args), case.numpy(*args), dt)
-    fn = case.native if side == "native" else case.numpy
-    benchmark.group = f"gemm {case.name} {dtype}"
-    benchmark.extra_info["gflops"] = case.flops / 1e9
-    benchmark(fn, *args)
+    run_row(benchmark, case, side, dtype)

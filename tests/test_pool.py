@@ -462,7 +462,7 @@ def test_empty_batch_or_channels(isa, dtype, shape):
 def test_bench_cases_agree_with_their_twins():
     for case in bench.pool_cases():
         args = case.make(np.random.default_rng(0), np.dtype(np.float32))
-        bench._check_close(case, case.native(*args), case.numpy(*args), np.dtype(np.float32))
+        bench.check_close(case, case.native(*args), case.numpy(*args), np.dtype(np.float32))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ py::array as_float_array(const py::handle& obj, const char* fn, const char* arg)
                "; expected float32 or float64 (convert with .astype(numpy.float32))");
   }
   bool needs_copy = false;
-  if (!dt.attr("isnative").cast<bool>()) {
+  if (!is_native(dt)) {
     // Byte-swapped data: same values, native order.
     a = a.attr("astype")(dt.attr("newbyteorder")("="));
   } else {
@@ -110,6 +110,14 @@ Extent extent(const py::array& a) {
 bool may_overlap(const py::array& a, const py::array& b) {
   const Extent x = extent(a), y = extent(b);
   return x.lo < x.hi && y.lo < y.hi && x.lo < y.hi && y.lo < x.hi;
+}
+
+bool is_native(const py::dtype& dt) {
+  const char order = dt.byteorder();
+  if (order == '=' || order == '|') return true;
+  const uint16_t one = 1;
+  const bool little = *reinterpret_cast<const unsigned char*>(&one) == 1;
+  return little ? order == '<' : order == '>';
 }
 
 py::array as_contiguous_float_array(const py::handle& obj, const char* fn, const char* arg) {

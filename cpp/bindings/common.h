@@ -28,6 +28,9 @@ py::array as_float_array(const py::handle& obj, const char* fn, const char* arg)
 // The same, additionally C-contiguous (a copy when it is not).
 py::array as_contiguous_float_array(const py::handle& obj, const char* fn, const char* arg);
 
+// Whether a dtype is in the host's byte order (read from the descriptor, no Python call).
+bool is_native(const py::dtype& dt);
+
 void require_ndim(const py::array& a, int ndim, const char* fn, const char* arg);
 void require_same_dtype(const py::array& a, const char* an, const py::array& b, const char* bn,
                         const char* fn);

@@ -34,8 +34,7 @@ py::array in_place(const py::object& obj, const char* fn, const char* arg) {
   }
   py::array a = py::reinterpret_borrow<py::array>(obj);
   const py::dtype dt = a.dtype();
-  if (dt.kind() != 'f' || (dt.itemsize() != 4 && dt.itemsize() != 8) ||
-      !dt.attr("isnative").cast<bool>()) {
+  if (dt.kind() != 'f' || (dt.itemsize() != 4 && dt.itemsize() != 8) || !is_native(dt)) {
     type_error(std::string(fn) + ": '" + arg + "' has dtype " + dtype_str(a) +
                "; expected float32 or float64");
   }
@@ -92,49 +91,90 @@ py::array relu_backward(const py::object& dy_obj, const py::object& x_obj) {
   return dx;
 }
 
+// The updates take one array or lists of arrays (every parameter of a model in one call: the
+// per-call overhead of six separate calls was most of an MLP's fused SGD step).
+std::vector<py::object> as_list(const py::object& obj) {
+  std::vector<py::object> out;
+  if (py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj)) {
+    for (py::handle h : obj) out.push_back(py::reinterpret_borrow<py::object>(h));
+  } else {
+    out.push_back(obj);
+  }
+  return out;
+}
+
+template <typename T>
+struct SgdJob {
+  T* p;
+  const T* g;
+  T* v;
+  int64_t n;
+};
+
 void sgd_update(const py::object& p_obj, const py::object& g_obj, const py::object& v_obj,
                 double lr, double momentum, bool nesterov, double weight_decay) {
   const char* fn = "sgd_update";
-  py::array p = in_place(p_obj, fn, "param");
-  py::array g = as_contiguous_float_array(g_obj, fn, "grad");
-  require_like(g, "grad", p, "param", fn);
-  py::array v;
-  if (momentum != 0.0) {
-    if (v_obj.is_none()) value_error("sgd_update: momentum needs a 'velocity' array");
-    v = in_place(v_obj, fn, "velocity");
-    require_like(v, "velocity", p, "param", fn);
+  const std::vector<py::object> ps = as_list(p_obj), gs = as_list(g_obj);
+  const std::vector<py::object> vs =
+      v_obj.is_none() ? std::vector<py::object>(ps.size(), py::none()) : as_list(v_obj);
+  if (gs.size() != ps.size() || vs.size() != ps.size()) {
+    value_error("sgd_update: param, grad and velocity must be arrays or lists of one length");
   }
   SgdParams s;
   s.lr = lr;
   s.momentum = momentum;
   s.nesterov = nesterov;
   s.weight_decay = weight_decay;
-  const int64_t n = p.size();
-  const int nt = get_num_threads();
-  if (p.dtype().itemsize() == 4) {
-    auto f = kernels().sgd(float());
-    float* vp = momentum != 0.0 ? ptr<float>(v) : nullptr;
-    py::gil_scoped_release r;
-    f(n, ptr<float>(p), cptr<float>(g), vp, s, nt);
-  } else {
-    auto f = kernels().sgd(double());
-    double* vp = momentum != 0.0 ? ptr<double>(v) : nullptr;
-    py::gil_scoped_release r;
-    f(n, ptr<double>(p), cptr<double>(g), vp, s, nt);
+  std::vector<py::array> keep;  // holds converted grads alive while the GIL is released
+  std::vector<SgdJob<float>> jobs32;
+  std::vector<SgdJob<double>> jobs64;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    py::array p = in_place(ps[i], fn, "param");
+    py::array g = as_contiguous_float_array(gs[i], fn, "grad");
+    require_like(g, "grad", p, "param", fn);
+    py::array v;
+    if (momentum != 0.0) {
+      if (vs[i].is_none()) value_error("sgd_update: momentum needs a 'velocity' array");
+      v = in_place(vs[i], fn, "velocity");
+      require_like(v, "velocity", p, "param", fn);
+    }
+    if (p.dtype().itemsize() == 4) {
+      jobs32.push_back({ptr<float>(p), cptr<float>(g), momentum != 0.0 ? ptr<float>(v) : nullptr,
+                        static_cast<int64_t>(p.size())});
+    } else {
+      jobs64.push_back({ptr<double>(p), cptr<double>(g), momentum != 0.0 ? ptr<double>(v) : nullptr,
+                        static_cast<int64_t>(p.size())});
+    }
+    keep.push_back(p);
+    keep.push_back(g);
+    if (momentum != 0.0) keep.push_back(v);
   }
+  const int nt = get_num_threads();
+  auto f32 = kernels().sgd(float());
+  auto f64 = kernels().sgd(double());
+  py::gil_scoped_release r;
+  for (const auto& j : jobs32) f32(j.n, j.p, j.g, j.v, s, nt);
+  for (const auto& j : jobs64) f64(j.n, j.p, j.g, j.v, s, nt);
 }
+
+template <typename T>
+struct AdamJob {
+  T *p, *m, *v;
+  const T* g;
+  int64_t n;
+};
 
 void adam_update(const py::object& p_obj, const py::object& g_obj, const py::object& m_obj,
                  const py::object& v_obj, double lr, double beta1, double beta2, double eps,
                  double weight_decay, int64_t step) {
   const char* fn = "adam_update";
-  py::array p = in_place(p_obj, fn, "param");
-  py::array g = as_contiguous_float_array(g_obj, fn, "grad");
-  py::array m = in_place(m_obj, fn, "exp_avg");
-  py::array v = in_place(v_obj, fn, "exp_avg_sq");
-  require_like(g, "grad", p, "param", fn);
-  require_like(m, "exp_avg", p, "param", fn);
-  require_like(v, "exp_avg_sq", p, "param", fn);
+  const std::vector<py::object> ps = as_list(p_obj), gs = as_list(g_obj), ms = as_list(m_obj),
+                                vs = as_list(v_obj);
+  if (gs.size() != ps.size() || ms.size() != ps.size() || vs.size() != ps.size()) {
+    value_error(
+        "adam_update: param, grad, exp_avg and exp_avg_sq must be arrays or lists of "
+        "one length");
+  }
   if (step < 1) value_error("adam_update: step must be >= 1, got " + std::to_string(step));
   AdamParams a;
   a.lr = lr;
@@ -144,17 +184,35 @@ void adam_update(const py::object& p_obj, const py::object& g_obj, const py::obj
   a.weight_decay = weight_decay;
   a.bias1 = 1.0 - std::pow(beta1, static_cast<double>(step));
   a.bias2 = 1.0 - std::pow(beta2, static_cast<double>(step));
-  const int64_t n = p.size();
-  const int nt = get_num_threads();
-  if (p.dtype().itemsize() == 4) {
-    auto f = kernels().adam(float());
-    py::gil_scoped_release r;
-    f(n, ptr<float>(p), cptr<float>(g), ptr<float>(m), ptr<float>(v), a, nt);
-  } else {
-    auto f = kernels().adam(double());
-    py::gil_scoped_release r;
-    f(n, ptr<double>(p), cptr<double>(g), ptr<double>(m), ptr<double>(v), a, nt);
+  std::vector<py::array> keep;
+  std::vector<AdamJob<float>> jobs32;
+  std::vector<AdamJob<double>> jobs64;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    py::array p = in_place(ps[i], fn, "param");
+    py::array g = as_contiguous_float_array(gs[i], fn, "grad");
+    py::array m = in_place(ms[i], fn, "exp_avg");
+    py::array v = in_place(vs[i], fn, "exp_avg_sq");
+    require_like(g, "grad", p, "param", fn);
+    require_like(m, "exp_avg", p, "param", fn);
+    require_like(v, "exp_avg_sq", p, "param", fn);
+    if (p.dtype().itemsize() == 4) {
+      jobs32.push_back({ptr<float>(p), ptr<float>(m), ptr<float>(v), cptr<float>(g),
+                        static_cast<int64_t>(p.size())});
+    } else {
+      jobs64.push_back({ptr<double>(p), ptr<double>(m), ptr<double>(v), cptr<double>(g),
+                        static_cast<int64_t>(p.size())});
+    }
+    keep.push_back(p);
+    keep.push_back(g);
+    keep.push_back(m);
+    keep.push_back(v);
   }
+  const int nt = get_num_threads();
+  auto f32 = kernels().adam(float());
+  auto f64 = kernels().adam(double());
+  py::gil_scoped_release r;
+  for (const auto& j : jobs32) f32(j.n, j.p, j.g, j.m, j.v, a, nt);
+  for (const auto& j : jobs64) f64(j.n, j.p, j.g, j.m, j.v, a, nt);
 }
 
 }  // namespace

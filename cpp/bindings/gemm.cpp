@@ -117,7 +117,7 @@ void check_output(const py::array& out, const py::array& like, int64_t m, int64_
     value_error(std::string(fn) + ": '" + arg +
                 "' must be C-contiguous (use numpy.ascontiguousarray)");
   }
-  if (!out.dtype().attr("isnative").cast<bool>()) {
+  if (!is_native(out.dtype())) {
     type_error(std::string(fn) + ": '" + arg + "' must be in native byte order");
   }
 }

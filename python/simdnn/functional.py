@@ -33,18 +33,24 @@ def linear_backward(
     x: np.ndarray,
     w: np.ndarray,
     dw: np.ndarray,
+    dw_beta: float,
     db: np.ndarray | None,
+    db_beta: float,
     need_dx: bool = True,
 ) -> np.ndarray | None:
-    """Adds X^T . dY into dw and the column sums of dY into db; returns dY . W^T (or None).
+    """dw = dw_beta * dw + X^T . dY and db = db_beta * db + column sums of dY, in place;
+    returns dY . W^T (or None).
 
     Shape: dy (N, D_out), x (N, D_in), w and dw (D_in, D_out), db (D_out,) -> dx (N, D_in).
-    The weight gradient is accumulated by the GEMM itself (beta = 1), with no temporary.
+    The weight gradient is written by the GEMM itself (beta 1 accumulates, 0 overwrites).
     """
     ops = backend_ops()
-    ops.gemm(x, dy, dw, beta=1.0, trans_a=True)
+    ops.gemm(x, dy, dw, beta=dw_beta, trans_a=True)
     if db is not None:
-        db += dy.sum(axis=0)
+        if db_beta == 0.0:
+            np.sum(dy, axis=0, out=db)
+        else:
+            db += dy.sum(axis=0)
     return ops.gemm(dy, w, trans_b=True) if need_dx else None
 
 

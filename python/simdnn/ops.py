@@ -265,9 +265,9 @@ def relu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def sgd_update(
-    param: np.ndarray,
-    grad: np.ndarray,
-    velocity: np.ndarray | None,
+    param: np.ndarray | list[np.ndarray],
+    grad: np.ndarray | list[np.ndarray],
+    velocity: np.ndarray | list[np.ndarray] | None,
     *,
     lr: float,
     momentum: float = 0.0,
@@ -281,7 +281,8 @@ def sgd_update(
         param -= lr * (g + momentum * velocity if nesterov else velocity)
 
     Without momentum, velocity may be None and param -= lr * g. param and velocity must be
-    writeable C-contiguous float32/float64 arrays of one shape and dtype, as grad.
+    writeable C-contiguous float32/float64 arrays of one shape and dtype, as grad. Each argument
+    may also be a list of arrays (a model's parameters), updated in one call.
     """
     fn = "sgd_update"
     _core.sgd_update(
@@ -296,10 +297,10 @@ def sgd_update(
 
 
 def adam_update(
-    param: np.ndarray,
-    grad: np.ndarray,
-    exp_avg: np.ndarray,
-    exp_avg_sq: np.ndarray,
+    param: np.ndarray | list[np.ndarray],
+    grad: np.ndarray | list[np.ndarray],
+    exp_avg: np.ndarray | list[np.ndarray],
+    exp_avg_sq: np.ndarray | list[np.ndarray],
     *,
     lr: float,
     beta1: float = 0.9,

@@ -23,7 +23,7 @@ class Optimizer:
 
     def zero_grad(self) -> None:
         for p in self.params:
-            p.grad[...] = 0
+            p.zero_grad()
 
     def step(self) -> None:
         raise TypeError(f"{type(self).__name__} does not define step()")
@@ -55,17 +55,16 @@ class SGD(Optimizer):
         self._velocity = [np.zeros_like(p.data) if momentum else None for p in self.params]
 
     def step(self) -> None:
-        update = backend_ops().sgd_update
-        for p, v in zip(self.params, self._velocity):
-            update(
-                p.data,
-                p.grad,
-                v,
-                lr=self.lr,
-                momentum=self.momentum,
-                nesterov=self.nesterov,
-                weight_decay=self.weight_decay,
-            )
+        # Every parameter in one call of the fused update.
+        backend_ops().sgd_update(
+            [p.data for p in self.params],
+            [p.grad for p in self.params],
+            self._velocity if self.momentum else None,
+            lr=self.lr,
+            momentum=self.momentum,
+            nesterov=self.nesterov,
+            weight_decay=self.weight_decay,
+        )
 
 
 class Adam(Optimizer):
@@ -94,17 +93,15 @@ class Adam(Optimizer):
 
     def step(self) -> None:
         self._t += 1
-        update = backend_ops().adam_update
-        for p, m, v in zip(self.params, self._m, self._v):
-            update(
-                p.data,
-                p.grad,
-                m,
-                v,
-                lr=self.lr,
-                beta1=self.betas[0],
-                beta2=self.betas[1],
-                eps=self.eps,
-                weight_decay=self.weight_decay,
-                step=self._t,
-            )
+        backend_ops().adam_update(
+            [p.data for p in self.params],
+            [p.grad for p in self.params],
+            self._m,
+            self._v,
+            lr=self.lr,
+            beta1=self.betas[0],
+            beta2=self.betas[1],
+            eps=self.eps,
+            weight_decay=self.weight_decay,
+            step=self._t,
+        )

@@ -415,31 +415,40 @@ def relu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
         return dy * (x > 0)
 
 
+def _listed(*args: object) -> list[tuple[object, ...]]:
+    """Zip array-or-list arguments into per-array tuples (None repeated for a missing list)."""
+    lists = [a if isinstance(a, (list, tuple)) else [a] for a in args]
+    n = max(len(x) for x in lists)
+    lists = [x * n if len(x) == 1 and n > 1 else x for x in lists]
+    return list(zip(*lists))
+
+
 def sgd_update(
-    param: np.ndarray,
-    grad: np.ndarray,
-    velocity: np.ndarray | None,
+    param: np.ndarray | list[np.ndarray],
+    grad: np.ndarray | list[np.ndarray],
+    velocity: np.ndarray | list[np.ndarray] | None,
     *,
     lr: float,
     momentum: float = 0.0,
     nesterov: bool = False,
     weight_decay: float = 0.0,
 ) -> None:
-    """One SGD step in place (see simdnn.ops.sgd_update)."""
-    t = param.dtype.type
-    g = grad + t(weight_decay) * param if weight_decay else grad
-    if momentum:
-        velocity *= t(momentum)
-        velocity += g
-        g = g + t(momentum) * velocity if nesterov else velocity
-    param -= t(lr) * g
+    """One SGD step in place (see simdnn.ops.sgd_update); arrays or lists of arrays."""
+    for p, gr, v in _listed(param, grad, velocity):
+        t = p.dtype.type
+        g = gr + t(weight_decay) * p if weight_decay else gr
+        if momentum:
+            v *= t(momentum)
+            v += g
+            g = g + t(momentum) * v if nesterov else v
+        p -= t(lr) * g
 
 
 def adam_update(
-    param: np.ndarray,
-    grad: np.ndarray,
-    exp_avg: np.ndarray,
-    exp_avg_sq: np.ndarray,
+    param: np.ndarray | list[np.ndarray],
+    grad: np.ndarray | list[np.ndarray],
+    exp_avg: np.ndarray | list[np.ndarray],
+    exp_avg_sq: np.ndarray | list[np.ndarray],
     *,
     lr: float,
     beta1: float = 0.9,
@@ -448,13 +457,14 @@ def adam_update(
     weight_decay: float = 0.0,
     step: int = 1,
 ) -> None:
-    """One Adam step in place (see simdnn.ops.adam_update)."""
-    t = param.dtype.type
-    g = grad + t(weight_decay) * param if weight_decay else grad
-    exp_avg *= t(beta1)
-    exp_avg += t(1.0 - beta1) * g
-    exp_avg_sq *= t(beta2)
-    exp_avg_sq += t(1.0 - beta2) * g * g
+    """One Adam step in place (see simdnn.ops.adam_update); arrays or lists of arrays."""
     c1 = 1.0 - beta1**step
     c2 = 1.0 - beta2**step
-    param -= t(lr / c1) * exp_avg / (np.sqrt(exp_avg_sq / t(c2)) + t(eps))
+    for p, gr, m, v in _listed(param, grad, exp_avg, exp_avg_sq):
+        t = p.dtype.type
+        g = gr + t(weight_decay) * p if weight_decay else gr
+        m *= t(beta1)
+        m += t(1.0 - beta1) * g
+        v *= t(beta2)
+        v += t(1.0 - beta2) * g * g
+        p -= t(lr / c1) * m / (np.sqrt(v / t(c2)) + t(eps))

@@ -94,13 +94,10 @@ class Linear(Module):
         return F.linear(x, self.weight.data, None if self.bias is None else self.bias.data)
 
     def backward(self, grad_out: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        dw, dw_beta = self.weight.grad_target()
+        db, db_beta = (None, 0.0) if self.bias is None else self.bias.grad_target()
         return F.linear_backward(
-            grad_out,
-            self._x,
-            self.weight.data,
-            self.weight.grad,
-            None if self.bias is None else self.bias.grad,
-            need_input_grad,
+            grad_out, self._x, self.weight.data, dw, dw_beta, db, db_beta, need_input_grad
         )
 
     def output_shape(self, input_shape: Shape) -> Shape:
@@ -196,9 +193,9 @@ class Conv2d(Module):
         dx, dw, db = F.conv2d_backward(
             grad_out, self._x, self.weight.data, *self._args(), need_dx=need_input_grad
         )
-        self.weight.grad += dw
+        self.weight.add_grad(dw)
         if self.bias is not None:
-            self.bias.grad += db
+            self.bias.add_grad(db)
         return dx
 
     def output_shape(self, input_shape: Shape) -> Shape:

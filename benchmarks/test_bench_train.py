@@ -1,0 +1,19 @@
+"""The train rows of ``python -m simdnn bench`` (simdnn.bench.train_cases) under pytest-benchmark:
+each row once per side (native, numpy, and torch when installed), grouped so that the sides
+appear side by side."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import SIDES, run_row
+from simdnn.bench import train_cases
+
+CASES = train_cases()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_train(benchmark, case, side, dtype):
+    run_row(benchmark, case, side, dtype)
