@@ -17,7 +17,7 @@ Set ``SIMDNN_ISA=scalar|avx2|avx512`` before import to force an instruction set,
 
 from __future__ import annotations
 
-from . import functional, init, nn, ops, optim, reference, viz
+from . import demos, functional, init, nn, ops, optim, reference, viz
 from ._runtime import cpu_info, get_isa, get_num_threads, set_isa, set_num_threads, use_isa
 from .backend import get_backend, use_backend
 from .gradcheck import gradcheck
@@ -33,6 +33,7 @@ __all__ = [
     "History",
     "__version__",
     "cpu_info",
+    "demos",
     "evaluate",
     "fit",
     "functional",

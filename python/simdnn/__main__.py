@@ -2,6 +2,7 @@
 
 Commands:
     demo          train an MLP and a ConvNet on the 8x8 digits; accuracy and native speed-up
+                  [--plots DIR] [--quiet]
     vanishing     per-layer gradient norms of deep sigmoid/tanh/ReLU MLPs [--out FILE.png]
     equivariance  shifted inputs give shifted feature maps; pooling hides small shifts
     bench         time every kernel against its pure-NumPy twin (``python -m simdnn bench --help``)
@@ -25,9 +26,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bench.main(rest)
     if command == "demo":
+        import argparse
+
         from . import demos
 
-        demos.demo(progress="--quiet" not in rest)
+        parser = argparse.ArgumentParser(prog="python -m simdnn demo")
+        parser.add_argument("--quiet", action="store_true", help="no progress bars")
+        parser.add_argument("--plots", default=None, metavar="DIR", help="save filter pictures")
+        opts = parser.parse_args(rest)
+        demos.demo(progress=not opts.quiet, plots=opts.plots)
         return 0
     if command == "vanishing":
         import argparse

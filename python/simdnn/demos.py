@@ -89,9 +89,15 @@ def _epoch_seconds(model: nn.Sequential, x: np.ndarray, y: np.ndarray, batch_siz
     return float(np.median(times[1:]))
 
 
-def demo(progress: bool = True, epochs: int = 40, batch_size: int = 32) -> dict[str, Any]:
+def demo(
+    progress: bool = True,
+    epochs: int = 40,
+    batch_size: int = 32,
+    plots: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
     """Train the MLP and the ConvNet on the digits; print accuracies, times and the native
-    speed-up over the NumPy backend. Returns the figures."""
+    speed-up over the NumPy backend. With `plots`, a folder: write the ConvNet's first-layer
+    filters and its feature maps for a held-out digit there. Returns the figures."""
     x_train, y_train, x_test, y_test = load_digits_split()
     print(
         f"digits: {len(x_train)} training and {len(x_test)} held-out 8x8 images "
@@ -130,6 +136,13 @@ def demo(progress: bool = True, epochs: int = 40, batch_size: int = 32) -> dict[
             f"one epoch takes {1e3 * native:.1f} ms native and {1e3 * numpy_s:.1f} ms on the "
             f"NumPy backend ({numpy_s / native:.1f}x faster native)"
         )
+        if plots is not None and name == "ConvNet":
+            from . import viz
+
+            os.makedirs(plots, exist_ok=True)
+            viz.filters(model[0], save=os.path.join(plots, "filters.png"))
+            viz.feature_maps(model, x_test[:1], 1, save=os.path.join(plots, "feature_maps.png"))
+            print(f"filters and feature maps written to {os.fspath(plots)}")
     return results
 
 
