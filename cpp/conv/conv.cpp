@@ -922,12 +922,22 @@ void conv_backward_weights(const Conv2d& cv, const T* x, const T* dy, T* dw, T* 
       for (int t = 0; t < nt; ++t) work(t);
     }
   }
-  // dw += the other threads' partial sums, split over the elements.
+#else
+  for (int t = 0; t < nt; ++t) work(t);
+#endif
+  // dw += the other threads' partial sums, split over the elements (one thread without OpenMP).
   const int64_t sum_len = w_size + (db != nullptr ? cv.k : 0);
+#ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
+#endif
   {
+#ifdef _OPENMP
+    const int parts = omp_get_num_threads(), part_id = omp_get_thread_num();
+#else
+    const int parts = 1, part_id = 0;
+#endif
     int64_t i0, i1;
-    split_range(sum_len, 16, omp_get_num_threads(), omp_get_thread_num(), &i0, &i1);
+    split_range(sum_len, 16, parts, part_id, &i0, &i1);
     for (int t = 1; t < nt; ++t) {
       const T* src = partials + (t - 1) * part;
       for (int64_t i = i0; i < i1; ++i) {
@@ -939,9 +949,6 @@ void conv_backward_weights(const Conv2d& cv, const T* x, const T* dy, T* dw, T* 
       }
     }
   }
-#else
-  for (int t = 0; t < nt; ++t) work(t);
-#endif
 }
 
 }  // namespace

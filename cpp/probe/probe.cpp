@@ -39,7 +39,7 @@ float fma_chains(int64_t iters) {
   return out;
 }
 
-double probe_fma(int nthreads, double seconds) {
+double probe_fma([[maybe_unused]] int nthreads, double seconds) {
   using V = VecOf<float>::type;
   // Calibrate: how many rounds fill the requested time on one thread.
   int64_t iters = 1 << 16;
@@ -72,7 +72,7 @@ double probe_fma(int nthreads, double seconds) {
   return 2.0 * 12.0 * V::W * static_cast<double>(iters) * used / s / 1e9;
 }
 
-double probe_stream(int nthreads, int64_t bytes) {
+double probe_stream([[maybe_unused]] int nthreads, int64_t bytes) {
   using V = VecOf<float>::type;
   const int64_t n = (bytes / 3 / static_cast<int64_t>(sizeof(float))) / 64 * 64;
   if (n <= 0) return 0.0;
@@ -103,7 +103,6 @@ double probe_stream(int nthreads, int64_t bytes) {
     }
   }
   std::free(buf);
-  (void)nthreads;
   return best;
 }
 
