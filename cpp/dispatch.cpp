@@ -9,14 +9,23 @@ namespace simdnn {
 
 namespace {
 
+// Only the ISAs this CPU supports are registered: each ISA's registration functions are compiled
+// with that ISA's flags, and the compiler is free to use its instructions even there (GCC 12 put
+// AVX-512 instructions in avx512::register_gemm), so calling them on an older CPU would raise
+// SIGILL at import. Tables of unsupported ISAs stay empty; nothing can select them
+// (set_active_isa checks isa_available).
 struct Tables {
   KernelTable t[kNumIsas];
   Tables() {
     for (int i = 0; i < kNumIsas; ++i) t[i].isa = static_cast<Isa>(i);
-#define SIMDNN_REGISTER_ALL(isa)                      \
-  isa::register_gemm(&t[static_cast<int>(Isa::isa)]); \
-  isa::register_conv(&t[static_cast<int>(Isa::isa)]); \
-  isa::register_pool(&t[static_cast<int>(Isa::isa)]); \
+#define SIMDNN_REGISTER_ALL(isa) \
+  if (isa_available(Isa::isa)) { \
+    SIMDNN_REGISTER_ONE(isa)     \
+  }
+#define SIMDNN_REGISTER_ONE(isa)                       \
+  isa::register_gemm(&t[static_cast<int>(Isa::isa)]);  \
+  isa::register_conv(&t[static_cast<int>(Isa::isa)]);  \
+  isa::register_pool(&t[static_cast<int>(Isa::isa)]);  \
   isa::register_probe(&t[static_cast<int>(Isa::isa)]); \
   isa::register_elementwise(&t[static_cast<int>(Isa::isa)]);
     SIMDNN_REGISTER_ALL(scalar)
@@ -27,6 +36,7 @@ struct Tables {
     SIMDNN_REGISTER_ALL(avx512)
 #endif
 #undef SIMDNN_REGISTER_ALL
+#undef SIMDNN_REGISTER_ONE
   }
 };
 

@@ -66,12 +66,12 @@ struct KernelTable {
 };
 
 // Filled by gemm.cpp, conv.cpp, pool.cpp, probe.cpp and elementwise.cpp of each ISA.
-#define SIMDNN_DECLARE_REGISTER(isa)       \
-  namespace isa {                          \
-  void register_gemm(KernelTable* table);  \
-  void register_conv(KernelTable* table);  \
-  void register_pool(KernelTable* table);  \
-  void register_probe(KernelTable* table); \
+#define SIMDNN_DECLARE_REGISTER(isa)             \
+  namespace isa {                                \
+  void register_gemm(KernelTable* table);        \
+  void register_conv(KernelTable* table);        \
+  void register_pool(KernelTable* table);        \
+  void register_probe(KernelTable* table);       \
   void register_elementwise(KernelTable* table); \
   }
 SIMDNN_DECLARE_REGISTER(scalar)

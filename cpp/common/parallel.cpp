@@ -74,6 +74,15 @@ std::atomic<int64_t>& a_pack_setting() {
 }
 }  // namespace
 
+void ThreadErrors::record() noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!first_) first_ = std::current_exception();
+}
+
+void ThreadErrors::rethrow() {
+  if (first_) std::rethrow_exception(first_);
+}
+
 int64_t gemm_a_pack_bytes() { return a_pack_setting().load(std::memory_order_relaxed); }
 void set_gemm_a_pack_bytes(int64_t bytes) {
   a_pack_setting().store(bytes < 1 ? 1 : bytes, std::memory_order_relaxed);

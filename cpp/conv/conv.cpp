@@ -42,6 +42,26 @@ using gemm_detail::min64;
 using gemm_detail::round_up;
 using gemm_detail::split_range;
 
+// Runs body(begin, end) over [0, count) split between up to nt threads, one range each. A worker's
+// exception (a workspace that cannot grow) is rethrown here after the region rather than ending
+// the process (see ThreadErrors); bodies have no barriers.
+template <class F>
+static void parallel_ranges(int nt, int64_t count, const F& body) {
+  ThreadErrors errors;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+  errors.run([&] {
+    int64_t b, e;
+    split_range(count, 1, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
+    if (b < e) body(b, e);
+  });
+#else
+  (void)nt;
+  errors.run([&] { body(int64_t(0), count); });
+#endif
+  errors.rethrow();
+}
+
 // Backward-data as a flipped forward convolution needs Cg output rows per group; below this the
 // GEMM has too few rows for the micro-tile (LeNet's first layer, C = 1, would use 1 of 12 rows)
 // and the col2im form, whose GEMM has CgRS rows, is faster. It also does H*W / (P*Q) times the
@@ -397,21 +417,15 @@ void depthwise_forward(const Im2col& g, int64_t n_img, const T* x, const T* w, c
   const int64_t planes = n_img * g.c_total, in_plane = g.h * g.w, out_plane = g.p * g.q;
   const int64_t rs = g.r * g.s;
   [[maybe_unused]] const int nt = static_cast<int>(min64(nthreads, planes));
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-#endif
-  {
+  parallel_ranges(nt, planes, [&](int64_t i0, int64_t i1) {
     T* buf =
         static_cast<T*>(workspace(WorkspaceSlot::op_scratch, plane_scratch<T>(pp) * sizeof(T)));
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-    for (int64_t i = 0; i < planes; ++i) {
+    for (int64_t i = i0; i < i1; ++i) {
       const int64_t c = i % g.c_total;
       fill_padded(x + i * in_plane, g, pp, buf);
       depthwise_plane<V>(g, pp, buf, w + c * rs, b != nullptr ? b[c] : T(0), y + i * out_plane);
     }
-  }
+  });
 }
 
 // dx[n, c] for stride 1: the convolution of dy[n, c] with the flipped taps, padding dh*(R-1) - ph.
@@ -439,37 +453,25 @@ void depthwise_backward_data(const Conv2d& cv, const T* dy, const T* w, T* dx) {
                    cv.h,
                    cv.w};
     const PadPlane pp = pad_plane_geometry(g, V::W);
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-#endif
-    {
+    parallel_ranges(nt, planes, [&](int64_t i0, int64_t i1) {
       T* buf = static_cast<T*>(workspace(WorkspaceSlot::op_scratch,
                                          (plane_scratch<T>(pp) + round_up(rs, 16)) * sizeof(T)));
       T* flipped = buf + plane_scratch<T>(pp);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (int64_t i = 0; i < planes; ++i) {
+      for (int64_t i = i0; i < i1; ++i) {
         const T* taps = w + (i % cv.c) * rs;
         for (int64_t t = 0; t < rs; ++t) flipped[t] = taps[rs - 1 - t];
         fill_padded(dy + i * cv.p * cv.q, g, pp, buf);
         depthwise_plane<V>(g, pp, buf, flipped, T(0), dx + i * cv.h * cv.w);
       }
-    }
+    });
     return;
   }
   // Strided: padded dx plane covering every position a tap can reach.
   const int64_t hp = (cv.p - 1) * cv.sh + (cv.r - 1) * cv.dh + 1;
   const int64_t wp = (cv.q - 1) * cv.sw + (cv.s - 1) * cv.dw + 1;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-#endif
-  {
+  parallel_ranges(nt, planes, [&](int64_t i0, int64_t i1) {
     T* buf = static_cast<T*>(workspace(WorkspaceSlot::op_scratch, hp * wp * sizeof(T)));
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-    for (int64_t i = 0; i < planes; ++i) {
+    for (int64_t i = i0; i < i1; ++i) {
       const T* taps = w + (i % cv.c) * rs;
       const T* gp = dy + i * cv.p * cv.q;
       for (int64_t j = 0; j < hp * wp; ++j) buf[j] = T(0);
@@ -492,7 +494,7 @@ void depthwise_backward_data(const Conv2d& cv, const T* dy, const T* w, T* dx) {
         }
       }
     }
-  }
+  });
 }
 
 // dw[c, r, s] = sum over n, p, q of dy[n, c, p, q] * x_pad[n, c, p*sh + r*dh, q*sw + s*dw];
@@ -508,16 +510,10 @@ void depthwise_backward_weights(const Conv2d& cv, const T* x, const T* dy, T* dw
   const PadPlane pp = pad_plane_geometry(g, V::W);
   const int64_t rs = cv.r * cv.s;
   [[maybe_unused]] const int nt = static_cast<int>(min64(cv.nthreads, max64(1, cv.c)));
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-#endif
-  {
+  parallel_ranges(nt, cv.c, [&](int64_t i0, int64_t i1) {
     T* buf =
         static_cast<T*>(workspace(WorkspaceSlot::op_scratch, plane_scratch<T>(pp) * sizeof(T)));
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-    for (int64_t c = 0; c < cv.c; ++c) {
+    for (int64_t c = i0; c < i1; ++c) {
       T* dwc = dw + c * rs;
       for (int64_t t = 0; t < rs; ++t) dwc[t] = T(0);
       T bsum = T(0);
@@ -556,7 +552,7 @@ void depthwise_backward_weights(const Conv2d& cv, const T* x, const T* dy, T* dw
       }
       if (db != nullptr) db[c] = bsum;
     }
-  }
+  });
 }
 
 static inline bool is_depthwise(const Conv2d& cv) {
@@ -695,22 +691,15 @@ void conv_backward_data(const Conv2d& cv, const T* dy, const T* w, T* dx) {
   for (int64_t i = 0; i < x_size; ++i) dx[i] = T(0);
   const int64_t img_size = cv.c * cv.h * cv.w;
   if (cv.n >= cv.nthreads) {
-    [[maybe_unused]] const int nt = cv.nthreads;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-#endif
-    {
+    parallel_ranges(cv.nthreads, cv.n, [&](int64_t n0, int64_t n1) {
       T* col = static_cast<T*>(workspace(WorkspaceSlot::op_scratch, col_elems * sizeof(T)));
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (int64_t n = 0; n < cv.n; ++n) {
+      for (int64_t n = n0; n < n1; ++n) {
         for (int64_t grp = 0; grp < cv.groups; ++grp) {
           gemm_col(n, grp, col, 1);
           col2im_add(cv, col, grp * cg, dx + n * img_size, 0, cg);
         }
       }
-    }
+    });
   } else {
     T* col = static_cast<T*>(workspace(WorkspaceSlot::op_scratch, col_elems * sizeof(T)));
     for (int64_t n = 0; n < cv.n; ++n) {
@@ -912,19 +901,27 @@ void conv_backward_weights(const Conv2d& cv, const T* x, const T* dy, T* dw, T* 
     work(0);
     return;
   }
+  // Each thread's GEMM takes its own workspace inside the region: its failure to grow becomes an
+  // exception rethrown here (ThreadErrors).
+  ThreadErrors errors;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
   {
     if (omp_get_num_threads() == nt) {
-      work(omp_get_thread_num());
+      errors.run([&] { work(omp_get_thread_num()); });
     } else {
 #pragma omp single
-      for (int t = 0; t < nt; ++t) work(t);
+      errors.run([&] {
+        for (int t = 0; t < nt; ++t) work(t);
+      });
     }
   }
 #else
-  for (int t = 0; t < nt; ++t) work(t);
+  errors.run([&] {
+    for (int t = 0; t < nt; ++t) work(t);
+  });
 #endif
+  errors.rethrow();
   // dw += the other threads' partial sums, split over the elements (one thread without OpenMP).
   const int64_t sum_len = w_size + (db != nullptr ? cv.k : 0);
 #ifdef _OPENMP
