@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <cstdio>
 #include <new>
 
 #ifdef _WIN32
@@ -46,6 +47,21 @@ void aligned_free(void* p) {
   std::free(p);
 #endif
 }
+
+// std::bad_alloc (pybind11 turns it into MemoryError) whose message says how much was asked for.
+class WorkspaceError : public std::bad_alloc {
+ public:
+  explicit WorkspaceError(std::size_t bytes) {
+    std::snprintf(what_, sizeof(what_),
+                  "simdnn: cannot allocate %.3g GiB of kernel workspace (%zu bytes); use smaller "
+                  "inputs or a smaller batch",
+                  static_cast<double>(bytes) / (1 << 30), bytes);
+  }
+  const char* what() const noexcept override { return what_; }
+
+ private:
+  char what_[160];
+};
 
 struct Buffer {
   void* ptr = nullptr;
@@ -94,10 +110,10 @@ void* workspace(WorkspaceSlot slot, std::size_t bytes) {
   if (bytes > buf.size) {
     // Grow to the next multiple of 64 KiB so that slowly growing requests do not reallocate often.
     constexpr std::size_t kGrain = 65536;
-    if (bytes > SIZE_MAX - kGrain) throw std::bad_alloc();
+    if (bytes > SIZE_MAX - kGrain) throw WorkspaceError(bytes);
     const std::size_t size = (bytes + kGrain - 1) & ~(kGrain - 1);
     void* p = aligned_malloc(size);
-    if (p == nullptr) throw std::bad_alloc();
+    if (p == nullptr) throw WorkspaceError(bytes);
     aligned_free(buf.ptr);
     buf.ptr = p;
     buf.size = size;

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Builds simdnn with AddressSanitizer and UndefinedBehaviorSanitizer and runs the whole test suite
+# on it (every ISA this CPU has, through the suite's own ISA parametrization; the large-tensor
+# tests included). Any report fails the run: the build aborts on the first one
+# (-fno-sanitize-recover=all) and the log is searched for reports as well, in case one came from a
+# child process whose exit status a test does not look at.
+#
+# Usage: bash tools/sanitize.sh [pytest arguments...]   (from anywhere; PYTHON=python3.X picks the
+# interpreter; SANITIZE=address,undefined is the default list)
+# Scratch in build/sanitize/ (venv, CMake build directory, log), rebuilt from scratch each run.
+# About 8 minutes on 2 cores: 5 for the instrumented build and its venv, 3 for the tests.
+#
+# Python itself is not instrumented, so the ASan runtime is preloaded (it must be the first library
+# in the process). Leak detection is off here because the interpreter keeps much of its memory
+# until exit by design; leaks from simdnn are checked under valgrind (tools/memcheck.sh).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+WORK=$ROOT/build/sanitize
+PYTHON=$("${PYTHON:-python3}" -c "import sys; print(sys.executable)")
+SANITIZE=${SANITIZE:-address,undefined}
+T0=$(date +%s)
+step() { printf '\n=== [%4d s] %s\n' "$(($(date +%s) - T0))" "$*"; }
+
+command -v g++ >/dev/null || {
+  echo "sanitize.sh: needs g++ (its libasan and libubsan)" >&2
+  exit 1
+}
+
+step "building simdnn with -fsanitize=$SANITIZE"
+rm -rf "$WORK"
+mkdir -p "$WORK"
+"$PYTHON" -m venv "$WORK/venv"
+"$WORK/venv/bin/python" -m pip install -q --disable-pip-version-check \
+  -C "cmake.define.SIMDNN_SANITIZE=$SANITIZE" -C "build-dir=$WORK/build" "$ROOT[test]"
+
+# The module cannot be imported yet to ask where it is (the ASan runtime must be preloaded).
+so=$(find "$WORK/venv" -path '*/simdnn/_core*.so' | head -1)
+has() { [[ ",$SANITIZE," == *",$1,"* ]]; }
+linked() {
+  ldd "$so" | grep -q "$1" || {
+    echo "sanitize.sh: $so does not link $1; the build is not instrumented" >&2
+    exit 1
+  }
+}
+preload=()
+if has address; then
+  linked libasan
+  # libstdc++ too: Python does not link it, and ASan's __cxa_throw interceptor must find it when
+  # the runtime starts (else the first C++ exception of any extension, matplotlib's included,
+  # aborts with "CHECK failed: real___cxa_throw").
+  preload+=("$(g++ -print-file-name=libasan.so)" "$(g++ -print-file-name=libstdc++.so)")
+fi
+if has undefined; then linked libubsan; fi
+echo "--- $(basename "$so") links: $(ldd "$so" | grep -oE 'lib(a|ub|t)san[^ ]*' | tr '\n' ' ')"
+
+step "pytest under the sanitizers"
+export LD_PRELOAD="${preload[*]:-}"
+export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:check_initialization_order=1:detect_stack_use_after_return=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
+export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
+# From the tests' directory's parent, as README's `pytest`, but with this venv's interpreter.
+set +e
+"$WORK/venv/bin/python" -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$WORK/pytest.log"
+status=${PIPESTATUS[0]}
+set -e
+reports=$(grep -cE 'ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer' "$WORK/pytest.log" ||
+  true)
+step "done: pytest exit status $status, $reports sanitizer reports (log: $WORK/pytest.log)"
+if [ "$status" != 0 ] || [ "$reports" != 0 ]; then
+  exit 1
+fi
