@@ -69,10 +69,14 @@ void dispatch_gemm(const py::array& like, const MatView& a, const MatView& b, do
 }
 
 // Whether the kernels can write into `out` directly: unit column stride, whole-element row stride.
+// Only a single column may have any column stride (the kernels never step along it). A single row
+// is still written along its columns with a unit stride, so it needs one: a one-row `out` with a
+// column step was filled contiguously (the wrong elements), and one with a negative column stride
+// was written past its buffer's end (heap corruption).
 bool writable_in_place(const py::array& out) {
   const py::ssize_t size = out.dtype().itemsize();
-  return out.shape(0) <= 1 || out.shape(1) <= 1 ||
-         (out.strides(1) == size && out.strides(0) % size == 0);
+  const bool rows_ok = out.shape(0) <= 1 || out.strides(0) % size == 0;
+  return rows_ok && (out.shape(1) <= 1 || out.strides(1) == size);
 }
 
 int64_t row_stride_of(const py::array& out) {
