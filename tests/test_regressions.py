@@ -30,3 +30,32 @@ def test_matmul_one_row_out_with_column_step_or_reversed(isa):
         np.testing.assert_array_equal(buf[:, 1:11][:, ::-1], want)
         assert np.isnan(buf[0, 0])
         assert np.isnan(buf[0, 11])
+
+
+# ------------------------------------------------------------------------------------------------
+# cpp/bindings: ints beyond int64 went through pybind11's cast, whose cast_error is a RuntimeError.
+
+
+@pytest.mark.parametrize("value", [2**63, 2**64, -(2**63) - 1, (1, 2**64)])
+def test_ints_beyond_int64_raise_value_error(value):
+    x = np.ones((1, 1, 4, 4), np.float32)
+    w = np.ones((1, 1, 3, 3), np.float32)
+    dy = np.ones((1, 1, 2, 2), np.float32)
+    calls = [
+        lambda: ops.conv2d(x, w, stride=value),
+        lambda: ops.conv2d(x, w, padding=value),
+        lambda: ops.conv2d(x, w, dilation=value),
+        lambda: ops.max_pool2d(x, value),
+        lambda: ops.avg_pool2d(x, 2, value),
+    ]
+    if isinstance(value, int):
+        calls += [
+            lambda: ops.conv2d_backward_data(dy, w, (1, 1, 4, value)),
+            lambda: ops.conv2d_backward_weights(x, dy, (1, 1, 3, value)),
+            lambda: ops.avg_pool2d_backward(dy, (1, 1, 4, value), 2),
+            lambda: ops.conv2d(x, w, groups=value),
+            lambda: simdnn.set_num_threads(value),
+        ]
+    for call in calls:
+        with pytest.raises(ValueError, match="does not fit in a 64-bit integer"):
+            call()

@@ -131,21 +131,34 @@ py::array new_array(const py::array& like, const std::vector<int64_t>& shape) {
   return py::array(like.dtype(), s);
 }
 
-namespace {
 bool is_int(const py::handle& o) {
   return (py::isinstance<py::int_>(o) || py::hasattr(o, "__index__")) &&
          !py::isinstance<py::bool_>(o) && !py::isinstance<py::float_>(o);
 }
-}  // namespace
+
+// py::int_::cast<int64_t> throws pybind11's cast_error, which Python sees as a RuntimeError, for
+// ints beyond int64 (stride=2**64 raised RuntimeError): such values are out of range, a
+// ValueError naming the argument like any other bad value.
+int64_t int64_of(const py::handle& o, const char* fn, const char* arg, const py::handle& whole) {
+  const py::int_ v(py::reinterpret_borrow<py::object>(o));
+  int overflow = 0;
+  const long long x = PyLong_AsLongLongAndOverflow(v.ptr(), &overflow);
+  if (overflow != 0) {
+    value_error(std::string(fn) + ": " + arg + " does not fit in a 64-bit integer, got " +
+                py::repr(whole).cast<std::string>());
+  }
+  if (x == -1 && PyErr_Occurred()) throw py::error_already_set();
+  return static_cast<int64_t>(x);
+}
 
 std::pair<int64_t, int64_t> int_pair(const py::handle& obj, const char* fn, const char* arg,
                                      int64_t min_value) {
   int64_t v[2];
   if (is_int(obj)) {
-    v[0] = v[1] = py::int_(py::reinterpret_borrow<py::object>(obj)).cast<int64_t>();
+    v[0] = v[1] = int64_of(obj, fn, arg, obj);
   } else if ((py::isinstance<py::tuple>(obj) || py::isinstance<py::list>(obj)) &&
              py::len(obj) == 2 && is_int(obj[py::int_(0)]) && is_int(obj[py::int_(1)])) {
-    for (int i = 0; i < 2; ++i) v[i] = py::int_(obj[py::int_(i)]).cast<int64_t>();
+    for (int i = 0; i < 2; ++i) v[i] = int64_of(obj[py::int_(i)], fn, arg, obj);
   } else {
     type_error(std::string(fn) + ": " + arg + " must be an int or a pair of ints, got " +
                py::repr(obj).cast<std::string>());
@@ -171,7 +184,7 @@ std::vector<int64_t> shape_tuple(const py::handle& obj, size_t n, const char* fn
       type_error(std::string(fn) + ": " + arg + " must be a tuple of " + std::to_string(n) +
                  " ints, got " + py::repr(obj).cast<std::string>());
     }
-    const int64_t x = py::int_(py::reinterpret_borrow<py::object>(e)).cast<int64_t>();
+    const int64_t x = int64_of(e, fn, arg, obj);
     if (x < 0) {
       value_error(std::string(fn) + ": " + arg +
                   " has a negative size: " + py::repr(obj).cast<std::string>());

@@ -40,6 +40,12 @@ int64_t estride(const py::array& a, int i);
 bool may_overlap(const py::array& a, const py::array& b);
 // A new C-contiguous array of `like`'s dtype.
 py::array new_array(const py::array& like, const std::vector<int64_t>& shape);
+// Whether `o` is an int to the ops: a Python int or an integer with __index__ (NumPy ints), not a
+// bool or a float.
+bool is_int(const py::handle& o);
+// An int (is_int) as int64; ValueError naming fn and arg (and showing `whole`, the argument it
+// came from) when it does not fit.
+int64_t int64_of(const py::handle& o, const char* fn, const char* arg, const py::handle& whole);
 // A parameter given as an int or a pair of ints, as PyTorch accepts (stride, padding, ...);
 // each value must be >= min_value. TypeError/ValueError name fn and arg.
 std::pair<int64_t, int64_t> int_pair(const py::handle& obj, const char* fn, const char* arg,

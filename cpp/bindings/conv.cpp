@@ -28,7 +28,7 @@ ConvArgs parse_args(const py::handle& stride, const py::handle& padding, const p
     type_error(std::string(fn) + ": groups must be an int, got " +
                py::repr(groups).cast<std::string>());
   }
-  a.groups = groups.cast<int64_t>();
+  a.groups = int64_of(groups, fn, "groups", groups);
   if (a.groups < 1) {
     value_error(std::string(fn) + ": groups must be >= 1, got " + std::to_string(a.groups));
   }

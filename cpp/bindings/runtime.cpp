@@ -70,7 +70,7 @@ void set_threads(const py::object& n) {
     type_error("set_num_threads: n must be an int, got " +
                py::str(py::type::of(n)).cast<std::string>());
   }
-  const long long v = n.cast<long long>();
+  const int64_t v = int64_of(n, "set_num_threads", "n", n);
   if (v < 1 || v > 4096)
     value_error("set_num_threads: n must be in [1, 4096], got " + std::to_string(v));
   set_num_threads(static_cast<int>(v));
