@@ -59,3 +59,35 @@ def test_ints_beyond_int64_raise_value_error(value):
     for call in calls:
         with pytest.raises(ValueError, match="does not fit in a 64-bit integer"):
             call()
+
+
+# ------------------------------------------------------------------------------------------------
+# cpp/bindings/conv.cpp: the padded input and the dilated kernel were sized with int64 overflow.
+
+
+@pytest.mark.parametrize("isa", simdnn.cpu_info()["available"])
+def test_conv_huge_dilation_or_padding_is_refused_not_wrapped(isa):
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    w = np.ones((1, 1, 5, 5), np.float32)
+    with simdnn.use_isa(isa):
+        # 2**62 * (5 - 1) + 1 wrapped to 1: a "1x1" kernel, a (1, 1, 4, 4) result of 4 * x.
+        with pytest.raises(ValueError, match="larger than the padded input"):
+            ops.conv2d(x, w, dilation=2**62)
+        with pytest.raises(ValueError, match="larger than the padded input"):
+            ops.conv2d_backward_weights(
+                x, np.ones((1, 1, 4, 4), np.float32), w.shape, dilation=2**62
+            )
+        # 4 + 2 * 2**62 wrapped to a negative padded size.
+        with pytest.raises(ValueError, match=r"padding .* is too large"):
+            ops.conv2d(x, w, padding=(0, 2**62))
+        # Valid huge values still work where they cannot overflow: a 1-wide kernel ignores its
+        # dilation, a stride beyond the input gives one output row.
+        w1 = np.ones((1, 1, 1, 1), np.float32)
+        y = ops.conv2d(x, w1, dilation=2**63 - 1, stride=(2**63 - 1, 1))
+        np.testing.assert_array_equal(y, x[:, :, :1, :])
+
+
+def test_pool_huge_x_shape_is_refused_not_wrapped():
+    dy = np.ones((0, 1, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="too large to pad"):
+        ops.avg_pool2d_backward(dy, (0, 1, 2**63 - 1, 1), 3, 2**62, 1)

@@ -3,6 +3,7 @@
 #include "conv/conv.h"
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -70,14 +71,28 @@ Conv2d geometry(const std::vector<int64_t>& xs, const std::vector<int64_t>& ws, 
     value_error(f + ": the kernel size must be at least 1x1, " + w_name + " has shape " +
                 tuple_str(ws));
   }
-  const int64_t eff_r = cv.dh * (cv.r - 1) + 1, eff_s = cv.dw * (cv.s - 1) + 1;
-  if (eff_r > cv.h + 2 * cv.ph || eff_s > cv.w + 2 * cv.pw) {
-    value_error(f + ": the kernel (" + std::to_string(eff_r) + " x " + std::to_string(eff_s) +
-                " with dilation) is larger than the padded input (" +
-                std::to_string(cv.h + 2 * cv.ph) + " x " + std::to_string(cv.w + 2 * cv.pw) + ")");
+  // Padding and dilation may be any int64, so the padded input and the dilated kernel are sized
+  // without overflow: wrapped around, padding=2**62 gave a negative padded size, and dilation=2**62
+  // with a 5x5 kernel an "effective" kernel of 1 and a silently wrong convolution.
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  if (cv.ph > (kMax - cv.h) / 2 || cv.pw > (kMax - cv.w) / 2) {
+    value_error(f + ": padding (" + std::to_string(cv.ph) + ", " + std::to_string(cv.pw) +
+                ") is too large: the padded input does not fit in a 64-bit integer");
   }
-  cv.p = (cv.h + 2 * cv.ph - eff_r) / cv.sh + 1;
-  cv.q = (cv.w + 2 * cv.pw - eff_s) / cv.sw + 1;
+  const int64_t hp = cv.h + 2 * cv.ph, wp = cv.w + 2 * cv.pw;
+  // dilation * (size - 1) + 1, or -1 when it is larger than int64 (and so than any input).
+  auto dilated = [&](int64_t size, int64_t d) -> int64_t {
+    return size > 1 && d > (kMax - 1) / (size - 1) ? -1 : d * (size - 1) + 1;
+  };
+  const int64_t eff_r = dilated(cv.r, cv.dh), eff_s = dilated(cv.s, cv.dw);
+  if (eff_r < 0 || eff_s < 0 || eff_r > hp || eff_s > wp) {
+    auto str = [](int64_t e) { return e < 0 ? std::string("> 2^63") : std::to_string(e); };
+    value_error(f + ": the kernel (" + str(eff_r) + " x " + str(eff_s) +
+                " with dilation) is larger than the padded input (" + std::to_string(hp) + " x " +
+                std::to_string(wp) + ")");
+  }
+  cv.p = (hp - eff_r) / cv.sh + 1;
+  cv.q = (wp - eff_s) / cv.sw + 1;
   cv.nthreads = get_num_threads();
   return cv;
 }

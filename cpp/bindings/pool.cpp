@@ -7,6 +7,7 @@
 #include "pool/pool.h"
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -58,6 +59,12 @@ Pool2d make_pool(const std::vector<int64_t>& x_shape, const Window& w, const cha
   const int64_t h = x_shape[2], wd = x_shape[3];
   if (h == 0 || wd == 0) {
     value_error(std::string(fn) + ": " + x_desc + " must have a non-zero height and width");
+  }
+  // x_shape may hold any int64: padding (at most 2^30, half a window of < 2^31 positions) must not
+  // wrap a huge height around.
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  if (h > kMax - 2 * w.ph || wd > kMax - 2 * w.pw) {
+    value_error(std::string(fn) + ": " + x_desc + " is too large to pad");
   }
   if (h + 2 * w.ph < w.r || wd + 2 * w.pw < w.s) {
     value_error(std::string(fn) + ": kernel_size " + pair_str(w.r, w.s) +
