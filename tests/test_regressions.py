@@ -91,3 +91,31 @@ def test_pool_huge_x_shape_is_refused_not_wrapped():
     dy = np.ones((0, 1, 1, 1), np.float32)
     with pytest.raises(ValueError, match="too large to pad"):
         ops.avg_pool2d_backward(dy, (0, 1, 2**63 - 1, 1), 3, 2**62, 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# cpp/bindings: which objects are ints. NumPy ints were refused for groups and set_num_threads
+# while every other int argument took them; NumPy float arrays passed for ints and were truncated.
+
+
+def test_numpy_ints_are_ints_everywhere(threads):
+    x = np.ones((1, 2, 5, 5), np.float32)
+    w = np.ones((2, 1, 1, 1), np.float32)
+    want = ops.conv2d(x, w, groups=2)
+    for groups in (np.int64(2), np.int32(2), np.array(2)):
+        np.testing.assert_array_equal(ops.conv2d(x, w, groups=groups), want)
+    simdnn.set_num_threads(np.int64(1))
+    assert simdnn.get_num_threads() == 1
+
+
+def test_numpy_float_arrays_are_not_ints():
+    x = np.ones((1, 1, 5, 5), np.float32)
+    w = np.ones((1, 1, 1, 1), np.float32)
+    # stride=np.array(2.5) ran with stride 2; x_shape=(1, 1, np.array(5.7), 5) with height 5.
+    for stride in (np.array(2.5), (np.array(2.5), 1), np.float64(2.0)):
+        with pytest.raises(TypeError, match="stride must be an int or a pair of ints"):
+            ops.conv2d(x, w, stride=stride)
+    with pytest.raises(TypeError, match="x_shape must be a tuple of 4 ints"):
+        ops.conv2d_backward_data(x, w, (1, 1, np.array(5.7), 5))
+    with pytest.raises(TypeError, match="kernel_size must be an int or a pair of ints"):
+        ops.max_pool2d(x, np.array(2.0))

@@ -132,15 +132,27 @@ py::array new_array(const py::array& like, const std::vector<int64_t>& shape) {
 }
 
 bool is_int(const py::handle& o) {
-  return (py::isinstance<py::int_>(o) || py::hasattr(o, "__index__")) &&
-         !py::isinstance<py::bool_>(o) && !py::isinstance<py::float_>(o);
+  if (py::isinstance<py::bool_>(o) || !PyIndex_Check(o.ptr())) return false;
+  if (PyLong_Check(o.ptr())) return true;
+  // Other types with __index__ (NumPy integer scalars and arrays): ask it. NumPy float arrays have
+  // an __index__ that raises; they used to pass for ints, and int() truncated them
+  // (stride=np.array(2.5) ran with stride 2).
+  PyObject* index = PyNumber_Index(o.ptr());
+  if (index == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  Py_DECREF(index);
+  return true;
 }
 
 // py::int_::cast<int64_t> throws pybind11's cast_error, which Python sees as a RuntimeError, for
 // ints beyond int64 (stride=2**64 raised RuntimeError): such values are out of range, a
 // ValueError naming the argument like any other bad value.
 int64_t int64_of(const py::handle& o, const char* fn, const char* arg, const py::handle& whole) {
-  const py::int_ v(py::reinterpret_borrow<py::object>(o));
+  // __index__, never int(): no truncation of anything that is not an int.
+  const py::object v = py::reinterpret_steal<py::object>(PyNumber_Index(o.ptr()));
+  if (!v) throw py::error_already_set();
   int overflow = 0;
   const long long x = PyLong_AsLongLongAndOverflow(v.ptr(), &overflow);
   if (overflow != 0) {

@@ -25,7 +25,8 @@ ConvArgs parse_args(const py::handle& stride, const py::handle& padding, const p
   a.stride = int_pair(stride, fn, "stride", 1);
   a.padding = int_pair(padding, fn, "padding", 0);
   a.dilation = int_pair(dilation, fn, "dilation", 1);
-  if (!py::isinstance<py::int_>(groups) || py::isinstance<py::bool_>(groups)) {
+  // Any int, as for stride and the others: groups=np.int64(2) used to be refused with a TypeError.
+  if (!is_int(groups)) {
     type_error(std::string(fn) + ": groups must be an int, got " +
                py::repr(groups).cast<std::string>());
   }

@@ -66,7 +66,8 @@ void set_isa(const std::string& name) {
 }
 
 void set_threads(const py::object& n) {
-  if (!py::isinstance<py::int_>(n) || py::isinstance<py::bool_>(n)) {
+  // Any int, NumPy ints included (np.int64(2) used to be refused with a TypeError).
+  if (!is_int(n)) {
     type_error("set_num_threads: n must be an int, got " +
                py::str(py::type::of(n)).cast<std::string>());
   }
