@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import simdnn
-from simdnn import ops
+from simdnn import ops, reference
 
 # ------------------------------------------------------------------------------------------------
 # cpp/bindings/gemm.cpp: a one-row `out` was written with a unit column stride whatever its own.
@@ -119,3 +119,24 @@ def test_numpy_float_arrays_are_not_ints():
         ops.conv2d_backward_data(x, w, (1, 1, np.array(5.7), 5))
     with pytest.raises(TypeError, match="kernel_size must be an int or a pair of ints"):
         ops.max_pool2d(x, np.array(2.0))
+
+
+# ------------------------------------------------------------------------------------------------
+# python/simdnn/reference.py: the convolution twins overflowed as_strided on valid huge strides
+# and dilations (OverflowError: Python int too large to convert to C long).
+
+
+def test_conv_twins_accept_huge_strides_and_dilations():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 2, 3, 4))
+    w = rng.standard_normal((3, 2, 1, 2))
+    kw = {"stride": (2**63 - 1, 2**62), "dilation": (2**62, 1)}  # P = Q = 1, a 1-high kernel
+    y = reference.conv2d(x, w, **kw)
+    np.testing.assert_allclose(y, reference.conv2d(x, w, stride=3), rtol=1e-14)
+    np.testing.assert_allclose(y, ops.conv2d(x, w, **kw), rtol=1e-14)
+    dy = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(
+        reference.conv2d_backward_weights(x, dy, w.shape, **kw)[0],
+        reference.conv2d_backward_weights(x, dy, w.shape, stride=3)[0],
+        rtol=1e-14,
+    )

@@ -93,9 +93,22 @@ def _im2col(
     q = _out_size(w, s, sw, pw, dw)
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
     s_n, s_c, s_h, s_w = xp.strides
-    view = as_strided(
-        xp, (n, c, r, s, p, q), (s_n, s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw), writeable=False
+
+    def step(byte_stride: int, size: int, by: int) -> int:
+        # An axis of length 1 never steps: its stride may be 0. Valid strides and dilations can
+        # be huge there (a stride beyond the input, the dilation of a 1-wide kernel) and their
+        # byte strides overflowed as_strided (OverflowError on valid input).
+        return byte_stride * by if size > 1 else 0
+
+    strides = (
+        s_n,
+        s_c,
+        step(s_h, r, dh),
+        step(s_w, s, dw),
+        step(s_h, p, sh),
+        step(s_w, q, sw),
     )
+    view = as_strided(xp, (n, c, r, s, p, q), strides, writeable=False)
     return np.ascontiguousarray(view)
 
 
