@@ -1,13 +1,42 @@
-"""Shared fixtures: every kernel test runs on every instruction set this machine has."""
+"""Shared fixtures: every kernel test runs on every instruction set this machine has.
+
+Hypothesis profiles (tests/test_properties.py): ``ci``, the default, is derandomized (the same
+examples on every run), writes no example database into the checkout and keeps the property file
+well under a minute on 2 cores; ``long`` runs 20x as many examples from fresh random seeds:
+
+    HYPOTHESIS_PROFILE=long pytest tests/test_properties.py
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 
 import simdnn
+
+CI_EXAMPLES = 40
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    max_examples=CI_EXAMPLES,
+    deadline=None,
+    print_blob=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "long",
+    max_examples=20 * CI_EXAMPLES,
+    deadline=None,
+    print_blob=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ISAS = simdnn.cpu_info()["available"]
 DTYPES = [np.float32, np.float64]

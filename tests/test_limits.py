@@ -16,7 +16,6 @@ import textwrap
 import numpy as np
 import pytest
 
-import simdnn
 from simdnn import ops, reference
 
 GIB = 1 << 30
@@ -184,4 +183,3 @@ def test_workspace_that_cannot_be_allocated_raises_memory_error(n: int) -> None:
     assert lines[0].startswith("MemoryError: simdnn: cannot allocate 4"), proc.stdout
     assert "GiB of kernel workspace" in lines[0]
     assert lines[1] == "afterwards ok"
-

@@ -38,8 +38,9 @@ mkdir -p "$WORK"
 # The module cannot be imported yet to ask where it is (the ASan runtime must be preloaded).
 so=$(find "$WORK/venv" -path '*/simdnn/_core*.so' | head -1)
 has() { [[ ",$SANITIZE," == *",$1,"* ]]; }
+libs=$(ldd "$so")  # captured first: `ldd | grep -q` fails under pipefail when grep exits early
 linked() {
-  ldd "$so" | grep -q "$1" || {
+  grep -q "$1" <<<"$libs" || {
     echo "sanitize.sh: $so does not link $1; the build is not instrumented" >&2
     exit 1
   }
@@ -53,7 +54,7 @@ if has address; then
   preload+=("$(g++ -print-file-name=libasan.so)" "$(g++ -print-file-name=libstdc++.so)")
 fi
 if has undefined; then linked libubsan; fi
-echo "--- $(basename "$so") links: $(ldd "$so" | grep -oE 'lib(a|ub|t)san[^ ]*' | tr '\n' ' ')"
+echo "--- $(basename "$so") links: $(grep -oE 'lib(a|ub|t)san[^ ]*' <<<"$libs" | tr '\n' ' ')"
 
 step "pytest under the sanitizers"
 export LD_PRELOAD="${preload[*]:-}"

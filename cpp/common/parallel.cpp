@@ -2,8 +2,8 @@
 
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <new>
 
 #ifdef _WIN32

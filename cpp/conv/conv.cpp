@@ -20,6 +20,7 @@
 // vectorised along W.
 #include "conv/conv.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -430,12 +431,25 @@ void depthwise_forward(const Im2col& g, int64_t n_img, const T* x, const T* w, c
 
 // dx[n, c] for stride 1: the convolution of dy[n, c] with the flipped taps, padding dh*(R-1) - ph.
 // Any stride: scatter each dy pixel into a padded dx plane, then crop.
+// Whether all n values are finite. Backward-data as a convolution of the zero-padded dY with the
+// flipped weights multiplies weights by dY's border zeros, terms that dX does not have: with an
+// Inf weight they give Inf * 0 = NaN where the true gradient (the twin's, PyTorch's) is finite.
+// Such weights take the paths that add only the real terms. The scan is K*C*R*S reads, N*P*Q
+// times fewer than the convolution.
+template <typename T>
+bool all_finite(const T* v, int64_t n) {
+  // x - x is 0 for finite x and NaN for Inf and NaN: one sum, no branches, vectorised.
+  T acc = T(0);
+  for (int64_t i = 0; i < n; ++i) acc += v[i] - v[i];
+  return acc == T(0);
+}
+
 template <typename T>
 void depthwise_backward_data(const Conv2d& cv, const T* dy, const T* w, T* dx) {
   using V = typename VecOf<T>::type;
   const int64_t planes = cv.n * cv.c, rs = cv.r * cv.s;
   [[maybe_unused]] const int nt = static_cast<int>(min64(cv.nthreads, max64(1, planes)));
-  if (cv.sh == 1 && cv.sw == 1) {
+  if (cv.sh == 1 && cv.sw == 1 && all_finite(w, cv.c * rs)) {
     // Source dy (P x Q), output dx (H x W).
     const Im2col g{cv.c,
                    0,
@@ -466,7 +480,8 @@ void depthwise_backward_data(const Conv2d& cv, const T* dy, const T* w, T* dx) {
     });
     return;
   }
-  // Strided: padded dx plane covering every position a tap can reach.
+  // Strided (or weights that are not all finite): each real dy term scattered into a padded dx
+  // plane covering every position a tap can reach.
   const int64_t hp = (cv.p - 1) * cv.sh + (cv.r - 1) * cv.dh + 1;
   const int64_t wp = (cv.q - 1) * cv.sw + (cv.s - 1) * cv.dw + 1;
   parallel_ranges(nt, planes, [&](int64_t i0, int64_t i1) {
@@ -568,9 +583,31 @@ static inline Im2col forward_geometry(const Conv2d& cv, int64_t group) {
 // ------------------------------------------------------------------------------------------------
 // Entry points
 
+// The same geometry with each stride at most what the output size needs. A stride larger than
+// the padded input minus the kernel gives one output row (column), exactly as that bound does,
+// and with it every product p * stride and every rounding-up division stays within the padded
+// input: a valid stride of 2**63 - 1 overflowed ceil_div in col2im and gave dx = 0.
+static Conv2d canonical(const Conv2d& in) {
+  Conv2d cv = in;
+  if (cv.p == 1) cv.sh = min64(cv.sh, cv.h + 2 * cv.ph - (cv.dh * (cv.r - 1) + 1) + 1);
+  if (cv.q == 1) cv.sw = min64(cv.sw, cv.w + 2 * cv.pw - (cv.dw * (cv.s - 1) + 1) + 1);
+  return cv;
+}
+
 template <typename T>
-void conv_forward(const Conv2d& cv, const T* x, const T* w, const T* b, T* y) {
+void conv_forward(const Conv2d& cv_in, const T* x, const T* w, const T* b, T* y) {
+  const Conv2d cv = canonical(cv_in);
   if (cv.n == 0 || cv.k == 0 || cv.p == 0 || cv.q == 0) return;
+  if (cv.c == 0) {
+    // No input channels: an empty reduction, y = bias (or 0). The GEMM engine does nothing for an
+    // empty reduction, which left y uninitialised (found by the property tests).
+    const int64_t pq = cv.p * cv.q;
+    for (int64_t i = 0; i < cv.n * cv.k; ++i) {
+      const T v = b != nullptr ? b[i % cv.k] : T(0);
+      std::fill(y + i * pq, y + (i + 1) * pq, v);
+    }
+    return;
+  }
   if (is_depthwise(cv)) {
     depthwise_forward(forward_geometry(cv, 0), cv.n, x, w, b, y, cv.nthreads);
     return;
@@ -612,7 +649,8 @@ void col2im_add(const Conv2d& cv, const T* col, int64_t c0, T* dx_img, int64_t c
 }
 
 template <typename T>
-void conv_backward_data(const Conv2d& cv, const T* dy, const T* w, T* dx) {
+void conv_backward_data(const Conv2d& cv_in, const T* dy, const T* w, T* dx) {
+  const Conv2d cv = canonical(cv_in);
   const int64_t x_size = cv.n * cv.c * cv.h * cv.w;
   if (x_size == 0) return;
   if (cv.k == 0 || cv.p == 0 || cv.q == 0) {
@@ -629,8 +667,8 @@ void conv_backward_data(const Conv2d& cv, const T* dy, const T* w, T* dx) {
 
   // The flipped convolution computes every output pixel over all R x S taps, also where the taps
   // fall into dY's zero border: H*W / (P*Q) times the FLOPs that matter. col2im does only those.
-  const bool flip =
-      cv.sh == 1 && cv.sw == 1 && cg >= kFlipMinChannels && cv.h * cv.w * 4 <= cv.p * cv.q * 5;
+  const bool flip = cv.sh == 1 && cv.sw == 1 && cg >= kFlipMinChannels &&
+                    cv.h * cv.w * 4 <= cv.p * cv.q * 5 && all_finite(w, cv.k * crs);
   if (flip) {
     // dx = conv(dy, w'), w'[c, k, r', s'] = w[k, c, R-1-r', S-1-s'] per group, padding
     // dh*(R-1) - ph (negative: the output is a crop).
@@ -826,16 +864,26 @@ struct PlainC {
 };
 
 template <typename T>
-void conv_backward_weights(const Conv2d& cv, const T* x, const T* dy, T* dw, T* db) {
+void conv_backward_weights(const Conv2d& cv_in, const T* x, const T* dy, T* dw, T* db) {
+  const Conv2d cv = canonical(cv_in);
   const int64_t cg = cv.c / cv.groups, kg = cv.k / cv.groups, rs = cv.r * cv.s, crs = cg * rs;
   const int64_t w_size = cv.k * crs;
+  const int64_t pq = cv.p * cv.q, total = cv.n * pq;
   if (w_size == 0) {
+    // No weights (C = 0), but db is still the sum of dy: it used to be set to 0 (found by the
+    // property tests). Rare, so a plain loop in float64.
     if (db != nullptr) {
-      for (int64_t k = 0; k < cv.k; ++k) db[k] = T(0);
+      for (int64_t k = 0; k < cv.k; ++k) {
+        double sum = 0;
+        for (int64_t i = 0; i < cv.n; ++i) {
+          const T* plane = dy + (i * cv.k + k) * pq;
+          for (int64_t j = 0; j < pq; ++j) sum += static_cast<double>(plane[j]);
+        }
+        db[k] = static_cast<T>(sum);
+      }
     }
     return;
   }
-  const int64_t pq = cv.p * cv.q, total = cv.n * pq;
   if (total == 0) {
     for (int64_t i = 0; i < w_size; ++i) dw[i] = T(0);
     if (db != nullptr) {

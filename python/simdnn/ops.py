@@ -11,6 +11,7 @@ channels (or output features), R x S kernel size, P x Q output size. For GEMM: M
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Union
 
@@ -43,6 +44,16 @@ def _real(value: object, name: str, fn: str) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{fn}: {name} must be a real number, got {type(value).__name__}")
     return float(value)
+
+
+def _hyper(value: object, name: str, fn: str, *, below_one: bool = False) -> float:
+    """A hyper-parameter: a real number >= 0 (and < 1 with below_one), as PyTorch's optimisers
+    require; NaN and Inf are refused (they would silently turn every parameter into NaN)."""
+    v = _real(value, name, fn)
+    if not (0.0 <= v < (1.0 if below_one else math.inf)):
+        want = "in [0, 1)" if below_one else "a finite number >= 0"
+        raise ValueError(f"{fn}: {name} must be {want}, got {v!r}")
+    return v
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -282,17 +293,21 @@ def sgd_update(
 
     Without momentum, velocity may be None and param -= lr * g. param and velocity must be
     writeable C-contiguous float32/float64 arrays of one shape and dtype, as grad. Each argument
-    may also be a list of arrays (a model's parameters), updated in one call.
+    may also be a list of arrays (a model's parameters), updated in one call. lr, momentum and
+    weight_decay must be finite and >= 0, as PyTorch's SGD requires (ValueError otherwise).
     """
     fn = "sgd_update"
+    momentum = _hyper(momentum, "momentum", fn)
+    if nesterov and momentum == 0.0:
+        raise ValueError(f"{fn}: nesterov=True needs momentum > 0")
     _core.sgd_update(
         param,
         grad,
         velocity,
-        _real(lr, "lr", fn),
-        _real(momentum, "momentum", fn),
+        _hyper(lr, "lr", fn),
+        momentum,
         bool(nesterov),
-        _real(weight_decay, "weight_decay", fn),
+        _hyper(weight_decay, "weight_decay", fn),
     )
 
 
@@ -315,17 +330,24 @@ def adam_update(
     exp_avg = beta1 * exp_avg + (1 - beta1) * g
     exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
     param -= lr / (1 - beta1**step) * exp_avg / (sqrt(exp_avg_sq / (1 - beta2**step)) + eps)
+
+    lr, eps and weight_decay must be finite and >= 0, beta1 and beta2 in [0, 1) and step an int
+    >= 1, as PyTorch's Adam requires (ValueError or TypeError otherwise).
     """
     fn = "adam_update"
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
+        raise TypeError(f"{fn}: step must be an int, got {type(step).__name__}")
+    if step < 1:
+        raise ValueError(f"{fn}: step must be >= 1, got {step}")
     _core.adam_update(
         param,
         grad,
         exp_avg,
         exp_avg_sq,
-        _real(lr, "lr", fn),
-        _real(beta1, "beta1", fn),
-        _real(beta2, "beta2", fn),
-        _real(eps, "eps", fn),
-        _real(weight_decay, "weight_decay", fn),
+        _hyper(lr, "lr", fn),
+        _hyper(beta1, "beta1", fn, below_one=True),
+        _hyper(beta2, "beta2", fn, below_one=True),
+        _hyper(eps, "eps", fn),
+        _hyper(weight_decay, "weight_decay", fn),
         int(step),
     )

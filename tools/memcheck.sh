@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Runs a fast, representative subset of the test suite under valgrind memcheck and fails on any
+# error or leak that involves simdnn: an invalid read or write, a use of uninitialised memory (with
+# its origin tracked, so an output element that a kernel never wrote is caught where Python later
+# reads it), an invalid free, or memory allocated by simdnn and definitely or indirectly lost.
+#
+# Usage: bash tools/memcheck.sh [pytest arguments...]   (from anywhere; PYTHON=python3.X picks the
+# interpreter). Without arguments it runs the subset below. Scratch in build/memcheck/ (venv,
+# one XML report per process, log).
+# About 10 minutes on 2 cores: 2 to build, 8 for the tests (valgrind runs code 20-50x slower).
+#
+# The subset: every micro-kernel, elementwise op and pooling kernel in full, and the GEMM and
+# convolution tests that cover every path (packed and small GEMMs, transposes, edge tiles,
+# implicit-GEMM, depthwise, flipped and col2im backward-data, partial-sum backward-weights,
+# groups, dilation, bad input) on the small shapes those tests use, plus the runtime, threads and
+# non-finite tests. The large-tensor tests (tens of GiB under valgrind) and the hypothesis
+# profile's many examples are left to tools/sanitize.sh, which runs the whole suite.
+#
+# valgrind emulates a CPU without AVX-512, so this run covers the scalar and AVX2 kernels and
+# shows that the module imports and runs on such a CPU; AVX-512 code is covered by sanitize.sh.
+# Python's own allocator is bypassed (PYTHONMALLOC=malloc) so that valgrind sees every block;
+# Python's and NumPy's own reports (interpreter caches, possibly-lost arenas) are not simdnn's
+# and are not counted: a report counts when simdnn's extension module is in any of its stacks
+# (where it happened, where the memory was allocated or freed, where an uninitialised value came
+# from).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+WORK=$ROOT/build/memcheck
+PYTHON=$("${PYTHON:-python3}" -c "import sys; print(sys.executable)")
+T0=$(date +%s)
+step() { printf '\n=== [%4d s] %s\n' "$(($(date +%s) - T0))" "$*"; }
+
+command -v valgrind >/dev/null || {
+  echo "memcheck.sh: needs valgrind (e.g. apt-get install valgrind)" >&2
+  exit 1
+}
+
+if [ "$#" = 0 ]; then
+  set -- tests/test_ukernels.py tests/test_elementwise.py tests/test_pool.py \
+    tests/test_runtime.py tests/test_nonfinite.py tests/test_threads.py \
+    tests/test_gemm.py tests/test_conv.py -m "not large" \
+    -k "not long_k and not finite_differences and not many_packed_a_blocks"
+fi
+
+step "building simdnn (release build, with debug info for readable stacks)"
+rm -rf "$WORK"
+mkdir -p "$WORK/xml"
+"$PYTHON" -m venv "$WORK/venv"
+"$WORK/venv/bin/python" -m pip install -q --disable-pip-version-check \
+  -C "cmake.build-type=RelWithDebInfo" -C "build-dir=$WORK/build" "$ROOT[test]"
+
+step "pytest under valgrind memcheck: $*"
+export PYTHONMALLOC=malloc HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
+set +e
+valgrind --tool=memcheck --error-limit=no --track-origins=yes --num-callers=40 \
+  --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
+  --xml=yes --xml-file="$WORK/xml/vg.%p.xml" \
+  "$WORK/venv/bin/python" -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$WORK/pytest.log"
+status=${PIPESTATUS[0]}
+set -e
+
+step "reading the reports"
+set +e
+"$WORK/venv/bin/python" - "$WORK/xml" <<'EOF'
+import collections
+import pathlib
+import sys
+import xml.etree.ElementTree as ET
+
+ours = collections.Counter()
+others = collections.Counter()
+shown = 0
+for path in sorted(pathlib.Path(sys.argv[1]).glob("vg.*.xml")):
+    text = path.read_bytes()
+    end = text.find(b"</valgrindoutput>")  # a forked child may append after the end
+    if end < 0:
+        print(f"memcheck: {path.name} is incomplete (the process died?)")
+        ours["incomplete report"] += 1
+        continue
+    root = ET.fromstring(text[: end + len(b"</valgrindoutput>")])
+    for err in root.iter("error"):
+        kind = err.findtext("kind")
+        objs = [f.findtext("obj") or "" for f in err.iter("frame")]
+        if any("/simdnn/" in o for o in objs):
+            ours[kind] += 1
+            if shown < 5:
+                shown += 1
+                print(f"--- {kind}: {err.findtext('what') or err.findtext('xwhat/text')}")
+                for f in err.iter("frame"):
+                    where = f.findtext("file")
+                    where = f"{where}:{f.findtext('line')}" if where else f.findtext("obj")
+                    print(f"      {f.findtext('fn')}  {where}")
+        else:
+            others[kind] += 1
+print(f"memcheck: reports involving simdnn: {sum(ours.values())} {dict(ours)}")
+print(f"memcheck: other reports (Python, NumPy, libraries; not counted): {dict(others)}")
+sys.exit(1 if ours else 0)
+EOF
+reports=$?
+set -e
+step "done: pytest exit status $status (log: $WORK/pytest.log)"
+if [ "$status" != 0 ] || [ "$reports" != 0 ]; then
+  exit 1
+fi
