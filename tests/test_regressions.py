@@ -140,3 +140,196 @@ def test_conv_twins_accept_huge_strides_and_dilations():
         reference.conv2d_backward_weights(x, dy, w.shape, stride=3)[0],
         rtol=1e-14,
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# cpp/conv/conv.cpp: with C = 0 the GEMM engine saw an empty reduction and wrote nothing: y was
+# uninitialised memory, and backward-weights set db to 0 instead of the sum of dy.
+
+
+@pytest.mark.parametrize("isa", simdnn.cpu_info()["available"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_with_no_input_channels(isa, dtype):
+    x = np.zeros((2, 0, 9, 5), dtype)
+    w = np.zeros((4, 0, 1, 5), dtype)
+    b = np.arange(1, 5, dtype=dtype)
+    dy = np.arange(2 * 4 * 9, dtype=dtype).reshape(2, 4, 9, 1)
+    with simdnn.use_isa(isa):
+        for _ in range(3):  # fresh output arrays held garbage more often than not
+            np.testing.assert_array_equal(ops.conv2d(x, w, groups=2), np.zeros((2, 4, 9, 1)))
+            y = ops.conv2d(x, w, b, groups=2)
+            np.testing.assert_array_equal(y, np.broadcast_to(b[:, None, None], (2, 4, 9, 1)))
+        dw, db = ops.conv2d_backward_weights(x, dy, w.shape, groups=2)
+    assert dw.shape == w.shape
+    np.testing.assert_array_equal(db, dy.sum(axis=(0, 2, 3)))
+    np.testing.assert_array_equal(
+        db, reference.conv2d_backward_weights(x, dy, w.shape, groups=2)[1]
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# cpp/conv/conv.cpp: a valid stride of 2**63 - 1 (one output column) overflowed a rounding-up
+# division in col2im: dx came back 0, and other geometries wrote out of range.
+
+
+@pytest.mark.parametrize("isa", simdnn.cpu_info()["available"])
+@pytest.mark.parametrize("stride", [(1, 2**63 - 1), (2**63 - 1, 1), (2**62, 2**62 + 1)])
+def test_conv_huge_valid_strides(isa, stride):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 5, 6))
+    w = rng.standard_normal((4, 3, 2, 2))
+    conv = {"stride": stride, "padding": 1}
+    with simdnn.use_isa(isa):
+        y = ops.conv2d(x, w, **conv)
+        dy = rng.standard_normal(y.shape)
+        dx = ops.conv2d_backward_data(dy, w, x.shape, **conv)
+        dw, db = ops.conv2d_backward_weights(x, dy, w.shape, **conv)
+    np.testing.assert_allclose(y, reference.conv2d(x, w, **conv), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        dx, reference.conv2d_backward_data(dy, w, x.shape, **conv), rtol=1e-12, atol=1e-12
+    )
+    want_dw, want_db = reference.conv2d_backward_weights(x, dy, w.shape, **conv)
+    np.testing.assert_allclose(dw, want_dw, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(db, want_db, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# cpp/conv/conv.cpp: backward-data as a convolution of the zero-padded dY with flipped weights
+# multiplied an Inf weight by dY's border zeros (NaN) where the true gradient is finite. The
+# depthwise stride-1 path and the many-channel flipped path both did.
+
+
+@pytest.mark.parametrize("isa", simdnn.cpu_info()["available"])
+@pytest.mark.parametrize(("c", "k", "groups"), [(6, 6, 6), (16, 8, 1)])
+def test_backward_data_with_inf_weights_adds_only_real_terms(isa, c, k, groups):
+    w = np.zeros((k, c // groups, 3, 3))
+    w[:, :, 0, 0] = np.inf  # the top-left tap reaches dY's border at the bottom-right of dx
+    dy = np.ones((1, k, 8, 8))
+    with simdnn.use_isa(isa):
+        dx = ops.conv2d_backward_data(dy, w, (1, c, 8, 8), padding=1, groups=groups)
+    want = reference.conv2d_backward_data(dy, w, (1, c, 8, 8), padding=1, groups=groups)
+    np.testing.assert_array_equal(np.isnan(dx), np.isnan(want))
+    assert not np.isnan(dx).any()
+    assert np.isposinf(dx[0, :, :7, :7]).all()
+    assert (dx[0, :, 7, :] == 0).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# cpp/elementwise: Adam's 1 - beta was computed in float32 (1 - 0.999f = 0.00099998713).
+
+
+@pytest.mark.parametrize("isa", simdnn.cpu_info()["available"])
+def test_adam_one_minus_beta_is_rounded_once(isa):
+    p = np.zeros(37, np.float32)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    with simdnn.use_isa(isa):
+        ops.adam_update(p, np.ones_like(p), m, v, lr=1e-3, beta1=0.9, beta2=0.999)
+    np.testing.assert_array_equal(v, np.float32(1.0 - 0.999))  # was 0.00099998713
+    np.testing.assert_array_equal(m, np.float32(1.0 - 0.9))
+
+
+# ------------------------------------------------------------------------------------------------
+# python/simdnn/ops.py: optimiser steps truncated a float step and took any hyper-parameter.
+
+
+@pytest.mark.parametrize(
+    ("kw", "exc"),
+    [
+        ({"step": 1.5}, TypeError),
+        ({"step": True}, TypeError),
+        ({"step": 0}, ValueError),
+        ({"beta1": 1.0}, ValueError),
+        ({"beta2": -0.1}, ValueError),
+        ({"lr": float("nan")}, ValueError),
+        ({"lr": -1e-3}, ValueError),
+        ({"eps": float("inf")}, ValueError),
+        ({"weight_decay": -1.0}, ValueError),
+    ],
+)
+def test_adam_hyper_parameters_are_checked(kw, exc):
+    p = np.ones(5, np.float32)
+    with pytest.raises(exc, match="adam_update"):
+        ops.adam_update(p, p.copy(), np.zeros_like(p), np.zeros_like(p), **{"lr": 0.1, **kw})
+    np.testing.assert_array_equal(p, 1.0)  # nothing was updated
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"lr": -0.1},
+        {"momentum": -0.5},
+        {"momentum": 0.0, "nesterov": True},
+        {"weight_decay": np.nan},
+    ],
+)
+def test_sgd_hyper_parameters_are_checked(kw):
+    p = np.ones(5)
+    with pytest.raises(ValueError, match="sgd_update"):
+        ops.sgd_update(p, p.copy(), np.zeros_like(p), **{"lr": 0.1, "momentum": 0.9, **kw})
+    np.testing.assert_array_equal(p, 1.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# CMakeLists.txt: GCC 12 auto-vectorised the scalar micro-kernel's k loop into code that also
+# loaded the B row and A column after the last ones (found by valgrind). Here A and B end exactly
+# where an inaccessible page begins, so a read past them is a segfault, not a silent stray read.
+
+_GUARD_SCRIPT = r"""
+import ctypes, mmap, sys
+import numpy as np
+from simdnn import _core
+
+PAGE = mmap.PAGESIZE
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+keep = []
+
+
+def at_page_end(values):
+    # A copy of values (C order) whose last byte is the last byte before a PROT_NONE page.
+    nbytes = values.nbytes
+    pages = nbytes // PAGE + 2
+    buf = mmap.mmap(-1, pages * PAGE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    guard = base + (pages - 1) * PAGE
+    assert libc.mprotect(guard, PAGE, 0) == 0, ctypes.get_errno()
+    arr = np.frombuffer(buf, values.dtype, count=values.size, offset=(pages - 1) * PAGE - nbytes)
+    arr = arr.reshape(values.shape)
+    arr[...] = values
+    keep.append(buf)
+    return arr
+
+
+checked = 0
+for uk in _core.ukernels():
+    if uk["isa"] not in sys.argv[1:]:
+        continue
+    dt = np.dtype(uk["dtype"])
+    for m in range(1, uk["mr"] + 1):
+        for n in range(1, uk["nr"] + 1):
+            for k in (1, 2, 3, 16, 17):
+                for column_a in (False, True):
+                    a = np.ones((k, m) if column_a else (m, k), dt)
+                    a = at_page_end(a)
+                    a = a.T if column_a else a
+                    b = at_page_end(np.ones((k, n), dt))
+                    c = np.zeros((m, n), dt)
+                    _core.run_ukernel(uk["index"], a, b, c, 1.0, 0.0)
+                    assert (c == k).all()
+                    checked += 1
+print(checked)
+"""
+
+
+def test_micro_kernels_do_not_read_past_a_and_b():
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("uses mmap and mprotect through libc")
+    isas = simdnn.cpu_info()["available"]
+    run = subprocess.run(
+        [sys.executable, "-c", _GUARD_SCRIPT, *isas], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    assert int(run.stdout) > 1000

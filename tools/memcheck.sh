@@ -7,14 +7,17 @@
 # Usage: bash tools/memcheck.sh [pytest arguments...]   (from anywhere; PYTHON=python3.X picks the
 # interpreter). Without arguments it runs the subset below. Scratch in build/memcheck/ (venv,
 # one XML report per process, log).
-# About 10 minutes on 2 cores: 2 to build, 8 for the tests (valgrind runs code 20-50x slower).
+# About 8 minutes on 2 cores: 1 to build, 7 for the ~800 tests (valgrind runs Python and the kernels
+# 20-50x slower, so the whole suite would take over an hour).
 #
-# The subset: every micro-kernel, elementwise op and pooling kernel in full, and the GEMM and
-# convolution tests that cover every path (packed and small GEMMs, transposes, edge tiles,
-# implicit-GEMM, depthwise, flipped and col2im backward-data, partial-sum backward-weights,
-# groups, dilation, bad input) on the small shapes those tests use, plus the runtime, threads and
-# non-finite tests. The large-tensor tests (tens of GiB under valgrind) and the hypothesis
-# profile's many examples are left to tools/sanitize.sh, which runs the whole suite.
+# The subset: every micro-kernel on every tile shape, the regression tests, the non-finite tests
+# (every op on every path: packed and small GEMMs, implicit-GEMM, depthwise, flipped and col2im
+# backward-data, partial-sum backward-weights, groups, dilation, pooling with uint8 and int32
+# indices), the thread tests, the runtime and elementwise tests, and the main reference
+# comparisons of convolution (all passes), GEMM and max pooling on their random shapes. The
+# large-tensor tests (tens of GiB under valgrind) and the rest are left to tools/sanitize.sh,
+# which runs the whole suite. test_best_isa_is_the_default is left out: it compares this process's
+# best ISA (valgrind's CPU: AVX2) with a child's, which runs outside valgrind (AVX-512).
 #
 # valgrind emulates a CPU without AVX-512, so this run covers the scalar and AVX2 kernels and
 # shows that the module imports and runs on such a CPU; AVX-512 code is covered by sanitize.sh.
@@ -38,10 +41,10 @@ command -v valgrind >/dev/null || {
 }
 
 if [ "$#" = 0 ]; then
-  set -- tests/test_ukernels.py tests/test_elementwise.py tests/test_pool.py \
-    tests/test_runtime.py tests/test_nonfinite.py tests/test_threads.py \
-    tests/test_gemm.py tests/test_conv.py -m "not large" \
-    -k "not long_k and not finite_differences and not many_packed_a_blocks"
+  set -- tests/test_ukernels.py tests/test_regressions.py tests/test_nonfinite.py \
+    tests/test_threads.py tests/test_runtime.py tests/test_elementwise.py \
+    tests/test_conv.py tests/test_gemm.py tests/test_pool.py -m "not large" \
+    -k "not (test_conv.py and not all_passes) and not (test_gemm.py and not matmul_matches_reference) and not (test_pool.py and not max_pool_matches_reference) and not best_isa_is_the_default"
 fi
 
 step "building simdnn (release build, with debug info for readable stacks)"
