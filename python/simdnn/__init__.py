@@ -5,9 +5,12 @@ is a thin layer over it.
 
 - :mod:`simdnn.ops`: the native kernels (GEMM, convolution, pooling), NumPy arrays in and out.
 - :mod:`simdnn.reference`: a pure-NumPy twin of every op, with the same signatures.
-- :mod:`simdnn.nn`: layers, containers and losses; :mod:`simdnn.optim`: SGD and Adam;
-  :mod:`simdnn.init`: initialisers; :func:`fit`, :func:`evaluate`, :func:`predict`.
-- :func:`save` / :func:`load`, :func:`gradcheck`, :mod:`simdnn.viz`.
+- :class:`Tensor` and :mod:`simdnn.autograd`: reverse-mode automatic differentiation (the tape
+  under every model); :class:`no_grad`; :mod:`simdnn.functional`: the differentiable ops.
+- :mod:`simdnn.nn`: layers, containers and losses (modules define ``forward`` only);
+  :mod:`simdnn.optim`: SGD, Adam and learning-rate schedules; :mod:`simdnn.init`: initialisers;
+  :func:`fit`, :func:`evaluate`, :func:`predict`.
+- :func:`save` / :func:`load` / :func:`load_state_dict`, :func:`gradcheck`, :mod:`simdnn.viz`.
 - :func:`use_backend`: run the same model on the native kernels or on the NumPy twins.
 - :func:`cpu_info`, :func:`set_num_threads`, :func:`set_isa`: what runs, and on how many threads.
 
@@ -17,12 +20,22 @@ Set ``SIMDNN_ISA=scalar|avx2|avx512`` before import to force an instruction set,
 
 from __future__ import annotations
 
-from . import demos, functional, init, nn, ops, optim, reference, viz
+from . import autograd, demos, functional, init, nn, ops, optim, reference, viz
 from ._runtime import cpu_info, get_isa, get_num_threads, set_isa, set_num_threads, use_isa
+from .autograd import (
+    Tensor,
+    concatenate,
+    enable_grad,
+    is_grad_enabled,
+    no_grad,
+    stack,
+    tensor,
+)
 from .backend import get_backend, use_backend
+from .functional import add
 from .gradcheck import gradcheck
 from .init import seed
-from .io import load, save
+from .io import load, load_state_dict, save
 from .training import Callback, EarlyStopping, History, evaluate, fit, predict
 
 __version__ = "0.1.0"
@@ -31,9 +44,14 @@ __all__ = [
     "Callback",
     "EarlyStopping",
     "History",
+    "Tensor",
     "__version__",
+    "add",
+    "autograd",
+    "concatenate",
     "cpu_info",
     "demos",
+    "enable_grad",
     "evaluate",
     "fit",
     "functional",
@@ -42,8 +60,11 @@ __all__ = [
     "get_num_threads",
     "gradcheck",
     "init",
+    "is_grad_enabled",
     "load",
+    "load_state_dict",
     "nn",
+    "no_grad",
     "ops",
     "optim",
     "predict",
@@ -52,6 +73,8 @@ __all__ = [
     "seed",
     "set_isa",
     "set_num_threads",
+    "stack",
+    "tensor",
     "use_backend",
     "use_isa",
     "viz",

@@ -186,8 +186,7 @@ def vanishing(
         model = nn.Sequential(*layers)
         loss = nn.CrossEntropyLoss()
         model.zero_grad()
-        loss(model(x), y)
-        model.backward(loss.backward())
+        loss(model(x), y).backward()
         norms = [float(np.linalg.norm(m.weight.grad)) for m in model if isinstance(m, nn.Linear)]
         table[name] = [n / norms[-1] for n in norms]
     header = "layer  " + "  ".join(f"{name:>24}" for name in table)

@@ -1,191 +1,535 @@
-"""Functional operations of the layers, forward and backward side by side.
+"""Differentiable operations of the layers: each computes its result and states its backward
+rule beside it, once (see :mod:`simdnn.autograd`).
 
-Every function runs on the current backend (:func:`simdnn.use_backend`): the native kernels of
-:mod:`simdnn.ops` or the NumPy twins of :mod:`simdnn.reference`. The smooth activations
-(sigmoid, tanh, softmax) and the losses are NumPy in both. Shape legend: N batch, C/K channels
-in/out, H x W and P x Q planes, R x S kernels, D_in/D_out features.
+Every function takes tensors or NumPy arrays (arrays are constants) and returns a
+:class:`~simdnn.autograd.Tensor`. The kernels run on the current backend
+(:func:`simdnn.use_backend`): the native SIMD kernels of :mod:`simdnn.ops` or their NumPy twins
+in :mod:`simdnn.reference`; the smooth activations and the losses are NumPy in both.
+
+Shape legend: N batch, C/K channels in/out, H x W input planes, R x S kernels, P x Q output
+planes, L a 1-D length, D_in/D_out features.
 """
 
 from __future__ import annotations
 
-from typing import Union
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any, Union
 
 import numpy as np
 
+from . import init as _init
+from .autograd import Array, Tensor, add, as_array, grad_sink, record
 from .backend import backend_ops
 
 IntPair = Union[int, tuple[int, int]]
 
+__all__ = [
+    "adaptive_avg_pool2d",
+    "add",
+    "avg_pool1d",
+    "avg_pool2d",
+    "batch_norm",
+    "binary_cross_entropy_with_logits",
+    "conv1d",
+    "conv2d",
+    "cross_entropy",
+    "dropout",
+    "global_avg_pool2d",
+    "leaky_relu",
+    "linear",
+    "log_softmax",
+    "max_pool1d",
+    "max_pool2d",
+    "mse_loss",
+    "relu",
+    "sigmoid",
+    "softmax",
+    "tanh",
+]
+
+
+class _KinkLog(threading.local):
+    log: list[Array] | None = None
+
+
+_kinks = _KinkLog()
+
+
+@contextlib.contextmanager
+def record_kinks() -> Iterator[list[Array]]:
+    """Collect the decisions of the non-smooth ops run inside (ReLU and leaky ReLU active sets,
+    max-pool arg-maxes), in order: two runs whose lists are equal are on the same smooth piece,
+    so a finite difference between them means something (simdnn.gradcheck uses it)."""
+    prev = _kinks.log
+    _kinks.log = log = []
+    try:
+        yield log
+    finally:
+        _kinks.log = prev
+
+
+def _floating(x: Any, fn: str, name: str = "input") -> Any:
+    """x itself if float32/float64; a TypeError naming fn otherwise (ints are cast by layers)."""
+    dt = as_array(x).dtype
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"{fn}: {name} must be float32 or float64, got {dt}")
+    return x
+
+
+def match_dtype(x: Any, weight: Any, fn: str) -> Any:
+    """x in the weight's dtype: constants (arrays, tensors without a gradient) are converted, as
+    integer images or float64 data fed to a float32 model; a tensor that carries a gradient in
+    another float type is a TypeError naming both dtypes."""
+    want = as_array(weight).dtype
+    arr = as_array(x)
+    if arr.dtype == want:
+        return x
+    if isinstance(x, Tensor) and x.requires_grad:
+        raise TypeError(
+            f"{fn}: input is {arr.dtype} but the weights are {want}; convert the model "
+            f"(model.astype) or the input so that they match"
+        )
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{fn}: expected a real-valued input, got dtype {arr.dtype}")
+    return arr.astype(want)
+
+
 # ------------------------------------------------------------------------------------------------
-# Dense layer: y = x . w + b, with w of shape (D_in, D_out).
+# Dense layer: y = x . W + b, with W of shape (D_in, D_out).
 
 
-def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    """Shape: x (N, D_in), w (D_in, D_out), b (D_out,) -> (N, D_out)."""
-    y = backend_ops().matmul(x, w)
-    if b is not None:
-        y += b
-    return y
+def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
+    """Shape: x (N, D_in), weight (D_in, D_out), bias (D_out,) -> (N, D_out).
 
-
-def linear_backward(
-    dy: np.ndarray,
-    x: np.ndarray,
-    w: np.ndarray,
-    dw: np.ndarray,
-    dw_beta: float,
-    db: np.ndarray | None,
-    db_beta: float,
-    need_dx: bool = True,
-) -> np.ndarray | None:
-    """dw = dw_beta * dw + X^T . dY and db = db_beta * db + column sums of dY, in place;
-    returns dY . W^T (or None).
-
-    Shape: dy (N, D_out), x (N, D_in), w and dw (D_in, D_out), db (D_out,) -> dx (N, D_in).
-    The weight gradient is written by the GEMM itself (beta 1 accumulates, 0 overwrites).
+    Backward: dX = dY . W^T (only when x needs it), dW = X^T . dY written by the GEMM straight
+    into weight.grad (beta 0 overwrites after zero_grad, 1 accumulates), db = column sums of dY.
     """
     ops = backend_ops()
-    ops.gemm(x, dy, dw, beta=dw_beta, trans_a=True)
-    if db is not None:
-        if db_beta == 0.0:
-            np.sum(dy, axis=0, out=db)
-        else:
-            db += dy.sum(axis=0)
-    return ops.gemm(dy, w, trans_b=True) if need_dx else None
+    xv, wv = as_array(x), as_array(weight)
+    y = ops.matmul(xv, wv)
+    if bias is not None:
+        y += as_array(bias)
+
+    def rule(g: Array, needs: tuple[bool, ...]) -> tuple[Array | None, ...]:
+        gx = gw = gb = None
+        if needs[0]:
+            gx = ops.gemm(g, wv, trans_b=True)
+        if needs[1]:
+            sink = grad_sink(weight)
+            if sink is not None:
+                ops.gemm(xv, g, sink[0], beta=sink[1], trans_a=True)
+            else:
+                gw = ops.gemm(xv, g, trans_a=True)
+        if needs[2]:
+            sink = grad_sink(bias)
+            if sink is None:
+                gb = g.sum(axis=0)
+            elif sink[1] == 0.0:
+                np.sum(g, axis=0, out=sink[0])
+            else:
+                buf = sink[0]
+                buf += g.sum(axis=0)
+        return gx, gw, gb
+
+    return record(y, (x, weight, bias), rule, "linear")
 
 
 # ------------------------------------------------------------------------------------------------
-# Convolution and pooling: the kernels themselves.
+# Convolution and pooling: the native kernels, forward and backward.
 
 
 def conv2d(
-    x: np.ndarray,
-    w: np.ndarray,
-    b: np.ndarray | None,
-    stride: IntPair,
-    padding: IntPair,
-    dilation: IntPair,
-    groups: int,
-) -> np.ndarray:
-    """Shape: x (N, C, H, W), w (K, C/groups, R, S), b (K,) -> (N, K, P, Q)."""
-    return backend_ops().conv2d(x, w, b, stride, padding, dilation, groups)
+    x: Any,
+    weight: Any,
+    bias: Any = None,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+) -> Tensor:
+    """Shape: x (N, C, H, W), weight (K, C/groups, R, S), bias (K,) -> (N, K, P, Q).
 
-
-def conv2d_backward(
-    dy: np.ndarray,
-    x: np.ndarray,
-    w: np.ndarray,
-    stride: IntPair,
-    padding: IntPair,
-    dilation: IntPair,
-    groups: int,
-    need_dx: bool = True,
-) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """Shape: dy (N, K, P, Q) -> (dx (N, C, H, W) or None, dw (K, C/groups, R, S), db (K,))."""
+    Backward: dX by the backward-data kernel (only when x needs it), dW and db together by the
+    backward-weights kernel.
+    """
     ops = backend_ops()
-    dx = (
-        ops.conv2d_backward_data(dy, w, x.shape, stride, padding, dilation, groups)
-        if need_dx
-        else None
+    xv, wv = as_array(x), as_array(weight)
+    geometry = (stride, padding, dilation, groups)
+    y = ops.conv2d(xv, wv, None if bias is None else as_array(bias), *geometry)
+
+    def rule(g: Array, needs: tuple[bool, ...]) -> tuple[Array | None, ...]:
+        gx = ops.conv2d_backward_data(g, wv, xv.shape, *geometry) if needs[0] else None
+        gw = gb = None
+        if needs[1] or needs[2]:
+            gw, gb = ops.conv2d_backward_weights(xv, g, wv.shape, *geometry)
+        return gx, gw if needs[1] else None, gb if needs[2] else None
+
+    return record(y, (x, weight, bias), rule, "conv2d")
+
+
+def _as_2d(x: Any, fn: str) -> Any:
+    """(N, C, L) -> (N, C, 1, L): a 1-D op is the 2-D kernel seen through a height of 1."""
+    shape = as_array(x).shape
+    if len(shape) != 3:
+        raise ValueError(f"{fn}: expected input of shape (N, C, L), got {shape}")
+    return x.reshape(shape[0], shape[1], 1, shape[2]) if isinstance(x, Tensor) else \
+        as_array(x).reshape(shape[0], shape[1], 1, shape[2])  # fmt: skip
+
+
+def _from_2d(y: Tensor) -> Tensor:
+    n, c, _, q = y.shape
+    return y.reshape(n, c, q)
+
+
+def _single(v: Any, name: str, fn: str) -> int:
+    if isinstance(v, (tuple, list)):
+        if len(v) != 1:
+            raise ValueError(f"{fn}: {name} must be an int or a 1-tuple, got {v!r}")
+        v = v[0]
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{fn}: {name} must be an int, got {v!r}")
+    return int(v)
+
+
+def conv1d(
+    x: Any,
+    weight: Any,
+    bias: Any = None,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+    groups: int = 1,
+) -> Tensor:
+    """Shape: x (N, C, L), weight (K, C/groups, S), bias (K,) -> (N, K, Q), on the 2-D kernels
+    with a height of 1."""
+    fn = "conv1d"
+    wshape = as_array(weight).shape
+    if len(wshape) != 3:
+        raise ValueError(f"{fn}: expected weight of shape (K, C/groups, S), got {wshape}")
+    w2 = weight.reshape(wshape[0], wshape[1], 1, wshape[2]) if isinstance(weight, Tensor) else \
+        as_array(weight).reshape(wshape[0], wshape[1], 1, wshape[2])  # fmt: skip
+    y = conv2d(
+        _as_2d(x, fn),
+        w2,
+        bias,
+        (1, _single(stride, "stride", fn)),
+        (0, _single(padding, "padding", fn)),
+        (1, _single(dilation, "dilation", fn)),
+        groups,
     )
-    dw, db = ops.conv2d_backward_weights(x, dy, w.shape, stride, padding, dilation, groups)
-    return dx, dw, db
+    return _from_2d(y)
 
 
-def max_pool2d(
-    x: np.ndarray, kernel_size: IntPair, stride: IntPair | None, padding: IntPair
-) -> tuple[np.ndarray, np.ndarray]:
-    """Shape: x (N, C, H, W) -> (y, indices), both (N, C, P, Q)."""
-    return backend_ops().max_pool2d(x, kernel_size, stride, padding)
+def max_pool2d(x: Any, kernel_size: IntPair, stride: IntPair | None = None,
+               padding: IntPair = 0) -> Tensor:  # fmt: skip
+    """Shape: x (N, C, H, W) -> (N, C, P, Q). The kernel keeps each window's arg-max (one byte
+    per output) for the backward pass, which routes each gradient to it."""
+    ops = backend_ops()
+    xv = as_array(x)
+    y, idx = ops.max_pool2d(xv, kernel_size, stride, padding)
+    if _kinks.log is not None:
+        _kinks.log.append(idx)
 
+    def rule(g: Array, needs: tuple[bool, ...]) -> tuple[Array]:
+        return (ops.max_pool2d_backward(g, idx, xv.shape, kernel_size, stride, padding),)
 
-def max_pool2d_backward(
-    dy: np.ndarray,
-    indices: np.ndarray,
-    x_shape: tuple[int, ...],
-    kernel_size: IntPair,
-    stride: IntPair | None,
-    padding: IntPair,
-) -> np.ndarray:
-    """Shape: dy, indices (N, C, P, Q) -> dx (N, C, H, W)."""
-    return backend_ops().max_pool2d_backward(dy, indices, x_shape, kernel_size, stride, padding)
+    return record(y, (x,), rule, "max_pool2d")
 
 
 def avg_pool2d(
-    x: np.ndarray,
+    x: Any,
     kernel_size: IntPair,
-    stride: IntPair | None,
-    padding: IntPair,
-    count_include_pad: bool,
-) -> np.ndarray:
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
+    count_include_pad: bool = True,
+) -> Tensor:
     """Shape: x (N, C, H, W) -> (N, C, P, Q)."""
-    return backend_ops().avg_pool2d(x, kernel_size, stride, padding, count_include_pad)
+    ops = backend_ops()
+    xv = as_array(x)
+    y = ops.avg_pool2d(xv, kernel_size, stride, padding, count_include_pad)
+
+    def rule(g: Array, needs: tuple[bool, ...]) -> tuple[Array]:
+        return (
+            ops.avg_pool2d_backward(g, xv.shape, kernel_size, stride, padding, count_include_pad),
+        )
+
+    return record(y, (x,), rule, "avg_pool2d")
 
 
-def avg_pool2d_backward(
-    dy: np.ndarray,
-    x_shape: tuple[int, ...],
-    kernel_size: IntPair,
-    stride: IntPair | None,
-    padding: IntPair,
-    count_include_pad: bool,
-) -> np.ndarray:
-    """Shape: dy (N, C, P, Q) -> dx (N, C, H, W)."""
-    return backend_ops().avg_pool2d_backward(
-        dy, x_shape, kernel_size, stride, padding, count_include_pad
-    )
+def max_pool1d(x: Any, kernel_size: int, stride: int | None = None, padding: int = 0) -> Tensor:
+    """Shape: x (N, C, L) -> (N, C, Q), on the 2-D kernel with a height of 1."""
+    fn = "max_pool1d"
+    k = _single(kernel_size, "kernel_size", fn)
+    s = k if stride is None else _single(stride, "stride", fn)
+    return _from_2d(max_pool2d(_as_2d(x, fn), (1, k), (1, s), (0, _single(padding, "padding", fn))))
+
+
+def avg_pool1d(
+    x: Any,
+    kernel_size: int,
+    stride: int | None = None,
+    padding: int = 0,
+    count_include_pad: bool = True,
+) -> Tensor:
+    """Shape: x (N, C, L) -> (N, C, Q), on the 2-D kernel with a height of 1."""
+    fn = "avg_pool1d"
+    k = _single(kernel_size, "kernel_size", fn)
+    s = k if stride is None else _single(stride, "stride", fn)
+    p = _single(padding, "padding", fn)
+    return _from_2d(avg_pool2d(_as_2d(x, fn), (1, k), (1, s), (0, p), count_include_pad))
+
+
+def adaptive_avg_pool2d(x: Any, output_size: IntPair = 1) -> Tensor:
+    """Shape: x (N, C, H, W) -> (N, C, P, Q) with (P, Q) = output_size, averaging equal windows.
+
+    output_size 1 is global average pooling (a mean over each plane); other sizes must divide H
+    and W (windows of H/P x W/Q, the average-pooling kernel).
+    """
+    xv = as_array(x)
+    if xv.ndim != 4:
+        raise ValueError(f"adaptive_avg_pool2d: expected input (N, C, H, W), got {xv.shape}")
+    p, q = (output_size, output_size) if isinstance(output_size, int) else output_size
+    h, w = xv.shape[2:]
+    if (p, q) == (1, 1):
+        return as_tensor(x).mean(axis=(2, 3), keepdims=True)
+    if p < 1 or q < 1 or h % p or w % q:
+        raise ValueError(
+            f"adaptive_avg_pool2d: output_size {(p, q)} must divide the input plane {(h, w)}"
+        )
+    return avg_pool2d(x, (h // p, w // q), (h // p, w // q), 0)
+
+
+def global_avg_pool2d(x: Any) -> Tensor:
+    """Shape: x (N, C, H, W) -> (N, C): the mean of each feature map."""
+    xv = as_array(x)
+    if xv.ndim != 4:
+        raise ValueError(f"global_avg_pool2d: expected input (N, C, H, W), got {xv.shape}")
+    return as_tensor(x).mean(axis=(2, 3))
+
+
+def as_tensor(x: Any) -> Tensor:
+    return x if isinstance(x, Tensor) else Tensor(x)
 
 
 # ------------------------------------------------------------------------------------------------
-# Activations: forward from x, backward from the cached output y where that is cheaper.
+# Activations: backward from the input (ReLU) or from the output where that is cheaper.
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """1 / (1 + exp(-x)) as 0.5 * (1 + tanh(x / 2)): the same function, without overflow."""
-    half = x.dtype.type(0.5)
-    return half + half * np.tanh(half * x)
+def relu(x: Any) -> Tensor:
+    """max(0, x); backward passes dY where x > 0 (the native kernel, one pass)."""
+    ops = backend_ops()
+    xv = as_array(x)
+    if _kinks.log is not None:
+        _kinks.log.append(xv > 0)
+    return record(ops.relu(xv), (x,), lambda g, needs: (ops.relu_backward(g, xv),), "relu")
 
 
-def sigmoid_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return dy * y * (1.0 - y)
+def leaky_relu(x: Any, negative_slope: float = 0.01) -> Tensor:
+    """x where x > 0, negative_slope * x elsewhere."""
+    xv = as_array(x)
+    slope = xv.dtype.type(negative_slope)
+    pos = xv > 0
+    if _kinks.log is not None:
+        _kinks.log.append(pos)
+
+    def rule(g: Array, needs: tuple[bool, ...]) -> tuple[Array]:
+        return (np.where(pos, g, g * slope),)
+
+    return record(np.where(pos, xv, xv * slope), (x,), rule, "leaky_relu")
 
 
-def tanh(x: np.ndarray) -> np.ndarray:
-    return np.tanh(x)
+def sigmoid(x: Any) -> Tensor:
+    """1 / (1 + exp(-x)), computed as 0.5 * (1 + tanh(x / 2)) (no overflow); its slope
+    y (1 - y) is at most 1/4."""
+    xv = as_array(x)
+    half = xv.dtype.type(0.5)
+    y = half + half * np.tanh(half * xv)
+    return record(y, (x,), lambda g, needs: (g * y * (1 - y),), "sigmoid")
 
 
-def tanh_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return dy * (1.0 - y * y)
+def tanh(x: Any) -> Tensor:
+    y = np.tanh(as_array(x))
+    return record(y, (x,), lambda g, needs: (g * (1 - y * y),), "tanh")
 
 
-def relu(x: np.ndarray) -> np.ndarray:
-    return backend_ops().relu(x)
-
-
-def relu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return backend_ops().relu_backward(dy, x)
-
-
-def leaky_relu(x: np.ndarray, negative_slope: float) -> np.ndarray:
-    return np.where(x > 0, x, x * x.dtype.type(negative_slope))
-
-
-def leaky_relu_backward(dy: np.ndarray, x: np.ndarray, negative_slope: float) -> np.ndarray:
-    return np.where(x > 0, dy, dy * dy.dtype.type(negative_slope))
-
-
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    z = x - x.max(axis=axis, keepdims=True)
+def softmax(x: Any, axis: int = -1) -> Tensor:
+    """exp(x) / sum(exp(x)) along axis (max-shifted: no overflow)."""
+    xv = as_array(x)
+    z = xv - xv.max(axis=axis, keepdims=True)
     np.exp(z, out=z)
     z /= z.sum(axis=axis, keepdims=True)
-    return z
+
+    def rule(g: Array, needs: tuple[bool, ...]) -> tuple[Array]:
+        return (z * (g - np.sum(g * z, axis=axis, keepdims=True)),)
+
+    return record(z, (x,), rule, "softmax")
 
 
-def softmax_backward(dy: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-    return y * (dy - np.sum(dy * y, axis=axis, keepdims=True))
-
-
-def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Stable log(softmax(x)): x - max - log(sum(exp(x - max)))."""
-    z = x - x.max(axis=axis, keepdims=True)
+def _log_softmax(xv: Array, axis: int) -> Array:
+    z = xv - xv.max(axis=axis, keepdims=True)
     return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
+
+
+def log_softmax(x: Any, axis: int = -1) -> Tensor:
+    """x - max - log(sum(exp(x - max))) along axis."""
+    out = _log_softmax(as_array(x), axis)
+
+    def rule(g: Array, needs: tuple[bool, ...]) -> tuple[Array]:
+        return (g - np.exp(out) * np.sum(g, axis=axis, keepdims=True),)
+
+    return record(out, (x,), rule, "log_softmax")
+
+
+def dropout(
+    x: Any, p: float = 0.5, training: bool = True, rng: np.random.Generator | None = None
+) -> Tensor:
+    """Zero each element with probability p and scale the rest by 1/(1-p) ("inverted"
+    dropout) when training; the identity otherwise. rng: default simdnn's generator."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1), got {p!r}")
+    if not training or p == 0.0:
+        return as_tensor(x)
+    xv = as_array(x)
+    gen = _init.generator() if rng is None else rng
+    mask = (gen.random(xv.shape) >= p).astype(xv.dtype) * xv.dtype.type(1.0 / (1.0 - p))
+    return record(xv * mask, (x,), lambda g, needs: (g * mask,), "dropout")
+
+
+def batch_norm(
+    x: Any,
+    running_mean: Array | None,
+    running_var: Array | None,
+    weight: Any = None,
+    bias: Any = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Batch normalisation over every axis but the channels (axis 1), as PyTorch's.
+
+    Shape: x (N, C) or (N, C, L) or (N, C, H, W); weight (gamma), bias (beta), running_mean and
+    running_var (C,) -> y of x's shape.
+
+    training: normalise with the batch's mean and biased variance and update the running
+    statistics in place (r = (1 - momentum) r + momentum * stat, the unbiased variance);
+    otherwise use the running statistics. Backward: one native pass for dgamma, dbeta and dx.
+    """
+    ops = backend_ops()
+    xv = as_array(x)
+    wv = None if weight is None else as_array(weight)
+    bv = None if bias is None else as_array(bias)
+    y, save_mean, save_invstd = ops.batch_norm(
+        xv, wv, bv, running_mean, running_var, training, momentum, eps
+    )
+
+    def rule(g: Array, needs: tuple[bool, ...]) -> tuple[Array | None, ...]:
+        dx, dw, db = ops.batch_norm_backward(
+            g, xv, wv, save_mean, save_invstd, training, need_dx=needs[0]
+        )
+        return dx, dw if needs[1] else None, db if needs[2] else None
+
+    return record(y, (x, weight, bias), rule, "batch_norm")
+
+
+# ------------------------------------------------------------------------------------------------
+# Losses: the mean over the batch, as a one-element tensor; backward starts there.
+
+
+def _check_pred(fn: str, pred: Any) -> Array:
+    pv = as_array(pred)
+    if pv.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{fn}: predictions must be float32 or float64, got {pv.dtype}")
+    return pv
+
+
+def _check_same_length(fn: str, pred: Array, target: Array) -> None:
+    if len(target) != len(pred):
+        raise ValueError(
+            f"{fn}: {len(pred)} predictions but {len(target)} targets; they must match"
+        )
+
+
+def cross_entropy(logits: Any, target: Any) -> Tensor:
+    """Softmax cross-entropy from logits and integer class labels, averaged over the batch:
+    log-sum-exp minus the true class's logit. Gradient (softmax(logits) - one_hot) / N, in one
+    fused rule (no separate softmax node).
+
+    Shape: logits (N, D), target (N,) integers in [0, D) -> one-element tensor.
+    """
+    fn = "cross_entropy"
+    lv = _check_pred(fn, logits)
+    if lv.ndim != 2:
+        raise ValueError(f"{fn}: logits must be 2-D (N, classes), got shape {lv.shape}")
+    t = np.asarray(as_array(target))
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"{fn}: labels must be integers (class indices), got dtype {t.dtype}")
+    if t.ndim != 1:
+        raise ValueError(f"{fn}: labels must be 1-D (N,), got shape {t.shape}")
+    _check_same_length(fn, lv, t)
+    classes = lv.shape[1]
+    if t.size and (t.min() < 0 or t.max() >= classes):
+        bad = t[(t < 0) | (t >= classes)]
+        raise ValueError(
+            f"{fn}: labels must be in [0, {classes}) for {classes} classes, found {bad[0]}"
+        )
+    logp = _log_softmax(lv, 1)
+    rows = np.arange(len(t))
+    n = max(len(t), 1)
+    value = np.asarray(-logp[rows, t].sum() / n, dtype=lv.dtype)
+
+    def rule(g: Array, needs: tuple[bool, ...]) -> tuple[Array]:
+        grad = np.exp(logp)
+        grad[rows, t] -= 1
+        grad *= g / lv.dtype.type(n)
+        return (grad,)
+
+    return record(value, (logits,), rule, "cross_entropy")
+
+
+def mse_loss(pred: Any, target: Any) -> Tensor:
+    """Mean squared error over every element; gradient 2 (pred - target) / size.
+
+    Shape: pred (N, *), target the same -> one-element tensor.
+    """
+    fn = "mse_loss"
+    pv = _check_pred(fn, pred)
+    tv = np.asarray(as_array(target), dtype=pv.dtype)
+    if tv.shape != pv.shape:
+        raise ValueError(f"{fn}: target has shape {tv.shape}, predictions have {pv.shape}")
+    diff = pv - tv
+    size = max(diff.size, 1)
+    value = np.asarray(np.mean(diff * diff) if diff.size else 0.0, dtype=pv.dtype)
+    scale = pv.dtype.type(2.0 / size)
+
+    def rule(g: Array, needs: tuple[bool, ...]) -> tuple[Array | None, Array | None]:
+        d = diff * (scale * g)
+        return d, (-d if needs[1] else None)
+
+    return record(value, (pred, target), rule, "mse_loss")
+
+
+def binary_cross_entropy_with_logits(pred: Any, target: Any) -> Tensor:
+    """Binary cross-entropy from logits, averaged: max(x, 0) - x y + log(1 + exp(-|x|)), which
+    never overflows. Gradient (sigmoid(x) - y) / size.
+
+    Shape: pred (N, *) logits, target the same with values in [0, 1] -> one-element tensor.
+    """
+    fn = "binary_cross_entropy_with_logits"
+    xv = _check_pred(fn, pred)
+    yv = np.asarray(as_array(target), dtype=xv.dtype)
+    if yv.shape != xv.shape:
+        raise ValueError(f"{fn}: target has shape {yv.shape}, predictions have {xv.shape}")
+    if yv.size and (yv.min() < 0 or yv.max() > 1):
+        raise ValueError(f"{fn}: targets must be in [0, 1]")
+    loss = np.maximum(xv, 0) - xv * yv + np.log1p(np.exp(-np.abs(xv)))
+    value = np.asarray(np.mean(loss) if xv.size else 0.0, dtype=xv.dtype)
+    size = xv.dtype.type(max(xv.size, 1))
+
+    def rule(g: Array, needs: tuple[bool, ...]) -> tuple[Array]:
+        half = xv.dtype.type(0.5)
+        s = half + half * np.tanh(half * xv)
+        return ((s - yv) * (g / size),)
+
+    return record(value, (pred,), rule, "binary_cross_entropy_with_logits")

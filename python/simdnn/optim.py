@@ -4,6 +4,7 @@ are PyTorch's (weight decay is L2, added to the gradient)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -14,7 +15,17 @@ from .nn.module import Parameter
 
 class Optimizer:
     def __init__(self, params: Iterable[Parameter], lr: float) -> None:
-        self.params = list(params)
+        self.params = []
+        seen: set[int] = set()
+        for p in params:
+            if not isinstance(p, Parameter):
+                raise TypeError(
+                    f"{type(self).__name__}: expected Parameters (model.parameters()), got "
+                    f"{type(p).__name__}"
+                )
+            if id(p) not in seen:  # a tied parameter is updated once
+                seen.add(id(p))
+                self.params.append(p)
         if not self.params:
             raise ValueError(f"{type(self).__name__}: got no parameters to optimise")
         if lr <= 0:
@@ -105,3 +116,80 @@ class Adam(Optimizer):
             weight_decay=self.weight_decay,
             step=self._t,
         )
+
+
+# ------------------------------------------------------------------------------------------------
+# Learning-rate schedules: call step() once per epoch (by hand, as in PyTorch), or pass the
+# schedule to simdnn.fit in `callbacks`, which steps it after every epoch.
+
+
+class LRScheduler:
+    """Base class: sets ``optimizer.lr`` from the epoch count; ``step()`` advances one epoch."""
+
+    def __init__(self, optimizer: Optimizer) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(
+                f"{type(self).__name__}: expected an Optimizer, got {type(optimizer).__name__}"
+            )
+        self.optimizer = optimizer
+        self.base_lr = optimizer.lr
+        self.last_epoch = 0
+
+    def lr_at(self, epoch: int) -> float:
+        raise TypeError(f"{type(self).__name__} does not define lr_at()")
+
+    def step(self) -> None:
+        self.last_epoch += 1
+        self.optimizer.lr = self.lr_at(self.last_epoch)
+
+    def get_last_lr(self) -> float:
+        return self.optimizer.lr
+
+    # As a simdnn.fit callback.
+    def on_train_begin(self, model: object) -> None:
+        """Nothing to do: the schedule continues from where it is."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float], model: object) -> bool:
+        self.step()
+        return False
+
+    def on_train_end(self, model: object) -> None:
+        """Nothing to do."""
+
+
+class StepLR(LRScheduler):
+    """lr = base_lr * gamma ** (epoch // step_size): divide by 1/gamma every step_size epochs."""
+
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1) -> None:
+        super().__init__(optimizer)
+        if isinstance(step_size, bool) or not isinstance(step_size, (int, np.integer)):
+            raise TypeError(f"StepLR: step_size must be an int, got {step_size!r}")
+        if step_size < 1:
+            raise ValueError(f"StepLR: step_size must be >= 1, got {step_size}")
+        if not 0 < gamma <= 1:
+            raise ValueError(f"StepLR: gamma must be in (0, 1], got {gamma!r}")
+        self.step_size, self.gamma = int(step_size), float(gamma)
+
+    def lr_at(self, epoch: int) -> float:
+        return self.base_lr * self.gamma ** (epoch // self.step_size)
+
+
+class CosineAnnealingLR(LRScheduler):
+    """lr = eta_min + (base_lr - eta_min) (1 + cos(pi * epoch / T_max)) / 2: from base_lr down
+    to eta_min over T_max epochs along half a cosine (then back up, as PyTorch's closed form)."""
+
+    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0) -> None:
+        super().__init__(optimizer)
+        if isinstance(T_max, bool) or not isinstance(T_max, (int, np.integer)):
+            raise TypeError(f"CosineAnnealingLR: T_max must be an int, got {T_max!r}")
+        if T_max < 1:
+            raise ValueError(f"CosineAnnealingLR: T_max must be >= 1, got {T_max}")
+        if not 0 <= eta_min < self.base_lr:
+            raise ValueError(
+                f"CosineAnnealingLR: eta_min must be in [0, lr={self.base_lr}), got {eta_min!r}"
+            )
+        self.T_max, self.eta_min = int(T_max), float(eta_min)
+
+    def lr_at(self, epoch: int) -> float:
+        cos = math.cos(math.pi * epoch / self.T_max)
+        return self.eta_min + (self.base_lr - self.eta_min) * (1 + cos) / 2

@@ -1,10 +1,11 @@
 """Training loop: fit, evaluate, predict, and callbacks.
 
-``fit`` runs mini-batch gradient descent: for each batch, forward through the model, the loss,
-backward through the loss and the model (reverse-mode differentiation, layer by layer), then one
-optimiser step. It records per epoch the loss, the accuracy (for classification losses), the
-validation figures and each layer's gradient norm, which is how the vanishing-gradient problem
-shows itself (``python -m simdnn vanishing``).
+``fit`` runs mini-batch gradient descent: for each batch, forward through the model and the
+loss (which records the tape), ``backward()`` from the loss (reverse-mode automatic
+differentiation), then one optimiser step: the PyTorch loop, written once. It records per
+epoch the loss, the accuracy (for classification losses), the validation figures and each
+layer's gradient norm, which is how the vanishing-gradient problem shows itself
+(``python -m simdnn vanishing``).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from . import init
+from .autograd import as_array, no_grad
 from .nn.losses import Loss
-from .nn.module import Module, Parameter, Sequential
+from .nn.module import Module, Parameter
 from .optim import Optimizer
 
 
@@ -213,8 +215,9 @@ def fit(
             for b in range(steps):
                 idx = order[b * batch_size : (b + 1) * batch_size]
                 xb, yb = _cast(x[idx], model), y[idx]
-                out = model.forward(xb)
-                value = loss(out, yb)
+                out = model(xb)
+                value_t = loss(out, yb)
+                value = float(value_t)
                 if not math.isfinite(value):
                     # The weights that produced this loss came from the previous step, which may
                     # have diverged: put back the weights from before it.
@@ -228,10 +231,7 @@ def fit(
                     stop = True
                     break
                 model.zero_grad()
-                if isinstance(model, Sequential):
-                    model.backward(loss.backward(), need_input_grad=False)
-                else:
-                    model.backward(loss.backward())
+                value_t.backward()
                 for i, (_, w) in enumerate(weights):
                     norms[i] += float(np.sqrt(np.sum(np.square(w.grad, dtype=np.float64))))
                 for p, s in zip(params, snapshot):
@@ -297,13 +297,15 @@ def predict(model: Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     was_training = model.training
     model.eval()
     try:
-        outs = [
-            model.forward(_cast(x[i : i + batch_size], model)) for i in range(0, len(x), batch_size)
-        ]
+        with no_grad():
+            outs = [
+                as_array(model(_cast(x[i : i + batch_size], model)))
+                for i in range(0, len(x), batch_size)
+            ]
+            if not outs:
+                return as_array(model(_cast(x, model)))
     finally:
         model.train(was_training)
-    if not outs:
-        return model.forward(_cast(x, model))
     return np.concatenate(outs, axis=0)
 
 
@@ -313,4 +315,4 @@ def evaluate(
     """Mean loss (and accuracy, for classification losses) of the model on (x, y)."""
     x, y = _check_data(x, y, "evaluate")
     out = predict(model, x, batch_size)
-    return {"loss": loss(out, y), "accuracy": loss.accuracy(out, y)}
+    return {"loss": float(loss(out, y)), "accuracy": loss.accuracy(out, y)}

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from .autograd import no_grad
 from .nn.module import Module, Sequential
 
 
@@ -43,8 +44,9 @@ def feature_maps(
     model.eval()
     try:
         out = np.asarray(x, dtype=model.dtype)
-        for m in model.layers[: stop + 1]:
-            out = m.forward(out)
+        with no_grad():
+            for m in model.layers[: stop + 1]:
+                out = np.asarray(m(out))
     finally:
         model.train(was_training)
     if save is not None:

@@ -431,12 +431,11 @@ class TrainStep:
 
     def __call__(self, x: np.ndarray, y: np.ndarray) -> float:
         with use_backend(self.backend):
-            out = self.model.forward(x)
-            value = self.loss(out, y)
-            self.model.zero_grad()
-            self.model.backward(self.loss.backward(), need_input_grad=False)
+            self.opt.zero_grad()
+            value = self.loss(self.model(x), y)
+            value.backward()
             self.opt.step()
-        return value
+        return float(value)
 
 
 def _torch_model(model: nn.Sequential) -> Any:

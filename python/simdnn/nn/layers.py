@@ -1,13 +1,14 @@
-"""The layers: each holds its parameters and calls one functional operation (simdnn.functional),
-forward and backward side by side.
+"""The layers: each holds its parameters and calls one differentiable operation of
+simdnn.functional in ``forward``; the backward rules live with those operations.
 
 Shape legend: N batch, D_in/D_out features, C/K channels in/out, H x W input planes, R x S
-kernels, P x Q output planes.
+kernels, P x Q output planes, L a 1-D length.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any, Union
 
@@ -16,25 +17,60 @@ import numpy.typing as npt
 
 from .. import functional as F
 from .. import init
+from ..autograd import Tensor, as_array
 from .module import Module, Parameter, Shape
 
 IntPair = Union[int, tuple[int, int]]
 
 
+def _int(v: Any, name: str, layer: str, low: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{layer}: {name} must be an int, got {v!r}")
+    if v < low:
+        raise ValueError(f"{layer}: {name} must be >= {low}, got {v}")
+    return int(v)
+
+
 def _pair(v: IntPair, name: str, layer: str) -> tuple[int, int]:
-    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(e, int) for e in v):
+    if (
+        isinstance(v, (tuple, list))
+        and len(v) == 2
+        and all(isinstance(e, (int, np.integer)) and not isinstance(e, bool) for e in v)
+    ):
         return int(v[0]), int(v[1])
     if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
         return int(v), int(v)
     raise TypeError(f"{layer}: {name} must be an int or a pair of ints, got {v!r}")
 
 
+def _bool(v: Any, name: str, layer: str) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{layer}: {name} must be True or False, got {v!r}")
+    return bool(v)
+
+
+def _real(v: Any, name: str, layer: str, low: float, high: float, *, high_open: bool) -> float:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{layer}: {name} must be a real number, got {v!r}")
+    f = float(v)
+    if not (low <= f < high if high_open else low <= f <= high):
+        bracket = ")" if high_open else "]"
+        raise ValueError(f"{layer}: {name} must be in [{low}, {high}{bracket}, got {v!r}")
+    return f
+
+
+def _rng(v: Any, layer: str) -> np.random.Generator | None:
+    if v is not None and not isinstance(v, np.random.Generator):
+        raise TypeError(f"{layer}: rng must be a numpy.random.Generator or None, got {v!r}")
+    return v
+
+
 def _check_input(
-    layer: Module, x: np.ndarray, expected: str, ok: Callable[[np.ndarray], bool]
+    layer: Module, x: Any, expected: str, ok: Callable[[tuple[int, ...]], bool]
 ) -> None:
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{layer!r}: expected a NumPy array, got {type(x).__name__}")
-    if not ok(x):
+    if not isinstance(x, (np.ndarray, Tensor)):
+        raise TypeError(f"{layer!r}: expected a tensor or NumPy array, got {type(x).__name__}")
+    if not ok(x.shape):
         raise ValueError(f"{layer!r}: expected input of shape {expected}, got {x.shape}")
 
 
@@ -43,6 +79,12 @@ def _dtype(dtype: npt.DTypeLike | None) -> np.dtype:
     if dt not in (np.float32, np.float64):
         raise TypeError(f"expected dtype float32 or float64, got {dt}")
     return dt
+
+
+def _init_get(name: str) -> Any:
+    if not isinstance(name, str):
+        raise TypeError(f"init must be an initialiser name, got {name!r}")
+    return init.get(name)
 
 
 class Linear(Module):
@@ -72,33 +114,20 @@ class Linear(Module):
         rng: np.random.Generator | None = None,
     ) -> None:
         super().__init__()
-        if in_features < 1 or out_features < 1:
-            raise ValueError(
-                f"Linear: in_features and out_features must be >= 1, got {in_features}, "
-                f"{out_features}"
-            )
-        self.in_features, self.out_features, self.init = in_features, out_features, init
+        name = "Linear"
+        self.in_features = _int(in_features, "in_features", name)
+        self.out_features = _int(out_features, "out_features", name)
+        self.init = init
         dt = _dtype(dtype)
-        self.weight = Parameter(_init_get(init)((in_features, out_features), dt, rng))
-        self.bias = Parameter(np.zeros(out_features, dt)) if bias else None
-        self._x: np.ndarray | None = None
+        make = _init_get(init)
+        self.weight = Parameter(make((self.in_features, self.out_features), dt, _rng(rng, name)))
+        has_bias = _bool(bias, "bias", name)
+        self.bias = Parameter(np.zeros(self.out_features, dt)) if has_bias else None
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        _check_input(
-            self,
-            x,
-            f"(N, {self.in_features})",
-            lambda a: a.ndim == 2 and a.shape[1] == self.in_features,
-        )
-        self._x = x
-        return F.linear(x, self.weight.data, None if self.bias is None else self.bias.data)
-
-    def backward(self, grad_out: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
-        dw, dw_beta = self.weight.grad_target()
-        db, db_beta = (None, 0.0) if self.bias is None else self.bias.grad_target()
-        return F.linear_backward(
-            grad_out, self._x, self.weight.data, dw, dw_beta, db, db_beta, need_input_grad
-        )
+    def forward(self, x: Any) -> Tensor:
+        _check_input(self, x, f"(N, {self.in_features})",
+                     lambda s: len(s) == 2 and s[1] == self.in_features)  # fmt: skip
+        return F.linear(F.match_dtype(x, self.weight, "Linear"), self.weight, self.bias)
 
     def output_shape(self, input_shape: Shape) -> Shape:
         return (input_shape[0], self.out_features)
@@ -147,19 +176,22 @@ class Conv2d(Module):
         rng: np.random.Generator | None = None,
     ) -> None:
         super().__init__()
-        name = "Conv2d"
+        name = type(self).__name__
         self.kernel_size = _pair(kernel_size, "kernel_size", name)
         self.stride = _pair(stride, "stride", name)
         self.padding = _pair(padding, "padding", name)
         self.dilation = _pair(dilation, "dilation", name)
-        if groups < 1 or in_channels % groups or out_channels % groups:
+        in_channels = _int(in_channels, "in_channels", name)
+        out_channels = _int(out_channels, "out_channels", name)
+        groups = _int(groups, "groups", name)
+        if in_channels % groups or out_channels % groups:
             raise ValueError(
-                f"Conv2d: groups={groups} must divide in_channels={in_channels} and "
+                f"{name}: groups={groups} must divide in_channels={in_channels} and "
                 f"out_channels={out_channels}"
             )
         if min(*self.kernel_size, *self.stride, *self.dilation) < 1 or min(self.padding) < 0:
             raise ValueError(
-                f"Conv2d: kernel_size, stride and dilation must be >= 1 and padding >= 0, got "
+                f"{name}: kernel_size, stride and dilation must be >= 1 and padding >= 0, got "
                 f"{self.kernel_size}, {self.stride}, {self.dilation}, {self.padding}"
             )
         self.in_channels, self.out_channels, self.groups, self.init = (
@@ -170,33 +202,17 @@ class Conv2d(Module):
         )
         dt = _dtype(dtype)
         shape = (out_channels, in_channels // groups, *self.kernel_size)
-        self.weight = Parameter(_init_get(init)(shape, dt, rng))
-        self.bias = Parameter(np.zeros(out_channels, dt)) if bias else None
-        self._x: np.ndarray | None = None
+        self.weight = Parameter(_init_get(init)(shape, dt, _rng(rng, name)))
+        self.bias = Parameter(np.zeros(out_channels, dt)) if _bool(bias, "bias", name) else None
 
     def _args(self) -> tuple[Any, ...]:
         return self.stride, self.padding, self.dilation, self.groups
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        _check_input(
-            self,
-            x,
-            f"(N, {self.in_channels}, H, W)",
-            lambda a: a.ndim == 4 and a.shape[1] == self.in_channels,
-        )
-        self._x = x
-        return F.conv2d(
-            x, self.weight.data, None if self.bias is None else self.bias.data, *self._args()
-        )
-
-    def backward(self, grad_out: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
-        dx, dw, db = F.conv2d_backward(
-            grad_out, self._x, self.weight.data, *self._args(), need_dx=need_input_grad
-        )
-        self.weight.add_grad(dw)
-        if self.bias is not None:
-            self.bias.add_grad(db)
-        return dx
+    def forward(self, x: Any) -> Tensor:
+        _check_input(self, x, f"(N, {self.in_channels}, H, W)",
+                     lambda s: len(s) == 4 and s[1] == self.in_channels)  # fmt: skip
+        x = F.match_dtype(x, self.weight, type(self).__name__)
+        return F.conv2d(x, self.weight, self.bias, *self._args())
 
     def output_shape(self, input_shape: Shape) -> Shape:
         n, _, h, w = input_shape
@@ -231,6 +247,86 @@ class Conv2d(Module):
         }
 
 
+class Conv1d(Module):
+    """1-D convolution over sequences: the 2-D kernels seen through a height of 1.
+
+    Args: as Conv2d, with ints for kernel_size, stride, padding and dilation.
+
+    Shape:
+        - Input: (N, C, L)
+        - Output: (N, K, Q), Q = (L + 2*padding - dilation*(S-1) - 1) // stride + 1
+
+    Attributes:
+        weight: (K, C/groups, S). bias: (K,).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+        init: str = "kaiming_uniform",
+        dtype: npt.DTypeLike | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        name = "Conv1d"
+        self.kernel_size = _int(kernel_size, "kernel_size", name)
+        self.stride = _int(stride, "stride", name)
+        self.padding = _int(padding, "padding", name, low=0)
+        self.dilation = _int(dilation, "dilation", name)
+        self.in_channels = _int(in_channels, "in_channels", name)
+        self.out_channels = _int(out_channels, "out_channels", name)
+        self.groups = _int(groups, "groups", name)
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(
+                f"{name}: groups={groups} must divide in_channels={in_channels} and "
+                f"out_channels={out_channels}"
+            )
+        self.init = init
+        dt = _dtype(dtype)
+        # Initialised as the (K, C/groups, 1, S) kernel it runs as: the same fans.
+        w = _init_get(init)(
+            (self.out_channels, self.in_channels // self.groups, 1, self.kernel_size),
+            dt,
+            _rng(rng, name),
+        )
+        self.weight = Parameter(w.reshape(w.shape[0], w.shape[1], w.shape[3]))
+        self.bias = (
+            Parameter(np.zeros(self.out_channels, dt)) if _bool(bias, "bias", name) else None
+        )
+
+    def forward(self, x: Any) -> Tensor:
+        _check_input(self, x, f"(N, {self.in_channels}, L)",
+                     lambda s: len(s) == 3 and s[1] == self.in_channels)  # fmt: skip
+        x = F.match_dtype(x, self.weight, "Conv1d")
+        return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                        self.groups)  # fmt: skip
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        n, _, length = input_shape
+        span = self.dilation * (self.kernel_size - 1) + 1
+        return n, self.out_channels, (length + 2 * self.padding - span) // self.stride + 1
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "padding": self.padding,
+            "dilation": self.dilation,
+            "groups": self.groups,
+            "bias": self.bias is not None,
+            "init": self.init,
+        }
+
+
 class _Pool2d(Module):
     spatial = True
 
@@ -247,10 +343,9 @@ class _Pool2d(Module):
                 f"{name}: padding {self.padding} must be between 0 and half the kernel size "
                 f"{self.kernel_size}"
             )
-        self._x_shape: tuple[int, ...] = ()
 
-    def _check(self, x: np.ndarray) -> None:
-        _check_input(self, x, "(N, C, H, W)", lambda a: a.ndim == 4)
+    def _check(self, x: Any) -> None:
+        _check_input(self, x, "(N, C, H, W)", lambda s: len(s) == 4)
 
     def output_shape(self, input_shape: Shape) -> Shape:
         n, c, h, w = input_shape
@@ -276,18 +371,10 @@ class MaxPool2d(_Pool2d):
         self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0
     ) -> None:
         super().__init__(kernel_size, stride, padding)
-        self._indices: np.ndarray | None = None
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: Any) -> Tensor:
         self._check(x)
-        self._x_shape = x.shape
-        y, self._indices = F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
-        return y
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        return F.max_pool2d_backward(
-            grad_out, self._indices, self._x_shape, self.kernel_size, self.stride, self.padding
-        )
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
 
 
 class AvgPool2d(_Pool2d):
@@ -309,25 +396,219 @@ class AvgPool2d(_Pool2d):
         count_include_pad: bool = True,
     ) -> None:
         super().__init__(kernel_size, stride, padding)
-        self.count_include_pad = count_include_pad
+        self.count_include_pad = _bool(count_include_pad, "count_include_pad", "AvgPool2d")
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: Any) -> Tensor:
         self._check(x)
-        self._x_shape = x.shape
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.count_include_pad)
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        return F.avg_pool2d_backward(
-            grad_out,
-            self._x_shape,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.count_include_pad,
-        )
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "count_include_pad": self.count_include_pad}
+
+
+class _Pool1d(Module):
+    def __init__(self, kernel_size: int, stride: int | None, padding: int) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.kernel_size = _int(kernel_size, "kernel_size", name)
+        self.stride = self.kernel_size if stride is None else _int(stride, "stride", name)
+        self.padding = _int(padding, "padding", name, low=0)
+        if self.padding > self.kernel_size // 2:
+            raise ValueError(
+                f"{name}: padding {self.padding} must be at most half the kernel size "
+                f"{self.kernel_size}"
+            )
+
+    def _check(self, x: Any) -> None:
+        _check_input(self, x, "(N, C, L)", lambda s: len(s) == 3)
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        n, c, length = input_shape
+        return n, c, (length + 2 * self.padding - self.kernel_size) // self.stride + 1
+
+    def config(self) -> dict[str, Any]:
+        return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}
+
+
+class MaxPool1d(_Pool1d):
+    """Max pooling over sequences (the 2-D kernel with a height of 1).
+
+    Shape:
+        - Input: (N, C, L)
+        - Output: (N, C, Q), Q = (L + 2*padding - kernel_size) // stride + 1
+    """
+
+    def __init__(self, kernel_size: int, stride: int | None = None, padding: int = 0) -> None:
+        super().__init__(kernel_size, stride, padding)
+
+    def forward(self, x: Any) -> Tensor:
+        self._check(x)
+        return F.max_pool1d(x, self.kernel_size, self.stride, self.padding)
+
+
+class AvgPool1d(_Pool1d):
+    """Average pooling over sequences (the 2-D kernel with a height of 1).
+
+    Shape:
+        - Input: (N, C, L)
+        - Output: (N, C, Q), Q = (L + 2*padding - kernel_size) // stride + 1
+    """
+
+    def __init__(
+        self,
+        kernel_size: int,
+        stride: int | None = None,
+        padding: int = 0,
+        count_include_pad: bool = True,
+    ) -> None:
+        super().__init__(kernel_size, stride, padding)
+        self.count_include_pad = _bool(count_include_pad, "count_include_pad", "AvgPool1d")
+
+    def forward(self, x: Any) -> Tensor:
+        self._check(x)
+        return F.avg_pool1d(x, self.kernel_size, self.stride, self.padding, self.count_include_pad)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "count_include_pad": self.count_include_pad}
+
+
+class AdaptiveAvgPool2d(Module):
+    """Average pooling to a fixed output plane; output_size 1 is global average pooling (one
+    value per feature map, whatever the input size). Other sizes must divide H and W.
+
+    Shape:
+        - Input: (N, C, H, W)
+        - Output: (N, C, P, Q) with (P, Q) = output_size
+    """
+
+    def __init__(self, output_size: IntPair = 1) -> None:
+        super().__init__()
+        self.output_size = _pair(output_size, "output_size", "AdaptiveAvgPool2d")
+        if min(self.output_size) < 1:
+            raise ValueError(f"AdaptiveAvgPool2d: output_size must be >= 1, got {output_size}")
+
+    def forward(self, x: Any) -> Tensor:
+        _check_input(self, x, "(N, C, H, W)", lambda s: len(s) == 4)
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        return (*input_shape[:2], *self.output_size)
+
+    def config(self) -> dict[str, Any]:
+        return {"output_size": self.output_size}
+
+
+class GlobalAvgPool2d(Module):
+    """The mean of each feature map, flattened (AdaptiveAvgPool2d(1) then Flatten).
+
+    Shape:
+        - Input: (N, C, H, W)
+        - Output: (N, C)
+    """
+
+    def forward(self, x: Any) -> Tensor:
+        _check_input(self, x, "(N, C, H, W)", lambda s: len(s) == 4)
+        return F.global_avg_pool2d(x)
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        return tuple(input_shape[:2])
+
+
+class _BatchNorm(Module):
+    _ndims: tuple[int, ...] = ()
+    _expected = ""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        dtype: npt.DTypeLike | None = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.num_features = _int(num_features, "num_features", name)
+        self.eps = _real(eps, "eps", name, 0.0, math.inf, high_open=True)
+        if self.eps <= 0:
+            raise ValueError(f"{name}: eps must be > 0, got {eps!r}")
+        self.momentum = (
+            None if momentum is None else _real(momentum, "momentum", name, 0.0, 1.0,
+                                                high_open=False)
+        )  # fmt: skip
+        self.affine = _bool(affine, "affine", name)
+        self.track_running_stats = _bool(track_running_stats, "track_running_stats", name)
+        dt = _dtype(dtype)
+        c = self.num_features
+        self.weight = Parameter(np.ones(c, dt)) if self.affine else None
+        self.bias = Parameter(np.zeros(c, dt)) if self.affine else None
+        if self.track_running_stats:
+            self.register_buffer("running_mean", np.zeros(c, dt))
+            self.register_buffer("running_var", np.ones(c, dt))
+            self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
+        else:
+            self.running_mean = self.running_var = None
+
+    def forward(self, x: Any) -> Tensor:
+        c = self.num_features
+        _check_input(self, x, self._expected.format(c=c),
+                     lambda s: len(s) in self._ndims and s[1] == c)  # fmt: skip
+        ref = self.weight if self.weight is not None else self.running_mean
+        if ref is not None:
+            x = F.match_dtype(x, ref, type(self).__name__)
+        track = self.track_running_stats
+        momentum = self.momentum
+        if self.training and track:
+            self.num_batches_tracked += 1
+            if momentum is None:  # a cumulative average of every batch's statistics
+                momentum = 1.0 / float(self.num_batches_tracked)
+        return F.batch_norm(
+            x,
+            self.running_mean if track else None,
+            self.running_var if track else None,
+            self.weight,
+            self.bias,
+            training=self.training or not track,
+            momentum=0.1 if momentum is None else momentum,
+            eps=self.eps,
+        )
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "num_features": self.num_features,
+            "eps": self.eps,
+            "momentum": self.momentum,
+            "affine": self.affine,
+            "track_running_stats": self.track_running_stats,
+        }
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of features (or channels of sequences): each is normalised with the
+    batch's mean and variance in training and with running estimates in evaluation, then scaled
+    by weight (gamma) and shifted by bias (beta). momentum and eps as in PyTorch
+    (running = (1 - momentum) running + momentum batch; momentum None: cumulative average).
+
+    Shape:
+        - Input: (N, C) or (N, C, L)
+        - Output: same as the input
+    """
+
+    _ndims = (2, 3)
+    _expected = "(N, {c}) or (N, {c}, L)"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of feature maps: per channel over N, H and W (see BatchNorm1d).
+
+    Shape:
+        - Input: (N, C, H, W)
+        - Output: same as the input
+    """
+
+    _ndims = (4,)
+    _expected = "(N, {c}, H, W)"
 
 
 class Flatten(Module):
@@ -338,16 +619,48 @@ class Flatten(Module):
         - Output: (N, product of *)
     """
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        _check_input(self, x, "(N, ...)", lambda a: a.ndim >= 1)
-        self._x_shape = x.shape
-        return x.reshape(x.shape[0], -1)
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        return grad_out.reshape(self._x_shape)
+    def forward(self, x: Any) -> Tensor:
+        _check_input(self, x, "(N, ...)", lambda s: len(s) >= 1)
+        shape = x.shape
+        t = x if isinstance(x, Tensor) else Tensor(x)
+        return t.reshape(shape[0], math.prod(shape[1:]))
 
     def output_shape(self, input_shape: Shape) -> Shape:
         return (input_shape[0], math.prod(input_shape[1:]))
+
+
+class Identity(Module):
+    """Returns its input (a placeholder, or the shortcut of a residual block).
+
+    Shape: any input; the same output.
+    """
+
+    def forward(self, x: Any) -> Any:
+        return x
+
+
+class Residual(Module):
+    """A skip connection around a block: y = block(x) + shortcut(x), shortcut the identity by
+    default (or e.g. a 1x1 convolution where the block changes the shape). Gradients reach x
+    through both paths and add up, which keeps them from vanishing in deep stacks.
+
+    Shape: block(x) and shortcut(x) must have the same shape; that is the output's.
+    """
+
+    def __init__(self, block: Module, shortcut: Module | None = None) -> None:
+        super().__init__()
+        if not isinstance(block, Module):
+            raise TypeError(f"Residual: block must be a Module, got {type(block).__name__}")
+        if shortcut is not None and not isinstance(shortcut, Module):
+            raise TypeError(
+                f"Residual: shortcut must be a Module or None, got {type(shortcut).__name__}"
+            )
+        self.block = block
+        self.shortcut = shortcut
+
+    def forward(self, x: Any) -> Tensor:
+        skip = x if self.shortcut is None else self.shortcut(x)
+        return F.add(self.block(x), skip)
 
 
 class Dropout(Module):
@@ -361,23 +674,11 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None) -> None:
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
-        self.p = p
-        self._rng = rng
-        self._mask: np.ndarray | None = None
+        self.p = _real(p, "p", "Dropout", 0.0, 1.0, high_open=True)
+        self._rng = _rng(rng, "Dropout")
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        if not self.training or self.p == 0.0:
-            self._mask = None
-            return x
-        rng = init.generator() if self._rng is None else self._rng
-        keep = rng.random(x.shape) >= self.p
-        self._mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
-        return x * self._mask
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        return grad_out if self._mask is None else grad_out * self._mask
+    def forward(self, x: Any) -> Tensor:
+        return F.dropout(x, self.p, self.training, self._rng)
 
     def config(self) -> dict[str, Any]:
         return {"p": self.p}
@@ -394,34 +695,22 @@ class Sigmoid(Module):
     Shape: any input; output of the same shape.
     """
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        self._y = F.sigmoid(x)
-        return self._y
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        return F.sigmoid_backward(grad_out, self._y)
+    def forward(self, x: Any) -> Tensor:
+        return F.sigmoid(x)
 
 
 class Tanh(Module):
     """Hyperbolic tangent. Shape: any input; output of the same shape."""
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        self._y = F.tanh(x)
-        return self._y
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        return F.tanh_backward(grad_out, self._y)
+    def forward(self, x: Any) -> Tensor:
+        return F.tanh(x)
 
 
 class ReLU(Module):
     """max(0, x): slope 1 wherever the unit is active. Shape: any; output of the same shape."""
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        self._x = x
+    def forward(self, x: Any) -> Tensor:
         return F.relu(x)
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        return F.relu_backward(grad_out, self._x)
 
 
 class LeakyReLU(Module):
@@ -429,14 +718,14 @@ class LeakyReLU(Module):
 
     def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
-        self.negative_slope = negative_slope
+        self.negative_slope = _real(
+            negative_slope, "negative_slope", "LeakyReLU", -math.inf, math.inf, high_open=True
+        )
+        if not math.isfinite(self.negative_slope):
+            raise ValueError(f"LeakyReLU: negative_slope must be finite, got {negative_slope!r}")
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        self._x = x
+    def forward(self, x: Any) -> Tensor:
         return F.leaky_relu(x, self.negative_slope)
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        return F.leaky_relu_backward(grad_out, self._x, self.negative_slope)
 
     def config(self) -> dict[str, Any]:
         return {"negative_slope": self.negative_slope}
@@ -451,18 +740,17 @@ class Softmax(Module):
 
     def __init__(self, axis: int = -1) -> None:
         super().__init__()
-        self.axis = axis
+        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+            raise TypeError(f"Softmax: axis must be an int, got {axis!r}")
+        if not -64 <= axis < 64:
+            raise ValueError(f"Softmax: axis must be in [-64, 64) (NumPy's limit), got {axis}")
+        self.axis = int(axis)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        self._y = F.softmax(x, self.axis)
-        return self._y
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        return F.softmax_backward(grad_out, self._y, self.axis)
+    def forward(self, x: Any) -> Tensor:
+        arr = as_array(x)
+        if not -arr.ndim <= self.axis < arr.ndim:
+            raise ValueError(f"Softmax: axis {self.axis} is out of range for input {arr.shape}")
+        return F.softmax(x, self.axis)
 
     def config(self) -> dict[str, Any]:
         return {"axis": self.axis}
-
-
-def _init_get(name: str) -> Any:
-    return init.get(name)

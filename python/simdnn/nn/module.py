@@ -1,87 +1,82 @@
-"""Module, Parameter and Sequential: the building blocks of every model.
+"""Module, Parameter and the containers: the building blocks of every model.
 
-Training is reverse-mode differentiation done by hand, layer by layer: ``forward(x)`` computes
-the output and caches what the backward pass needs; ``backward(grad_out)`` returns the gradient
-with respect to the input and *adds* the gradients of the layer's parameters into their
-``.grad`` (so several backward passes accumulate until :meth:`Module.zero_grad`).
+A module defines ``forward`` only. Its parameters are leaf tensors (:class:`Parameter`) and every
+op that forward calls records itself on the tape (:mod:`simdnn.autograd`), so ``loss.backward()``
+reaches every parameter through any graph: a layer applied twice, a residual connection,
+branches, tied weights. The tape, not the layer, remembers the inputs.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
+from ..autograd import Tensor, no_grad
+
 Shape = tuple[int, ...]
 
-# Every Module subclass, by class name: what simdnn.load rebuilds architectures from.
+# The built-in layers by class name: what simdnn.load rebuilds architectures from. Only classes
+# defined inside simdnn are entered, so a user class named like a built-in (Flatten, ReLU) can
+# never replace one.
 LAYER_REGISTRY: dict[str, type[Module]] = {}
 
 
-class Parameter:
-    """A trainable array and the gradient accumulated for it.
+class Parameter(Tensor):
+    """A trainable array: a leaf tensor that requires a gradient, with its ``.grad`` buffer
+    allocated up front (zeros) so that kernels can write gradients straight into it.
 
-    ``zero_grad()`` only marks the gradient as zero; the next backward pass then writes it instead
-    of adding to it (no fill, and no read of the old values: a tenth of an MLP step's memory
-    traffic), and reading ``.grad`` before that gives zeros.
+    ``zero_grad()`` only marks the gradient as zero; the next backward pass then writes it
+    instead of adding to it (no fill, and no read of the old values), and reading ``.grad``
+    before that gives zeros.
     """
 
-    def __init__(self, data: np.ndarray) -> None:
-        self.data = data
-        self._grad = np.zeros_like(data)
-        self._grad_is_zero = False
+    __slots__ = ()
+
+    def __init__(self, data: Any) -> None:
+        arr = np.asarray(data.data if isinstance(data, Tensor) else data)
+        if arr.dtype not in (np.float32, np.float64):
+            raise TypeError(f"Parameter: expected float32 or float64 data, got {arr.dtype}")
+        super().__init__(arr, requires_grad=True)
+        self._grad = np.zeros_like(arr)
 
     @property
     def grad(self) -> np.ndarray:
-        if self._grad_is_zero:
-            self._grad.fill(0)
-            self._grad_is_zero = False
-        return self._grad
+        g = Tensor.grad.fget(self)  # type: ignore[attr-defined]
+        if g is None:  # dropped by the user (p.grad = None): zeros again
+            g = self._grad = np.zeros_like(self.data)
+        return g
 
     @grad.setter
-    def grad(self, value: np.ndarray) -> None:
-        self._grad = value
-        self._grad_is_zero = False
-
-    def zero_grad(self) -> None:
-        self._grad_is_zero = True
-
-    def grad_target(self) -> tuple[np.ndarray, float]:
-        """(gradient buffer, beta) for a backward pass that writes beta * buffer + its own
-        contribution: beta is 0 right after zero_grad (overwrite), else 1 (accumulate)."""
-        beta = 0.0 if self._grad_is_zero else 1.0
-        self._grad_is_zero = False
-        return self._grad, beta
-
-    def add_grad(self, value: np.ndarray) -> None:
-        """Accumulate value into the gradient (or write it, right after zero_grad)."""
-        buf, beta = self.grad_target()
-        if beta == 0.0:
-            np.copyto(buf, value)
-        else:
-            buf += value
-
-    @property
-    def shape(self) -> Shape:
-        return self.data.shape
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.data.dtype
+    def grad(self, value: np.ndarray | None) -> None:
+        Tensor.grad.fset(self, value)  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
 
 
+class _Trace(threading.local):
+    calls: list[tuple[Module, Shape, Shape]] | None = None
+
+
+_trace = _Trace()
+
+
+def _shape_of(v: Any) -> Shape:
+    return tuple(np.shape(v.data if isinstance(v, Tensor) else v))
+
+
 class Module:
     """Base class of layers and models.
 
-    Subclasses implement ``forward(x)`` and ``backward(grad_out)``; parameters and sub-modules
-    assigned as attributes are found by :meth:`parameters`, :meth:`state_dict` and friends.
+    Subclasses call ``super().__init__()``, assign parameters, buffers and sub-modules as
+    attributes, and implement ``forward(*inputs)``; calling the module runs forward. There is no
+    backward to write: gradients come from the tape.
     """
 
     training: bool
@@ -91,11 +86,13 @@ class Module:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        LAYER_REGISTRY[cls.__name__] = cls
+        if cls.__module__.startswith("simdnn.") and not cls.__name__.startswith("_"):
+            LAYER_REGISTRY.setdefault(cls.__name__, cls)
 
     def __init__(self) -> None:
         object.__setattr__(self, "_params", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "training", True)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -105,41 +102,70 @@ class Module:
             )
         self._params.pop(name, None)
         self._modules.pop(name, None)
-        if isinstance(value, Parameter):
+        if name in self._buffers:
+            if value is not None and not isinstance(value, np.ndarray):
+                raise TypeError(f"{type(self).__name__}: buffer {name!r} must be a NumPy array")
+            self._buffers[name] = value
+        elif isinstance(value, Parameter):
             self._params[name] = value
         elif isinstance(value, Module):
             self._modules[name] = value
         object.__setattr__(self, name, value)
 
+    def __delattr__(self, name: str) -> None:
+        self._params.pop(name, None)
+        self._modules.pop(name, None)
+        self._buffers.pop(name, None)
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name: str, value: np.ndarray | None) -> None:
+        """State that is not trained but saved with the model (BatchNorm's running statistics)."""
+        if value is not None and not isinstance(value, np.ndarray):
+            raise TypeError(f"register_buffer: {name!r} must be a NumPy array or None")
+        self._buffers[name] = value
+        object.__setattr__(self, name, value)
+
     # -- computation -------------------------------------------------------------------------
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, *inputs: Any) -> Any:
         raise TypeError(f"{type(self).__name__} does not define forward()")
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        raise TypeError(f"{type(self).__name__} does not define backward()")
-
-    def accepts_need_input_grad(self) -> bool:
-        """Whether backward(grad, need_input_grad=False) may skip computing the input gradient
-        (the first trainable layer of a model never needs it; Linear and Conv2d skip it)."""
-        import inspect
-
-        return "need_input_grad" in inspect.signature(self.backward).parameters
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.forward(x)
+    def __call__(self, *inputs: Any, **kwargs: Any) -> Any:
+        out = self.forward(*inputs, **kwargs)
+        calls = _trace.calls
+        if calls is not None and not self._modules:
+            calls.append((self, _shape_of(inputs[0]) if inputs else (), _shape_of(out)))
+        return out
 
     # -- structure ---------------------------------------------------------------------------
 
     def children(self) -> Iterator[Module]:
         yield from self._modules.values()
 
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        yield from self._modules.items()
+
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
-        yield prefix, self
-        for name, child in self._modules.items():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+        """Every module of the tree once (a module used twice under its first name), parents
+        before children."""
+        seen: set[int] = set()
+        stack = [(prefix, self)]
+        while stack:
+            name, mod = stack.pop()
+            if id(mod) in seen:
+                continue
+            seen.add(id(mod))
+            yield name, mod
+            kids = [(f"{name}.{k}" if name else k, m) for k, m in mod._modules.items()]
+            stack.extend(reversed(kids))
+
+    def modules(self) -> Iterator[Module]:
+        for _, m in self.named_modules():
+            yield m
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        """Every parameter once: a tied parameter (one Parameter held by two layers) under the
+        first name it is found by."""
         seen: set[int] = set()
         for mod_name, mod in self.named_modules(prefix):
             for name, p in mod._params.items():
@@ -150,13 +176,19 @@ class Module:
     def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
 
+    def named_buffers(self) -> Iterator[tuple[str, np.ndarray]]:
+        for mod_name, mod in self.named_modules():
+            for name, b in mod._buffers.items():
+                if b is not None:
+                    yield (f"{mod_name}.{name}" if mod_name else name), b
+
     def zero_grad(self) -> None:
         for p in self.parameters():
             p.zero_grad()
 
     def train(self, mode: bool = True) -> Module:
         for _, mod in self.named_modules():
-            object.__setattr__(mod, "training", mode)
+            object.__setattr__(mod, "training", bool(mode))
         return self
 
     def eval(self) -> Module:
@@ -168,40 +200,72 @@ class Module:
     # -- state -------------------------------------------------------------------------------
 
     def state_dict(self) -> OrderedDict[str, np.ndarray]:
-        """Copies of every parameter, by dotted name (``"0.weight"``, ``"2.bias"``, ...)."""
-        return OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
+        """Copies of every parameter and buffer, by dotted name (``"0.weight"``,
+        ``"1.running_mean"``, ...); a tied parameter appears once."""
+        out: OrderedDict[str, np.ndarray] = OrderedDict(
+            (name, p.data.copy()) for name, p in self.named_parameters()
+        )
+        for name, b in self.named_buffers():
+            out[name] = b.copy()
+        return out
 
-    def load_state_dict(self, state: Mapping[str, np.ndarray], strict: bool = True) -> None:
-        """Copy arrays into the parameters of the same names (and shapes).
+    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
+        """Copy arrays into the parameters and buffers of the same names (and shapes).
 
-        strict: every parameter must be given and nothing else (ValueError naming the
+        Everything is checked before anything is written, so a bad entry leaves the model as it
+        was. strict: every entry must be given and nothing else (ValueError naming the
         differences); otherwise missing and unexpected names are skipped.
         """
-        params = dict(self.named_parameters())
-        missing = [k for k in params if k not in state]
-        unexpected = [k for k in state if k not in params]
+        if not isinstance(state, Mapping):
+            raise TypeError(f"load_state_dict: expected a mapping, got {type(state).__name__}")
+        targets: dict[str, tuple[Any, str, np.ndarray]] = {}
+        for name, p in self.named_parameters():
+            targets[name] = (p, "param", p.data)
+        for mod_name, mod in self.named_modules():
+            for bname, b in mod._buffers.items():
+                if b is not None:
+                    key = f"{mod_name}.{bname}" if mod_name else bname
+                    targets[key] = (mod, bname, b)
+        missing = [k for k in targets if k not in state]
+        unexpected = [k for k in state if k not in targets]
         if strict and (missing or unexpected):
-            raise ValueError(
-                f"load_state_dict: missing parameters {missing}, unexpected {unexpected}"
-            )
-        for name, p in params.items():
+            raise ValueError(f"load_state_dict: missing entries {missing}, unexpected {unexpected}")
+        plan = []
+        for name, (_, _, current) in targets.items():
             if name not in state:
                 continue
-            value = np.asarray(state[name])
-            if value.shape != p.data.shape:
-                raise ValueError(
-                    f"load_state_dict: {name!r} has shape {value.shape}, expected {p.data.shape}"
+            raw = state[name]
+            value = raw.data if isinstance(raw, Tensor) else raw
+            value = np.asarray(value)
+            float_into_int = current.dtype.kind in "iu" and value.dtype.kind == "f"
+            if value.dtype.kind not in "fiu" or float_into_int:
+                raise TypeError(
+                    f"load_state_dict: {name!r} has dtype {value.dtype}, expected real numbers "
+                    f"for {current.dtype}"
                 )
-            p.data[...] = value
+            if value.shape != current.shape:
+                raise ValueError(
+                    f"load_state_dict: {name!r} has shape {value.shape}, expected {current.shape}"
+                )
+            plan.append((current, value))
+        for current, value in plan:
+            current[...] = value
 
     def astype(self, dtype: npt.DTypeLike) -> Module:
-        """Convert every parameter (and its gradient) to float32 or float64, in place."""
+        """Convert every parameter (and its gradient) and floating buffer to float32 or
+        float64, in place."""
         dt = np.dtype(dtype)
         if dt not in (np.float32, np.float64):
             raise TypeError(f"astype: expected float32 or float64, got {dt}")
         for p in self.parameters():
-            p.data = p.data.astype(dt)
-            p.grad = p.grad.astype(dt)
+            if p.data.dtype != dt:
+                p.data = p.data.astype(dt)
+                p._grad = np.zeros_like(p.data)
+                p._grad_stale = p._grad_pinned = False
+        for _, mod in self.named_modules():
+            for name, b in list(mod._buffers.items()):
+                if b is not None and b.dtype.kind == "f" and b.dtype != dt:
+                    setattr(mod, name, b.astype(dt))
         return self
 
     @property
@@ -236,41 +300,53 @@ class Module:
         return "\n".join(lines)
 
     def summary(self, input_shape: Shape, print_fn: Any = print) -> str:
-        """A table of the layers: output shape, parameters, receptive field, and what a dense
-        layer with the same input and output sizes would cost (what weight sharing saves).
+        """A table of the layers as forward runs them (one row per call, so a layer applied
+        twice has two rows): output shape, parameters, receptive field, and what a dense layer
+        with the same input and output sizes would cost (what weight sharing saves).
 
         input_shape is one example's shape without the batch axis, e.g. (1, 28, 28) or (784,).
+        It runs forward once on zeros, in evaluation mode, without recording a tape.
         """
+        names = {id(m): n for n, m in self.named_modules()}
+        was_training = self.training
+        calls: list[tuple[Module, Shape, Shape]] = []
+        _trace.calls = calls
+        try:
+            self.eval()
+            with no_grad():
+                self(np.zeros((1, *tuple(input_shape)), self.dtype))
+        finally:
+            _trace.calls = None
+            self.train(was_training)
         rows = []
-        shape: Shape = (1, *tuple(input_shape))
         rf = (1, 1)
         jump = (1, 1)
         total = 0
         dense_total = 0
-        for name, layer in _leaf_layers(self):
-            out = layer.output_shape(shape)
-            params = layer.num_parameters()
+        counted: set[int] = set()
+        for layer, shape, out in calls:
+            params = sum(p.data.size for p in layer._params.values() if id(p) not in counted)
+            counted.update(id(p) for p in layer._params.values())
             win = layer.window()
             if win is not None:
                 (kh, kw), (sh, sw) = win
                 rf = (rf[0] + (kh - 1) * jump[0], rf[1] + (kw - 1) * jump[1])
                 jump = (jump[0] * sh, jump[1] * sw)
             dense = 0
-            if params:
+            if layer._params:
                 n_in, n_out = math.prod(shape[1:]), math.prod(out[1:])
                 dense = n_in * n_out + n_out
             total += params
-            dense_total += dense if params else 0
+            dense_total += dense
             rows.append(
                 (
-                    f"{name} {type(layer).__name__}",
+                    f"{names.get(id(layer), '?')} {type(layer).__name__}",
                     str(out[1:]),
                     f"{params:,}",
                     f"{rf[0]}x{rf[1]}" if len(out) == 4 else "-",
-                    f"{dense:,}" if params else "-",
+                    f"{dense:,}" if layer._params else "-",
                 )
             )
-            shape = out
         header = ("layer", "output shape", "parameters", "receptive field", "dense equivalent")
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
         fmt = "  ".join(f"{{:{'<' if i < 2 else '>'}{w}}}" for i, w in enumerate(widths))
@@ -288,19 +364,14 @@ class Module:
         return text
 
 
-def _leaf_layers(module: Module) -> list[tuple[str, Module]]:
-    """The layers in execution order: the children of Sequential containers, recursively."""
-    if isinstance(module, Sequential):
-        out: list[tuple[str, Module]] = []
-        for name, child in module._modules.items():
-            for sub_name, sub in _leaf_layers(child):
-                out.append((f"{name}.{sub_name}" if sub_name else name, sub))
-        return out
-    return [("", module)]
+def _check_module(value: Any, where: str) -> Module:
+    if not isinstance(value, Module):
+        raise TypeError(f"{where} is {type(value).__name__}, not a Module")
+    return value
 
 
 class Sequential(Module):
-    """Layers applied one after the other; backward runs them in reverse.
+    """Layers applied one after the other.
 
     Shape:
         - Input: whatever the first layer takes.
@@ -310,9 +381,7 @@ class Sequential(Module):
     def __init__(self, *layers: Module) -> None:
         super().__init__()
         for i, layer in enumerate(layers):
-            if not isinstance(layer, Module):
-                raise TypeError(f"Sequential: argument {i} is {type(layer).__name__}, not a Module")
-            setattr(self, str(i), layer)
+            setattr(self, str(i), _check_module(layer, f"Sequential: argument {i}"))
 
     @property
     def layers(self) -> list[Module]:
@@ -328,31 +397,78 @@ class Sequential(Module):
         return iter(self.layers)
 
     def append(self, layer: Module) -> Sequential:
-        setattr(self, str(len(self)), layer)
+        setattr(self, str(len(self)), _check_module(layer, "Sequential.append: the layer"))
         return self
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: Any) -> Any:
         for layer in self._modules.values():
-            x = layer.forward(x)
+            x = layer(x)
         return x
-
-    def backward(self, grad_out: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
-        """Backpropagate through the layers in reverse. With need_input_grad=False (what fit
-        does) nothing below the first layer with parameters is computed: no layer there has a
-        gradient to receive, and that layer skips its input gradient when it can (a Linear on
-        784 inputs saves a third of its backward pass)."""
-        layers = list(self._modules.values())
-        stop = 0
-        if not need_input_grad:
-            stop = next((i for i, m in enumerate(layers) if m.parameters()), len(layers))
-        for i in range(len(layers) - 1, stop - 1, -1):
-            layer = layers[i]
-            if i == stop and not need_input_grad and layer.accepts_need_input_grad():
-                return layer.backward(grad_out, need_input_grad=False)
-            grad_out = layer.backward(grad_out)
-        return None if not need_input_grad else grad_out
 
     def output_shape(self, input_shape: Shape) -> Shape:
         for layer in self._modules.values():
             input_shape = layer.output_shape(input_shape)
         return input_shape
+
+
+class ModuleList(Module):
+    """A list of modules whose parameters the owner sees (PyTorch's ModuleList); it has no
+    forward of its own: iterate over it in the owner's forward."""
+
+    def __init__(self, modules: Iterable[Module] = ()) -> None:
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def append(self, module: Module) -> ModuleList:
+        setattr(self, str(len(self)), _check_module(module, "ModuleList: an item"))
+        return self
+
+    def extend(self, modules: Iterable[Module]) -> ModuleList:
+        for m in modules:
+            self.append(m)
+        return self
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(list(self._modules.values()))
+
+    def __getitem__(self, i: int) -> Module:
+        return list(self._modules.values())[i]
+
+
+class ModuleDict(Module):
+    """Modules by name whose parameters the owner sees (PyTorch's ModuleDict)."""
+
+    def __init__(self, modules: Mapping[str, Module] | None = None) -> None:
+        super().__init__()
+        for k, m in (modules or {}).items():
+            self[k] = m
+
+    def __setitem__(self, key: str, module: Module) -> None:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ValueError(f"ModuleDict: keys must be identifiers, got {key!r}")
+        setattr(self, key, _check_module(module, f"ModuleDict: item {key!r}"))
+
+    def __getitem__(self, key: str) -> Module:
+        return self._modules[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._modules
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._modules))
+
+    def keys(self) -> list[str]:
+        return list(self._modules)
+
+    def values(self) -> list[Module]:
+        return list(self._modules.values())
+
+    def items(self) -> list[tuple[str, Module]]:
+        return list(self._modules.items())
