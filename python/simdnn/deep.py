@@ -183,6 +183,7 @@ def deep_lab(
     seed: int = 0,
     quiet: bool = False,
     variants: Sequence[str] | None = None,
+    lr: float = LR,
 ) -> dict[str, dict[str, Any]]:
     """Train the deep net four ways (see the module docstring); print a table and, with `out`,
     plot the learning curves and the per-layer gradient norms.
@@ -202,7 +203,7 @@ def deep_lab(
     say: Callable[..., None] = (lambda *a, **k: None) if quiet else print
     say(
         f"deep-net lab: {depth} Linear layers of width {width} on the 8x8 digits "
-        f"({len(data[0])} training, {len(data[2])} held-out images); every arm: SGD lr {LR}, "
+        f"({len(data[0])} training, {len(data[2])} held-out images); every arm: SGD lr {lr}, "
         f"momentum {MOMENTUM}, batch {BATCH_SIZE}, {epochs} epochs, seed {seed}"
     )
     results: dict[str, dict[str, Any]] = {}
@@ -213,7 +214,7 @@ def deep_lab(
             continue
         with np.errstate(over="ignore"):  # sigmoid's exp(-x) may overflow to inf: exact 0
             results[key] = train_variant(
-                key, data, epochs=epochs, depth=depth, width=width, seed=seed
+                key, data, epochs=epochs, depth=depth, width=width, seed=seed, lr=lr
             )
     _print_table(results, labels, say, epochs)
     if out is not None:
