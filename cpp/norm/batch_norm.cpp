@@ -57,24 +57,34 @@ constexpr int64_t kRowPathMinS = 16;
 // the lanes of u * v, both widened first, so the product is exact for float32. A float32 vector
 // needs two double vectors (a[0], a[1]); a float64 vector uses a[0] only.
 #if defined(SIMDNN_ISA_IS_AVX512)
+// The zero-masking forms with a full mask, and a store instead of _mm512_reduce_add_pd: the plain
+// conversion, extract and cast intrinsics pass _mm512_undefined_*() as the merge source, which
+// GCC 12 reports as maybe-uninitialized (GCC bug 105593, as in simd_avx512.h); the compiler emits
+// the same unmasked instructions.
 struct Wide {
   using D = __m512d;
   static D zero() { return _mm512_setzero_pd(); }
-  static __m512d lo(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
-  static __m512d hi(__m512 v) {
-    return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  // Half h (0 or 1) of a float vector, widened.
+  template <int h>
+  static __m512d half(__m512 v) {
+    return _mm512_maskz_cvtps_pd(
+        0xff, _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xf, _mm512_castps_pd(v), h)));
   }
   static void add(D* a, __m512 v) {
-    a[0] = _mm512_add_pd(a[0], lo(v));
-    a[1] = _mm512_add_pd(a[1], hi(v));
+    a[0] = _mm512_add_pd(a[0], half<0>(v));
+    a[1] = _mm512_add_pd(a[1], half<1>(v));
   }
   static void add(D* a, __m512d v) { a[0] = _mm512_add_pd(a[0], v); }
   static void fma(D* a, __m512 u, __m512 v) {
-    a[0] = _mm512_fmadd_pd(lo(u), lo(v), a[0]);
-    a[1] = _mm512_fmadd_pd(hi(u), hi(v), a[1]);
+    a[0] = _mm512_fmadd_pd(half<0>(u), half<0>(v), a[0]);
+    a[1] = _mm512_fmadd_pd(half<1>(u), half<1>(v), a[1]);
   }
   static void fma(D* a, __m512d u, __m512d v) { a[0] = _mm512_fmadd_pd(u, v, a[0]); }
-  static double total(const D* a) { return _mm512_reduce_add_pd(_mm512_add_pd(a[0], a[1])); }
+  static double total(const D* a) {
+    alignas(64) double t[8];
+    _mm512_store_pd(t, _mm512_add_pd(a[0], a[1]));
+    return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+  }
 };
 #elif defined(SIMDNN_ISA_IS_AVX2)
 struct Wide {
