@@ -9,8 +9,8 @@ import pytest
 import simdnn
 from simdnn import ops, reference
 
-# C = 1, primes, S below, at and above the vector widths (the column path takes S < 16, the row
-# path S >= 16 with scalar tails), and a tensor big enough to be split between threads.
+# C = 1, primes, S below, at and above the vector widths (the column path takes S < 64, the row
+# path S >= 64, with scalar tails when S is not a multiple of the vector width).
 SHAPES = [
     (1, 1),
     (3, 5),
@@ -18,6 +18,8 @@ SHAPES = [
     (2, 17, 5, 3),
     (4, 3, 40),
     (5, 2, 33),
+    (3, 2, 67),
+    (2, 3, 9, 11),
     (16, 64, 8, 8),
     (3, 1, 7, 7),
 ]
@@ -128,7 +130,7 @@ def test_eval_uses_running_statistics(isa, dtype, rng):
     np.testing.assert_allclose(dx, dy * (w * invstd)[:, None], rtol=t, atol=t)
 
 
-@pytest.mark.parametrize("shape", [(8, 3, 50), (200, 3), (4, 2, 5, 7)], ids=str)
+@pytest.mark.parametrize("shape", [(8, 3, 50), (200, 3), (4, 2, 5, 7), (4, 2, 70)], ids=str)
 def test_large_mean_does_not_cancel(isa, dtype, rng, shape):
     """Mean 1e4 and standard deviation 1: E[x^2] - E[x]^2 in float32 would lose every digit of
     the variance (x^2 ~ 1e8 has an ulp of 8); the two-pass variance keeps them."""
@@ -174,7 +176,7 @@ def test_direct_formula(isa, rng, shape):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("shape", [(5, 3), (3, 2, 4), (2, 2, 17)], ids=str)
+@pytest.mark.parametrize("shape", [(5, 3), (3, 2, 4), (2, 2, 17), (2, 1, 65)], ids=str)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("impl", ["native", "twin"])
 def test_backward_finite_differences(isa, rng, shape, training, impl):
@@ -250,7 +252,9 @@ def test_strided_inputs_and_running_views(isa, dtype, rng):
         np.testing.assert_allclose(g, e, rtol=t * 10, atol=t * 10)
 
 
-@pytest.mark.parametrize("shape", [(0, 3), (0, 2, 16), (4, 2, 0), (3, 0, 5), (0, 0)], ids=str)
+@pytest.mark.parametrize(
+    "shape", [(0, 3), (0, 2, 16), (0, 2, 64), (4, 2, 0), (3, 0, 5), (0, 0)], ids=str
+)
 def test_empty(isa, dtype, shape):
     c = shape[1]
     x = np.zeros(shape, dtype)
