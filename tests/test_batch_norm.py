@@ -115,6 +115,7 @@ def test_running_statistics_update(isa, dtype, rng):
 def test_eval_uses_running_statistics(isa, dtype, rng):
     x, w, b, rm, rv = make(rng, (4, 3, 6), dtype, True, True)
     rm0, rv0 = rm.copy(), rv.copy()
+    rm.flags.writeable = rv.flags.writeable = False  # eval only reads them
     y, mean, invstd = ops.batch_norm(x, w, b, rm, rv, False, eps=1e-5)
     np.testing.assert_array_equal(rm, rm0)  # eval never writes them
     np.testing.assert_array_equal(rv, rv0)

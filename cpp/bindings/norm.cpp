@@ -109,8 +109,10 @@ void run_forward(const Ncs& d, const py::array& x, const py::object& w, const py
   auto f = kernels().batch_norm(T()).forward;
   const int nt = get_num_threads();
   const T *px = cptr<T>(x), *pw = cptr<T>(w), *pb = cptr<T>(b);
-  T *prm = ptr<T>(rm), *prv = ptr<T>(rv), *pm = ptr<T>(mean), *pi = ptr<T>(invstd),
-    *py_ = ptr<T>(y);
+  // The running statistics are written only in training, where running_in_place checked that
+  // they are writeable; in eval they may be read-only arrays.
+  T *prm = const_cast<T*>(cptr<T>(rm)), *prv = const_cast<T*>(cptr<T>(rv));
+  T *pm = ptr<T>(mean), *pi = ptr<T>(invstd), *py_ = ptr<T>(y);
   py::gil_scoped_release r;
   f(d.n, d.c, d.s, px, pw, pb, prm, prv, pm, pi, py_, p, nt);
 }
