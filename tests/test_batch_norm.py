@@ -347,3 +347,31 @@ def test_errors():
         simdnn._core.batch_norm(x, None, None, None, None, True, 0.1, 0.0)
     with pytest.raises(ValueError, match="momentum"):
         simdnn._core.batch_norm(x, None, None, None, None, True, 2.0, 1e-5)
+
+
+@pytest.mark.parametrize("shape", [(300_001, 1), (3, 1, 50_000), (2, 2, 45_007), (5, 2, 5, 3)])
+@pytest.mark.parametrize("nt", [1, 2, 4])
+def test_few_channels_split_between_threads(isa, dtype, threads, rng, shape, nt):
+    """With fewer channels than threads each channel's values are cut into ranges (C = 1 is one
+    contiguous run); the partial sums are added in a fixed order: the same bits on every call."""
+    simdnn.set_num_threads(nt)
+    x, w, b, rm, rv = make(rng, shape, dtype, True, True, loc=100.0)
+    rm2, rv2 = rm.copy(), rv.copy()
+    got = ops.batch_norm(x, w, b, rm, rv, True)
+    want = reference.batch_norm(x, w, b, rm2, rv2, True)
+    t = 1e-4 if dtype == np.float32 else 1e-11
+    for g, e in zip((*got, rm, rv), (*want, rm2, rv2)):
+        np.testing.assert_allclose(g, e, rtol=t, atol=t)
+    dy = rng.standard_normal(shape).astype(dtype)
+    bgot = ops.batch_norm_backward(dy, x, w, got[1], got[2], True)
+    bwant = reference.batch_norm_backward(dy, x, w, got[1], got[2], True)
+    m = x.size // shape[1]
+    for g, e, k in zip(bgot, bwant, (1, np.sqrt(m), np.sqrt(m))):
+        np.testing.assert_allclose(g, e, rtol=t * k, atol=t * k)
+    again = ops.batch_norm(x, w, b, rm.copy(), rv.copy(), True)
+    for g, e in zip(got, again):
+        np.testing.assert_array_equal(g, e)
+    y_eval = ops.batch_norm(x, w, b, rm, rv, False)[0]
+    np.testing.assert_allclose(
+        y_eval, reference.batch_norm(x, w, b, rm, rv, False)[0], rtol=t, atol=t
+    )

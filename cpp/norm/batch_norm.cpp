@@ -23,6 +23,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "common/parallel.h"
 #include "dispatch.h"
@@ -470,13 +471,192 @@ void backward_columns(int64_t n, int64_t c, int64_t s, const T* dy, const T* x, 
 }
 
 // ------------------------------------------------------------------------------------------------
+// Split path: fewer channels than threads (C = 1 is one contiguous run after collapse_single), so
+// each channel's M values are cut into `parts` ranges of the flattened index m = i * S + k, one
+// task per (channel, range). The passes become separate parallel regions; the partial sums of the
+// ranges are added in a fixed order, so a given thread count always gives the same bits.
+
+// Tasks per channel: > 1 only when the threads that the size earns outnumber the channels twice.
+int split_parts(int64_t c, int64_t total, int nthreads) {
+  const int64_t nt = min64(nthreads, ceil_div(total, kParallelMin));
+  return c > 0 && nt >= 2 * c ? static_cast<int>(nt / c) : 1;
+}
+
+// Calls body(t) for t in [0, tasks) on up to tasks threads.
+template <class F>
+void parallel_tasks(int64_t tasks, const F& body) {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(static_cast<int>(tasks))
+  {
+    int64_t b, e;
+    split_range(tasks, 1, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
+    for (int64_t t = b; t < e; ++t) body(t);
+  }
+#else
+  for (int64_t t = 0; t < tasks; ++t) body(t);
+#endif
+}
+
+// Calls f(offset, len) for the runs of the flattened range [m0, m1) of one channel (value
+// m = i * S + k lies at offset i * stride + k).
+template <class F>
+void for_runs(int64_t m0, int64_t m1, int64_t s, int64_t stride, const F& f) {
+  while (m0 < m1) {
+    const int64_t i = m0 / s, k = m0 % s, len = min64(s - k, m1 - m0);
+    f(i * stride + k, len);
+    m0 += len;
+  }
+}
+
+// The range of task t: channel t / parts, part t % parts of its M values (cut at multiples of 64
+// values, whole cache lines for both dtypes).
+struct Task {
+  int64_t ch, m0, m1;
+};
+Task task_of(int64_t t, int parts, int64_t m) {
+  Task k;
+  k.ch = t / parts;
+  split_range(m, 64, parts, static_cast<int>(t % parts), &k.m0, &k.m1);
+  return k;
+}
+
+template <typename T>
+void forward_split(int64_t n, int64_t c, int64_t s, const T* x, const T* weight, const T* bias,
+                   T* running_mean, T* running_var, T* save_mean, T* save_invstd, T* y,
+                   const BatchNormParams& p, int parts) {
+  const int64_t m = n * s, stride = c * s, tasks = c * parts;
+  std::vector<double> part(static_cast<size_t>(2 * tasks));  // before the regions: it may throw
+  std::vector<double> mean(static_cast<size_t>(c)), invstd(static_cast<size_t>(c));
+  const double dm = static_cast<double>(m);
+  if (p.training) {
+    parallel_tasks(tasks, [&](int64_t t) {
+      const Task k = task_of(t, parts, m);
+      double sum = 0.0;
+      for_runs(k.m0, k.m1, s, stride,
+               [&](int64_t off, int64_t len) { sum += row_sum(x + k.ch * s + off, 1, 0, len); });
+      part[t] = sum;
+    });
+    for (int64_t ch = 0; ch < c; ++ch) {
+      double sum = 0.0;
+      for (int q = 0; q < parts; ++q) sum += part[ch * parts + q];
+      mean[ch] = sum / dm;
+    }
+    parallel_tasks(tasks, [&](int64_t t) {
+      const Task k = task_of(t, parts, m);
+      double sd = 0.0, sdd = 0.0;
+      for_runs(k.m0, k.m1, s, stride, [&](int64_t off, int64_t len) {
+        double a, b;
+        row_dev_sums(x + k.ch * s + off, 1, 0, len, Split<T>(mean[k.ch]), &a, &b);
+        sd += a;
+        sdd += b;
+      });
+      part[2 * t] = sd;
+      part[2 * t + 1] = sdd;
+    });
+  }
+  for (int64_t ch = 0; ch < c; ++ch) {
+    double mu, var;
+    if (p.training) {
+      double sd = 0.0, sdd = 0.0;
+      for (int q = 0; q < parts; ++q) {
+        sd += part[2 * (ch * parts + q)];
+        sdd += part[2 * (ch * parts + q) + 1];
+      }
+      var = sdd / dm - (sd / dm) * (sd / dm);
+      if (var < 0.0) var = 0.0;
+      mu = mean[ch] + sd / dm;
+    } else {
+      mu = static_cast<double>(running_mean[ch]);
+      var = static_cast<double>(running_var[ch]);
+    }
+    finish_channel(ch, m, mu, var, p, running_mean, running_var, save_mean, save_invstd,
+                   &invstd[ch]);
+    mean[ch] = mu;
+  }
+  parallel_tasks(tasks, [&](int64_t t) {
+    const Task k = task_of(t, parts, m);
+    const T sc = static_cast<T>(invstd[k.ch] *
+                                (weight != nullptr ? static_cast<double>(weight[k.ch]) : 1.0));
+    const T sh = bias != nullptr ? bias[k.ch] : T(0);
+    for_runs(k.m0, k.m1, s, stride, [&](int64_t off, int64_t len) {
+      const int64_t o = k.ch * s + off;
+      row_normalise<false>(x + o, y + o, 1, 0, len, Split<T>(mean[k.ch]), sc, sh);
+    });
+  });
+}
+
+template <typename T>
+void backward_split(int64_t n, int64_t c, int64_t s, const T* dy, const T* x, const T* weight,
+                    const T* save_mean, const T* save_invstd, bool training, T* dx, T* dweight,
+                    T* dbias, int parts) {
+  const int64_t m = n * s, stride = c * s, tasks = c * parts;
+  std::vector<double> part(static_cast<size_t>(2 * tasks));
+  std::vector<double> coef(static_cast<size_t>(3 * c));
+  parallel_tasks(tasks, [&](int64_t t) {
+    const Task k = task_of(t, parts, m);
+    double sdy = 0.0, sdyd = 0.0;
+    for_runs(k.m0, k.m1, s, stride, [&](int64_t off, int64_t len) {
+      const int64_t o = k.ch * s + off;
+      double a, b;
+      row_grad_sums(dy + o, x + o, 1, 0, len, save_mean[k.ch], &a, &b);
+      sdy += a;
+      sdyd += b;
+    });
+    part[2 * t] = sdy;
+    part[2 * t + 1] = sdyd;
+  });
+  for (int64_t ch = 0; ch < c; ++ch) {
+    double sdy = 0.0, sdyd = 0.0;
+    for (int q = 0; q < parts; ++q) {
+      sdy += part[2 * (ch * parts + q)];
+      sdyd += part[2 * (ch * parts + q) + 1];
+    }
+    const double is = static_cast<double>(save_invstd[ch]);
+    dbias[ch] = static_cast<T>(sdy);
+    dweight[ch] = static_cast<T>(sdyd * is);
+    const double a = is * (weight != nullptr ? static_cast<double>(weight[ch]) : 1.0);
+    double b = 0.0, cst = 0.0;
+    if (training && m > 0) {
+      const double dm = static_cast<double>(m);
+      b = -a * is * (sdyd * is) / dm;
+      cst = -a * sdy / dm;
+    }
+    coef[3 * ch] = a;
+    coef[3 * ch + 1] = b;
+    coef[3 * ch + 2] = cst;
+  }
+  if (dx == nullptr) return;
+  parallel_tasks(tasks, [&](int64_t t) {
+    const Task k = task_of(t, parts, m);
+    const T a = static_cast<T>(coef[3 * k.ch]), b = static_cast<T>(coef[3 * k.ch + 1]),
+            cst = static_cast<T>(coef[3 * k.ch + 2]);
+    for_runs(k.m0, k.m1, s, stride, [&](int64_t off, int64_t len) {
+      const int64_t o = k.ch * s + off;
+      row_grad_input(dy + o, x + o, dx + o, 1, 0, len, save_mean[k.ch], a, b, cst, training);
+    });
+  });
+}
+
+// ------------------------------------------------------------------------------------------------
 
 template <typename T>
 void batch_norm_forward(int64_t n, int64_t c, int64_t s, const T* x, const T* weight, const T* bias,
                         T* running_mean, T* running_var, T* save_mean, T* save_invstd, T* y,
                         const BatchNormParams& p, int nthreads) {
-  const int64_t m = n * s;
   if (c == 0) return;
+  if (c == 1) {  // one channel: the whole tensor is one contiguous run
+    s *= n;
+    n = s > 0 ? 1 : 0;
+  }
+  const int64_t m = n * s;
+  if (s >= kRowPathMinS) {
+    const int parts = split_parts(c, m * c, nthreads);
+    if (parts > 1) {
+      forward_split(n, c, s, x, weight, bias, running_mean, running_var, save_mean, save_invstd, y,
+                    p, parts);
+      return;
+    }
+  }
   if (s < kRowPathMinS) {
     const ColumnScratch<T> w = column_scratch<T>(c * s);  // before the region: it may throw
     parallel_channels(c, m * c, nthreads, [&](int64_t c0, int64_t c1) {
@@ -521,8 +701,20 @@ template <typename T>
 void batch_norm_backward(int64_t n, int64_t c, int64_t s, const T* dy, const T* x, const T* weight,
                          const T* save_mean, const T* save_invstd, bool training, T* dx, T* dweight,
                          T* dbias, int nthreads) {
-  const int64_t m = n * s;
   if (c == 0) return;
+  if (c == 1) {
+    s *= n;
+    n = s > 0 ? 1 : 0;
+  }
+  const int64_t m = n * s;
+  if (s >= kRowPathMinS) {
+    const int parts = split_parts(c, m * c, nthreads);
+    if (parts > 1) {
+      backward_split(n, c, s, dy, x, weight, save_mean, save_invstd, training, dx, dweight, dbias,
+                     parts);
+      return;
+    }
+  }
   if (s < kRowPathMinS) {
     const ColumnScratch<T> w = column_scratch<T>(c * s);
     parallel_channels(c, m * c, nthreads, [&](int64_t c0, int64_t c1) {
