@@ -149,7 +149,8 @@ OPS: list[tuple[str, Fn, list[Callable[[np.random.Generator], np.ndarray]]]] = [
     ("avg_pool2d", lambda x: F.avg_pool2d(x, 3, 2, 1, False),
      [lambda r: r.standard_normal((2, 3, 7, 6))]),
     ("avg_pool1d", lambda x: F.avg_pool1d(x, 3, 2, 1), [lambda r: r.standard_normal((2, 3, 9))]),
-    ("adaptive_avg_pool2d", lambda x: F.adaptive_avg_pool2d(x, 1) * F.adaptive_avg_pool2d(x, 2).sum(),
+    ("adaptive_avg_pool2d",
+     lambda x: F.adaptive_avg_pool2d(x, 1) * F.adaptive_avg_pool2d(x, 2).sum(),
      [lambda r: r.standard_normal((2, 3, 4, 6))]),
     ("global_avg_pool2d", F.global_avg_pool2d, [lambda r: r.standard_normal((2, 3, 4, 5))]),
     ("relu", F.relu, [lambda r: _away_from_zero(r, (4, 9))]),
@@ -170,7 +171,8 @@ OPS: list[tuple[str, Fn, list[Callable[[np.random.Generator], np.ndarray]]]] = [
       lambda r: r.standard_normal(4)]),
     ("cross_entropy", lambda x: F.cross_entropy(x, np.array([0, 2, 1, 2])),
      [lambda r: r.standard_normal((4, 3))]),
-    ("mse_loss", F.mse_loss, [lambda r: r.standard_normal((4, 3)), lambda r: r.standard_normal((4, 3))]),
+    ("mse_loss", F.mse_loss,
+     [lambda r: r.standard_normal((4, 3)), lambda r: r.standard_normal((4, 3))]),
     ("bce_with_logits", lambda x: F.binary_cross_entropy_with_logits(x, np.full((4, 3), 0.3)),
      [lambda r: r.standard_normal((4, 3)) * 3]),
 ]  # fmt: skip
@@ -467,7 +469,8 @@ def test_no_grad_detach_and_constants():
     w = Tensor(np.ones(3), requires_grad=True)
     with simdnn.no_grad():
         y = w * 2.0
-    assert not y.requires_grad and y.grad_fn is None
+    assert not y.requires_grad
+    assert y.grad_fn is None
     assert (w * 2.0).grad_fn == "mul"
 
     @simdnn.no_grad()
@@ -477,9 +480,11 @@ def test_no_grad_detach_and_constants():
     assert not f(w).requires_grad
     assert simdnn.is_grad_enabled()
     d = (w * 2.0).detach()
-    assert not d.requires_grad and np.shares_memory(d.data, (d * 1.0).data) is False
+    assert not d.requires_grad
+    assert np.shares_memory(d.data, (d * 1.0).data) is False
     z = np.ones(3) * w  # a NumPy array on the left stays on the tape
-    assert isinstance(z, Tensor) and z.requires_grad
+    assert isinstance(z, Tensor)
+    assert z.requires_grad
     assert np.asarray(z).dtype == np.float64
     assert float(Tensor(np.array([2.5]))) == 2.5
     assert Tensor(np.ones((2, 3))).ndim == 2
@@ -568,7 +573,8 @@ def test_modules_take_several_inputs_and_summary_follows_forward():
     out = m(np.ones((2, 3), np.float32), np.ones((2, 2), np.float32))
     assert out.shape == (2, 4)
     text = m.summary((3,), print_fn=None)
-    assert "a Linear" in text and "(4,)" in text
+    assert "a Linear" in text
+    assert "(4,)" in text
     model = composite_models()["linear-applied-twice"][0]
     rows = model.summary((4,), print_fn=None).splitlines()
     assert sum("2 Linear" in r for r in rows) == 2  # the shared layer runs twice
@@ -578,9 +584,11 @@ def test_modules_take_several_inputs_and_summary_follows_forward():
 def test_containers_and_residual():
     layers = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])
     layers.append(nn.Identity())
-    assert len(layers) == 3 and isinstance(layers[2], nn.Identity)
+    assert len(layers) == 3
+    assert isinstance(layers[2], nn.Identity)
     d = nn.ModuleDict({"enc": nn.Linear(2, 3)})
-    assert "enc" in d and [k for k, _ in d.items()] == ["enc"]
+    assert "enc" in d
+    assert [k for k, _ in d.items()] == ["enc"]
 
     class Holder(nn.Module):
         def __init__(self):
@@ -603,7 +611,7 @@ def test_containers_and_residual():
 
 
 def test_user_class_named_like_a_builtin_cannot_replace_it(tmp_path):
-    class ReLU(nn.Module):  # noqa: N801
+    class ReLU(nn.Module):
         def forward(self, x):
             return x * 0.0
 

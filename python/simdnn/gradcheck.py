@@ -49,8 +49,8 @@ def gradcheck(
     ReLU's active set, a max-pool arg-max) straddles a kink, where finite differences are
     meaningless. Where only one side crosses (the unperturbed model sits on the kink, as a ReLU
     of an exact zero does on a digit's blank background), the one-sided difference on the other
-    side is used (second order, as accurate as the central one); where both do, the entry is skipped and
-    another drawn (up to 20 x entries candidates).
+    side is used (second order, as accurate as the central one); where both do, the entry is
+    skipped and another drawn (up to 20 x entries candidates).
 
     Returns, per parameter name, the largest error |numeric - analytic| / max(|numeric| +
     |analytic|, 1e-6 * max(1, |loss|)) (relative, except that gradients under the floor, where
