@@ -22,12 +22,13 @@ struct Tables {
   if (isa_available(Isa::isa)) { \
     SIMDNN_REGISTER_ONE(isa)     \
   }
-#define SIMDNN_REGISTER_ONE(isa)                       \
-  isa::register_gemm(&t[static_cast<int>(Isa::isa)]);  \
-  isa::register_conv(&t[static_cast<int>(Isa::isa)]);  \
-  isa::register_pool(&t[static_cast<int>(Isa::isa)]);  \
-  isa::register_probe(&t[static_cast<int>(Isa::isa)]); \
-  isa::register_elementwise(&t[static_cast<int>(Isa::isa)]);
+#define SIMDNN_REGISTER_ONE(isa)                             \
+  isa::register_gemm(&t[static_cast<int>(Isa::isa)]);        \
+  isa::register_conv(&t[static_cast<int>(Isa::isa)]);        \
+  isa::register_pool(&t[static_cast<int>(Isa::isa)]);        \
+  isa::register_probe(&t[static_cast<int>(Isa::isa)]);       \
+  isa::register_elementwise(&t[static_cast<int>(Isa::isa)]); \
+  isa::register_norm(&t[static_cast<int>(Isa::isa)]);
     SIMDNN_REGISTER_ALL(scalar)
 #ifdef SIMDNN_HAVE_AVX2
     SIMDNN_REGISTER_ALL(avx2)

@@ -9,6 +9,7 @@
 #include "conv/conv.h"
 #include "elementwise/elementwise.h"
 #include "gemm/gemm.h"
+#include "norm/batch_norm.h"
 #include "pool/pool.h"
 #include "probe/probe.h"
 
@@ -56,6 +57,16 @@ struct KernelTable {
   AdamUpdateFn<float> adam(float) const { return sadam; }
   AdamUpdateFn<double> adam(double) const { return dadam; }
 
+  template <typename T>
+  struct BatchNorm {
+    BatchNormForwardFn<T> forward = nullptr;
+    BatchNormBackwardFn<T> backward = nullptr;
+  };
+  BatchNorm<float> sbatch_norm;
+  BatchNorm<double> dbatch_norm;
+  const BatchNorm<float>& batch_norm(float) const { return sbatch_norm; }
+  const BatchNorm<double>& batch_norm(double) const { return dbatch_norm; }
+
   ProbeFmaFn probe_fma = nullptr;
   ProbeStreamFn probe_stream = nullptr;
 
@@ -65,7 +76,8 @@ struct KernelTable {
   const Pool<double>& pool(double) const { return dpool; }
 };
 
-// Filled by gemm.cpp, conv.cpp, pool.cpp, probe.cpp and elementwise.cpp of each ISA.
+// Filled by gemm.cpp, conv.cpp, pool.cpp, probe.cpp, elementwise.cpp and batch_norm.cpp of each
+// ISA.
 #define SIMDNN_DECLARE_REGISTER(isa)             \
   namespace isa {                                \
   void register_gemm(KernelTable* table);        \
@@ -73,6 +85,7 @@ struct KernelTable {
   void register_pool(KernelTable* table);        \
   void register_probe(KernelTable* table);       \
   void register_elementwise(KernelTable* table); \
+  void register_norm(KernelTable* table);        \
   }
 SIMDNN_DECLARE_REGISTER(scalar)
 #ifdef SIMDNN_HAVE_AVX2

@@ -43,6 +43,8 @@ def calls(rng: np.random.Generator, dtype: type) -> list[Call]:
     _, idx = ops.max_pool2d(pool_x, 2)
     pdy = arr(2, 5, 16, 17)
     p, g, v, m = arr(1000), arr(1000), arr(1000), np.abs(arr(1000))
+    bn_rm, bn_rv = arr(5), np.abs(arr(5)) + 0.5
+    _, bn_mean, bn_invstd = ops.batch_norm(pool_x, None, None, None, None, True)
 
     def sgd() -> tuple[np.ndarray, np.ndarray]:
         pc, vc = p.copy(), v.copy()
@@ -53,6 +55,10 @@ def calls(rng: np.random.Generator, dtype: type) -> list[Call]:
         pc, vc, mc = p.copy(), v.copy(), m.copy()
         ops.adam_update(pc, g, vc, mc, lr=1e-3, step=7)
         return pc, vc, mc
+
+    def batch_norm() -> tuple[np.ndarray, ...]:
+        rm, rv = bn_rm.copy(), bn_rv.copy()
+        return (*ops.batch_norm(pool_x, bias[:5], bias[3:], rm, rv, True), rm, rv)
 
     return [
         ("matmul", lambda: ops.matmul(a, b)),
@@ -74,6 +80,14 @@ def calls(rng: np.random.Generator, dtype: type) -> list[Call]:
         ("relu_backward", lambda: ops.relu_backward(pool_x[::-1], pool_x)),
         ("sgd_update", sgd),
         ("adam_update", adam),
+        ("batch_norm", batch_norm),
+        ("batch_norm-columns", lambda: ops.batch_norm(a, None, None, None, None, True)),
+        (
+            "batch_norm_backward",
+            lambda: ops.batch_norm_backward(
+                pool_x[::-1], pool_x, bias[:5], bn_mean, bn_invstd, True
+            ),
+        ),
     ]
 
 

@@ -59,5 +59,6 @@ void bind_gemm(py::module_& m);
 void bind_conv(py::module_& m);
 void bind_pool(py::module_& m);
 void bind_elementwise(py::module_& m);
+void bind_norm(py::module_& m);
 
 }  // namespace simdnn::bind

@@ -36,4 +36,5 @@ PYBIND11_MODULE(_core, m) {
   bind::bind_conv(m);
   bind::bind_pool(m);
   bind::bind_elementwise(m);
+  bind::bind_norm(m);
 }

@@ -31,11 +31,12 @@ from .autograd import (
     stack,
     tensor,
 )
-from .backend import get_backend, use_backend
+from .backend import get_backend, set_default_backend, use_backend
 from .functional import add
 from .gradcheck import gradcheck
 from .init import seed
 from .io import load, load_state_dict, save
+from .nn.module import inference_mode
 from .training import Callback, EarlyStopping, History, evaluate, fit, predict
 
 __version__ = "0.1.0"
@@ -59,6 +60,7 @@ __all__ = [
     "get_isa",
     "get_num_threads",
     "gradcheck",
+    "inference_mode",
     "init",
     "is_grad_enabled",
     "load",
@@ -71,6 +73,7 @@ __all__ = [
     "reference",
     "save",
     "seed",
+    "set_default_backend",
     "set_isa",
     "set_num_threads",
     "stack",

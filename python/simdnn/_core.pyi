@@ -71,3 +71,22 @@ def adam_update(
     weight_decay: float,
     step: int,
 ) -> None: ...
+def batch_norm(
+    x: Any,
+    weight: Any,
+    bias: Any,
+    running_mean: np.ndarray | None,
+    running_var: np.ndarray | None,
+    training: bool,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+def batch_norm_backward(
+    dy: Any,
+    x: Any,
+    weight: Any,
+    save_mean: Any,
+    save_invstd: Any,
+    training: bool,
+    need_dx: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]: ...

@@ -17,7 +17,8 @@ class GradcheckResult(dict):
     """Per parameter name, the largest relative error found (see :func:`gradcheck`).
 
     ``checked[name]`` and ``skipped[name]`` count the entries compared and those passed over
-    because +-eps crossed a kink (a ReLU changing sign, a max-pool window changing its arg-max).
+    because both +eps and -eps crossed a kink (a ReLU changing sign, a max-pool window changing
+    its arg-max).
     A parameter with no kink-free entry among the candidates gets NaN: nothing could be checked.
     """
 
@@ -46,7 +47,10 @@ def gradcheck(
     dropout is off. For each parameter, up to `entries` randomly chosen elements are perturbed
     by +-eps. An entry whose perturbation changes a non-smooth decision anywhere in the model (a
     ReLU's active set, a max-pool arg-max) straddles a kink, where finite differences are
-    meaningless; it is skipped and another drawn (up to 20 x entries candidates).
+    meaningless. Where only one side crosses (the unperturbed model sits on the kink, as a ReLU
+    of an exact zero does on a digit's blank background), the one-sided difference on the other
+    side is used (second order, as accurate as the central one); where both do, the entry is
+    skipped and another drawn (up to 20 x entries candidates).
 
     Returns, per parameter name, the largest error |numeric - analytic| / max(|numeric| +
     |analytic|, 1e-6 * max(1, |loss|)) (relative, except that gradients under the floor, where
@@ -85,10 +89,23 @@ def gradcheck(
             flat[i] = old - eps
             down, k_down = value()
             flat[i] = old
-            if not (_same(k_up, base_kinks) and _same(k_down, base_kinks)):
+            same_up, same_down = _same(k_up, base_kinks), _same(k_down, base_kinks)
+            numeric = None
+            if same_up and same_down:
+                numeric = (up - down) / (2 * eps)
+            elif same_up or same_down:
+                # On a kink (a ReLU input exactly 0): the second-order one-sided difference on
+                # the side where nothing crossed, f'(0) = +-(4 f(+-h) - f(+-2h) - 3 f(0)) / 2h.
+                sign = 1.0 if same_up else -1.0
+                flat[i] = old + 2 * sign * eps
+                far, k_far = value()
+                flat[i] = old
+                if _same(k_far, base_kinks):
+                    near = up if same_up else down
+                    numeric = sign * (4 * near - far - 3 * f0) / (2 * eps)
+            if numeric is None:
                 skipped += 1
                 continue
-            numeric = (up - down) / (2 * eps)
             denom = max(abs(numeric) + abs(grad[i]), floor)
             worst = max(worst, abs(numeric - grad[i]) / denom)
             checked += 1

@@ -3,8 +3,13 @@
 The file holds the architecture as JSON (built-in layer class names, constructor arguments and
 children; a module used twice as a reference to its first place; tied parameters as a map from
 each later name to the stored one) and one array per parameter and buffer, tied ones once.
-Loading reads it with ``allow_pickle=False``, so an untrusted file cannot run code; a truncated
-or foreign file raises ValueError.
+Writing is atomic: the file goes to a temporary name in the same folder, is flushed to disk,
+then replaces the target, so a failed write (a full disk) never leaves a fragment where the
+previous checkpoint was. Loading trusts nothing: it reads no pickle, builds the declared
+architecture without memory first (see :func:`simdnn.nn.module.meta_build`), checks every entry's
+name, shape and dtype from its header against it, and only then allocates the model and reads
+the arrays, each once; a truncated, foreign or inconsistent file raises ValueError, and memory
+stays within a small multiple of the model's own size.
 
 A model of your own class (a ``Module`` subclass with its own ``forward``) is saved the same way
 but without an architecture: rebuild it in code and restore the weights with
@@ -13,21 +18,27 @@ but without an architecture: rebuild it in code and restore the weights with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import zipfile
 from collections import OrderedDict
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-from .nn.module import LAYER_REGISTRY, Module, ModuleDict, ModuleList, Sequential
+from .nn.module import LAYER_REGISTRY, Module, ModuleDict, ModuleList, Sequential, meta_build
 
 FORMAT = "simdnn-model"
 VERSION = 2
 _READABLE = (1, 2)
 _ARCH_KEY = "__simdnn_architecture__"
 _PREFIX = "param:"
+# The architecture is a few KB of JSON; refuse to read more than this before parsing it.
+_ARCH_LIMIT = 16 << 20
+# Deeper nesting than any real model has; JSON this deep is refused before it is built.
+_DEPTH_LIMIT = 200
 
 
 def _builtin(cls: type) -> bool:
@@ -71,7 +82,9 @@ def _tied(model: Module) -> dict[str, str]:
     return tied
 
 
-def _build(desc: Any, path: str, places: dict[str, Module]) -> Module:
+def _build(desc: Any, path: str, places: dict[str, Module], depth: int = 0) -> Module:
+    if depth > _DEPTH_LIMIT:
+        raise ValueError(f"load: the architecture is nested more than {_DEPTH_LIMIT} levels deep")
     if not isinstance(desc, dict):
         raise ValueError(f"load: malformed architecture entry {desc!r}")
     if "ref" in desc:
@@ -96,7 +109,9 @@ def _build(desc: Any, path: str, places: dict[str, Module]) -> Module:
     # The module's own place is taken before its children are built, so that a child can refer
     # to an earlier sibling but never to its own ancestor.
     for key, sub in raw_children.items():
-        children[key] = _build(sub, f"{path}.{key}" if path else key, places)
+        if not isinstance(key, str):
+            raise ValueError(f"load: malformed child name {key!r}")
+        children[key] = _build(sub, f"{path}.{key}" if path else key, places, depth + 1)
     try:
         if cls is Sequential:
             module: Module = Sequential(*children.values())
@@ -108,7 +123,7 @@ def _build(desc: Any, path: str, places: dict[str, Module]) -> Module:
             module = cls(**config, **children)
         else:
             module = cls(**config)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise ValueError(f"load: cannot build {name} from {config!r}: {err}") from err
     places[path] = module
     return module
@@ -125,8 +140,39 @@ def _retie(model: Module, tied: dict[str, str]) -> None:
         setattr(mod, pname, params[first])
 
 
+def _write_atomic(path: str | os.PathLike[str], write: Any) -> None:
+    """write(file) into a temporary file beside `path`, fsync it, then rename it over `path`."""
+    target = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(target))
+    fd, tmp = tempfile.mkstemp(prefix=".simdnn-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        try:  # the permissions a plain open() would give (mkstemp makes the file private)
+            mode = os.stat(target).st_mode & 0o777
+        except OSError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
 def save(model: Module, path: str | os.PathLike[str]) -> None:
-    """Write the architecture (when every layer is built in) and the weights of a model."""
+    """Write the architecture (when every layer is built in) and the weights of a model, atomically:
+    the previous file at `path` stays intact until the new one is complete on disk."""
     if not isinstance(model, Module):
         raise TypeError(f"save: expected a Module, got {type(model).__name__}")
     model_desc = _describe(model, "", {})
@@ -138,70 +184,179 @@ def save(model: Module, path: str | os.PathLike[str]) -> None:
         "tied": _tied(model),
     }
     arrays = {f"{_PREFIX}{k}": v for k, v in model.state_dict().items()}
-    with open(path, "wb") as f:
-        np.savez(f, **{_ARCH_KEY: np.array(json.dumps(arch))}, **arrays)
+    _write_atomic(path, lambda f: np.savez(f, **{_ARCH_KEY: np.array(json.dumps(arch))}, **arrays))
 
 
-def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], OrderedDict[str, np.ndarray]]:
-    name = repr(os.fspath(path))
-    # The file is opened here (not by np.load) so that it is closed whatever goes wrong.
-    with open(path, "rb") as f:
-        try:
-            with np.load(f, allow_pickle=False) as data:
-                if _ARCH_KEY not in data.files:
-                    raise ValueError(f"load: {name} is not a simdnn model file")
-                arch = json.loads(str(data[_ARCH_KEY]))
-                if not isinstance(arch, dict) or arch.get("format") != FORMAT:
-                    raise ValueError(f"load: {name} is not a simdnn model file")
-                if arch.get("version") not in _READABLE:
-                    raise ValueError(
-                        f"load: {name} has format version {arch.get('version')}, this simdnn "
-                        f"reads versions {_READABLE}"
-                    )
-                state = OrderedDict(
-                    (k[len(_PREFIX) :], data[k]) for k in data.files if k.startswith(_PREFIX)
-                )
-                return arch, state
-        except ValueError as err:
-            if str(err).startswith("load:"):
-                raise
-            raise ValueError(f"load: {name} is not a readable simdnn model file ({err})") from err
-        except (zipfile.BadZipFile, EOFError, OSError, KeyError, TypeError) as err:
-            raise ValueError(f"load: {name} is not a readable simdnn model file ({err})") from err
+class _Entry:
+    """One array of the file, known from its .npy header only."""
+
+    def __init__(self, zf: zipfile.ZipFile, member: str, where: str) -> None:
+        self.zf, self.member = zf, member
+        info = zf.getinfo(member)
+        with zf.open(member) as m:
+            try:
+                version = np.lib.format.read_magic(m)
+                if version == (1, 0):
+                    header = np.lib.format.read_array_header_1_0(m)
+                elif version == (2, 0):
+                    header = np.lib.format.read_array_header_2_0(m)
+                else:
+                    raise ValueError(f"unsupported .npy version {version}")
+            except (ValueError, OSError, EOFError, SyntaxError) as err:
+                raise ValueError(
+                    f"load: {where}: entry {member!r} has a bad header ({err})"
+                ) from err
+            offset = m.tell()
+        self.shape, self.fortran, self.dtype = header
+        if self.dtype.hasobject:
+            raise ValueError(f"load: {where}: entry {member!r} holds Python objects")
+        nbytes = int(np.prod(self.shape, dtype=object)) * self.dtype.itemsize
+        if info.file_size != offset + nbytes:
+            raise ValueError(
+                f"load: {where}: entry {member!r} declares {nbytes} bytes of data but holds "
+                f"{info.file_size - offset} (a truncated or inconsistent file)"
+            )
+
+    def read(self) -> np.ndarray:
+        with self.zf.open(self.member) as m:
+            return np.lib.format.read_array(m, allow_pickle=False)
+
+
+def _open(f: IO[bytes], where: str) -> tuple[zipfile.ZipFile, dict[str, Any], dict[str, _Entry]]:
+    """The zip, the architecture and the state entries (headers only) of a model file."""
+    try:
+        zf = zipfile.ZipFile(f)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        raise ValueError(f"load: {where} is not a readable simdnn model file ({err})") from err
+    names = zf.namelist()
+    arch_member = _ARCH_KEY + ".npy"
+    if arch_member not in names:
+        raise ValueError(f"load: {where} is not a simdnn model file")
+    if zf.getinfo(arch_member).file_size > _ARCH_LIMIT:
+        raise ValueError(
+            f"load: {where}: the architecture entry is larger than {_ARCH_LIMIT} bytes"
+        )
+    arch_entry = _Entry(zf, arch_member, where)
+    if arch_entry.dtype.kind != "U" or arch_entry.shape != ():
+        raise ValueError(f"load: {where} is not a simdnn model file (bad architecture entry)")
+    try:
+        arch = json.loads(str(arch_entry.read()))
+    except RecursionError as err:
+        raise ValueError(f"load: {where}: the architecture is nested too deeply") from err
+    except ValueError as err:
+        raise ValueError(f"load: {where}: the architecture is not valid JSON ({err})") from err
+    if not isinstance(arch, dict) or arch.get("format") != FORMAT:
+        raise ValueError(f"load: {where} is not a simdnn model file")
+    if arch.get("version") not in _READABLE:
+        raise ValueError(
+            f"load: {where} has format version {arch.get('version')!r}, this simdnn reads "
+            f"versions {_READABLE}"
+        )
+    entries: dict[str, _Entry] = {}
+    for member in names:
+        if member == arch_member:
+            continue
+        if not (member.startswith(_PREFIX) and member.endswith(".npy")):
+            raise ValueError(f"load: {where}: unexpected entry {member!r}")
+        entries[member[len(_PREFIX) : -len(".npy")]] = _Entry(zf, member, where)
+    return zf, arch, entries
+
+
+def _check_entries(expected: dict[str, np.ndarray], entries: dict[str, _Entry], where: str) -> None:
+    """Every expected array present with its shape and a compatible dtype, and nothing else."""
+    missing = sorted(set(expected) - set(entries))
+    unexpected = sorted(set(entries) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"load: {where} does not match its architecture: missing entries {missing}, "
+            f"unexpected {unexpected}"
+        )
+    for name, target in expected.items():
+        e = entries[name]
+        if e.shape != target.shape:
+            raise ValueError(
+                f"load: {where}: entry {name!r} has shape {e.shape}, the architecture needs "
+                f"{target.shape}"
+            )
+        want = "f" if target.dtype.kind == "f" else "iu"
+        if e.dtype.kind not in want:
+            raise ValueError(
+                f"load: {where}: entry {name!r} has dtype {e.dtype}, expected "
+                f"{'floating-point' if want == 'f' else 'integer'} values"
+            )
+
+
+def _state_targets(model: Module) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {n: p.data for n, p in model.named_parameters()}
+    out.update(model.named_buffers())
+    return out
+
+
+def _build_model(arch: dict[str, Any], where: str) -> Module:
+    desc = arch.get("model")
+    if desc is None:
+        raise ValueError(
+            f"load: {where} holds the weights of a model of your own class; build the model in "
+            "code and call model.load_state_dict(simdnn.load_state_dict(path))"
+        )
+    tied = arch.get("tied", {})
+    if not isinstance(tied, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tied.items()
+    ):
+        raise ValueError(f"load: {where}: malformed tied-parameter map {tied!r}")
+    dtype = arch.get("dtype", "float32")
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"load: {where}: unsupported dtype {dtype!r}")
+    try:
+        model = _build(desc, "", {})
+        _retie(model, tied)
+        model.astype(dtype)
+    except ValueError as err:
+        if str(err).startswith("load:"):
+            raise
+        raise ValueError(f"load: {where}: {err}") from err
+    except (TypeError, RecursionError, AttributeError, KeyError) as err:
+        raise ValueError(f"load: {where} is not a valid simdnn model file ({err})") from err
+    return model
+
+
+def _fill(model: Module, entries: dict[str, _Entry]) -> None:
+    for name, target in _state_targets(model).items():
+        target[...] = entries[name].read()
 
 
 def load_state_dict(path: str | os.PathLike[str]) -> OrderedDict[str, np.ndarray]:
     """The parameters and buffers stored by :func:`save`, by name: restore a model of your own
-    class with ``model.load_state_dict(simdnn.load_state_dict(path))``."""
-    return _read(path)[1]
+    class with ``model.load_state_dict(simdnn.load_state_dict(path))``. Entries holding
+    anything but real numbers (complex, strings, dates, objects) raise ValueError."""
+    where = repr(os.fspath(path))
+    with open(path, "rb") as f:
+        zf, _, entries = _open(f, where)
+        with zf:
+            for name, e in entries.items():
+                if e.dtype.kind not in "fiu":
+                    raise ValueError(f"load: {where}: entry {name!r} has dtype {e.dtype}")
+            return OrderedDict((name, e.read()) for name, e in entries.items())
 
 
 def load(path: str | os.PathLike[str]) -> Module:
     """Rebuild a model saved by :func:`save` (built-in layers and containers, shared modules and
-    tied weights included). Raises ValueError for files that are not one, and for models of a
-    user class (rebuild those in code and use :func:`load_state_dict`)."""
-    arch, state = _read(path)
-    name = repr(os.fspath(path))
-    if arch.get("model") is None:
-        raise ValueError(
-            f"load: {name} holds the weights of a model of your own class; build the model in "
-            "code and call model.load_state_dict(simdnn.load_state_dict(path))"
-        )
-    try:
-        model = _build(arch["model"], "", {})
-        tied = arch.get("tied", {})
-        if not isinstance(tied, dict):
-            raise ValueError(f"load: malformed tied-parameter map {tied!r}")
-        _retie(model, tied)
-        dtype = arch.get("dtype", "float32")
-        if dtype not in ("float32", "float64"):
-            raise ValueError(f"load: unsupported dtype {dtype!r}")
-        model.astype(dtype)
-        model.load_state_dict(state)
-    except ValueError as err:
-        if str(err).startswith("load:"):
-            raise
-        raise ValueError(f"load: {name}: {err}") from err
-    except (TypeError, RecursionError, AttributeError) as err:
-        raise ValueError(f"load: {name} is not a valid simdnn model file ({err})") from err
-    return model
+    tied weights included), in evaluation mode: call ``model.train()`` (fit does) to train it
+    further. Raises ValueError for files that are not one, and for models of a user class
+    (rebuild those in code and use :func:`load_state_dict`)."""
+    where = repr(os.fspath(path))
+    # The file is opened here (not by np.load) so that it is closed whatever goes wrong.
+    with open(path, "rb") as f:
+        zf, arch, entries = _open(f, where)
+        with zf:
+            with meta_build():  # the declared architecture, without its memory
+                skeleton = _build_model(arch, where)
+            _check_entries(_state_targets(skeleton), entries, where)
+            model = _build_model(arch, where)
+            try:
+                _fill(model, entries)
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+                raise ValueError(
+                    f"load: {where} is not a readable simdnn model file ({err})"
+                ) from err
+    return model.eval()

@@ -23,6 +23,8 @@ __all__ = [
     "adam_update",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "batch_norm",
+    "batch_norm_backward",
     "conv2d",
     "conv2d_backward_data",
     "conv2d_backward_weights",
@@ -350,4 +352,81 @@ def adam_update(
         _hyper(eps, "eps", fn),
         _hyper(weight_decay, "weight_decay", fn),
         int(step),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Normalisation. x is (N, C, *spatial) with the channels on axis 1 (BatchNorm1d takes (N, C) or
+# (N, C, L), BatchNorm2d (N, C, H, W)); each channel has M = N * prod(spatial) values.
+
+
+def batch_norm(
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    running_mean: np.ndarray | None,
+    running_var: np.ndarray | None,
+    training: bool,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Batch normalisation: ``y = (x - mean) / sqrt(var + eps) * weight + bias`` per channel.
+
+    Shape:
+        - x, y: (N, C, *spatial), any ndim >= 2
+        - weight, bias: (C,) or None (1 and 0)
+        - running_mean, running_var: (C,) or None
+        - save_mean, save_invstd: (C,)
+
+    Returns ``(y, save_mean, save_invstd)``; pass the last two to :func:`batch_norm_backward`.
+
+    training=True: mean and biased variance of the batch (two-pass, summed in double), and
+    ``save_mean`` = that mean, ``save_invstd = 1 / sqrt(var + eps)``. running_mean and running_var,
+    when given, are updated in place as in PyTorch: ``r = (1 - momentum) * r + momentum * stat``
+    with the unbiased variance ``var * M / (M - 1)`` for running_var (they must be writeable
+    arrays of x's dtype). M == 1 raises ValueError, as in PyTorch; M == 0 gives an empty y,
+    save_mean 0, save_invstd ``1 / sqrt(eps)`` and leaves the running statistics alone.
+
+    training=False: normalises with running_mean and running_var (both required);
+    ``save_mean`` is a copy of running_mean and ``save_invstd = 1 / sqrt(running_var + eps)``.
+
+    eps must be finite and > 0 and momentum in [0, 1] (ValueError otherwise).
+    """
+    fn = "batch_norm"
+    eps = _real(eps, "eps", fn)
+    if not (math.isfinite(eps) and eps > 0.0):
+        raise ValueError(f"{fn}: eps must be a finite number > 0, got {eps!r}")
+    momentum = _real(momentum, "momentum", fn)
+    if not (0.0 <= momentum <= 1.0):
+        raise ValueError(f"{fn}: momentum must be in [0, 1], got {momentum!r}")
+    return _core.batch_norm(
+        x, weight, bias, running_mean, running_var, bool(training), momentum, eps
+    )
+
+
+def batch_norm_backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    save_mean: np.ndarray,
+    save_invstd: np.ndarray,
+    training: bool,
+    need_dx: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Gradients of :func:`batch_norm`: ``(dx or None, dweight, dbias)``.
+
+    With ``xhat = (x - save_mean) * save_invstd`` and sums over the M values of each channel:
+    ``dbias = sum(dy)``, ``dweight = sum(dy * xhat)``, and
+
+    - training: ``dx = weight * save_invstd * (dy - mean(dy) - xhat * mean(dy * xhat))``
+    - eval: ``dx = dy * weight * save_invstd``
+
+    weight None means 1. dx is not computed (None) when ``need_dx`` is False.
+
+    Shape:
+        - dy, x, dx: (N, C, *spatial)
+        - weight, save_mean, save_invstd, dweight, dbias: (C,)
+    """
+    return _core.batch_norm_backward(
+        dy, x, weight, save_mean, save_invstd, bool(training), bool(need_dx)
     )

@@ -39,6 +39,17 @@ class Optimizer:
     def step(self) -> None:
         raise TypeError(f"{type(self).__name__} does not define step()")
 
+    # The optimiser's state as arrays (updated in place by step) and its step count: what fit
+    # restores when a step diverges, and what a distributed run broadcasts.
+    def _state_arrays(self) -> list[np.ndarray]:
+        return []
+
+    def _step_count(self) -> int:
+        return 0
+
+    def _set_step_count(self, t: int) -> None:
+        """Nothing to set: the update does not depend on the step number."""
+
 
 class SGD(Optimizer):
     """Stochastic gradient descent with optional momentum, Nesterov momentum and weight decay.
@@ -64,6 +75,9 @@ class SGD(Optimizer):
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
         # Zero velocity: its first update momentum * 0 + g is PyTorch's initial buffer g.
         self._velocity = [np.zeros_like(p.data) if momentum else None for p in self.params]
+
+    def _state_arrays(self) -> list[np.ndarray]:
+        return [v for v in self._velocity if v is not None]
 
     def step(self) -> None:
         # Every parameter in one call of the fused update.
@@ -101,6 +115,15 @@ class Adam(Optimizer):
         self._m = [np.zeros_like(p.data) for p in self.params]
         self._v = [np.zeros_like(p.data) for p in self.params]
         self._t = 0
+
+    def _state_arrays(self) -> list[np.ndarray]:
+        return [*self._m, *self._v]
+
+    def _step_count(self) -> int:
+        return self._t
+
+    def _set_step_count(self, t: int) -> None:
+        self._t = t
 
     def step(self) -> None:
         self._t += 1

@@ -16,6 +16,8 @@ __all__ = [
     "adam_update",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "batch_norm",
+    "batch_norm_backward",
     "conv2d",
     "conv2d_backward_data",
     "conv2d_backward_weights",
@@ -481,3 +483,85 @@ def adam_update(
         v *= t(beta2)
         v += t(1.0 - beta2) * g * g
         p -= t(lr / c1) * m / (np.sqrt(v / t(c2)) + t(eps))
+
+
+# ------------------------------------------------------------------------------------------------
+# Normalisation: batch norm over axis 1, every statistic in float64 (np.mean and np.sum sum
+# pairwise), the variance in two passes.
+
+
+def _channel_axes(x: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The axes reduced over and the shape that broadcasts a (C,) array against x."""
+    return (0, *range(2, x.ndim)), (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+def batch_norm(
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    running_mean: np.ndarray | None,
+    running_var: np.ndarray | None,
+    training: bool,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Batch normalisation (see simdnn.ops.batch_norm); running stats updated in place."""
+    axes, bshape = _channel_axes(x)
+    c = x.shape[1]
+    m = x.size // c if c else 0
+    if training:
+        if m == 1:
+            raise ValueError("batch_norm: expected more than 1 value per channel when training")
+        if m == 0:
+            mean = np.zeros(c)
+            var = np.zeros(c)
+        else:
+            mean = x.mean(axis=axes, dtype=np.float64)
+            d = x - mean.reshape(bshape)
+            var = np.mean(d * d, axis=axes)
+            if running_mean is not None:
+                running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
+            if running_var is not None:
+                unbiased = var * (m / (m - 1))
+                running_var[...] = (1.0 - momentum) * running_var + momentum * unbiased
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("batch_norm: training=False needs running_mean and running_var")
+        mean = running_mean.astype(np.float64)
+        var = running_var.astype(np.float64)
+    invstd = 1.0 / np.sqrt(var + eps)
+    scale = invstd if weight is None else invstd * weight
+    y = (x - mean.reshape(bshape)) * scale.reshape(bshape)
+    if bias is not None:
+        y += bias.reshape(bshape)
+    t = x.dtype
+    return y.astype(t), mean.astype(t), invstd.astype(t)
+
+
+def batch_norm_backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    save_mean: np.ndarray,
+    save_invstd: np.ndarray,
+    training: bool,
+    need_dx: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Gradients of batch_norm (see simdnn.ops.batch_norm_backward), in float64."""
+    axes, bshape = _channel_axes(x)
+    c = x.shape[1]
+    m = x.size // c if c else 0
+    invstd = save_invstd.astype(np.float64)
+    xhat = (x - save_mean.astype(np.float64).reshape(bshape)) * invstd.reshape(bshape)
+    dbias = dy.sum(axis=axes, dtype=np.float64)
+    dweight = np.sum(dy * xhat, axis=axes)
+    t = x.dtype
+    dx = None
+    if need_dx:
+        a = invstd if weight is None else invstd * weight
+        if training and m > 0:
+            g = dy - (dbias / m).reshape(bshape) - xhat * (dweight / m).reshape(bshape)
+        else:
+            g = dy.astype(np.float64)
+        dx = (g * a.reshape(bshape)).astype(t)
+    return dx, dweight.astype(t), dbias.astype(t)

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from . import init
-from .autograd import as_array, no_grad
+from .autograd import as_array
 from .nn.losses import Loss
-from .nn.module import Module, Parameter
+from .nn.module import Module, Parameter, inference_mode
 from .optim import Optimizer
 
 
@@ -94,6 +94,15 @@ class EarlyStopping(Callback):
         self._best_state, self._wait = None, 0
 
     def _improved(self, value: float) -> bool:
+        # A non-finite figure (a diverged epoch) is worse than any finite one, and never becomes
+        # the best: otherwise a NaN first val_loss would make every later epoch "no better".
+        if not math.isfinite(value):
+            warnings.warn(
+                f"EarlyStopping: {self.monitor} is {value}; counted as no improvement",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return False
         if self.best is None:
             return True
         if self.higher_is_better:
@@ -123,10 +132,27 @@ class EarlyStopping(Callback):
             model.load_state_dict(self._best_state)
 
 
-def _check_data(x: Any, y: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+def _check_x(x: Any, what: str) -> np.ndarray:
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{what}: x must be a NumPy array, got {type(x).__name__}")
+    if x.dtype.kind not in "fiub":
+        raise TypeError(
+            f"{what}: x must hold real numbers (float, int, uint or bool), got dtype {x.dtype}"
+        )
+    if x.ndim == 0:
+        raise ValueError(f"{what}: x must have a batch axis, got a 0-d array")
+    return x
+
+
+def _check_data(x: Any, y: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    x = _check_x(x, what)
     y = np.asarray(y)
+    if y.dtype.kind not in "fiub":
+        raise TypeError(
+            f"{what}: y must hold real numbers (class indices or targets), got dtype {y.dtype}"
+        )
+    if y.ndim == 0:
+        raise ValueError(f"{what}: y must have a batch axis, got a 0-d array")
     if len(x) != len(y):
         raise ValueError(f"{what}: x has {len(x)} examples but y has {len(y)}; they must match")
     return x, y
@@ -182,11 +208,18 @@ def fit(
         raise ValueError(f"fit: epochs must be an int >= 0, got {epochs!r}")
     if validation_data is not None:
         vx, vy = _check_data(*validation_data, "fit: validation_data")
+    if len(x) == 0:
+        raise ValueError("fit: x has 0 examples; there is nothing to train on")
     rng = init.generator() if seed is None else np.random.default_rng(seed)
     history = History()
     weights = _weight_layers(model)
     params = model.parameters()
+    # The weights and the optimiser's state from before the last step, put back when a loss
+    # turns non-finite (the last step made the weights that produced it).
     snapshot = [p.data.copy() for p in params]
+    opt_snapshot = optimizer._state_arrays()
+    opt_saved = [a.copy() for a in opt_snapshot]
+    opt_step = optimizer._step_count()
     n = len(x)
     steps = math.ceil(n / batch_size)
     for cb in callbacks:
@@ -223,9 +256,13 @@ def fit(
                     # have diverged: put back the weights from before it.
                     for p, s in zip(params, snapshot):
                         p.data[...] = s
+                    for a, s in zip(opt_snapshot, opt_saved):
+                        a[...] = s
+                    optimizer._set_step_count(opt_step)
                     history.stop_reason = (
                         f"loss became {value} at epoch {epoch + 1}, batch {b + 1}; training "
-                        "stopped and the weights from before the last step were restored"
+                        "stopped and the weights and optimiser state from before the last step "
+                        "were restored"
                     )
                     warnings.warn(f"fit: {history.stop_reason}", RuntimeWarning, stacklevel=2)
                     stop = True
@@ -236,6 +273,9 @@ def fit(
                     norms[i] += float(np.sqrt(np.sum(np.square(w.grad, dtype=np.float64))))
                 for p, s in zip(params, snapshot):
                     s[...] = p.data
+                for a, s in zip(opt_snapshot, opt_saved):
+                    s[...] = a
+                opt_step = optimizer._step_count()
                 optimizer.step()
                 k = len(idx)
                 seen += k
@@ -291,21 +331,17 @@ def fit(
 
 def predict(model: Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """The model's outputs for x, in evaluation mode, batch by batch."""
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"predict: x must be a NumPy array, got {type(x).__name__}")
+    x = _check_x(x, "predict")
     batch_size = _check_batch_size(batch_size, "predict")
-    was_training = model.training
-    model.eval()
-    try:
-        with no_grad():
-            outs = [
-                as_array(model(_cast(x[i : i + batch_size], model)))
-                for i in range(0, len(x), batch_size)
-            ]
-            if not outs:
-                return as_array(model(_cast(x, model)))
-    finally:
-        model.train(was_training)
+    # Evaluation mode for this thread only: the model's own flags are left alone, so threads
+    # may predict with one model concurrently (and while it trains).
+    with inference_mode():
+        outs = [
+            as_array(model(_cast(x[i : i + batch_size], model)))
+            for i in range(0, len(x), batch_size)
+        ]
+        if not outs:  # an empty batch: an empty result of the right shape
+            return as_array(model(_cast(x, model)))
     return np.concatenate(outs, axis=0)
 
 

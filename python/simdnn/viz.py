@@ -8,8 +8,7 @@ import os
 
 import numpy as np
 
-from .autograd import no_grad
-from .nn.module import Module, Sequential
+from .nn.module import Module, Sequential, inference_mode
 
 
 def _layer_index(model: Sequential, layer: int | Module) -> int:
@@ -40,15 +39,10 @@ def feature_maps(
     if not isinstance(model, Sequential):
         raise TypeError("feature_maps: model must be a Sequential")
     stop = _layer_index(model, layer)
-    was_training = model.training
-    model.eval()
-    try:
-        out = np.asarray(x, dtype=model.dtype)
-        with no_grad():
-            for m in model.layers[: stop + 1]:
-                out = np.asarray(m(out))
-    finally:
-        model.train(was_training)
+    out = np.asarray(x, dtype=model.dtype)
+    with inference_mode():
+        for m in model.layers[: stop + 1]:
+            out = np.asarray(m(out))
     if save is not None:
         if out.ndim != 4:
             raise ValueError(

@@ -18,7 +18,7 @@ import numpy.typing as npt
 from .. import functional as F
 from .. import init
 from ..autograd import Tensor, as_array
-from .module import Module, Parameter, Shape
+from .module import Module, Parameter, Shape, is_meta, meta_array
 
 IntPair = Union[int, tuple[int, int]]
 
@@ -87,6 +87,16 @@ def _init_get(name: str) -> Any:
     return init.get(name)
 
 
+def _weights(init_name: str, shape: tuple[int, ...], dt: np.dtype, rng: Any) -> np.ndarray:
+    """Initial weights drawn by the named initialiser (no memory under meta_build)."""
+    make = _init_get(init_name)
+    return meta_array(shape, dt) if is_meta() else make(shape, dt, rng)
+
+
+def _filled(shape: tuple[int, ...], dt: npt.DTypeLike, value: float) -> np.ndarray:
+    return meta_array(shape, dt) if is_meta() else np.full(shape, value, dt)
+
+
 class Linear(Module):
     """Fully connected layer: y = x . W + b.
 
@@ -119,10 +129,10 @@ class Linear(Module):
         self.out_features = _int(out_features, "out_features", name)
         self.init = init
         dt = _dtype(dtype)
-        make = _init_get(init)
-        self.weight = Parameter(make((self.in_features, self.out_features), dt, _rng(rng, name)))
+        shape = (self.in_features, self.out_features)
+        self.weight = Parameter(_weights(init, shape, dt, _rng(rng, name)))
         has_bias = _bool(bias, "bias", name)
-        self.bias = Parameter(np.zeros(self.out_features, dt)) if has_bias else None
+        self.bias = Parameter(_filled((self.out_features,), dt, 0)) if has_bias else None
 
     def forward(self, x: Any) -> Tensor:
         _check_input(self, x, f"(N, {self.in_features})",
@@ -202,8 +212,9 @@ class Conv2d(Module):
         )
         dt = _dtype(dtype)
         shape = (out_channels, in_channels // groups, *self.kernel_size)
-        self.weight = Parameter(_init_get(init)(shape, dt, _rng(rng, name)))
-        self.bias = Parameter(np.zeros(out_channels, dt)) if _bool(bias, "bias", name) else None
+        self.weight = Parameter(_weights(init, shape, dt, _rng(rng, name)))
+        has_bias = _bool(bias, "bias", name)
+        self.bias = Parameter(_filled((out_channels,), dt, 0)) if has_bias else None
 
     def _args(self) -> tuple[Any, ...]:
         return self.stride, self.padding, self.dilation, self.groups
@@ -291,15 +302,11 @@ class Conv1d(Module):
         self.init = init
         dt = _dtype(dtype)
         # Initialised as the (K, C/groups, 1, S) kernel it runs as: the same fans.
-        w = _init_get(init)(
-            (self.out_channels, self.in_channels // self.groups, 1, self.kernel_size),
-            dt,
-            _rng(rng, name),
-        )
-        self.weight = Parameter(w.reshape(w.shape[0], w.shape[1], w.shape[3]))
-        self.bias = (
-            Parameter(np.zeros(self.out_channels, dt)) if _bool(bias, "bias", name) else None
-        )
+        k, cg, s = self.out_channels, self.in_channels // self.groups, self.kernel_size
+        w = _weights(init, (k, cg, 1, s), dt, _rng(rng, name))
+        self.weight = Parameter(meta_array((k, cg, s), dt) if is_meta() else w.reshape(k, cg, s))
+        has_bias = _bool(bias, "bias", name)
+        self.bias = Parameter(_filled((k,), dt, 0)) if has_bias else None
 
     def forward(self, x: Any) -> Tensor:
         _check_input(self, x, f"(N, {self.in_channels}, L)",
@@ -541,12 +548,12 @@ class _BatchNorm(Module):
         self.track_running_stats = _bool(track_running_stats, "track_running_stats", name)
         dt = _dtype(dtype)
         c = self.num_features
-        self.weight = Parameter(np.ones(c, dt)) if self.affine else None
-        self.bias = Parameter(np.zeros(c, dt)) if self.affine else None
+        self.weight = Parameter(_filled((c,), dt, 1)) if self.affine else None
+        self.bias = Parameter(_filled((c,), dt, 0)) if self.affine else None
         if self.track_running_stats:
-            self.register_buffer("running_mean", np.zeros(c, dt))
-            self.register_buffer("running_var", np.ones(c, dt))
-            self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
+            self.register_buffer("running_mean", _filled((c,), dt, 0))
+            self.register_buffer("running_var", _filled((c,), dt, 1))
+            self.register_buffer("num_batches_tracked", _filled((), np.int64, 0))
         else:
             self.running_mean = self.running_var = None
 

@@ -8,6 +8,7 @@ branches, tied weights. The tape, not the layer, remembers the inputs.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from collections import OrderedDict
@@ -27,6 +28,35 @@ Shape = tuple[int, ...]
 LAYER_REGISTRY: dict[str, type[Module]] = {}
 
 
+class _Meta(threading.local):
+    active = False
+
+
+_meta = _Meta()
+
+
+@contextlib.contextmanager
+def meta_build() -> Iterator[None]:
+    """Build modules without their memory (in this thread): every parameter and buffer is a
+    read-only zero-stride view of one element, so constructors validate their arguments and
+    declare their shapes and dtypes for nothing. simdnn.load checks a file against the
+    architecture it declares this way before allocating anything."""
+    prev = _meta.active
+    _meta.active = True
+    try:
+        yield
+    finally:
+        _meta.active = prev
+
+
+def is_meta() -> bool:
+    return _meta.active
+
+
+def meta_array(shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
+    return np.broadcast_to(np.zeros((), dtype), shape)
+
+
 class Parameter(Tensor):
     """A trainable array: a leaf tensor that requires a gradient, with its ``.grad`` buffer
     allocated up front (zeros) so that kernels can write gradients straight into it.
@@ -43,7 +73,7 @@ class Parameter(Tensor):
         if arr.dtype not in (np.float32, np.float64):
             raise TypeError(f"Parameter: expected float32 or float64 data, got {arr.dtype}")
         super().__init__(arr, requires_grad=True)
-        self._grad = np.zeros_like(arr)
+        self._grad = arr if _meta.active else np.zeros_like(arr)
 
     @property
     def grad(self) -> np.ndarray:
@@ -67,6 +97,29 @@ class _Trace(threading.local):
 _trace = _Trace()
 
 
+class _Inference(threading.local):
+    depth = 0
+
+
+_inference = _Inference()
+
+
+class inference_mode:
+    """Run every module as in evaluation mode (dropout off, BatchNorm on its running
+    statistics) and record no tape, in this thread only: the modules' own ``training`` flags are
+    not touched, so several threads can predict with one model while another trains it.
+    :func:`simdnn.predict` and :func:`simdnn.evaluate` use it."""
+
+    def __enter__(self) -> None:
+        self._grad = no_grad()
+        self._grad.__enter__()
+        _inference.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        _inference.depth -= 1
+        self._grad.__exit__(None, None, None)
+
+
 def _shape_of(v: Any) -> Shape:
     return tuple(np.shape(v.data if isinstance(v, Tensor) else v))
 
@@ -79,7 +132,11 @@ class Module:
     backward to write: gradients come from the tape.
     """
 
-    training: bool
+    @property
+    def training(self) -> bool:
+        """Training mode (dropout active, BatchNorm on batch statistics); False inside
+        :class:`inference_mode` in this thread, whatever the flag set by train()/eval()."""
+        return self._training and not _inference.depth
     # Layers that act on (N, C, H, W) planes describe their window for summary()'s receptive
     # field: (kernel extent, stride) per spatial axis.
     spatial: ClassVar[bool] = False
@@ -93,7 +150,7 @@ class Module:
         object.__setattr__(self, "_params", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
-        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_training", True)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if "_params" not in self.__dict__:
@@ -188,7 +245,7 @@ class Module:
 
     def train(self, mode: bool = True) -> Module:
         for _, mod in self.named_modules():
-            object.__setattr__(mod, "training", bool(mode))
+            object.__setattr__(mod, "_training", bool(mode))
         return self
 
     def eval(self) -> Module:
@@ -257,15 +314,18 @@ class Module:
         dt = np.dtype(dtype)
         if dt not in (np.float32, np.float64):
             raise TypeError(f"astype: expected float32 or float64, got {dt}")
+        def convert(a: np.ndarray) -> np.ndarray:
+            return meta_array(a.shape, dt) if _meta.active else a.astype(dt)
+
         for p in self.parameters():
             if p.data.dtype != dt:
-                p.data = p.data.astype(dt)
-                p._grad = np.zeros_like(p.data)
+                p.data = convert(p.data)
+                p._grad = p.data if _meta.active else np.zeros_like(p.data)
                 p._grad_stale = p._grad_pinned = False
         for _, mod in self.named_modules():
             for name, b in list(mod._buffers.items()):
                 if b is not None and b.dtype.kind == "f" and b.dtype != dt:
-                    setattr(mod, name, b.astype(dt))
+                    setattr(mod, name, convert(b))
         return self
 
     @property
@@ -308,16 +368,13 @@ class Module:
         It runs forward once on zeros, in evaluation mode, without recording a tape.
         """
         names = {id(m): n for n, m in self.named_modules()}
-        was_training = self.training
         calls: list[tuple[Module, Shape, Shape]] = []
         _trace.calls = calls
         try:
-            self.eval()
-            with no_grad():
+            with inference_mode():
                 self(np.zeros((1, *tuple(input_shape)), self.dtype))
         finally:
             _trace.calls = None
-            self.train(was_training)
         rows = []
         rf = (1, 1)
         jump = (1, 1)
