@@ -4,6 +4,8 @@ Commands:
     demo          train an MLP and a ConvNet on the 8x8 digits; accuracy and native speed-up
                   [--plots DIR] [--quiet]
     vanishing     per-layer gradient norms of deep sigmoid/tanh/ReLU MLPs [--out FILE.png]
+    deep          a 20-layer MLP trained four ways: sigmoid, ReLU + He, + BatchNorm, + residual
+                  [--out FILE.png] [--quick] [--seed N]
     equivariance  shifted inputs give shifted feature maps; pooling hides small shifts
     bench         time every kernel against its pure-NumPy twin (``python -m simdnn bench --help``)
     info          print the CPU, the instruction set in use and the blocking
@@ -45,6 +47,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument("--out", default=None, help="write the plot to this PNG file")
         opts = parser.parse_args(rest)
         demos.vanishing(out=opts.out)
+        return 0
+    if command == "deep":
+        import argparse
+
+        from . import deep
+
+        parser = argparse.ArgumentParser(prog="python -m simdnn deep")
+        parser.add_argument("--out", default=None, help="write the plot to this PNG file")
+        parser.add_argument(
+            "--quick",
+            action="store_true",
+            help=f"{deep.QUICK_EPOCHS} epochs instead of {deep.EPOCHS}",
+        )
+        parser.add_argument("--seed", type=int, default=0, help="weights and shuffling seed")
+        opts = parser.parse_args(rest)
+        deep.deep_lab(
+            out=opts.out, epochs=deep.QUICK_EPOCHS if opts.quick else deep.EPOCHS, seed=opts.seed
+        )
         return 0
     if command == "equivariance":
         from . import demos

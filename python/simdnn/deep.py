@@ -38,11 +38,11 @@ VARIANTS: tuple[tuple[str, str], ...] = (
 )
 
 #: Training recipe shared by every arm (chosen once, not per arm).
-LR = 0.02
+LR = 0.01
 MOMENTUM = 0.9
 BATCH_SIZE = 32
-EPOCHS = 12
-QUICK_EPOCHS = 4
+EPOCHS = 20
+QUICK_EPOCHS = 3
 WIDTH = 64
 
 
@@ -125,7 +125,9 @@ def _init_norms(model: nn.Module, x: np.ndarray, y: np.ndarray) -> list[float]:
 
 def _mean_training_norms(history: dict[str, Any]) -> list[float]:
     """Per Linear layer, its weight-gradient norm averaged over every batch of training."""
-    per_epoch = [[v for k, v in epoch.items() if k.endswith("Linear")] for epoch in history["grad_norms"]]
+    per_epoch = [
+        [v for k, v in epoch.items() if k.endswith("Linear")] for epoch in history["grad_norms"]
+    ]
     return [float(v) for v in np.mean(np.asarray(per_epoch, dtype=np.float64), axis=0)]
 
 
@@ -161,11 +163,13 @@ def train_variant(
     )
     seconds = time.perf_counter() - t0
     train_norms = _mean_training_norms(history)
+    curve = [float(v) for v in history["val_accuracy"]]
     return {
         "test_accuracy": float(history["val_accuracy"][-1]) if history["val_accuracy"] else 0.0,
         "final_loss": float(history["loss"][-1]) if history["loss"] else float("nan"),
         "loss": [float(v) for v in history["loss"]],
-        "test_accuracy_curve": [float(v) for v in history["val_accuracy"]],
+        "test_accuracy_curve": curve,
+        "epochs_to_90": next((i + 1 for i, a in enumerate(curve) if a >= 0.9), None),
         "init_norms": init_norms,
         "train_norms": train_norms,
         "ratio_init": init_norms[0] / init_norms[-1],
@@ -217,6 +221,7 @@ def deep_lab(
                 key, data, epochs=epochs, depth=depth, width=width, seed=seed, lr=lr
             )
     _print_table(results, labels, say, epochs)
+    _print_reading(results, say)
     if out is not None:
         plot_deep_lab(results, out)
         say(f"plot written to {os.fspath(out)}")
@@ -232,20 +237,53 @@ def _print_table(
     say()
     say(
         f"{'':34s} {'test acc':>8s} {'train loss':>10s} "
-        f"{'|g1|/|g20| init':>15s} {'|g1|/|g20| train':>16s} {'time':>6s}"
+        f"{'to 90%':>6s} {'|g1|/|gL| init':>14s} {'|g1|/|gL| train':>15s} {'time':>6s}"
     )
     for key, r in results.items():
         if "skipped" in r:
             continue
+        to90 = "never" if r["epochs_to_90"] is None else str(r["epochs_to_90"])
         say(
             f"{labels[key]:34s} {100 * r['test_accuracy']:7.1f}% {r['final_loss']:10.3f} "
-            f"{r['ratio_init']:15.1e} {r['ratio_train']:16.1e} {r['seconds']:5.1f}s"
+            f"{to90:>6s} {r['ratio_init']:14.1e} {r['ratio_train']:15.1e} {r['seconds']:5.1f}s"
         )
     say(
-        f"(test accuracy on held-out digits after {epochs} epochs, chance 10%; train loss: mean "
-        "cross-entropy of the last epoch;\n |g1|/|g20|: first Linear layer's weight-gradient "
-        "norm over the last one's, at initialisation and averaged over training)"
+        f"test acc: held-out digits after {epochs} epochs (chance 10%); train loss: mean "
+        "cross-entropy of the last epoch\n(chance ln 10 = 2.30); to 90%: first epoch with 90% "
+        "held-out accuracy; |g1|/|gL|: the first Linear layer's\nweight-gradient norm over the "
+        "last one's, at initialisation (one batch of 256) and averaged over training."
     )
+
+
+def _print_reading(results: dict[str, dict[str, Any]], say: Callable[..., None]) -> None:
+    """What the table shows, with its numbers, in a few sentences."""
+    ran = {k: r for k, r in results.items() if "skipped" not in r}
+    lines = []
+    if "sigmoid" in ran:
+        r = ran["sigmoid"]
+        lines.append(
+            f"- sigmoid + small weights: the first layer's gradient is {r['ratio_init']:.0e} of "
+            f"the last one's (vanishing); the loss stays near ln 10 and "
+            f"{100 * r['test_accuracy']:.0f}% is "
+            + ("chance." if r["test_accuracy"] < 0.2 else "far behind.")
+        )
+    if "relu" in ran:
+        r = ran["relu"]
+        lines.append(
+            f"- ReLU + He keeps the gradient ratio near 1 ({r['ratio_init']:.1f}) and the net "
+            f"learns ({100 * r['test_accuracy']:.0f}%), but its loss jumps about at this learning "
+            "rate (with half of it, it trains smoothly and matches BatchNorm on this\n  small "
+            "task: much of BatchNorm's gain here is tolerance of a larger step)."
+        )
+    if "bn" in ran:
+        lines.append("- BatchNorm trains the same net steadily at the same learning rate.")
+    if "residual" in ran:
+        lines.append(
+            "- residual blocks on top make the loss fall fastest; their gradient ratios are much "
+            "like BatchNorm's, so here they ease optimisation rather than fix vanishing gradients."
+        )
+    if lines:
+        say("\n".join(lines))
 
 
 def plot_deep_lab(results: dict[str, dict[str, Any]], out: str | os.PathLike[str]) -> None:
@@ -256,6 +294,7 @@ def plot_deep_lab(results: dict[str, dict[str, Any]], out: str | os.PathLike[str
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError as err:
         raise ImportError('the plot needs matplotlib: pip install "simdnn[examples]"') from err
     labels = dict(VARIANTS)
@@ -268,10 +307,10 @@ def plot_deep_lab(results: dict[str, dict[str, Any]], out: str | os.PathLike[str
         )
         layers = range(1, len(r["init_norms"]) + 1)
         ax_norm.semilogy(layers, r["init_norms"], marker="o", ms=3, color=line.get_color())
-        ax_norm.semilogy(
-            layers, r["train_norms"], ls="--", color=line.get_color(), alpha=0.7
-        )
+        ax_norm.semilogy(layers, r["train_norms"], ls="--", color=line.get_color(), alpha=0.7)
     ax_loss.axhline(np.log(10), color="grey", lw=0.8, ls=":", label="chance (ln 10)")
+    for ax in (ax_loss, ax_norm):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("training loss (cross-entropy)")
     ax_loss.set_title("Learning curves")
