@@ -231,7 +231,7 @@ def test_layer_constructors_validate_their_arguments():
         nn.LeakyReLU(negative_slope="abc")
     with pytest.raises(ValueError, match="axis must be in"):
         nn.Softmax(axis=10**30)
-    with pytest.raises(TypeError, match="rng must be a numpy.random.Generator"):
+    with pytest.raises(TypeError, match=r"rng must be a numpy\.random\.Generator"):
         nn.Dropout(rng=5)
     with pytest.raises(TypeError, match="in_features must be an int"):
         nn.Linear(2.5, 3)
@@ -262,13 +262,13 @@ def test_non_real_weights_are_refused(tmp_path, bad):
         "1": {"class": "ReLU"},
         "2": {"class": "Linear", "config": {"in_features": 8, "out_features": 3}}}}  # fmt: skip
     write_npz(path, arch_of(desc), arrays)
-    with pytest.raises(ValueError, match="'0.weight' has dtype"):
+    with pytest.raises(ValueError, match=r"'0\.weight' has dtype"):
         simdnn.load(path)
-    with pytest.raises(ValueError, match="'0.weight' has dtype"):
+    with pytest.raises(ValueError, match=r"'0\.weight' has dtype"):
         simdnn.load_state_dict(path)
     state["0.weight"] = bad
     before = model[0].weight.data.copy()
-    with pytest.raises(TypeError, match="'0.weight' has dtype"):
+    with pytest.raises(TypeError, match=r"'0\.weight' has dtype"):
         model.load_state_dict(state)
     np.testing.assert_array_equal(model[0].weight.data, before)
 
@@ -279,7 +279,7 @@ def test_load_state_dict_is_all_or_nothing(strict):
     before = [p.data.copy() for p in model.parameters()]
     state = {k: v + 1 for k, v in model.state_dict().items()}
     state["2.weight"] = np.zeros((3, 8), np.float32)  # wrong shape in the last layer
-    with pytest.raises(ValueError, match="'2.weight' has shape"):
+    with pytest.raises(ValueError, match=r"'2\.weight' has shape"):
         model.load_state_dict(state, strict=strict)
     for p, b in zip(model.parameters(), before):
         np.testing.assert_array_equal(p.data, b)
@@ -367,7 +367,8 @@ def test_fit_on_no_examples_and_predict_on_an_empty_batch():
     model = simdnn.demos.build_convnet()
     with pytest.raises(ValueError, match="0 examples"):
         simdnn.fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters()),
-                   np.zeros((0, 1, 8, 8), np.float32), np.zeros(0, int), progress=False)  # fmt: skip
+                   np.zeros((0, 1, 8, 8), np.float32), np.zeros(0, int),
+                   progress=False)  # fmt: skip
     out = simdnn.predict(model, np.zeros((0, 1, 8, 8), np.float32))
     assert out.shape == (0, 10)
     scores = simdnn.evaluate(model, nn.MSELoss(), np.zeros((0, 1, 8, 8), np.float32),
