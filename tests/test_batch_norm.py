@@ -349,8 +349,10 @@ def test_errors():
         simdnn._core.batch_norm(x, None, None, None, None, True, 2.0, 1e-5)
 
 
-@pytest.mark.parametrize("shape", [(300_001, 1), (3, 1, 50_000), (2, 2, 45_007), (5, 2, 5, 3)])
-@pytest.mark.parametrize("nt", [1, 2, 4])
+# Split when the threads that the size earns (one per 65536 values) are at least twice C.
+@pytest.mark.parametrize(
+    ("shape", "nt"), [((150_001, 1), 2), ((3, 1, 30_000), 2), ((2, 2, 65_600), 4), ((5, 2, 7), 4)]
+)
 def test_few_channels_split_between_threads(isa, dtype, threads, rng, shape, nt):
     """With fewer channels than threads each channel's values are cut into ranges (C = 1 is one
     contiguous run); the partial sums are added in a fixed order: the same bits on every call."""
