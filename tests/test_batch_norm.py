@@ -358,7 +358,7 @@ def test_errors():
         simdnn._core.batch_norm(x, None, None, None, None, True, 2.0, 1e-5)
 
 
-# Split when the threads that the size earns (one per 65536 values) are at least twice C.
+# Split when the threads that the size earns (one per 32768 values) are at least twice C.
 @pytest.mark.parametrize(
     ("shape", "nt"), [((150_001, 1), 2), ((3, 1, 30_000), 2), ((2, 2, 65_600), 4), ((5, 2, 7), 4)]
 )
