@@ -362,24 +362,33 @@ int column_threads(int64_t n, int64_t total, int nthreads) {
       gemm_detail::max64(1, min64(min64(nthreads, ceil_div(total, kParallelMin)), n)));
 }
 
-// Calls body(t, r0, r1) for the rows of thread t < nt.
+// Calls body(t, team, r0, r1) for the rows of each thread t of a team of up to nt threads (the
+// team may be smaller: thread t then also owns slices t + team, t + 2 * team, ... < nt, which it
+// must zero). body runs even when it gets no rows, so that its slices are zeroed.
 template <class F>
 void parallel_rows(int64_t n, int nt, const F& body) {
   if (nt <= 1) {
-    body(0, int64_t(0), n);
+    body(0, 1, int64_t(0), n);
     return;
   }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
   {
-    const int t = omp_get_thread_num();
+    const int t = omp_get_thread_num(), team = omp_get_num_threads();
     int64_t b, e;
-    split_range(n, 1, omp_get_num_threads(), t, &b, &e);
-    body(t, b, e);  // also with b == e: the slice must be zeroed
+    split_range(n, 1, team, t, &b, &e);
+    body(t, team, b, e);
   }
 #else
-  body(0, int64_t(0), n);
+  body(0, 1, int64_t(0), n);
 #endif
+}
+
+// Zeroes the slices of partial sums that thread t of the team owns (see parallel_rows).
+inline void zero_slices(double* part, int64_t l, int nt, int t, int team) {
+  for (int u = t; u < nt; u += team) {
+    for (int64_t j = 0; j < l; ++j) part[u * l + j] = 0.0;
+  }
 }
 
 // Sum over the nt slices and the S columns of channel ch.
@@ -399,9 +408,9 @@ void forward_columns(int64_t n, int64_t c, int64_t s, const T* x, const T* weigh
   T *mhi = w.t0, *mlo = w.t1, *scale = w.t2, *shift = w.t3;
   const double dm = static_cast<double>(m);
   if (p.training) {
-    parallel_rows(n, nt, [&](int t, int64_t r0, int64_t r1) {
+    parallel_rows(n, nt, [&](int t, int team, int64_t r0, int64_t r1) {
+      zero_slices(w.s1, l, nt, t, team);
       double* s1 = w.s1 + t * l;
-      for (int64_t j = 0; j < l; ++j) s1[j] = 0.0;
       for (int64_t i = r0; i < r1; ++i) {
         const T* row = x + i * l;
         for (int64_t j = 0; j < l; ++j) s1[j] += static_cast<double>(row[j]);
@@ -414,10 +423,11 @@ void forward_columns(int64_t n, int64_t c, int64_t s, const T* x, const T* weigh
         mlo[ch * s + k] = mu.lo;
       }
     }
-    parallel_rows(n, nt, [&](int t, int64_t r0, int64_t r1) {
+    parallel_rows(n, nt, [&](int t, int team, int64_t r0, int64_t r1) {
+      zero_slices(w.s1, l, nt, t, team);
+      zero_slices(w.s2, l, nt, t, team);
       double* s1 = w.s1 + t * l;
       double* s2 = w.s2 + t * l;
-      for (int64_t j = 0; j < l; ++j) s1[j] = s2[j] = 0.0;
       for (int64_t i = r0; i < r1; ++i) {
         const T* row = x + i * l;
         for (int64_t j = 0; j < l; ++j) {
@@ -455,7 +465,7 @@ void forward_columns(int64_t n, int64_t c, int64_t s, const T* x, const T* weigh
       shift[ch * s + k] = sh;
     }
   }
-  parallel_rows(n, nt, [&](int, int64_t r0, int64_t r1) {
+  parallel_rows(n, nt, [&](int, int, int64_t r0, int64_t r1) {
     for (int64_t i = r0; i < r1; ++i) {
       const T* row = x + i * l;
       T* out = y + i * l;
@@ -473,10 +483,11 @@ void backward_columns(int64_t n, int64_t c, int64_t s, const T* dy, const T* x, 
   for (int64_t ch = 0; ch < c; ++ch) {
     for (int64_t k = 0; k < s; ++k) mu[ch * s + k] = save_mean[ch];
   }
-  parallel_rows(n, nt, [&](int t, int64_t r0, int64_t r1) {
+  parallel_rows(n, nt, [&](int t, int team, int64_t r0, int64_t r1) {
+    zero_slices(w.s1, l, nt, t, team);
+    zero_slices(w.s2, l, nt, t, team);
     double* s1 = w.s1 + t * l;
     double* s2 = w.s2 + t * l;
-    for (int64_t j = 0; j < l; ++j) s1[j] = s2[j] = 0.0;
     for (int64_t i = r0; i < r1; ++i) {
       const T* row = x + i * l;
       const T* g = dy + i * l;
@@ -505,7 +516,7 @@ void backward_columns(int64_t n, int64_t c, int64_t s, const T* dy, const T* x, 
     }
   }
   if (dx == nullptr) return;
-  parallel_rows(n, nt, [&](int, int64_t r0, int64_t r1) {
+  parallel_rows(n, nt, [&](int, int, int64_t r0, int64_t r1) {
     for (int64_t i = r0; i < r1; ++i) {
       const T* row = x + i * l;
       const T* g = dy + i * l;
@@ -688,6 +699,8 @@ void backward_split(int64_t n, int64_t c, int64_t s, const T* dy, const T* x, co
 
 // ------------------------------------------------------------------------------------------------
 
+// Shapes: x, y (N, C, S) contiguous, M = N * S values per channel; weight, bias, running_mean,
+// running_var, save_mean, save_invstd (C,). Chooses the path (see the top of this file).
 template <typename T>
 void batch_norm_forward(int64_t n, int64_t c, int64_t s, const T* x, const T* weight, const T* bias,
                         T* running_mean, T* running_var, T* save_mean, T* save_invstd, T* y,
@@ -744,6 +757,8 @@ void batch_norm_forward(int64_t n, int64_t c, int64_t s, const T* x, const T* we
   });
 }
 
+// Shapes: dy, x, dx (N, C, S) contiguous, M = N * S values per channel; weight, save_mean,
+// save_invstd, dweight, dbias (C,).
 template <typename T>
 void batch_norm_backward(int64_t n, int64_t c, int64_t s, const T* dy, const T* x, const T* weight,
                          const T* save_mean, const T* save_invstd, bool training, T* dx, T* dweight,
