@@ -22,6 +22,13 @@
 // deviation of 1 costs no digits (E[x^2] - E[x]^2 in float32 would lose all of them). y is
 // computed from the same d, never as x * scale + shift, which cancels in the same way.
 //
+// Speed, (64, 64, 32, 32) float32 training (16 MiB x), AMD EPYC (Zen 5), best of ~1000 calls on
+// 2 cores shared with other jobs; GB/s count the bytes that must move (forward: x read, y written;
+// backward: x and dy read, dx written): forward 0.88 ms = 38 GB/s on 2 threads (1.54 ms = 22 GB/s
+// on 1), backward 1.01 ms = 50 GB/s (1.91 ms = 26 GB/s on 1). The NumPy twin (float64 internally)
+// took 25.9 ms = 1.3 GB/s forward and 36 ms = 1.4 GB/s backward on a quieter machine. Measured by
+// timing simdnn.ops.batch_norm / batch_norm_backward against simdnn.reference.
+//
 #include "norm/batch_norm.h"
 
 #include <cmath>
