@@ -556,3 +556,38 @@ def test_random_architectures_round_trip_bit_exactly(tmp_path_factory, arch):
     except ValueError:
         return
     np.testing.assert_array_equal(loaded(x).data, expected)
+
+
+def test_use_isa_blocks_in_two_threads_do_not_leak():
+    """use_isa is per thread: an overlapping block in another thread neither sees nor keeps
+    this thread's choice, and the process default is untouched afterwards."""
+    available = simdnn.cpu_info()["available"]
+    default = simdnn.get_isa()
+    inside, release = threading.Event(), threading.Event()
+    seen = {}
+
+    def other():
+        with simdnn.use_isa("scalar"):
+            seen["other"] = simdnn.get_isa()
+            a = np.ones((40, 40), np.float32)
+            seen["result"] = simdnn.ops.matmul(a, a)[0, 0]
+            inside.set()
+            release.wait(timeout=10)
+        seen["other after"] = simdnn.get_isa()
+
+    t = threading.Thread(target=other)
+    with simdnn.use_isa(available[-1]):
+        t.start()
+        inside.wait(timeout=10)
+        seen["main"] = simdnn.get_isa()
+        release.set()
+        t.join(timeout=10)
+    assert seen["other"] == "scalar"
+    assert seen["main"] == available[-1]
+    assert seen["other after"] == default
+    assert seen["result"] == 40.0
+    assert simdnn.get_isa() == default
+    with pytest.raises(ValueError, match="unknown ISA"):
+        with simdnn.use_isa("sse9"):
+            pass
+    assert simdnn.get_isa() == default
