@@ -100,8 +100,8 @@ void bind_runtime(py::module_& m) {
           value_error("unknown ISA '" + s + "'; expected one of scalar, avx2, avx512");
         }
         if (!set_thread_isa(&isa)) {
-          value_error("ISA '" + s + "' is not available on this CPU/build (available: " +
-                      available_list() + ")");
+          value_error("ISA '" + s +
+                      "' is not available on this CPU/build (available: " + available_list() + ")");
         }
       },
       py::arg("name"));
