@@ -62,7 +62,17 @@ Isa best_isa() {
   return Isa::scalar;
 }
 
-const KernelTable& kernels() { return *active().load(std::memory_order_acquire); }
+namespace {
+// The ISA a thread chose with use_isa, over the process-wide one: two threads' overlapping
+// blocks never leak into each other. Only the bindings call kernels() (on the calling thread,
+// before any parallel work), so worker threads never need it.
+thread_local const KernelTable* t_override = nullptr;
+}  // namespace
+
+const KernelTable& kernels() {
+  const KernelTable* t = t_override;
+  return t != nullptr ? *t : *active().load(std::memory_order_acquire);
+}
 
 Isa active_isa() { return kernels().isa; }
 
@@ -71,6 +81,18 @@ bool set_active_isa(Isa isa) {
   active().store(&kernels_for(isa), std::memory_order_release);
   return true;
 }
+
+bool set_thread_isa(const Isa* isa) {
+  if (isa == nullptr) {
+    t_override = nullptr;
+    return true;
+  }
+  if (!isa_available(*isa)) return false;
+  t_override = &kernels_for(*isa);
+  return true;
+}
+
+const Isa* thread_isa() { return t_override != nullptr ? &t_override->isa : nullptr; }
 
 const UkernelInfo* ukernels(int* count) {
 #define SIMDNN_GEMM_UKERNEL(isa, T, MR, NR, name)                                           \

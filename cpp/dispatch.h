@@ -102,8 +102,12 @@ const KernelTable& kernels();
 const KernelTable& kernels_for(Isa isa);
 Isa active_isa();
 Isa best_isa();
-// Switches the active table; returns false (and changes nothing) when the ISA is not available.
+// Switches the active table of the process; returns false (and changes nothing) when the ISA is
+// not available.
 bool set_active_isa(Isa isa);
+// The calling thread's own choice over the process's (nullptr: none, follow the process).
+bool set_thread_isa(const Isa* isa);
+const Isa* thread_isa();
 
 // One micro-kernel of the registry, for the tests that run each kernel on its own.
 struct UkernelInfo {

@@ -44,9 +44,14 @@ DTYPES = [np.float32, np.float64]
 
 @pytest.fixture(params=ISAS)
 def isa(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Run the test with each available ISA forced (the same switch as SIMDNN_ISA)."""
-    with simdnn.use_isa(request.param):
+    """Run the test with each available ISA forced for the whole process (the same switch as
+    SIMDNN_ISA), so that threads the test starts use it too."""
+    previous = simdnn.get_isa()
+    simdnn.set_isa(request.param)
+    try:
         yield request.param
+    finally:
+        simdnn.set_isa(previous)
 
 
 @pytest.fixture(params=DTYPES, ids=["float32", "float64"])

@@ -87,6 +87,29 @@ void bind_runtime(py::module_& m) {
   m.def("set_num_threads", &set_threads, py::arg("n"));
   m.def("get_isa", []() { return std::string(isa_name(active_isa())); });
   m.def("set_isa", &set_isa, py::arg("name"));
+  m.def(
+      "set_thread_isa",
+      [](const py::object& name) {
+        if (name.is_none()) {
+          set_thread_isa(nullptr);
+          return;
+        }
+        const std::string s = name.cast<std::string>();
+        Isa isa;
+        if (!parse_isa(s.c_str(), &isa)) {
+          value_error("unknown ISA '" + s + "'; expected one of scalar, avx2, avx512");
+        }
+        if (!set_thread_isa(&isa)) {
+          value_error("ISA '" + s +
+                      "' is not available on this CPU/build (available: " + available_list() + ")");
+        }
+      },
+      py::arg("name"));
+  m.def("get_thread_isa", []() -> py::object {
+    const Isa* isa = thread_isa();
+    if (isa == nullptr) return py::none();
+    return py::str(isa_name(*isa));
+  });
   // Machine-limit probes for the benchmark report (active ISA).
   m.def(
       "probe_fma_peak",

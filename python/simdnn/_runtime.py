@@ -34,12 +34,13 @@ def set_num_threads(n: int) -> None:
 
 
 def get_isa() -> str:
-    """The instruction set the kernels use now."""
+    """The instruction set the calling thread's kernels use now."""
     return _core.get_isa()
 
 
 def set_isa(name: str) -> None:
-    """Switch every kernel to ``"scalar"``, ``"avx2"`` or ``"avx512"`` (must be available).
+    """Switch the process default to ``"scalar"``, ``"avx2"`` or ``"avx512"`` (must be
+    available): every thread not inside a :func:`use_isa` block.
 
     Raises ValueError naming the available instruction sets otherwise. The environment variable
     ``SIMDNN_ISA`` does the same at import time.
@@ -49,10 +50,12 @@ def set_isa(name: str) -> None:
 
 @contextlib.contextmanager
 def use_isa(name: str) -> Iterator[None]:
-    """Context manager: run the block with instruction set ``name``, then restore the previous."""
-    previous = _core.get_isa()
-    _core.set_isa(name)
+    """Context manager: run the block with instruction set ``name`` in the calling thread only,
+    then restore the thread's previous choice; other threads keep theirs (the process default
+    unless they are in a block of their own)."""
+    previous = _core.get_thread_isa()
+    _core.set_thread_isa(name)
     try:
         yield
     finally:
-        _core.set_isa(previous)
+        _core.set_thread_isa(previous)

@@ -486,9 +486,11 @@ def _run_backward(root: Tensor, seed: Array, retain_graph: bool) -> None:
                 "arrays were freed); pass retain_graph=True to the first backward"
             )
         results = node.rule(g, node.needs)
-        if not retain_graph:
+        inputs = node.inputs
+        if not retain_graph:  # free the saved arrays and the inputs as PyTorch does
             node.rule = None
-        for p, gi in zip(node.inputs, results):
+            node.inputs = ()
+        for p, gi in zip(inputs, results):
             if p is None or gi is None:
                 continue
             owned = gi.base is None and id(gi) not in handed

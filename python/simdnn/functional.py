@@ -79,14 +79,14 @@ def _floating(x: Any, fn: str, name: str = "input") -> Any:
 
 
 def match_dtype(x: Any, weight: Any, fn: str) -> Any:
-    """x in the weight's dtype: constants (arrays, tensors without a gradient) are converted, as
-    integer images or float64 data fed to a float32 model; a tensor that carries a gradient in
-    another float type is a TypeError naming both dtypes."""
+    """x in the weight's dtype: NumPy inputs are converted (integer images, float64 data fed
+    to a float32 model); a tensor (another layer's output) in the other float type is a
+    TypeError naming both dtypes, with or without a tape, on every backend."""
     want = as_array(weight).dtype
     arr = as_array(x)
     if arr.dtype == want:
         return x
-    if isinstance(x, Tensor) and x.requires_grad:
+    if isinstance(x, Tensor) and arr.dtype.kind == "f":
         raise TypeError(
             f"{fn}: input is {arr.dtype} but the weights are {want}; convert the model "
             f"(model.astype) or the input so that they match"

@@ -137,6 +137,7 @@ class Module:
         """Training mode (dropout active, BatchNorm on batch statistics); False inside
         :class:`inference_mode` in this thread, whatever the flag set by train()/eval()."""
         return self._training and not _inference.depth
+
     # Layers that act on (N, C, H, W) planes describe their window for summary()'s receptive
     # field: (kernel extent, stride) per spatial axis.
     spatial: ClassVar[bool] = False
@@ -314,6 +315,7 @@ class Module:
         dt = np.dtype(dtype)
         if dt not in (np.float32, np.float64):
             raise TypeError(f"astype: expected float32 or float64, got {dt}")
+
         def convert(a: np.ndarray) -> np.ndarray:
             return meta_array(a.shape, dt) if _meta.active else a.astype(dt)
 
