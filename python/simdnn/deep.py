@@ -20,6 +20,7 @@ used batch normalisation; the gradient argument for identity shortcuts is arXiv 
 from __future__ import annotations
 
 import os
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -272,7 +273,7 @@ def _print_reading(results: dict[str, dict[str, Any]], say: Callable[..., None])
         lines.append(
             f"- ReLU + He keeps the gradient ratio near 1 ({r['ratio_init']:.1f}) and the net "
             f"learns ({100 * r['test_accuracy']:.0f}%), but its loss jumps about at this learning "
-            "rate (with half of it, it trains smoothly and matches BatchNorm on this\n  small "
+            "rate (with half of it, it trains smoothly and matches BatchNorm on this small "
             "task: much of BatchNorm's gain here is tolerance of a larger step)."
         )
     if "bn" in ran:
@@ -282,8 +283,8 @@ def _print_reading(results: dict[str, dict[str, Any]], say: Callable[..., None])
             "- residual blocks on top make the loss fall fastest; their gradient ratios are much "
             "like BatchNorm's, so here they ease optimisation rather than fix vanishing gradients."
         )
-    if lines:
-        say("\n".join(lines))
+    for line in lines:
+        say(textwrap.fill(line, width=100, subsequent_indent="  "))
 
 
 def plot_deep_lab(results: dict[str, dict[str, Any]], out: str | os.PathLike[str]) -> None:
