@@ -208,7 +208,7 @@ def deep_lab(
     say: Callable[..., None] = (lambda *a, **k: None) if quiet else print
     say(
         f"deep-net lab: {depth} Linear layers of width {width} on the 8x8 digits "
-        f"({len(data[0])} training, {len(data[2])} held-out images); every arm: SGD lr {lr}, "
+        f"({len(data[0])} training, {len(data[2])} held-out images);\nevery arm: SGD lr {lr}, "
         f"momentum {MOMENTUM}, batch {BATCH_SIZE}, {epochs} epochs, seed {seed}"
     )
     results: dict[str, dict[str, Any]] = {}
@@ -250,9 +250,9 @@ def _print_table(
         )
     say(
         f"test acc: held-out digits after {epochs} epochs (chance 10%); train loss: mean "
-        "cross-entropy of the last epoch\n(chance ln 10 = 2.30); to 90%: first epoch with 90% "
-        "held-out accuracy; |g1|/|gL|: the first Linear layer's\nweight-gradient norm over the "
-        "last one's, at initialisation (one batch of 256) and averaged over training."
+        "cross-entropy of the\nlast epoch (chance ln 10 = 2.30); to 90%: first epoch with 90% "
+        "held-out accuracy;\n|g1|/|gL|: the first Linear layer's weight-gradient norm over the "
+        "last one's, at initialisation\n(one batch of 256) and averaged over training."
     )
 
 
