@@ -95,3 +95,20 @@ def test_readme_shows_what_vanishing_prints():
             continue
         for a, b in zip(g[1:], w[1:]):
             assert float(a) == pytest.approx(float(b), rel=5e-3), (got, want)
+
+
+def test_readme_shows_what_the_deep_lab_prints():
+    """The lab's table: the same arms, accuracies within 5 points (an ISA's rounding moves
+    them by about one), the same story."""
+    from simdnn import deep
+
+    shown = shown_output("python -m simdnn deep")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        deep.deep_lab()
+    printed = buf.getvalue()
+    for row in shown[1:]:
+        name, acc = re.match(r"(.+?)\s+([0-9.]+)%", row).groups()
+        got = re.search(re.escape(name) + r"\s+([0-9.]+)%", printed)
+        assert got is not None, name
+        assert abs(float(got.group(1)) - float(acc)) <= 5, (name, got.group(1), acc)
