@@ -1,0 +1,150 @@
+"""The rank side of tests/test_distributed.py, run under ``mpiexec -n N python dist_worker.py``.
+
+Modes (first argument):
+    equality OUT   train every CASE with fit(distributed=True); each rank writes OUT/rank{r}.npz
+    single OUT     without mpiexec: fit(distributed=True) and fit() on every CASE, both written
+    raise          rank 1 raises in the middle of training
+    exit           rank 1 exits (status 0) in the middle of training
+The test process computes the single-process references with :func:`run_case` itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+import simdnn
+from simdnn import nn, optim
+
+
+def data(n: int, shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n examples of three classes, inputs of `shape`, learnable from their mean."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.standard_normal((n, *shape)) + (y - 1).reshape(-1, *([1] * len(shape)))
+    return x, y
+
+
+def build(kind: str, seed: int) -> nn.Sequential:
+    rng = np.random.default_rng(seed)
+    if kind == "mlp":
+        return nn.Sequential(
+            nn.Linear(4, 12, rng=rng), nn.Tanh(), nn.Linear(12, 8, rng=rng), nn.ReLU(),
+            nn.Linear(8, 3, rng=rng),
+        )  # fmt: skip
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, rng=rng), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(4 * 3 * 3, 3, rng=rng),
+    )  # fmt: skip
+
+
+# name, model, optimiser, dtype, n, global batch, epochs, seed (None: simdnn.seed per rank),
+# validation. n = 37 is not divisible by 2, 3 or 4 and leaves a short last batch for every batch
+# size here; batch 2 is smaller than 3 and 4 ranks, so some ranks have empty shares.
+CASES: list[dict[str, Any]] = [
+    dict(name="mlp-sgd-f64", kind="mlp", opt="sgd", dtype="float64", batch=8, seed=3, val=True),
+    dict(name="mlp-sgd-f32", kind="mlp", opt="sgd", dtype="float32", batch=8, seed=3, val=False),
+    dict(name="mlp-adam-f64", kind="mlp", opt="adam", dtype="float64", batch=2, seed=None,
+         val=False),
+    dict(name="mlp-adam-f32", kind="mlp", opt="adam", dtype="float32", batch=5, seed=4, val=True),
+    dict(name="cnn-sgd-f64", kind="cnn", opt="sgd", dtype="float64", batch=5, seed=5, val=True),
+    dict(name="cnn-sgd-f32", kind="cnn", opt="sgd", dtype="float32", batch=2, seed=5, val=False),
+    dict(name="cnn-adam-f64", kind="cnn", opt="adam", dtype="float64", batch=8, seed=None,
+         val=True),
+    dict(name="cnn-adam-f32", kind="cnn", opt="adam", dtype="float32", batch=3, seed=6, val=False),
+]  # fmt: skip
+N, EPOCHS = 37, 3
+
+
+def run_case(case: dict[str, Any], distributed: bool, rank: int = 0) -> dict[str, np.ndarray]:
+    """Train one case; returns its final weights and history figures. Ranks other than 0 start
+    from other weights and (without a fit seed) other generators: fit must broadcast rank 0's."""
+    shape = (4,) if case["kind"] == "mlp" else (1, 6, 6)
+    x, y = data(N, shape, seed=1)
+    model = build(case["kind"], seed=10 + rank).astype(case["dtype"])
+    if case["opt"] == "sgd":
+        opt = optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    else:
+        opt = optim.Adam(model.parameters(), lr=0.01)
+    simdnn.seed(100 + rank)
+    vd = data(11, shape, seed=2) if case["val"] else None
+    history = simdnn.fit(
+        model,
+        nn.CrossEntropyLoss(),
+        opt,
+        x.astype(case["dtype"]),
+        y,
+        epochs=EPOCHS,
+        batch_size=case["batch"],
+        validation_data=vd,
+        seed=case["seed"],
+        progress=False,
+        distributed=distributed,
+    )
+    out = {f"w:{k}": v for k, v in model.state_dict().items()}
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        out[f"h:{key}"] = np.asarray(history[key], np.float64)
+    return out
+
+
+def flat(result: dict[str, np.ndarray], case: str) -> dict[str, np.ndarray]:
+    return {f"{case}/{k}": v for k, v in result.items()}
+
+
+def main(argv: list[str]) -> int:
+    mode = argv[0]
+    if mode == "single":
+        out = argv[1]
+        arrays: dict[str, np.ndarray] = {}
+        for case in CASES:
+            arrays.update(flat(run_case(case, True), "dist/" + case["name"]))
+            arrays.update(flat(run_case(case, False), "plain/" + case["name"]))
+        from simdnn import distributed
+
+        arrays["size"] = np.array(distributed.size())
+        np.savez(os.path.join(out, "single.npz"), **arrays)
+        return 0
+    from simdnn import distributed
+
+    distributed.init(threads=1)
+    rank = distributed.rank()
+    if mode == "equality":
+        arrays = {}
+        for case in CASES:
+            arrays.update(flat(run_case(case, True, rank), case["name"]))
+        np.savez(os.path.join(argv[1], f"rank{rank}.npz"), **arrays)
+        return 0
+    if mode in ("raise", "exit"):
+
+        class Fail(simdnn.Callback):
+            def on_epoch_end(self, epoch: int, logs: dict[str, float], model: Any) -> bool:
+                if rank == 1 and epoch == 1:
+                    if mode == "raise":
+                        raise RuntimeError("rank 1 fails on purpose")
+                    sys.exit(0)
+                return False
+
+        x, y = data(64, (4,), seed=1)
+        model = build("mlp", 0)
+        simdnn.fit(
+            model,
+            nn.CrossEntropyLoss(),
+            optim.SGD(model.parameters(), lr=0.05),
+            x,
+            y,
+            epochs=1000,
+            batch_size=8,
+            seed=0,
+            progress=False,
+            callbacks=[Fail()],
+            distributed=True,
+        )
+        return 0
+    raise SystemExit(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
