@@ -5,6 +5,7 @@ Modes (first argument):
     single OUT     without mpiexec: fit(distributed=True) and fit() on every CASE, both written
     raise          rank 1 raises in the middle of training
     exit           rank 1 exits (status 0) in the middle of training
+    api OUT        the collectives of simdnn.distributed, checked on every rank
 The test process computes the single-process references with :func:`run_case` itself.
 """
 
@@ -143,7 +144,91 @@ def main(argv: list[str]) -> int:
             distributed=True,
         )
         return 0
+    if mode == "api":
+        api_checks(rank, distributed.size(), argv[1])
+        return 0
     raise SystemExit(f"unknown mode {mode!r}")
+
+
+def api_checks(rank: int, size: int, out: str) -> None:
+    """The collectives a custom training loop uses, on every rank; AssertionError if wrong."""
+    from simdnn import distributed
+
+    assert distributed.is_initialized()
+    assert size >= 2
+    assert distributed.is_main() == (rank == 0)
+    assert len(distributed.hosts()) == size
+    assert distributed.local_size() == size
+    assert distributed.broadcast({"rank": rank})["rank"] == 0
+    assert distributed.allreduce(rank, op="sum") == sum(range(size))
+    assert distributed.allreduce(float(rank)) == (size - 1) / 2
+    assert distributed.allreduce(np.array([rank, -rank]), op="max").tolist() == [size - 1, 0]
+
+    # Parameters and optimiser state: rank 0's everywhere.
+    model = build("mlp", seed=rank)
+    opt = optim.Adam(model.parameters(), lr=0.01 * (rank + 1))
+    opt._t = 5 + rank
+    for m in opt._m:
+        m[...] = rank
+    distributed.broadcast_parameters(model)
+    distributed.broadcast_optimizer_state(opt)
+    reference = build("mlp", seed=0)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        assert np.array_equal(p.data, q.data)
+    assert opt._t == 5
+    assert opt.lr == 0.01
+    assert all(np.all(m == 0) for m in opt._m)
+    sgd = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for v in sgd._velocity:
+        v[...] = rank + 1
+    distributed.broadcast_optimizer_state(sgd, root=size - 1)
+    assert all(np.all(v == size) for v in sgd._velocity)
+
+    # Gradients: the mean, in place, as views of one flat buffer; then weighted.
+    params = model.parameters()
+    for p in params:
+        p.grad = np.full(p.shape, float(rank), p.dtype)
+    distributed.allreduce_gradients(model)
+    views = [p.grad for p in params]
+    assert all(np.all(g == (size - 1) / 2) for g in views)
+    assert all(g.base is views[0].base is not None for g in views)  # one buffer
+    model.zero_grad()  # a stale gradient reads as zeros and is still reduced
+    params[0].grad[...] = 1.0
+    distributed.allreduce_gradients(params, weight=1.0 if rank == 0 else 0.0)
+    assert np.all(params[0].grad == 1.0)
+    assert np.all(params[1].grad == 0.0)
+    assert params[0].grad is views[0]  # still the same buffer
+
+    # A mismatch raises the same ValueError on every rank instead of hanging.
+    x, y = data(20 + (rank == size - 1), (4,), seed=1)
+    message = ""
+    try:
+        simdnn.fit(model, nn.CrossEntropyLoss(), opt, x, y, progress=False, distributed=True)
+    except ValueError as err:
+        message = str(err)
+    assert "every rank must call fit with the same" in message, message
+
+    # save writes on rank 0 only.
+    path = os.path.join(out, "model.npz")
+    simdnn.save(model, path)
+    distributed.barrier()
+    assert os.path.exists(path)
+    distributed.barrier()
+    if rank == 0:
+        os.remove(path)
+    distributed.barrier()
+    simdnn.save(model, os.path.join(out, f"model{rank}.npz"))
+    distributed.barrier()
+    assert os.path.exists(os.path.join(out, f"model{rank}.npz")) == (rank == 0)
+
+    # Validation split across the ranks gives evaluate()'s figures on every rank.
+    vx, vy = data(13, (4,), seed=2)
+    run = distributed._FitRun(distributed._get(), params, broadcast_order=False)
+    split = run.evaluate(model, nn.CrossEntropyLoss(), vx, vy, batch_size=4)
+    whole = simdnn.evaluate(model, nn.CrossEntropyLoss(), vx, vy)
+    assert abs(split["loss"] - whole["loss"]) < 1e-6
+    assert split["accuracy"] == whole["accuracy"]
+    assert distributed.comm_stats()["calls"] > 0
 
 
 if __name__ == "__main__":

@@ -352,7 +352,7 @@ def allreduce(value: Any, op: str = "mean") -> Any:
     if op not in _OPS:
         raise ValueError(f"allreduce: op must be one of {_OPS}, got {op!r}")
     scalar = np.isscalar(value)
-    arr = np.array(value, dtype=np.float64 if scalar else None, copy=True)
+    arr = np.array(value, dtype=np.float64 if scalar else None, copy=True, order="C")
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"allreduce: expected a number or a numeric array, got dtype {arr.dtype}")
     if arr.dtype.kind == "b":
@@ -362,9 +362,8 @@ def allreduce(value: Any, op: str = "mean") -> Any:
     job = _get()
     if job.size > 1:
         mpi_op = {"mean": job.MPI.SUM, "sum": job.MPI.SUM, "max": job.MPI.MAX, "min": job.MPI.MIN}
-        arr = np.ascontiguousarray(arr)
         with _Collective(job, f"allreduce({op!r})"):
-            job.comm.Allreduce(job.MPI.IN_PLACE, arr, op=mpi_op[op])
+            job.comm.Allreduce(job.MPI.IN_PLACE, arr.reshape(-1), op=mpi_op[op])
     if op == "mean":
         arr /= job.size
     return float(arr) if scalar else arr
@@ -888,6 +887,9 @@ def format_check(result: dict[str, Any]) -> str:
         f"{result['cores_on_this_host']} cores on rank 0's host",
         f"MPI: {result['mpi']}; watchdog timeout {result['timeout_s']:g} s",
     ]
+    if result["ranks"] == 1:
+        lines.append("one rank: an allreduce has nothing to exchange (start it under mpiexec -n 2)")
+        return "\n".join(lines)
     for row in result["allreduce"]:
         lines.append(
             f"allreduce of {row['floats']:>9,} float32: {1e6 * row['seconds']:9.1f} us, "

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from . import distributed
 from .nn.module import LAYER_REGISTRY, Module, Sequential
 
 FORMAT = "simdnn-model"
@@ -50,13 +51,19 @@ def _build(desc: Any) -> Module:
 
 
 def save(model: Module, path: str | os.PathLike[str]) -> None:
-    """Write the architecture and weights of a model built from simdnn layers to `path`."""
+    """Write the architecture and weights of a model built from simdnn layers to `path`.
+
+    In a distributed job (:mod:`simdnn.distributed`) only rank 0 writes; call
+    ``simdnn.distributed.barrier()`` before other ranks read the file."""
     arch = {
         "format": FORMAT,
         "version": VERSION,
         "dtype": str(model.dtype),
         "model": _describe(model),
     }
+    # distributed: in a job of several ranks only rank 0 writes (the ranks hold the same weights)
+    if not distributed._main_or_single():
+        return
     arrays = {f"param:{k}": v for k, v in model.state_dict().items()}
     with open(path, "wb") as f:
         np.savez(f, **{_ARCH_KEY: np.array(json.dumps(arch))}, **arrays)
