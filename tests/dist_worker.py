@@ -56,6 +56,13 @@ CASES: list[dict[str, Any]] = [
     dict(name="cnn-adam-f64", kind="cnn", opt="adam", dtype="float64", batch=8, seed=None,
          val=True),
     dict(name="cnn-adam-f32", kind="cnn", opt="adam", dtype="float32", batch=3, seed=6, val=False),
+    # A NaN in example 20 (one rank's share): every rank stops at its batch and restores the
+    # weights from before the last step, as one process does.
+    dict(name="mlp-nan-f64", kind="mlp", opt="sgd", dtype="float64", batch=8, seed=3, val=False,
+         nan=True),
+    # EarlyStopping decides on the reduced validation loss, identically everywhere.
+    dict(name="mlp-early-f64", kind="mlp", opt="adam", dtype="float64", batch=4, seed=7, val=True,
+         early=True, epochs=12),
 ]  # fmt: skip
 N, EPOCHS = 37, 3
 
@@ -72,20 +79,25 @@ def run_case(case: dict[str, Any], distributed: bool, rank: int = 0) -> dict[str
         opt = optim.Adam(model.parameters(), lr=0.01)
     simdnn.seed(100 + rank)
     vd = data(11, shape, seed=2) if case["val"] else None
+    if case.get("nan"):
+        x[20] = np.nan
+    callbacks = [simdnn.EarlyStopping(patience=0)] if case.get("early") else []
     history = simdnn.fit(
         model,
         nn.CrossEntropyLoss(),
         opt,
         x.astype(case["dtype"]),
         y,
-        epochs=EPOCHS,
+        epochs=case.get("epochs", EPOCHS),
         batch_size=case["batch"],
         validation_data=vd,
         seed=case["seed"],
         progress=False,
         distributed=distributed,
+        callbacks=callbacks,
     )
     out = {f"w:{k}": v for k, v in model.state_dict().items()}
+    out["stop_reason"] = np.array(str(history.stop_reason))
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         out[f"h:{key}"] = np.asarray(history[key], np.float64)
     return out

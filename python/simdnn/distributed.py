@@ -597,7 +597,9 @@ def allreduce_gradients(params: Module | Iterable[Parameter], weight: float | No
         buf = _GradBuffer(plist)
     buf = _buffers[key] = buf.sync()
     scale = 1.0 / job.size if weight is None else float(weight)
-    if scale != 1.0:
+    if scale == 0.0:
+        buf.grads.fill(0)  # a rank without examples contributes zeros (even over NaN or Inf)
+    elif scale != 1.0:
         buf.grads *= buf.dtype.type(scale)
     if job.size > 1:
         with _Collective(job, "allreduce_gradients"):
@@ -827,7 +829,7 @@ def _start_fit(
             "batch_size": batch_size,
             "epochs": epochs,
             "shuffle": bool(shuffle),
-            "seed": None if seed is None else int(seed),
+            "seed": None if seed is None else str(seed),
             "validation_n": validation_n,
             "parameters": [(p.shape, str(p.dtype)) for p in params],
             "optimizer": type(optimizer).__name__,
@@ -835,7 +837,7 @@ def _start_fit(
     )
     broadcast_parameters(params)
     broadcast_optimizer_state(optimizer)
-    return _FitRun(job, params, broadcast_order=seed is None)
+    return _FitRun(job, params, broadcast_order=seed is None and bool(shuffle))
 
 
 # ------------------------------------------------------------------------------------------------
