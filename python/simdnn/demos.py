@@ -129,7 +129,7 @@ def demo(
     if distributed:
         say(
             f"distributed: {dist.size()} ranks on {len(set(dist.hosts()))} host(s), "
-            f"{get_num_threads()} threads per rank"
+            f"{_threads(get_num_threads())} per rank"
         )
     say(
         f"digits: {len(x_train)} training and {len(x_test)} held-out 8x8 images "
@@ -160,7 +160,7 @@ def demo(
             say(
                 f"{name}: test accuracy {100 * acc:.2f}% after {epochs} epochs in {seconds:.1f} s; "
                 f"one epoch takes {1e3 * native:.1f} ms on {dist.size()} ranks x "
-                f"{get_num_threads()} threads"
+                f"{_threads(get_num_threads())}"
             )
             if plots is not None and name == "ConvNet" and main:
                 _plots(model, x_test, plots)
@@ -182,6 +182,10 @@ def demo(
         if plots is not None and name == "ConvNet":
             _plots(model, x_test, plots)
     return results
+
+
+def _threads(n: int) -> str:
+    return f"{n} thread" if n == 1 else f"{n} threads"
 
 
 def _silent(*args: Any, **kwargs: Any) -> None:

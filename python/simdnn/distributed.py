@@ -135,6 +135,7 @@ class _Job:
     """What init() found: the communicators, this rank's place, the watchdog, counters."""
 
     def __init__(self, threads: int | None, timeout: float) -> None:
+        _yield_when_oversubscribed()
         MPI = _mpi()
         self.MPI = MPI
         # A private duplicate: collectives here never match a user's on COMM_WORLD.
@@ -199,6 +200,20 @@ class _Job:
 
 
 _job: _Job | None = None
+
+HEAVY_YIELD = "MPIR_CVAR_ENABLE_HEAVY_YIELD"
+
+
+def _yield_when_oversubscribed() -> None:
+    """Before MPI starts: when the launcher put more ranks on this host than this process has
+    cores, let MPICH's waiting ranks sleep instead of spinning (they would steal the cores of
+    the ranks still computing). Measured with 4 ranks on 2 cores: the ConvNet epoch 1.5x and the
+    MLP's 2.6x faster; not set otherwise, since it costs latency (unless the user set it)."""
+    local = os.environ.get("MPI_LOCALNRANKS") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE")
+    if HEAVY_YIELD in os.environ or not local or not local.isdigit():
+        return
+    if int(local) > len(_affinity()):
+        os.environ[HEAVY_YIELD] = "1"
 
 
 def _affinity() -> set[int]:
