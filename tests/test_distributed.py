@@ -211,7 +211,8 @@ def test_shard_splits_contiguously_larger_first():
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
-        (lambda: distributed.init(threads=0), ValueError, "threads must be an int >= 1"),
+        (lambda: distributed.init(threads=0), ValueError, "threads must be >= 1, got 0"),
+        (lambda: distributed.init(threads=2.0), TypeError, "threads must be an int or None"),
         (lambda: distributed.init(timeout="5"), TypeError, "timeout must be a number"),
         (lambda: distributed.init(timeout=-1.0), ValueError, "timeout must be finite and >= 0"),
         (lambda: distributed.allreduce(1.0, op="avg"), ValueError, "op must be one of"),

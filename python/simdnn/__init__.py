@@ -8,6 +8,8 @@ is a thin layer over it.
 - :mod:`simdnn.nn`: layers, containers and losses; :mod:`simdnn.optim`: SGD and Adam;
   :mod:`simdnn.init`: initialisers; :func:`fit`, :func:`evaluate`, :func:`predict`.
 - :func:`save` / :func:`load`, :func:`gradcheck`, :mod:`simdnn.viz`.
+- :mod:`simdnn.distributed`: data-parallel training over MPI (``fit(..., distributed=True)``
+  under ``mpiexec``); mpi4py is imported only when it is used.
 - :func:`use_backend`: run the same model on the native kernels or on the NumPy twins.
 - :func:`cpu_info`, :func:`set_num_threads`, :func:`set_isa`: what runs, and on how many threads.
 
@@ -17,7 +19,7 @@ Set ``SIMDNN_ISA=scalar|avx2|avx512`` before import to force an instruction set,
 
 from __future__ import annotations
 
-from . import demos, functional, init, nn, ops, optim, reference, viz
+from . import demos, distributed, functional, init, nn, ops, optim, reference, viz
 from ._runtime import cpu_info, get_isa, get_num_threads, set_isa, set_num_threads, use_isa
 from .backend import get_backend, use_backend
 from .gradcheck import gradcheck
@@ -34,6 +36,7 @@ __all__ = [
     "__version__",
     "cpu_info",
     "demos",
+    "distributed",
     "evaluate",
     "fit",
     "functional",

@@ -251,10 +251,11 @@ def init(threads: int | None = None, timeout: float | None = None) -> None:
     Raises ImportError naming ``simdnn[distributed]`` when mpi4py is not installed.
     """
     global _job
-    if threads is not None and (
-        isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1
-    ):
-        raise ValueError(f"init: threads must be an int >= 1 or None, got {threads!r}")
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+            raise TypeError(f"init: threads must be an int or None, got {type(threads).__name__}")
+        if threads < 1:
+            raise ValueError(f"init: threads must be >= 1, got {threads}")
     if timeout is not None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.number)):
             raise TypeError(
@@ -863,6 +864,8 @@ def check(sizes: Sequence[int] = (1, 53_002, 1 << 20), repeats: int = 50) -> dic
     """Measure the job: ranks, hosts, threads per rank, and the allreduce's time for float32
     arrays of `sizes` elements (median of `repeats`, after a warm-up) with the bandwidth it
     implies (bytes / time). Every rank must call it; returns the same figures on every rank."""
+    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
+        raise ValueError(f"check: repeats must be an int >= 1, got {repeats!r}")
     job = _get()
     per_rank = job.comm.allgather(
         {"host": job.hosts[job.rank], "threads": _runtime.get_num_threads()}
@@ -881,14 +884,15 @@ def check(sizes: Sequence[int] = (1, 53_002, 1 << 20), repeats: int = 50) -> dic
     for count in sizes:
         buf = np.ones(int(count), np.float32)
         times = []
-        for i in range(repeats + 5):
-            job.comm.Barrier()
-            t0 = time.perf_counter()
-            job.comm.Allreduce(job.MPI.IN_PLACE, buf, op=job.MPI.SUM)
-            if i >= 5:
-                times.append(time.perf_counter() - t0)
-        # The slowest rank's median: what a training step waits for.
-        seconds = job.comm.allreduce(float(np.median(times)), op=job.MPI.MAX)
+        with _Collective(job, f"check(): allreduces of {count} floats"):
+            for i in range(repeats + 5):
+                job.comm.Barrier()
+                t0 = time.perf_counter()
+                job.comm.Allreduce(job.MPI.IN_PLACE, buf, op=job.MPI.SUM)
+                if i >= 5:
+                    times.append(time.perf_counter() - t0)
+            # The slowest rank's median: what a training step waits for.
+            seconds = job.comm.allreduce(float(np.median(times)), op=job.MPI.MAX)
         result["allreduce"].append(
             {"floats": int(count), "seconds": seconds, "bytes_per_s": 4 * count / seconds}
         )
