@@ -600,7 +600,9 @@ def allreduce_gradients(params: Module | Iterable[Parameter], weight: float | No
     plist = _as_params(params, "allreduce_gradients")
     if weight is not None:
         if isinstance(weight, bool) or not isinstance(weight, (int, float, np.number)):
-            raise TypeError(f"allreduce_gradients: weight must be a number, got {type(weight)}")
+            raise TypeError(
+                f"allreduce_gradients: weight must be a number, got {type(weight).__name__}"
+            )
         if not math.isfinite(weight) or weight < 0:
             raise ValueError(f"allreduce_gradients: weight must be finite and >= 0, got {weight}")
     if not plist:
