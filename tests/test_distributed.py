@@ -260,3 +260,17 @@ def test_missing_mpi4py_names_the_extra(monkeypatch):
             model, nn.CrossEntropyLoss(), optim.SGD(model.parameters()), x, y, distributed=True
         )
     assert not distributed.is_initialized()
+
+
+def test_waiting_ranks_sleep_only_when_the_launcher_oversubscribes(monkeypatch):
+    monkeypatch.delenv(distributed.HEAVY_YIELD, raising=False)
+    monkeypatch.delenv("OMPI_COMM_WORLD_LOCAL_SIZE", raising=False)
+    monkeypatch.setenv("MPI_LOCALNRANKS", "1")
+    distributed._yield_when_oversubscribed()
+    assert distributed.HEAVY_YIELD not in os.environ
+    monkeypatch.setenv("MPI_LOCALNRANKS", str(os.cpu_count() * 2))
+    distributed._yield_when_oversubscribed()
+    assert os.environ[distributed.HEAVY_YIELD] == "1"
+    monkeypatch.setenv(distributed.HEAVY_YIELD, "0")  # the user's choice stays
+    distributed._yield_when_oversubscribed()
+    assert os.environ[distributed.HEAVY_YIELD] == "0"
