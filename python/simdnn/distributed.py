@@ -59,6 +59,7 @@ __all__ = [
     "broadcast_parameters",
     "check",
     "comm_stats",
+    "format_check",
     "hosts",
     "init",
     "is_initialized",
