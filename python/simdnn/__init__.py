@@ -11,6 +11,8 @@ is a thin layer over it.
   :mod:`simdnn.optim`: SGD, Adam and learning-rate schedules; :mod:`simdnn.init`: initialisers;
   :func:`fit`, :func:`evaluate`, :func:`predict`.
 - :func:`save` / :func:`load` / :func:`load_state_dict`, :func:`gradcheck`, :mod:`simdnn.viz`.
+- :mod:`simdnn.distributed`: data-parallel training over MPI (``fit(..., distributed=True)``
+  under ``mpiexec``); mpi4py is imported only when it is used.
 - :func:`use_backend`: run the same model on the native kernels or on the NumPy twins.
 - :func:`cpu_info`, :func:`set_num_threads`, :func:`set_isa`: what runs, and on how many threads.
 
@@ -20,7 +22,7 @@ Set ``SIMDNN_ISA=scalar|avx2|avx512`` before import to force an instruction set,
 
 from __future__ import annotations
 
-from . import autograd, demos, functional, init, nn, ops, optim, reference, viz
+from . import autograd, demos, distributed, functional, init, nn, ops, optim, reference, viz
 from ._runtime import cpu_info, get_isa, get_num_threads, set_isa, set_num_threads, use_isa
 from .autograd import (
     Tensor,
@@ -52,6 +54,7 @@ __all__ = [
     "concatenate",
     "cpu_info",
     "demos",
+    "distributed",
     "enable_grad",
     "evaluate",
     "fit",

@@ -2,13 +2,17 @@
 
 Commands:
     demo          train an MLP and a ConvNet on the 8x8 digits; accuracy and native speed-up
-                  [--plots DIR] [--quiet]
+                  [--plots DIR] [--quiet] [--distributed: on every rank of an MPI job,
+                  mpiexec -n 4 python -m simdnn demo --distributed]
     vanishing     per-layer gradient norms of deep sigmoid/tanh/ReLU MLPs [--out FILE.png]
     deep          a 20-layer MLP trained four ways: sigmoid, ReLU + He, + BatchNorm, + residual
                   [--out FILE.png] [--quick] [--seed N]
     equivariance  shifted inputs give shifted feature maps; pooling hides small shifts
     bench         time every kernel against its pure-NumPy twin (``python -m simdnn bench --help``)
     info          print the CPU, the instruction set in use and the blocking
+    distributed-check
+                  ranks, hosts, threads per rank and the measured allreduce latency and
+                  bandwidth of an MPI job (mpiexec -n 2 python -m simdnn distributed-check)
 """
 
 from __future__ import annotations
@@ -35,8 +39,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = argparse.ArgumentParser(prog="python -m simdnn demo")
         parser.add_argument("--quiet", action="store_true", help="no progress bars")
         parser.add_argument("--plots", default=None, metavar="DIR", help="save filter pictures")
+        parser.add_argument(
+            "--distributed",
+            action="store_true",
+            help="train on every rank of the MPI job (run under mpiexec)",
+        )
         opts = parser.parse_args(rest)
-        demos.demo(progress=not opts.quiet, plots=opts.plots)
+        demos.demo(progress=not opts.quiet, plots=opts.plots, distributed=opts.distributed)
+        return 0
+    if command == "distributed-check":
+        import argparse
+
+        from . import distributed
+
+        parser = argparse.ArgumentParser(prog="python -m simdnn distributed-check")
+        parser.add_argument("--repeats", type=int, default=50, help="allreduces timed per size")
+        opts = parser.parse_args(rest)
+        if opts.repeats < 1:
+            parser.error(f"--repeats must be >= 1, got {opts.repeats}")
+        result = distributed.check(repeats=opts.repeats)
+        if distributed.is_main():
+            print(distributed.format_check(result))
         return 0
     if command == "vanishing":
         import argparse

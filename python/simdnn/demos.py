@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import nn, optim
+from ._runtime import get_num_threads
 from .backend import use_backend
 from .training import evaluate, fit
 
@@ -77,14 +78,27 @@ def build_convnet(seed: int = 0) -> nn.Sequential:
     )
 
 
-def _epoch_seconds(model: nn.Sequential, x: np.ndarray, y: np.ndarray, batch_size: int) -> float:
+def _epoch_seconds(
+    model: nn.Sequential, x: np.ndarray, y: np.ndarray, batch_size: int, distributed: bool = False
+) -> float:
     """Median time of one training epoch (3 epochs after a warm-up one)."""
     opt = optim.Adam(model.parameters(), lr=1e-3)
     loss = nn.CrossEntropyLoss()
     times = []
     for _ in range(4):
         t0 = time.perf_counter()
-        fit(model, loss, opt, x, y, epochs=1, batch_size=batch_size, progress=False, seed=0)
+        fit(
+            model,
+            loss,
+            opt,
+            x,
+            y,
+            epochs=1,
+            batch_size=batch_size,
+            progress=False,
+            seed=0,
+            distributed=distributed,
+        )
         times.append(time.perf_counter() - t0)
     return float(np.median(times[1:]))
 
@@ -94,19 +108,37 @@ def demo(
     epochs: int = 40,
     batch_size: int = 32,
     plots: str | os.PathLike[str] | None = None,
+    distributed: bool = False,
 ) -> dict[str, Any]:
     """Train the MLP and the ConvNet on the digits; print accuracies, times and the native
     speed-up over the NumPy backend. With `plots`, a folder: write the ConvNet's first-layer
-    filters and its feature maps for a held-out digit there. Returns the figures."""
+    filters and its feature maps for a held-out digit there. Returns the figures.
+
+    distributed: train on every rank of the MPI job (``mpiexec -n 4 python -m simdnn demo
+    --distributed``) with the same global batch, so the accuracy is one process's; rank 0 prints
+    and plots, and the time per epoch on the job replaces the NumPy-backend comparison.
+    """
+    main = True
+    if distributed:
+        from . import distributed as dist
+
+        dist.init()
+        main = dist.is_main()
+    say = print if main else _silent
     x_train, y_train, x_test, y_test = load_digits_split()
-    print(
+    if distributed:
+        say(
+            f"distributed: {dist.size()} ranks on {len(set(dist.hosts()))} host(s), "
+            f"{_threads(get_num_threads())} per rank"
+        )
+    say(
         f"digits: {len(x_train)} training and {len(x_test)} held-out 8x8 images "
         f"(scikit-learn's bundled set, split with seed {DIGITS_SEED})"
     )
     results: dict[str, Any] = {}
     for name, build in (("MLP", build_mlp), ("ConvNet", build_convnet)):
         model = build(seed=1)
-        print(f"\n{name}: {model.num_parameters():,} parameters")
+        say(f"\n{name}: {model.num_parameters():,} parameters")
         t0 = time.perf_counter()
         fit(
             model,
@@ -118,10 +150,21 @@ def demo(
             batch_size=batch_size,
             seed=2,
             progress=progress,
+            distributed=distributed,
         )
         seconds = time.perf_counter() - t0
         acc = evaluate(model, nn.CrossEntropyLoss(), x_test, y_test)["accuracy"]
-        native = _epoch_seconds(build(seed=1), x_train, y_train, batch_size)
+        native = _epoch_seconds(build(seed=1), x_train, y_train, batch_size, distributed)
+        if distributed:
+            results[name] = {"test_accuracy": acc, "train_seconds": seconds, "epoch_s": native}
+            say(
+                f"{name}: test accuracy {100 * acc:.2f}% after {epochs} epochs in {seconds:.1f} s; "
+                f"one epoch takes {1e3 * native:.1f} ms on {dist.size()} ranks x "
+                f"{_threads(get_num_threads())}"
+            )
+            if plots is not None and name == "ConvNet" and main:
+                _plots(model, x_test, plots)
+            continue
         with use_backend("numpy"):
             numpy_s = _epoch_seconds(build(seed=1), x_train, y_train, batch_size)
         results[name] = {
@@ -137,13 +180,25 @@ def demo(
             f"NumPy backend ({numpy_s / native:.1f}x faster native)"
         )
         if plots is not None and name == "ConvNet":
-            from . import viz
-
-            os.makedirs(plots, exist_ok=True)
-            viz.filters(model[0], save=os.path.join(plots, "filters.png"))
-            viz.feature_maps(model, x_test[:1], 1, save=os.path.join(plots, "feature_maps.png"))
-            print(f"filters and feature maps written to {os.fspath(plots)}")
+            _plots(model, x_test, plots)
     return results
+
+
+def _threads(n: int) -> str:
+    return f"{n} thread" if n == 1 else f"{n} threads"
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """print's stand-in on the ranks other than 0."""
+
+
+def _plots(model: nn.Sequential, x_test: np.ndarray, plots: str | os.PathLike[str]) -> None:
+    from . import viz
+
+    os.makedirs(plots, exist_ok=True)
+    viz.filters(model[0], save=os.path.join(plots, "filters.png"))
+    viz.feature_maps(model, x_test[:1], 1, save=os.path.join(plots, "feature_maps.png"))
+    print(f"filters and feature maps written to {os.fspath(plots)}")
 
 
 # ------------------------------------------------------------------------------------------------

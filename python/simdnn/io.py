@@ -28,6 +28,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from . import distributed
 from .nn.module import LAYER_REGISTRY, Module, ModuleDict, ModuleList, Sequential, meta_build
 
 FORMAT = "simdnn-model"
@@ -172,7 +173,10 @@ def _write_atomic(path: str | os.PathLike[str], write: Any) -> None:
 
 def save(model: Module, path: str | os.PathLike[str]) -> None:
     """Write the architecture (when every layer is built in) and the weights of a model, atomically:
-    the previous file at `path` stays intact until the new one is complete on disk."""
+    the previous file at `path` stays intact until the new one is complete on disk.
+
+    In a distributed job (:mod:`simdnn.distributed`) only rank 0 writes; call
+    ``simdnn.distributed.barrier()`` before other ranks read the file."""
     if not isinstance(model, Module):
         raise TypeError(f"save: expected a Module, got {type(model).__name__}")
     model_desc = _describe(model, "", {})
@@ -183,6 +187,9 @@ def save(model: Module, path: str | os.PathLike[str]) -> None:
         "model": model_desc,
         "tied": _tied(model),
     }
+    # distributed: in a job of several ranks only rank 0 writes (the ranks hold the same weights)
+    if not distributed._main_or_single():
+        return
     arrays = {f"{_PREFIX}{k}": v for k, v in model.state_dict().items()}
     _write_atomic(path, lambda f: np.savez(f, **{_ARCH_KEY: np.array(json.dumps(arch))}, **arrays))
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from . import distributed as _distributed
 from . import init
 from .autograd import as_array
 from .nn.losses import Loss
@@ -195,12 +196,20 @@ def fit(
     seed: int | None = None,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
+    distributed: bool = False,
 ) -> History:
     """Train `model` on (x, y) for `epochs` epochs of mini-batches; returns a History.
 
     seed: shuffling seed (default: simdnn's generator, see simdnn.seed). A loss that becomes
     NaN or infinite stops training with a RuntimeWarning naming the epoch and batch; the weights
     from before the step that produced it are restored.
+
+    distributed: data-parallel training on every rank of an MPI job (``mpiexec -n 4 python
+    train.py``; see :mod:`simdnn.distributed`). batch_size is the global batch: each rank takes
+    its share of every batch, the gradients are averaged weighted by the shares, and every rank
+    ends with the weights one process would reach (up to float rounding). Every rank must call
+    fit with the same data; rank 0's weights and optimiser state are broadcast first, only rank
+    0 shows a progress bar, validation is split across the ranks.
     """
     x, y = _check_data(x, y, "fit")
     batch_size = _check_batch_size(batch_size, "fit")
@@ -210,6 +219,21 @@ def fit(
         vx, vy = _check_data(*validation_data, "fit: validation_data")
     if len(x) == 0:
         raise ValueError("fit: x has 0 examples; there is nothing to train on")
+    # distributed: join the job, check every rank runs the same fit, broadcast rank 0's state
+    dist = None
+    if not isinstance(distributed, (bool, np.bool_)):
+        raise TypeError(f"fit: distributed must be True or False, got {distributed!r}")
+    if distributed:
+        dist = _distributed._start_fit(
+            model,
+            optimizer,
+            n=len(x),
+            batch_size=batch_size,
+            epochs=epochs,
+            shuffle=shuffle,
+            seed=seed,
+            validation_n=None if validation_data is None else len(vx),
+        )
     rng = init.generator() if seed is None else np.random.default_rng(seed)
     history = History()
     weights = _weight_layers(model)
@@ -225,7 +249,7 @@ def fit(
     for cb in callbacks:
         cb.on_train_begin(model)
     bar_cls = None
-    if progress:
+    if progress and (dist is None or dist.is_main):  # distributed: the bar on rank 0 only
         from tqdm.auto import tqdm
 
         bar_cls = tqdm
@@ -234,6 +258,8 @@ def fit(
         t0 = time.perf_counter()
         model.train()
         order = rng.permutation(n) if shuffle else np.arange(n)
+        if dist is not None:  # distributed: rank 0's order when fit has no seed
+            order = dist.order(order)
         total_loss, total_correct, seen = 0.0, 0.0, 0
         norms = np.zeros(len(weights))
         has_acc = False
@@ -247,10 +273,29 @@ def fit(
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for b in range(steps):
                 idx = order[b * batch_size : (b + 1) * batch_size]
+                k = len(idx)
+                if dist is not None:  # distributed: this rank's share of the global batch
+                    idx = dist.share(idx)
                 xb, yb = _cast(x[idx], model), y[idx]
-                out = model(xb)
-                value_t = loss(out, yb)
-                value = float(value_t)
+                if dist is None:
+                    out = model(xb)
+                    value_t = loss(out, yb)
+                    value = float(value_t)
+                else:
+                    # distributed: forward and backward on this rank's share (none when it is
+                    # empty: a zero gradient), then one allreduce averages the gradients weighted
+                    # by the shares and sums the batch's loss, accuracy and NaN flag, so every
+                    # rank gets the global batch's figures and stops alike below.
+                    acc = None
+                    value = 0.0
+                    model.zero_grad()
+                    if len(idx):
+                        out = model(xb)
+                        value_t = loss(out, yb)
+                        value = float(value_t)
+                        value_t.backward()
+                        acc = loss.accuracy(out, yb)
+                    value, acc = dist.reduce_step(value, acc, len(idx), k)
                 if not math.isfinite(value):
                     # The weights that produced this loss came from the previous step, which may
                     # have diverged: put back the weights from before it.
@@ -267,8 +312,9 @@ def fit(
                     warnings.warn(f"fit: {history.stop_reason}", RuntimeWarning, stacklevel=2)
                     stop = True
                     break
-                model.zero_grad()
-                value_t.backward()
+                if dist is None:
+                    model.zero_grad()
+                    value_t.backward()
                 for i, (_, w) in enumerate(weights):
                     norms[i] += float(np.sqrt(np.sum(np.square(w.grad, dtype=np.float64))))
                 for p, s in zip(params, snapshot):
@@ -277,10 +323,10 @@ def fit(
                     s[...] = a
                 opt_step = optimizer._step_count()
                 optimizer.step()
-                k = len(idx)
                 seen += k
                 total_loss += value * k
-                acc = loss.accuracy(out, yb)
+                if dist is None:
+                    acc = loss.accuracy(out, yb)
                 if acc is not None:
                     has_acc = True
                     total_correct += acc * k
@@ -303,7 +349,10 @@ def fit(
             {name: norms[i] / max(steps, 1) for i, (name, _) in enumerate(weights)}
         )
         if validation_data is not None and not stop:
-            scores = evaluate(model, loss, vx, vy, batch_size=max(batch_size, 256))
+            if dist is None:
+                scores = evaluate(model, loss, vx, vy, batch_size=max(batch_size, 256))
+            else:  # distributed: each rank evaluates its share, the sums are reduced
+                scores = dist.evaluate(model, loss, vx, vy, batch_size=max(batch_size, 256))
             logs["val_loss"] = scores["loss"]
             history["val_loss"].append(scores["loss"])
             if scores.get("accuracy") is not None:

@@ -1,0 +1,247 @@
+"""The rank side of tests/test_distributed.py, run under ``mpiexec -n N python dist_worker.py``.
+
+Modes (first argument):
+    equality OUT   train every CASE with fit(distributed=True); each rank writes OUT/rank{r}.npz
+    single OUT     without mpiexec: fit(distributed=True) and fit() on every CASE, both written
+    raise          rank 1 raises in the middle of training
+    exit           rank 1 exits (status 0) in the middle of training
+    api OUT        the collectives of simdnn.distributed, checked on every rank
+The test process computes the single-process references with :func:`run_case` itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+import simdnn
+from simdnn import nn, optim
+
+
+def data(n: int, shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n examples of three classes, inputs of `shape`, learnable from their mean."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.standard_normal((n, *shape)) + (y - 1).reshape(-1, *([1] * len(shape)))
+    return x, y
+
+
+def build(kind: str, seed: int) -> nn.Sequential:
+    rng = np.random.default_rng(seed)
+    if kind == "mlp":
+        return nn.Sequential(
+            nn.Linear(4, 12, rng=rng), nn.Tanh(), nn.Linear(12, 8, rng=rng), nn.ReLU(),
+            nn.Linear(8, 3, rng=rng),
+        )  # fmt: skip
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, rng=rng), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(4 * 3 * 3, 3, rng=rng),
+    )  # fmt: skip
+
+
+# name, model, optimiser, dtype, n, global batch, epochs, seed (None: simdnn.seed per rank),
+# validation. n = 37 is not divisible by 2, 3 or 4 and leaves a short last batch for every batch
+# size here; batch 2 is smaller than 3 and 4 ranks, so some ranks have empty shares.
+CASES: list[dict[str, Any]] = [
+    dict(name="mlp-sgd-f64", kind="mlp", opt="sgd", dtype="float64", batch=8, seed=3, val=True),
+    dict(name="mlp-sgd-f32", kind="mlp", opt="sgd", dtype="float32", batch=8, seed=3, val=False),
+    dict(name="mlp-adam-f64", kind="mlp", opt="adam", dtype="float64", batch=2, seed=None,
+         val=False),
+    dict(name="mlp-adam-f32", kind="mlp", opt="adam", dtype="float32", batch=5, seed=4, val=True),
+    dict(name="cnn-sgd-f64", kind="cnn", opt="sgd", dtype="float64", batch=5, seed=5, val=True),
+    dict(name="cnn-sgd-f32", kind="cnn", opt="sgd", dtype="float32", batch=2, seed=5, val=False),
+    dict(name="cnn-adam-f64", kind="cnn", opt="adam", dtype="float64", batch=8, seed=None,
+         val=True),
+    dict(name="cnn-adam-f32", kind="cnn", opt="adam", dtype="float32", batch=3, seed=6, val=False),
+    # A NaN in example 20 (one rank's share): every rank stops at its batch and restores the
+    # weights from before the last step, as one process does.
+    dict(name="mlp-nan-f64", kind="mlp", opt="sgd", dtype="float64", batch=8, seed=3, val=False,
+         nan=True),
+    # EarlyStopping decides on the reduced validation loss, identically everywhere.
+    dict(name="mlp-early-f64", kind="mlp", opt="adam", dtype="float64", batch=4, seed=7, val=True,
+         early=True, epochs=12),
+]  # fmt: skip
+N, EPOCHS = 37, 3
+
+
+def run_case(case: dict[str, Any], distributed: bool, rank: int = 0) -> dict[str, np.ndarray]:
+    """Train one case; returns its final weights and history figures. Ranks other than 0 start
+    from other weights and (without a fit seed) other generators: fit must broadcast rank 0's."""
+    shape = (4,) if case["kind"] == "mlp" else (1, 6, 6)
+    x, y = data(N, shape, seed=1)
+    model = build(case["kind"], seed=10 + rank).astype(case["dtype"])
+    if case["opt"] == "sgd":
+        opt = optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    else:
+        opt = optim.Adam(model.parameters(), lr=0.01)
+    simdnn.seed(100 + rank)
+    vd = data(11, shape, seed=2) if case["val"] else None
+    if case.get("nan"):
+        x[20] = np.nan
+    callbacks = [simdnn.EarlyStopping(patience=0)] if case.get("early") else []
+    history = simdnn.fit(
+        model,
+        nn.CrossEntropyLoss(),
+        opt,
+        x.astype(case["dtype"]),
+        y,
+        epochs=case.get("epochs", EPOCHS),
+        batch_size=case["batch"],
+        validation_data=vd,
+        seed=case["seed"],
+        progress=False,
+        distributed=distributed,
+        callbacks=callbacks,
+    )
+    out = {f"w:{k}": v for k, v in model.state_dict().items()}
+    out["stop_reason"] = np.array(str(history.stop_reason))
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        out[f"h:{key}"] = np.asarray(history[key], np.float64)
+    return out
+
+
+def flat(result: dict[str, np.ndarray], case: str) -> dict[str, np.ndarray]:
+    return {f"{case}/{k}": v for k, v in result.items()}
+
+
+def main(argv: list[str]) -> int:
+    mode = argv[0]
+    if mode == "single":
+        out = argv[1]
+        arrays: dict[str, np.ndarray] = {}
+        for case in CASES:
+            arrays.update(flat(run_case(case, True), "dist/" + case["name"]))
+            arrays.update(flat(run_case(case, False), "plain/" + case["name"]))
+        from simdnn import distributed
+
+        arrays["size"] = np.array(distributed.size())
+        np.savez(os.path.join(out, "single.npz"), **arrays)
+        return 0
+    from simdnn import distributed
+
+    distributed.init(threads=1)
+    rank = distributed.rank()
+    if mode == "equality":
+        arrays = {}
+        for case in CASES:
+            arrays.update(flat(run_case(case, True, rank), case["name"]))
+        np.savez(os.path.join(argv[1], f"rank{rank}.npz"), **arrays)
+        return 0
+    if mode in ("raise", "exit"):
+
+        class Fail(simdnn.Callback):
+            def on_epoch_end(self, epoch: int, logs: dict[str, float], model: Any) -> bool:
+                if rank == 1 and epoch == 1:
+                    if mode == "raise":
+                        raise RuntimeError("rank 1 fails on purpose")
+                    sys.exit(0)
+                return False
+
+        x, y = data(64, (4,), seed=1)
+        model = build("mlp", 0)
+        simdnn.fit(
+            model,
+            nn.CrossEntropyLoss(),
+            optim.SGD(model.parameters(), lr=0.05),
+            x,
+            y,
+            epochs=1000,
+            batch_size=8,
+            seed=0,
+            progress=False,
+            callbacks=[Fail()],
+            distributed=True,
+        )
+        return 0
+    if mode == "api":
+        api_checks(rank, distributed.size(), argv[1])
+        return 0
+    raise SystemExit(f"unknown mode {mode!r}")
+
+
+def api_checks(rank: int, size: int, out: str) -> None:
+    """The collectives a custom training loop uses, on every rank; AssertionError if wrong."""
+    from simdnn import distributed
+
+    assert distributed.is_initialized()
+    assert size >= 2
+    assert distributed.is_main() == (rank == 0)
+    assert len(distributed.hosts()) == size
+    assert distributed.local_size() == size
+    assert distributed.broadcast({"rank": rank})["rank"] == 0
+    assert distributed.allreduce(rank, op="sum") == sum(range(size))
+    assert distributed.allreduce(float(rank)) == (size - 1) / 2
+    assert distributed.allreduce(np.array([rank, -rank]), op="max").tolist() == [size - 1, 0]
+
+    # Parameters and optimiser state: rank 0's everywhere.
+    model = build("mlp", seed=rank)
+    opt = optim.Adam(model.parameters(), lr=0.01 * (rank + 1))
+    opt._t = 5 + rank
+    for m in opt._m:
+        m[...] = rank
+    distributed.broadcast_parameters(model)
+    distributed.broadcast_optimizer_state(opt)
+    reference = build("mlp", seed=0)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        assert np.array_equal(p.data, q.data)
+    assert opt._t == 5
+    assert opt.lr == 0.01
+    assert all(np.all(m == 0) for m in opt._m)
+    sgd = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for v in sgd._velocity:
+        v[...] = rank + 1
+    distributed.broadcast_optimizer_state(sgd, root=size - 1)
+    assert all(np.all(v == size) for v in sgd._velocity)
+
+    # Gradients: the mean, in place, as views of one flat buffer; then weighted.
+    params = model.parameters()
+    for p in params:
+        p.grad = np.full(p.shape, float(rank), p.dtype)
+    distributed.allreduce_gradients(model)
+    views = [p.grad for p in params]
+    assert all(np.all(g == (size - 1) / 2) for g in views)
+    assert all(g.base is views[0].base is not None for g in views)  # one buffer
+    model.zero_grad()  # a stale gradient reads as zeros and is still reduced
+    params[0].grad[...] = 1.0
+    distributed.allreduce_gradients(params, weight=1.0 if rank == 0 else 0.0)
+    assert np.all(params[0].grad == 1.0)
+    assert np.all(params[1].grad == 0.0)
+    assert params[0].grad is views[0]  # still the same buffer
+
+    # A mismatch raises the same ValueError on every rank instead of hanging.
+    x, y = data(20 + (rank == size - 1), (4,), seed=1)
+    message = ""
+    try:
+        simdnn.fit(model, nn.CrossEntropyLoss(), opt, x, y, progress=False, distributed=True)
+    except ValueError as err:
+        message = str(err)
+    assert "every rank must call fit with the same" in message, message
+
+    # save writes on rank 0 only.
+    path = os.path.join(out, "model.npz")
+    simdnn.save(model, path)
+    distributed.barrier()
+    assert os.path.exists(path)
+    distributed.barrier()
+    if rank == 0:
+        os.remove(path)
+    distributed.barrier()
+    simdnn.save(model, os.path.join(out, f"model{rank}.npz"))
+    distributed.barrier()
+    assert os.path.exists(os.path.join(out, f"model{rank}.npz")) == (rank == 0)
+
+    # Validation split across the ranks gives evaluate()'s figures on every rank.
+    vx, vy = data(13, (4,), seed=2)
+    run = distributed._FitRun(distributed._get(), params, broadcast_order=False)
+    split = run.evaluate(model, nn.CrossEntropyLoss(), vx, vy, batch_size=4)
+    whole = simdnn.evaluate(model, nn.CrossEntropyLoss(), vx, vy)
+    assert abs(split["loss"] - whole["loss"]) < 1e-6
+    assert split["accuracy"] == whole["accuracy"]
+    assert distributed.comm_stats()["calls"] > 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,276 @@
+"""simdnn.distributed: data-parallel fit under mpiexec equals one process with the same global
+batch; failures end the job; the sampler and the argument checks.
+
+The MPI tests start ``mpiexec -n N python tests/dist_worker.py ...`` (MPICH from the ``test``
+extra), each in its own process group with a timeout that kills the whole group. They are
+skipped only when mpi4py is not installed. This process never joins an MPI job itself.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import simdnn
+from simdnn import distributed, nn, optim
+
+HERE = Path(__file__).resolve().parent
+WORKER = HERE / "dist_worker.py"
+HAS_MPI4PY = importlib.util.find_spec("mpi4py") is not None
+needs_mpi = pytest.mark.skipif(
+    not HAS_MPI4PY, reason='mpi4py is not installed (pip install "simdnn[distributed]")'
+)
+# Tolerances of the issue: final weights of N ranks against one process.
+TOL = {"float64": 1e-10, "float32": 1e-5}
+
+
+def mpiexec() -> str:
+    """The mpiexec of this environment (the MPICH wheel puts it beside python), else PATH's."""
+    found = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+    if found is None:
+        pytest.fail("mpi4py is installed but no mpiexec was found: pip install mpich")
+    return found
+
+
+def launch(
+    args: list[str], ranks: int | None, timeout: float = 60.0, env: dict[str, str] | None = None
+) -> tuple[int, str, float]:
+    """Run the worker (under mpiexec -n `ranks`, or alone when None) in its own process group;
+    kill the whole group if it outlives `timeout`. Returns (exit status, stderr, seconds)."""
+    cmd = [sys.executable, str(WORKER), *args]
+    if ranks is not None:
+        cmd = [mpiexec(), "-n", str(ranks), *cmd]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(cmd)} still ran after {timeout} s (killed):\n{out}\n{err}")
+    return proc.returncode, out + err, time.perf_counter() - t0
+
+
+@pytest.fixture
+def keep_generator():
+    """dist_worker.run_case reseeds simdnn's generator: put the previous one back."""
+    from simdnn import init
+
+    before = init._generator
+    yield
+    init._generator = before
+
+
+# ------------------------------------------------------------------------------------------------
+# Under mpiexec
+
+
+@needs_mpi
+@pytest.mark.parametrize("ranks", [2, 3, 4])
+def test_fit_on_ranks_equals_one_process(ranks, tmp_path, keep_generator):
+    """MLP and ConvNet, SGD with momentum and Adam, float64 and float32, n = 37 (not divisible
+    by the ranks, a short last batch), global batches of 2 to 8 (some smaller than the ranks:
+    empty shares), with and without validation, with and without a fit seed (other ranks start
+    from other weights and generators): the final weights equal one process's fit with the same
+    global batch, and are identical on every rank."""
+    import dist_worker
+
+    rc, log, _ = launch(["equality", str(tmp_path)], ranks)
+    assert rc == 0, log
+    results = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(ranks)]
+    for case in dist_worker.CASES:
+        if case.get("nan"):
+            with pytest.warns(RuntimeWarning, match="loss became nan at epoch 1, batch 3"):
+                reference = dist_worker.run_case(case, distributed=False)
+        else:
+            reference = dist_worker.run_case(case, distributed=False)
+        name, tol = case["name"], TOL[case["dtype"]]
+        for key, want in reference.items():
+            got = results[0][f"{name}/{key}"]
+            assert got.shape == want.shape, (name, key)
+            if key == "stop_reason":
+                assert str(got) == str(want)
+            elif key.startswith("w:"):
+                assert got.dtype == want.dtype
+                np.testing.assert_allclose(got, want, rtol=0, atol=tol, err_msg=f"{name} {key}")
+            else:  # history: the same figures, to the precision of the loss itself
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
+            for r in range(1, ranks):
+                np.testing.assert_array_equal(
+                    results[r][f"{name}/{key}"], got, err_msg=f"{name} {key}: rank {r} != rank 0"
+                )
+
+
+@needs_mpi
+def test_fit_distributed_without_mpiexec_equals_fit(tmp_path):
+    """A job of one rank: fit(distributed=True) gives fit()'s weights and history, bit for bit."""
+    rc, log, _ = launch(["single", str(tmp_path)], ranks=None)
+    assert rc == 0, log
+    with np.load(tmp_path / "single.npz") as data:
+        assert int(data["size"]) == 1
+        keys = [k for k in data.files if k.startswith("dist/")]
+        assert keys
+        for key in keys:
+            np.testing.assert_array_equal(data[key], data["plain/" + key[len("dist/") :]], key)
+
+
+@needs_mpi
+def test_collectives_and_broadcasts(tmp_path):
+    """broadcast_parameters, broadcast_optimizer_state, allreduce_gradients (flat buffer, mean
+    and weighted), allreduce, broadcast, save on rank 0 only, the agreement check of fit and the
+    split validation, asserted on 3 ranks (dist_worker.api_checks)."""
+    rc, log, _ = launch(["api", str(tmp_path)], ranks=3)
+    assert rc == 0, log
+
+
+@needs_mpi
+def test_rank_that_raises_ends_the_job(tmp_path):
+    rc, log, seconds = launch(["raise"], ranks=2, timeout=60)
+    assert rc != 0, log
+    assert "rank 1 raised RuntimeError; aborting the job" in log
+    assert seconds < 20, f"the job took {seconds:.1f} s to end"
+
+
+@needs_mpi
+def test_rank_that_exits_early_is_caught_by_the_watchdog():
+    rc, log, seconds = launch(["exit"], ranks=2, timeout=60, env={"SIMDNN_DIST_TIMEOUT": "2"})
+    assert rc != 0, log
+    assert "waited more than 2 s" in log, log
+    assert 2 <= seconds < 30, f"the job took {seconds:.1f} s to end"
+
+
+@needs_mpi
+def test_distributed_check_command():
+    cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "simdnn", "distributed-check"]
+    proc = subprocess.run(
+        [*cmd, "--repeats", "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("ranks: 2 on 1 host(s)") == 1  # rank 0 prints
+    assert "threads per rank: [1, 1]" in proc.stdout
+    assert "allreduce of    53,002 float32" in proc.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# In this process (no MPI)
+
+
+def test_sampler_splits_every_epoch_like_pytorch():
+    n, p = 10, 3
+    samplers = [distributed.DistributedSampler(n, num_replicas=p, rank=r, seed=7) for r in range(p)]
+    for epoch in (0, 1):
+        for s in samplers:
+            s.set_epoch(epoch)
+        parts = [s.indices() for s in samplers]
+        assert [len(q) for q in parts] == [4, 4, 4] == [len(s) for s in samplers]
+        joined = np.concatenate(parts)
+        assert set(joined.tolist()) == set(range(n))  # padded by repeating 2 indices
+        assert list(samplers[0]) == parts[0].tolist()
+    s = samplers[0]
+    s.set_epoch(0)
+    first = s.indices()
+    s.set_epoch(1)
+    assert not np.array_equal(first, s.indices())
+    dropped = [
+        distributed.DistributedSampler(n, p, r, shuffle=False, drop_last=True).indices()
+        for r in range(p)
+    ]
+    assert [d.tolist() for d in dropped] == [[0, 3, 6], [1, 4, 7], [2, 5, 8]]
+    assert len(distributed.DistributedSampler(np.zeros(5), 8, 7)) == 1
+
+
+def test_shard_splits_contiguously_larger_first():
+    parts = [distributed.shard(np.arange(10), 4, r).tolist() for r in range(4)]
+    assert parts == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
+    assert [len(distributed.shard(2, 4, r)) for r in range(4)] == [1, 1, 0, 0]
+    assert distributed.shard(list("abcde"), 2, 1) == ["d", "e"]
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: distributed.init(threads=0), ValueError, "threads must be >= 1, got 0"),
+        (lambda: distributed.init(threads=2.0), TypeError, "threads must be an int or None"),
+        (lambda: distributed.init(timeout="5"), TypeError, "timeout must be a number"),
+        (lambda: distributed.init(timeout=-1.0), ValueError, "timeout must be finite and >= 0"),
+        (lambda: distributed.allreduce(1.0, op="avg"), ValueError, "op must be one of"),
+        (lambda: distributed.shard(10, 2, 2), ValueError, r"rank must be in \[0, 2\), got 2"),
+        (lambda: distributed.shard(10, 0, 0), ValueError, "num_replicas must be >= 1, got 0"),
+        (lambda: distributed.shard(1.5, 2, 0), TypeError, "expected an array, a sequence"),
+        (lambda: distributed.DistributedSampler(5, 2, 0, seed=1.0), TypeError, "seed must be"),
+        (lambda: distributed.DistributedSampler(-1, 2, 0), ValueError, "n must be >= 0"),
+        (
+            lambda: distributed.DistributedSampler(5, 2, 0).set_epoch(-1),
+            ValueError,
+            "epoch must be an int >= 0",
+        ),
+    ],
+)
+def test_bad_arguments_raise(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+    assert not distributed.is_initialized()
+
+
+def test_bad_timeout_variable(monkeypatch):
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "soon")
+    with pytest.raises(ValueError, match=r"SIMDNN_DIST_TIMEOUT='soon': expected a number"):
+        distributed.init()
+    assert not distributed.is_initialized()
+
+
+def test_fit_distributed_must_be_a_bool():
+    model = nn.Sequential(nn.Linear(2, 2))
+    x, y = np.zeros((4, 2), np.float32), np.zeros(4, np.int64)
+    opt = optim.SGD(model.parameters())
+    with pytest.raises(TypeError, match="fit: distributed must be True or False, got 'yes'"):
+        simdnn.fit(model, nn.CrossEntropyLoss(), opt, x, y, distributed="yes")
+
+
+def test_missing_mpi4py_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py now raises ImportError
+    with pytest.raises(ImportError, match=r'pip install "simdnn\[distributed\]"'):
+        distributed.rank()
+    model = nn.Sequential(nn.Linear(2, 2))
+    x, y = np.zeros((4, 2), np.float32), np.zeros(4, np.int64)
+    with pytest.raises(ImportError, match=r"simdnn\[distributed\]"):
+        simdnn.fit(
+            model, nn.CrossEntropyLoss(), optim.SGD(model.parameters()), x, y, distributed=True
+        )
+    assert not distributed.is_initialized()
+
+
+def test_waiting_ranks_sleep_only_when_the_launcher_oversubscribes(monkeypatch):
+    monkeypatch.delenv(distributed.HEAVY_YIELD, raising=False)
+    monkeypatch.delenv("OMPI_COMM_WORLD_LOCAL_SIZE", raising=False)
+    monkeypatch.setenv("MPI_LOCALNRANKS", "1")
+    distributed._yield_when_oversubscribed()
+    assert distributed.HEAVY_YIELD not in os.environ
+    monkeypatch.setenv("MPI_LOCALNRANKS", str(os.cpu_count() * 2))
+    distributed._yield_when_oversubscribed()
+    assert os.environ[distributed.HEAVY_YIELD] == "1"
+    monkeypatch.setenv(distributed.HEAVY_YIELD, "0")  # the user's choice stays
+    distributed._yield_when_oversubscribed()
+    assert os.environ[distributed.HEAVY_YIELD] == "0"
