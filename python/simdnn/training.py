@@ -273,7 +273,7 @@ def fit(
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for b in range(steps):
                 idx = order[b * batch_size : (b + 1) * batch_size]
-                k = len(idx)
+                k = len(idx)  # distributed: the global batch's size (moved up from below)
                 if dist is not None:  # distributed: this rank's share of the global batch
                     idx = dist.share(idx)
                 xb, yb = _cast(x[idx], model), y[idx]
@@ -312,7 +312,7 @@ def fit(
                     warnings.warn(f"fit: {history.stop_reason}", RuntimeWarning, stacklevel=2)
                     stop = True
                     break
-                if dist is None:
+                if dist is None:  # distributed: backward ran above, before the reduction
                     model.zero_grad()
                     value_t.backward()
                 for i, (_, w) in enumerate(weights):
@@ -325,7 +325,7 @@ def fit(
                 optimizer.step()
                 seen += k
                 total_loss += value * k
-                if dist is None:
+                if dist is None:  # distributed: acc is the global batch's, from reduce_step
                     acc = loss.accuracy(out, yb)
                 if acc is not None:
                     has_acc = True
