@@ -209,7 +209,7 @@ rm -rf "$WORK/venv-wheel" "$WORK/test-wheel"
 # The tests and their pytest settings, copied where neither python/ nor the repository root is on
 # the path, so `import simdnn` can only find the installed wheel.
 mkdir -p "$WORK/test-wheel"
-cp -r tests pyproject.toml "$WORK/test-wheel/"
+cp -r tests pyproject.toml README.md "$WORK/test-wheel/"
 (
   cd "$WORK/test-wheel"
   "$WORK/venv-wheel/bin/python" - "$WORK/venv-wheel" <<'EOF'
