@@ -98,8 +98,10 @@ def test_readme_shows_what_vanishing_prints():
 
 
 def test_readme_shows_what_the_deep_lab_prints():
-    """The lab's table: the same arms, accuracies within 5 points (an ISA's rounding moves
-    them by about one), the same story."""
+    """The lab's table: the same arms and the same story. Accuracies within 5 points (an ISA's
+    rounding moves them by about one), except plain ReLU + He, whose loss jumps about at this
+    learning rate, so rounding alone moves it by up to 8 points (86.1% here, 93.6% on the scalar
+    kernels; 73-94% over seeds 0-3): 15 points for that row."""
     from simdnn import deep
 
     shown = shown_output("python -m simdnn deep")
@@ -111,4 +113,5 @@ def test_readme_shows_what_the_deep_lab_prints():
         name, acc = re.match(r"(.+?)\s+([0-9.]+)%", row).groups()
         got = re.search(re.escape(name) + r"\s+([0-9.]+)%", printed)
         assert got is not None, name
-        assert abs(float(got.group(1)) - float(acc)) <= 5, (name, got.group(1), acc)
+        slack = 15 if name == "ReLU + He" else 5
+        assert abs(float(got.group(1)) - float(acc)) <= slack, (name, got.group(1), acc)
