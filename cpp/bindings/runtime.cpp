@@ -1,5 +1,7 @@
 // Runtime glue: cpu_info, ISA selection and thread count.
+#include <atomic>
 #include <cstdlib>
+#include <stdexcept>
 #include <string>
 
 #include "bindings/common.h"
@@ -117,6 +119,22 @@ void bind_runtime(py::module_& m) {
     release_workspaces();
   });
   m.def("workspace_bytes", &workspace_bytes);
+  // Test hook: runs parallel_for over ntasks tasks; each task adds its index + 1 to a sum (every
+  // task must run exactly once), the task raise_at throws (RuntimeError) when >= 0.
+  m.def(
+      "_parallel_check",
+      [](int64_t ntasks, int nthreads, int64_t raise_at) {
+        std::atomic<int64_t> sum{0};
+        {
+          py::gil_scoped_release release;
+          parallel_for(ntasks, nthreads, [&](int64_t t) {
+            if (t == raise_at) throw std::runtime_error("task " + std::to_string(t) + " failed");
+            sum.fetch_add(t + 1);
+          });
+        }
+        return sum.load();
+      },
+      py::arg("ntasks"), py::arg("nthreads"), py::arg("raise_at") = -1);
   m.def("_set_thread_cap", [](int n) {
     if (n < 1) value_error("_set_thread_cap: n must be >= 1");
     set_thread_cap(n);

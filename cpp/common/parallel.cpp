@@ -64,7 +64,8 @@ std::atomic<int>& cap_setting() {
 int clamped_from = 0;
 
 // OMP_NUM_THREADS read here (the first entry of a nested list), so that it is capped like every
-// other source and also holds in builds without OpenMP. Invalid values are ignored, as libgomp does.
+// other source and also holds in builds without OpenMP. Invalid values are ignored, as libgomp
+// does.
 int default_threads() {
   const int cap = cap_setting().load();
   const char* env = std::getenv("OMP_NUM_THREADS");
@@ -113,9 +114,9 @@ void warn(const std::string& msg) {
 
 // How long an idle thread spins before it sleeps on a condition variable, and how long the caller
 // spins for in-flight tasks. 30 us covers the gap between the kernel calls of a training step
-// (5-20 us of Python) so that back-to-back calls do not pay a futex wake-up (5-10 us measured on the
-// 2-core Zen 5), and is short enough not to take a core from a neighbour for long: OpenBLAS's own
-// spin (0.1 s) is what made numpy.matmul beside a parallel loop 10x slower (OpenBLAS #3187).
+// (5-20 us of Python) so that back-to-back calls do not pay a futex wake-up (5-10 us measured on
+// the 2-core Zen 5), and is short enough not to take a core from a neighbour for long: OpenBLAS's
+// own spin (0.1 s) is what made numpy.matmul beside a parallel loop 10x slower (OpenBLAS #3187).
 constexpr auto kSpin = std::chrono::microseconds(30);
 
 thread_local bool tls_in_task = false;
@@ -319,6 +320,9 @@ void set_thread_cap(int n) { cap_setting().store(n < 1 ? 1 : n); }
 
 int env_threads_clamped_from() {
   thread_setting();
+#ifdef _OPENMP
+  omp_baseline();  // at import, before anyone limits the importing thread
+#endif
   return clamped_from;
 }
 
@@ -349,7 +353,8 @@ void parallel_run(int64_t ntasks, int nthreads, TaskFn fn, const void* ctx) {
   }
   const int64_t want = std::min<int64_t>(nthreads, ntasks) - 1;
   if (static_cast<int64_t>(p.workers.size()) < want) grow_pool(p, static_cast<int>(want));
-  const int seats = static_cast<int>(std::min<int64_t>(want, static_cast<int64_t>(p.workers.size())));
+  const int seats =
+      static_cast<int>(std::min<int64_t>(want, static_cast<int64_t>(p.workers.size())));
   if (seats == 0) {
     dispatch.unlock();
     for (int64_t t = 0; t < ntasks; ++t) fn(ctx, t);
@@ -368,7 +373,9 @@ void parallel_run(int64_t ntasks, int nthreads, TaskFn fn, const void* ctx) {
   p.claim.store(static_cast<uint64_t>(g) << 32, std::memory_order_relaxed);
   p.gen.store(g, std::memory_order_seq_cst);
   if (p.sleepers.load(std::memory_order_seq_cst) > 0) {
-    { std::lock_guard<std::mutex> lock(p.mu); }
+    {
+      std::lock_guard<std::mutex> lock(p.mu);
+    }
     p.wake_cv.notify_all();
   }
   int64_t task;

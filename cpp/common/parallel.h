@@ -24,8 +24,9 @@ namespace simdnn {
 // Thread count
 
 // Threads a kernel may use: set_num_threads, else OMP_NUM_THREADS, else the CPUs this process may
-// run on; never above thread_cap(). A threadpoolctl limit on the OpenMP runtime (omp_set_num_threads
-// in the calling thread) lowers it for that thread when the build links OpenMP.
+// run on; never above thread_cap(). A threadpoolctl limit on the OpenMP runtime
+// (omp_set_num_threads in the calling thread) lowers it for that thread when the build links
+// OpenMP.
 int get_num_threads();
 // Stores min(n, thread_cap()) (n >= 1); returns true when it clamped. Takes effect for the next
 // kernel call; safe to call while other threads run kernels.
@@ -36,7 +37,7 @@ int thread_cap();
 // Tests raise the cap to exercise splits wider than the test machine (not a user setting).
 void set_thread_cap(int n);
 // The value OMP_NUM_THREADS asked for when it was clamped at start-up (0 when it was not): the
-// bindings warn about it at import.
+// bindings warn about it at import. The first call also reads the OpenMP runtime's default.
 int env_threads_clamped_from();
 bool have_openmp();
 
@@ -88,8 +89,8 @@ void parallel_run(int64_t ntasks, int nthreads, TaskFn fn, const void* ctx);
 template <class F>
 void parallel_for(int64_t ntasks, int nthreads, const F& body) {
   parallel_run(
-      ntasks, nthreads,
-      [](const void* ctx, int64_t t) { (*static_cast<const F*>(ctx))(t); }, &body);
+      ntasks, nthreads, [](const void* ctx, int64_t t) { (*static_cast<const F*>(ctx))(t); },
+      &body);
 }
 
 // body(begin, end) over [0, count) cut into about nthreads * kTasksPerThread ranges of at least

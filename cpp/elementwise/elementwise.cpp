@@ -5,16 +5,14 @@
 #include <cmath>
 #include <cstdint>
 
+#include "common/parallel.h"
 #include "dispatch.h"
 #include "gemm/gemm_driver.h"
 #include "simd/simd.h"
 
-#include "common/parallel.h"
-
 namespace simdnn::SIMDNN_ISA_NS {
 
 namespace {
-
 
 // Calls body(begin, end) over [0, n) on up to nthreads threads, in ranges aligned to 64 elements
 // of at least grain::kElementwise elements.

@@ -398,9 +398,9 @@ static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
     return;
   }
   // Task t is grid cell t (whichever thread runs it): its A region and B buffer are the cell's.
-  // Without shared A panels (tn == 1) a task runs all its blocks; with tn > 1 the packing of a block
-  // and its compute are separate parallel_for calls, the end of one the barrier the cells of a
-  // row group need (a task may not wait for another: the thread that would run it may have no
+  // Without shared A panels (tn == 1) a task runs all its blocks; with tn > 1 the packing of a
+  // block and its compute are separate parallel_for calls, the end of one the barrier the cells of
+  // a row group need (a task may not wait for another: the thread that would run it may have no
   // core).
   if (grid.tn == 1) {
     parallel_for(nt, nt, [&](int64_t t) {

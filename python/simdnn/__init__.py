@@ -18,7 +18,15 @@ Set ``SIMDNN_ISA=scalar|avx2|avx512`` before import to force an instruction set,
 from __future__ import annotations
 
 from . import demos, functional, init, nn, ops, optim, reference, viz
-from ._runtime import cpu_info, get_isa, get_num_threads, set_isa, set_num_threads, use_isa
+from ._runtime import (
+    cpu_info,
+    empty_cache,
+    get_isa,
+    get_num_threads,
+    set_isa,
+    set_num_threads,
+    use_isa,
+)
 from .backend import get_backend, use_backend
 from .gradcheck import gradcheck
 from .init import seed
@@ -34,6 +42,7 @@ __all__ = [
     "__version__",
     "cpu_info",
     "demos",
+    "empty_cache",
     "evaluate",
     "fit",
     "functional",
