@@ -113,11 +113,13 @@ void warn(const std::string& msg) {
 // The pool
 
 // How long an idle thread spins before it sleeps on a condition variable, and how long the caller
-// spins for in-flight tasks. 30 us covers the gap between the kernel calls of a training step
-// (5-20 us of Python) so that back-to-back calls do not pay a futex wake-up (5-10 us measured on
-// the 2-core Zen 5), and is short enough not to take a core from a neighbour for long: OpenBLAS's
-// own spin (0.1 s) is what made numpy.matmul beside a parallel loop 10x slower (OpenBLAS #3187).
-constexpr auto kSpin = std::chrono::microseconds(30);
+// spins for in-flight tasks. Long enough to cover the gaps between the kernel calls of a training
+// step (Python between the layers): with 30 us the MLP training step of the benchmark took 0.51 ms
+// on 2 threads against 0.47 ms with libgomp (its workers spin for milliseconds), with 200 us
+// 0.46 ms, because a sleeping worker needs a futex wake-up (tens of us on this virtual machine).
+// Short enough not to hold a core a neighbour needs for long: OpenBLAS's own spin (~0.1 s) is what
+// made numpy.matmul beside a parallel loop 10x slower (OpenBLAS #3187).
+constexpr auto kSpin = std::chrono::microseconds(200);
 
 thread_local bool tls_in_task = false;
 thread_local bool tls_is_worker = false;

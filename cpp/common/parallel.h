@@ -106,6 +106,9 @@ void parallel_ranges(int64_t count, int64_t min_per_task, int64_t align, int nth
   const int64_t most = static_cast<int64_t>(nthreads) * grain::kTasksPerThread;
   if (tasks > most) tasks = most;
   if (tasks > units) tasks = units;
+  // A multiple of the thread count where there are enough: 3 equal tasks on 2 threads put 2/3 of
+  // the work on one (an SGD update of 784 x 256 parameters took 17% longer than in halves).
+  if (tasks > nthreads) tasks -= tasks % nthreads;
   if (tasks < 1 || nthreads <= 1) tasks = 1;
   parallel_for(tasks, nthreads, [&](int64_t t) {
     const int64_t base = units / tasks, extra = units % tasks;

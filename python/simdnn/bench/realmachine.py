@@ -36,7 +36,7 @@ Step = Callable[[], Any]
 WINDOW_S = (0.4, 1.5)
 WARMUP_S = 0.1
 # A forked child that has not answered by then is reported as hung.
-FORK_TIMEOUT_S = 60.0
+FORK_TIMEOUT_S = 20.0
 
 
 @dataclasses.dataclass
