@@ -351,3 +351,21 @@ def test_threaded_kernels_from_several_python_threads():
     for t in ts:
         t.join(TIMEOUT_S)
     assert not errors
+
+
+# ------------------------------------------------------------------------------------------------
+# The benchmark's real-machine section
+
+
+@pytest.mark.skipif(not LINUX, reason="the 'fork' start method")
+def test_bench_real_machine_section(capsys):
+    from simdnn.__main__ import main
+
+    argv = ["bench", "--real-machine-only", "--quick", "--no-torch", "--no-progress"]
+    assert main([*argv, "--filter", "gemm"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| gemm 64x784x256 | simdnn"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == 7
+    assert "hang" not in row  # the forked child answered
+    assert all(c.endswith("ms") or "x)" in c for c in cells[2:])
