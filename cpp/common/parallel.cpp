@@ -145,6 +145,7 @@ struct Pool {
   std::atomic<bool> failed{false};
   std::mutex error_mu;
   std::exception_ptr error;
+  Pool* abandoned = nullptr;  // a forked child's parent pool: kept reachable, never used
 };
 
 Pool* g_pool = nullptr;
@@ -234,8 +235,10 @@ void worker_main(Pool* pp) {
 
 // Grows the pool to `want` workers (the caller holds dispatch). A refused thread (EAGAIN from a
 // pids limit, RLIMIT_NPROC, no address space for its stack) is retried three times over 7 ms,
-// then the pool stays at what it has, with one warning.
-void grow_pool(Pool& p, int want) {
+// then the pool stays at what it has; the warning is returned in *warning, for the caller to give
+// once it has released the dispatch lock (the warning handler takes the GIL, and a thread holding
+// the GIL may be forking, which waits for the dispatch lock).
+void grow_pool(Pool& p, int want, std::string* warning) {
   if (p.spawn_limit >= 0 && want > p.spawn_limit) want = p.spawn_limit;
   while (static_cast<int>(p.workers.size()) < want) {
     std::thread* t = nullptr;
@@ -252,7 +255,8 @@ void grow_pool(Pool& p, int want) {
     }
     if (t == nullptr) {
       p.spawn_limit = static_cast<int>(p.workers.size());
-      warn("simdnn: the OS refused a thread (" + why + "); kernels run on " +
+      *warning =
+          ("simdnn: the OS refused a thread (" + why + "); kernels run on " +
            std::to_string(p.spawn_limit + 1) + " thread(s) instead of " + std::to_string(want + 1));
       return;
     }
@@ -280,7 +284,9 @@ void atfork_parent() {
 }
 void atfork_child() {
   registry_child();
-  g_pool = new Pool;  // the old one's mutexes stay locked and its threads are gone: leak it
+  Pool* old = g_pool;
+  g_pool = new Pool;  // the old one's mutexes stay locked and its threads are gone: abandon it
+  g_pool->abandoned = old;
   tls_in_task = false;
 }
 
@@ -354,11 +360,15 @@ void parallel_run(int64_t ntasks, int nthreads, TaskFn fn, const void* ctx) {
     return;
   }
   const int64_t want = std::min<int64_t>(nthreads, ntasks) - 1;
-  if (static_cast<int64_t>(p.workers.size()) < want) grow_pool(p, static_cast<int>(want));
+  std::string warning;
+  if (static_cast<int64_t>(p.workers.size()) < want) {
+    grow_pool(p, static_cast<int>(want), &warning);
+  }
   const int seats =
       static_cast<int>(std::min<int64_t>(want, static_cast<int64_t>(p.workers.size())));
   if (seats == 0) {
     dispatch.unlock();
+    if (!warning.empty()) warn(warning);
     for (int64_t t = 0; t < ntasks; ++t) fn(ctx, t);
     return;
   }
@@ -395,6 +405,8 @@ void parallel_run(int64_t ntasks, int nthreads, TaskFn fn, const void* ctx) {
   }
   std::exception_ptr error = p.error;
   p.error = nullptr;
+  dispatch.unlock();
+  if (!warning.empty()) warn(warning);
   if (error) std::rethrow_exception(error);
 }
 

@@ -1,7 +1,7 @@
 """simdnn: a small, fast deep-learning library for the CPU.
 
-The compute core is hand-written SIMD (AVX-512, AVX2, portable scalar) and OpenMP C++; this package
-is a thin layer over it.
+The compute core is hand-written SIMD (AVX-512, AVX2, portable scalar) multi-threaded C++; this
+package is a thin layer over it.
 
 - :mod:`simdnn.ops`: the native kernels (GEMM, convolution, pooling), NumPy arrays in and out.
 - :mod:`simdnn.reference`: a pure-NumPy twin of every op, with the same signatures.
