@@ -262,6 +262,7 @@ def test_thread_count_threadpoolctl():
 def test_workspace_release_and_empty_cache():
     proc = run_child(
         """
+        import os
         import numpy as np
         import simdnn
         from simdnn import ops
@@ -281,7 +282,9 @@ def test_workspace_release_and_empty_cache():
         held = simdnn.cpu_info()["workspace_bytes"]
         print("kept after the big call <= 64 MiB per thread", held <= 2 * (64 << 20))
         del dx
-        print("rss returned", rss() - before < (60 << 20))
+        # AddressSanitizer (tools/sanitize.sh) keeps freed memory in its quarantine.
+        asan = "libasan" in os.environ.get("LD_PRELOAD", "")
+        print("rss returned", asan or rss() - before < (60 << 20))
         small = np.ones((2, 8, 32, 32), np.float32)
         ops.conv2d(small, np.ones((8, 8, 3, 3), np.float32), padding=1)
         print("small kept", simdnn.cpu_info()["workspace_bytes"] > 0)
