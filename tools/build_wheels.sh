@@ -6,7 +6,8 @@
 #      GCC warning check; users' builds never get -Werror).
 #   2. The sdist holds every file git tracks (tests and benchmarks included).
 #   3. `auditwheel repair`: a manylinux wheel at the lowest tag this toolchain can honestly reach,
-#      with the OpenMP runtime (libgomp) vendored.
+#      with the OpenMP runtime (libgomp) vendored (the kernels run on simdnn's own thread pool;
+#      libgomp is linked so that threadpoolctl's OpenMP limits reach them, docs/runtime.md).
 #   4. The repaired wheel, installed binary-only (no compiler involved) into a fresh venv, passes
 #      the whole test suite once per ISA this CPU has (SIMDNN_ISA forced), from a directory where
 #      the source tree is not importable: every dispatch path of the one binary.
@@ -260,8 +261,9 @@ SUMMARY+=("clang:    $(clang++ -dumpversion) compiled the extension with -Werror
 
 # ------------------------------------------------------------------------------------------------
 step "6b. clang without OpenMP (what the macOS wheels are): builds, passes the test suite"
-# Apple's clang has no OpenMP, so the macOS wheels run the kernels on one thread (pyproject's
-# cibuildwheel section says why). This is that configuration on Linux, with -Werror too.
+# Apple's clang has no OpenMP; the kernels run on simdnn's own thread pool either way (only
+# threadpoolctl cannot limit them; pyproject's cibuildwheel section says why). This is that
+# configuration on Linux, with -Werror too.
 configure "$WORK/clang-noomp" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_DISABLE_FIND_PACKAGE_OpenMP=ON \
   -DSIMDNN_WERROR=ON \
   -DPython_EXECUTABLE="$TOOLS/bin/python" \

@@ -142,6 +142,7 @@ py::array conv2d(const py::object& x_obj, const py::object& w_obj, const py::obj
     const float* wp = static_cast<const float*>(w.data());
     float* yp = static_cast<float*>(y.mutable_data());
     py::gil_scoped_release release;
+    WorkspaceScope workspace_scope;
     f(cv, xp, wp, static_cast<const float*>(bp), yp);
   } else {
     auto f = conv_kernels<double>().forward;
@@ -149,6 +150,7 @@ py::array conv2d(const py::object& x_obj, const py::object& w_obj, const py::obj
     const double* wp = static_cast<const double*>(w.data());
     double* yp = static_cast<double*>(y.mutable_data());
     py::gil_scoped_release release;
+    WorkspaceScope workspace_scope;
     f(cv, xp, wp, static_cast<const double*>(bp), yp);
   }
   return y;
@@ -175,6 +177,7 @@ py::array conv2d_backward_data(const py::object& dy_obj, const py::object& w_obj
     const float* wp = static_cast<const float*>(w.data());
     float* out = static_cast<float*>(dx.mutable_data());
     py::gil_scoped_release release;
+    WorkspaceScope workspace_scope;
     f(cv, gp, wp, out);
   } else {
     auto f = conv_kernels<double>().backward_data;
@@ -182,6 +185,7 @@ py::array conv2d_backward_data(const py::object& dy_obj, const py::object& w_obj
     const double* wp = static_cast<const double*>(w.data());
     double* out = static_cast<double*>(dx.mutable_data());
     py::gil_scoped_release release;
+    WorkspaceScope workspace_scope;
     f(cv, gp, wp, out);
   }
   return dx;
@@ -210,6 +214,7 @@ py::tuple conv2d_backward_weights(const py::object& x_obj, const py::object& dy_
     float* dwp = static_cast<float*>(dw.mutable_data());
     float* dbp = static_cast<float*>(db.mutable_data());
     py::gil_scoped_release release;
+    WorkspaceScope workspace_scope;
     f(cv, xp, gp, dwp, dbp);
   } else {
     auto f = conv_kernels<double>().backward_weights;
@@ -218,6 +223,7 @@ py::tuple conv2d_backward_weights(const py::object& x_obj, const py::object& dy_
     double* dwp = static_cast<double*>(dw.mutable_data());
     double* dbp = static_cast<double*>(db.mutable_data());
     py::gil_scoped_release release;
+    WorkspaceScope workspace_scope;
     f(cv, xp, gp, dwp, dbp);
   }
   return py::make_tuple(dw, db);

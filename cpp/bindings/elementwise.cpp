@@ -62,10 +62,12 @@ py::array relu(const py::object& x_obj) {
   if (x.dtype().itemsize() == 4) {
     auto f = kernels().relu(float());
     py::gil_scoped_release r;
+    WorkspaceScope workspace_scope;
     f(n, cptr<float>(x), ptr<float>(y), nt);
   } else {
     auto f = kernels().relu(double());
     py::gil_scoped_release r;
+    WorkspaceScope workspace_scope;
     f(n, cptr<double>(x), ptr<double>(y), nt);
   }
   return y;
@@ -82,10 +84,12 @@ py::array relu_backward(const py::object& dy_obj, const py::object& x_obj) {
   if (x.dtype().itemsize() == 4) {
     auto f = kernels().relu_backward(float());
     py::gil_scoped_release r;
+    WorkspaceScope workspace_scope;
     f(n, cptr<float>(dy), cptr<float>(x), ptr<float>(dx), nt);
   } else {
     auto f = kernels().relu_backward(double());
     py::gil_scoped_release r;
+    WorkspaceScope workspace_scope;
     f(n, cptr<double>(dy), cptr<double>(x), ptr<double>(dx), nt);
   }
   return dx;
@@ -153,6 +157,7 @@ void sgd_update(const py::object& p_obj, const py::object& g_obj, const py::obje
   auto f32 = kernels().sgd(float());
   auto f64 = kernels().sgd(double());
   py::gil_scoped_release r;
+  WorkspaceScope workspace_scope;
   for (const auto& j : jobs32) f32(j.n, j.p, j.g, j.v, s, nt);
   for (const auto& j : jobs64) f64(j.n, j.p, j.g, j.v, s, nt);
 }
@@ -211,6 +216,7 @@ void adam_update(const py::object& p_obj, const py::object& g_obj, const py::obj
   auto f32 = kernels().adam(float());
   auto f64 = kernels().adam(double());
   py::gil_scoped_release r;
+  WorkspaceScope workspace_scope;
   for (const auto& j : jobs32) f32(j.n, j.p, j.g, j.m, j.v, a, nt);
   for (const auto& j : jobs64) f64(j.n, j.p, j.g, j.m, j.v, a, nt);
 }

@@ -15,7 +15,9 @@ std::string available_isas();
 PYBIND11_MODULE(_core, m) {
   using namespace simdnn;
   namespace py = pybind11;
-  m.doc() = "simdnn native kernels (SIMD + OpenMP). Use simdnn.ops, not this module directly.";
+  m.doc() =
+      "simdnn native kernels (SIMD, on simdnn's thread pool). Use simdnn.ops, not this module "
+      "directly.";
 
   // SIMDNN_ISA=scalar|avx2|avx512 forces a path for the whole process.
   if (const char* forced = std::getenv("SIMDNN_ISA"); forced != nullptr && forced[0] != '\0') {

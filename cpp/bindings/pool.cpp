@@ -130,6 +130,7 @@ py::tuple max_pool2d(const py::object& x_obj, const py::object& kernel_size,
     void* py_ = y.mutable_data();
     void* pi = idx.mutable_data();
     py::gil_scoped_release release;
+    WorkspaceScope workspace_scope;
     if (x.dtype().itemsize() == 4) {
       kt.spool.max_forward(pl, static_cast<const float*>(px), static_cast<float*>(py_), pi);
     } else {
@@ -181,6 +182,7 @@ py::array max_pool2d_backward(const py::object& dy_obj, const py::object& idx_ob
   int64_t bad = 0;
   {
     py::gil_scoped_release release;
+    WorkspaceScope workspace_scope;
     if (dy.dtype().itemsize() == 4) {
       bad = kt.spool.max_backward(pl, static_cast<const float*>(pdy), pi, static_cast<float*>(pdx));
     } else {
@@ -211,6 +213,7 @@ py::array avg_pool2d(const py::object& x_obj, const py::object& kernel_size,
     const void* px = x.data();
     void* py_ = y.mutable_data();
     py::gil_scoped_release release;
+    WorkspaceScope workspace_scope;
     if (x.dtype().itemsize() == 4) {
       kt.spool.avg_forward(pl, count_include_pad, static_cast<const float*>(px),
                            static_cast<float*>(py_));
@@ -238,6 +241,7 @@ py::array avg_pool2d_backward(const py::object& dy_obj, const py::object& x_shap
   const void* pdy = dy.data();
   void* pdx = dx.mutable_data();
   py::gil_scoped_release release;
+  WorkspaceScope workspace_scope;
   if (dy.dtype().itemsize() == 4) {
     kt.spool.avg_backward(pl, count_include_pad, static_cast<const float*>(pdy),
                           static_cast<float*>(pdx));

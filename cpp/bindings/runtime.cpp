@@ -1,5 +1,7 @@
 // Runtime glue: cpu_info, ISA selection and thread count.
+#include <atomic>
 #include <cstdlib>
+#include <stdexcept>
 #include <string>
 
 #include "bindings/common.h"
@@ -8,6 +10,9 @@
 #include "dispatch.h"
 
 namespace simdnn::bind {
+
+void warn_runtime(const std::string& message);
+
 namespace {
 
 py::dict blocking_dict(const GemmBlocking& bl) {
@@ -31,7 +36,13 @@ py::dict cpu_info_dict() {
   d["available"] = available;
   d["compiled"] = compiled;
   d["num_threads"] = get_num_threads();
+  // Built with OpenMP: the kernels run on simdnn's own pool either way; with OpenMP linked, a
+  // threadpoolctl limit on the OpenMP runtime lowers the thread count of the calling thread.
   d["openmp"] = have_openmp();
+  d["threading"] = "simdnn";
+  d["thread_cap"] = thread_cap();
+  d["pool_threads"] = pool_workers();
+  d["workspace_bytes"] = workspace_bytes();
   d["vendor"] = cpu.vendor;
   d["l1d_cache"] = cpu.l1d;
   d["l2_cache"] = cpu.l2;
@@ -72,17 +83,62 @@ void set_threads(const py::object& n) {
                py::str(py::type::of(n)).cast<std::string>());
   }
   const int64_t v = int64_of(n, "set_num_threads", "n", n);
-  if (v < 1 || v > 4096)
-    value_error("set_num_threads: n must be in [1, 4096], got " + std::to_string(v));
-  set_num_threads(static_cast<int>(v));
+  if (v < 1) value_error("set_num_threads: n must be >= 1, got " + std::to_string(v));
+  const int cap = thread_cap();
+  set_num_threads(v > cap ? cap : static_cast<int>(v));
+  if (v > cap) {
+    warn_runtime("simdnn: set_num_threads(" + std::to_string(v) + ") clamped to " +
+                 std::to_string(cap) + ", the CPUs this process may run on");
+  }
+}
+
+// A RuntimeWarning from the runtime (a refused thread), raised in the thread that called the
+// kernel: it holds no GIL there. Warnings turned into errors become the kernel call's exception.
+void warning_from_runtime(const char* message) {
+  py::gil_scoped_acquire gil;
+  if (PyErr_WarnEx(PyExc_RuntimeWarning, message, 1) != 0) throw py::error_already_set();
 }
 
 }  // namespace
 
 std::string available_isas() { return available_list(); }
 
+void warn_runtime(const std::string& message) {
+  if (PyErr_WarnEx(PyExc_RuntimeWarning, message.c_str(), 1) != 0) throw py::error_already_set();
+}
+
 void bind_runtime(py::module_& m) {
+  set_warning_handler(&warning_from_runtime);
+  if (const int asked = env_threads_clamped_from(); asked > 0) {
+    warn_runtime("simdnn: OMP_NUM_THREADS=" + std::to_string(asked) + " clamped to " +
+                 std::to_string(thread_cap()) + ", the CPUs this process may run on");
+  }
   m.def("cpu_info", &cpu_info_dict);
+  m.def("empty_cache", []() {
+    py::gil_scoped_release release;
+    release_workspaces();
+  });
+  m.def("workspace_bytes", &workspace_bytes);
+  // Test hook: runs parallel_for over ntasks tasks; each task adds its index + 1 to a sum (every
+  // task must run exactly once), the task raise_at throws (RuntimeError) when >= 0.
+  m.def(
+      "_parallel_check",
+      [](int64_t ntasks, int nthreads, int64_t raise_at) {
+        std::atomic<int64_t> sum{0};
+        {
+          py::gil_scoped_release release;
+          parallel_for(ntasks, nthreads, [&](int64_t t) {
+            if (t == raise_at) throw std::runtime_error("task " + std::to_string(t) + " failed");
+            sum.fetch_add(t + 1);
+          });
+        }
+        return sum.load();
+      },
+      py::arg("ntasks"), py::arg("nthreads"), py::arg("raise_at") = -1);
+  m.def("_set_thread_cap", [](int n) {
+    if (n < 1) value_error("_set_thread_cap: n must be >= 1");
+    set_thread_cap(n);
+  });
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_threads, py::arg("n"));
   m.def("get_isa", []() { return std::string(isa_name(active_isa())); });

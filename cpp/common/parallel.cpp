@@ -1,12 +1,25 @@
 #include "common/parallel.h"
 
-#include <atomic>
-#include <cstdint>
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <new>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <vector>
 
 #ifdef _WIN32
+#include <malloc.h>
+#else
+#include <pthread.h>
+#include <sched.h>
+#endif
+#if defined(__GLIBC__)
 #include <malloc.h>
 #endif
 
@@ -14,23 +27,414 @@
 #include <omp.h>
 #endif
 
+#if defined(__x86_64__) || defined(__i386__) || defined(_M_X64)
+#include <immintrin.h>
+#define SIMDNN_PAUSE() _mm_pause()
+#elif defined(__aarch64__)
+#define SIMDNN_PAUSE() __asm__ __volatile__("yield")
+#else
+#define SIMDNN_PAUSE() ((void)0)
+#endif
+
 namespace simdnn {
 
 namespace {
 
-int default_threads() {
-#ifdef _OPENMP
-  const int n = omp_get_max_threads();
-  return n > 0 ? n : 1;
-#else
-  return 1;
+// ---------------------------------------------------------------------------------------------
+// Thread count
+
+int affinity_cpus() {
+#if defined(__linux__)
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    const int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
 #endif
+  const unsigned n = std::thread::hardware_concurrency();
+  return n > 0 ? static_cast<int>(n) : 1;
+}
+
+std::atomic<int>& cap_setting() {
+  static std::atomic<int> cap{affinity_cpus()};
+  return cap;
+}
+
+int clamped_from = 0;
+
+// OMP_NUM_THREADS read here (the first entry of a nested list), so that it is capped like every
+// other source and also holds in builds without OpenMP. Invalid values are ignored, as libgomp
+// does.
+int default_threads() {
+  const int cap = cap_setting().load();
+  const char* env = std::getenv("OMP_NUM_THREADS");
+  if (env == nullptr) return cap;
+  char* end = nullptr;
+  errno = 0;
+  const long v = std::strtol(env, &end, 10);
+  if (end == env || errno != 0 || v < 1 || (*end != '\0' && *end != ',' && *end != ' ')) return cap;
+  if (v > cap) {
+    clamped_from = v > 1000000 ? 1000000 : static_cast<int>(v);
+    return cap;
+  }
+  return static_cast<int>(v);
 }
 
 std::atomic<int>& thread_setting() {
   static std::atomic<int> n{default_threads()};
   return n;
 }
+
+#ifdef _OPENMP
+// omp_get_max_threads() of the importing thread before anyone limited it: a lower value in a
+// calling thread is a threadpoolctl (omp_set_num_threads) limit.
+int omp_baseline() {
+  static const int n = omp_get_max_threads();
+  return n;
+}
+#endif
+
+std::atomic<WarningHandler>& warning_handler() {
+  static std::atomic<WarningHandler> h{nullptr};
+  return h;
+}
+
+void warn(const std::string& msg) {
+  WarningHandler h = warning_handler().load();
+  if (h != nullptr) {
+    h(msg.c_str());
+  } else {
+    std::fprintf(stderr, "%s\n", msg.c_str());
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pool
+
+// How long an idle thread spins before it sleeps on a condition variable, and how long the caller
+// spins for in-flight tasks. Long enough to cover the gaps between the kernel calls of a training
+// step (Python between the layers): with 30 us the MLP training step of the benchmark took 0.51 ms
+// on 2 threads against 0.47 ms with libgomp (its workers spin for milliseconds), with 200 us
+// 0.46 ms, because a sleeping worker needs a futex wake-up (tens of us on this virtual machine).
+// Short enough not to hold a core a neighbour needs for long: OpenBLAS's own spin (~0.1 s) is what
+// made numpy.matmul beside a parallel loop 10x slower (OpenBLAS #3187).
+constexpr auto kSpin = std::chrono::microseconds(200);
+
+thread_local bool tls_in_task = false;
+thread_local bool tls_is_worker = false;
+
+struct Pool {
+  std::mutex dispatch;  // held by the caller of the running job
+  std::mutex mu;        // for the condition variables
+  std::condition_variable wake_cv, done_cv;
+  std::vector<std::thread*> workers;  // never joined: the pool lives as long as the process
+  int spawn_limit = -1;               // workers the OS allowed, after it refused one (-1: no limit)
+  uint32_t next_gen = 0;              // the caller's counter, under dispatch
+
+  std::atomic<uint32_t> gen{0};  // the job being published; workers wake on a change
+  std::atomic<int> sleepers{0};
+  // The job: written before gen is published, read after a worker's claim of a task of that gen.
+  std::atomic<TaskFn> fn{nullptr};
+  std::atomic<const void*> ctx{nullptr};
+  std::atomic<int64_t> ntasks{0};
+  std::atomic<int> max_seats{0};
+  std::atomic<uint64_t> seats{0};  // gen << 32 | workers seated
+  std::atomic<uint64_t> claim{0};  // gen << 32 | next task
+  std::atomic<int64_t> done{0};
+  std::atomic<bool> failed{false};
+  std::mutex error_mu;
+  std::exception_ptr error;
+  Pool* abandoned = nullptr;  // a forked child's parent pool: kept reachable, never used
+};
+
+Pool* g_pool = nullptr;
+
+Pool& pool() {
+  static const bool init = [] {
+    g_pool = new Pool;  // leaked on purpose: worker threads may outlive static destructors
+    return true;
+  }();
+  (void)init;
+  return *g_pool;
+}
+
+// Claims the next task of job g; false when the job is over or another job is published.
+bool claim_task(Pool& p, uint32_t g, int64_t* task) {
+  uint64_t c = p.claim.load(std::memory_order_acquire);
+  for (;;) {
+    if (static_cast<uint32_t>(c >> 32) != g) return false;
+    const int64_t idx = static_cast<int64_t>(c & 0xffffffffu);
+    if (idx >= p.ntasks.load(std::memory_order_relaxed)) return false;
+    if (p.claim.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel)) {
+      *task = idx;
+      return true;
+    }
+  }
+}
+
+void run_task(Pool& p, int64_t task) {
+  if (!p.failed.load(std::memory_order_relaxed)) {
+    try {
+      p.fn.load(std::memory_order_relaxed)(p.ctx.load(std::memory_order_relaxed), task);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(p.error_mu);
+      if (!p.error) p.error = std::current_exception();
+      p.failed.store(true, std::memory_order_relaxed);
+    }
+  }
+  const int64_t n = p.ntasks.load(std::memory_order_relaxed);
+  if (p.done.fetch_add(1, std::memory_order_acq_rel) + 1 == n) {
+    std::lock_guard<std::mutex> lock(p.mu);
+    p.done_cv.notify_all();
+  }
+}
+
+void trim_own_workspace();
+
+void worker_main(Pool* pp) {
+  Pool& p = *pp;
+  tls_in_task = true;  // a kernel called from a task runs serially
+  tls_is_worker = true;
+  uint32_t seen = p.gen.load(std::memory_order_acquire);
+  for (;;) {
+    const auto t0 = std::chrono::steady_clock::now();
+    int spins = 0;
+    while (p.gen.load(std::memory_order_acquire) == seen) {
+      SIMDNN_PAUSE();
+      if ((++spins & 63) == 0 && std::chrono::steady_clock::now() - t0 > kSpin) {
+        std::unique_lock<std::mutex> lock(p.mu);
+        p.sleepers.fetch_add(1, std::memory_order_seq_cst);
+        p.wake_cv.wait(lock, [&] { return p.gen.load(std::memory_order_seq_cst) != seen; });
+        p.sleepers.fetch_sub(1, std::memory_order_relaxed);
+        break;
+      }
+    }
+    const uint32_t g = p.gen.load(std::memory_order_acquire);
+    seen = g;
+    // A seat: at most nthreads - 1 workers join a job.
+    uint64_t s = p.seats.load(std::memory_order_acquire);
+    bool seated = false;
+    while (static_cast<uint32_t>(s >> 32) == g &&
+           static_cast<int>(s & 0xffffffffu) < p.max_seats.load(std::memory_order_relaxed)) {
+      if (p.seats.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) {
+        seated = true;
+        break;
+      }
+    }
+    if (!seated) continue;
+    int64_t task;
+    bool ran = false;
+    while (claim_task(p, g, &task)) {
+      run_task(p, task);
+      ran = true;
+    }
+    if (ran) trim_own_workspace();
+  }
+}
+
+// Grows the pool to `want` workers (the caller holds dispatch). A refused thread (EAGAIN from a
+// pids limit, RLIMIT_NPROC, no address space for its stack) is retried three times over 7 ms,
+// then the pool stays at what it has; the warning is returned in *warning, for the caller to give
+// once it has released the dispatch lock (the warning handler takes the GIL, and a thread holding
+// the GIL may be forking, which waits for the dispatch lock).
+void grow_pool(Pool& p, int want, std::string* warning) {
+  if (p.spawn_limit >= 0 && want > p.spawn_limit) want = p.spawn_limit;
+  while (static_cast<int>(p.workers.size()) < want) {
+    std::thread* t = nullptr;
+    std::string why;
+    for (int attempt = 0; attempt < 4 && t == nullptr; ++attempt) {
+      if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(1 << (attempt - 1)));
+      try {
+        t = new std::thread(worker_main, &p);
+      } catch (const std::system_error& e) {
+        why = e.what();
+      } catch (const std::bad_alloc&) {
+        why = "out of memory";
+      }
+    }
+    if (t == nullptr) {
+      p.spawn_limit = static_cast<int>(p.workers.size());
+      *warning =
+          ("simdnn: the OS refused a thread (" + why + "); kernels run on " +
+           std::to_string(p.spawn_limit + 1) + " thread(s) instead of " + std::to_string(want + 1));
+      return;
+    }
+    p.workers.push_back(t);
+  }
+}
+
+// fork: prepare holds the dispatch lock (no job runs while the process forks) and the condition
+// variables' mutex; the parent releases them; the child, whose workers do not exist, abandons the
+// old pool and starts an empty one that spawns workers again on its first parallel call.
+void registry_lock();
+void registry_unlock();
+void registry_child();
+
+void atfork_prepare() {
+  Pool& p = pool();
+  p.dispatch.lock();
+  p.mu.lock();
+  registry_lock();
+}
+void atfork_parent() {
+  registry_unlock();
+  g_pool->mu.unlock();
+  g_pool->dispatch.unlock();
+}
+void atfork_child() {
+  registry_child();
+  Pool* old = g_pool;
+  g_pool = new Pool;  // the old one's mutexes stay locked and its threads are gone: abandon it
+  g_pool->abandoned = old;
+  tls_in_task = false;
+}
+
+bool install_fork_handlers() {
+#if !defined(_WIN32)
+  pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+#endif
+  return true;
+}
+
+struct Seat {
+  Seat() { tls_in_task = true; }
+  ~Seat() { tls_in_task = false; }
+  Seat(const Seat&) = delete;
+  Seat& operator=(const Seat&) = delete;
+};
+
+}  // namespace
+
+int get_num_threads() {
+  int n = thread_setting().load(std::memory_order_relaxed);
+#ifdef _OPENMP
+  const int omp = omp_get_max_threads();
+  if (omp < omp_baseline() && omp < n) n = omp < 1 ? 1 : omp;
+#endif
+  return n;
+}
+
+bool set_num_threads(int n) {
+  const int cap = thread_cap();
+  const bool clamped = n > cap;
+  thread_setting().store(n < 1 ? 1 : (clamped ? cap : n), std::memory_order_relaxed);
+  return clamped;
+}
+
+int thread_cap() { return cap_setting().load(std::memory_order_relaxed); }
+
+void set_thread_cap(int n) { cap_setting().store(n < 1 ? 1 : n); }
+
+int env_threads_clamped_from() {
+  thread_setting();
+#ifdef _OPENMP
+  omp_baseline();  // at import, before anyone limits the importing thread
+#endif
+  return clamped_from;
+}
+
+bool have_openmp() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
+void set_warning_handler(WarningHandler handler) { warning_handler().store(handler); }
+
+void parallel_run(int64_t ntasks, int nthreads, TaskFn fn, const void* ctx) {
+  if (ntasks <= 0) return;
+  if (nthreads <= 1 || ntasks <= 1 || tls_in_task || ntasks > 0xffffffffLL) {
+    for (int64_t t = 0; t < ntasks; ++t) fn(ctx, t);
+    return;
+  }
+  static const bool handlers = install_fork_handlers();
+  (void)handlers;
+  Pool& p = pool();
+  std::unique_lock<std::mutex> dispatch(p.dispatch, std::try_to_lock);
+  if (!dispatch.owns_lock()) {
+    // Another thread's job holds the pool: run serially rather than wait behind it.
+    for (int64_t t = 0; t < ntasks; ++t) fn(ctx, t);
+    return;
+  }
+  const int64_t want = std::min<int64_t>(nthreads, ntasks) - 1;
+  std::string warning;
+  if (static_cast<int64_t>(p.workers.size()) < want) {
+    grow_pool(p, static_cast<int>(want), &warning);
+  }
+  const int seats =
+      static_cast<int>(std::min<int64_t>(want, static_cast<int64_t>(p.workers.size())));
+  if (seats == 0) {
+    dispatch.unlock();
+    if (!warning.empty()) warn(warning);
+    for (int64_t t = 0; t < ntasks; ++t) fn(ctx, t);
+    return;
+  }
+  Seat seat;
+  const uint32_t g = ++p.next_gen;
+  p.fn.store(fn, std::memory_order_relaxed);
+  p.ctx.store(ctx, std::memory_order_relaxed);
+  p.ntasks.store(ntasks, std::memory_order_relaxed);
+  p.max_seats.store(seats, std::memory_order_relaxed);
+  p.done.store(0, std::memory_order_relaxed);
+  p.failed.store(false, std::memory_order_relaxed);
+  p.error = nullptr;
+  p.seats.store(static_cast<uint64_t>(g) << 32, std::memory_order_relaxed);
+  p.claim.store(static_cast<uint64_t>(g) << 32, std::memory_order_relaxed);
+  p.gen.store(g, std::memory_order_seq_cst);
+  if (p.sleepers.load(std::memory_order_seq_cst) > 0) {
+    {
+      std::lock_guard<std::mutex> lock(p.mu);
+    }
+    p.wake_cv.notify_all();
+  }
+  int64_t task;
+  while (claim_task(p, g, &task)) run_task(p, task);
+  // Wait only for the tasks that workers started.
+  const auto t0 = std::chrono::steady_clock::now();
+  int spins = 0;
+  while (p.done.load(std::memory_order_acquire) != ntasks) {
+    SIMDNN_PAUSE();
+    if ((++spins & 63) == 0 && std::chrono::steady_clock::now() - t0 > kSpin) {
+      std::unique_lock<std::mutex> lock(p.mu);
+      p.done_cv.wait(lock, [&] { return p.done.load(std::memory_order_acquire) == ntasks; });
+      break;
+    }
+  }
+  std::exception_ptr error = p.error;
+  p.error = nullptr;
+  dispatch.unlock();
+  if (!warning.empty()) warn(warning);
+  if (error) std::rethrow_exception(error);
+}
+
+int pool_workers() {
+  if (g_pool == nullptr) return 0;
+  std::lock_guard<std::mutex> lock(g_pool->dispatch);
+  return static_cast<int>(g_pool->workers.size());
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM A-pack setting
+
+namespace {
+std::atomic<int64_t>& a_pack_setting() {
+  static std::atomic<int64_t> bytes{int64_t(32) << 20};
+  return bytes;
+}
+}  // namespace
+
+int64_t gemm_a_pack_bytes() { return a_pack_setting().load(std::memory_order_relaxed); }
+void set_gemm_a_pack_bytes(int64_t bytes) {
+  a_pack_setting().store(bytes < 1 ? 1 : bytes, std::memory_order_relaxed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workspaces
+
+namespace {
 
 void* aligned_malloc(std::size_t size) {
 #ifdef _WIN32
@@ -63,62 +467,150 @@ class WorkspaceError : public std::bad_alloc {
   char what_[160];
 };
 
-struct Buffer {
-  void* ptr = nullptr;
-  std::size_t size = 0;
-  ~Buffer() { aligned_free(ptr); }
+std::atomic<int64_t> g_workspace_bytes{0};
+std::atomic<uint64_t> g_release_epoch{0};
+
+constexpr int kSlots = static_cast<int>(WorkspaceSlot::count);
+
+struct ThreadWorkspace {
+  std::mutex mu;  // the owner's growth and trims, against release_workspaces from another thread
+  void* ptr[kSlots] = {};
+  std::size_t size[kSlots] = {};
+  uint64_t epoch = 0;
+  bool worker = tls_is_worker;  // a pool worker's (idle outside tasks)
+  ThreadWorkspace();
+  ~ThreadWorkspace();
+  std::size_t total() const {
+    std::size_t t = 0;
+    for (int i = 0; i < kSlots; ++i) t += size[i];
+    return t;
+  }
+  void free_slot(int i) {
+    aligned_free(ptr[i]);
+    g_workspace_bytes.fetch_sub(static_cast<int64_t>(size[i]), std::memory_order_relaxed);
+    ptr[i] = nullptr;
+    size[i] = 0;
+  }
+  void free_all() {
+    for (int i = 0; i < kSlots; ++i) free_slot(i);
+  }
+  // Frees the largest buffers until at most kWorkspaceKeepBytes remain.
+  void trim() {
+    while (total() > kWorkspaceKeepBytes) {
+      int big = 0;
+      for (int i = 1; i < kSlots; ++i) {
+        if (size[i] > size[big]) big = i;
+      }
+      free_slot(big);
+    }
+  }
 };
 
+struct Registry {
+  std::mutex mu;
+  std::vector<ThreadWorkspace*> list;
+};
+
+Registry& registry() {
+  static Registry* r = new Registry;  // leaked: threads may register after static destruction
+  return *r;
+}
+
+ThreadWorkspace::ThreadWorkspace() : epoch(g_release_epoch.load()) {
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  r.list.push_back(this);
+}
+
+ThreadWorkspace::~ThreadWorkspace() {
+  {
+    Registry& r = registry();
+    std::lock_guard<std::mutex> lock(r.mu);
+    r.list.erase(std::remove(r.list.begin(), r.list.end(), this), r.list.end());
+  }
+  free_all();
+}
+
+thread_local ThreadWorkspace* tls_ws = nullptr;
+
+ThreadWorkspace& own_workspace() {
+  thread_local ThreadWorkspace ws;
+  tls_ws = &ws;
+  return ws;
+}
+
+void trim_own_workspace() {
+  ThreadWorkspace* ws = tls_ws;
+  if (ws == nullptr) return;
+  std::lock_guard<std::mutex> lock(ws->mu);
+  const uint64_t epoch = g_release_epoch.load(std::memory_order_relaxed);
+  if (ws->epoch != epoch) {
+    ws->epoch = epoch;
+    ws->free_all();
+  } else if (ws->total() > kWorkspaceKeepBytes) {
+    ws->trim();
+  }
+}
+
+void registry_lock() { registry().mu.lock(); }
+void registry_unlock() { registry().mu.unlock(); }
+// In a forked child only the forking thread exists: free the other threads' workspaces (their
+// memory is the child's copy) and forget them.
+void registry_child() {
+  Registry& r = registry();
+  for (ThreadWorkspace* ws : r.list) {
+    if (ws != tls_ws) ws->free_all();
+  }
+  r.list.clear();
+  if (tls_ws != nullptr) r.list.push_back(tls_ws);
+  r.mu.unlock();
+}
+
 }  // namespace
-
-int get_num_threads() { return thread_setting().load(std::memory_order_relaxed); }
-
-void set_num_threads(int n) { thread_setting().store(n < 1 ? 1 : n, std::memory_order_relaxed); }
-
-bool have_openmp() {
-#ifdef _OPENMP
-  return true;
-#else
-  return false;
-#endif
-}
-
-namespace {
-std::atomic<int64_t>& a_pack_setting() {
-  static std::atomic<int64_t> bytes{int64_t(32) << 20};
-  return bytes;
-}
-}  // namespace
-
-void ThreadErrors::record() noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (!first_) first_ = std::current_exception();
-}
-
-void ThreadErrors::rethrow() {
-  if (first_) std::rethrow_exception(first_);
-}
-
-int64_t gemm_a_pack_bytes() { return a_pack_setting().load(std::memory_order_relaxed); }
-void set_gemm_a_pack_bytes(int64_t bytes) {
-  a_pack_setting().store(bytes < 1 ? 1 : bytes, std::memory_order_relaxed);
-}
 
 void* workspace(WorkspaceSlot slot, std::size_t bytes) {
-  thread_local Buffer buffers[static_cast<int>(WorkspaceSlot::count)];
-  Buffer& buf = buffers[static_cast<int>(slot)];
-  if (bytes > buf.size) {
+  ThreadWorkspace& ws = own_workspace();
+  const int i = static_cast<int>(slot);
+  if (bytes > ws.size[i]) {
     // Grow to the next multiple of 64 KiB so that slowly growing requests do not reallocate often.
     constexpr std::size_t kGrain = 65536;
     if (bytes > SIZE_MAX - kGrain) throw WorkspaceError(bytes);
     const std::size_t size = (bytes + kGrain - 1) & ~(kGrain - 1);
+    std::lock_guard<std::mutex> lock(ws.mu);
+    ws.free_slot(i);  // first, so that the old and new buffers are not held at once
     void* p = aligned_malloc(size);
     if (p == nullptr) throw WorkspaceError(bytes);
-    aligned_free(buf.ptr);
-    buf.ptr = p;
-    buf.size = size;
+    ws.ptr[i] = p;
+    ws.size[i] = size;
+    g_workspace_bytes.fetch_add(static_cast<int64_t>(size), std::memory_order_relaxed);
   }
-  return buf.ptr;
+  return ws.ptr[i];
 }
+
+WorkspaceScope::~WorkspaceScope() { trim_own_workspace(); }
+
+void release_workspaces() {
+  g_release_epoch.fetch_add(1);
+  trim_own_workspace();
+  // Pool workers touch their workspaces only inside tasks and in their own trim (under ws->mu):
+  // with the dispatch lock held no task runs, so theirs can be freed here. Other threads free
+  // theirs at the end of their next kernel call (the epoch changed).
+  if (g_pool != nullptr) {
+    std::lock_guard<std::mutex> dispatch(g_pool->dispatch);
+    Registry& r = registry();
+    std::lock_guard<std::mutex> lock(r.mu);
+    for (ThreadWorkspace* ws : r.list) {
+      if (ws == tls_ws || !ws->worker) continue;
+      std::lock_guard<std::mutex> ws_lock(ws->mu);
+      ws->epoch = g_release_epoch.load();
+      ws->free_all();
+    }
+  }
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
+}
+
+int64_t workspace_bytes() { return g_workspace_bytes.load(std::memory_order_relaxed); }
 
 }  // namespace simdnn

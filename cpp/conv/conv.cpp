@@ -29,10 +29,6 @@
 #include "gemm/gemm_driver.h"
 #include "gemm/gemm_isa.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace simdnn::SIMDNN_ISA_NS {
 
 namespace {
@@ -42,26 +38,6 @@ using gemm_detail::max64;
 using gemm_detail::min64;
 using gemm_detail::round_up;
 using gemm_detail::split_range;
-
-// Runs body(begin, end) over [0, count) split between up to nt threads, one range each. A worker's
-// exception (a workspace that cannot grow) is rethrown here after the region rather than ending
-// the process (see ThreadErrors); bodies have no barriers.
-template <class F>
-static void parallel_ranges(int nt, int64_t count, const F& body) {
-  ThreadErrors errors;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-  errors.run([&] {
-    int64_t b, e;
-    split_range(count, 1, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
-    if (b < e) body(b, e);
-  });
-#else
-  (void)nt;
-  errors.run([&] { body(int64_t(0), count); });
-#endif
-  errors.rethrow();
-}
 
 // Backward-data as a flipped forward convolution needs Cg output rows per group; below this the
 // GEMM has too few rows for the micro-tile (LeNet's first layer, C = 1, would use 1 of 12 rows)
@@ -418,7 +394,7 @@ void depthwise_forward(const Im2col& g, int64_t n_img, const T* x, const T* w, c
   const int64_t planes = n_img * g.c_total, in_plane = g.h * g.w, out_plane = g.p * g.q;
   const int64_t rs = g.r * g.s;
   [[maybe_unused]] const int nt = static_cast<int>(min64(nthreads, planes));
-  parallel_ranges(nt, planes, [&](int64_t i0, int64_t i1) {
+  parallel_ranges(planes, 1, 1, nt, [&](int64_t i0, int64_t i1) {
     T* buf =
         static_cast<T*>(workspace(WorkspaceSlot::op_scratch, plane_scratch<T>(pp) * sizeof(T)));
     for (int64_t i = i0; i < i1; ++i) {
@@ -467,7 +443,7 @@ void depthwise_backward_data(const Conv2d& cv, const T* dy, const T* w, T* dx) {
                    cv.h,
                    cv.w};
     const PadPlane pp = pad_plane_geometry(g, V::W);
-    parallel_ranges(nt, planes, [&](int64_t i0, int64_t i1) {
+    parallel_ranges(planes, 1, 1, nt, [&](int64_t i0, int64_t i1) {
       T* buf = static_cast<T*>(workspace(WorkspaceSlot::op_scratch,
                                          (plane_scratch<T>(pp) + round_up(rs, 16)) * sizeof(T)));
       T* flipped = buf + plane_scratch<T>(pp);
@@ -484,7 +460,7 @@ void depthwise_backward_data(const Conv2d& cv, const T* dy, const T* w, T* dx) {
   // plane covering every position a tap can reach.
   const int64_t hp = (cv.p - 1) * cv.sh + (cv.r - 1) * cv.dh + 1;
   const int64_t wp = (cv.q - 1) * cv.sw + (cv.s - 1) * cv.dw + 1;
-  parallel_ranges(nt, planes, [&](int64_t i0, int64_t i1) {
+  parallel_ranges(planes, 1, 1, nt, [&](int64_t i0, int64_t i1) {
     T* buf = static_cast<T*>(workspace(WorkspaceSlot::op_scratch, hp * wp * sizeof(T)));
     for (int64_t i = i0; i < i1; ++i) {
       const T* taps = w + (i % cv.c) * rs;
@@ -525,7 +501,7 @@ void depthwise_backward_weights(const Conv2d& cv, const T* x, const T* dy, T* dw
   const PadPlane pp = pad_plane_geometry(g, V::W);
   const int64_t rs = cv.r * cv.s;
   [[maybe_unused]] const int nt = static_cast<int>(min64(cv.nthreads, max64(1, cv.c)));
-  parallel_ranges(nt, cv.c, [&](int64_t i0, int64_t i1) {
+  parallel_ranges(cv.c, 1, 1, nt, [&](int64_t i0, int64_t i1) {
     T* buf =
         static_cast<T*>(workspace(WorkspaceSlot::op_scratch, plane_scratch<T>(pp) * sizeof(T)));
     for (int64_t c = i0; c < i1; ++c) {
@@ -729,7 +705,7 @@ void conv_backward_data(const Conv2d& cv_in, const T* dy, const T* w, T* dx) {
   for (int64_t i = 0; i < x_size; ++i) dx[i] = T(0);
   const int64_t img_size = cv.c * cv.h * cv.w;
   if (cv.n >= cv.nthreads) {
-    parallel_ranges(cv.nthreads, cv.n, [&](int64_t n0, int64_t n1) {
+    parallel_ranges(cv.n, 1, 1, cv.nthreads, [&](int64_t n0, int64_t n1) {
       T* col = static_cast<T*>(workspace(WorkspaceSlot::op_scratch, col_elems * sizeof(T)));
       for (int64_t n = n0; n < n1; ++n) {
         for (int64_t grp = 0; grp < cv.groups; ++grp) {
@@ -743,17 +719,9 @@ void conv_backward_data(const Conv2d& cv_in, const T* dy, const T* w, T* dx) {
     for (int64_t n = 0; n < cv.n; ++n) {
       for (int64_t grp = 0; grp < cv.groups; ++grp) {
         gemm_col(n, grp, col, cv.nthreads);
-        [[maybe_unused]] const int nt = static_cast<int>(min64(cv.nthreads, cg));
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-        {
-          int64_t cb, ce;
-          split_range(cg, 1, omp_get_num_threads(), omp_get_thread_num(), &cb, &ce);
+        parallel_ranges(cg, 1, 1, cv.nthreads, [&](int64_t cb, int64_t ce) {
           col2im_add(cv, col, grp * cg, dx + n * img_size, cb, ce);
-        }
-#else
-        col2im_add(cv, col, grp * cg, dx + n * img_size, 0, cg);
-#endif
+        });
       }
     }
   }
@@ -903,7 +871,8 @@ void conv_backward_weights(const Conv2d& cv_in, const T* x, const T* dy, T* dw, 
   // 2^21, about 10 us on one core. (Counting pixels instead left LeNet's second layer, 4096
   // pixels of 25,000 multiply-adds each, on one thread.)
   const int64_t macs = total * kg * crs;
-  const int nt = static_cast<int>(max64(1, min64(min64(cv.nthreads, total), macs >> 21)));
+  const int nt =
+      static_cast<int>(max64(1, min64(min64(cv.nthreads, total), macs / grain::kConvWeightMacs)));
   const int64_t part = round_up(w_size + cv.k, 16);  // dw then db, per extra thread
   T* partials =
       nt > 1 ? static_cast<T*>(workspace(WorkspaceSlot::op_scratch, (nt - 1) * part * sizeof(T)))
@@ -949,40 +918,12 @@ void conv_backward_weights(const Conv2d& cv_in, const T* x, const T* dy, T* dw, 
     work(0);
     return;
   }
-  // Each thread's GEMM takes its own workspace inside the region: its failure to grow becomes an
-  // exception rethrown here (ThreadErrors).
-  ThreadErrors errors;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-  {
-    if (omp_get_num_threads() == nt) {
-      errors.run([&] { work(omp_get_thread_num()); });
-    } else {
-#pragma omp single
-      errors.run([&] {
-        for (int t = 0; t < nt; ++t) work(t);
-      });
-    }
-  }
-#else
-  errors.run([&] {
-    for (int t = 0; t < nt; ++t) work(t);
-  });
-#endif
-  errors.rethrow();
-  // dw += the other threads' partial sums, split over the elements (one thread without OpenMP).
+  // Each task's GEMM takes the workspace of the thread that runs it; a failure to grow is
+  // rethrown here. Task t writes partial t, whichever thread runs it.
+  parallel_for(nt, nt, [&](int64_t t) { work(static_cast<int>(t)); });
+  // dw += the other tasks' partial sums, split over the elements.
   const int64_t sum_len = w_size + (db != nullptr ? cv.k : 0);
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-#endif
-  {
-#ifdef _OPENMP
-    const int parts = omp_get_num_threads(), part_id = omp_get_thread_num();
-#else
-    const int parts = 1, part_id = 0;
-#endif
-    int64_t i0, i1;
-    split_range(sum_len, 16, parts, part_id, &i0, &i1);
+  parallel_ranges(sum_len, grain::kElementwise, 16, nt, [&](int64_t i0, int64_t i1) {
     for (int t = 1; t < nt; ++t) {
       const T* src = partials + (t - 1) * part;
       for (int64_t i = i0; i < i1; ++i) {
@@ -993,7 +934,7 @@ void conv_backward_weights(const Conv2d& cv_in, const T* x, const T* dy, T* dw, 
         }
       }
     }
-  }
+  });
 }
 
 }  // namespace

@@ -5,43 +5,20 @@
 #include <cmath>
 #include <cstdint>
 
+#include "common/parallel.h"
 #include "dispatch.h"
 #include "gemm/gemm_driver.h"
 #include "simd/simd.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 namespace simdnn::SIMDNN_ISA_NS {
 
 namespace {
 
-using gemm_detail::min64;
-using gemm_detail::split_range;
-
-// Arrays up to this many elements run on one thread: a 64K-element ReLU is about 10 us of
-// memory traffic on one core, in the range of a fork/join plus the cross-core cache traffic.
-constexpr int64_t kParallelMin = 1 << 16;
-
-// Calls body(begin, end) over [0, n) on up to nthreads threads, in chunks aligned to 64 elements.
+// Calls body(begin, end) over [0, n) on up to nthreads threads, in ranges aligned to 64 elements
+// of at least grain::kElementwise elements.
 template <class F>
 void parallel_chunks(int64_t n, int nthreads, const F& body) {
-  int nt = static_cast<int>(min64(nthreads, (n + kParallelMin - 1) / kParallelMin));
-  if (nt <= 1) {
-    body(int64_t(0), n);
-    return;
-  }
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-  {
-    int64_t b, e;
-    split_range(n, 64, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
-    if (b < e) body(b, e);
-  }
-#else
-  body(int64_t(0), n);
-#endif
+  parallel_ranges(n, grain::kElementwise, 64, nthreads, body);
 }
 
 template <typename T>

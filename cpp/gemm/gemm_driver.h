@@ -24,10 +24,6 @@
 #include "common/parallel.h"
 #include "gemm/gemm.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace simdnn::gemm_detail {
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -43,7 +39,7 @@ static inline int64_t round_down(int64_t a, int64_t b) { return a / b * b; }
 constexpr int64_t kSmallMnk = 64 * 64 * 64;
 // Below this many multiply-adds per thread a further thread does not pay for its barrier and its
 // share of packing; 2^17 multiply-adds take about 1.5 us on one AVX-512 core.
-constexpr int64_t kMinMnkPerThread = 1 << 17;
+constexpr int64_t kMinMnkPerThread = grain::kGemmMacs;
 
 // Blocking for a micro-kernel with MR x NR tiles of elements of `bytes` bytes, from the caches:
 //  - KC: the MR x KC A micro-panel is the L1-resident operand; it gets about half of L1 so that the
@@ -401,34 +397,24 @@ static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
     run_sequential();
     return;
   }
-#ifdef _OPENMP
-  bool short_team = false;
-#pragma omp parallel num_threads(nt)
-  {
-    if (omp_get_num_threads() != nt) {
-      // The runtime granted fewer threads than asked (a call from inside a parallel region, a
-      // thread limit): the grid assumes nt workers, so one thread does all of their work.
-#pragma omp single
-      short_team = true;
-    } else {
-      const int tid = omp_get_thread_num();
+  // Task t is grid cell t (whichever thread runs it): its A region and B buffer are the cell's.
+  // Without shared A panels (tn == 1) a task runs all its blocks; with tn > 1 the packing of a
+  // block and its compute are separate parallel_for calls, the end of one the barrier the cells of
+  // a row group need (a task may not wait for another: the thread that would run it may have no
+  // core).
+  if (grid.tn == 1) {
+    parallel_for(nt, nt, [&](int64_t t) {
       for (int64_t blk = 0; blk < blocks; ++blk) {
-        // Barriers only where threads share A panels (tn > 1); the condition is the same on all.
-        pack_a_block(tid, blk);
-        if (grid.tn > 1) {
-#pragma omp barrier
-        }
-        compute_block(tid, blk);
-        if (grid.tn > 1 && blk + 1 < blocks) {
-#pragma omp barrier
-        }
+        pack_a_block(static_cast<int>(t), blk);
+        compute_block(static_cast<int>(t), blk);
       }
-    }
+    });
+    return;
   }
-  if (short_team) run_sequential();
-#else
-  run_sequential();
-#endif
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    parallel_for(nt, nt, [&](int64_t t) { pack_a_block(static_cast<int>(t), blk); });
+    parallel_for(nt, nt, [&](int64_t t) { compute_block(static_cast<int>(t), blk); });
+  }
 }
 
 template <class UK>

@@ -40,10 +40,6 @@
 #include "gemm/gemm_ukernel.h"  // SIMDNN_PREFETCH
 #include "simd/simd.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace simdnn::SIMDNN_ISA_NS {
 
 namespace {
@@ -185,16 +181,12 @@ void parallel_channels(int64_t c, int64_t total, int nthreads, const F& body) {
     body(int64_t(0), c);
     return;
   }
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-  {
+  // One task per thread share: the ranges depend on nt only, so the bits do too.
+  parallel_for(nt, nt, [&](int64_t t) {
     int64_t b, e;
-    split_range(c, 1, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
+    split_range(c, 1, nt, static_cast<int>(t), &b, &e);
     if (b < e) body(b, e);
-  }
-#else
-  body(int64_t(0), c);
-#endif
+  });
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -368,26 +360,21 @@ int column_threads(int64_t n, int64_t total, int nthreads) {
       gemm_detail::max64(1, min64(min64(nthreads, ceil_div(total, kParallelMin)), n)));
 }
 
-// Calls body(t, team, r0, r1) for the rows of each thread t of a team of up to nt threads (the
-// team may be smaller: thread t then also owns slices t + team, t + 2 * team, ... < nt, which it
-// must zero). body runs even when it gets no rows, so that its slices are zeroed.
+// Calls body(t, team, r0, r1) for the rows of each task t of nt (team = nt: task t owns slice t of
+// the partial sums and must zero it). body runs even when it gets no rows, so that its slice is
+// zeroed.
 template <class F>
 void parallel_rows(int64_t n, int nt, const F& body) {
   if (nt <= 1) {
     body(0, 1, int64_t(0), n);
     return;
   }
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-  {
-    const int t = omp_get_thread_num(), team = omp_get_num_threads();
+  // One task per slice: task t owns slice t (the team is nt), whichever thread runs it.
+  parallel_for(nt, nt, [&](int64_t t) {
     int64_t b, e;
-    split_range(n, 1, team, t, &b, &e);
-    body(t, team, b, e);
-  }
-#else
-  body(0, 1, int64_t(0), n);
-#endif
+    split_range(n, 1, nt, static_cast<int>(t), &b, &e);
+    body(static_cast<int>(t), nt, b, e);
+  });
 }
 
 // Zeroes the slices of partial sums that thread t of the team owns (see parallel_rows).
@@ -548,19 +535,10 @@ int split_parts(int64_t c, int64_t total, int nthreads) {
   return c > 0 && nt >= 2 * c ? static_cast<int>(nt / c) : 1;
 }
 
-// Calls body(t) for t in [0, tasks) on up to tasks threads.
+// Calls body(t) for t in [0, tasks) on up to tasks threads (the pool's).
 template <class F>
 void parallel_tasks(int64_t tasks, const F& body) {
-#ifdef _OPENMP
-#pragma omp parallel num_threads(static_cast<int>(tasks))
-  {
-    int64_t b, e;
-    split_range(tasks, 1, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
-    for (int64_t t = b; t < e; ++t) body(t);
-  }
-#else
-  for (int64_t t = 0; t < tasks; ++t) body(t);
-#endif
+  parallel_for(tasks, static_cast<int>(min64(tasks, get_num_threads())), body);
 }
 
 // Calls f(offset, len) for the runs of the flattened range [m0, m1) of one channel (value

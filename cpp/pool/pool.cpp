@@ -42,6 +42,7 @@
 // (out of range, or in the padding) are the rest, without a separate validation pass.
 #include "pool/pool.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -145,11 +146,8 @@ ColTables<T> make_col_tables(const Geom& g) {
   return {t, t + g.q};
 }
 
-// Each thread gets at least this many input elements: below it the fork/join of a parallel region
-// (about 2 us here) costs what the second core saves. Measured with every call forced onto 2
-// threads, float32 2x2 max pool forward / backward, 1 thread against 2: 16K elements 3.3 / 5.0 us
-// against 3.6 / 4.9 us (break-even), 32K elements 5.9 / 8.1 us against 4.8 / 6.3 us.
-constexpr int64_t kMinElemsPerThread = 16 * 1024;
+// Each thread gets at least this many input elements (the measurement is at grain::kPoolElems).
+constexpr int64_t kMinElemsPerThread = grain::kPoolElems;
 
 // The planes x rows of a call cut into tasks: whole planes when there are at least 8 per thread
 // (static scheduling is then balanced to within 1/8), otherwise row blocks of the planes so that
@@ -174,19 +172,22 @@ Split make_split(int64_t planes, int64_t rows, int64_t elems, int nthreads) {
 // Row block b of `blocks` over [0, rows).
 int64_t block_begin(int64_t rows, int64_t blocks, int64_t b) { return rows * b / blocks; }
 
-// f(plane, block) for every task; returns the sum of what f returns.
+// f(plane, block) for every task; returns the sum of what f returns. The tasks are handed out in
+// ranges (parallel_ranges), so that a thread without a core leaves its share to the others.
 template <class F>
 int64_t parallel_tasks(const Split& sp, const F& f) {
-  int64_t total = 0;
   if (sp.nthreads <= 1) {
+    int64_t total = 0;
     for (int64_t t = 0; t < sp.tasks; ++t) total += f(t / sp.blocks, t % sp.blocks);
     return total;
   }
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(sp.nthreads) schedule(static) reduction(+ : total)
-#endif
-  for (int64_t t = 0; t < sp.tasks; ++t) total += f(t / sp.blocks, t % sp.blocks);
-  return total;
+  std::atomic<int64_t> total{0};
+  parallel_ranges(sp.tasks, 1, 1, sp.nthreads, [&](int64_t t0, int64_t t1) {
+    int64_t sum = 0;
+    for (int64_t t = t0; t < t1; ++t) sum += f(t / sp.blocks, t % sp.blocks);
+    total.fetch_add(sum, std::memory_order_relaxed);
+  });
+  return total.load();
 }
 
 // ---------------------------------------------------------------------------------------------

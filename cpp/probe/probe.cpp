@@ -1,17 +1,16 @@
 // Machine-limit probes for one ISA (see probe.h).
 #include "probe/probe.h"
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 
+#include "common/parallel.h"
 #include "dispatch.h"
 #include "simd/simd.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 namespace simdnn::SIMDNN_ISA_NS {
 
@@ -39,7 +38,7 @@ float fma_chains(int64_t iters) {
   return out;
 }
 
-double probe_fma([[maybe_unused]] int nthreads, double seconds) {
+double probe_fma(int nthreads, double seconds) {
   using V = VecOf<float>::type;
   // Calibrate: how many rounds fill the requested time on one thread.
   int64_t iters = 1 << 16;
@@ -56,23 +55,22 @@ double probe_fma([[maybe_unused]] int nthreads, double seconds) {
   }
   if (iters < 1) iters = 1;
   const auto t0 = Clock::now();
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nthreads)
-  {
+  // nthreads tasks of `iters` rounds on the pool: a thread that does not get a core leaves its
+  // task to the others, and the figure is what the machine gave.
+  std::atomic<int64_t> bits{0};
+  parallel_for(nthreads, nthreads, [&](int64_t) {
     const float v = fma_chains(iters);
-#pragma omp atomic
-    sink = sink + v;
-  }
+    int32_t b;
+    std::memcpy(&b, &v, sizeof(b));
+    bits.fetch_xor(b, std::memory_order_relaxed);
+  });
+  sink = sink + static_cast<float>(bits.load() & 1);
   const int used = nthreads;
-#else
-  sink = sink + fma_chains(iters);
-  const int used = 1;
-#endif
   const double s = std::chrono::duration<double>(Clock::now() - t0).count();
   return 2.0 * 12.0 * V::W * static_cast<double>(iters) * used / s / 1e9;
 }
 
-double probe_stream([[maybe_unused]] int nthreads, int64_t bytes) {
+double probe_stream(int nthreads, int64_t bytes) {
   using V = VecOf<float>::type;
   const int64_t n = (bytes / 3 / static_cast<int64_t>(sizeof(float))) / 64 * 64;
   if (n <= 0) return 0.0;
@@ -82,20 +80,21 @@ double probe_stream([[maybe_unused]] int nthreads, int64_t bytes) {
   double best = 0.0;
   for (int pass = 0; pass < 4; ++pass) {
     const auto t0 = Clock::now();
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-#endif
-    for (int64_t i = 0; i < n; i += 64) {
-      if (pass == 0) {  // first touch, by the thread that will stream the block
-        for (int64_t j = i; j < i + 64; ++j) {
-          b[j] = 1.0f;
-          c[j] = 2.0f;
+    const int64_t blocks = n / 64;
+    parallel_for(nthreads, nthreads, [&](int64_t t) {
+      const int64_t i0 = blocks * t / nthreads * 64, i1 = blocks * (t + 1) / nthreads * 64;
+      for (int64_t i = i0; i < i1; i += 64) {
+        if (pass == 0) {  // first touch, by the thread that will stream the block
+          for (int64_t j = i; j < i + 64; ++j) {
+            b[j] = 1.0f;
+            c[j] = 2.0f;
+          }
+        }
+        for (int64_t j = i; j < i + 64; j += V::W) {
+          V::store(a + j, V::fma(V::set1(3.0f), V::load(c + j), V::load(b + j)));
         }
       }
-      for (int64_t j = i; j < i + 64; j += V::W) {
-        V::store(a + j, V::fma(V::set1(3.0f), V::load(c + j), V::load(b + j)));
-      }
-    }
+    });
     const double s = std::chrono::duration<double>(Clock::now() - t0).count();
     if (pass > 0) {
       const double gbps = 3.0 * static_cast<double>(n) * sizeof(float) / s / 1e9;

@@ -1,7 +1,7 @@
 """simdnn: a small, fast deep-learning library for the CPU.
 
-The compute core is hand-written SIMD (AVX-512, AVX2, portable scalar) and OpenMP C++; this package
-is a thin layer over it.
+The compute core is hand-written SIMD (AVX-512, AVX2, portable scalar) multi-threaded C++; this
+package is a thin layer over it.
 
 - :mod:`simdnn.ops`: the native kernels (GEMM, convolution, pooling), NumPy arrays in and out.
 - :mod:`simdnn.reference`: a pure-NumPy twin of every op, with the same signatures.
@@ -23,7 +23,15 @@ Set ``SIMDNN_ISA=scalar|avx2|avx512`` before import to force an instruction set,
 from __future__ import annotations
 
 from . import autograd, demos, distributed, functional, init, nn, ops, optim, reference, viz
-from ._runtime import cpu_info, get_isa, get_num_threads, set_isa, set_num_threads, use_isa
+from ._runtime import (
+    cpu_info,
+    empty_cache,
+    get_isa,
+    get_num_threads,
+    set_isa,
+    set_num_threads,
+    use_isa,
+)
 from .autograd import (
     Tensor,
     concatenate,
@@ -55,6 +63,7 @@ __all__ = [
     "cpu_info",
     "demos",
     "distributed",
+    "empty_cache",
     "enable_grad",
     "evaluate",
     "fit",

@@ -18,19 +18,43 @@ def cpu_info() -> dict[str, Any]:
     - ``available``: the instruction sets this CPU and this build support, narrowest first;
     - ``num_threads``: the threads a kernel may use (see :func:`set_num_threads`);
     - ``l1d_cache``, ``l2_cache``, ``l3_cache``: the per-core cache sizes in bytes that the
-      blocking is derived from, and ``gemm_blocking``: the resulting tile and block sizes.
+      blocking is derived from, and ``gemm_blocking``: the resulting tile and block sizes;
+    - ``threading``: ``"simdnn"``, the library's own thread pool, which every kernel uses;
+      ``pool_threads``: the worker threads it holds now (the calling thread is the other one);
+      ``thread_cap``: the most threads any setting gives (the CPUs this process may run on);
+    - ``openmp``: whether the build links the OpenMP runtime. The kernels do not run on it; it is
+      linked so that a threadpoolctl limit on ``"openmp"`` also limits simdnn in that thread;
+    - ``workspace_bytes``: the kernel workspace all threads hold now (see :func:`empty_cache`).
     """
     return _core.cpu_info()
 
 
 def get_num_threads() -> int:
-    """The number of threads each kernel may use (``OMP_NUM_THREADS`` by default)."""
+    """The number of threads each kernel may use.
+
+    By default ``OMP_NUM_THREADS``, else the CPUs this process may run on (its affinity mask);
+    never more than that CPU count, whatever the source (a larger value is clamped with a
+    RuntimeWarning). A threadpoolctl limit on ``"openmp"`` lowers it in the limited thread.
+    """
     return _core.get_num_threads()
 
 
 def set_num_threads(n: int) -> None:
-    """Let each kernel use ``n >= 1`` threads. Affects calls made after it returns."""
+    """Let each kernel use ``n >= 1`` threads. Affects calls made after it returns.
+
+    ``n`` above the CPUs this process may run on is clamped to them, with a RuntimeWarning.
+    """
     _core.set_num_threads(n)
+
+
+def empty_cache() -> None:
+    """Release the kernel workspace every thread holds now, and return free heap pages to the OS.
+
+    Workspaces above 64 MiB per thread are released when the call that grew them ends anyway; the
+    rest is kept for the next call. Threads other than the caller and the kernels' own pool release
+    theirs when their next kernel call ends. ``cpu_info()["workspace_bytes"]`` shows what is held.
+    """
+    _core.empty_cache()
 
 
 def get_isa() -> str:

@@ -392,7 +392,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--plot", default=None, metavar="FILE.png", help="bar chart of ratios")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--real-machine",
+        action="store_true",
+        help="add the real-machine section: the training rows quiet, beside a busy core, after "
+        "numpy.matmul calls and in a forked child (simdnn.bench.realmachine)",
+    )
+    parser.add_argument(
+        "--real-machine-only", action="store_true", help="only the real-machine section"
+    )
     opts = parser.parse_args(argv)
+    if opts.real_machine_only:
+        from . import realmachine
+
+        torch = None if opts.no_torch else torch_module()
+        print(f"simdnn bench, real machine: {realmachine.describe()}", flush=True)
+        rm = realmachine.run(opts.quick, torch, opts.filter, progress=not opts.no_progress)
+        print()
+        print(realmachine.format_table(rm))
+        return 0
 
     n_threads = opts.threads or _runtime.get_num_threads()
     dtypes = ["float32", "float64"] if opts.dtype == "both" else [opts.dtype]
@@ -432,6 +450,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     with_torch = any(r.torch_s is not None for r in results)
     print()
     print(format_table(results, with_torch))
+    rm_results = None
+    if opts.real_machine:
+        from . import realmachine
+
+        rm_results = realmachine.run(opts.quick, torch, None, progress=not opts.no_progress)
+        print()
+        print(
+            f"Real machine ({realmachine.describe()}): mean time per call, ratio to quiet 1 thread"
+        )
+        print()
+        print(realmachine.format_table(rm_results))
     if opts.json:
         payload = {
             "machine": machine,
@@ -439,6 +468,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "limits": dataclasses.asdict(limits),
             "results": [r.as_dict() for r in results],
         }
+        if rm_results is not None:
+            payload["real_machine"] = [
+                {"row": name, "lib": lib, "seconds": r} for name, lib, r in rm_results
+            ]
         with open(opts.json, "w", encoding="utf-8") as f:
             json.dump(payload, f, indent=2)
     if opts.plot and results:

@@ -1,0 +1,374 @@
+"""The parallel runtime on a machine in use: fork, refused threads, the thread cap from every
+source, workspace release, exceptions from inside parallel work.
+
+Each case runs in its own Python process with a timeout, so that a hang (a forked child waiting
+for threads that do not exist) fails the test instead of blocking the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import simdnn
+
+TIMEOUT_S = 120
+LINUX = sys.platform.startswith("linux")
+
+
+def run_child(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **env}
+    # Under AddressSanitizer (tools/sanitize.sh) a failed allocation must return null, as libc's
+    # does, instead of ending the process with a report.
+    full_env["ASAN_OPTIONS"] = full_env.get("ASAN_OPTIONS", "") + ":allocator_may_return_null=1"
+    try:
+        return subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as e:  # pragma: no cover - the failure being tested
+        pytest.fail(f"the child hung for {TIMEOUT_S} s; output so far:\n{e.stdout}\n{e.stderr}")
+
+
+def check(proc: subprocess.CompletedProcess[str], *expect: str) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    for text in expect:
+        assert text in proc.stdout, f"{text!r} not in\n{proc.stdout}\n{proc.stderr}"
+
+
+# ------------------------------------------------------------------------------------------------
+# fork
+
+
+@pytest.mark.skipif(not LINUX, reason="the 'fork' start method")
+def test_fork_child_runs_a_kernel_after_threaded_parent():
+    proc = run_child(
+        """
+        import multiprocessing as mp, warnings
+        import numpy as np
+        import simdnn
+        from simdnn import ops
+
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12: fork of a threaded process
+        simdnn._core._set_thread_cap(4)
+        simdnn.set_num_threads(2)
+        a = np.ones((512, 512), np.float32)
+        ops.matmul(a, a)  # the parent's pool threads exist now
+        p = mp.get_context("fork").Process(target=ops.matmul, args=(a, a))
+        p.start()
+        p.join(60)
+        print("child exit", p.exitcode)
+
+        def child(q):
+            q.put(float(ops.matmul(a, a)[3, 5]))
+        q = mp.get_context("fork").Queue()
+        p = mp.get_context("fork").Process(target=child, args=(q,))
+        p.start()
+        print("child result", q.get(timeout=60))
+        p.join(60)
+        assert float(ops.matmul(a, a)[0, 0]) == 512.0  # the parent is unaffected
+        print("parent ok", simdnn.cpu_info()["pool_threads"])
+        """
+    )
+    check(proc, "child exit 0", "child result 512.0", "parent ok 1")
+
+
+@pytest.mark.skipif(not LINUX, reason="the 'fork' start method")
+def test_fork_pool_map_predict_after_fit():
+    proc = run_child(
+        """
+        import multiprocessing as mp, warnings
+        import numpy as np
+        import simdnn
+        from simdnn import demos, nn, optim
+
+        warnings.simplefilter("ignore", DeprecationWarning)
+        simdnn._core._set_thread_cap(4)
+        simdnn.set_num_threads(2)
+        rng = np.random.default_rng(0)
+        x = rng.random((256, 1, 8, 8)).astype(np.float32)
+        y = rng.integers(0, 10, 256)
+        model = demos.build_convnet(0)
+        simdnn.fit(model, nn.CrossEntropyLoss(), optim.Adam(model.parameters()), x, y,
+                   epochs=1, batch_size=32, progress=False, seed=0)
+
+        def predict(chunk):
+            return simdnn.predict(model, chunk)
+
+        chunks = np.array_split(x, 4)
+        with mp.get_context("fork").Pool(2) as pool:
+            got = pool.map(predict, chunks)
+        want = [predict(c) for c in chunks]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+        print("pool.map ok")
+        """
+    )
+    check(proc, "pool.map ok")
+
+
+# ------------------------------------------------------------------------------------------------
+# A thread the OS refuses
+
+
+@pytest.mark.skipif(not LINUX, reason="RLIMIT_AS and /proc are Linux's")
+def test_refused_thread_means_fewer_threads_and_one_warning():
+    # The address space is capped a few MiB above what the process has mapped: a new thread's
+    # stack (8 MiB by default) cannot be mapped, the GEMM's workspace can. libgomp exited the
+    # process here ("Thread creation failed").
+    proc = run_child(
+        """
+        import resource, warnings
+        import numpy as np
+        import simdnn
+        from simdnn import ops
+
+        simdnn._core._set_thread_cap(4)
+        simdnn.set_num_threads(4)
+        a = np.ones((256, 256), np.float32)
+        out = np.empty((256, 256), np.float32)
+        with open("/proc/self/status") as f:
+            vm = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:"))
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (3 << 20), hard))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ops.matmul(a, a, out=out)
+            ops.matmul(a, a, out=out)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        assert np.all(out == 256.0)
+        texts = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        print("warnings", len(texts))
+        print(texts[0] if texts else "")
+        print("pool", simdnn.cpu_info()["pool_threads"])
+        """
+    )
+    check(proc, "warnings 1", "the OS refused a thread", "pool 0")
+
+
+@pytest.mark.skipif(not LINUX, reason="RLIMIT_AS and /proc are Linux's")
+def test_refused_thread_as_error_is_a_python_exception():
+    proc = run_child(
+        """
+        import resource, warnings
+        import numpy as np
+        import simdnn
+        from simdnn import ops
+
+        simdnn._core._set_thread_cap(4)
+        simdnn.set_num_threads(4)
+        a = np.ones((256, 256), np.float32)
+        out = np.empty((256, 256), np.float32)
+        with open("/proc/self/status") as f:
+            vm = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:"))
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (3 << 20), hard))
+        warnings.simplefilter("error", RuntimeWarning)
+        try:
+            ops.matmul(a, a, out=out)
+        except RuntimeWarning as e:
+            print("raised", e)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        ops.matmul(a, a, out=out)  # one thread now, no second warning
+        assert np.all(out == 256.0)
+        print("afterwards ok")
+        """
+    )
+    check(proc, "raised simdnn: the OS refused a thread", "afterwards ok")
+
+
+# ------------------------------------------------------------------------------------------------
+# The thread cap
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def test_thread_cap_omp_num_threads():
+    proc = run_child(
+        """
+        import os, warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import simdnn
+        import numpy as np
+        print("warned", any("OMP_NUM_THREADS=5000 clamped" in str(w.message) for w in caught))
+        print("threads", simdnn.get_num_threads())
+        a = np.ones((1024, 1024), np.float32)
+        simdnn.ops.matmul(a, a)
+        tasks = "/proc/self/task"
+        n = len(os.listdir(tasks)) if os.path.isdir(tasks) else 0
+        print("os threads bounded", n <= LIMIT)
+        """.replace("LIMIT", str(2 * _cpus() + 1)),  # the pool's, the BLAS's, Python's
+        OMP_NUM_THREADS="5000",
+    )
+    check(proc, "warned True", f"threads {_cpus()}", "os threads bounded True")
+
+
+def test_thread_cap_set_num_threads(threads):
+    cap = simdnn.cpu_info()["thread_cap"]
+    with pytest.warns(RuntimeWarning, match=f"clamped to {cap}"):
+        simdnn.set_num_threads(10**6)
+    assert simdnn.get_num_threads() == cap
+    proc = run_child(
+        """
+        import warnings
+        import simdnn
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            simdnn.set_num_threads(5000)
+        print("warned", len(caught), "threads", simdnn.get_num_threads())
+        """
+    )
+    check(proc, f"warned 1 threads {_cpus()}")
+
+
+def test_thread_count_threadpoolctl():
+    if not simdnn.cpu_info()["openmp"]:
+        pytest.skip("built without OpenMP: threadpoolctl has no runtime to limit")
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    proc = run_child(
+        """
+        import numpy as np
+        import simdnn
+        from threadpoolctl import threadpool_limits
+        simdnn._core._set_thread_cap(4)
+        simdnn.set_num_threads(3)
+        with threadpool_limits(1, user_api="openmp"):
+            print("inside", simdnn.get_num_threads())
+            a = np.ones((300, 300), np.float32)
+            assert float(simdnn.ops.matmul(a, a)[0, 0]) == 300.0
+        print("after", simdnn.get_num_threads())
+        """
+    )
+    assert threadpoolctl is not None
+    check(proc, "inside 1", "after 3")
+
+
+# ------------------------------------------------------------------------------------------------
+# Workspaces
+
+
+def test_workspace_release_and_empty_cache():
+    proc = run_child(
+        """
+        import os
+        import numpy as np
+        import simdnn
+        from simdnn import ops
+
+        def rss():
+            with open("/proc/self/status") as f:
+                return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
+
+        simdnn._core._set_thread_cap(4)
+        simdnn.set_num_threads(2)
+        # Strided backward-data: one (C R S) x (P Q) column buffer of 128 * 9 * 128 * 128 floats
+        # (75 MB), above what a thread keeps between calls.
+        dy = np.ones((1, 8, 128, 128), np.float32)
+        w = np.ones((8, 128, 3, 3), np.float32)
+        before = rss()
+        dx = ops.conv2d_backward_data(dy, w, (1, 128, 256, 256), stride=2, padding=1)
+        held = simdnn.cpu_info()["workspace_bytes"]
+        print("kept after the big call <= 64 MiB per thread", held <= 2 * (64 << 20))
+        del dx
+        # AddressSanitizer (tools/sanitize.sh) keeps freed memory in its quarantine.
+        asan = "libasan" in os.environ.get("LD_PRELOAD", "")
+        print("rss returned", asan or rss() - before < (60 << 20))
+        small = np.ones((2, 8, 32, 32), np.float32)
+        ops.conv2d(small, np.ones((8, 8, 3, 3), np.float32), padding=1)
+        print("small kept", simdnn.cpu_info()["workspace_bytes"] > 0)
+        simdnn.empty_cache()
+        print("after empty_cache", simdnn.cpu_info()["workspace_bytes"])
+        """
+    )
+    check(
+        proc,
+        "kept after the big call <= 64 MiB per thread True",
+        "rss returned True",
+        "small kept True",
+        "after empty_cache 0",
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# parallel_for itself
+
+
+@pytest.mark.parametrize("nthreads", [1, 2, 3, 8])
+@pytest.mark.parametrize("ntasks", [0, 1, 2, 7, 1000])
+def test_parallel_for_runs_every_task_once(ntasks, nthreads):
+    assert simdnn._core._parallel_check(ntasks, nthreads) == ntasks * (ntasks + 1) // 2
+
+
+def test_exception_from_inside_parallel_work():
+    proc = run_child(
+        """
+        import simdnn
+        simdnn._core._set_thread_cap(4)
+        for raise_at in (0, 1, 63, 999):
+            try:
+                simdnn._core._parallel_check(1000, 4, raise_at)
+            except RuntimeError as e:
+                print("raised", e)
+        print("sum", simdnn._core._parallel_check(1000, 4))
+        """
+    )
+    check(
+        proc,
+        "raised task 0 failed",
+        "raised task 1 failed",
+        "raised task 999 failed",
+        "sum 500500",
+    )
+
+
+def test_threaded_kernels_from_several_python_threads():
+    """Calls that find the pool busy run on their own thread instead of waiting behind it."""
+    import threading
+
+    a = np.ones((200, 300), np.float32)
+    b = np.ones((300, 100), np.float32)
+    errors: list[BaseException] = []
+
+    def loop() -> None:
+        try:
+            for _ in range(50):
+                assert float(simdnn.ops.matmul(a, b)[0, 0]) == 300.0
+        except BaseException as e:  # pragma: no cover - the failure being tested
+            errors.append(e)
+
+    ts = [threading.Thread(target=loop) for _ in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(TIMEOUT_S)
+    assert not errors
+
+
+# ------------------------------------------------------------------------------------------------
+# The benchmark's real-machine section
+
+
+@pytest.mark.skipif(not LINUX, reason="the 'fork' start method")
+def test_bench_real_machine_section(capsys):
+    from simdnn.__main__ import main
+
+    argv = ["bench", "--real-machine-only", "--quick", "--no-torch", "--no-progress"]
+    assert main([*argv, "--filter", "gemm"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| gemm 64x784x256 | simdnn"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == 7
+    assert "hang" not in row  # the forked child answered
+    assert all(c.endswith("ms") or "x)" in c for c in cells[2:])
