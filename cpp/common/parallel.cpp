@@ -192,6 +192,16 @@ void run_task(Pool& p, int64_t task) {
 
 void trim_own_workspace();
 
+// condition_variable::wait(lock) is an out-of-line libstdc++ symbol versioned GLIBCXX_3.4.30 in
+// GCC 12, newer than manylinux_2_34 allows (tools/build_wheels.sh checks the tag); wait_for on the
+// steady clock is inline (pthread_cond_clockwait, GLIBC_2.30). The timeout only bounds one wait:
+// the loop re-checks the condition, so a wake-up is never missed and a spurious one is harmless.
+template <class Pred>
+void wait_until_true(std::condition_variable& cv, std::unique_lock<std::mutex>& lock,
+                     const Pred& done) {
+  while (!done()) cv.wait_for(lock, std::chrono::seconds(1));
+}
+
 void worker_main(Pool* pp) {
   Pool& p = *pp;
   tls_in_task = true;  // a kernel called from a task runs serially
@@ -205,7 +215,8 @@ void worker_main(Pool* pp) {
       if ((++spins & 63) == 0 && std::chrono::steady_clock::now() - t0 > kSpin) {
         std::unique_lock<std::mutex> lock(p.mu);
         p.sleepers.fetch_add(1, std::memory_order_seq_cst);
-        p.wake_cv.wait(lock, [&] { return p.gen.load(std::memory_order_seq_cst) != seen; });
+        wait_until_true(p.wake_cv, lock,
+                        [&] { return p.gen.load(std::memory_order_seq_cst) != seen; });
         p.sleepers.fetch_sub(1, std::memory_order_relaxed);
         break;
       }
@@ -399,7 +410,8 @@ void parallel_run(int64_t ntasks, int nthreads, TaskFn fn, const void* ctx) {
     SIMDNN_PAUSE();
     if ((++spins & 63) == 0 && std::chrono::steady_clock::now() - t0 > kSpin) {
       std::unique_lock<std::mutex> lock(p.mu);
-      p.done_cv.wait(lock, [&] { return p.done.load(std::memory_order_acquire) == ntasks; });
+      wait_until_true(p.done_cv, lock,
+                      [&] { return p.done.load(std::memory_order_acquire) == ntasks; });
       break;
     }
   }
