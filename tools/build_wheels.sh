@@ -273,7 +273,7 @@ rm -rf "$WORK/test-noomp"
 mkdir -p "$WORK/test-noomp/pkg"
 cp -r python/simdnn "$WORK/test-noomp/pkg/"
 cp "$WORK"/clang-noomp/_core*.so "$WORK/test-noomp/pkg/simdnn/"
-cp -r tests pyproject.toml "$WORK/test-noomp/"
+cp -r tests pyproject.toml README.md "$WORK/test-noomp/"
 (
   cd "$WORK/test-noomp"
   PYTHONPATH=$WORK/test-noomp/pkg "$WORK/venv-wheel/bin/python" -c 'import os, simdnn
