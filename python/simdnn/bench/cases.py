@@ -448,7 +448,15 @@ def _torch_model(model: nn.Sequential) -> Any:
             t.weight.data = torch.from_numpy(layer.weight.data.T.copy())
             t.bias.data = torch.from_numpy(layer.bias.data.copy())
         elif isinstance(layer, nn.Conv2d):
-            t = torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size)
+            t = torch.nn.Conv2d(
+                layer.in_channels,
+                layer.out_channels,
+                layer.kernel_size,
+                stride=layer.stride,
+                padding=layer.padding,
+                dilation=layer.dilation,
+                groups=layer.groups,
+            )
             t.weight.data = torch.from_numpy(layer.weight.data.copy())
             t.bias.data = torch.from_numpy(layer.bias.data.copy())
         elif isinstance(layer, nn.ReLU):

@@ -82,35 +82,10 @@ def _conv_row() -> Row:
     return Row("conv 3x3 64->64 32x32 N32", native, torch_step)
 
 
-def _torch_sequential(model: nn.Sequential, torch: Any) -> Any:
-    """The same layers and weights in PyTorch (Linear weights transposed to its layout)."""
-    layers: list[Any] = []
-    for layer in model:
-        if isinstance(layer, nn.Linear):
-            t = torch.nn.Linear(layer.in_features, layer.out_features)
-            t.weight.data = torch.from_numpy(layer.weight.data.T.copy())
-            t.bias.data = torch.from_numpy(layer.bias.data.copy())
-        elif isinstance(layer, nn.Conv2d):
-            t = torch.nn.Conv2d(
-                layer.in_channels, layer.out_channels, layer.kernel_size, padding=layer.padding
-            )
-            t.weight.data = torch.from_numpy(layer.weight.data.copy())
-            t.bias.data = torch.from_numpy(layer.bias.data.copy())
-        elif isinstance(layer, nn.ReLU):
-            t = torch.nn.ReLU()
-        elif isinstance(layer, nn.MaxPool2d):
-            t = torch.nn.MaxPool2d(layer.kernel_size)
-        elif isinstance(layer, nn.Flatten):
-            t = torch.nn.Flatten()
-        else:  # pragma: no cover - the rows use only these layers
-            raise TypeError(f"no PyTorch equivalent for {layer!r}")
-        layers.append(t)
-    return torch.nn.Sequential(*layers)
-
-
 def _fit_row() -> Row:
     """One epoch of fit: the demo ConvNet, 1,024 8x8 images, batches of 32, Adam."""
     from ..demos import build_convnet
+    from .cases import _torch_model
 
     def make() -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng(0)
@@ -131,7 +106,7 @@ def _fit_row() -> Row:
 
     def torch_step(torch: Any) -> Step:
         x, y = make()
-        tm = _torch_sequential(build_convnet(0), torch)
+        tm = _torch_model(build_convnet(0))
         opt = torch.optim.Adam(tm.parameters(), lr=1e-3)
         loss_fn = torch.nn.CrossEntropyLoss()
         tx, ty = torch.from_numpy(x), torch.from_numpy(y)
@@ -153,7 +128,7 @@ def _fit_row() -> Row:
 
 
 def _train_rows() -> list[Row]:
-    from .cases import TrainStep, build_lenet, build_mlp
+    from .cases import TrainStep, _torch_model, build_lenet, build_mlp
 
     def row(name: str, build: Callable[..., nn.Sequential], shape: tuple[int, ...]) -> Row:
         def make() -> tuple[np.ndarray, np.ndarray]:
@@ -167,7 +142,7 @@ def _train_rows() -> list[Row]:
 
         def torch_step(torch: Any) -> Step:
             x, y = make()
-            tm = _torch_sequential(build(np.dtype(np.float32)), torch)
+            tm = _torch_model(build(np.dtype(np.float32)))
             opt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
             loss_fn = torch.nn.CrossEntropyLoss()
             tx, ty = torch.from_numpy(x), torch.from_numpy(y)
