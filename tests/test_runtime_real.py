@@ -311,6 +311,24 @@ def test_parallel_for_runs_every_task_once(ntasks, nthreads):
     assert simdnn._core._parallel_check(ntasks, nthreads) == ntasks * (ntasks + 1) // 2
 
 
+@pytest.mark.parametrize("nthreads", [2, 3, 8])
+def test_parallel_for_back_to_back_calls_of_growing_size(nthreads):
+    """Calls of 1, 2, ..., 13 tasks back to back, 200,000 of them: a worker still leaving one call
+    must not claim a task of the next (that ran a task twice and then hung the caller, waiting for
+    a count it had passed). Run in a child so that a regression fails on the timeout, not by
+    hanging the suite."""
+    repeat, ntasks = 200_000, 13
+    expect = sum((1 + r % ntasks) * (2 + r % ntasks) // 2 for r in range(repeat))
+    proc = run_child(
+        f"""
+        import simdnn
+        simdnn._core._set_thread_cap(8)
+        print("sum", simdnn._core._parallel_check({ntasks}, {nthreads}, repeat={repeat}))
+        """
+    )
+    check(proc, f"sum {expect}")
+
+
 def test_exception_from_inside_parallel_work():
     proc = run_child(
         """

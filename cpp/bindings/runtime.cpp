@@ -119,22 +119,28 @@ void bind_runtime(py::module_& m) {
     release_workspaces();
   });
   m.def("workspace_bytes", &workspace_bytes);
-  // Test hook: runs parallel_for over ntasks tasks; each task adds its index + 1 to a sum (every
-  // task must run exactly once), the task raise_at throws (RuntimeError) when >= 0.
+  // Test hook: runs parallel_for `repeat` times back to back, call r over 1 + r % ntasks tasks
+  // (ntasks when repeat == 1); each task adds its index + 1 to a sum, so a task run twice or not at
+  // all changes the result. Varying counts back to back are what once let a worker late from one
+  // call claim a task of the next. The task raise_at throws (RuntimeError) when >= 0.
   m.def(
       "_parallel_check",
-      [](int64_t ntasks, int nthreads, int64_t raise_at) {
+      [](int64_t ntasks, int nthreads, int64_t raise_at, int64_t repeat) {
+        if (repeat < 1) value_error("_parallel_check: repeat must be >= 1");
         std::atomic<int64_t> sum{0};
         {
           py::gil_scoped_release release;
-          parallel_for(ntasks, nthreads, [&](int64_t t) {
-            if (t == raise_at) throw std::runtime_error("task " + std::to_string(t) + " failed");
-            sum.fetch_add(t + 1);
-          });
+          for (int64_t r = 0; r < repeat; ++r) {
+            const int64_t n = repeat == 1 || ntasks <= 0 ? ntasks : 1 + r % ntasks;
+            parallel_for(n, nthreads, [&](int64_t t) {
+              if (t == raise_at) throw std::runtime_error("task " + std::to_string(t) + " failed");
+              sum.fetch_add(t + 1);
+            });
+          }
         }
         return sum.load();
       },
-      py::arg("ntasks"), py::arg("nthreads"), py::arg("raise_at") = -1);
+      py::arg("ntasks"), py::arg("nthreads"), py::arg("raise_at") = -1, py::arg("repeat") = 1);
   m.def("_set_thread_cap", [](int n) {
     if (n < 1) value_error("_set_thread_cap: n must be >= 1");
     set_thread_cap(n);

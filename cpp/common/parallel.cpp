@@ -165,7 +165,11 @@ bool claim_task(Pool& p, uint32_t g, int64_t* task) {
   for (;;) {
     if (static_cast<uint32_t>(c >> 32) != g) return false;
     const int64_t idx = static_cast<int64_t>(c & 0xffffffffu);
-    if (idx >= p.ntasks.load(std::memory_order_relaxed)) return false;
+    // Acquire: a worker still in job g that reads the next job's (larger) ntasks also sees that
+    // job's claim word, stored before it, so the CAS below fails instead of claiming a task of
+    // the next job under job g's name (which ran a task twice and left the caller waiting for a
+    // count it had passed: the hang of a CI run).
+    if (idx >= p.ntasks.load(std::memory_order_acquire)) return false;
     if (p.claim.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel)) {
       *task = idx;
       return true;
@@ -385,15 +389,19 @@ void parallel_run(int64_t ntasks, int nthreads, TaskFn fn, const void* ctx) {
   }
   Seat seat;
   const uint32_t g = ++p.next_gen;
+  // The claim and seat words move to job g first: a worker that is still looping in the previous
+  // job (its last claim failing) can read the fields below at any moment, and must find its CAS
+  // on a word of job g, not of its own job. ntasks is stored with release to pair with the
+  // acquire in claim_task.
+  p.claim.store(static_cast<uint64_t>(g) << 32, std::memory_order_relaxed);
+  p.seats.store(static_cast<uint64_t>(g) << 32, std::memory_order_relaxed);
   p.fn.store(fn, std::memory_order_relaxed);
   p.ctx.store(ctx, std::memory_order_relaxed);
-  p.ntasks.store(ntasks, std::memory_order_relaxed);
   p.max_seats.store(seats, std::memory_order_relaxed);
   p.done.store(0, std::memory_order_relaxed);
   p.failed.store(false, std::memory_order_relaxed);
   p.error = nullptr;
-  p.seats.store(static_cast<uint64_t>(g) << 32, std::memory_order_relaxed);
-  p.claim.store(static_cast<uint64_t>(g) << 32, std::memory_order_relaxed);
+  p.ntasks.store(ntasks, std::memory_order_release);
   p.gen.store(g, std::memory_order_seq_cst);
   if (p.sleepers.load(std::memory_order_seq_cst) > 0) {
     {
