@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,7 +192,89 @@ def test_refused_thread_as_error_is_a_python_exception():
 
 
 def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = simdnn.cpu_info()["cpu_quota"]
+    return min(n, quota) if quota else n
+
+
+def _cap_with(tmp_path, cgroup_self: str, files: dict[str, str]) -> str:
+    """The thread cap a child reports with a fake cgroup hierarchy under tmp_path."""
+    for rel, text in files.items():
+        f = tmp_path / "fs" / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    (tmp_path / "self").write_text(cgroup_self)
+    proc = run_child(
+        """
+        import simdnn
+        info = simdnn.cpu_info()
+        print("cap", info["thread_cap"], "quota", info["cpu_quota"], "threads",
+              simdnn.get_num_threads())
+        """,
+        SIMDNN_CGROUP_ROOT=str(tmp_path / "fs"),
+        SIMDNN_CGROUP_SELF=str(tmp_path / "self"),
+    )
+    check(proc)
+    return proc.stdout.strip()
+
+
+@pytest.mark.skipif(not LINUX, reason="cgroups are Linux's")
+@pytest.mark.parametrize(
+    ("cgroup_self", "files", "quota"),
+    [
+        # v2: 1.5 CPUs on the container's own cgroup, nothing above it: rounded up to 2.
+        ("0::/box\n", {"box/cpu.max": "150000 100000\n", "cpu.max": "max 100000\n"}, 2),
+        # v2: no limit on the leaf, 1 CPU on its parent: the tightest on the way up counts.
+        ("0::/a/b\n", {"a/b/cpu.max": "max 100000\n", "a/cpu.max": "100000 100000\n"}, 1),
+        # v2 without any quota.
+        ("0::/\n", {"cpu.max": "max 100000\n"}, None),
+        # v1, cpu and cpuacct mounted together, a path that exists only from the host's view
+        # (a container without a cgroup namespace): its mount root holds the quota.
+        (
+            "5:memory:/docker/x\n3:cpu,cpuacct:/docker/x\n",
+            {
+                "cpu,cpuacct/cpu.cfs_quota_us": "50000\n",
+                "cpu,cpuacct/cpu.cfs_period_us": "100000\n",
+            },
+            1,
+        ),
+        # v1 with quota -1 (none).
+        ("1:cpu:/\n", {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ],
+)
+def test_thread_cap_follows_a_cgroup_cpu_quota(tmp_path, cgroup_self, files, quota):
+    cpus = len(os.sched_getaffinity(0))
+    cap = min(cpus, quota) if quota else cpus
+    out = _cap_with(tmp_path, cgroup_self, files)
+    assert out == f"cap {cap} quota {quota} threads {cap}", out
+
+
+@pytest.mark.skipif(not LINUX, reason="cgroups are Linux's")
+def test_thread_cap_in_a_real_cgroup_with_a_quota():
+    """A real cgroup v1 cpu hierarchy with a 1-CPU quota (needs root and a writable
+    /sys/fs/cgroup/cpu: skipped elsewhere; the fake hierarchies above run everywhere)."""
+    base = "/sys/fs/cgroup/cpu"
+    if not (os.path.isfile(f"{base}/cpu.cfs_quota_us") and os.access(base, os.W_OK)):
+        pytest.skip("no writable cgroup v1 cpu hierarchy here")
+    group = f"{base}/simdnn-test-{os.getpid()}"
+    try:
+        os.mkdir(group)
+    except OSError as e:
+        pytest.skip(f"cannot create a cgroup here: {e}")
+    try:
+        period = Path(f"{group}/cpu.cfs_period_us").read_text().strip()
+        Path(f"{group}/cpu.cfs_quota_us").write_text(period)
+        proc = run_child(
+            f"""
+            import os, pathlib
+            pathlib.Path("{group}/cgroup.procs").write_text(str(os.getpid()))
+            import simdnn
+            print("cap", simdnn.cpu_info()["thread_cap"], "quota", simdnn.cpu_info()["cpu_quota"])
+            """
+        )
+        check(proc, "cap 1 quota 1")
+    finally:
+        os.rmdir(group)
 
 
 def test_thread_cap_omp_num_threads():

@@ -41,6 +41,11 @@ py::dict cpu_info_dict() {
   d["openmp"] = have_openmp();
   d["threading"] = "simdnn";
   d["thread_cap"] = thread_cap();
+  if (const int quota = cgroup_cpu_quota(); quota > 0) {
+    d["cpu_quota"] = quota;
+  } else {
+    d["cpu_quota"] = py::none();
+  }
   d["pool_threads"] = pool_workers();
   d["workspace_bytes"] = workspace_bytes();
   d["vendor"] = cpu.vendor;

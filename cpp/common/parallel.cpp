@@ -56,8 +56,119 @@ int affinity_cpus() {
   return n > 0 ? static_cast<int>(n) : 1;
 }
 
+#if defined(__linux__)
+bool read_file(const std::string& path, std::string* out) {
+  std::FILE* f = std::fopen(path.c_str(), "r");
+  if (f == nullptr) return false;
+  char buf[4096];
+  const std::size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
+  std::fclose(f);
+  out->assign(buf, n);
+  return true;
+}
+
+// CPUs a quota of `quota` microseconds per `period` allows, rounded up (1.5 CPUs: 2 threads, as
+// the JVM and .NET do: both threads are throttled together at the end of the period, and one
+// thread would leave half a CPU unused); 0 when there is no quota.
+int quota_cpus(double quota, double period) {
+  if (!(quota > 0) || !(period > 0)) return 0;
+  const double cpus = quota / period;
+  if (cpus >= 1e6) return 0;
+  const int n = static_cast<int>(cpus);
+  return n < cpus ? n + 1 : (n < 1 ? 1 : n);
+}
+
+// The tightest CPU quota (cgroup v2 cpu.max, or v1 cpu.cfs_quota_us / cpu.cfs_period_us) on the
+// way from this process's cgroup up to the hierarchy's root: a container runtime sets it on the
+// container's cgroup, often seen as "/" from inside. 0: none. SIMDNN_CGROUP_ROOT replaces
+// "/sys/fs/cgroup" and SIMDNN_CGROUP_SELF "/proc/self/cgroup" (the tests' fake hierarchies).
+int cgroup_quota_cpus() {
+  const char* root_env = std::getenv("SIMDNN_CGROUP_ROOT");
+  const char* self_env = std::getenv("SIMDNN_CGROUP_SELF");
+  const std::string root = root_env != nullptr ? root_env : "/sys/fs/cgroup";
+  std::string self;
+  if (!read_file(self_env != nullptr ? self_env : "/proc/self/cgroup", &self)) return 0;
+  int best = 0;
+  auto take = [&](int n) {
+    if (n > 0 && (best == 0 || n < best)) best = n;
+  };
+  // Each line: hierarchy-ID:controllers:path ("0::/path" for v2).
+  std::size_t pos = 0;
+  while (pos < self.size()) {
+    std::size_t eol = self.find('\n', pos);
+    if (eol == std::string::npos) eol = self.size();
+    const std::string line = self.substr(pos, eol - pos);
+    pos = eol + 1;
+    const std::size_t c1 = line.find(':');
+    const std::size_t c2 = c1 == std::string::npos ? c1 : line.find(':', c1 + 1);
+    if (c2 == std::string::npos) continue;
+    const std::string ctrl = line.substr(c1 + 1, c2 - c1 - 1);
+    std::string path = line.substr(c2 + 1);
+    bool v1 = false;
+    std::string dir;
+    if (ctrl.empty()) {
+      dir = root;  // v2 unified hierarchy
+    } else {
+      // v1: the hierarchy whose controller list holds "cpu" (mounted as cpu or cpu,cpuacct).
+      std::size_t b = 0;
+      bool has_cpu = false;
+      while (b <= ctrl.size()) {
+        std::size_t e = ctrl.find(',', b);
+        if (e == std::string::npos) e = ctrl.size();
+        if (ctrl.compare(b, e - b, "cpu") == 0) has_cpu = true;
+        b = e + 1;
+      }
+      if (!has_cpu) continue;
+      v1 = true;
+      std::string probe;
+      dir = root + "/cpu";
+      if (!read_file(dir + "/cpu.cfs_period_us", &probe)) dir = root + "/" + ctrl;
+    }
+    for (;;) {
+      std::string text;
+      if (v1) {
+        std::string period;
+        if (read_file(dir + path + "/cpu.cfs_quota_us", &text) &&
+            read_file(dir + path + "/cpu.cfs_period_us", &period)) {
+          take(quota_cpus(std::atof(text.c_str()), std::atof(period.c_str())));
+        }
+      } else if (read_file(dir + path + "/cpu.max", &text)) {
+        // "max 100000" or "150000 100000"
+        if (text.compare(0, 3, "max") != 0) {
+          char* end = nullptr;
+          const double quota = std::strtod(text.c_str(), &end);
+          take(quota_cpus(quota, std::strtod(end, nullptr)));
+        }
+      }
+      if (path.empty() || path == "/") break;
+      const std::size_t slash = path.find_last_of('/');
+      path = slash == 0 || slash == std::string::npos ? "/" : path.substr(0, slash);
+    }
+  }
+  return best;
+}
+#endif
+
+// The CPUs this process may run on: its affinity mask, lowered to a cgroup CPU quota (a container
+// given 2 CPUs of a 64-core host runs 2 threads, not 64 that the quota then throttles).
+int quota_setting() {
+#if defined(__linux__)
+  static const int n = cgroup_quota_cpus();
+  return n;
+#else
+  return 0;
+#endif
+}
+
+int default_cap() {
+  int n = affinity_cpus();
+  const int quota = quota_setting();
+  if (quota > 0 && quota < n) n = quota;
+  return n;
+}
+
 std::atomic<int>& cap_setting() {
-  static std::atomic<int> cap{affinity_cpus()};
+  static std::atomic<int> cap{default_cap()};
   return cap;
 }
 
@@ -336,6 +447,8 @@ bool set_num_threads(int n) {
   thread_setting().store(n < 1 ? 1 : (clamped ? cap : n), std::memory_order_relaxed);
   return clamped;
 }
+
+int cgroup_cpu_quota() { return quota_setting(); }
 
 int thread_cap() { return cap_setting().load(std::memory_order_relaxed); }
 

@@ -32,8 +32,12 @@ int get_num_threads();
 // kernel call; safe to call while other threads run kernels.
 bool set_num_threads(int n);
 // The one cap for every source of the thread count: the CPUs in this process's affinity mask
-// (sched_getaffinity), at least 1. More threads than CPUs only add context switches.
+// (sched_getaffinity), lowered to a cgroup CPU quota, at least 1. More threads than CPUs only add
+// context switches (and, past a quota, throttling).
 int thread_cap();
+// The CPUs a cgroup CPU quota allows this process (rounded up), read once at import; 0 when no
+// quota is set (or not on Linux). thread_cap() is at most this.
+int cgroup_cpu_quota();
 // Tests raise the cap to exercise splits wider than the test machine (not a user setting).
 void set_thread_cap(int n);
 // The value OMP_NUM_THREADS asked for when it was clamped at start-up (0 when it was not): the

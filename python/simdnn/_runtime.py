@@ -21,7 +21,9 @@ def cpu_info() -> dict[str, Any]:
       blocking is derived from, and ``gemm_blocking``: the resulting tile and block sizes;
     - ``threading``: ``"simdnn"``, the library's own thread pool, which every kernel uses;
       ``pool_threads``: the worker threads it holds now (the calling thread is the other one);
-      ``thread_cap``: the most threads any setting gives (the CPUs this process may run on);
+      ``thread_cap``: the most threads any setting gives (the CPUs this process may run on: its
+      affinity mask, lowered to a cgroup CPU quota); ``cpu_quota``: the CPUs that quota allows,
+      rounded up (``None`` without one);
     - ``openmp``: whether the build links the OpenMP runtime. The kernels do not run on it; it is
       linked so that a threadpoolctl limit on ``"openmp"`` also limits simdnn in that thread;
     - ``workspace_bytes``: the kernel workspace all threads hold now (see :func:`empty_cache`).
@@ -32,7 +34,8 @@ def cpu_info() -> dict[str, Any]:
 def get_num_threads() -> int:
     """The number of threads each kernel may use.
 
-    By default ``OMP_NUM_THREADS``, else the CPUs this process may run on (its affinity mask);
+    By default ``OMP_NUM_THREADS``, else the CPUs this process may run on (its affinity mask, and
+    a cgroup CPU quota as a container runtime sets it: ``docker run --cpus 2`` gives 2);
     never more than that CPU count, whatever the source (a larger value is clamped with a
     RuntimeWarning). A threadpoolctl limit on ``"openmp"`` lowers it in the limited thread.
     """
