@@ -412,6 +412,27 @@ def test_parallel_for_back_to_back_calls_of_growing_size(nthreads):
     check(proc, f"sum {expect}")
 
 
+def test_a_worker_preempted_mid_task_sends_the_next_calls_to_the_caller():
+    """A worker that sleeps 200 ms in its task (as one preempted by a busy neighbour) makes the
+    caller wait far longer than it worked: that is a stall, and the call right after it runs in
+    the caller alone instead of waiting on the worker again."""
+    proc = run_child(
+        """
+        import simdnn
+        simdnn._core._set_thread_cap(2)
+        print("stall", simdnn._core._stall_check(200_000))
+        print("quiet", simdnn._core._stall_check(0))
+        """
+    )
+    check(
+        proc,
+        "stall {'calls': 2, 'solo': 1, 'stalls': 1}",
+        # A worker that does not sleep is no stall; whether its calls run alone depends on the
+        # back-off window the first check left (2 ms), so only the stall count is exact.
+        "'stalls': 0}",
+    )
+
+
 def test_exception_from_inside_parallel_work():
     proc = run_child(
         """

@@ -1,8 +1,10 @@
 // Runtime glue: cpu_info, ISA selection and thread count.
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 #include "bindings/common.h"
 #include "common/cpu.h"
@@ -146,6 +148,47 @@ void bind_runtime(py::module_& m) {
         return sum.load();
       },
       py::arg("ntasks"), py::arg("nthreads"), py::arg("raise_at") = -1, py::arg("repeat") = 1);
+  // Test hook for the stall back-off: a call of 8 tasks where the first task a pool worker runs
+  // sleeps stall_us (a worker preempted mid-task), and the caller's first task waits (up to 5 s)
+  // until a worker has started one; then at once a call of 8 empty tasks. Returns the change in
+  // pool_stats() (calls, solo, stalls).
+  m.def(
+      "_stall_check",
+      [](int64_t stall_us) {
+        const PoolStats before = pool_stats();
+        {
+          py::gil_scoped_release release;
+          std::atomic<bool> worker_started{false};
+          parallel_for(8, 2, [&](int64_t) {
+            if (in_pool_worker()) {
+              if (!worker_started.exchange(true)) {
+                std::this_thread::sleep_for(std::chrono::microseconds(stall_us));
+              }
+              return;
+            }
+            const auto limit = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+            while (!worker_started.load() && std::chrono::steady_clock::now() < limit) {
+              std::this_thread::sleep_for(std::chrono::microseconds(50));
+            }
+          });
+          parallel_for(8, 2, [&](int64_t) {});
+        }
+        const PoolStats after = pool_stats();
+        py::dict d;
+        d["calls"] = after.calls - before.calls;
+        d["solo"] = after.solo - before.solo;
+        d["stalls"] = after.stalls - before.stalls;
+        return d;
+      },
+      py::arg("stall_us"));
+  m.def("_pool_stats", []() {
+    const PoolStats s = pool_stats();
+    py::dict d;
+    d["calls"] = s.calls;
+    d["solo"] = s.solo;
+    d["stalls"] = s.stalls;
+    return d;
+  });
   m.def("_set_thread_cap", [](int n) {
     if (n < 1) value_error("_set_thread_cap: n must be >= 1");
     set_thread_cap(n);

@@ -127,6 +127,15 @@ void parallel_ranges(int64_t count, int64_t min_per_task, int64_t align, int nth
 // Threads the pool holds now (workers, the caller not counted), for cpu_info.
 int pool_workers();
 
+// Counters since start: parallel calls (ntasks > 1 on > 1 thread), those run in the caller alone
+// by the stall back-off (parallel.cpp, kStallWait), and the stalls that started a back-off.
+struct PoolStats {
+  int64_t calls, solo, stalls;
+};
+PoolStats pool_stats();
+// Whether the calling thread is one of the pool's workers (for the tests' hooks).
+bool in_pool_worker();
+
 // ---------------------------------------------------------------------------------------------
 // Bytes of packed A a GEMM holds at once (default 32 MiB). Tests lower it to reach the blocked
 // code paths of huge inputs with small ones; it is not a user setting.
