@@ -4,13 +4,16 @@ in simdnn._opspec."""
 
 from __future__ import annotations
 
+import ast
 import inspect
+import re
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pytest
 
-from simdnn import _opspec, ops, reference
+from simdnn import _core, _opspec, ops, reference
 
 NAMES = sorted(_opspec.SPECS)
 
@@ -28,6 +31,52 @@ def test_signatures_are_equal(name):
     assert native == twin  # names, order, kinds, defaults and annotations
     assert native.parameters  # explicit parameters, not (*args, **kwargs)
     assert all(p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in native.parameters.values())
+
+
+def _binding_parameters(fn: object) -> list[tuple[str, str | None]]:
+    """(name, default as written) of a pybind11 function, from its signature line."""
+    line = (fn.__doc__ or "").strip().splitlines()[0]
+    inner = re.fullmatch(r"\w+\((.*)\) -> .*", line)
+    assert inner, line
+    params = []
+    for part in inner.group(1).split(", "):
+        name, _, rest = part.partition(":")
+        default = rest.split(" = ", 1)[1] if " = " in rest else None
+        params.append((name.strip(), default))
+    return params
+
+
+def _stub_parameters() -> dict[str, list[tuple[str, str | None]]]:
+    """(name, default as written) of each function of simdnn/_core.pyi."""
+    tree = ast.parse(Path(ops.__file__).with_name("_core.pyi").read_text())
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            defaults = [None] * (
+                len(node.args.posonlyargs + node.args.args) - len(node.args.defaults)
+            )
+            defaults += [ast.unparse(d) for d in node.args.defaults]
+            defaults += [None if d is None else ast.unparse(d) for d in node.args.kw_defaults]
+            out[node.name] = [(a.arg, d) for a, d in zip(args, defaults)]
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bindings_and_stub_take_the_parameters_of_the_python_surface(name):
+    """The native function (its py::arg list), its stub in _core.pyi and the public function name
+    the same parameters in the same order (ops passes them through positionally), with the same
+    defaults where the native function has one."""
+    public = inspect.signature(getattr(ops, name)).parameters
+    binding = _binding_parameters(getattr(_core, name))
+    stub = _stub_parameters()[name]
+    assert [n for n, _ in binding] == [n for n, _ in stub] == list(public)
+    for (n, native_default), (_, stub_default) in zip(binding, stub):
+        if native_default is None:
+            continue
+        want = repr(public[n].default)
+        assert stub_default == want, (n, stub_default, want)
+        assert native_default == want, (n, native_default, want)
 
 
 # ------------------------------------------------------------------------------------------------
