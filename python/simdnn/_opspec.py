@@ -11,13 +11,18 @@ For each op this module holds, once on the Python side:
 
 ``ops`` keeps its hot paths cheap: the geometry of a convolution or a pooling (stride, padding,
 ...) is checked by the bindings themselves, so ``ops.conv2d`` passes it straight through, and only
-the checks that the bindings do not make (the optimisers' hyper-parameters) run here. The twins
+the checks of its scalars (gemm's alpha and beta, the optimisers' hyper-parameters, batch norm's
+eps and momentum) run here. The twins
 run every check here, so that both surfaces refuse the same arguments with the same error;
 tests/ops/test_surfaces.py holds them to it. Array shapes and dtypes are the bindings' business
 (the twins assume valid arrays).
 
-:data:`SPECS` lists every public op with its output-shape function: adding an op means a row
-here, its native function in ``ops`` and its twin in ``reference`` (same signature).
+:data:`SPECS` lists every public op with its output-shape function. Adding an op on the Python
+side means: a row here (with its checks and output shape, if new), its native function in
+``ops`` (typed signature, ``Shape:`` docstring) and its twin in ``reference`` (the same
+signature), both ``__all__`` lists, its stub in ``_core.pyi``, a valid call in
+tests/ops/test_surfaces.py (which then checks signatures, errors and shapes of both surfaces and
+the stub) and its own tests/ops/test_<op>.py.
 
 Shape legend: N batch, C input channels, H x W input size, K output channels, R x S kernel size,
 P x Q output size.
