@@ -1,10 +1,13 @@
-"""Shared fixtures: every kernel test runs on every instruction set this machine has.
+"""Shared fixtures: every kernel test runs on every instruction set this machine has (the one
+ISA matrix of the suite: the ``isa`` fixture, over helpers.ISAS).
 
-Hypothesis profiles (tests/test_properties.py): ``ci``, the default, is derandomized (the same
-examples on every run), writes no example database into the checkout and keeps the property file
+The kernel tests are grouped by op in tests/ops/ (forward, backward, properties, non-finite
+values, limits and regressions of one op in one file). Hypothesis profiles (the property tests
+there, strategies in tests/strategies.py): ``ci``, the default, is derandomized (the same
+examples on every run), writes no example database into the checkout and keeps the property tests
 well under a minute on 2 cores; ``long`` runs 20x as many examples from fresh random seeds:
 
-    HYPOTHESIS_PROFILE=long pytest tests/test_properties.py
+    HYPOTHESIS_PROFILE=long pytest tests -m property
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import simdnn
+from helpers import ISAS
 
 CI_EXAMPLES = 40
 settings.register_profile(
@@ -43,7 +47,6 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # cap itself, in subprocesses).
 simdnn._core._set_thread_cap(max(8, simdnn.cpu_info()["thread_cap"]))
 
-ISAS = simdnn.cpu_info()["available"]
 DTYPES = [np.float32, np.float64]
 
 
@@ -70,6 +73,13 @@ def threads() -> Iterator[None]:
     before = simdnn.get_num_threads()
     yield
     simdnn.set_num_threads(before)
+
+
+@pytest.fixture
+def quiet_numpy() -> Iterator[None]:
+    """NumPy warns of the invalid operations the non-finite tests make on purpose (in the twins)."""
+    with np.errstate(all="ignore"):
+        yield
 
 
 @pytest.fixture

@@ -1,8 +1,28 @@
-"""Tolerances shared by the kernel tests."""
+"""Helpers shared by the kernel tests: the ISAs to test, tolerances, non-finite inputs, memory."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+
+import simdnn
+
+
+def available_isas() -> list[str]:
+    """The instruction sets every kernel test runs on: those with kernels registered (the C++
+    kernel registry, where the extension has one) that this CPU can run, in cpu_info's order."""
+    available = list(simdnn.cpu_info()["available"])
+    registry = getattr(simdnn._core, "kernel_registry", None)
+    if registry is None:
+        return available
+    registered = set()
+    for entry in registry():
+        isa = entry.get("isa") if isinstance(entry, dict) else getattr(entry, "isa", entry)
+        registered.add(str(isa))
+    return [isa for isa in available if isa in registered] or available
+
+
+ISAS: list[str] = available_isas()
 
 
 def gemm_error_bound(a: np.ndarray, b: np.ndarray, dtype: type) -> np.ndarray:
@@ -28,3 +48,61 @@ def assert_gemm_close(got: np.ndarray, want: np.ndarray, bound: np.ndarray) -> N
             f"{int(bad.sum())} of {err.size} elements exceed the error bound; worst at {i}: "
             f"got {got[i]!r}, want {want[i]!r}, bound {bound[i]:.3g}"
         )
+
+
+F64 = np.float64
+
+
+def sprinkle(rng: np.random.Generator, shape: tuple[int, ...], dtype: type, frac: float = 0.02):
+    """Normal values with NaN, +Inf, -Inf and 0 each at about ``frac`` of the positions."""
+    x = rng.standard_normal(shape)
+    u = rng.random(shape)
+    x[u < 4 * frac] = 0.0
+    x[u < 3 * frac] = -np.inf
+    x[u < 2 * frac] = np.inf
+    x[u < frac] = np.nan
+    if x.size >= 4:  # at least one of each, wherever the fractions round to none
+        x.flat[rng.choice(x.size, 4, replace=False)] = [np.nan, np.inf, -np.inf, 0.0]
+    return x.astype(dtype)
+
+
+def assert_same_classes(got: np.ndarray, want: np.ndarray, what: str) -> None:
+    assert got.shape == want.shape, (what, got.shape, want.shape)
+    g, w = np.asarray(got, F64), np.asarray(want, F64)
+    for name, test in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)):
+        bad = test(g) != test(w)
+        assert not bad.any(), (
+            f"{what}: {int(bad.sum())} of {g.size} elements differ in being {name}; first at "
+            f"{np.argwhere(bad)[0].tolist()}: got {g[bad][0]!r}, want {w[bad][0]!r}"
+        )
+    fin = np.isfinite(w)
+    tol = 1e-4 if got.dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(g[fin], w[fin], rtol=tol, atol=tol * 100, err_msg=what)
+
+
+def as64(*arrays: np.ndarray | None) -> list[np.ndarray | None]:
+    return [None if a is None else a.astype(F64) for a in arrays]
+
+
+GIB = 1 << 30
+
+
+BIG = 2**31
+
+
+def available_bytes() -> int:
+    """MemAvailable from /proc/meminfo (0 where there is none: such machines skip these tests)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def need_memory(nbytes: int) -> None:
+    have = available_bytes()
+    if have < nbytes * 1.15:
+        pytest.skip(f"needs {nbytes / GIB:.1f} GiB of free memory, {have / GIB:.1f} GiB available")

@@ -418,3 +418,36 @@ def test_feature_maps_and_filters(tmp_path):
         simdnn.viz.filters(model[1])
     with pytest.raises(IndexError):
         simdnn.viz.feature_maps(model, x, 20)
+
+
+# ------------------------------------------------------------------------------------------------
+# Non-finite values: NaN, +Inf, -Inf and zeros sprinkled into every input; the class of
+# each element must be the twin's.
+
+
+@pytest.mark.nonfinite
+@pytest.mark.usefixtures("quiet_numpy")
+def test_layers_propagate_nan_through_forward_and_backward():
+    """A NaN pixel of one image makes that image's outputs NaN (not the other image's) and
+    reaches the weight gradients; no layer hides it."""
+    from simdnn import nn
+
+    rng = np.random.default_rng(5)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 10),
+    )
+    x = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
+    x[1, 0, 3, 3] = np.nan
+    out = model(x)
+    assert np.isnan(out.data[1]).all()
+    assert np.isfinite(out.data[0]).all()
+    grad = np.ones_like(out)
+    grad[1] = 0.0  # even a zero gradient times the NaN activation gives NaN (IEEE), not 0
+    out.backward(grad)
+    first, last = model[0], model[4]
+    assert np.isnan(last.weight.grad).any()
+    assert np.isnan(first.weight.grad).all()

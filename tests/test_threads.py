@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import simdnn
+from helpers import ISAS
 from simdnn import ops, reference
 
 Call = tuple[str, Callable[[], object]]
@@ -207,7 +208,7 @@ def test_isa_switch_is_per_process_and_safe_between_calls(threads):
     rng = np.random.default_rng(4)
     a, b = rng.standard_normal((64, 80)), rng.standard_normal((80, 48))
     results = []
-    for isa in simdnn.cpu_info()["available"]:
+    for isa in ISAS:
         with simdnn.use_isa(isa):
             got: list[np.ndarray] = []
 

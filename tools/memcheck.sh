@@ -9,12 +9,16 @@
 # one XML report per process, log).
 # About 9 minutes on 2 cores: 1 to build, 8 for the ~370 tests (valgrind runs Python and the kernels
 # 20-50x slower: the whole suite would take hours, and adding the random-shape reference comparisons
-# of test_conv, test_gemm and test_pool, ~430 more tests, 19 minutes; they ran clean).
+# of tests/ops/test_conv2d.py, test_gemm.py and test_pool2d.py, ~430 more tests, 19 minutes; they
+# ran clean).
 #
-# The subset: every micro-kernel on every tile shape, the regression tests, the non-finite tests
-# (every op on every path: packed and small GEMMs, implicit-GEMM, depthwise, flipped and col2im
-# backward-data, partial-sum backward-weights, groups, dilation, pooling with uint8 and int32
-# indices), the thread tests, the runtime and elementwise tests. The large-tensor tests (tens of
+# The subset: every micro-kernel on every tile shape, the regression tests (marker regression), the
+# non-finite tests (marker nonfinite: every op on every path: packed and small GEMMs, implicit-GEMM,
+# depthwise, flipped and col2im backward-data, partial-sum backward-weights, groups, dilation,
+# pooling with uint8 and int32 indices), the thread tests, the runtime tests and the elementwise
+# tests (tests/ops/test_relu.py and test_optim_updates.py but their hypothesis properties: 537
+# tests). The regression and non-finite tests live with their op in tests/ops/, so they are
+# chosen by marker; -k matches module names and marker names. The large-tensor tests (tens of
 # GiB under valgrind) and the rest are left to tools/sanitize.sh, which runs the whole suite.
 # test_best_isa_is_the_default is left out: it compares this process's
 # best ISA (valgrind's CPU: AVX2) with a child's, which runs outside valgrind (AVX-512).
@@ -41,9 +45,11 @@ command -v valgrind >/dev/null || {
 }
 
 if [ "$#" = 0 ]; then
-  set -- tests/test_ukernels.py tests/test_regressions.py tests/test_nonfinite.py \
-    tests/test_threads.py tests/test_runtime.py tests/test_elementwise.py -m "not large" \
-    -k "not best_isa_is_the_default"
+  modules="test_ukernels.py or test_threads.py or test_runtime.py or test_relu.py"
+  modules+=" or test_optim_updates.py"
+  set -- tests/test_ukernels.py tests/test_threads.py tests/test_runtime.py tests/ops \
+    tests/test_nn.py -m "not large and not property" \
+    -k "($modules or regression or nonfinite) and not best_isa_is_the_default"
 fi
 
 step "building simdnn (release build, with debug info for readable stacks)"

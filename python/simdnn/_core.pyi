@@ -1,4 +1,7 @@
-"""Type stub for the compiled extension simdnn._core (see cpp/bindings.cpp)."""
+"""Type stub for the compiled extension simdnn._core (see cpp/bindings/).
+
+tests/ops/test_surfaces.py checks that each op here takes the parameters of its function in
+simdnn.ops, in the same order and with the same defaults, as the extension itself does."""
 
 from typing import Any
 
@@ -34,6 +37,33 @@ def run_ukernel(
 def _set_gemm_a_pack_bytes(bytes: int) -> int: ...
 def probe_fma_peak(nthreads: int, seconds: float = 0.2) -> float: ...
 def probe_stream_bandwidth(nthreads: int, bytes: int = ...) -> float: ...
+def conv2d(
+    x: Any,
+    w: Any,
+    b: Any = None,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+) -> np.ndarray: ...
+def conv2d_backward_data(
+    dy: Any,
+    w: Any,
+    x_shape: tuple[int, int, int, int],
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+) -> np.ndarray: ...
+def conv2d_backward_weights(
+    x: Any,
+    dy: Any,
+    w_shape: tuple[int, int, int, int],
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+) -> tuple[np.ndarray, np.ndarray]: ...
 def max_pool2d(
     x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0
 ) -> tuple[np.ndarray, np.ndarray]: ...

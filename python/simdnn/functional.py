@@ -15,15 +15,14 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from . import init as _init
+from ._opspec import IntPair
 from .autograd import Array, Tensor, add, as_array, grad_sink, record
 from .backend import backend_ops
-
-IntPair = Union[int, tuple[int, int]]
 
 __all__ = [
     "adaptive_avg_pool2d",

@@ -1,9 +1,11 @@
 """Native kernels: SIMD micro-kernels under a blocked, OpenMP-threaded framework.
 
 Every function here has a pure-NumPy twin of the same name and signature in
-:mod:`simdnn.reference`. Inputs are NumPy arrays (or array-likes) of float32 or float64, any
-strides and memory order; the kernels release the GIL while they run. Bad input raises TypeError
-(dtype, type) or ValueError (shape, value) naming the argument.
+:mod:`simdnn.reference`; what the two share beyond the signature (argument normalisation and
+checks, output shapes) is described once per op in :mod:`simdnn._opspec`. Inputs are NumPy
+arrays (or array-likes) of float32 or float64, any strides and memory order; the kernels release
+the GIL while they run. Bad input raises TypeError (dtype, type) or ValueError (shape, value)
+naming the argument.
 
 Shape legend used throughout simdnn: N batch, C input channels, H x W input size, K output
 channels (or output features), R x S kernel size, P x Q output size. For GEMM: M x K times K x N.
@@ -11,13 +13,16 @@ channels (or output features), R x S kernel size, P x Q output size. For GEMM: M
 
 from __future__ import annotations
 
-import math
-import numbers
-from typing import Union
-
 import numpy as np
 
 from . import _core
+
+# The argument checks that the bindings do not make, shared with the twins.
+from ._opspec import IntPair
+from ._opspec import adam_args as _adam_args
+from ._opspec import batch_norm_args as _batch_norm_args
+from ._opspec import gemm_args as _gemm_args
+from ._opspec import sgd_args as _sgd_args
 
 __all__ = [
     "adam_update",
@@ -36,26 +41,6 @@ __all__ = [
     "relu_backward",
     "sgd_update",
 ]
-
-IntPair = Union[int, tuple[int, int]]
-
-
-def _real(value: object, name: str, fn: str) -> float:
-    if type(value) is float:  # the common case, without the cost of an ABC check
-        return value
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{fn}: {name} must be a real number, got {type(value).__name__}")
-    return float(value)
-
-
-def _hyper(value: object, name: str, fn: str, *, below_one: bool = False) -> float:
-    """A hyper-parameter: a real number >= 0 (and < 1 with below_one), as PyTorch's optimisers
-    require; NaN and Inf are refused (they would silently turn every parameter into NaN)."""
-    v = _real(value, name, fn)
-    if not (0.0 <= v < (1.0 if below_one else math.inf)):
-        want = "in [0, 1)" if below_one else "a finite number >= 0"
-        raise ValueError(f"{fn}: {name} must be {want}, got {v!r}")
-    return v
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -97,16 +82,8 @@ def gemm(
     read, so NaN in ``c`` does not propagate. Without ``c`` a new array is returned (``beta`` is
     then irrelevant).
     """
-    fn = "gemm"
-    return _core.gemm(
-        a,
-        b,
-        c,
-        _real(alpha, "alpha", fn),
-        _real(beta, "beta", fn),
-        bool(trans_a),
-        bool(trans_b),
-    )
+    alpha, beta, trans_a, trans_b = _gemm_args(alpha, beta, trans_a, trans_b)
+    return _core.gemm(a, b, c, alpha, beta, trans_a, trans_b)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -298,19 +275,8 @@ def sgd_update(
     may also be a list of arrays (a model's parameters), updated in one call. lr, momentum and
     weight_decay must be finite and >= 0, as PyTorch's SGD requires (ValueError otherwise).
     """
-    fn = "sgd_update"
-    momentum = _hyper(momentum, "momentum", fn)
-    if nesterov and momentum == 0.0:
-        raise ValueError(f"{fn}: nesterov=True needs momentum > 0")
-    _core.sgd_update(
-        param,
-        grad,
-        velocity,
-        _hyper(lr, "lr", fn),
-        momentum,
-        bool(nesterov),
-        _hyper(weight_decay, "weight_decay", fn),
-    )
+    lr, momentum, nesterov, weight_decay = _sgd_args(lr, momentum, nesterov, weight_decay)
+    _core.sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay)
 
 
 def adam_update(
@@ -336,23 +302,10 @@ def adam_update(
     lr, eps and weight_decay must be finite and >= 0, beta1 and beta2 in [0, 1) and step an int
     >= 1, as PyTorch's Adam requires (ValueError or TypeError otherwise).
     """
-    fn = "adam_update"
-    if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
-        raise TypeError(f"{fn}: step must be an int, got {type(step).__name__}")
-    if step < 1:
-        raise ValueError(f"{fn}: step must be >= 1, got {step}")
-    _core.adam_update(
-        param,
-        grad,
-        exp_avg,
-        exp_avg_sq,
-        _hyper(lr, "lr", fn),
-        _hyper(beta1, "beta1", fn, below_one=True),
-        _hyper(beta2, "beta2", fn, below_one=True),
-        _hyper(eps, "eps", fn),
-        _hyper(weight_decay, "weight_decay", fn),
-        int(step),
+    lr, beta1, beta2, eps, weight_decay, step = _adam_args(
+        lr, beta1, beta2, eps, weight_decay, step
     )
+    _core.adam_update(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -392,13 +345,7 @@ def batch_norm(
 
     eps must be finite and > 0 and momentum in [0, 1] (ValueError otherwise).
     """
-    fn = "batch_norm"
-    eps = _real(eps, "eps", fn)
-    if not (math.isfinite(eps) and eps > 0.0):
-        raise ValueError(f"{fn}: eps must be a finite number > 0, got {eps!r}")
-    momentum = _real(momentum, "momentum", fn)
-    if not (0.0 <= momentum <= 1.0):
-        raise ValueError(f"{fn}: momentum must be in [0, 1], got {momentum!r}")
+    momentum, eps = _batch_norm_args(momentum, eps)
     return _core.batch_norm(
         x, weight, bias, running_mean, running_var, bool(training), momentum, eps
     )

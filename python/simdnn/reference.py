@@ -1,16 +1,27 @@
 """Pure-NumPy twins of :mod:`simdnn.ops`: same names, same signatures, same results.
 
 They are the oracle of the tests and the baseline of the benchmarks, so each is the strongest
-NumPy formulation we know (one BLAS call where there is one), not a teaching loop. They assume
-valid input; the argument checking and its error messages belong to :mod:`simdnn.ops`.
+NumPy formulation we know (one BLAS call where there is one), not a teaching loop. Their
+arguments are normalised and checked by :mod:`simdnn._opspec`, as those of :mod:`simdnn.ops`, so
+a bad argument raises the same error on both surfaces; the arrays are assumed valid (their
+shapes and dtypes are checked by the native bindings only).
 """
 
 from __future__ import annotations
 
-from typing import Union
-
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+
+from ._opspec import (
+    IntPair,
+    adam_args,
+    batch_norm_args,
+    conv_args,
+    conv_out_size,
+    gemm_args,
+    sgd_args,
+    window,
+)
 
 __all__ = [
     "adam_update",
@@ -30,8 +41,6 @@ __all__ = [
     "sgd_update",
 ]
 
-IntPair = Union[int, tuple[int, int]]
-
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``a @ b`` for 2-D arrays. Shape: a (M, K), b (K, N) -> (M, N)."""
@@ -49,6 +58,7 @@ def gemm(
     trans_b: bool = False,
 ) -> np.ndarray:
     """``alpha * op(a) @ op(b) + beta * c``. Shape: op(a) (M, K), op(b) (K, N), c (M, N)."""
+    alpha, beta, trans_a, trans_b = gemm_args(alpha, beta, trans_a, trans_b)
     opa = a.T if trans_a else a
     opb = b.T if trans_b else b
     prod = np.matmul(opa, opb)
@@ -70,16 +80,6 @@ def gemm(
 # Shape legend: x (N, C, H, W), w (K, C/groups, R, S), b (K,), y (N, K, P, Q).
 
 
-def _pair(v: IntPair) -> tuple[int, int]:
-    if isinstance(v, (tuple, list)):
-        return int(v[0]), int(v[1])
-    return int(v), int(v)
-
-
-def _out_size(h: int, r: int, stride: int, pad: int, dilation: int) -> int:
-    return (h + 2 * pad - dilation * (r - 1) - 1) // stride + 1
-
-
 def _im2col(
     x: np.ndarray,
     r: int,
@@ -91,8 +91,8 @@ def _im2col(
     """(N, C, H, W) -> contiguous (N, C, R, S, P, Q): the receptive field of every output pixel."""
     n, c, h, w = x.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    p = _out_size(h, r, sh, ph, dh)
-    q = _out_size(w, s, sw, pw, dw)
+    p = conv_out_size(h, r, sh, ph, dh)
+    q = conv_out_size(w, s, sw, pw, dw)
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
     s_n, s_c, s_h, s_w = xp.strides
 
@@ -164,19 +164,19 @@ def conv2d(
     Depthwise convolutions (groups == C == K) are one multiply-add of whole strided views per
     kernel tap: a matmul per single-channel group would be far slower.
     """
+    st, pad, dil, groups = conv_args(stride, padding, dilation, groups, "conv2d")
     n = x.shape[0]
     k, cg, r, s = w.shape
     if _is_depthwise(x.shape[1], k, groups):
-        st, pad, dil = _pair(stride), _pair(padding), _pair(dilation)
-        p = _out_size(x.shape[2], r, st[0], pad[0], dil[0])
-        q = _out_size(x.shape[3], s, st[1], pad[1], dil[1])
+        p = conv_out_size(x.shape[2], r, st[0], pad[0], dil[0])
+        q = conv_out_size(x.shape[3], s, st[1], pad[1], dil[1])
         y = np.zeros((n, k, p, q), dtype=x.dtype)
         for i, j, view in _taps(_pad_zero(x, pad), r, s, p, q, st, dil):
             y += w[:, 0, i, j].reshape(1, k, 1, 1) * view
         if b is not None:
             y += b.reshape(1, k, 1, 1)
         return y
-    cols = _im2col(x, r, s, _pair(stride), _pair(padding), _pair(dilation))
+    cols = _im2col(x, r, s, st, pad, dil)
     p, q = cols.shape[-2:]
     cols = cols.reshape(n, groups, cg * r * s, p * q)
     y = np.matmul(w.reshape(groups, k // groups, cg * r * s), cols).reshape(n, k, p, q)
@@ -195,10 +195,12 @@ def conv2d_backward_data(
     groups: int = 1,
 ) -> np.ndarray:
     """Shape: dy (N, K, P, Q), w (K, C/groups, R, S) -> dx of x_shape (N, C, H, W)."""
+    (sh, sw), (ph, pw), (dh, dw), groups = conv_args(
+        stride, padding, dilation, groups, "conv2d_backward_data"
+    )
     n, c, h, wd = x_shape
     k, cg, r, s = w.shape
     p, q = dy.shape[-2:]
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
     if _is_depthwise(c, k, groups):
         dxp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), dtype=dy.dtype)
         for i, j, view in _taps(dxp, r, s, p, q, (sh, sw), (dh, dw)):
@@ -229,17 +231,16 @@ def conv2d_backward_weights(
     groups: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Shape: x (N, C, H, W), dy (N, K, P, Q) -> (dw of w_shape (K, C/groups, R, S), db (K,))."""
+    st, pad, dil, groups = conv_args(stride, padding, dilation, groups, "conv2d_backward_weights")
     n = x.shape[0]
     k, cg, r, s = w_shape
     if _is_depthwise(x.shape[1], k, groups):
         p, q = dy.shape[-2:]
         dw = np.empty(w_shape, dtype=x.dtype)
-        for i, j, view in _taps(
-            _pad_zero(x, _pair(padding)), r, s, p, q, _pair(stride), _pair(dilation)
-        ):
+        for i, j, view in _taps(_pad_zero(x, pad), r, s, p, q, st, dil):
             dw[:, 0, i, j] = np.einsum("ncpq,ncpq->c", dy, view)
         return dw, dy.sum(axis=(0, 2, 3))
-    cols = _im2col(x, r, s, _pair(stride), _pair(padding), _pair(dilation))
+    cols = _im2col(x, r, s, st, pad, dil)
     p, q = cols.shape[-2:]
     cols = cols.reshape(n, groups, cg * r * s, p * q)
     dyg = dy.reshape(n, groups, k // groups, p * q)
@@ -253,14 +254,16 @@ def conv2d_backward_weights(
 
 
 def _window(
-    x_shape: tuple[int, ...], kernel_size: IntPair, stride: IntPair | None, padding: IntPair
+    x_shape: tuple[int, ...],
+    kernel_size: IntPair,
+    stride: IntPair | None,
+    padding: IntPair,
+    fn: str,
 ) -> tuple[int, int, int, int, int, int, int, int]:
-    """(R, S, sh, sw, ph, pw, P, Q) of pooling an input of shape x_shape."""
-    r, s = _pair(kernel_size)
-    sh, sw = (r, s) if stride is None else _pair(stride)
-    ph, pw = _pair(padding)
+    """(R, S, sh, sw, ph, pw, P, Q) of pooling an input of shape x_shape (arguments checked)."""
+    r, s, sh, sw, ph, pw = window(kernel_size, stride, padding, fn)
     h, w = x_shape[2], x_shape[3]
-    return r, s, sh, sw, ph, pw, (h + 2 * ph - r) // sh + 1, (w + 2 * pw - s) // sw + 1
+    return r, s, sh, sw, ph, pw, conv_out_size(h, r, sh, ph), conv_out_size(w, s, sw, pw)
 
 
 def _tap(a: np.ndarray, r: int, s: int, sh: int, sw: int, p: int, q: int) -> np.ndarray:
@@ -300,7 +303,7 @@ def max_pool2d(
     are uint8 when R * S <= 256, else int32.
     """
     x = np.asarray(x)
-    r, s, sh, sw, ph, pw, p, q = _window(x.shape, kernel_size, stride, padding)
+    r, s, sh, sw, ph, pw, p, q = _window(x.shape, kernel_size, stride, padding, "max_pool2d")
     xp = _pad(x, ph, pw, -np.inf)
     rs = r * s
     idx_dtype = np.uint8 if rs <= 256 else np.int32
@@ -349,7 +352,9 @@ def max_pool2d_backward(
     dy = np.asarray(dy)
     indices = np.asarray(indices)
     n, c, h, w = x_shape
-    r, s, sh, sw, ph, pw, p, q = _window(x_shape, kernel_size, stride, padding)
+    r, s, sh, sw, ph, pw, p, q = _window(
+        x_shape, kernel_size, stride, padding, "max_pool2d_backward"
+    )
     dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dy.dtype)
     hit = np.empty(dy.shape, bool)
     for i in range(r):
@@ -374,7 +379,7 @@ def avg_pool2d(
     """
     x = np.asarray(x)
     _, _, h, w = x.shape
-    r, s, sh, sw, ph, pw, p, q = _window(x.shape, kernel_size, stride, padding)
+    r, s, sh, sw, ph, pw, p, q = _window(x.shape, kernel_size, stride, padding, "avg_pool2d")
     xp = _pad(x, ph, pw, 0)
     acc = _tap(xp, 0, 0, sh, sw, p, q).copy()
     for i in range(r):
@@ -402,7 +407,9 @@ def avg_pool2d_backward(
     """
     dy = np.asarray(dy)
     n, c, h, w = x_shape
-    r, s, sh, sw, ph, pw, p, q = _window(x_shape, kernel_size, stride, padding)
+    r, s, sh, sw, ph, pw, p, q = _window(
+        x_shape, kernel_size, stride, padding, "avg_pool2d_backward"
+    )
     if count_include_pad:
         g = dy / dy.dtype.type(r * s)
     else:
@@ -449,6 +456,7 @@ def sgd_update(
     weight_decay: float = 0.0,
 ) -> None:
     """One SGD step in place (see simdnn.ops.sgd_update); arrays or lists of arrays."""
+    lr, momentum, nesterov, weight_decay = sgd_args(lr, momentum, nesterov, weight_decay)
     for p, gr, v in _listed(param, grad, velocity):
         t = p.dtype.type
         g = gr + t(weight_decay) * p if weight_decay else gr
@@ -473,6 +481,7 @@ def adam_update(
     step: int = 1,
 ) -> None:
     """One Adam step in place (see simdnn.ops.adam_update); arrays or lists of arrays."""
+    lr, beta1, beta2, eps, weight_decay, step = adam_args(lr, beta1, beta2, eps, weight_decay, step)
     c1 = 1.0 - beta1**step
     c2 = 1.0 - beta2**step
     for p, gr, m, v in _listed(param, grad, exp_avg, exp_avg_sq):
@@ -506,12 +515,16 @@ def batch_norm(
     eps: float = 1e-5,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Batch normalisation (see simdnn.ops.batch_norm); running stats updated in place."""
+    momentum, eps = batch_norm_args(momentum, eps)
     axes, bshape = _channel_axes(x)
     c = x.shape[1]
     m = x.size // c if c else 0
     if training:
         if m == 1:
-            raise ValueError("batch_norm: expected more than 1 value per channel when training")
+            raise ValueError(
+                "batch_norm: expected more than 1 value per channel when training, got x of "
+                f"shape {x.shape}"
+            )
         if m == 0:
             mean = np.zeros(c)
             var = np.zeros(c)
@@ -526,7 +539,9 @@ def batch_norm(
                 running_var[...] = (1.0 - momentum) * running_var + momentum * unbiased
     else:
         if running_mean is None or running_var is None:
-            raise ValueError("batch_norm: training=False needs running_mean and running_var")
+            raise ValueError(
+                "batch_norm: training=False needs 'running_mean' and 'running_var' (got None)"
+            )
         mean = running_mean.astype(np.float64)
         var = running_var.astype(np.float64)
     invstd = 1.0 / np.sqrt(var + eps)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .. import nn, ops, optim, reference
+from .._opspec import conv_out_size
 from ..backend import use_backend
 
 Args = tuple[Any, ...]
@@ -144,8 +145,8 @@ class ConvShape:
 
     @property
     def out(self) -> tuple[int, int]:
-        p = (self.h + 2 * self.padding - self.r) // self.stride + 1
-        q = (self.w + 2 * self.padding - self.r) // self.stride + 1
+        p = conv_out_size(self.h, self.r, self.stride, self.padding)
+        q = conv_out_size(self.w, self.r, self.stride, self.padding)
         return p, q
 
     @property
@@ -259,8 +260,8 @@ def _pool_case(op: str, backward: bool, k: int, padding: int, shape: tuple[int, 
     by about 2%.
     """
     n, c, h, w = shape
-    p = (h + 2 * padding - k) // 2 + 1
-    q = (w + 2 * padding - k) // 2 + 1
+    p = conv_out_size(h, k, 2, padding)
+    q = conv_out_size(w, k, 2, padding)
     x_elems, y_elems = n * c * h * w, n * c * p * q
     idx_bytes = y_elems * (1 if k * k <= 256 else 4)
     window = f"{k}x{k}/s2" + (f" p{padding}" if padding else "")

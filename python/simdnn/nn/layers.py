@@ -10,17 +10,16 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from .. import functional as F
 from .. import init
+from .._opspec import IntPair, conv_out_size
 from ..autograd import Tensor, as_array
 from .module import Module, Parameter, Shape, is_meta, meta_array
-
-IntPair = Union[int, tuple[int, int]]
 
 
 def _int(v: Any, name: str, layer: str, low: int = 1) -> int:
@@ -236,8 +235,8 @@ class Conv2d(Module):
         return (
             n,
             self.out_channels,
-            (h + 2 * ph - dh * (r - 1) - 1) // sh + 1,
-            (w + 2 * pw - dw * (s - 1) - 1) // sw + 1,
+            conv_out_size(h, r, sh, ph, dh),
+            conv_out_size(w, s, sw, pw, dw),
         )
 
     def window(self) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -317,8 +316,8 @@ class Conv1d(Module):
 
     def output_shape(self, input_shape: Shape) -> Shape:
         n, _, length = input_shape
-        span = self.dilation * (self.kernel_size - 1) + 1
-        return n, self.out_channels, (length + 2 * self.padding - span) // self.stride + 1
+        q = conv_out_size(length, self.kernel_size, self.stride, self.padding, self.dilation)
+        return n, self.out_channels, q
 
     def config(self) -> dict[str, Any]:
         return {
@@ -357,7 +356,7 @@ class _Pool2d(Module):
     def output_shape(self, input_shape: Shape) -> Shape:
         n, c, h, w = input_shape
         (r, s), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        return n, c, (h + 2 * ph - r) // sh + 1, (w + 2 * pw - s) // sw + 1
+        return n, c, conv_out_size(h, r, sh, ph), conv_out_size(w, s, sw, pw)
 
     def window(self) -> tuple[tuple[int, int], tuple[int, int]]:
         return self.kernel_size, self.stride
@@ -431,7 +430,7 @@ class _Pool1d(Module):
 
     def output_shape(self, input_shape: Shape) -> Shape:
         n, c, length = input_shape
-        return n, c, (length + 2 * self.padding - self.kernel_size) // self.stride + 1
+        return n, c, conv_out_size(length, self.kernel_size, self.stride, self.padding)
 
     def config(self) -> dict[str, Any]:
         return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}

@@ -1,9 +1,12 @@
-"""pytest-benchmark setup: both sides on the same thread count (simdnn's, NumPy's BLAS and
-PyTorch's when it is installed), and one driver for every row of simdnn.bench.cases.
+"""Every row of ``python -m simdnn bench`` (simdnn.bench.all_cases: the GEMM, convolution and
+pooling kernels and the two training steps) under pytest-benchmark, parametrised over
+(op and shape, side, dtype): each row once per side (native, numpy, and torch when installed),
+grouped so that the sides appear side by side. Every side runs on the same thread count
+(simdnn's, NumPy's BLAS and PyTorch's when it is installed).
 
-Run with ``pytest benchmarks/`` (``-k conv`` to select, ``--benchmark-save=NAME`` to save a run,
-``--benchmark-compare`` to compare with the last saved one). ``SIMDNN_BENCH_THREADS`` overrides
-the thread count.
+Run with ``pytest benchmarks/`` (``-k conv2d`` to select an op, ``--benchmark-save=NAME`` to save
+a run, ``--benchmark-compare`` to compare with the last saved one). ``SIMDNN_BENCH_THREADS``
+overrides the thread count.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ import numpy as np
 import pytest
 
 import simdnn
-from simdnn.bench import Case, check_close
+from simdnn.bench import Case, all_cases, check_close
 from simdnn.bench.report import threads, torch_module
 
 TORCH = torch_module()
 SIDES = ["native", "numpy"] + (["torch"] if TORCH is not None else [])
+CASES = all_cases()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -30,7 +34,10 @@ def same_threads() -> Iterator[int]:
         yield n
 
 
-def run_row(benchmark: Any, case: Case, side: str, dtype: str) -> None:
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("case", CASES, ids=[c.label for c in CASES])
+def test_row(benchmark: Any, case: Case, side: str, dtype: str) -> None:
     """Benchmark one side of one row, after checking it against the native result."""
     dt = np.dtype(dtype)
     args = case.make(np.random.default_rng(0), dt)

@@ -4,14 +4,40 @@ differences; PyTorch's max-pool semantics (ties, NaN, -inf); threads, strides an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Callable
+
 import numpy as np
 import pytest
+from hypothesis import given, note
+from hypothesis import strategies as st
 
 import simdnn
+from helpers import BIG, F64, ISAS, as64, assert_same_classes, need_memory, sprinkle
 from simdnn import bench, ops, reference
+from strategies import (
+    BAD_DTYPES,
+    DTYPES,
+    FLAGS,
+    HUGE_INTS,
+    HUGE_STRIDES,
+    NOT_INTS,
+    Draw,
+    assert_bounded,
+    assert_raises_bad_input,
+    common,
+    f64,
+    int_like,
+    int_param,
+    normal,
+    operand,
+    sizes,
+)
 
 # (x shape, kernel_size, stride, padding). Shape legend: x (N, C, H, W), window R x S.
 Case = tuple[tuple[int, int, int, int], object, object, object]
+
 
 EDGE_CASES: list[Case] = [
     ((1, 1, 1, 1), 1, None, 0),
@@ -469,6 +495,8 @@ def test_bench_cases_agree_with_their_twins():
 # Bad input: a clear TypeError/ValueError naming the argument, never a crash.
 
 X = np.zeros((1, 2, 6, 6), np.float32)
+
+
 Y, IDX = ops.max_pool2d(X, 3, 2, 1)  # (1, 2, 3, 3), uint8
 
 
@@ -602,3 +630,380 @@ def test_bad_input(call, exc, words):
         call()
     for word in words:
         assert word in str(info.value), (word, str(info.value))
+
+
+# ------------------------------------------------------------------------------------------------
+# Properties (hypothesis, marker property): any draw of shapes, layouts and arguments
+# against the float64 twin.
+
+
+# ------------------------------------------------------------------------------------------------
+# Pooling
+
+
+@dataclass
+class PoolCase:
+    n: int
+    c: int
+    h: int
+    w: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int] | None  # None: the kernel size
+    padding: tuple[int, int]
+
+    @property
+    def x_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c, self.h, self.w)
+
+    @property
+    def y_shape(self) -> tuple[int, int, int, int]:
+        (r, s), (ph, pw) = self.kernel, self.padding
+        sh, sw = self.kernel if self.stride is None else self.stride
+        return (self.n, self.c, (self.h + 2 * ph - r) // sh + 1, (self.w + 2 * pw - s) // sw + 1)
+
+    def args(self, draw: Draw) -> tuple[object, object, object]:
+        stride = None if self.stride is None else int_param(draw, self.stride)
+        return int_param(draw, self.kernel), stride, int_param(draw, self.padding)
+
+    def plain(self) -> tuple[object, object, object]:
+        return self.kernel, self.stride, self.padding
+
+
+@st.composite
+def pool_cases(draw: Draw) -> PoolCase:
+    if draw(st.integers(0, 9)) == 0:  # more than 256 window positions: int32 indices
+        r, s = draw(st.sampled_from([(17, 16), (16, 17), (1, 257), (20, 20)]))
+    else:
+        r, s = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    ph, pw = draw(st.integers(0, r // 2)), draw(st.integers(0, s // 2))
+
+    def stride() -> int:
+        return draw(st.one_of(st.integers(1, 4), st.sampled_from(HUGE_STRIDES)))
+
+    strides = None if draw(st.integers(0, 4)) == 0 else (stride(), stride())
+    h = draw(st.integers(max(1, r - 2 * ph), max(1, r - 2 * ph) + 12))
+    w = draw(st.integers(max(1, s - 2 * pw), max(1, s - 2 * pw) + 12))
+    case = PoolCase(draw(sizes(0, 3)), draw(sizes(0, 3)), h, w, (r, s), strides, (ph, pw))
+    note(f"pool case {case}")
+    return case
+
+
+def pool_values(
+    draw: Draw, rng: np.random.Generator, shape: Sequence[int], dtype: type
+) -> np.ndarray:
+    """Distinct values, or many ties (the first maximum must win), or a few levels."""
+    kind = draw(st.sampled_from(["normal", "ties", "levels"]))
+    x = rng.standard_normal(tuple(shape))
+    if kind == "ties":
+        x = np.round(x)
+    elif kind == "levels":
+        x = rng.integers(-1, 2, size=tuple(shape)).astype(F64)
+    return x.astype(dtype)
+
+
+@pytest.mark.property
+@given(st.data())
+def test_max_pool2d_matches_twin_exactly(data: st.DataObject) -> None:
+    draw = data.draw
+    isa, dtype, rng = common(draw)
+    case = draw(pool_cases())
+    x = operand(draw, pool_values(draw, rng, case.x_shape, dtype))
+    with simdnn.use_isa(isa):
+        y, idx = ops.max_pool2d(x, *case.args(draw))
+    want_y, want_idx = reference.max_pool2d(np.array(x), *case.plain())
+    assert y.dtype == np.dtype(dtype)
+    assert y.shape == idx.shape == case.y_shape
+    assert idx.dtype == want_idx.dtype == (np.uint8 if np.prod(case.kernel) <= 256 else np.int32)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(idx, want_idx)
+
+
+@pytest.mark.property
+@given(st.data())
+def test_max_pool2d_backward_matches_twin(data: st.DataObject) -> None:
+    draw = data.draw
+    isa, dtype, rng = common(draw)
+    case = draw(pool_cases())
+    x = pool_values(draw, rng, case.x_shape, dtype)
+    _, idx = reference.max_pool2d(x, *case.plain())
+    dy = operand(draw, normal(rng, case.y_shape, dtype))
+    idx_in = operand(draw, idx, exotic=False)
+    x_shape = tuple(int_like(draw, v) for v in case.x_shape)
+    with simdnn.use_isa(isa):
+        dx = ops.max_pool2d_backward(dy, idx_in, x_shape, *case.args(draw))
+    want = reference.max_pool2d_backward(f64(dy), idx, case.x_shape, *case.plain())
+    mag = reference.max_pool2d_backward(np.abs(f64(dy)), idx, case.x_shape, *case.plain())
+    assert_bounded(dx, want, mag, int(np.prod(case.kernel)), dtype, "max_pool2d_backward")
+
+
+@pytest.mark.property
+@given(st.data())
+def test_avg_pool2d_matches_twin(data: st.DataObject) -> None:
+    draw = data.draw
+    isa, dtype, rng = common(draw)
+    case = draw(pool_cases())
+    x = operand(draw, normal(rng, case.x_shape, dtype))
+    cip = draw(FLAGS)
+    with simdnn.use_isa(isa):
+        y = ops.avg_pool2d(x, *case.args(draw), cip)
+    want = reference.avg_pool2d(f64(x), *case.plain(), bool(cip))
+    mag = reference.avg_pool2d(np.abs(f64(x)), *case.plain(), bool(cip))
+    assert_bounded(y, want, mag, int(np.prod(case.kernel)), dtype, "avg_pool2d")
+
+
+@pytest.mark.property
+@given(st.data())
+def test_avg_pool2d_backward_matches_twin(data: st.DataObject) -> None:
+    draw = data.draw
+    isa, dtype, rng = common(draw)
+    case = draw(pool_cases())
+    dy = operand(draw, normal(rng, case.y_shape, dtype))
+    cip = draw(FLAGS)
+    x_shape = tuple(int_like(draw, v) for v in case.x_shape)
+    with simdnn.use_isa(isa):
+        dx = ops.avg_pool2d_backward(dy, x_shape, *case.args(draw), cip)
+    want = reference.avg_pool2d_backward(f64(dy), case.x_shape, *case.plain(), bool(cip))
+    mag = reference.avg_pool2d_backward(np.abs(f64(dy)), case.x_shape, *case.plain(), bool(cip))
+    assert_bounded(dx, want, mag, int(np.prod(case.kernel)), dtype, "avg_pool2d_backward")
+
+
+@st.composite
+def bad_pool_calls(draw: Draw) -> tuple[str, Callable[[], object], type[Exception]]:
+    """A small valid call of one of the four pooling passes with one thing wrong."""
+    pass_ = draw(st.sampled_from(["max", "max_backward", "avg", "avg_backward"]))
+    dtype = draw(st.sampled_from(DTYPES))
+    n, c = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    r, s = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    h, w = draw(st.integers(r, 7)), draw(st.integers(s, 7))
+    kernel: Any = (r, s)
+    stride: Any = None
+    padding: Any = 0
+    x_shape: Any = (n, c, h, w)
+    x_dtype: Any = dtype
+    exc: type[Exception] = ValueError
+    choices = ["kernel_low", "stride_low", "padding_low", "padding_half", "too_big", "empty_x"]
+    choices += ["not_int", "huge"]
+    if pass_.endswith("backward"):
+        choices += ["dy_shape", "dy_dtype", "shape_arg"]
+    else:
+        choices += ["ndim", "dtype"]
+    if pass_ == "max_backward":
+        choices += ["idx_dtype", "idx_shape", "idx_range", "idx_padding", "idx_list"]
+    bad = draw(st.sampled_from(choices))
+    dy_shape: Any = None
+    dy_dtype: Any = dtype
+    idx_fix: Callable[[np.ndarray], Any] = lambda i: i  # noqa: E731
+    if bad == "kernel_low":
+        kernel = draw(st.sampled_from([0, -1, (r, 0), [0, s], (-(2**40), s)]))
+    elif bad == "stride_low":
+        stride = draw(st.sampled_from([0, -1, (1, 0), [0, 2]]))
+    elif bad == "padding_low":
+        padding = draw(st.sampled_from([-1, (0, -1), [-1, 0]]))
+    elif bad == "padding_half":  # at most half the kernel, as in PyTorch
+        padding = draw(st.sampled_from([(r // 2 + 1, 0), (0, s // 2 + 1)]))
+        x_shape = (n, c, h + 4, w + 4)
+    elif bad == "too_big":  # the output would be empty
+        kernel = draw(st.sampled_from([(h + 1, s), (r, w + 1)]))
+    elif bad == "empty_x":
+        x_shape = draw(st.sampled_from([(n, c, 0, w), (n, c, h, 0)]))
+    elif bad == "not_int":
+        which = draw(st.sampled_from(["kernel", "stride", "padding"]))
+        v = draw(NOT_INTS)
+        v = 1.5 if v is None and which == "stride" else v  # stride=None is the kernel size
+        kernel, stride, padding = (
+            v if which == "kernel" else kernel,
+            v if which == "stride" else stride,
+            v if which == "padding" else padding,
+        )
+        exc = TypeError
+    elif bad == "huge":
+        which = draw(st.sampled_from(["kernel", "stride", "padding"]))
+        v = draw(st.sampled_from(HUGE_INTS))
+        if which == "stride" and v < 2**63:
+            v = -v if v > 0 else v  # a huge positive stride is valid
+        v = draw(st.sampled_from([v, (1, v), (v, 1)]))
+        kernel, stride, padding = (
+            v if which == "kernel" else kernel,
+            v if which == "stride" else stride,
+            v if which == "padding" else padding,
+        )
+    elif bad == "ndim":
+        x_shape = draw(st.sampled_from([(c, h, w), (h, w), (n, c, h, w, 1)]))
+    elif bad == "dtype":
+        x_dtype, exc = draw(BAD_DTYPES), TypeError
+    elif bad == "dy_shape":
+        dy_shape = draw(st.sampled_from(["grow", "ndim"]))
+    elif bad == "dy_dtype":
+        dy_dtype, exc = draw(BAD_DTYPES), TypeError
+    elif bad == "shape_arg":
+        x_shape, exc = draw(
+            st.sampled_from(
+                [
+                    ((n, c, h), TypeError),
+                    ((n, c, h, float(w)), TypeError),
+                    ((n, -c, h, w), ValueError),
+                    (h, TypeError),
+                    (None, TypeError),
+                ]
+            )
+        )
+    elif bad == "idx_dtype":
+        wrong = [np.int64, np.float32, np.int16, np.uint16]
+        wrong.append(np.int32 if r * s <= 256 else np.uint8)
+        dt = draw(st.sampled_from(wrong))
+        idx_fix, exc = (lambda i: i.astype(dt)), TypeError
+    elif bad == "idx_shape":
+        idx_fix = lambda i: i[:, :, :-1] if i.shape[2] > 1 else i[:, :1, :, :, None]  # noqa: E731
+    elif bad == "idx_range":
+        idx_fix = lambda i: np.full_like(i, r * s)  # noqa: E731
+    elif bad == "idx_padding":
+        padding = (r // 2, s // 2)
+        if padding == (0, 0):
+            idx_fix = lambda i: np.full_like(i, r * s)  # noqa: E731
+        else:
+            idx_fix = lambda i: np.zeros_like(i)  # noqa: E731 (the first window's (0, 0) is padding)
+    elif bad == "idx_list":
+        idx_fix, exc = (lambda i: i.tolist()), TypeError
+
+    what = f"{pass_}: {bad} x_shape={x_shape} kernel={kernel} stride={stride} padding={padding}"
+    if pass_ in ("max", "avg"):
+        x = np.ones(x_shape, x_dtype)
+        if pass_ == "max":
+            return what, lambda: ops.max_pool2d(x, kernel, stride, padding), exc
+        return what, lambda: ops.avg_pool2d(x, kernel, stride, padding), exc
+    # Backward passes: dy (and indices) of the valid forward output of a valid geometry.
+    geom_k = (r, s)
+    geom_pad = padding if bad in ("idx_padding",) else 0
+    valid_shape = (n, c, h, w)
+    y, idx = reference.max_pool2d(np.ones(valid_shape), geom_k, None, geom_pad)
+    dy = y.astype(dy_dtype)
+    if dy_shape == "grow":
+        dy = np.ones((n, c, y.shape[2] + 1, y.shape[3]), dtype)
+    elif dy_shape == "ndim":
+        dy = np.ones(y.shape[1:], dtype)
+    if pass_ == "max_backward":
+        indices = idx_fix(idx)
+        return (
+            what,
+            lambda: ops.max_pool2d_backward(dy, indices, x_shape, kernel, stride, padding),
+            exc,
+        )
+    return what, lambda: ops.avg_pool2d_backward(dy, x_shape, kernel, stride, padding), exc
+
+
+@pytest.mark.property
+@given(st.data())
+def test_pool_rejects_bad_input(data: st.DataObject) -> None:
+    what, call, exc = data.draw(bad_pool_calls())
+    with simdnn.use_isa(data.draw(st.sampled_from(ISAS))):
+        assert_raises_bad_input(call, exc, what)
+
+
+# ------------------------------------------------------------------------------------------------
+# Regressions (marker regression): one reproducer per bug found, named after it.
+
+
+@pytest.mark.regression
+def test_pool_huge_x_shape_is_refused_not_wrapped():
+    dy = np.ones((0, 1, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="too large to pad"):
+        ops.avg_pool2d_backward(dy, (0, 1, 2**63 - 1, 1), 3, 2**62, 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Non-finite values (marker nonfinite): NaN, +Inf, -Inf and zeros sprinkled into every
+# input; the class of each element must be the twin's.
+
+
+POOL_CASES = [
+    # n, c, h, w, kernel, stride, padding
+    (1, 1, 4, 4, 2, None, 0),
+    (2, 3, 17, 35, 2, 2, 0),
+    (2, 2, 15, 33, 3, 2, 1),
+    (1, 3, 9, 40, (2, 3), 1, (1, 1)),
+    (1, 2, 12, 19, 4, 3, 2),
+    (1, 1, 20, 20, (17, 16), 1, 0),  # int32 indices
+]
+
+
+@pytest.mark.nonfinite
+@pytest.mark.usefixtures("quiet_numpy")
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+def test_pooling_non_finite(isa, dtype, rng, case):
+    n, c, h, w, kernel, stride, padding = case
+    x = sprinkle(rng, (n, c, h, w), dtype, 0.01)
+    (x64,) = as64(x)
+    y, idx = ops.max_pool2d(x, kernel, stride, padding)
+    want_y, want_idx = reference.max_pool2d(x64, kernel, stride, padding)
+    assert_same_classes(y, want_y, "max_pool2d")
+    np.testing.assert_array_equal(idx, want_idx)
+    dy = sprinkle(rng, y.shape, dtype)
+    (dy64,) = as64(dy)
+    assert_same_classes(
+        ops.max_pool2d_backward(dy, idx, x.shape, kernel, stride, padding),
+        reference.max_pool2d_backward(dy64, want_idx, x.shape, kernel, stride, padding),
+        "max_pool2d_backward",
+    )
+    for cip in (True, False):
+        assert_same_classes(
+            ops.avg_pool2d(x, kernel, stride, padding, cip),
+            reference.avg_pool2d(x64, kernel, stride, padding, cip),
+            f"avg_pool2d cip={cip}",
+        )
+        assert_same_classes(
+            ops.avg_pool2d_backward(dy, x.shape, kernel, stride, padding, cip),
+            reference.avg_pool2d_backward(dy64, x.shape, kernel, stride, padding, cip),
+            f"avg_pool2d_backward cip={cip}",
+        )
+
+
+@pytest.mark.nonfinite
+@pytest.mark.usefixtures("quiet_numpy")
+def test_max_pool_nan_wins_its_window(isa, dtype):
+    """A NaN anywhere in a window is its maximum, as in PyTorch, whatever comes after it; +Inf is
+    the maximum of a window without NaN; windows of -Inf return -Inf."""
+    x = np.zeros((1, 1, 4, 6), dtype)
+    x[0, 0, 0, 0] = np.nan
+    x[0, 0, 1, 1] = 5.0
+    x[0, 0, 0, 2] = np.inf
+    x[0, 0, 2:, 4:] = -np.inf
+    x[0, 0, 3, 1] = np.nan
+    x[0, 0, 3, 0] = np.inf
+    y, idx = ops.max_pool2d(x, 2)
+    assert np.isnan(y[0, 0, 0, 0])
+    assert idx[0, 0, 0, 0] == 0
+    assert np.isposinf(y[0, 0, 0, 1])
+    assert idx[0, 0, 0, 1] == 0
+    assert np.isnan(y[0, 0, 1, 0])
+    assert idx[0, 0, 1, 0] == 3
+    assert np.isneginf(y[0, 0, 1, 2])
+    assert idx[0, 0, 1, 2] == 0
+    assert y[0, 0, 1, 1] == 0
+    assert y[0, 0, 0, 2] == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Limits: tensors past 2**31 elements (marker large) and workspaces that cannot be
+# allocated.
+
+
+@pytest.mark.large
+def test_max_pool2d_input_past_2_31_elements() -> None:
+    # 2x2 max-pooling of one 65536 x 32769 plane (2**31 + 65536 elements; odd W leaves a column
+    # out, as floor mode does). Rows past 2**31 are checked against the reference on slices.
+    h, w = 65536, 32769
+    need_memory(h * w * 4 * 5 // 4)
+    rng = np.random.default_rng(4)
+    x = np.empty((1, 1, h, w), dtype=np.float32)
+    np.add(
+        rng.standard_normal(h).astype(np.float32)[:, None],
+        rng.standard_normal(w).astype(np.float32)[None, :],
+        out=x[0, 0],
+    )
+    y, idx = ops.max_pool2d(x, 2)
+    assert y.shape == idx.shape == (1, 1, h // 2, w // 2)
+    for row0 in [0, BIG // w - 8, h - 16]:
+        want_y, want_idx = reference.max_pool2d(x[:, :, row0 : row0 + 16], 2)
+        np.testing.assert_array_equal(y[:, :, row0 // 2 : row0 // 2 + 8], want_y)
+        np.testing.assert_array_equal(idx[:, :, row0 // 2 : row0 // 2 + 8], want_idx)
+    del x, y, idx

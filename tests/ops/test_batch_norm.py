@@ -23,6 +23,8 @@ SHAPES = [
     (16, 64, 8, 8),
     (3, 1, 7, 7),
 ]
+
+
 # weight/bias given, running statistics given
 VARIANTS = {"affine+running": (True, True), "plain": (False, False), "affine": (True, False)}
 

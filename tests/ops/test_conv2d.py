@@ -1,0 +1,863 @@
+"""simdnn.ops convolutions against their NumPy twins, finite differences and equivariance.
+
+Shape legend: x (N, C, H, W), w (K, C/groups, R, S), b (K,), y (N, K, P, Q).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+from hypothesis import given, note
+from hypothesis import strategies as st
+
+import simdnn
+from helpers import BIG, F64, ISAS, as64, assert_same_classes, need_memory, sprinkle
+from simdnn import ops, reference
+from strategies import (
+    BAD_DTYPES,
+    DTYPES,
+    HUGE_INTS,
+    HUGE_STRIDES,
+    NOT_INTS,
+    Draw,
+    assert_bounded,
+    assert_raises_bad_input,
+    common,
+    f64,
+    int_like,
+    int_param,
+    normal,
+    operand,
+    sizes,
+)
+
+# (N, C, H, W, K, R, S, stride, padding, dilation, groups): N = 1, C = 1, odd and non-square
+# planes, kernels 1/3/5/7, strides 1-3, padding 0-3, dilation 1-2, groups 1, 2 and depthwise.
+CASES = [
+    (1, 1, 5, 5, 1, 1, 1, 1, 0, 1, 1),
+    (2, 3, 7, 9, 4, 3, 3, 1, 1, 1, 1),
+    (1, 1, 28, 28, 20, 5, 5, 1, 0, 1, 1),
+    (3, 20, 12, 12, 50, 5, 5, 1, 0, 1, 1),
+    (2, 16, 11, 10, 8, 3, 3, 2, 1, 1, 1),
+    (2, 16, 9, 9, 32, 1, 1, 1, 0, 1, 1),
+    (1, 13, 15, 11, 17, 7, 7, 1, 3, 1, 1),
+    (2, 5, 17, 13, 7, 7, 5, 3, 2, 1, 1),
+    (2, 12, 8, 8, 12, 3, 3, 1, 2, 2, 1),
+    (1, 8, 10, 13, 8, 3, 3, 1, 1, 1, 8),
+    (2, 8, 10, 13, 8, 3, 3, 2, 1, 1, 8),
+    (2, 6, 11, 9, 6, 5, 5, 1, 2, 2, 6),
+    (1, 4, 9, 9, 6, 3, 2, (2, 1), (1, 0), (2, 1), 2),
+    (1, 9, 5, 6, 9, 1, 3, 1, (0, 1), 1, 3),
+    (3, 10, 6, 5, 12, 1, 1, 1, 1, 1, 2),
+    (1, 24, 14, 14, 24, 3, 3, 1, 1, 1, 1),
+    (2, 32, 16, 16, 16, 3, 3, 2, 1, 1, 1),
+    (1, 3, 4, 4, 2, 4, 4, 1, 0, 1, 1),
+    (2, 2, 7, 7, 3, 3, 3, 3, 3, 1, 1),
+]
+
+
+def random_cases(count: int, seed: int) -> list[tuple]:
+    r = np.random.default_rng(seed)
+    out = []
+    while len(out) < count:
+        groups = int(r.choice([1, 1, 2, 3]))
+        c = groups * int(r.integers(1, 6))
+        k = groups * int(r.integers(1, 6))
+        kr, ks = int(r.choice([1, 2, 3, 5])), int(r.choice([1, 3, 4]))
+        sh, sw = (int(v) for v in r.integers(1, 4, size=2))
+        dh, dw = (int(v) for v in r.integers(1, 3, size=2))
+        ph, pw = (int(v) for v in r.integers(0, 4, size=2))
+        h, w = (int(v) for v in r.integers(1, 20, size=2))
+        if dh * (kr - 1) + 1 > h + 2 * ph or dw * (ks - 1) + 1 > w + 2 * pw:
+            continue
+        n = int(r.integers(1, 4))
+        out.append((n, c, h, w, k, kr, ks, (sh, sw), (ph, pw), (dh, dw), groups))
+    return out
+
+
+ALL_CASES = CASES + random_cases(16, seed=3)
+
+
+def case_id(case: tuple) -> str:
+    return "-".join(str(v).replace(" ", "") for v in case)
+
+
+def setup(case: tuple, dtype: type, rng: np.random.Generator):
+    n, c, h, w, k, r, s, stride, padding, dilation, groups = case
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((k, c // groups, r, s)).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype)
+    kw = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
+    return x, wt, b, kw
+
+
+def assert_close(got: np.ndarray, want: np.ndarray, dtype: type, scale: float = 1.0) -> None:
+    assert got.dtype == want.dtype == dtype
+    assert got.shape == want.shape
+    tol = (2e-5 if dtype == np.float32 else 1e-12) * scale
+    np.testing.assert_allclose(
+        got, want, rtol=tol, atol=tol * max(1.0, float(np.abs(want).max(initial=0)))
+    )
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=case_id)
+def test_all_passes_match_reference(isa, dtype, rng, case):
+    x, w, b, kw = setup(case, dtype, rng)
+    y = ops.conv2d(x, w, b, **kw)
+    k_r_s = w.shape[1] * w.shape[2] * w.shape[3]
+    assert_close(y, reference.conv2d(x, w, b, **kw), dtype, scale=k_r_s**0.5)
+    assert_close(ops.conv2d(x, w, **kw), reference.conv2d(x, w, **kw), dtype, scale=k_r_s**0.5)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = ops.conv2d_backward_data(dy, w, x.shape, **kw)
+    assert_close(dx, reference.conv2d_backward_data(dy, w, x.shape, **kw), dtype, scale=10)
+    dw, db = ops.conv2d_backward_weights(x, dy, w.shape, **kw)
+    rdw, rdb = reference.conv2d_backward_weights(x, dy, w.shape, **kw)
+    pixels = y.shape[0] * y.shape[2] * y.shape[3]
+    assert_close(dw, rdw, dtype, scale=pixels**0.5)
+    assert_close(db, rdb, dtype, scale=pixels**0.5)
+
+
+@pytest.mark.parametrize("case", CASES[::2], ids=case_id)
+def test_gradients_match_finite_differences(case):
+    """Directional derivatives of L = sum(conv2d(x, w, b) * g) in float64 through the kernels."""
+    rng = np.random.default_rng(11)
+    x, w, b, kw = setup(case, np.float64, rng)
+    g = rng.standard_normal(ops.conv2d(x, w, b, **kw).shape)
+
+    def loss(x_: np.ndarray, w_: np.ndarray, b_: np.ndarray) -> float:
+        return float(np.sum(ops.conv2d(x_, w_, b_, **kw) * g))
+
+    dx = ops.conv2d_backward_data(g, w, x.shape, **kw)
+    dw, db = ops.conv2d_backward_weights(x, g, w.shape, **kw)
+    eps = 1e-6
+    for grad, which in ((dx, 0), (dw, 1), (db, 2)):
+        d = rng.standard_normal(grad.shape)
+        args_p = [x, w, b]
+        args_m = [x, w, b]
+        args_p[which] = args_p[which] + eps * d
+        args_m[which] = args_m[which] - eps * d
+        numeric = (loss(*args_p) - loss(*args_m)) / (2 * eps)
+        analytic = float(np.sum(grad * d))
+        assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(analytic)), (which, numeric, analytic)
+
+
+@pytest.mark.parametrize(("stride", "shift"), [(1, 1), (1, 3), (2, 1), (3, 2)])
+def test_translation_equivariance(isa, rng, stride, shift):
+    """Shifting the input by a multiple of the stride shifts the feature maps by the multiple."""
+    x = rng.standard_normal((2, 3, 17, 23)).astype(np.float32)
+    w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    y = ops.conv2d(x, w, stride=stride)
+    moved = np.zeros_like(x)
+    moved[:, :, stride * shift :, stride * shift :] = x[
+        :, :, : 17 - stride * shift, : 23 - stride * shift
+    ]
+    y_moved = ops.conv2d(moved, w, stride=stride)
+    p, q = y.shape[2:]
+    np.testing.assert_allclose(
+        y_moved[:, :, shift:, shift:], y[:, :, : p - shift, : q - shift], rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("layout", ["fortran", "sliced", "negative"])
+def test_non_contiguous_inputs(isa, rng, layout):
+    base_x = rng.standard_normal((4, 6, 20, 18)).astype(np.float32)
+    base_w = rng.standard_normal((8, 6, 3, 3)).astype(np.float32)
+    if layout == "fortran":
+        x, w = np.asfortranarray(base_x), np.asfortranarray(base_w)
+    elif layout == "sliced":
+        x, w = base_x[::2, :, 1::2, ::2], base_w[:, :, ::-1, :]
+    else:
+        x, w = base_x[::-1, ::-1, ::-1, ::-1], base_w[::-1]
+    kw = {"padding": 1}
+    y = ops.conv2d(x, w, **kw)
+    np.testing.assert_allclose(y, reference.conv2d(x, w, **kw), rtol=1e-4, atol=1e-4)
+    dy = np.asfortranarray(rng.standard_normal(y.shape).astype(np.float32))
+    np.testing.assert_allclose(
+        ops.conv2d_backward_data(dy, w, x.shape, **kw),
+        reference.conv2d_backward_data(dy, w, x.shape, **kw),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    got = ops.conv2d_backward_weights(x, dy[:, :, :, :], w.shape, **kw)
+    want = reference.conv2d_backward_weights(x, dy, w.shape, **kw)
+    for g_, w_ in zip(got, want):
+        np.testing.assert_allclose(g_, w_, rtol=1e-4, atol=1e-3)
+
+
+def test_thread_counts(isa, rng, threads):
+    """Forward and backward-data are bitwise identical for any thread count; backward-weights
+    sums per-thread partials, so it is identical run to run for a thread count and close across
+    them."""
+    x = rng.standard_normal((3, 16, 21, 19)).astype(np.float32)
+    w = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((3, 24, 21, 19)).astype(np.float32)
+    runs = {}
+    for nt in (1, 2, 3):
+        simdnn.set_num_threads(nt)
+        runs[nt] = (
+            ops.conv2d(x, w, padding=1),
+            ops.conv2d_backward_data(dy, w, x.shape, padding=1),
+            ops.conv2d_backward_weights(x, dy, w.shape, padding=1),
+            ops.conv2d_backward_weights(x, dy, w.shape, padding=1),
+        )
+    for nt in (2, 3):
+        np.testing.assert_array_equal(runs[nt][0], runs[1][0])
+        np.testing.assert_array_equal(runs[nt][1], runs[1][1])
+        np.testing.assert_allclose(runs[nt][2][0], runs[1][2][0], rtol=1e-5, atol=1e-4)
+        np.testing.assert_array_equal(runs[nt][2][0], runs[nt][3][0])
+
+
+def test_batch_one_uses_every_thread_and_matches(isa, rng, threads):
+    simdnn.set_num_threads(2)
+    x = rng.standard_normal((1, 8, 64, 64)).astype(np.float32)
+    dy = rng.standard_normal((1, 16, 64, 64)).astype(np.float32)
+    dw, db = ops.conv2d_backward_weights(x, dy, (16, 8, 3, 3), padding=1)
+    rdw, rdb = reference.conv2d_backward_weights(x, dy, (16, 8, 3, 3), padding=1)
+    np.testing.assert_allclose(dw, rdw, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(db, rdb, rtol=1e-4, atol=1e-3)
+
+
+def test_empty_batch_and_channels():
+    x = np.zeros((0, 3, 8, 8), np.float32)
+    w = np.ones((4, 3, 3, 3), np.float32)
+    assert ops.conv2d(x, w).shape == (0, 4, 6, 6)
+    dw, db = ops.conv2d_backward_weights(x, np.zeros((0, 4, 6, 6), np.float32), w.shape)
+    np.testing.assert_array_equal(dw, np.zeros_like(w))
+    np.testing.assert_array_equal(db, np.zeros(4, np.float32))
+    dx = ops.conv2d_backward_data(np.zeros((0, 4, 6, 6), np.float32), w, (0, 3, 8, 8))
+    assert dx.shape == (0, 3, 8, 8)
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "kwargs", "exc", "words"),
+    [
+        ((3, 8, 8), (4, 3, 3, 3), {}, ValueError, ["'x'", "4-D", "(3, 8, 8)"]),
+        ((1, 3, 8, 8), (4, 3, 3), {}, ValueError, ["'w'", "4-D"]),
+        ((1, 3, 8, 8), (4, 2, 3, 3), {}, ValueError, ["w.shape[1] == C / groups == 3"]),
+        ((1, 4, 8, 8), (4, 4, 3, 3), {"groups": 3}, ValueError, ["groups=3 must divide"]),
+        ((1, 3, 8, 8), (4, 3, 9, 3), {}, ValueError, ["larger than the padded input"]),
+        ((1, 3, 8, 8), (4, 3, 5, 5), {"dilation": 2}, ValueError, ["larger than the padded"]),
+        ((1, 3, 8, 8), (4, 3, 3, 3), {"stride": 0}, ValueError, ["stride must be >= 1"]),
+        ((1, 3, 8, 8), (4, 3, 3, 3), {"stride": (1, -1)}, ValueError, ["stride"]),
+        ((1, 3, 8, 8), (4, 3, 3, 3), {"padding": -1}, ValueError, ["padding must be >= 0"]),
+        ((1, 3, 8, 8), (4, 3, 3, 3), {"dilation": 0}, ValueError, ["dilation must be >= 1"]),
+        ((1, 3, 8, 8), (4, 3, 3, 3), {"stride": 1.5}, TypeError, ["stride must be an int"]),
+        ((1, 3, 8, 8), (4, 3, 3, 3), {"padding": (1, 2, 3)}, TypeError, ["padding"]),
+        ((1, 3, 8, 8), (4, 3, 3, 3), {"groups": 0}, ValueError, ["groups must be >= 1"]),
+        ((1, 3, 8, 8), (4, 3, 0, 3), {}, ValueError, ["at least 1x1"]),
+    ],
+)
+def test_conv2d_bad_shapes_and_arguments(x_shape, w_shape, kwargs, exc, words):
+    x = np.ones(x_shape, np.float32)
+    w = np.ones(w_shape, np.float32)
+    with pytest.raises(exc) as info:
+        ops.conv2d(x, w, **kwargs)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+def test_conv2d_bad_dtypes_and_bias():
+    x = np.ones((1, 3, 8, 8), np.float32)
+    w = np.ones((4, 3, 3, 3), np.float32)
+    with pytest.raises(TypeError, match="'x' has dtype int32"):
+        ops.conv2d(x.astype(np.int32), w)
+    with pytest.raises(TypeError, match="'x' is float32 but 'w' is float64"):
+        ops.conv2d(x, w.astype(np.float64))
+    with pytest.raises(TypeError, match="'b' is float64"):
+        ops.conv2d(x, w, np.ones(4))
+    with pytest.raises(ValueError, match=r"'b' has shape \(3,\); expected \(4,\)"):
+        ops.conv2d(x, w, np.ones(3, np.float32))
+
+
+def test_backward_bad_shapes():
+    w = np.ones((4, 3, 3, 3), np.float32)
+    dy = np.ones((2, 4, 6, 6), np.float32)
+    with pytest.raises(ValueError, match=r"'dy' has shape \(2, 4, 6, 6\); expected \(2, 4, 8, 8\)"):
+        ops.conv2d_backward_data(dy, w, (2, 3, 10, 10))
+    with pytest.raises(TypeError, match="x_shape must be a tuple of 4 ints"):
+        ops.conv2d_backward_data(dy, w, (2, 3, 8))
+    with pytest.raises(ValueError, match="x_shape has a negative size"):
+        ops.conv2d_backward_data(dy, w, (2, 3, -8, 8))
+    x = np.ones((2, 3, 8, 8), np.float32)
+    with pytest.raises(ValueError, match=r"'dy' has shape \(2, 4, 6, 6\); expected \(2, 5, 6, 6\)"):
+        ops.conv2d_backward_weights(x, dy, (5, 3, 3, 3))
+    with pytest.raises(TypeError, match="w_shape must be a tuple of 4 ints"):
+        ops.conv2d_backward_weights(x, dy, (4, 3, 3, 3.0))
+    with pytest.raises(TypeError, match="'dy' has dtype int64"):
+        ops.conv2d_backward_weights(x, dy.astype(np.int64), w.shape)
+
+
+# ------------------------------------------------------------------------------------------------
+# Properties (hypothesis, marker property): any draw of shapes, layouts and arguments
+# against the float64 twin.
+
+
+# ------------------------------------------------------------------------------------------------
+# Convolution
+
+
+@dataclass
+class ConvCase:
+    n: int
+    c: int
+    h: int
+    w: int
+    k: int
+    r: int
+    s: int
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+
+    @property
+    def x_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c, self.h, self.w)
+
+    @property
+    def w_shape(self) -> tuple[int, int, int, int]:
+        return (self.k, self.c // self.groups, self.r, self.s)
+
+    @property
+    def y_shape(self) -> tuple[int, int, int, int]:
+        (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
+        p = (self.h + 2 * ph - dh * (self.r - 1) - 1) // sh + 1
+        q = (self.w + 2 * pw - dw * (self.s - 1) - 1) // sw + 1
+        return (self.n, self.k, p, q)
+
+    def kwargs(self, draw: Draw) -> dict[str, object]:
+        return {
+            "stride": int_param(draw, self.stride),
+            "padding": int_param(draw, self.padding),
+            "dilation": int_param(draw, self.dilation),
+            "groups": int_like(draw, self.groups),
+        }
+
+    def plain(self) -> dict[str, object]:
+        return {
+            "stride": self.stride,
+            "padding": self.padding,
+            "dilation": self.dilation,
+            "groups": self.groups,
+        }
+
+
+@st.composite
+def conv_cases(draw: Draw) -> ConvCase:
+    if draw(st.integers(0, 4)) == 0:  # depthwise: groups == C == K
+        groups = draw(st.integers(2, 6))
+        cg, kg = 1, 1
+    else:
+        groups = draw(st.sampled_from([1, 1, 2, 3]))
+        cg, kg = draw(sizes(0, 4)), draw(sizes(0, 4))
+    r, s = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+
+    def stride() -> int:
+        return draw(st.one_of(st.integers(1, 3), st.sampled_from((4, 5, *HUGE_STRIDES))))
+
+    def dilation(size: int) -> int:
+        # Any dilation is valid for a 1-wide kernel; a wider one must fit the input.
+        if size == 1:
+            return draw(st.sampled_from((1, 2, 3, *HUGE_STRIDES)))
+        return draw(st.integers(1, 3))
+
+    sh, sw, dh, dw = stride(), stride(), dilation(r), dilation(s)
+    ph, pw = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+    h_min = max(0, dh * (r - 1) + 1 - 2 * ph)
+    w_min = max(0, dw * (s - 1) + 1 - 2 * pw)
+    h = draw(st.integers(h_min, h_min + 12))
+    w = draw(st.integers(w_min, w_min + 12))
+    n = draw(sizes(0, 3))
+    case = ConvCase(n, groups * cg, h, w, groups * kg, r, s, (sh, sw), (ph, pw), (dh, dw), groups)
+    note(f"conv case {case}")
+    return case
+
+
+def conv_red(case: ConvCase) -> int:
+    return (case.c // case.groups) * case.r * case.s
+
+
+@pytest.mark.property
+@given(st.data())
+def test_conv2d_matches_twin(data: st.DataObject) -> None:
+    draw = data.draw
+    isa, dtype, rng = common(draw)
+    case = draw(conv_cases())
+    x = operand(draw, normal(rng, case.x_shape, dtype))
+    w = operand(draw, normal(rng, case.w_shape, dtype))
+    b = operand(draw, normal(rng, (case.k,), dtype)) if draw(st.booleans()) else None
+    kw = case.kwargs(draw)
+    with simdnn.use_isa(isa):
+        y = ops.conv2d(x, w, b, **kw)
+    want = reference.conv2d(f64(x), f64(w), f64(b), **case.plain())
+    mag = reference.conv2d(
+        np.abs(f64(x)), np.abs(f64(w)), None if b is None else np.abs(f64(b)), **case.plain()
+    )
+    assert y.shape == case.y_shape
+    assert_bounded(y, want, mag, conv_red(case) + 1, dtype, "conv2d")
+
+
+@pytest.mark.property
+@given(st.data())
+def test_conv2d_backward_data_matches_twin(data: st.DataObject) -> None:
+    draw = data.draw
+    isa, dtype, rng = common(draw)
+    case = draw(conv_cases())
+    dy = operand(draw, normal(rng, case.y_shape, dtype))
+    w = operand(draw, normal(rng, case.w_shape, dtype))
+    x_shape = tuple(int_like(draw, v) for v in case.x_shape)
+    if draw(st.booleans()):
+        x_shape = list(x_shape)
+    with simdnn.use_isa(isa):
+        dx = ops.conv2d_backward_data(dy, w, x_shape, **case.kwargs(draw))
+    want = reference.conv2d_backward_data(f64(dy), f64(w), case.x_shape, **case.plain())
+    mag = reference.conv2d_backward_data(
+        np.abs(f64(dy)), np.abs(f64(w)), case.x_shape, **case.plain()
+    )
+    n_red = (case.k // case.groups) * case.r * case.s
+    assert_bounded(dx, want, mag, n_red, dtype, "conv2d_backward_data")
+
+
+@pytest.mark.property
+@given(st.data())
+def test_conv2d_backward_weights_matches_twin(data: st.DataObject) -> None:
+    draw = data.draw
+    isa, dtype, rng = common(draw)
+    case = draw(conv_cases())
+    x = operand(draw, normal(rng, case.x_shape, dtype))
+    dy = operand(draw, normal(rng, case.y_shape, dtype))
+    w_shape = tuple(int_like(draw, v) for v in case.w_shape)
+    with simdnn.use_isa(isa):
+        dw, db = ops.conv2d_backward_weights(x, dy, w_shape, **case.kwargs(draw))
+    want_dw, want_db = reference.conv2d_backward_weights(
+        f64(x), f64(dy), case.w_shape, **case.plain()
+    )
+    mag_dw, mag_db = reference.conv2d_backward_weights(
+        np.abs(f64(x)), np.abs(f64(dy)), case.w_shape, **case.plain()
+    )
+    _, _, p, q = case.y_shape
+    n_red = case.n * p * q
+    assert_bounded(dw, want_dw, mag_dw, n_red, dtype, "conv2d_backward_weights dw")
+    assert_bounded(db, want_db, mag_db, n_red, dtype, "conv2d_backward_weights db")
+
+
+@st.composite
+def bad_conv_calls(draw: Draw) -> tuple[str, Callable[[], object], type[Exception]]:
+    """A small valid call of one of the three convolution passes with one thing wrong."""
+    pass_ = draw(st.sampled_from(["forward", "backward_data", "backward_weights"]))
+    groups = draw(st.sampled_from([1, 2]))
+    cg, kg = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    c, k = groups * cg, groups * kg
+    r, s = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    n, h, w = draw(st.integers(1, 2)), draw(st.integers(3, 6)), draw(st.integers(3, 6))
+    dtype = draw(st.sampled_from(DTYPES))
+    other = np.float64 if dtype == np.float32 else np.float32
+    kw: dict[str, Any] = {"stride": 1, "padding": 0, "dilation": 1, "groups": groups}
+    x_shape: Any = (n, c, h, w)
+    w_shape: Any = (k, cg, r, s)
+    dy_shape: Any = (n, k, h - r + 1, w - s + 1)
+    b: Any = None
+    # The pass's two array arguments, by name: (shape, dtype).
+    names = {"forward": ("x", "w"), "backward_data": ("dy", "w"), "backward_weights": ("x", "dy")}
+    first, second = names[pass_]
+    dtypes = {"x": dtype, "w": dtype, "dy": dtype}
+    exc: type[Exception] = ValueError
+    choices = [
+        "low",
+        "groups_divide",
+        "w_channels",
+        "too_big",
+        "too_big_dilated",
+        "not_int",
+        "huge",
+        "ndim",
+        "dtype",
+        "mixed",
+        "kernel_empty",
+    ]
+    choices += {
+        "forward": ["bias_dtype", "bias_shape"],
+        "backward_data": ["dy_shape", "shape_arg"],
+        "backward_weights": ["dy_shape", "shape_arg"],
+    }[pass_]
+    bad = draw(st.sampled_from(choices))
+    if bad == "low":
+        name = draw(st.sampled_from(["stride", "padding", "dilation", "groups"]))
+        low = draw(st.sampled_from([-1, -(2**40)] if name == "padding" else [0, -1]))
+        kw[name] = low if name == "groups" else draw(st.sampled_from([low, (low, 1), [1, low]]))
+    elif bad == "groups_divide":
+        kw["groups"] = next(g for g in range(2, 2 * c * k + 2) if c % g or k % g)
+        w_shape = (k, max(1, c // kw["groups"]), r, s)
+    elif bad == "w_channels":
+        w_shape = (k, cg + draw(st.sampled_from([-1, 1])) if cg > 1 else cg + 1, r, s)
+    elif bad == "too_big":
+        w_shape = (k, cg, h + 1, s) if draw(st.booleans()) else (k, cg, r, w + 1)
+    elif bad == "too_big_dilated":
+        w_shape = (k, cg, max(r, 2), s)
+        kw["dilation"] = (h, 1)  # h * (R - 1) + 1 > h
+    elif bad == "not_int":
+        kw[draw(st.sampled_from(["stride", "padding", "dilation", "groups"]))] = draw(NOT_INTS)
+        exc = TypeError
+    elif bad == "huge":
+        # Values no int64 holds, or whose sums and products with the sizes overflow int64.
+        name = draw(st.sampled_from(["stride", "padding", "dilation", "groups"]))
+        v = draw(st.sampled_from(HUGE_INTS))
+        if name == "stride" and v < 2**63:
+            v = -v if v > 0 else v  # a huge positive stride that fits int64 is valid
+        if name == "dilation":
+            w_shape = (k, cg, 3, 3)  # dilation * (R - 1) overflows, or passes the input
+        kw[name] = v if name == "groups" else draw(st.sampled_from([v, (1, v), (v, 1)]))
+    elif bad == "ndim":
+        arg = draw(st.sampled_from([first, second]))
+        shapes = {"x": x_shape, "w": w_shape, "dy": dy_shape}
+        cut = draw(st.sampled_from(["drop", "add"]))
+        new = shapes[arg][:3] if cut == "drop" else (*shapes[arg], 1)
+        if arg == "x":
+            x_shape = new
+        elif arg == "w":
+            w_shape = new
+        else:
+            dy_shape = new
+    elif bad == "dtype":
+        dtypes[first], exc = draw(BAD_DTYPES), TypeError
+    elif bad == "mixed":
+        dtypes[second], exc = other, TypeError
+    elif bad == "kernel_empty":
+        w_shape = (k, cg, 0, s) if draw(st.booleans()) else (k, cg, r, 0)
+    elif bad == "bias_dtype":
+        b, exc = np.zeros(k, draw(st.sampled_from([other, np.int64]))), TypeError
+    elif bad == "bias_shape":
+        b = np.zeros(draw(st.sampled_from([(k + 1,), (k, 1), ()])), dtype)
+    elif bad == "dy_shape":
+        axis = draw(st.integers(0, 3))
+        dy_shape = tuple(v + (1 if i == axis else 0) for i, v in enumerate(dy_shape))
+    elif bad == "shape_arg":
+        cases = {
+            "backward_data": [
+                ((n, c, h), TypeError),
+                ((n, c, h, w, 1), TypeError),
+                ((n, c, -h, w), ValueError),
+                ((n, c, float(h), w), TypeError),
+                ((n, c, h, 2**64), ValueError),
+                (h, TypeError),
+                ("nchw", TypeError),
+            ],
+            "backward_weights": [
+                ((k, cg, r), TypeError),
+                ((k, cg, r, -s), ValueError),
+                ((k, cg, r, None), TypeError),
+                ((k, 2**63, r, s), ValueError),
+                (None, TypeError),
+            ],
+        }[pass_]
+        shape_arg, exc = draw(st.sampled_from(cases))
+        if pass_ == "backward_data":
+            x_shape = shape_arg
+        else:
+            w_shape = shape_arg
+
+    def array(name: str, shape: Any) -> np.ndarray:
+        return np.ones(shape, dtypes[name])
+
+    what = f"{pass_}: {bad} kw={kw} x={x_shape} w={w_shape} dy={dy_shape} b={b}"
+    if pass_ == "forward":
+        x, wt = array("x", x_shape), array("w", w_shape)
+        return what, lambda: ops.conv2d(x, wt, b, **kw), exc
+    if pass_ == "backward_data":
+        dy, wt = array("dy", dy_shape), array("w", w_shape)
+        return what, lambda: ops.conv2d_backward_data(dy, wt, x_shape, **kw), exc
+    x, dy = array("x", x_shape), array("dy", dy_shape)
+    return what, lambda: ops.conv2d_backward_weights(x, dy, w_shape, **kw), exc
+
+
+@pytest.mark.property
+@given(st.data())
+def test_conv_rejects_bad_input(data: st.DataObject) -> None:
+    what, call, exc = data.draw(bad_conv_calls())
+    with simdnn.use_isa(data.draw(st.sampled_from(ISAS))):
+        assert_raises_bad_input(call, exc, what)
+
+
+# ------------------------------------------------------------------------------------------------
+# Regressions (marker regression): one reproducer per bug found, named after it.
+
+
+# ------------------------------------------------------------------------------------------------
+# cpp/bindings/conv.cpp: the padded input and the dilated kernel were sized with int64 overflow.
+
+
+@pytest.mark.regression
+def test_conv_huge_dilation_or_padding_is_refused_not_wrapped(isa):
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    w = np.ones((1, 1, 5, 5), np.float32)
+    with simdnn.use_isa(isa):
+        # 2**62 * (5 - 1) + 1 wrapped to 1: a "1x1" kernel, a (1, 1, 4, 4) result of 4 * x.
+        with pytest.raises(ValueError, match="larger than the padded input"):
+            ops.conv2d(x, w, dilation=2**62)
+        with pytest.raises(ValueError, match="larger than the padded input"):
+            ops.conv2d_backward_weights(
+                x, np.ones((1, 1, 4, 4), np.float32), w.shape, dilation=2**62
+            )
+        # 4 + 2 * 2**62 wrapped to a negative padded size.
+        with pytest.raises(ValueError, match=r"padding .* is too large"):
+            ops.conv2d(x, w, padding=(0, 2**62))
+        # Valid huge values still work where they cannot overflow: a 1-wide kernel ignores its
+        # dilation, a stride beyond the input gives one output row.
+        w1 = np.ones((1, 1, 1, 1), np.float32)
+        y = ops.conv2d(x, w1, dilation=2**63 - 1, stride=(2**63 - 1, 1))
+        np.testing.assert_array_equal(y, x[:, :, :1, :])
+
+
+# ------------------------------------------------------------------------------------------------
+# python/simdnn/reference.py: the convolution twins overflowed as_strided on valid huge strides
+# and dilations (OverflowError: Python int too large to convert to C long).
+
+
+@pytest.mark.regression
+def test_conv_twins_accept_huge_strides_and_dilations():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 2, 3, 4))
+    w = rng.standard_normal((3, 2, 1, 2))
+    kw = {"stride": (2**63 - 1, 2**62), "dilation": (2**62, 1)}  # P = Q = 1, a 1-high kernel
+    y = reference.conv2d(x, w, **kw)
+    np.testing.assert_allclose(y, reference.conv2d(x, w, stride=3), rtol=1e-14)
+    np.testing.assert_allclose(y, ops.conv2d(x, w, **kw), rtol=1e-14)
+    dy = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(
+        reference.conv2d_backward_weights(x, dy, w.shape, **kw)[0],
+        reference.conv2d_backward_weights(x, dy, w.shape, stride=3)[0],
+        rtol=1e-14,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# cpp/conv/conv.cpp: with C = 0 the GEMM engine saw an empty reduction and wrote nothing: y was
+# uninitialised memory, and backward-weights set db to 0 instead of the sum of dy.
+
+
+@pytest.mark.regression
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_with_no_input_channels(isa, dtype):
+    x = np.zeros((2, 0, 9, 5), dtype)
+    w = np.zeros((4, 0, 1, 5), dtype)
+    b = np.arange(1, 5, dtype=dtype)
+    dy = np.arange(2 * 4 * 9, dtype=dtype).reshape(2, 4, 9, 1)
+    with simdnn.use_isa(isa):
+        for _ in range(3):  # fresh output arrays held garbage more often than not
+            np.testing.assert_array_equal(ops.conv2d(x, w, groups=2), np.zeros((2, 4, 9, 1)))
+            y = ops.conv2d(x, w, b, groups=2)
+            np.testing.assert_array_equal(y, np.broadcast_to(b[:, None, None], (2, 4, 9, 1)))
+        dw, db = ops.conv2d_backward_weights(x, dy, w.shape, groups=2)
+    assert dw.shape == w.shape
+    np.testing.assert_array_equal(db, dy.sum(axis=(0, 2, 3)))
+    np.testing.assert_array_equal(
+        db, reference.conv2d_backward_weights(x, dy, w.shape, groups=2)[1]
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# cpp/conv/conv.cpp: a valid stride of 2**63 - 1 (one output column) overflowed a rounding-up
+# division in col2im: dx came back 0, and other geometries wrote out of range.
+
+
+@pytest.mark.regression
+@pytest.mark.parametrize("stride", [(1, 2**63 - 1), (2**63 - 1, 1), (2**62, 2**62 + 1)])
+def test_conv_huge_valid_strides(isa, stride):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 5, 6))
+    w = rng.standard_normal((4, 3, 2, 2))
+    conv = {"stride": stride, "padding": 1}
+    with simdnn.use_isa(isa):
+        y = ops.conv2d(x, w, **conv)
+        dy = rng.standard_normal(y.shape)
+        dx = ops.conv2d_backward_data(dy, w, x.shape, **conv)
+        dw, db = ops.conv2d_backward_weights(x, dy, w.shape, **conv)
+    np.testing.assert_allclose(y, reference.conv2d(x, w, **conv), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        dx, reference.conv2d_backward_data(dy, w, x.shape, **conv), rtol=1e-12, atol=1e-12
+    )
+    want_dw, want_db = reference.conv2d_backward_weights(x, dy, w.shape, **conv)
+    np.testing.assert_allclose(dw, want_dw, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(db, want_db, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# cpp/conv/conv.cpp: backward-data as a convolution of the zero-padded dY with flipped weights
+# multiplied an Inf weight by dY's border zeros (NaN) where the true gradient is finite. The
+# depthwise stride-1 path and the many-channel flipped path both did.
+
+
+@pytest.mark.regression
+@pytest.mark.parametrize(("c", "k", "groups"), [(6, 6, 6), (16, 8, 1)])
+def test_backward_data_with_inf_weights_adds_only_real_terms(isa, c, k, groups):
+    w = np.zeros((k, c // groups, 3, 3))
+    w[:, :, 0, 0] = np.inf  # the top-left tap reaches dY's border at the bottom-right of dx
+    dy = np.ones((1, k, 8, 8))
+    with simdnn.use_isa(isa):
+        dx = ops.conv2d_backward_data(dy, w, (1, c, 8, 8), padding=1, groups=groups)
+    want = reference.conv2d_backward_data(dy, w, (1, c, 8, 8), padding=1, groups=groups)
+    np.testing.assert_array_equal(np.isnan(dx), np.isnan(want))
+    assert not np.isnan(dx).any()
+    assert np.isposinf(dx[0, :, :7, :7]).all()
+    assert (dx[0, :, 7, :] == 0).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Non-finite values (marker nonfinite): NaN, +Inf, -Inf and zeros sprinkled into every
+# input; the class of each element must be the twin's.
+
+
+CONV_CASES = [
+    # n, c, h, w, k, r, s, stride, padding, dilation, groups
+    (1, 1, 5, 5, 1, 3, 3, 1, 1, 1, 1),
+    (2, 3, 11, 13, 5, 3, 3, 1, 1, 1, 1),
+    (2, 4, 12, 9, 6, 3, 2, 2, (1, 0), 1, 2),
+    (1, 8, 10, 10, 8, 3, 3, 1, 2, 2, 8),  # depthwise, dilated
+    (3, 7, 9, 17, 11, 1, 1, 1, 0, 1, 1),  # 1x1: a plain GEMM
+    (2, 16, 9, 8, 5, 3, 3, 1, 1, 1, 1),  # enough channels for backward-data as a convolution
+    (1, 6, 7, 9, 6, 3, 3, 1, 1, 1, 6),  # depthwise, stride 1
+    (1, 2, 7, 7, 3, 5, 5, 3, 2, 1, 1),
+]
+
+
+@pytest.mark.nonfinite
+@pytest.mark.usefixtures("quiet_numpy")
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv2d_non_finite(isa, dtype, rng, case):
+    n, c, h, w, k, r, s, stride, padding, dilation, groups = case
+    conv = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
+    x = sprinkle(rng, (n, c, h, w), dtype)
+    wt = sprinkle(rng, (k, c // groups, r, s), dtype, 0.05)
+    b = sprinkle(rng, (k,), dtype, 0.1)
+    y = ops.conv2d(x, wt, b, **conv)
+    x64, w64, b64 = as64(x, wt, b)
+    assert_same_classes(y, reference.conv2d(x64, w64, b64, **conv), "conv2d")
+
+    dy = sprinkle(rng, y.shape, dtype)
+    (dy64,) = as64(dy)
+    dx = ops.conv2d_backward_data(dy, wt, x.shape, **conv)
+    assert_same_classes(
+        dx, reference.conv2d_backward_data(dy64, w64, x.shape, **conv), "conv2d_backward_data"
+    )
+    dw, db = ops.conv2d_backward_weights(x, dy, wt.shape, **conv)
+    want_dw, want_db = reference.conv2d_backward_weights(x64, dy64, wt.shape, **conv)
+    assert_same_classes(dw, want_dw, "conv2d_backward_weights dw")
+    assert_same_classes(db, want_db, "conv2d_backward_weights db")
+
+
+@pytest.mark.nonfinite
+@pytest.mark.usefixtures("quiet_numpy")
+def test_conv2d_inf_weight_meets_padding(isa, dtype):
+    """Padding is zeros that are multiplied, as in the twin and PyTorch: an Inf weight that
+    reaches the padding gives Inf * 0 = NaN at the border, and only there."""
+    x = np.ones((1, 1, 4, 4), dtype)
+    w = np.zeros((1, 1, 3, 3), dtype)
+    w[0, 0, 0, 0] = np.inf  # the top-left tap: it reads the padding in row 0 and column 0
+    y = ops.conv2d(x, w, padding=1)
+    want = reference.conv2d(x.astype(F64), w.astype(F64), padding=1)
+    assert_same_classes(y, want, "conv2d inf x padding")
+    assert np.isnan(y[0, 0, 0]).all()
+    assert np.isnan(y[0, 0, :, 0]).all()
+    assert np.isposinf(y[0, 0, 1:, 1:]).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Limits: tensors past 2**31 elements (marker large) and workspaces that cannot be
+# allocated.
+
+
+@pytest.mark.large
+def test_conv2d_output_past_2_31_elements() -> None:
+    # A 1x1 convolution with 33 filters over an 8192 x 8192 image: the output has
+    # 33 * 2**26 = 2**31 + 2**26 elements, so its last channel starts past 2**31.
+    k, h, w = 33, 8192, 8192
+    need_memory(k * h * w * 4 + h * w * 4)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 1, h, w), dtype=np.float32)
+    wt = rng.standard_normal((k, 1, 1, 1), dtype=np.float32)
+    b = rng.standard_normal(k, dtype=np.float32)
+    y = ops.conv2d(x, wt, b)
+    assert y.shape == (1, k, h, w)
+    for ch in [0, 1, BIG // (h * w) - 1, BIG // (h * w), k - 1]:
+        for row in [0, h // 2, h - 1]:
+            want = x[0, 0, row] * wt[ch, 0, 0, 0] + b[ch]
+            np.testing.assert_allclose(y[0, ch, row], want, rtol=1e-6, atol=1e-6)
+    del y
+
+
+# ------------------------------------------------------------------------------------------------
+# Workspaces that cannot be allocated. Each case runs in a child process whose address space is
+# capped (RLIMIT_AS) at what it has mapped plus 1 GiB, then asks for a ~4 GiB workspace: the
+# stride-2 backward-data convolution lowers to col2im with a (C R S) x (P Q) column buffer,
+# 64 * 16 * 16 * 256 * 256 floats. With N = 1 the buffer is taken before the parallel regions; with
+# N = 2 and two threads each thread takes its own inside one, so the failure has to cross the
+# region. After the MemoryError the library must still compute correctly.
+
+_CHILD = textwrap.dedent(
+    """
+    import resource, sys
+    import numpy as np
+    import simdnn
+    from simdnn import ops, reference
+
+    n = int(sys.argv[1])
+    simdnn.set_num_threads(2)
+    rng = np.random.default_rng(5)
+    small = rng.standard_normal((2, 3, 9, 9))
+    w_small = rng.standard_normal((4, 3, 3, 3))
+    dy_small = rng.standard_normal((2, 4, 4, 4))
+    # Warm up: OpenMP threads and their stacks exist before the cap.
+    ops.conv2d_backward_data(dy_small, w_small, small.shape, stride=2)
+
+    dy = np.ones((n, 1, 256, 256), dtype=np.float32)
+    w = np.ones((1, 64, 16, 16), dtype=np.float32)
+    x_shape = (n, 64, 526, 526)
+    with open("/proc/self/status") as f:
+        vm = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), hard))
+    try:
+        ops.conv2d_backward_data(dy, w, x_shape, stride=2)
+    except MemoryError as e:
+        print("MemoryError:", e)
+    else:
+        print("no error")
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    got = ops.conv2d_backward_data(dy_small, w_small, small.shape, stride=2)
+    want = reference.conv2d_backward_data(dy_small, w_small, small.shape, stride=2)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    print("afterwards ok")
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")
+@pytest.mark.parametrize("n", [1, 2], ids=["sequential", "per-thread"])
+def test_workspace_that_cannot_be_allocated_raises_memory_error(n: int) -> None:
+    env = dict(os.environ)
+    # Under AddressSanitizer (tools/sanitize.sh) a failed allocation must return null, as libc's
+    # does, instead of ending the process with a report.
+    env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":allocator_may_return_null=1"
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(n)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("MemoryError: simdnn: cannot allocate 4"), proc.stdout
+    assert "GiB of kernel workspace" in lines[0]
+    assert lines[1] == "afterwards ok"
