@@ -151,11 +151,13 @@ void bind_runtime(py::module_& m) {
   // Test hook for the stall back-off: a call of 8 tasks where the first task a pool worker runs
   // sleeps stall_us (a worker preempted mid-task), and the caller's first task waits (up to 5 s)
   // until a worker has started one; then at once a call of 8 empty tasks. Returns the change in
-  // pool_stats() (calls, solo, stalls).
+  // pool_stats() (calls, solo, stalls) and gap_us, the time from the end of the first call to the
+  // end of the second.
   m.def(
       "_stall_check",
       [](int64_t stall_us) {
         const PoolStats before = pool_stats();
+        std::chrono::steady_clock::time_point t_first;
         {
           py::gil_scoped_release release;
           std::atomic<bool> worker_started{false};
@@ -171,10 +173,15 @@ void bind_runtime(py::module_& m) {
               std::this_thread::sleep_for(std::chrono::microseconds(50));
             }
           });
+          t_first = std::chrono::steady_clock::now();
           parallel_for(8, 2, [&](int64_t) {});
         }
         const PoolStats after = pool_stats();
         py::dict d;
+        // The gap between the calls (a caller preempted there may miss the back-off window).
+        d["gap_us"] = std::chrono::duration_cast<std::chrono::microseconds>(
+                          std::chrono::steady_clock::now() - t_first)
+                          .count();
         d["calls"] = after.calls - before.calls;
         d["solo"] = after.solo - before.solo;
         d["stalls"] = after.stalls - before.stalls;

@@ -355,11 +355,13 @@ void wait_until_true(std::condition_variable& cv, std::unique_lock<std::mutex>& 
   while (!done()) cv.wait_for(lock, std::chrono::seconds(1));
 }
 
-void worker_main(Pool* pp) {
+// seen: the last job published before the worker was created. Read at creation, not when the
+// thread starts: a new thread can start after the caller has published the job it was created
+// for, and would then sit that job out (the first call after a fork ran on the caller alone).
+void worker_main(Pool* pp, uint32_t seen) {
   Pool& p = *pp;
   tls_in_task = true;  // a kernel called from a task runs serially
   tls_is_worker = true;
-  uint32_t seen = p.gen.load(std::memory_order_acquire);
   for (;;) {
     const auto t0 = std::chrono::steady_clock::now();
     int spins = 0;
@@ -410,7 +412,7 @@ void grow_pool(Pool& p, int want, std::string* warning) {
     for (int attempt = 0; attempt < 4 && t == nullptr; ++attempt) {
       if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(1 << (attempt - 1)));
       try {
-        t = new std::thread(worker_main, &p);
+        t = new std::thread(worker_main, &p, p.gen.load(std::memory_order_relaxed));
       } catch (const std::system_error& e) {
         why = e.what();
       } catch (const std::bad_alloc&) {
