@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import simdnn
-from simdnn.bench import Case, all_cases, check_close
+from simdnn.bench import all_cases, check_close
 from simdnn.bench.report import threads, torch_module
 
 TORCH = torch_module()
@@ -36,19 +36,25 @@ def same_threads() -> Iterator[int]:
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("side", SIDES)
-@pytest.mark.parametrize("case", CASES, ids=[c.label for c in CASES])
-def test_row(benchmark: Any, case: Case, side: str, dtype: str) -> None:
-    """Benchmark one side of one row, after checking it against the native result."""
+@pytest.mark.parametrize("label", [c.label for c in CASES])
+def test_row(benchmark: Any, label: str, side: str, dtype: str) -> None:
+    """Benchmark one side of one row, after checking the first call of each side on the same
+    inputs as simdnn.bench.report does (the native result against NumPy's or PyTorch's). The case
+    is built afresh: a training row keeps state (its models, the batch it is on) from call to
+    call, so a case shared between tests compared steps of different batches."""
+    case = {c.label: c for c in all_cases()}[label]
     dt = np.dtype(dtype)
     args = case.make(np.random.default_rng(0), dt)
-    expected = case.native(*args)
     if side == "torch":
         if case.torch is None or dt != np.float32:
             pytest.skip("no PyTorch equivalent for this row")  # only rows PyTorch lacks
+        # Before the native side's first step: a training row copies the model's weights.
         fn, call_args = case.torch(args)
+        expected = case.native(*args)
+        check_close(case, expected, fn(*call_args), dt, "PyTorch")
     else:
         fn, call_args = (case.native if side == "native" else case.numpy), args
-    check_close(case, expected, fn(*call_args), dt, "PyTorch" if side == "torch" else side)
+        check_close(case, case.native(*args), case.numpy(*args), dt, "numpy")
     benchmark.group = f"{case.label} {dtype}"
     benchmark.extra_info["gflops" if case.flops else "gbytes"] = (
         case.flops if case.flops else case.nbytes
