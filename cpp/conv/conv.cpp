@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "common/int_math.h"
 #include "common/parallel.h"
 #include "dispatch.h"
 #include "gemm/gemm_driver.h"
@@ -32,12 +33,6 @@
 namespace simdnn::SIMDNN_ISA_NS {
 
 namespace {
-
-using gemm_detail::ceil_div;
-using gemm_detail::max64;
-using gemm_detail::min64;
-using gemm_detail::round_up;
-using gemm_detail::split_range;
 
 // Backward-data as a flipped forward convolution needs Cg output rows per group; below this the
 // GEMM has too few rows for the micro-tile (LeNet's first layer, C = 1, would use 1 of 12 rows)

@@ -7,7 +7,6 @@
 
 #include "common/parallel.h"
 #include "dispatch.h"
-#include "gemm/gemm_driver.h"
 #include "simd/simd.h"
 
 namespace simdnn::SIMDNN_ISA_NS {

@@ -19,15 +19,7 @@
 
 #include <cstdint>
 
-#if defined(__GNUC__) || defined(__clang__)
-#define SIMDNN_PREFETCH(p) __builtin_prefetch(p)
-#define SIMDNN_UNROLL _Pragma("GCC unroll 32")
-#define SIMDNN_UNROLL2 _Pragma("GCC unroll 2")
-#else
-#define SIMDNN_PREFETCH(p) ((void)0)
-#define SIMDNN_UNROLL
-#define SIMDNN_UNROLL2
-#endif
+#include "common/compiler.h"
 
 namespace simdnn::gemm_detail {
 

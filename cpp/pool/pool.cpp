@@ -47,6 +47,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "common/int_math.h"
 #include "common/parallel.h"
 #include "dispatch.h"
 #include "simd/simd.h"
@@ -59,10 +60,6 @@ namespace simdnn::SIMDNN_ISA_NS {
 
 namespace {
 
-int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
-// Ceiling of a / b for b > 0 and any sign of a.
-int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
 // v clamped to [lo, hi], as an int (lane counts and ranges).
 int clamp_int(int64_t v, int lo, int hi) {
   return static_cast<int>(v < lo ? lo : (v > hi ? hi : v));
