@@ -26,9 +26,9 @@
 
 #include "common/int_math.h"
 #include "common/parallel.h"
-#include "dispatch.h"
 #include "gemm/gemm_driver.h"
 #include "gemm/gemm_isa.h"
+#include "registry.h"
 
 namespace simdnn::SIMDNN_ISA_NS {
 
@@ -934,13 +934,8 @@ void conv_backward_weights(const Conv2d& cv_in, const T* x, const T* dy, T* dw, 
 
 }  // namespace
 
-void register_conv(KernelTable* table) {
-  table->sconv.forward = &conv_forward<float>;
-  table->dconv.forward = &conv_forward<double>;
-  table->sconv.backward_data = &conv_backward_data<float>;
-  table->dconv.backward_data = &conv_backward_data<double>;
-  table->sconv.backward_weights = &conv_backward_weights<float>;
-  table->dconv.backward_weights = &conv_backward_weights<double>;
-}
+SIMDNN_REGISTER_OP(conv_forward, conv_forward)
+SIMDNN_REGISTER_OP(conv_backward_data, conv_backward_data)
+SIMDNN_REGISTER_OP(conv_backward_weights, conv_backward_weights)
 
 }  // namespace simdnn::SIMDNN_ISA_NS

@@ -37,7 +37,7 @@
 #include "common/compiler.h"
 #include "common/int_math.h"
 #include "common/parallel.h"
-#include "dispatch.h"
+#include "registry.h"
 #include "simd/simd.h"
 
 namespace simdnn::SIMDNN_ISA_NS {
@@ -788,9 +788,7 @@ void batch_norm_backward(int64_t n, int64_t c, int64_t s, const T* dy, const T* 
 
 }  // namespace
 
-void register_norm(KernelTable* table) {
-  table->sbatch_norm = {&batch_norm_forward<float>, &batch_norm_backward<float>};
-  table->dbatch_norm = {&batch_norm_forward<double>, &batch_norm_backward<double>};
-}
+SIMDNN_REGISTER_OP(batch_norm_forward, batch_norm_forward)
+SIMDNN_REGISTER_OP(batch_norm_backward, batch_norm_backward)
 
 }  // namespace simdnn::SIMDNN_ISA_NS

@@ -49,7 +49,7 @@
 
 #include "common/int_math.h"
 #include "common/parallel.h"
-#include "dispatch.h"
+#include "registry.h"
 #include "simd/simd.h"
 
 #ifndef SIMDNN_ISA_NS
@@ -783,15 +783,9 @@ void avg_backward(const Pool2d& pl, bool count_include_pad, const T* dy, T* dx) 
 
 }  // namespace
 
-void register_pool(KernelTable* table) {
-  table->spool.max_forward = &max_forward<float>;
-  table->dpool.max_forward = &max_forward<double>;
-  table->spool.avg_forward = &avg_forward<float>;
-  table->dpool.avg_forward = &avg_forward<double>;
-  table->spool.max_backward = &max_backward<float>;
-  table->dpool.max_backward = &max_backward<double>;
-  table->spool.avg_backward = &avg_backward<float>;
-  table->dpool.avg_backward = &avg_backward<double>;
-}
+SIMDNN_REGISTER_OP(max_pool_forward, max_forward)
+SIMDNN_REGISTER_OP(max_pool_backward, max_backward)
+SIMDNN_REGISTER_OP(avg_pool_forward, avg_forward)
+SIMDNN_REGISTER_OP(avg_pool_backward, avg_backward)
 
 }  // namespace simdnn::SIMDNN_ISA_NS
