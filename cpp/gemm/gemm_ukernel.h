@@ -1,5 +1,6 @@
 // The GEMM micro-kernel, written once over a vector-traits type V (cpp/simd/simd_<isa>.h) and
-// instantiated per ISA in gemm_ukernel_<MR>x<NR>_<isa>.cpp. It holds only registers and FMAs:
+// instantiated per kernel of the registry (cpp/kernels.inc) in
+// cpp/gemm/ukernels/<s|d>gemm_ukernel_<MR>x<NR>_<isa>.cpp. It holds only registers and FMAs:
 // blocking, packing and threading live in gemm_driver.h.
 //
 // Contract (one MR x NR tile of C, row-major):
