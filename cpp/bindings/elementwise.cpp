@@ -171,8 +171,7 @@ void adam_update(const py::object& p_obj, const py::object& g_obj, const py::obj
   a.beta2 = beta2;
   a.eps = eps;
   a.weight_decay = weight_decay;
-  a.bias1 = 1.0 - std::pow(beta1, static_cast<double>(step));
-  a.bias2 = 1.0 - std::pow(beta2, static_cast<double>(step));
+  adam_set_step(&a, step);
   std::vector<py::array> keep;
   std::tuple<std::vector<AdamJob<float>>, std::vector<AdamJob<double>>> jobs;
   for (size_t i = 0; i < ps.size(); ++i) {
