@@ -9,35 +9,61 @@ namespace simdnn {
 
 namespace {
 
-// Only the ISAs this CPU supports are registered: each ISA's registration functions are compiled
-// with that ISA's flags, and the compiler is free to use its instructions even there (GCC 12 put
-// AVX-512 instructions in avx512::register_gemm), so calling them on an older CPU would raise
+#define SIMDNN_FILL_OP(ns, name) \
+  k->f32.name = ns::name##_f32;  \
+  k->f64.name = ns::name##_f64;
+#define SIMDNN_FILL_PROBE(ns, name) p->name = ns::name##_probe;
+
+// The tables of one ISA, from the registry (every op and probe of ops.inc) and the GEMM blocking.
+void fill_scalar(KernelTable* k, ProbeTable* p) {
+#define SIMDNN_OP(family, name, FnType) SIMDNN_FILL_OP(scalar, name)
+#define SIMDNN_PROBE(family, name, FnType) SIMDNN_FILL_PROBE(scalar, name)
+#include "ops.inc"
+  k->f32.gemm_blocking = scalar::gemm_blocking_f32();
+  k->f64.gemm_blocking = scalar::gemm_blocking_f64();
+}
+#ifdef SIMDNN_HAVE_AVX2
+void fill_avx2(KernelTable* k, ProbeTable* p) {
+#define SIMDNN_OP(family, name, FnType) SIMDNN_FILL_OP(avx2, name)
+#define SIMDNN_PROBE(family, name, FnType) SIMDNN_FILL_PROBE(avx2, name)
+#include "ops.inc"
+  k->f32.gemm_blocking = avx2::gemm_blocking_f32();
+  k->f64.gemm_blocking = avx2::gemm_blocking_f64();
+}
+#endif
+#ifdef SIMDNN_HAVE_AVX512
+void fill_avx512(KernelTable* k, ProbeTable* p) {
+#define SIMDNN_OP(family, name, FnType) SIMDNN_FILL_OP(avx512, name)
+#define SIMDNN_PROBE(family, name, FnType) SIMDNN_FILL_PROBE(avx512, name)
+#include "ops.inc"
+  k->f32.gemm_blocking = avx512::gemm_blocking_f32();
+  k->f64.gemm_blocking = avx512::gemm_blocking_f64();
+}
+#endif
+#undef SIMDNN_FILL_OP
+#undef SIMDNN_FILL_PROBE
+
+// Only the ISAs this CPU supports are filled: the GEMM blocking functions are compiled with their
+// ISA's flags, and the compiler is free to use its instructions even there (GCC 12 put AVX-512
+// instructions in what was avx512::register_gemm), so calling them on an older CPU would raise
 // SIGILL at import. Tables of unsupported ISAs stay empty; nothing can select them
 // (set_active_isa checks isa_available).
 struct Tables {
   KernelTable t[kNumIsas];
+  ProbeTable probes[kNumIsas];
   Tables() {
     for (int i = 0; i < kNumIsas; ++i) t[i].isa = static_cast<Isa>(i);
-#define SIMDNN_REGISTER_ALL(isa) \
-  if (isa_available(Isa::isa)) { \
-    SIMDNN_REGISTER_ONE(isa)     \
-  }
-#define SIMDNN_REGISTER_ONE(isa)                             \
-  isa::register_gemm(&t[static_cast<int>(Isa::isa)]);        \
-  isa::register_conv(&t[static_cast<int>(Isa::isa)]);        \
-  isa::register_pool(&t[static_cast<int>(Isa::isa)]);        \
-  isa::register_probe(&t[static_cast<int>(Isa::isa)]);       \
-  isa::register_elementwise(&t[static_cast<int>(Isa::isa)]); \
-  isa::register_norm(&t[static_cast<int>(Isa::isa)]);
-    SIMDNN_REGISTER_ALL(scalar)
+#define SIMDNN_FILL(isa)       \
+  if (isa_available(Isa::isa)) \
+    fill_##isa(&t[static_cast<int>(Isa::isa)], &probes[static_cast<int>(Isa::isa)]);
+    SIMDNN_FILL(scalar)
 #ifdef SIMDNN_HAVE_AVX2
-    SIMDNN_REGISTER_ALL(avx2)
+    SIMDNN_FILL(avx2)
 #endif
 #ifdef SIMDNN_HAVE_AVX512
-    SIMDNN_REGISTER_ALL(avx512)
+    SIMDNN_FILL(avx512)
 #endif
-#undef SIMDNN_REGISTER_ALL
-#undef SIMDNN_REGISTER_ONE
+#undef SIMDNN_FILL
   }
 };
 
@@ -54,6 +80,10 @@ std::atomic<const KernelTable*>& active() {
 }  // namespace
 
 const KernelTable& kernels_for(Isa isa) { return tables().t[static_cast<int>(isa)]; }
+
+const ProbeTable& probes_for(Isa isa) { return tables().probes[static_cast<int>(isa)]; }
+
+const ProbeTable& probes() { return probes_for(active_isa()); }
 
 Isa best_isa() {
   for (int i = kNumIsas - 1; i > 0; --i) {

@@ -13,8 +13,10 @@
 
 namespace {
 
-simdnn::GemmFn<float> gemm_of(const simdnn::KernelTable& table, float) { return table.sgemm; }
-simdnn::GemmFn<double> gemm_of(const simdnn::KernelTable& table, double) { return table.dgemm; }
+template <typename T>
+simdnn::GemmFn<T> gemm_of(const simdnn::KernelTable& table, T) {
+  return table.get<T>().gemm;
+}
 
 // C = alpha * A . B^T + beta * C with A m x k row-major and B given as n x k (a transposed
 // operand), against a plain loop. Returns the number of elements that differ.

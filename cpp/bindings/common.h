@@ -54,6 +54,35 @@ std::pair<int64_t, int64_t> int_pair(const py::handle& obj, const char* fn, cons
 std::vector<int64_t> shape_tuple(const py::handle& obj, size_t n, const char* fn, const char* arg);
 std::string tuple_str(const std::vector<int64_t>& v);
 
+// The one float32/float64 branch of the glue. dispatch_dtype(a, f) calls f(DtypeTag<float>{}) when
+// a is float32 and f(DtypeTag<double>{}) otherwise (the argument checks have already refused every
+// other dtype) and returns what f returns; for_each_dtype(f) calls both, float32 first. In f:
+//   using T = typename decltype(tag)::type;
+template <typename T>
+struct DtypeTag {
+  using type = T;
+};
+template <typename F>
+decltype(auto) dispatch_dtype(const py::array& a, F&& f) {
+  if (a.dtype().itemsize() == 4) return f(DtypeTag<float>{});
+  return f(DtypeTag<double>{});
+}
+template <typename F>
+void for_each_dtype(F&& f) {
+  f(DtypeTag<float>{});
+  f(DtypeTag<double>{});
+}
+
+// An array's data as T (its dtype already checked).
+template <typename T>
+const T* cdata(const py::array& a) {
+  return static_cast<const T*>(a.data());
+}
+template <typename T>
+T* mdata(py::array& a) {
+  return static_cast<T*>(a.mutable_data());
+}
+
 void bind_runtime(py::module_& m);
 void bind_gemm(py::module_& m);
 void bind_conv(py::module_& m);

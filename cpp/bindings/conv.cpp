@@ -112,11 +112,6 @@ void require_shape(const py::array& a, const std::vector<int64_t>& want, const c
   }
 }
 
-template <typename T>
-const typename KernelTable::template Conv<T>& conv_kernels() {
-  return kernels().conv(T());
-}
-
 py::array conv2d(const py::object& x_obj, const py::object& w_obj, const py::object& b_obj,
                  const py::object& stride, const py::object& padding, const py::object& dilation,
                  const py::object& groups) {
@@ -135,24 +130,15 @@ py::array conv2d(const py::object& x_obj, const py::object& w_obj, const py::obj
     require_shape(b, {cv.k}, fn, "b");
   }
   py::array y = new_array(x, {cv.n, cv.k, cv.p, cv.q});
-  const void* bp = b_obj.is_none() ? nullptr : b.data();
-  if (x.dtype().itemsize() == 4) {
-    auto f = conv_kernels<float>().forward;
-    const float* xp = static_cast<const float*>(x.data());
-    const float* wp = static_cast<const float*>(w.data());
-    float* yp = static_cast<float*>(y.mutable_data());
+  dispatch_dtype(x, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    auto f = kernels().get<T>().conv_forward;
+    const T *xp = cdata<T>(x), *wp = cdata<T>(w), *bp = b_obj.is_none() ? nullptr : cdata<T>(b);
+    T* yp = mdata<T>(y);
     py::gil_scoped_release release;
     WorkspaceScope workspace_scope;
-    f(cv, xp, wp, static_cast<const float*>(bp), yp);
-  } else {
-    auto f = conv_kernels<double>().forward;
-    const double* xp = static_cast<const double*>(x.data());
-    const double* wp = static_cast<const double*>(w.data());
-    double* yp = static_cast<double*>(y.mutable_data());
-    py::gil_scoped_release release;
-    WorkspaceScope workspace_scope;
-    f(cv, xp, wp, static_cast<const double*>(bp), yp);
-  }
+    f(cv, xp, wp, bp, yp);
+  });
   return y;
 }
 
@@ -171,23 +157,15 @@ py::array conv2d_backward_data(const py::object& dy_obj, const py::object& w_obj
                              "x_shape", "w");
   require_shape(dy, {cv.n, cv.k, cv.p, cv.q}, fn, "dy");
   py::array dx = new_array(dy, xs);
-  if (dy.dtype().itemsize() == 4) {
-    auto f = conv_kernels<float>().backward_data;
-    const float* gp = static_cast<const float*>(dy.data());
-    const float* wp = static_cast<const float*>(w.data());
-    float* out = static_cast<float*>(dx.mutable_data());
+  dispatch_dtype(dy, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    auto f = kernels().get<T>().conv_backward_data;
+    const T *gp = cdata<T>(dy), *wp = cdata<T>(w);
+    T* out = mdata<T>(dx);
     py::gil_scoped_release release;
     WorkspaceScope workspace_scope;
     f(cv, gp, wp, out);
-  } else {
-    auto f = conv_kernels<double>().backward_data;
-    const double* gp = static_cast<const double*>(dy.data());
-    const double* wp = static_cast<const double*>(w.data());
-    double* out = static_cast<double*>(dx.mutable_data());
-    py::gil_scoped_release release;
-    WorkspaceScope workspace_scope;
-    f(cv, gp, wp, out);
-  }
+  });
   return dx;
 }
 
@@ -207,25 +185,15 @@ py::tuple conv2d_backward_weights(const py::object& x_obj, const py::object& dy_
   require_shape(dy, {cv.n, cv.k, cv.p, cv.q}, fn, "dy");
   py::array dw = new_array(x, ws);
   py::array db = new_array(x, {cv.k});
-  if (x.dtype().itemsize() == 4) {
-    auto f = conv_kernels<float>().backward_weights;
-    const float* xp = static_cast<const float*>(x.data());
-    const float* gp = static_cast<const float*>(dy.data());
-    float* dwp = static_cast<float*>(dw.mutable_data());
-    float* dbp = static_cast<float*>(db.mutable_data());
+  dispatch_dtype(x, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    auto f = kernels().get<T>().conv_backward_weights;
+    const T *xp = cdata<T>(x), *gp = cdata<T>(dy);
+    T *dwp = mdata<T>(dw), *dbp = mdata<T>(db);
     py::gil_scoped_release release;
     WorkspaceScope workspace_scope;
     f(cv, xp, gp, dwp, dbp);
-  } else {
-    auto f = conv_kernels<double>().backward_weights;
-    const double* xp = static_cast<const double*>(x.data());
-    const double* gp = static_cast<const double*>(dy.data());
-    double* dwp = static_cast<double*>(dw.mutable_data());
-    double* dbp = static_cast<double*>(db.mutable_data());
-    py::gil_scoped_release release;
-    WorkspaceScope workspace_scope;
-    f(cv, xp, gp, dwp, dbp);
-  }
+  });
   return py::make_tuple(dw, db);
 }
 

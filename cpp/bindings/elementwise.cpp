@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "bindings/common.h"
@@ -45,31 +46,18 @@ py::array in_place(const py::object& obj, const char* fn, const char* arg) {
   return a;
 }
 
-template <typename T>
-T* ptr(py::array& a) {
-  return static_cast<T*>(a.mutable_data());
-}
-template <typename T>
-const T* cptr(const py::array& a) {
-  return static_cast<const T*>(a.data());
-}
-
 py::array relu(const py::object& x_obj) {
   py::array x = as_contiguous_float_array(x_obj, "relu", "x");
   py::array y = new_array(x, shape_of(x));
   const int64_t n = x.size();
   const int nt = get_num_threads();
-  if (x.dtype().itemsize() == 4) {
-    auto f = kernels().relu(float());
+  dispatch_dtype(x, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    auto f = kernels().get<T>().relu;
     py::gil_scoped_release r;
     WorkspaceScope workspace_scope;
-    f(n, cptr<float>(x), ptr<float>(y), nt);
-  } else {
-    auto f = kernels().relu(double());
-    py::gil_scoped_release r;
-    WorkspaceScope workspace_scope;
-    f(n, cptr<double>(x), ptr<double>(y), nt);
-  }
+    f(n, cdata<T>(x), mdata<T>(y), nt);
+  });
   return y;
 }
 
@@ -81,17 +69,13 @@ py::array relu_backward(const py::object& dy_obj, const py::object& x_obj) {
   py::array dx = new_array(x, shape_of(x));
   const int64_t n = x.size();
   const int nt = get_num_threads();
-  if (x.dtype().itemsize() == 4) {
-    auto f = kernels().relu_backward(float());
+  dispatch_dtype(x, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    auto f = kernels().get<T>().relu_backward;
     py::gil_scoped_release r;
     WorkspaceScope workspace_scope;
-    f(n, cptr<float>(dy), cptr<float>(x), ptr<float>(dx), nt);
-  } else {
-    auto f = kernels().relu_backward(double());
-    py::gil_scoped_release r;
-    WorkspaceScope workspace_scope;
-    f(n, cptr<double>(dy), cptr<double>(x), ptr<double>(dx), nt);
-  }
+    f(n, cdata<T>(dy), cdata<T>(x), mdata<T>(dx), nt);
+  });
   return dx;
 }
 
@@ -130,8 +114,7 @@ void sgd_update(const py::object& p_obj, const py::object& g_obj, const py::obje
   s.nesterov = nesterov;
   s.weight_decay = weight_decay;
   std::vector<py::array> keep;  // holds converted grads alive while the GIL is released
-  std::vector<SgdJob<float>> jobs32;
-  std::vector<SgdJob<double>> jobs64;
+  std::tuple<std::vector<SgdJob<float>>, std::vector<SgdJob<double>>> jobs;
   for (size_t i = 0; i < ps.size(); ++i) {
     py::array p = in_place(ps[i], fn, "param");
     py::array g = as_contiguous_float_array(gs[i], fn, "grad");
@@ -142,24 +125,25 @@ void sgd_update(const py::object& p_obj, const py::object& g_obj, const py::obje
       v = in_place(vs[i], fn, "velocity");
       require_like(v, "velocity", p, "param", fn);
     }
-    if (p.dtype().itemsize() == 4) {
-      jobs32.push_back({ptr<float>(p), cptr<float>(g), momentum != 0.0 ? ptr<float>(v) : nullptr,
-                        static_cast<int64_t>(p.size())});
-    } else {
-      jobs64.push_back({ptr<double>(p), cptr<double>(g), momentum != 0.0 ? ptr<double>(v) : nullptr,
-                        static_cast<int64_t>(p.size())});
-    }
+    dispatch_dtype(p, [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      std::get<std::vector<SgdJob<T>>>(jobs).push_back({mdata<T>(p), cdata<T>(g),
+                                                        momentum != 0.0 ? mdata<T>(v) : nullptr,
+                                                        static_cast<int64_t>(p.size())});
+    });
     keep.push_back(p);
     keep.push_back(g);
     if (momentum != 0.0) keep.push_back(v);
   }
   const int nt = get_num_threads();
-  auto f32 = kernels().sgd(float());
-  auto f64 = kernels().sgd(double());
+  const KernelTable& kt = kernels();
   py::gil_scoped_release r;
   WorkspaceScope workspace_scope;
-  for (const auto& j : jobs32) f32(j.n, j.p, j.g, j.v, s, nt);
-  for (const auto& j : jobs64) f64(j.n, j.p, j.g, j.v, s, nt);
+  for_each_dtype([&](auto tag) {
+    using T = typename decltype(tag)::type;
+    auto f = kt.get<T>().sgd;
+    for (const auto& j : std::get<std::vector<SgdJob<T>>>(jobs)) f(j.n, j.p, j.g, j.v, s, nt);
+  });
 }
 
 template <typename T>
@@ -187,11 +171,9 @@ void adam_update(const py::object& p_obj, const py::object& g_obj, const py::obj
   a.beta2 = beta2;
   a.eps = eps;
   a.weight_decay = weight_decay;
-  a.bias1 = 1.0 - std::pow(beta1, static_cast<double>(step));
-  a.bias2 = 1.0 - std::pow(beta2, static_cast<double>(step));
+  adam_set_step(&a, step);
   std::vector<py::array> keep;
-  std::vector<AdamJob<float>> jobs32;
-  std::vector<AdamJob<double>> jobs64;
+  std::tuple<std::vector<AdamJob<float>>, std::vector<AdamJob<double>>> jobs;
   for (size_t i = 0; i < ps.size(); ++i) {
     py::array p = in_place(ps[i], fn, "param");
     py::array g = as_contiguous_float_array(gs[i], fn, "grad");
@@ -200,25 +182,25 @@ void adam_update(const py::object& p_obj, const py::object& g_obj, const py::obj
     require_like(g, "grad", p, "param", fn);
     require_like(m, "exp_avg", p, "param", fn);
     require_like(v, "exp_avg_sq", p, "param", fn);
-    if (p.dtype().itemsize() == 4) {
-      jobs32.push_back({ptr<float>(p), ptr<float>(m), ptr<float>(v), cptr<float>(g),
-                        static_cast<int64_t>(p.size())});
-    } else {
-      jobs64.push_back({ptr<double>(p), ptr<double>(m), ptr<double>(v), cptr<double>(g),
-                        static_cast<int64_t>(p.size())});
-    }
+    dispatch_dtype(p, [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      std::get<std::vector<AdamJob<T>>>(jobs).push_back(
+          {mdata<T>(p), mdata<T>(m), mdata<T>(v), cdata<T>(g), static_cast<int64_t>(p.size())});
+    });
     keep.push_back(p);
     keep.push_back(g);
     keep.push_back(m);
     keep.push_back(v);
   }
   const int nt = get_num_threads();
-  auto f32 = kernels().adam(float());
-  auto f64 = kernels().adam(double());
+  const KernelTable& kt = kernels();
   py::gil_scoped_release r;
   WorkspaceScope workspace_scope;
-  for (const auto& j : jobs32) f32(j.n, j.p, j.g, j.m, j.v, a, nt);
-  for (const auto& j : jobs64) f64(j.n, j.p, j.g, j.m, j.v, a, nt);
+  for_each_dtype([&](auto tag) {
+    using T = typename decltype(tag)::type;
+    auto f = kt.get<T>().adam;
+    for (const auto& j : std::get<std::vector<AdamJob<T>>>(jobs)) f(j.n, j.p, j.g, j.m, j.v, a, nt);
+  });
 }
 
 }  // namespace

@@ -48,25 +48,19 @@ void run_gemm(const MatView& a, const MatView& b, T alpha, T beta, T* c, int64_t
   g.c = c;
   g.rs_c = rs_c;
   g.nthreads = get_num_threads();
-  const KernelTable& kt = kernels();
+  auto f = kernels().get<T>().gemm;
   py::gil_scoped_release release;
   WorkspaceScope workspace_scope;
-  if constexpr (sizeof(T) == 4) {
-    kt.sgemm(g);
-  } else {
-    kt.dgemm(g);
-  }
+  f(g);
 }
 
 // c (M x N, unit column stride, row stride rs_c) = alpha * a . b + beta * c.
 void dispatch_gemm(const py::array& like, const MatView& a, const MatView& b, double alpha,
                    double beta, void* c, int64_t rs_c) {
-  if (like.dtype().itemsize() == 4) {
-    run_gemm<float>(a, b, static_cast<float>(alpha), static_cast<float>(beta),
-                    static_cast<float*>(c), rs_c);
-  } else {
-    run_gemm<double>(a, b, alpha, beta, static_cast<double*>(c), rs_c);
-  }
+  dispatch_dtype(like, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    run_gemm<T>(a, b, static_cast<T>(alpha), static_cast<T>(beta), static_cast<T*>(c), rs_c);
+  });
 }
 
 // Whether the kernels can write into `out` directly: unit column stride, whole-element row stride.
@@ -257,11 +251,9 @@ void run_ukernel(int index, const py::array& a, const py::array& b, py::array& c
     value_error("run_ukernel: b and c need unit column strides");
   }
   if (!c.writeable()) value_error("run_ukernel: c is read-only");
-  if (size == 4) {
-    call_gemm_ukernel<float>(uk, a, b, c, alpha, beta);
-  } else {
-    call_gemm_ukernel<double>(uk, a, b, c, alpha, beta);
-  }
+  dispatch_dtype(a, [&](auto tag) {
+    call_gemm_ukernel<typename decltype(tag)::type>(uk, a, b, c, alpha, beta);
+  });
 }
 
 }  // namespace

@@ -106,7 +106,7 @@ template <typename T>
 void run_forward(const Ncs& d, const py::array& x, const py::object& w, const py::object& b,
                  const py::object& rm, const py::object& rv, const py::array& mean,
                  const py::array& invstd, const py::array& y, const BatchNormParams& p) {
-  auto f = kernels().batch_norm(T()).forward;
+  auto f = kernels().get<T>().batch_norm_forward;
   const int nt = get_num_threads();
   const T *px = cptr<T>(x), *pw = cptr<T>(w), *pb = cptr<T>(b);
   // The running statistics are written only in training, where running_in_place checked that
@@ -158,11 +158,9 @@ py::tuple batch_norm(const py::object& x_obj, const py::object& w_obj, const py:
   p.training = training;
   p.momentum = momentum;
   p.eps = eps;
-  if (x.dtype().itemsize() == 4) {
-    run_forward<float>(d, x, w, b, rm.work, rv.work, mean, invstd, y, p);
-  } else {
-    run_forward<double>(d, x, w, b, rm.work, rv.work, mean, invstd, y, p);
-  }
+  dispatch_dtype(x, [&](auto tag) {
+    run_forward<typename decltype(tag)::type>(d, x, w, b, rm.work, rv.work, mean, invstd, y, p);
+  });
   if (training) {
     rm.write_back();
     rv.write_back();
@@ -174,7 +172,7 @@ template <typename T>
 void run_backward(const Ncs& d, const py::array& dy, const py::array& x, const py::object& w,
                   const py::object& mean, const py::object& invstd, bool training,
                   const py::object& dx, const py::array& dw, const py::array& db) {
-  auto f = kernels().batch_norm(T()).backward;
+  auto f = kernels().get<T>().batch_norm_backward;
   const int nt = get_num_threads();
   const T *pdy = cptr<T>(dy), *px = cptr<T>(x), *pw = cptr<T>(w), *pm = cptr<T>(mean),
           *pi = cptr<T>(invstd);
@@ -205,11 +203,9 @@ py::tuple batch_norm_backward(const py::object& dy_obj, const py::object& x_obj,
   const py::object dx = need_dx ? py::object(new_array(x, shape_of(x))) : py::object(py::none());
   py::array dw = new_array(x, {d.c});
   py::array db = new_array(x, {d.c});
-  if (x.dtype().itemsize() == 4) {
-    run_backward<float>(d, dy, x, w, mean, invstd, training, dx, dw, db);
-  } else {
-    run_backward<double>(d, dy, x, w, mean, invstd, training, dx, dw, db);
-  }
+  dispatch_dtype(x, [&](auto tag) {
+    run_backward<typename decltype(tag)::type>(d, dy, x, w, mean, invstd, training, dx, dw, db);
+  });
   return py::make_tuple(dx, dw, db);
 }
 

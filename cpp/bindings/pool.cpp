@@ -125,17 +125,16 @@ py::tuple max_pool2d(const py::object& x_obj, const py::object& kernel_size,
   const std::vector<py::ssize_t> s(y.shape(), y.shape() + 4);
   py::array idx(index_dtype(pl), s);
   if (y.size() > 0) {
-    const KernelTable& kt = kernels();
-    const void* px = x.data();
-    void* py_ = y.mutable_data();
-    void* pi = idx.mutable_data();
-    py::gil_scoped_release release;
-    WorkspaceScope workspace_scope;
-    if (x.dtype().itemsize() == 4) {
-      kt.spool.max_forward(pl, static_cast<const float*>(px), static_cast<float*>(py_), pi);
-    } else {
-      kt.dpool.max_forward(pl, static_cast<const double*>(px), static_cast<double*>(py_), pi);
-    }
+    dispatch_dtype(x, [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      auto f = kernels().get<T>().max_pool_forward;
+      const T* px = cdata<T>(x);
+      T* py_ = mdata<T>(y);
+      void* pi = idx.mutable_data();
+      py::gil_scoped_release release;
+      WorkspaceScope workspace_scope;
+      f(pl, px, py_, pi);
+    });
   }
   return py::make_tuple(y, idx);
 }
@@ -175,21 +174,16 @@ py::array max_pool2d_backward(const py::object& dy_obj, const py::object& idx_ob
 
   py::array dx = new_array(dy, x_shape);
   if (dx.size() == 0) return dx;
-  const KernelTable& kt = kernels();
-  const void* pdy = dy.data();
-  const void* pi = idx.data();
-  void* pdx = dx.mutable_data();
-  int64_t bad = 0;
-  {
+  const int64_t bad = dispatch_dtype(dy, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    auto f = kernels().get<T>().max_pool_backward;
+    const T* pdy = cdata<T>(dy);
+    const void* pi = idx.data();
+    T* pdx = mdata<T>(dx);
     py::gil_scoped_release release;
     WorkspaceScope workspace_scope;
-    if (dy.dtype().itemsize() == 4) {
-      bad = kt.spool.max_backward(pl, static_cast<const float*>(pdy), pi, static_cast<float*>(pdx));
-    } else {
-      bad =
-          kt.dpool.max_backward(pl, static_cast<const double*>(pdy), pi, static_cast<double*>(pdx));
-    }
-  }
+    return f(pl, pdy, pi, pdx);
+  });
   if (bad != 0) {
     value_error(std::string(fn) + ": " + std::to_string(bad) + " of " + std::to_string(idx.size()) +
                 " indices out of range: each entry of 'indices' " +
@@ -209,18 +203,15 @@ py::array avg_pool2d(const py::object& x_obj, const py::object& kernel_size,
   const Pool2d pl = make_pool(shape_of(x), w, fn, "x of shape " + shape_str(x));
   py::array y = new_array(x, out_shape(pl));
   if (y.size() > 0) {
-    const KernelTable& kt = kernels();
-    const void* px = x.data();
-    void* py_ = y.mutable_data();
-    py::gil_scoped_release release;
-    WorkspaceScope workspace_scope;
-    if (x.dtype().itemsize() == 4) {
-      kt.spool.avg_forward(pl, count_include_pad, static_cast<const float*>(px),
-                           static_cast<float*>(py_));
-    } else {
-      kt.dpool.avg_forward(pl, count_include_pad, static_cast<const double*>(px),
-                           static_cast<double*>(py_));
-    }
+    dispatch_dtype(x, [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      auto f = kernels().get<T>().avg_pool_forward;
+      const T* px = cdata<T>(x);
+      T* py_ = mdata<T>(y);
+      py::gil_scoped_release release;
+      WorkspaceScope workspace_scope;
+      f(pl, count_include_pad, px, py_);
+    });
   }
   return y;
 }
@@ -237,18 +228,15 @@ py::array avg_pool2d_backward(const py::object& dy_obj, const py::object& x_shap
   require_out_shape(dy, "dy", pl, fn);
   py::array dx = new_array(dy, x_shape);
   if (dx.size() == 0) return dx;
-  const KernelTable& kt = kernels();
-  const void* pdy = dy.data();
-  void* pdx = dx.mutable_data();
-  py::gil_scoped_release release;
-  WorkspaceScope workspace_scope;
-  if (dy.dtype().itemsize() == 4) {
-    kt.spool.avg_backward(pl, count_include_pad, static_cast<const float*>(pdy),
-                          static_cast<float*>(pdx));
-  } else {
-    kt.dpool.avg_backward(pl, count_include_pad, static_cast<const double*>(pdy),
-                          static_cast<double*>(pdx));
-  }
+  dispatch_dtype(dy, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    auto f = kernels().get<T>().avg_pool_backward;
+    const T* pdy = cdata<T>(dy);
+    T* pdx = mdata<T>(dx);
+    py::gil_scoped_release release;
+    WorkspaceScope workspace_scope;
+    f(pl, count_include_pad, pdy, pdx);
+  });
   return dx;
 }
 

@@ -56,8 +56,8 @@ py::dict cpu_info_dict() {
   d["l3_cache"] = cpu.l3;
   const KernelTable& kt = kernels();
   py::dict blocking;
-  blocking["float32"] = blocking_dict(kt.sgemm_blocking);
-  blocking["float64"] = blocking_dict(kt.dgemm_blocking);
+  blocking["float32"] = blocking_dict(kt.get<float>().gemm_blocking);
+  blocking["float64"] = blocking_dict(kt.get<double>().gemm_blocking);
   d["gemm_blocking"] = blocking;
   return d;
 }
@@ -106,6 +106,31 @@ void warning_from_runtime(const char* message) {
   if (PyErr_WarnEx(PyExc_RuntimeWarning, message, 1) != 0) throw py::error_already_set();
 }
 
+// The op registry (cpp/ops.inc) as the tests see it: one {op, family, isa, dtype} per filled
+// entry of each available ISA's table (a missing entry is a missing dict).
+py::list kernel_registry() {
+  py::list out;
+  auto add = [&out](const char* family, const char* op, Isa isa, const char* dtype, bool filled) {
+    if (!filled) return;
+    py::dict d;
+    d["op"] = op;
+    d["family"] = family;
+    d["isa"] = isa_name(isa);
+    d["dtype"] = dtype;
+    out.append(d);
+  };
+  for (int i = 0; i < kNumIsas; ++i) {
+    const Isa isa = static_cast<Isa>(i);
+    if (!isa_available(isa)) continue;
+    const KernelTable& kt = kernels_for(isa);
+#define SIMDNN_OP(family, name, FnType)                                 \
+  add(#family, #name, isa, "float32", kt.get<float>().name != nullptr); \
+  add(#family, #name, isa, "float64", kt.get<double>().name != nullptr);
+#include "ops.inc"
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string available_isas() { return available_list(); }
@@ -121,6 +146,7 @@ void bind_runtime(py::module_& m) {
                  std::to_string(thread_cap()) + ", the CPUs this process may run on");
   }
   m.def("cpu_info", &cpu_info_dict);
+  m.def("kernel_registry", &kernel_registry);
   m.def("empty_cache", []() {
     py::gil_scoped_release release;
     release_workspaces();
@@ -233,7 +259,7 @@ void bind_runtime(py::module_& m) {
       [](int nthreads, double seconds) {
         if (nthreads < 1 || seconds <= 0)
           value_error("probe_fma_peak: need nthreads >= 1, seconds > 0");
-        auto fn = kernels().probe_fma;
+        auto fn = probes().fma;
         py::gil_scoped_release release;
         return fn(nthreads, seconds);
       },
@@ -243,7 +269,7 @@ void bind_runtime(py::module_& m) {
       [](int nthreads, int64_t bytes) {
         if (nthreads < 1 || bytes < 3 * 64 * 4)
           value_error("probe_stream_bandwidth: need nthreads >= 1, bytes >= 768");
-        auto fn = kernels().probe_stream;
+        auto fn = probes().stream;
         py::gil_scoped_release release;
         return fn(nthreads, bytes);
       },

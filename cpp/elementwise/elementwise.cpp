@@ -6,8 +6,7 @@
 #include <cstdint>
 
 #include "common/parallel.h"
-#include "dispatch.h"
-#include "gemm/gemm_driver.h"
+#include "registry.h"
 #include "simd/simd.h"
 
 namespace simdnn::SIMDNN_ISA_NS {
@@ -100,15 +99,9 @@ void adam_update(int64_t n, T* p, const T* g, T* m, T* v, const AdamParams& a, i
 
 }  // namespace
 
-void register_elementwise(KernelTable* table) {
-  table->srelu = &relu<float>;
-  table->drelu = &relu<double>;
-  table->srelu_backward = &relu_backward<float>;
-  table->drelu_backward = &relu_backward<double>;
-  table->ssgd = &sgd_update<float>;
-  table->dsgd = &sgd_update<double>;
-  table->sadam = &adam_update<float>;
-  table->dadam = &adam_update<double>;
-}
+SIMDNN_REGISTER_OP(relu, relu)
+SIMDNN_REGISTER_OP(relu_backward, relu_backward)
+SIMDNN_REGISTER_OP(sgd, sgd_update)
+SIMDNN_REGISTER_OP(adam, adam_update)
 
 }  // namespace simdnn::SIMDNN_ISA_NS

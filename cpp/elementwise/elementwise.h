@@ -2,6 +2,7 @@
 // All arrays are contiguous, of n elements. Large arrays are split between threads.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 namespace simdnn {
@@ -27,6 +28,12 @@ struct AdamParams {
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
   double bias1 = 1.0, bias2 = 1.0;  // 1 - beta1^t and 1 - beta2^t of this step
 };
+// The bias corrections of step t >= 1 (computed in double, as PyTorch does). `static`: only the
+// common code calls it, and no per-ISA copy can be merged into it.
+static inline void adam_set_step(AdamParams* a, int64_t step) {
+  a->bias1 = 1.0 - std::pow(a->beta1, static_cast<double>(step));
+  a->bias2 = 1.0 - std::pow(a->beta2, static_cast<double>(step));
+}
 // In place: g' = g + wd * p; m = b1 m + (1 - b1) g'; v = b2 v + (1 - b2) g'^2;
 //           p -= (lr / bias1) * m / (sqrt(v / bias2) + eps)
 template <typename T>

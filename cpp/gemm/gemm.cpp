@@ -1,9 +1,9 @@
 // The GEMM entry points of one ISA: compiled once per ISA with that ISA's flags and
 // -DSIMDNN_ISA_NS=<isa>, instantiating gemm_driver.h with this ISA's micro-kernels from the
 // registry (gemm_isa.h).
-#include "dispatch.h"
 #include "gemm/gemm_driver.h"
 #include "gemm/gemm_isa.h"
+#include "registry.h"
 
 namespace simdnn::SIMDNN_ISA_NS {
 
@@ -22,11 +22,9 @@ GemmBlocking blocking() {
 
 }  // namespace
 
-void register_gemm(KernelTable* table) {
-  table->sgemm = &gemm_entry<float>;
-  table->dgemm = &gemm_entry<double>;
-  table->sgemm_blocking = blocking<float>();
-  table->dgemm_blocking = blocking<double>();
-}
+SIMDNN_REGISTER_OP(gemm, gemm_entry)
+
+GemmBlocking gemm_blocking_f32() { return blocking<float>(); }
+GemmBlocking gemm_blocking_f64() { return blocking<double>(); }
 
 }  // namespace simdnn::SIMDNN_ISA_NS

@@ -21,16 +21,11 @@
 #include <cstring>
 
 #include "common/cpu.h"
+#include "common/int_math.h"
 #include "common/parallel.h"
 #include "gemm/gemm.h"
 
 namespace simdnn::gemm_detail {
-
-static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
-static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-static inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
-static inline int64_t round_down(int64_t a, int64_t b) { return a / b * b; }
 
 // Problems with at most this many multiply-adds (M*N*K) run single-threaded and unpacked: below
 // 64^3 the fork/join of a parallel region (~2-3 us) and the packing copies cost more than the
@@ -112,17 +107,6 @@ static inline Grid choose_grid(int64_t m, int64_t n, int64_t k, int64_t mr, int6
     }
   }
   return best;
-}
-
-// Splits [0, total) into `parts` ranges aligned to `align`; returns part `idx`.
-static inline void split_range(int64_t total, int64_t align, int parts, int idx, int64_t* begin,
-                               int64_t* end) {
-  const int64_t units = ceil_div(total, align);
-  const int64_t base = units / parts, extra = units % parts;
-  const int64_t u0 = idx * base + min64(idx, extra);
-  const int64_t u1 = u0 + base + (idx < extra ? 1 : 0);
-  *begin = min64(u0 * align, total);
-  *end = min64(u1 * align, total);
 }
 
 // Packs B[pc : pc+kc, jc : jc+nc] into NR-wide micro-panels: panel q holds columns

@@ -1,5 +1,6 @@
 // The GEMM micro-kernel, written once over a vector-traits type V (cpp/simd/simd_<isa>.h) and
-// instantiated per ISA in gemm_ukernel_<MR>x<NR>_<isa>.cpp. It holds only registers and FMAs:
+// instantiated per kernel of the registry (cpp/kernels.inc) in
+// cpp/gemm/ukernels/<s|d>gemm_ukernel_<MR>x<NR>_<isa>.cpp. It holds only registers and FMAs:
 // blocking, packing and threading live in gemm_driver.h.
 //
 // Contract (one MR x NR tile of C, row-major):
@@ -19,15 +20,7 @@
 
 #include <cstdint>
 
-#if defined(__GNUC__) || defined(__clang__)
-#define SIMDNN_PREFETCH(p) __builtin_prefetch(p)
-#define SIMDNN_UNROLL _Pragma("GCC unroll 32")
-#define SIMDNN_UNROLL2 _Pragma("GCC unroll 2")
-#else
-#define SIMDNN_PREFETCH(p) ((void)0)
-#define SIMDNN_UNROLL
-#define SIMDNN_UNROLL2
-#endif
+#include "common/compiler.h"
 
 namespace simdnn::gemm_detail {
 

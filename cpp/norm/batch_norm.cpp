@@ -34,19 +34,15 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/compiler.h"
+#include "common/int_math.h"
 #include "common/parallel.h"
-#include "dispatch.h"
-#include "gemm/gemm_driver.h"
-#include "gemm/gemm_ukernel.h"  // SIMDNN_PREFETCH
+#include "registry.h"
 #include "simd/simd.h"
 
 namespace simdnn::SIMDNN_ISA_NS {
 
 namespace {
-
-using gemm_detail::ceil_div;
-using gemm_detail::min64;
-using gemm_detail::split_range;
 
 // Threads: one per kParallelMin elements (up to the thread count). Forced onto 2 threads, float32
 // training forward / backward took (1 thread -> 2 threads, us): row path (N, 16, 256) with 32K
@@ -356,8 +352,7 @@ ColumnScratch<T> column_scratch(int64_t l, int nt) {
 
 // Threads for the column path: one per kParallelMin values, at most one per row.
 int column_threads(int64_t n, int64_t total, int nthreads) {
-  return static_cast<int>(
-      gemm_detail::max64(1, min64(min64(nthreads, ceil_div(total, kParallelMin)), n)));
+  return static_cast<int>(max64(1, min64(min64(nthreads, ceil_div(total, kParallelMin)), n)));
 }
 
 // Calls body(t, team, r0, r1) for the rows of each task t of nt (team = nt: task t owns slice t of
@@ -793,9 +788,7 @@ void batch_norm_backward(int64_t n, int64_t c, int64_t s, const T* dy, const T* 
 
 }  // namespace
 
-void register_norm(KernelTable* table) {
-  table->sbatch_norm = {&batch_norm_forward<float>, &batch_norm_backward<float>};
-  table->dbatch_norm = {&batch_norm_forward<double>, &batch_norm_backward<double>};
-}
+SIMDNN_REGISTER_OP(batch_norm_forward, batch_norm_forward)
+SIMDNN_REGISTER_OP(batch_norm_backward, batch_norm_backward)
 
 }  // namespace simdnn::SIMDNN_ISA_NS

@@ -9,7 +9,7 @@
 #include <new>
 
 #include "common/parallel.h"
-#include "dispatch.h"
+#include "registry.h"
 #include "simd/simd.h"
 
 namespace simdnn::SIMDNN_ISA_NS {
@@ -107,9 +107,7 @@ double probe_stream(int nthreads, int64_t bytes) {
 
 }  // namespace
 
-void register_probe(KernelTable* table) {
-  table->probe_fma = &probe_fma;
-  table->probe_stream = &probe_stream;
-}
+SIMDNN_REGISTER_PROBE(fma, probe_fma)
+SIMDNN_REGISTER_PROBE(stream, probe_stream)
 
 }  // namespace simdnn::SIMDNN_ISA_NS

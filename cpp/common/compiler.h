@@ -1,0 +1,12 @@
+// Compiler hints shared by the kernels (no-ops where the compiler lacks them).
+#pragma once
+
+#if defined(__GNUC__) || defined(__clang__)
+#define SIMDNN_PREFETCH(p) __builtin_prefetch(p)
+#define SIMDNN_UNROLL _Pragma("GCC unroll 32")
+#define SIMDNN_UNROLL2 _Pragma("GCC unroll 2")
+#else
+#define SIMDNN_PREFETCH(p) ((void)0)
+#define SIMDNN_UNROLL
+#define SIMDNN_UNROLL2
+#endif

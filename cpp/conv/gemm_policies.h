@@ -1,0 +1,275 @@
+// How the convolutions feed the GEMM engine (gemm_driver.h): the A, B and C operand policies
+// gemm_engine packs from and writes to, for the per-ISA convolution files.
+//   forward (and flipped backward-data)  A = filters [+ bias column], B = im2col, C = NCHW output
+//   backward-weights                     A = dY rows (db summed while packing), B = im2col^T,
+//                                        C = a plain dW block
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "common/int_math.h"
+#include "conv/conv.h"
+#include "conv/im2col.h"
+#include "gemm/gemm_driver.h"
+#include "gemm/gemm_isa.h"
+
+#ifndef SIMDNN_ISA_NS
+#error "compile with -DSIMDNN_ISA_NS=<isa>"
+#endif
+
+namespace simdnn::SIMDNN_ISA_NS {
+namespace {
+
+// ------------------------------------------------------------------------------------------------
+// Forward
+
+// B = im2col, columns = the output pixels of n_img images, NR-wide panels per image
+// (ppi panels per image). Reduction row t = (c, r, s), plus a row of ones at t = rows() when the
+// bias is fused.
+template <class V, int NR>
+struct Im2colB {
+  using T = typename V::T;
+  const T* src;  // image 0
+  Im2col g;
+  int64_t ppi;
+  bool ones_row;
+
+  // One segment for one tap (r, s), stride 1: where its in-bounds run starts in the plane
+  // (-1: the whole segment falls on padding rows) and which part of it is in bounds.
+  struct Run {
+    int64_t src;
+    int32_t lo, hi;
+  };
+  // Tabulated per panel when R*S*segments fits: every reduction row of a tap reuses the entry
+  // (C/groups times per block) instead of recomputing rows and bounds. Measured on 128->128 3x3
+  // 28x28: the pack cost ~1 cycle per element before, with 256 FLOPs of micro-kernel per element.
+  static constexpr int64_t kMaxRuns = 1024;
+
+  void pack(T* dst, int64_t pc, int64_t kc, int64_t v0, int64_t v1) const {
+    const int64_t plane = g.h * g.w, pq = g.p * g.q, rs = g.r * g.s, rows = g.rows();
+    const bool pointwise = g.r == 1 && g.s == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 &&
+                           g.pw == 0 && g.p == g.h && g.q == g.w;
+    Run runs[kMaxRuns];
+    for (int64_t v = v0; v < v1; ++v) {
+      const int64_t n = v / ppi, j0 = (v % ppi) * NR, width = min64(NR, pq - j0);
+      const T* img = src + n * g.c_total * plane + g.c0 * plane;
+      T* d = dst + (v - v0) * kc * NR;
+      Segment seg[NR];
+      const int nseg = pointwise ? 0 : segments(g, j0, width, seg);
+      // Only where a block reuses each entry (C/groups >= 2 within the block): for LeNet's first
+      // layer, one channel, tabulating cost more than it saved.
+      const bool tabulated = !pointwise && g.sw == 1 && rs * nseg <= kMaxRuns && kc >= 2 * rs;
+      if (tabulated) {
+        for (int64_t tap = 0; tap < rs; ++tap) {
+          const int64_t r = tap / g.s, s = tap % g.s;
+          for (int i = 0; i < nseg; ++i) {
+            const Segment& sg = seg[i];
+            const int64_t hi = sg.p * g.sh - g.ph + r * g.dh;
+            const int64_t w0 = sg.q - g.pw + s * g.dw;
+            Run& run = runs[tap * nseg + i];
+            if (hi < 0 || hi >= g.h) {
+              run = Run{-1, 0, 0};
+            } else {
+              const int64_t lo = min64(sg.len, max64(0, -w0));
+              const int64_t hj = max64(lo, min64(sg.len, g.w - w0));
+              run = Run{hi * g.w + w0 + lo, static_cast<int32_t>(lo), static_cast<int32_t>(hj)};
+            }
+          }
+        }
+      }
+      // (c, r, s) of reduction row pc, then stepped along.
+      int64_t c = pc / rs, r = (pc / g.s) % g.r, s = pc % g.s;
+      for (int64_t t = pc; t < pc + kc; ++t, d += NR) {
+        if (t >= rows) {  // the bias row
+          for (int64_t j = 0; j < width; ++j) d[j] = T(1);
+          continue;
+        }
+        const T* pl = img + c * plane;
+        if (pointwise) {
+          // 1x1, stride 1, no padding: the panel is a contiguous run of the plane.
+          std::memcpy(d, pl + j0, width * sizeof(T));
+        } else if (tabulated) {
+          const Run* tr = runs + (r * g.s + s) * nseg;
+          for (int i = 0; i < nseg; ++i) {
+            T* out = d + seg[i].off;
+            const int64_t len = seg[i].len;
+            if (tr[i].src < 0) {
+              zero_run<V>(out, len);
+              continue;
+            }
+            if (tr[i].lo > 0) zero_run<V>(out, tr[i].lo);
+            copy_run<V>(pl + tr[i].src, out + tr[i].lo, tr[i].hi - tr[i].lo);
+            if (tr[i].hi < len) zero_run<V>(out + tr[i].hi, len - tr[i].hi);
+          }
+        } else {
+          for (int i = 0; i < nseg; ++i) gather_segment<V>(g, pl, r, s, seg[i], d + seg[i].off);
+        }
+        if (++s == g.s) {
+          s = 0;
+          if (++r == g.r) {
+            r = 0;
+            ++c;
+          }
+        }
+      }
+    }
+  }
+};
+
+// C = an NCHW output: rows are the group's channels, columns the pixels of n_img images.
+template <typename T, int NR>
+struct ImageC {
+  T* y;             // image 0, channel 0
+  int64_t k_total;  // channels per image
+  int64_t k0;       // this group's first channel
+  int64_t pq, ppi, n_img;
+  int64_t panels() const { return n_img * ppi; }
+  int width(int64_t v) const { return static_cast<int>(min64(NR, pq - (v % ppi) * NR)); }
+  int64_t rs() const { return pq; }
+  T* at(int64_t i, int64_t v) const {
+    return y + (v / ppi) * k_total * pq + (k0 + i) * pq + (v % ppi) * NR;
+  }
+};
+
+// A = the filters of one group as rows (Kg x CgRS), with the bias as an extra column when fused.
+template <typename T, int MR>
+struct FilterA {
+  const T* w;     // group's first filter
+  const T* bias;  // group's bias, or null
+  int64_t m, crs;
+  int64_t rows() const { return m; }
+  bool row_layout() const { return true; }
+  void pack(T* dst, int64_t r, int64_t mm, int64_t ld_row) const {
+    for (int64_t i = 0; i < mm; ++i) {
+      std::memcpy(dst + i * ld_row, w + (r + i) * crs, crs * sizeof(T));
+      if (bias != nullptr) dst[i * ld_row + crs] = bias[r + i];
+    }
+  }
+};
+
+// out (N, k_total, P, Q), channels [k0, k0 + m) = filters (m x CgRS) * im2col(src) [+ bias].
+template <typename T>
+void implicit_gemm(const Im2col& g, int64_t n_img, const T* src, const T* filters, const T* bias,
+                   int64_t m, T* out, int64_t k_total, int64_t k0, int nthreads) {
+  using UK = typename UkernelFor<T>::type;
+  constexpr int MR = UK::MR, NR = UK::NR;
+  const int64_t pq = g.p * g.q, ppi = ceil_div(pq, NR);
+  const int64_t kred = g.rows() + (bias != nullptr ? 1 : 0);
+  const FilterA<T, MR> A{filters, bias, m, g.rows()};
+  const Im2colB<typename UK::V, NR> B{src, g, ppi, bias != nullptr};
+  const ImageC<T, NR> C{out, k_total, k0, pq, ppi, n_img};
+  // Gathering im2col costs more per element than copying a matrix row: model it as a transposed
+  // B in the thread grid.
+  gemm_detail::gemm_engine<UK>(A, B, C, kred, T(1), T(0), nthreads, true);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Backward-weights
+
+// The backward-weights reduction runs over pixels u of the flattened N x PQ index space; a
+// thread's share [u0, u1) spans whole images and parts of two. One GEMM per thread and group
+// reduces over all of it (one GEMM per image would read and write dW once per image: LeNet's
+// 8x8 second layer spent more time on that than on its FMAs).
+
+// A = dY rows (Kg x len) over reduction range [u0, u0 + len), packed as rows; sums each row into
+// db while copying it.
+template <typename T, int MR>
+struct GradA {
+  const T* dy;  // dy[0, k0] (this group's first channel of image 0)
+  int64_t m, k_total, pq, u0, len;
+  T* db;  // per-thread bias gradient of this group (accumulated), or null
+  int64_t rows() const { return m; }
+  bool row_layout() const { return true; }
+  void pack(T* dst, int64_t r, int64_t mm, int64_t ld_row) const {
+    for (int64_t i = 0; i < mm; ++i) {
+      T* d = dst + i * ld_row;
+      T sum = T(0);
+      for (int64_t u = u0; u < u0 + len;) {
+        const int64_t n = u / pq, pix = u % pq, run = min64(pq - pix, u0 + len - u);
+        const T* src = dy + (n * k_total + r + i) * pq + pix;
+        std::memcpy(d + (u - u0), src, run * sizeof(T));
+        if (db != nullptr) {
+          for (int64_t j = 0; j < run; ++j) sum += src[j];
+        }
+        u += run;
+      }
+      if (db != nullptr) db[r + i] += sum;
+    }
+  }
+};
+
+// B = im2col^T over reduction range [u0, u0 + len): reduction rows are pixels, columns
+// (NR-wide panels) are the (c, r, s) taps. Each panel is gathered as NR im2col rows and then
+// transposed in registers, W x W at a time.
+template <class V, int NR>
+struct Im2colTB {
+  using T = typename V::T;
+  const T* x;  // image 0
+  Im2col g;
+  int64_t u0;
+  T* scratch;     // NR x (KC rounded up to W), per calling thread
+  Segment* segs;  // KC + 1 entries, per calling thread
+
+  void pack(T* dst, int64_t pc, int64_t kc, int64_t v0, int64_t v1) const {
+    using R = typename V::V;
+    constexpr int W = V::W;
+    const int64_t plane = g.h * g.w, rows = g.rows(), rs = g.r * g.s;
+    const int64_t kcw = round_up(kc, W);
+    // The same pixels for every column: split them into row segments once.
+    const int64_t nseg = range_segments(g, u0 + pc, kc, segs);
+    const bool unpadded = g.ph == 0 && g.pw == 0 && g.sw == 1;
+    for (int64_t v = v0; v < v1; ++v) {
+      T* d = dst + (v - v0) * kc * NR;
+      const int64_t t0 = v * NR, width = min64(NR, rows - t0);
+      for (int64_t j = 0; j < NR; ++j) {
+        T* srow = scratch + j * kcw;
+        if (j >= width) {
+          zero_run<V>(srow, kcw);
+          continue;
+        }
+        const int64_t t = t0 + j, c = t / rs, r = (t / g.s) % g.r, s = t % g.s;
+        const T* pl = x + (g.c0 + c) * plane;
+        const int64_t img_stride = g.c_total * plane;
+        if (unpadded) {
+          // Every segment lies inside the plane: a copy with no bounds (LeNet's first layer has
+          // 24-pixel rows, where the bounds arithmetic cost as much as the copy).
+          const T* base = pl + r * g.dh * g.w + s * g.dw;
+          for (int64_t i = 0; i < nseg; ++i) {
+            const Segment& sg = segs[i];
+            copy_run<V>(base + sg.img * img_stride + sg.p * g.sh * g.w + sg.q, srow + sg.off,
+                        sg.len);
+          }
+        } else {
+          for (int64_t i = 0; i < nseg; ++i) {
+            gather_segment<V>(g, pl + segs[i].img * img_stride, r, s, segs[i], srow + segs[i].off);
+          }
+        }
+        if (kc < kcw) zero_run<V>(srow + kc, kcw - kc);
+      }
+      // Transpose W x W blocks: scratch[j][u] -> d[u * NR + j].
+      for (int64_t ub = 0; ub < kc; ub += W) {
+        const int live = static_cast<int>(min64(W, kc - ub));
+        for (int64_t jb = 0; jb < NR; jb += W) {
+          R blk[W];
+          for (int i = 0; i < W; ++i) blk[i] = V::load(scratch + (jb + i) * kcw + ub);
+          V::transpose(blk);
+          for (int i = 0; i < live; ++i) V::store(d + (ub + i) * NR + jb, blk[i]);
+        }
+      }
+    }
+  }
+};
+
+template <typename T, int NR>
+struct PlainC {
+  T* c;
+  int64_t n, ldc;
+  int64_t panels() const { return ceil_div(n, NR); }
+  int width(int64_t v) const { return static_cast<int>(min64(NR, n - v * NR)); }
+  int64_t rs() const { return ldc; }
+  T* at(int64_t i, int64_t v) const { return c + i * ldc + v * NR; }
+};
+
+}  // namespace
+}  // namespace simdnn::SIMDNN_ISA_NS

@@ -1,0 +1,128 @@
+// Average pooling for the per-ISA pooling files: the forward reduction (AvgOp), the backward terms
+// (AvgBwd) and the entry points over the generic loops of forward.h and backward.h.
+#pragma once
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "common/int_math.h"
+#include "common/parallel.h"
+#include "pool/backward.h"
+#include "pool/forward.h"
+#include "pool/geometry.h"
+#include "pool/pool.h"
+#include "simd/simd.h"
+
+#ifndef SIMDNN_ISA_NS
+#error "compile with -DSIMDNN_ISA_NS=<isa>"
+#endif
+
+namespace simdnn::SIMDNN_ISA_NS {
+namespace {
+
+// Average: the sum of the in-bounds taps (padding adds 0) over the divisor.
+template <class V>
+struct AvgOp {
+  using T = typename V::T;
+  using R = typename V::V;
+  static constexpr bool kIndex = false;
+  struct State {
+    R sum;
+  };
+  static T fill() { return T(0); }
+  static void first(State& st, R v, int64_t) { st.sum = v; }
+  static void next(State& st, R v, int64_t) { st.sum = V::add(st.sum, v); }
+  struct Out {
+    T* y;
+  };
+  static Out out_at(void* y, void*, int64_t off) { return {static_cast<T*>(y) + off}; }
+  // Edge blocks without the padding in the divisor divide each window by its own column count.
+  static void store(const Out& o, int64_t off, const State& st, const RowCtx<T>& c, int64_t q0,
+                    int n, bool edge) {
+    R div = V::set1(c.div);
+    if (edge && !c.include_pad) {
+      div =
+          V::mul(V::loadr(c.tab.cols + q0, 0, n, T(1)), V::set1(static_cast<T>(c.rs.r1 - c.rs.r0)));
+    }
+    store_n<V>(o.y + off, V::div(st.sum, div), n);
+  }
+  static void window(const Geom& g, const RowSpan& rs, const ColSpan& cs, const T* x,
+                     bool include_pad, const Out& o, int64_t off) {
+    T sum = 0;
+    for (int64_t r = rs.r0; r < rs.r1; ++r) {
+      const T* xr = x + (r - rs.r0) * g.w + cs.iw0;
+      for (int64_t s = cs.s0; s < cs.s1; ++s) sum += xr[s];
+    }
+    const int64_t div = include_pad ? g.r * g.s : (rs.r1 - rs.r0) * (cs.s1 - cs.s0);
+    o.y[off] = sum / static_cast<T>(div);
+  }
+};
+
+// Average: window (p, q) gives dy[p, q] / divisor to each of its input pixels. In clean blocks
+// every window spans S input columns, so the divisor is one number per window row and divides
+// the sum of that row's terms; in edge blocks without the padding in the divisor each term is
+// divided by its window's own divisor.
+template <class V>
+struct AvgBwd {
+  using T = typename V::T;
+  using R = typename V::V;
+  static constexpr bool kDirect = false;
+  struct Plane {
+    const T* dy;
+    bool include_pad;
+    ColTables<T> tab;
+    Plane at_offset(int64_t off) const { return {dy + off, include_pad, tab}; }
+  };
+  const T* dy;  // row p of dy
+  T rows;       // input rows in window row p
+  T div;        // divisor of the windows spanning S input columns
+  bool include_pad;
+  const T* cols;
+  static AvgBwd at(const Plane& pl, const Geom& g, int64_t p) {
+    const RowSpan rs = row_span(g, p);
+    const int64_t rows = rs.r1 - rs.r0;
+    return {pl.dy + p * g.q, static_cast<T>(rows),
+            static_cast<T>(pl.include_pad ? g.r * g.s : rows * g.s), pl.include_pad, pl.tab.cols};
+  }
+  template <int kMode>
+  int add(R& acc, int64_t q, int64_t, int lo, int hi) const {
+    R d = load_mode<V, kMode>(shifted(dy, q), lo, hi, T(0));
+    if (kMode == kEdge && !include_pad) {
+      d = V::div(d, V::mul(V::loadr(shifted(cols, q), lo, hi, T(1)), V::set1(rows)));
+    }
+    acc = V::add(acc, d);
+    return 0;
+  }
+  template <int kMode>
+  R finish(R v) const {
+    return kMode == kEdge && !include_pad ? v : V::div(v, V::set1(div));
+  }
+  T scalar(const Geom& g, int64_t q, int64_t, int64_t*) const {
+    const ColSpan cs = col_span(g, q);
+    return dy[q] / (include_pad ? static_cast<T>(g.r * g.s) : rows * static_cast<T>(cs.s1 - cs.s0));
+  }
+};
+
+// y (N, C, P, Q) = mean over each R x S window of x (N, C, H, W); padding adds 0 and counts in
+// the divisor when count_include_pad.
+template <typename T>
+void avg_forward(const Pool2d& pl, bool count_include_pad, const T* x, T* y) {
+  using V = typename VecOf<T>::type;
+  fwd_planes<V, AvgOp<V>>(pl, count_include_pad, x, y, nullptr);
+}
+
+// dx (N, C, H, W) from dy (N, C, P, Q): each window's dy / divisor to each of its input pixels.
+template <typename T>
+void avg_backward(const Pool2d& pl, bool count_include_pad, const T* dy, T* dx) {
+  using V = typename VecOf<T>::type;
+  const Geom g = make_geom(pl);
+  const typename AvgBwd<V>::Plane plane{dy, count_include_pad, make_col_tables<T>(g)};
+  // Without the padding in the divisor, clean blocks hold only windows spanning S columns.
+  bwd_planes<V, AvgBwd<V>>(pl, plane, count_include_pad ? 0 : g.qi_lo,
+                           count_include_pad ? g.q : g.qi_hi, true, dx);
+}
+
+}  // namespace
+}  // namespace simdnn::SIMDNN_ISA_NS

@@ -1,0 +1,216 @@
+// Pooling backward loops, generic over the window terms Op (MaxBwd in max.h, AvgBwd in avg.h).
+//
+// Backward, written as a gather over dx so that every dx element is written exactly once, with
+// no scatter and no atomics, and the same sums in the same order whatever the thread count:
+//   dx[ih, iw] = sum over the windows (p, q) that contain (ih, iw) of dy[p, q] * weight,
+// where weight is [indices[p, q] == r*S + s] for max pooling ((r, s) = (ih, iw)'s position in the
+// window) and 1 / divisor[p, q] for average pooling. The windows containing a row are a short
+// run of p (ceil(R / sh) at most), those containing a column a short run of q; with sw == 2 the
+// even and odd input columns each see a fixed set of taps whose q run is contiguous, so dy and the
+// indices are read with plain vector loads at a shifted q and the two halves are interleaved on
+// store. When stride >= kernel (windows do not overlap, e.g. 2x2/s2) each dx element gets at most
+// one term and each row at most one window row: dx is written in one pass, pixels outside every
+// window get 0. Overlapping windows (3x3/s2) add their 2-4 terms in registers (columns) and into
+// the dx row just written, still in L1 (rows), plane by plane. Max pooling counts the indices
+// that matched a position as it goes: every valid index matches exactly once, so the bad ones
+// (out of range, or in the padding) are the rest, without a separate validation pass.
+#pragma once
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "common/int_math.h"
+#include "common/parallel.h"
+#include "pool/geometry.h"
+#include "pool/pool.h"
+#include "simd/simd.h"
+
+#ifndef SIMDNN_ISA_NS
+#error "compile with -DSIMDNN_ISA_NS=<isa>"
+#endif
+
+namespace simdnn::SIMDNN_ISA_NS {
+namespace {
+
+// The window rows that contain input row ih: p = p_top, p_top - 1, ... with r = r_top,
+// r_top + sh, ... while r < R (and p >= 0), skipping p >= P. Advanced row by row without a
+// division.
+struct WindowRows {
+  int64_t p_top, r_top;
+  WindowRows(const Geom& g, int64_t ih) : p_top((ih + g.ph) / g.sh), r_top((ih + g.ph) % g.sh) {}
+  void next_row(const Geom& g) {
+    if (++r_top == g.sh) {
+      r_top = 0;
+      ++p_top;
+    }
+  }
+  // f(p, r) for each window row, bottom-up; returns how many.
+  template <class F>
+  int for_each(const Geom& g, const F& f) const {
+    int count = 0;
+    if (r_top >= g.r) return 0;
+    for (int64_t p = p_top, r = r_top; p >= 0; --p, r += g.sh) {
+      if (p < g.p) {
+        f(p, r);
+        ++count;
+      }
+      if (g.r - r <= g.sh) break;  // the next r would be >= R
+    }
+    return count;
+  }
+};
+
+// The terms of tap s of row p (k = r*S + s) for n lanes of windows from q, into acc; an edge
+// block excludes the windows outside [0, Q).
+template <class V, class Op, int kMode>
+inline int bwd_add(const Op& op, typename V::V& acc, const Geom& g, int64_t q, int64_t k, int n) {
+  if (kMode == kEdge) {
+    const int lo = clamp_int(-q, 0, n), hi = clamp_int(g.q - q, 0, n);
+    return lo < hi ? op.template add<kEdge>(acc, q, k, lo, hi) : 0;
+  }
+  return op.template add<kMode>(acc, q, k, 0, n);
+}
+
+// One block of cnt dx columns from iw0 (kStep of them for kFull) of input row ih, from all the
+// window rows that contain it, summed in registers and stored once. Returns the index matches.
+//   sw == 2: even and odd columns each take the taps s of their parity, whose windows are
+//            q = (iw + pw - s) / 2: a contiguous run of q per tap, so dy and the indices come in
+//            with plain loads at a shifted q; the halves are interleaved on store.
+//   sw == 1: tap s reads windows q = iw + pw - s.
+template <class V, class Op, int KS, int KSW, int kMode>
+inline int64_t bwd_block(const typename Op::Plane& plane, const Geom& g, const WindowRows& wr,
+                         typename V::T* dxr, int64_t iw0, int cnt) {
+  using R = typename V::V;
+  constexpr int W = V::W;
+  const int64_t S = KS ? KS : g.s;
+  R even = V::zero(), odd = V::zero();
+  int64_t found = 0;
+  if (KSW == 2) {
+    const int n_even = kMode == kFull ? W : (cnt + 1) / 2, n_odd = kMode == kFull ? W : cnt / 2;
+    const int64_t parity = (iw0 + g.pw) & 1;
+    wr.for_each(g, [&](int64_t p, int64_t r) {
+      const Op op = Op::at(plane, g, p);
+      R e = V::zero(), o = V::zero();
+      R& ea = Op::kDirect ? even : e;
+      R& oa = Op::kDirect ? odd : o;
+      for (int64_t s = 0; s < S; ++s) {
+        if ((s & 1) == parity) {
+          found += bwd_add<V, Op, kMode>(op, ea, g, (iw0 + g.pw - s) / 2, r * S + s, n_even);
+        } else if (n_odd > 0) {
+          found += bwd_add<V, Op, kMode>(op, oa, g, (iw0 + 1 + g.pw - s) / 2, r * S + s, n_odd);
+        }
+      }
+      if (!Op::kDirect) {
+        even = V::add(even, op.template finish<kMode>(e));
+        odd = V::add(odd, op.template finish<kMode>(o));
+      }
+    });
+    if (kMode == kFull) {
+      V::store2(dxr + iw0, even, odd);
+    } else {
+      V::store2n(dxr + iw0, even, odd, cnt);
+    }
+  } else {
+    wr.for_each(g, [&](int64_t p, int64_t r) {
+      const Op op = Op::at(plane, g, p);
+      R e = V::zero();
+      R& ea = Op::kDirect ? even : e;
+      for (int64_t s = 0; s < S; ++s) {
+        found += bwd_add<V, Op, kMode>(op, ea, g, iw0 + g.pw - s, r * S + s, cnt);
+      }
+      if (!Op::kDirect) even = V::add(even, op.template finish<kMode>(e));
+    });
+    store_n<V>(dxr + iw0, even, cnt);
+  }
+  return found;
+}
+
+// dx[ih, iw] for one input column, scalar: the windows q that contain iw, of every window row.
+template <class Op>
+typename Op::T bwd_col(const typename Op::Plane& plane, const Geom& g, const WindowRows& wr,
+                       int64_t iw, int64_t* matches) {
+  const int64_t num = iw + g.pw;
+  const int64_t q_lo = max64(0, ceil_div(num - g.s + 1, g.sw));
+  const int64_t q_hi = min64(g.q - 1, num / g.sw);
+  typename Op::T sum = 0;
+  wr.for_each(g, [&](int64_t p, int64_t r) {
+    const Op op = Op::at(plane, g, p);
+    for (int64_t q = q_lo; q <= q_hi; ++q) {
+      sum += op.scalar(g, q, r * g.s + num - q * g.sw, matches);
+    }
+  });
+  return sum;
+}
+
+// Input rows [ha, hb) of one plane. With KSW 1 or 2 (and vec) every column is in a vector block,
+// clean inside [iv_lo, iv_hi), edge outside; otherwise all columns are scalar. Returns the
+// number of index matches (max pooling).
+template <class V, class Op, int KS, int KSW>
+int64_t bwd_rows(const Geom& g, const typename Op::Plane& plane, bool vec, int64_t iv_lo,
+                 int64_t iv_hi, typename V::T* dx, int64_t ha, int64_t hb) {
+  using T = typename V::T;
+  constexpr int64_t kStep = KSW == 2 ? 2 * V::W : V::W;
+  const int64_t vw = vec && KSW ? g.w : 0;  // columns [0, vw) in vector blocks
+  int64_t matches = 0;
+  WindowRows wr(g, ha);
+  for (int64_t ih = ha; ih < hb; ++ih, wr.next_row(g)) {
+    T* dxr = dx + ih * g.w;
+    if (wr.for_each(g, [](int64_t, int64_t) {}) == 0) {  // a row no window reaches
+      std::memset(dxr, 0, static_cast<size_t>(g.w) * sizeof(T));
+      continue;
+    }
+    for (int64_t iw0 = 0; iw0 < vw; iw0 += kStep) {
+      const int cnt = static_cast<int>(min64(kStep, vw - iw0));
+      if (iw0 < iv_lo || iw0 + cnt > iv_hi) {
+        matches += bwd_block<V, Op, KS, KSW, kEdge>(plane, g, wr, dxr, iw0, cnt);
+      } else if (cnt == kStep) {
+        matches += bwd_block<V, Op, KS, KSW, kFull>(plane, g, wr, dxr, iw0, cnt);
+      } else {
+        matches += bwd_block<V, Op, KS, KSW, kTail>(plane, g, wr, dxr, iw0, cnt);
+      }
+    }
+    for (int64_t iw = vw; iw < g.w; ++iw) dxr[iw] = bwd_col<Op>(plane, g, wr, iw, &matches);
+  }
+  return matches;
+}
+
+// The input columns whose windows all lie in output columns [qv_lo, qv_hi): the windows of iw
+// are q = ceil((iw + pw - S + 1) / sw) .. floor((iw + pw) / sw). Empty: 0, 0.
+void clean_columns(const Geom& g, int64_t qv_lo, int64_t qv_hi, int64_t* lo, int64_t* hi) {
+  *lo = max64(0, (qv_lo - 1) * g.sw - g.pw + g.s);
+  *hi = min64(g.w, qv_hi * g.sw - g.pw);
+  if (qv_lo >= qv_hi || *lo >= *hi) *lo = *hi = 0;
+}
+
+// All planes of a backward pass; returns the index matches. Picks the unrolled 2x2/s2 and 3x3/s2
+// bodies, then the generic ones by stride (sw > 2: scalar columns).
+template <class V, class Op>
+int64_t bwd_planes(const Pool2d& pl, const typename Op::Plane& plane0, int64_t qv_lo, int64_t qv_hi,
+                   bool vec, typename V::T* dx) {
+  const Geom g = make_geom(pl);
+  const int64_t planes = pl.n * pl.c;
+  if (planes == 0) return 0;
+  int64_t iv_lo = 0, iv_hi = 0;
+  clean_columns(g, qv_lo, qv_hi, &iv_lo, &iv_hi);
+  auto rows = bwd_rows<V, Op, 0, 0>;
+  if (g.sw == 2 && g.s == 2) {
+    rows = bwd_rows<V, Op, 2, 2>;
+  } else if (g.sw == 2 && g.s == 3) {
+    rows = bwd_rows<V, Op, 3, 2>;
+  } else if (g.sw == 2) {
+    rows = bwd_rows<V, Op, 0, 2>;
+  } else if (g.sw == 1) {
+    rows = bwd_rows<V, Op, 0, 1>;
+  }
+  const int64_t plane_out = g.p * g.q;
+  const Split sp = make_split(planes, g.h, planes * g.h * g.w, pl.nthreads);
+  return parallel_tasks(sp, [&](int64_t i, int64_t b) -> int64_t {
+    return rows(g, plane0.at_offset(i * plane_out), vec, iv_lo, iv_hi, dx + i * g.h * g.w,
+                block_begin(g.h, sp.blocks, b), block_begin(g.h, sp.blocks, b + 1));
+  });
+}
+
+}  // namespace
+}  // namespace simdnn::SIMDNN_ISA_NS

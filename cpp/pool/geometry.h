@@ -1,0 +1,194 @@
+// Pooling geometry for the per-ISA pooling files: window math (the in-bounds rows and columns of a
+// window, the interior output columns), per-column lane tables, the split of planes x rows into
+// thread tasks, and the lane helpers (load modes, partial stores) the loops share. Shape legend in
+// pool.cpp.
+#pragma once
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "common/int_math.h"
+#include "common/parallel.h"
+#include "pool/pool.h"
+#include "simd/simd.h"
+
+#ifndef SIMDNN_ISA_NS
+#error "compile with -DSIMDNN_ISA_NS=<isa>"
+#endif
+
+namespace simdnn::SIMDNN_ISA_NS {
+namespace {
+
+// v clamped to [lo, hi], as an int (lane counts and ranges).
+int clamp_int(int64_t v, int lo, int hi) {
+  return static_cast<int>(v < lo ? lo : (v > hi ? hi : v));
+}
+
+template <typename T>
+T neg_inf() {
+  return -static_cast<T>(HUGE_VAL);
+}
+
+// p + k for a ranged load: the result may point before the row (a window reaching into the left
+// padding); the ranged loads read only elements that are inside. Integer arithmetic, because
+// forming an out-of-array pointer is undefined in C++ even when nothing is read through it.
+template <typename P>
+P* shifted(P* p, int64_t k) {
+  return reinterpret_cast<P*>(reinterpret_cast<uintptr_t>(p) +
+                              static_cast<uintptr_t>(k) * sizeof(P));
+}
+
+// Index vectors hold window positions as floating-point lanes; float32 is exact up to 2^24
+// positions. Larger windows (4097 x 4097 and up, never seen in practice) take the scalar path.
+template <typename T>
+bool index_fits_lanes(int64_t positions) {
+  return sizeof(T) == 8 || positions <= (int64_t(1) << 24);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Geometry, tables and work split
+
+struct Geom {
+  int64_t h, w, r, s, p, q, sh, sw, ph, pw;
+  // Output columns whose window lies inside the input columns.
+  int64_t qi_lo, qi_hi;
+};
+
+Geom make_geom(const Pool2d& pl) {
+  Geom g{pl.h, pl.w, pl.r, pl.s, pl.p, pl.q, pl.sh, pl.sw, pl.ph, pl.pw, 0, 0};
+  // With a single window row the stride does not matter; bounding it by the padded input keeps
+  // every stride product below in range whatever the caller passed (stride=2**62 is valid).
+  if (g.p == 1) g.sh = min64(g.sh, g.h + 2 * g.ph);
+  if (g.q == 1) g.sw = min64(g.sw, g.w + 2 * g.pw);
+  g.qi_lo = min64(g.q, ceil_div(g.pw, g.sw));
+  const int64_t last = g.w + g.pw - g.s;  // interior iff q * sw <= last
+  g.qi_hi = last < 0 ? g.qi_lo : max64(g.qi_lo, min64(g.q, last / g.sw + 1));
+  return g;
+}
+
+// Rows [r0, r1) of output row p's window that lie inside the input; ih0 = p*sh - ph.
+struct RowSpan {
+  int64_t ih0, r0, r1;
+};
+RowSpan row_span(const Geom& g, int64_t p) {
+  const int64_t ih0 = p * g.sh - g.ph;
+  return {ih0, max64(0, -ih0), min64(g.r, g.h - ih0)};
+}
+// Columns [s0, s1) of output column q's window that lie inside the input; iw0 = q*sw - pw.
+struct ColSpan {
+  int64_t iw0, s0, s1;
+};
+ColSpan col_span(const Geom& g, int64_t q) {
+  const int64_t iw0 = q * g.sw - g.pw;
+  return {iw0, max64(0, -iw0), min64(g.s, g.w - iw0)};
+}
+
+// Per output column q, as lanes for the edge blocks: the first in-bounds tap s0 and the number of
+// in-bounds columns s1 - s0. Filled once per call, in the calling thread's scratch buffer.
+template <typename T>
+struct ColTables {
+  const T* s0;
+  const T* cols;
+};
+template <typename T>
+ColTables<T> make_col_tables(const Geom& g) {
+  T* t = static_cast<T*>(
+      workspace(WorkspaceSlot::op_scratch, static_cast<size_t>(2 * g.q) * sizeof(T)));
+  for (int64_t q = 0; q < g.q; ++q) {
+    const ColSpan cs = col_span(g, q);
+    t[q] = static_cast<T>(cs.s0);
+    t[g.q + q] = static_cast<T>(cs.s1 - cs.s0);
+  }
+  return {t, t + g.q};
+}
+
+// Each thread gets at least this many input elements (the measurement is at grain::kPoolElems).
+constexpr int64_t kMinElemsPerThread = grain::kPoolElems;
+
+// The planes x rows of a call cut into tasks: whole planes when there are at least 8 per thread
+// (static scheduling is then balanced to within 1/8), otherwise row blocks of the planes so that
+// a batch of one image still uses every core.
+struct Split {
+  int nthreads;
+  int64_t blocks;  // row blocks per plane
+  int64_t tasks;   // planes * blocks
+};
+Split make_split(int64_t planes, int64_t rows, int64_t elems, int nthreads) {
+  Split sp{1, 1, planes};
+  if (nthreads > 1 && elems >= 2 * kMinElemsPerThread) {
+    sp.nthreads = static_cast<int>(min64(nthreads, elems / kMinElemsPerThread));
+    if (planes < 8 * sp.nthreads) {
+      sp.blocks = min64(max64(rows, 1), ceil_div(8 * sp.nthreads, planes));
+    }
+  }
+  sp.tasks = planes * sp.blocks;
+  return sp;
+}
+
+// Row block b of `blocks` over [0, rows).
+int64_t block_begin(int64_t rows, int64_t blocks, int64_t b) { return rows * b / blocks; }
+
+// f(plane, block) for every task; returns the sum of what f returns. The tasks are handed out in
+// ranges (parallel_ranges), so that a thread without a core leaves its share to the others.
+template <class F>
+int64_t parallel_tasks(const Split& sp, const F& f) {
+  if (sp.nthreads <= 1) {
+    int64_t total = 0;
+    for (int64_t t = 0; t < sp.tasks; ++t) total += f(t / sp.blocks, t % sp.blocks);
+    return total;
+  }
+  std::atomic<int64_t> total{0};
+  parallel_ranges(sp.tasks, 1, 1, sp.nthreads, [&](int64_t t0, int64_t t1) {
+    int64_t sum = 0;
+    for (int64_t t = t0; t < t1; ++t) sum += f(t / sp.blocks, t % sp.blocks);
+    total.fetch_add(sum, std::memory_order_relaxed);
+  });
+  return total.load();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vector helpers
+
+// How a block of lanes is loaded: all W lanes inside (plain loads), the first n lanes inside
+// (tail), or lanes [lo, hi) inside and the others filled (edge: windows reaching the padding).
+enum Mode { kFull, kTail, kEdge };
+
+template <class V>
+void store_idx(uint8_t* p, typename V::V v, int n) {
+  V::store_u8n(p, v, n);
+}
+template <class V>
+void store_idx(int32_t* p, typename V::V v, int n) {
+  V::store_i32n(p, v, n);
+}
+
+// Lanes [lo, hi) from p[lo..hi) by mode; kFull and kTail have lo == 0 (and hi == W for kFull).
+template <class V, int kMode>
+typename V::V load_mode(const typename V::T* p, int lo, int hi, typename V::T fill) {
+  if (kMode == kFull) return V::load(p);
+  if (kMode == kTail) return V::loadn(p, hi);
+  return V::loadr(p, lo, hi, fill);
+}
+template <class V>
+void store_n(typename V::T* p, typename V::V v, int n) {
+  if (n == V::W) {
+    V::store(p, v);
+  } else {
+    V::storen(p, v, n);
+  }
+}
+
+// What a store needs to know about the row and the columns of its windows.
+template <typename T>
+struct RowCtx {
+  RowSpan rs;
+  int64_t s;         // S
+  bool include_pad;  // average: padding counts in the divisor
+  T div;             // average: divisor of windows spanning S input columns
+  ColTables<T> tab;
+};
+
+}  // namespace
+}  // namespace simdnn::SIMDNN_ISA_NS

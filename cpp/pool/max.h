@@ -1,0 +1,160 @@
+// Max pooling for the per-ISA pooling files: the forward reduction (MaxOp), the backward terms
+// (MaxBwd) and the entry points over the generic loops of forward.h and backward.h.
+#pragma once
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "common/int_math.h"
+#include "common/parallel.h"
+#include "pool/backward.h"
+#include "pool/forward.h"
+#include "pool/geometry.h"
+#include "pool/pool.h"
+#include "simd/simd.h"
+
+#ifndef SIMDNN_ISA_NS
+#error "compile with -DSIMDNN_ISA_NS=<isa>"
+#endif
+
+namespace simdnn::SIMDNN_ISA_NS {
+namespace {
+
+// Max: best value and its window position; ties keep the first, a NaN always takes over (the
+// update rule of PyTorch's CPU kernel, so the last NaN's position wins).
+template <class V, typename I>
+struct MaxOp {
+  using T = typename V::T;
+  using R = typename V::V;
+  static constexpr bool kIndex = true;
+  struct State {
+    R best, idx;
+  };
+  static T fill() { return neg_inf<T>(); }  // padding
+  // The first tap needs no compare: with best = -inf it would be taken unless it is -inf, and
+  // then the index is the first position anyway (edge blocks fix that up on store).
+  static void first(State& st, R v, int64_t k) {
+    st.best = v;
+    st.idx = V::set1(static_cast<T>(k));
+  }
+  static void next(State& st, R v, int64_t k) {
+    const typename V::M m = V::gt_or_nan(v, st.best);
+    st.best = V::blend(m, st.best, v);
+    st.idx = V::blend(m, st.idx, V::set1(static_cast<T>(k)));
+  }
+  struct Out {
+    T* y;
+    I* idx;
+  };
+  static Out out_at(void* y, void* idx, int64_t off) {
+    return {static_cast<T*>(y) + off, static_cast<I*>(idx) + off};
+  }
+  // Outputs q0 .. q0 + n - 1 of the row at o + off. In an edge block a window whose in-bounds
+  // inputs are all -inf must report its first in-bounds position, not the padding tap where the
+  // first-tap shortcut left the index.
+  static void store(const Out& o, int64_t off, const State& st, const RowCtx<T>& c, int64_t q0,
+                    int n, bool edge) {
+    R idx = st.idx;
+    if (edge) {
+      const R first_in =
+          V::add(V::loadr(c.tab.s0 + q0, 0, n, T(0)), V::set1(static_cast<T>(c.rs.r0 * c.s)));
+      idx = V::blend(V::eq(st.best, V::set1(neg_inf<T>())), idx, first_in);
+    }
+    store_n<V>(o.y + off, st.best, n);
+    store_idx<V>(o.idx + off, idx, n);
+  }
+  // One window, scalar. x points at input row ih0 + r0, column 0.
+  static void window(const Geom& g, const RowSpan& rs, const ColSpan& cs, const T* x, bool,
+                     const Out& o, int64_t off) {
+    T best = neg_inf<T>();
+    int64_t bi = rs.r0 * g.s + cs.s0;
+    for (int64_t r = rs.r0; r < rs.r1; ++r) {
+      const T* xr = x + (r - rs.r0) * g.w + cs.iw0;
+      for (int64_t s = cs.s0; s < cs.s1; ++s) {
+        const T v = xr[s];
+        if (v > best || v != v) {
+          best = v;
+          bi = r * g.s + s;
+        }
+      }
+    }
+    o.y[off] = best;
+    o.idx[off] = static_cast<I>(bi);
+  }
+};
+
+// Max: window (p, q) gives dy[p, q] to its arg-max position k only; the indices are compared as
+// integers (no conversion), and the matches are counted.
+template <class V, typename I>
+struct MaxBwd {
+  using T = typename V::T;
+  using R = typename V::V;
+  // The terms of all window rows go straight into one sum (no per-row divisor).
+  static constexpr bool kDirect = true;
+  struct Plane {
+    const T* dy;
+    const I* idx;
+    Plane at_offset(int64_t off) const { return {dy + off, idx + off}; }
+  };
+  const T* dy;  // row p of dy and of the indices
+  const I* idx;
+  static MaxBwd at(const Plane& pl, const Geom& g, int64_t p) {
+    return {pl.dy + p * g.q, pl.idx + p * g.q};
+  }
+  static typename V::M eq_idx(const uint8_t* p, int lo, int hi, int64_t k) {
+    return V::eq_u8r(p, lo, hi, k);
+  }
+  static typename V::M eq_idx(const int32_t* p, int lo, int hi, int64_t k) {
+    return V::eq_i32r(p, lo, hi, k);
+  }
+  // acc += the terms of windows q .. q + W - 1 at window position k; lanes [lo, hi) by mode.
+  // Returns the number of indices that matched.
+  template <int kMode>
+  int add(R& acc, int64_t q, int64_t k, int lo, int hi) const {
+    const typename V::M m = eq_idx(shifted(idx, q), lo, hi, k);
+    acc = V::mask_add(acc, m, load_mode<V, kMode>(shifted(dy, q), lo, hi, T(0)));
+    return V::count(m);
+  }
+  template <int kMode>
+  R finish(R v) const {
+    return v;
+  }
+  // The term of window q at position k, scalar; counts a match.
+  T scalar(const Geom&, int64_t q, int64_t k, int64_t* matches) const {
+    if (static_cast<int64_t>(idx[q]) != k) return T(0);
+    ++*matches;
+    return dy[q];
+  }
+};
+
+// y, indices (N, C, P, Q) = max over each R x S window of x (N, C, H, W); padding is -inf.
+template <typename T>
+void max_forward(const Pool2d& pl, const T* x, T* y, void* idx) {
+  using V = typename VecOf<T>::type;
+  if (pool_index_is_u8(pl)) {
+    fwd_planes<V, MaxOp<V, uint8_t>>(pl, false, x, y, idx);
+  } else {
+    fwd_planes<V, MaxOp<V, int32_t>>(pl, false, x, y, idx);
+  }
+}
+
+// dx (N, C, H, W) from dy and indices (N, C, P, Q); returns how many indices are bad.
+template <typename T, typename I>
+int64_t max_backward_t(const Pool2d& pl, const T* dy, const I* idx, T* dx) {
+  using V = typename VecOf<T>::type;
+  const Geom g = make_geom(pl);
+  const typename MaxBwd<V, I>::Plane plane{dy, idx};
+  const int64_t matches = bwd_planes<V, MaxBwd<V, I>>(pl, plane, 0, g.q, true, dx);
+  return pl.n * pl.c * g.p * g.q - matches;
+}
+
+template <typename T>
+int64_t max_backward(const Pool2d& pl, const T* dy, const void* idx, T* dx) {
+  if (pool_index_is_u8(pl)) return max_backward_t(pl, dy, static_cast<const uint8_t*>(idx), dx);
+  return max_backward_t(pl, dy, static_cast<const int32_t*>(idx), dx);
+}
+
+}  // namespace
+}  // namespace simdnn::SIMDNN_ISA_NS
