@@ -186,7 +186,7 @@ void bind_runtime(py::module_& m) {
         std::chrono::steady_clock::time_point t_first;
         {
           py::gil_scoped_release release;
-          std::atomic<bool> worker_started{false};
+          std::atomic<bool> worker_started{false}, caller_waited{false};
           parallel_for(8, 2, [&](int64_t) {
             if (in_pool_worker()) {
               if (!worker_started.exchange(true)) {
@@ -194,6 +194,9 @@ void bind_runtime(py::module_& m) {
               }
               return;
             }
+            // Only the caller's first task waits, and only when a stall is asked for (a call the
+            // back-off runs in the caller alone has no worker to wait for).
+            if (stall_us == 0 || caller_waited.exchange(true)) return;
             const auto limit = std::chrono::steady_clock::now() + std::chrono::seconds(5);
             while (!worker_started.load() && std::chrono::steady_clock::now() < limit) {
               std::this_thread::sleep_for(std::chrono::microseconds(50));
