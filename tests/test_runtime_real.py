@@ -432,6 +432,37 @@ def test_a_worker_preempted_mid_task_sends_the_next_calls_to_the_caller():
     check(proc, "stall 2 1 True", "quiet 2 0")
 
 
+@pytest.mark.skipif(not LINUX, reason="/proc/loadavg")
+@pytest.mark.parametrize("ignore", [False, True])
+def test_busy_neighbours_leave_the_calls_fewer_threads(ignore):
+    """With every CPU taken by a busy process, parallel calls run on fewer threads (shed) instead
+    of sharing cores with them; SIMDNN_IGNORE_NEIGHBOURS=1 turns the check off."""
+    cpus = len(os.sched_getaffinity(0))
+    if cpus != os.cpu_count() or simdnn.cpu_info()["cpu_quota"]:
+        pytest.skip("the check applies only where every CPU of the machine is this process's")
+    busy = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+        for _ in range(cpus)
+    ]
+    try:
+        env = {"SIMDNN_IGNORE_NEIGHBOURS": "1"} if ignore else {}
+        proc = run_child(
+            f"""
+            import time
+            import simdnn
+            time.sleep(0.5)  # the busy processes get going
+            simdnn._core._parallel_check(1000, {cpus}, repeat=3000)
+            print("shed", simdnn._core._pool_stats()["shed"] > 0)
+            """,
+            **env,
+        )
+    finally:
+        for b in busy:
+            b.kill()
+            b.wait()
+    check(proc, f"shed {not ignore}")
+
+
 def test_exception_from_inside_parallel_work():
     proc = run_child(
         """

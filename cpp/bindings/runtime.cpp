@@ -223,6 +223,8 @@ void bind_runtime(py::module_& m) {
     d["calls"] = s.calls;
     d["solo"] = s.solo;
     d["stalls"] = s.stalls;
+    d["wait_ns"] = s.wait_ns;
+    d["shed"] = s.shed;
     return d;
   });
   m.def("_set_thread_cap", [](int n) {

@@ -128,9 +128,11 @@ void parallel_ranges(int64_t count, int64_t min_per_task, int64_t align, int nth
 int pool_workers();
 
 // Counters since start: parallel calls (ntasks > 1 on > 1 thread), those run in the caller alone
-// by the stall back-off (parallel.cpp, kStallWait), and the stalls that started a back-off.
+// by the stall back-off (parallel.cpp, kStallWait), the stalls that started a back-off, and the
+// time callers spent waiting for tasks that workers had started.
 struct PoolStats {
-  int64_t calls, solo, stalls;
+  int64_t calls, solo, stalls, wait_ns;
+  int64_t shed;  // calls run on fewer threads, leaving cores to other processes' busy threads
 };
 PoolStats pool_stats();
 // Whether the calling thread is one of the pool's workers (for the tests' hooks).
