@@ -24,6 +24,7 @@
 #include "common/int_math.h"
 #include "common/parallel.h"
 #include "gemm/gemm.h"
+#include "gemm/gemv.h"
 
 namespace simdnn::gemm_detail {
 
@@ -430,6 +431,7 @@ static void gemm(const GemmArgs<typename UK::T>& g) {
     scale_c(g);
     return;
   }
+  if (g.m <= kGemvMaxM && gemv<typename UK::V>(g)) return;
   if (g.m * g.n * g.k <= kSmallMnk) {
     gemm_small<UK>(g);
   } else {

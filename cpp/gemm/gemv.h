@@ -1,0 +1,266 @@
+// The small-M path of the GEMM (M == 1 is a GEMV): C[0:M, 0:N] = alpha * A . B + beta * C for
+// M <= kGemvMaxM, without packing. Part of the portable framework (included by gemm_driver.h,
+// compiled once per ISA, templated on the vector traits V; no intrinsics here).
+//
+// A one-row product reads each element of B once, so it is bound by streaming B from memory: the
+// blocked engine packs all of B (a copy as long as the product itself) for one row of A, and ran
+// 1 x 4096 . 4096 x 4096 fp32 at 7.1 GFLOP/s (14 GB/s of B) against OpenBLAS's 17.4. Here B is read
+// in place, once, sequentially:
+//  - Row-major B (unit column stride, X . W): y[0:N] += x[p] * B[p, 0:N], KB rows of B at a time
+//    (KB concurrent sequential streams) into an accumulator row held in L1, so that y is loaded and
+//    stored once per KB rows instead of once per row.
+//  - Transposed B (unit row stride, X . W^T as in nn.Linear): y[j] = dot(x, B[:, j]), NC columns
+//    at a time (NC concurrent streams, x loaded once for NC columns), reduced at the end.
+//  - Anything else goes to the blocked engine (gemv() returns false).
+#pragma once
+
+#include <cstdint>
+
+#include "common/int_math.h"
+#include "common/parallel.h"
+#include "gemm/gemm.h"
+
+namespace simdnn::gemm_detail {
+
+// Rows of A that take the GEMV path (see the measurement in gemv()).
+constexpr int64_t kGemvMaxM = 4;
+
+// Accumulator row kept in L1 by the row-major path: 16 KiB of the 32-48 KiB L1 for all M rows, so
+// that the KB streaming rows of B and the accumulators do not evict each other (fp32, M = 1:
+// 4096 columns per block, the whole of 1 x 4096 . 4096 x 4096).
+constexpr int64_t kGemvAccBytes = 16 << 10;
+
+// c[j] = alpha * acc[j] + beta * c[j] for j < n (beta == 0: c is not read).
+template <class V>
+static void gemv_store(typename V::T* c, const typename V::T* acc, int64_t n, typename V::T alpha,
+                       typename V::T beta) {
+  using R = typename V::V;
+  constexpr int W = V::W;
+  const R va = V::set1(alpha), vb = V::set1(beta);
+  int64_t j = 0;
+  if (beta == typename V::T(0)) {
+    for (; j + W <= n; j += W) V::store(c + j, V::mul(va, V::load(acc + j)));
+    if (j < n) {
+      const int r = static_cast<int>(n - j);
+      V::storen(c + j, V::mul(va, V::loadn(acc + j, r)), r);
+    }
+    return;
+  }
+  for (; j + W <= n; j += W)
+    V::store(c + j, V::fma(va, V::load(acc + j), V::mul(vb, V::load(c + j))));
+  if (j < n) {
+    const int r = static_cast<int>(n - j);
+    V::storen(c + j, V::fma(va, V::loadn(acc + j, r), V::mul(vb, V::loadn(c + j, r))), r);
+  }
+}
+
+// Row-major B: acc[i * lda + j] (+)= sum_{q < KB} a[i * rs_a + q * cs_a] * b[q * rs_b + j] for
+// i < MM, j < nb. `first`: acc is not read (the first rows of a block).
+template <class V, int MM, int KB>
+static void gemv_n_rows(const typename V::T* a, int64_t rs_a, int64_t cs_a, const typename V::T* b,
+                        int64_t rs_b, int64_t nb, typename V::T* acc, int64_t lda, bool first) {
+  using T = typename V::T;
+  using R = typename V::V;
+  constexpr int W = V::W;
+  R x[MM][KB];
+  for (int i = 0; i < MM; ++i) {
+    for (int q = 0; q < KB; ++q) x[i][q] = V::set1(a[i * rs_a + q * cs_a]);
+  }
+  const T* bq[KB];
+  for (int q = 0; q < KB; ++q) bq[q] = b + q * rs_b;
+  int64_t j = 0;
+  // Two chains per row (even and odd q), so that a vector's KB FMAs are not one dependent chain
+  // of KB * 4 cycles.
+  for (; j + W <= nb; j += W) {
+    R s0[MM], s1[MM];
+    for (int i = 0; i < MM; ++i) {
+      s0[i] = first ? V::zero() : V::load(acc + i * lda + j);
+      s1[i] = V::zero();
+    }
+    for (int q = 0; q < KB; ++q) {
+      const R bv = V::load(bq[q] + j);
+      for (int i = 0; i < MM; ++i) {
+        if (q % 2 == 0) {
+          s0[i] = V::fma(x[i][q], bv, s0[i]);
+        } else {
+          s1[i] = V::fma(x[i][q], bv, s1[i]);
+        }
+      }
+    }
+    for (int i = 0; i < MM; ++i) V::store(acc + i * lda + j, V::add(s0[i], s1[i]));
+  }
+  if (j < nb) {
+    const int r = static_cast<int>(nb - j);
+    R s[MM];
+    for (int i = 0; i < MM; ++i) s[i] = first ? V::zero() : V::loadn(acc + i * lda + j, r);
+    for (int q = 0; q < KB; ++q) {
+      const R bv = V::loadn(bq[q] + j, r);
+      for (int i = 0; i < MM; ++i) s[i] = V::fma(x[i][q], bv, s[i]);
+    }
+    for (int i = 0; i < MM; ++i) V::storen(acc + i * lda + j, s[i], r);
+  }
+}
+
+// Row-major B, columns [j0, j1) of all MM rows.
+template <class V, int MM>
+static void gemv_n_range(const GemmArgs<typename V::T>& g, int64_t j0, int64_t j1) {
+  using T = typename V::T;
+  // 8 rows of B at a time for one row of A (8 streams; 16 KiB of y traffic per 8 x 16 KiB of B).
+  // With more rows of A the broadcasts x[MM][KB] take registers: 4 rows of B for MM > 1.
+  constexpr int KB = MM == 1 ? 8 : 4;
+  const int64_t nb_max = max64(V::W, round_down(kGemvAccBytes / (MM * int64_t(sizeof(T))), V::W));
+  const int64_t lda = nb_max;
+  T* acc = static_cast<T*>(workspace(WorkspaceSlot::gemm_pack, MM * lda * sizeof(T)));
+  for (int64_t jb = j0; jb < j1; jb += nb_max) {
+    const int64_t nb = min64(nb_max, j1 - jb);
+    const T* b = g.b + jb;
+    int64_t p = 0;
+    for (; p + KB <= g.k; p += KB) {
+      gemv_n_rows<V, MM, KB>(g.a + p * g.cs_a, g.rs_a, g.cs_a, b + p * g.rs_b, g.rs_b, nb, acc, lda,
+                             p == 0);
+    }
+    for (; p < g.k; ++p) {
+      gemv_n_rows<V, MM, 1>(g.a + p * g.cs_a, g.rs_a, g.cs_a, b + p * g.rs_b, g.rs_b, nb, acc, lda,
+                            p == 0);
+    }
+    for (int i = 0; i < MM; ++i) {
+      gemv_store<V>(g.c + i * g.rs_c + jb, acc + i * lda, nb, g.alpha, g.beta);
+    }
+  }
+}
+
+// Transposed B: for the NC columns at b + c * cs_b (contiguous in k), the dot products with the MM
+// rows of A at a + i * lda (contiguous), k long; out[i * NC + c].
+template <class V, int MM, int NC>
+static void gemv_t_cols(const typename V::T* a, int64_t lda, const typename V::T* b, int64_t cs_b,
+                        int64_t k, typename V::T* out) {
+  using T = typename V::T;
+  using R = typename V::V;
+  constexpr int W = V::W;
+  // One row of A: two accumulators per column (K unrolled by 2W), 8 in all, so that each chain
+  // has 4-cycle FMAs spaced by 8 others; more rows of A give independent chains of their own.
+  constexpr int KU = MM == 1 ? 2 : 1;
+  R s[KU][MM][NC];
+  for (int u = 0; u < KU; ++u) {
+    for (int i = 0; i < MM; ++i) {
+      for (int c = 0; c < NC; ++c) s[u][i][c] = V::zero();
+    }
+  }
+  int64_t p = 0;
+  for (; p + KU * W <= k; p += KU * W) {
+    for (int u = 0; u < KU; ++u) {
+      R x[MM];
+      for (int i = 0; i < MM; ++i) x[i] = V::load(a + i * lda + p + u * W);
+      for (int c = 0; c < NC; ++c) {
+        const R bv = V::load(b + c * cs_b + p + u * W);
+        for (int i = 0; i < MM; ++i) s[u][i][c] = V::fma(x[i], bv, s[u][i][c]);
+      }
+    }
+  }
+  for (; p < k; p += W) {
+    const int r = static_cast<int>(min64(W, k - p));
+    R x[MM];
+    for (int i = 0; i < MM; ++i) x[i] = V::loadn(a + i * lda + p, r);
+    for (int c = 0; c < NC; ++c) {
+      const R bv = V::loadn(b + c * cs_b + p, r);
+      for (int i = 0; i < MM; ++i) s[0][i][c] = V::fma(x[i], bv, s[0][i][c]);
+    }
+  }
+  alignas(64) T lanes[W];
+  for (int i = 0; i < MM; ++i) {
+    for (int c = 0; c < NC; ++c) {
+      R v = s[0][i][c];
+      for (int u = 1; u < KU; ++u) v = V::add(v, s[u][i][c]);
+      V::store(lanes, v);
+      T sum = T(0);
+      for (int l = 0; l < W; ++l) sum += lanes[l];
+      out[i * NC + c] = sum;
+    }
+  }
+}
+
+// Transposed B, columns [j0, j1) of all MM rows; A rows contiguous at a + i * lda.
+template <class V, int MM>
+static void gemv_t_range(const GemmArgs<typename V::T>& g, const typename V::T* a, int64_t lda,
+                         int64_t j0, int64_t j1) {
+  using T = typename V::T;
+  // 4 columns per pass for one row of A (4 streams of B, 8 accumulators, 1 load of x per 4 FMAs);
+  // 2 columns for more rows (MM x NC accumulators within the 16 registers of AVX2).
+  constexpr int NC = MM == 1 ? 4 : 2;
+  T out[MM * NC];
+  auto emit = [&](int64_t j, int nc) {
+    for (int i = 0; i < MM; ++i) {
+      T* c = g.c + i * g.rs_c + j;
+      for (int q = 0; q < nc; ++q) {
+        const T v = g.alpha * out[i * NC + q];
+        c[q] = g.beta == T(0) ? v : v + g.beta * c[q];
+      }
+    }
+  };
+  int64_t j = j0;
+  for (; j + NC <= j1; j += NC) {
+    gemv_t_cols<V, MM, NC>(a, lda, g.b + j * g.cs_b, g.cs_b, g.k, out);
+    emit(j, NC);
+  }
+  for (; j < j1; ++j) {
+    T one[MM];
+    gemv_t_cols<V, MM, 1>(a, lda, g.b + j * g.cs_b, g.cs_b, g.k, one);
+    for (int i = 0; i < MM; ++i) out[i * NC] = one[i];
+    emit(j, 1);
+  }
+}
+
+template <class V, int MM>
+static void gemv_m(const GemmArgs<typename V::T>& g, bool row_major_b) {
+  using T = typename V::T;
+  // Columns per task: at least grain::kGemmMacs multiply-adds (2^17: 512 KiB of fp32 B, ~15 us of
+  // streaming on one core), so that a small N stays on one thread.
+  const int64_t min_cols = max64(1, ceil_div(grain::kGemmMacs, g.k * MM));
+  if (row_major_b) {
+    // Ranges aligned to 16 columns (a 64-byte line of fp32 C: no line written by two threads).
+    parallel_ranges(g.n, min_cols, 16, g.nthreads,
+                    [&](int64_t j0, int64_t j1) { gemv_n_range<V, MM>(g, j0, j1); });
+    return;
+  }
+  // The dot products need the rows of A contiguous: copied when they are not (MM x K, next to the
+  // K x N of B).
+  const T* a = g.a;
+  int64_t lda = g.rs_a;
+  if (g.cs_a != 1) {
+    T* buf = static_cast<T*>(workspace(WorkspaceSlot::op_scratch, MM * g.k * sizeof(T)));
+    for (int i = 0; i < MM; ++i) {
+      for (int64_t p = 0; p < g.k; ++p) buf[i * g.k + p] = g.a[i * g.rs_a + p * g.cs_a];
+    }
+    a = buf;
+    lda = g.k;
+  }
+  parallel_ranges(g.n, min_cols, 16, g.nthreads,
+                  [&](int64_t j0, int64_t j1) { gemv_t_range<V, MM>(g, a, lda, j0, j1); });
+}
+
+// The GEMV path for M <= kGemvMaxM; false (nothing done) for a B with neither unit stride.
+template <class V>
+static bool gemv(const GemmArgs<typename V::T>& g) {
+  if (g.m > kGemvMaxM) return false;
+  // A B with both unit strides (one row or one column) goes by its shape: N < W columns would be
+  // all tail in the row-major loop, so such a B is read as columns (dot products along K).
+  const bool row_major_b = g.cs_b == 1 && !(g.rs_b == 1 && g.n < V::W);
+  if (!row_major_b && g.rs_b != 1) return false;
+  switch (g.m) {
+    case 1:
+      gemv_m<V, 1>(g, row_major_b);
+      break;
+    case 2:
+      gemv_m<V, 2>(g, row_major_b);
+      break;
+    case 3:
+      gemv_m<V, 3>(g, row_major_b);
+      break;
+    default:
+      gemv_m<V, 4>(g, row_major_b);
+      break;
+  }
+  return true;
+}
+
+}  // namespace simdnn::gemm_detail
