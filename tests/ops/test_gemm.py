@@ -256,6 +256,108 @@ def test_concurrent_python_threads(isa, rng):
 
 
 # ------------------------------------------------------------------------------------------------
+# Small M (M <= 4, gemv.h): B read in place, row-major (unit column stride) or transposed (unit
+# row stride); gemm's C must be C-contiguous, matmul's out may have any row stride. K and N: 1,
+# primes, around the vector widths (4/8/16) and the unrolls (8 rows of B, 4 columns, 2W of K), and
+# past one 16 KiB accumulator block (N = 4100 fp32 at M = 1). M = 5 is the first M of the blocked
+# engine.
+GEMV_SHAPES = [
+    (1, 1, 1),
+    (1, 1, 37),
+    (1, 37, 1),
+    (1, 7, 3),
+    (1, 8, 16),
+    (1, 9, 17),
+    (1, 31, 33),
+    (1, 64, 100),
+    (1, 131, 7),
+    (1, 257, 129),
+    (1, 5, 4100),
+    (2, 17, 33),
+    (2, 1, 15),
+    (3, 33, 31),
+    (3, 100, 1),
+    (4, 13, 67),
+    (4, 64, 4),
+    (5, 19, 37),
+]
+
+
+def _gemv_operands(rng, dtype, shape, layout):
+    m, k, n = shape
+    a, b = make(rng, (m, k), dtype), make(rng, (k, n), dtype)
+    if layout == "plain":
+        return a, b, b, False
+    if layout == "trans_b":  # W of shape (N, K), as gemm(x, W, trans_b=True)
+        return a, b, np.ascontiguousarray(b.T), True
+    # A transposed view of W (N, K): unit row stride seen by matmul; A strided (every 2nd column).
+    wide = make(rng, (m, 2 * k), dtype)
+    wide[:, ::2] = a
+    return wide[:, ::2], b, np.ascontiguousarray(b.T).T, False
+
+
+@pytest.mark.parametrize("layout", ["plain", "trans_b", "view"])
+@pytest.mark.parametrize("shape", GEMV_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_small_m_gemv(isa, dtype, rng, shape, layout):
+    a, b, bop, tb = _gemv_operands(rng, dtype, shape, layout)
+    m, n = shape[0], shape[2]
+    bound = gemm_error_bound(a, b, dtype)
+    got = ops.gemm(a, bop, trans_b=True) if tb else ops.matmul(a, bop)
+    assert_gemm_close(got, oracle(a, b), bound)
+    # alpha / beta.
+    alpha, beta = 1.5, -0.75
+    c0 = make(rng, (m, n), dtype)
+    out = ops.gemm(a, bop, c0.copy(), alpha=alpha, beta=beta, trans_b=tb)
+    assert_gemm_close(
+        out,
+        alpha * oracle(a, b) + beta * c0,
+        abs(alpha) * bound + 4 * np.finfo(dtype).eps * (np.abs(beta * c0) + 1),
+    )
+    # matmul into a strided out (rows of a taller array): written in place, rows between kept.
+    big2 = make(rng, (2 * m, n), dtype)
+    keep = big2[1::2].copy()
+    if not tb:
+        ops.matmul(a, bop, out=big2[::2])
+        assert_gemm_close(big2[::2], oracle(a, b), bound)
+        np.testing.assert_array_equal(big2[1::2], keep)
+    # beta = 0 never reads C: NaN in C does not propagate.
+    cn = np.full((m, n), np.nan, dtype)
+    ops.gemm(a, bop, cn, alpha=alpha, beta=0.0, trans_b=tb)
+    assert_gemm_close(cn, alpha * oracle(a, b), abs(alpha) * bound)
+
+
+@pytest.mark.parametrize("m", [1, 2, 4])
+def test_small_m_gemv_threads(isa, dtype, rng, threads, m):
+    """N split across threads (the grain lets N = 3000, K = 700 use 2-3 threads): every split
+    gives the one-thread result bit for bit, both layouts."""
+    k, n = 700, 3001
+    a, b = make(rng, (m, k), dtype), make(rng, (k, n), dtype)
+    w = np.ascontiguousarray(b.T)
+    runs = {}
+    for nt in (1, 2, 3):  # the conftest raises the thread cap to 8
+        simdnn.set_num_threads(nt)
+        runs[nt] = (ops.matmul(a, b), ops.gemm(a, w, trans_b=True))
+    assert_gemm_close(runs[1][0], oracle(a, b), gemm_error_bound(a, b, dtype))
+    assert_gemm_close(runs[1][1], oracle(a, b), gemm_error_bound(a, b, dtype))
+    for nt in (2, 3):
+        np.testing.assert_array_equal(runs[nt][0], runs[1][0])
+        np.testing.assert_array_equal(runs[nt][1], runs[1][1])
+
+
+def test_predict_one_sample(isa, rng):
+    """predict on one sample (a 1-row Linear, the GEMV path) equals the batched rows."""
+    from simdnn import nn
+    from simdnn.training import predict
+
+    model = nn.Sequential(nn.Linear(300, 129, rng=rng), nn.ReLU(), nn.Linear(129, 10, rng=rng))
+    x = rng.standard_normal((6, 300)).astype(np.float32)
+    batched = predict(model, x)
+    for i in range(6):
+        one = predict(model, x[i : i + 1])
+        np.testing.assert_allclose(one, batched[i : i + 1], rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
 # Bad input: a clear TypeError/ValueError naming the argument, never a crash.
 
 
