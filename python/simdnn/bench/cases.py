@@ -8,7 +8,8 @@ w (K, C/groups, R, S), y (N, K, P, Q); pooling x (N, C, H, W), window R x S.
 The rows:
 
 - GEMM: squares 256-2048; the products of training Linear(784 -> 256) on a batch of 64 (forward,
-  dX = dY . W^T, dW = X^T . dY); a 128 x 4096 . 4096 x 1000 classifier.
+  dX = dY . W^T, dW = X^T . dY); a 128 x 4096 . 4096 x 1000 classifier; batch-1 inference
+  1 x 4096 . 4096 x 4096 with B plain and transposed (GEMVs, rated in GB/s: they stream B).
 - Convolution, forward, backward-data and backward-weights each: LeNet's two layers (1 -> 20 and
   20 -> 50, 5x5, batch 64), 3x3 padding 1 with 64, 128 and 256 channels, a stride-2 3x3
   down-sampling, a 1x1 and a depthwise 3x3.
@@ -76,8 +77,17 @@ def _t(a: Any) -> Any:
 
 
 def _gemm_case(
-    name: str, m: int, k: int, n: int, trans_a: bool = False, trans_b: bool = False
+    name: str,
+    m: int,
+    k: int,
+    n: int,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    streaming: bool = False,
 ) -> Case:
+    """streaming: a product that reads B once (one row of A), rated in GB/s of its operands
+    against the streaming limit, on two copies of B (each larger than L3)."""
+
     def make(rng: np.random.Generator, dtype: np.dtype) -> Args:
         a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
         b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
@@ -101,12 +111,13 @@ def _gemm_case(
     return Case(
         "gemm",
         name,
-        2.0 * m * n * k,
+        0.0 if streaming else 2.0 * m * n * k,
         4.0 * (m * k + k * n + m * n),
         make,
         native,
         numpy_fn,
         torch_fn,
+        copies=2 if streaming else None,
     )
 
 
@@ -117,6 +128,9 @@ def gemm_cases() -> list[Case]:
         _gemm_case("mlp dX 64x256 . (784x256)^T", 64, 256, 784, trans_b=True),
         _gemm_case("mlp dW (64x784)^T . 64x256", 784, 64, 256, trans_a=True),
         _gemm_case("wide 128x4096 . 4096x1000", 128, 4096, 1000),
+        # Batch-1 inference (the GEMV path, gemv.h): X . W and X . W^T, 64 MB of B per call.
+        _gemm_case("gemv 1x4096 . 4096x4096", 1, 4096, 4096, streaming=True),
+        _gemm_case("gemv 1x4096 . (4096x4096)^T", 1, 4096, 4096, trans_b=True, streaming=True),
     ]
     return cases
 
