@@ -105,9 +105,11 @@ static void gemv_n_rows(const typename V::T* a, int64_t rs_a, int64_t cs_a, cons
 template <class V, int MM>
 static void gemv_n_range(const GemmArgs<typename V::T>& g, int64_t j0, int64_t j1) {
   using T = typename V::T;
-  // 8 rows of B at a time for one row of A (8 streams; 16 KiB of y traffic per 8 x 16 KiB of B).
-  // With more rows of A the broadcasts x[MM][KB] take registers: 4 rows of B for MM > 1.
-  constexpr int KB = MM == 1 ? 8 : 4;
+  // 8 rows of B at a time (8 sequential streams; the accumulator row is loaded and stored once
+  // per 8 rows of B). 1 x 4096 . 4096 x 4096 fp32, AVX-512, one thread (a shared, noisy machine):
+  // 4 rows of B for M = 3 took 3.3 ms, 8 rows 2.8-3.2 ms. For M > 1 the MM x 8 broadcasts exceed
+  // the registers; the spilled ones are broadcast loads from the stack, as cheap as from A.
+  constexpr int KB = 8;
   const int64_t nb_max = max64(V::W, round_down(kGemvAccBytes / (MM * int64_t(sizeof(T))), V::W));
   const int64_t lda = nb_max;
   T* acc = static_cast<T*>(workspace(WorkspaceSlot::gemm_pack, MM * lda * sizeof(T)));
@@ -184,9 +186,11 @@ template <class V, int MM>
 static void gemv_t_range(const GemmArgs<typename V::T>& g, const typename V::T* a, int64_t lda,
                          int64_t j0, int64_t j1) {
   using T = typename V::T;
-  // 4 columns per pass for one row of A (4 streams of B, 8 accumulators, 1 load of x per 4 FMAs);
-  // 2 columns for more rows (MM x NC accumulators within the 16 registers of AVX2).
-  constexpr int NC = MM == 1 ? 4 : 2;
+  // 4 columns per pass (4 streams of B; one load of x per 4 FMAs). Fewer streams starve the
+  // memory system: 4 x 4096 . (4096 x 4096)^T, AVX-512, one thread, took 4.9 ms with 2 columns and
+  // 3.2-3.8 ms with 4. Within the 16 registers of AVX2 (and scalar code) MM x 4 accumulators do
+  // not fit for MM > 2: 2 columns there.
+  constexpr int NC = (MM <= 2 || sizeof(typename V::V) >= 64) ? 4 : 2;
   T out[MM * NC];
   auto emit = [&](int64_t j, int nc) {
     for (int i = 0; i < MM; ++i) {
