@@ -15,6 +15,8 @@
 //   ir  over M in steps of MR   A micro-panel (MR x KC) stays in L1 while ...
 //   jr  over NC in steps of NR  ... the kernel sweeps the B micro-panels streaming from L2
 // Edge tiles are handled inside the micro-kernel (row count by template, columns by masks).
+// Products of at most kGemvMaxM rows with a B of unit row or column stride skip all of this: they
+// stream B in place (gemv.h).
 #pragma once
 
 #include <cstdint>

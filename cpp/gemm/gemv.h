@@ -22,7 +22,11 @@
 
 namespace simdnn::gemm_detail {
 
-// Rows of A that take the GEMV path (see the measurement in gemv()).
+// Rows of A that take the GEMV path. M x 4096 . 4096 x 4096 fp32, one thread (AVX-512; a shared,
+// noisy machine), B plain / transposed: here M = 1 1.9-2.1 / 1.8-2.0 ms, M = 2 2.2-2.8 / 2.2-2.6,
+// M = 3 2.8-3.3 / 2.8, M = 4 3.1-3.4 / 3.2-3.8 ms; the blocked engine, which packs all of B
+// whatever M, 4.6-5.3 ms from M = 1 to 6 (5.6 at M = 8). AVX2: M = 4 3.1 / 4.6 ms here against
+// 8.1 / 4.7 ms blocked at M = 5, so the transposed case breaks even at M = 4: the bound.
 constexpr int64_t kGemvMaxM = 4;
 
 // Accumulator row kept in L1 by the row-major path: 16 KiB of the 32-48 KiB L1 for all M rows, so
