@@ -54,9 +54,10 @@ int main(int argc, char** argv) {
   bad += hammer(calls, 0);
   other.join();
   const simdnn::PoolStats s = simdnn::pool_stats();
-  std::printf("simdnn_pool_stress: %lld calls on 2 caller threads, %lld wrong (%lld parallel, "
-              "%lld in the caller after a stall)\n",
-              static_cast<long long>(2 * calls), static_cast<long long>(bad.load()),
-              static_cast<long long>(s.calls), static_cast<long long>(s.solo));
+  std::printf(
+      "simdnn_pool_stress: %lld calls on 2 caller threads, %lld wrong (%lld parallel, "
+      "%lld in the caller after a stall)\n",
+      static_cast<long long>(2 * calls), static_cast<long long>(bad.load()),
+      static_cast<long long>(s.calls), static_cast<long long>(s.solo));
   return bad.load() == 0 ? 0 : 1;
 }
