@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "common/parallel.h"
 #include "registry.h"
@@ -56,44 +57,80 @@ void relu_backward(int64_t n, const T* dy, const T* x, T* dx, int nthreads) {
   });
 }
 
+// The optimiser updates spell their vector body out over the traits, like relu. The plain loops
+// they replace compiled to a vector body too, but inside the parallel lambda the step sizes are
+// read through the closure and every store to p or v may alias them, so GCC 12 re-read them per
+// element: 22 GB/s on one thread over 269,322 float32 parameters (the MLP 784-256-256-10),
+// 3x slower than NumPy's four passes, 160 us of the 600 us training step. Constants held in
+// registers reach 70-100 GB/s there (AMD EPYC Zen 5, L2-resident).
 template <typename T>
 void sgd_update(int64_t n, T* p, const T* g, T* v, const SgdParams& s, int nthreads) {
-  const T lr = static_cast<T>(s.lr), mom = static_cast<T>(s.momentum),
-          wd = static_cast<T>(s.weight_decay);
+  using V = typename VecOf<T>::type;
+  using R = typename V::V;
+  constexpr int W = V::W;
+  const T lr_s = static_cast<T>(s.lr), mom_s = static_cast<T>(s.momentum),
+          wd_s = static_cast<T>(s.weight_decay);
   const bool use_v = s.momentum != 0.0, nesterov = s.nesterov;
-  parallel_chunks(n, nthreads, [&](int64_t b, int64_t e) {
-    // Plain loops: the compiler vectorises them with this ISA's flags (one pass over p, g, v
-    // instead of NumPy's four with temporaries).
-    for (int64_t i = b; i < e; ++i) {
-      const T gi = g[i] + wd * p[i];
+  parallel_chunks(n, nthreads, [=](int64_t b, int64_t e) {
+    const R lr = V::set1(lr_s), mom = V::set1(mom_s), wd = V::set1(wd_s);
+    // One element group: `live` lanes from i (W for the body, fewer for the tail).
+    auto step = [&](int64_t i, int live, auto full) {
+      constexpr bool kFull = decltype(full)::value;
+      const R pi = kFull ? V::load(p + i) : V::loadn(p + i, live);
+      const R gi = V::fma(wd, pi, kFull ? V::load(g + i) : V::loadn(g + i, live));
+      R upd = gi;
       if (use_v) {
-        const T vi = mom * v[i] + gi;
-        v[i] = vi;
-        p[i] -= lr * (nesterov ? gi + mom * vi : vi);
-      } else {
-        p[i] -= lr * gi;
+        const R vi = V::fma(mom, kFull ? V::load(v + i) : V::loadn(v + i, live), gi);
+        kFull ? V::store(v + i, vi) : V::storen(v + i, vi, live);
+        upd = nesterov ? V::fma(mom, vi, gi) : vi;
       }
-    }
+      const R pn = V::fnma(lr, upd, pi);
+      kFull ? V::store(p + i, pn) : V::storen(p + i, pn, live);
+    };
+    int64_t i = b;
+    for (; i + W <= e; i += W) step(i, W, std::true_type{});
+    if (i < e) step(i, static_cast<int>(e - i), std::false_type{});
   });
 }
 
 template <typename T>
 void adam_update(int64_t n, T* p, const T* g, T* m, T* v, const AdamParams& a, int nthreads) {
-  const T b1 = static_cast<T>(a.beta1), b2 = static_cast<T>(a.beta2);
+  using V = typename VecOf<T>::type;
+  using R = typename V::V;
+  constexpr int W = V::W;
   // 1 - beta in double, then rounded (as PyTorch does): 1 - 0.999f in float32 is 0.00099998713,
   // 1.3e-5 off 0.001, and that error went straight into every second moment.
-  const T one_b1 = static_cast<T>(1.0 - a.beta1), one_b2 = static_cast<T>(1.0 - a.beta2);
-  const T step = static_cast<T>(a.lr / a.bias1), inv_c2 = static_cast<T>(1.0 / a.bias2);
-  const T eps = static_cast<T>(a.eps), wd = static_cast<T>(a.weight_decay);
-  parallel_chunks(n, nthreads, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const T gi = g[i] + wd * p[i];
-      const T mi = b1 * m[i] + one_b1 * gi;
-      const T vi = b2 * v[i] + one_b2 * gi * gi;
-      m[i] = mi;
-      v[i] = vi;
-      p[i] -= step * mi / (std::sqrt(vi * inv_c2) + eps);
-    }
+  const T b1_s = static_cast<T>(a.beta1), b2_s = static_cast<T>(a.beta2);
+  const T one_b1_s = static_cast<T>(1.0 - a.beta1), one_b2_s = static_cast<T>(1.0 - a.beta2);
+  const T step_s = static_cast<T>(a.lr / a.bias1), inv_c2_s = static_cast<T>(1.0 / a.bias2);
+  const T eps_s = static_cast<T>(a.eps), wd_s = static_cast<T>(a.weight_decay);
+  parallel_chunks(n, nthreads, [=](int64_t b, int64_t e) {
+    const R b1 = V::set1(b1_s), b2 = V::set1(b2_s), one_b1 = V::set1(one_b1_s);
+    const R one_b2 = V::set1(one_b2_s), stp = V::set1(step_s), inv_c2 = V::set1(inv_c2_s);
+    const R eps = V::set1(eps_s), wd = V::set1(wd_s);
+    auto step = [&](int64_t i, int live, auto full) {
+      constexpr bool kFull = decltype(full)::value;
+      const R pi = kFull ? V::load(p + i) : V::loadn(p + i, live);
+      const R gi = V::fma(wd, pi, kFull ? V::load(g + i) : V::loadn(g + i, live));
+      const R mi = V::fma(b1, kFull ? V::load(m + i) : V::loadn(m + i, live), V::mul(one_b1, gi));
+      const R vi = V::fma(b2, kFull ? V::load(v + i) : V::loadn(v + i, live),
+                          V::mul(one_b2, V::mul(gi, gi)));
+      // The masked-off lanes of a tail hold zeros: sqrt(0) + eps keeps their division finite.
+      const R den = V::add(V::sqrt(V::mul(vi, inv_c2)), eps);
+      const R pn = V::sub(pi, V::div(V::mul(stp, mi), den));
+      if (kFull) {
+        V::store(m + i, mi);
+        V::store(v + i, vi);
+        V::store(p + i, pn);
+      } else {
+        V::storen(m + i, mi, live);
+        V::storen(v + i, vi, live);
+        V::storen(p + i, pn, live);
+      }
+    };
+    int64_t i = b;
+    for (; i + W <= e; i += W) step(i, W, std::true_type{});
+    if (i < e) step(i, static_cast<int>(e - i), std::false_type{});
   });
 }
 

@@ -2,6 +2,7 @@
 // unrolls over the tile, so the compiler is free to vectorise it with the baseline ISA.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 namespace simdnn::scalar {
@@ -24,6 +25,9 @@ struct Lane1 {
   static V fma(V a, V b, V c) { return a * b + c; }
   static V mul(V a, V b) { return a * b; }
   static V add(V a, V b) { return a + b; }
+  static V sub(V a, V b) { return a - b; }
+  static V fnma(V a, V b, V c) { return c - a * b; }
+  static V sqrt(V a) { return std::sqrt(a); }
   static V max(V a, V b) { return (a > b || a != a) ? a : b; }
   static void transpose(V*) {}  // a 1 x 1 block is its own transpose
 
