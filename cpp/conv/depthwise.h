@@ -20,83 +20,168 @@ namespace simdnn::SIMDNN_ISA_NS {
 namespace {
 
 // Depthwise convolution (G = C = K): per plane, vectorised along the output row.
-
-// Zero-padded copy of a source plane covering the rows and columns that the taps can reach:
-// rows [h_lo, h_lo + hp), columns [w_lo, w_lo + wp), with `extra` columns of slack for vector
-// loads past the end of a row.
+//
+// Each source plane is first copied, zero-padded, into an L1-resident buffer. With a column stride
+// sw > 1 the copy splits every row into sw phases (columns j = sw * i + phase stored at
+// phase * phw + i), so that for every tap the sources of W consecutive outputs are W consecutive
+// elements: tap column s of output q reads padded column q * sw + s * dw, which is element
+// q + (s * dw) / sw of phase (s * dw) % sw. No gathers (slow on AMD) and no strided loads.
 struct PadPlane {
-  int64_t h_lo, hp, w_lo, wp, ld;
+  int64_t h_lo, hp, w_lo, wp;  // padded rows [h_lo, h_lo + hp), columns [w_lo, w_lo + wp)
+  int64_t sw, phw, ld;         // phases, elements per phase (with slack), row pitch sw * phw
+  // Offset in the buffer of the source of output (0, 0) for tap (r, s), given the row step dh.
+  int64_t tap(int64_t r, int64_t s, int64_t dh, int64_t dw) const {
+    return r * dh * ld + ((s * dw) % sw) * phw + (s * dw) / sw;
+  }
 };
 
+// `extra` elements of slack per phase let a full vector load run past the last output column.
 static inline PadPlane pad_plane_geometry(const Im2col& g, int64_t extra) {
   PadPlane pp;
   pp.h_lo = -g.ph;
   pp.hp = (g.p - 1) * g.sh + (g.r - 1) * g.dh + 1;
   pp.w_lo = -g.pw;
   pp.wp = (g.q - 1) * g.sw + (g.s - 1) * g.dw + 1;
-  pp.ld = pp.wp + extra;
+  pp.sw = g.sw;
+  pp.phw = ceil_div(pp.wp, g.sw) + extra;
+  pp.ld = pp.sw * pp.phw;
   return pp;
 }
 
+// The copy: zeros, then each source row's columns that fall inside the padded window. Stride 1
+// is a memcpy per row; the scalar per-element copy with a bounds test on every element that this
+// replaces cost as much as the 3x3 arithmetic itself (the dw3x3 128-channel rows ran at 7% of
+// peak).
 template <typename T>
 static void fill_padded(const T* plane, const Im2col& g, const PadPlane& pp, T* dst) {
-  for (int64_t i = 0; i < pp.hp; ++i) {
-    const int64_t hi = pp.h_lo + i;
+  // Padded rows i and columns j whose source row h_lo + i and column w_lo + j are in the plane.
+  const int64_t i0 = min64(pp.hp, max64(0, -pp.h_lo)), i1 = max64(i0, min64(pp.hp, g.h - pp.h_lo));
+  const int64_t j0 = min64(pp.wp, max64(0, -pp.w_lo)), j1 = max64(j0, min64(pp.wp, g.w - pp.w_lo));
+  const auto zero = [](T* d, int64_t n) {
+    if (n > 0) std::memset(d, 0, static_cast<size_t>(n) * sizeof(T));
+  };
+  zero(dst, i0 * pp.ld);
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* row = plane + (pp.h_lo + i) * g.w + pp.w_lo;
     T* d = dst + i * pp.ld;
-    if (hi < 0 || hi >= g.h) {
-      for (int64_t j = 0; j < pp.ld; ++j) d[j] = T(0);
-      continue;
+    if (pp.sw == 1) {
+      zero(d, j0);
+      std::memcpy(d + j0, row + j0, static_cast<size_t>(j1 - j0) * sizeof(T));
+      zero(d + j1, pp.ld - j1);
+    } else {
+      zero(d, pp.ld);
+      // Phase by phase, with no division per element (a 64-bit idiv per element made the
+      // stride-2 forward 3x slower than stride 1).
+      for (int64_t ph = 0; ph < pp.sw; ++ph) {
+        const int64_t first = j0 + (ph - j0 % pp.sw + pp.sw) % pp.sw;
+        T* dp = d + ph * pp.phw;
+        for (int64_t j = first, k = first / pp.sw; j < j1; j += pp.sw, ++k) dp[k] = row[j];
+      }
     }
-    const T* row = plane + hi * g.w;
-    for (int64_t j = 0; j < pp.ld; ++j) {
-      const int64_t wi = pp.w_lo + j;
-      d[j] = (wi >= 0 && wi < g.w && j < pp.wp) ? row[wi] : T(0);
+  }
+  zero(dst + i1 * pp.ld, (pp.hp - i1) * pp.ld);
+}
+
+// NR output rows x NV vectors of one row each, starting at output (p, q0): every tap is one
+// broadcast and NR * NV independent FMAs. One vector alone is a chain of R * S dependent FMAs
+// (4 cycles each on Zen 5 and Sapphire Rapids); 4 chains or more keep both FMA pipes busy.
+template <class V, int NR, int NV>
+static inline void depthwise_block(const Im2col& g, const PadPlane& pp, const typename V::T* src,
+                                   const int64_t* off, const typename V::T* taps,
+                                   typename V::T bias, typename V::T* out, int64_t p, int64_t q0,
+                                   int last_live) {
+  using T = typename V::T;
+  using R = typename V::V;
+  constexpr int W = V::W;
+  R acc[NR][NV];
+  for (int i = 0; i < NR; ++i)
+    for (int j = 0; j < NV; ++j) acc[i][j] = V::set1(bias);
+  const T* row0 = src + p * g.sh * pp.ld + q0;
+  const int64_t rs = g.r * g.s;
+  for (int64_t k = 0; k < rs; ++k) {
+    const R t = V::set1(taps[k]);
+    const T* base = row0 + off[k];
+    for (int i = 0; i < NR; ++i)
+      for (int j = 0; j < NV; ++j)
+        acc[i][j] = V::fma(t, V::load(base + i * g.sh * pp.ld + j * W), acc[i][j]);
+  }
+  for (int i = 0; i < NR; ++i) {
+    T* o = out + (p + i) * g.q + q0;
+    for (int j = 0; j + 1 < NV; ++j) V::store(o + j * W, acc[i][j]);
+    if (last_live == W) {
+      V::store(o + (NV - 1) * W, acc[i][NV - 1]);
+    } else {
+      V::storen(o + (NV - 1) * W, acc[i][NV - 1], last_live);
     }
   }
 }
 
-// out plane (P x Q) = sum over taps of taps[r, s] * padded input; plus `bias`.
-template <class V>
-static void depthwise_plane(const Im2col& g, const PadPlane& pp, const typename V::T* padded,
-                            const typename V::T* taps, typename V::T bias, typename V::T* out) {
-  using T = typename V::T;
-  using R = typename V::V;
+template <class V, int NR>
+static inline void depthwise_rows(const Im2col& g, const PadPlane& pp, const typename V::T* src,
+                                  const int64_t* off, const typename V::T* taps, typename V::T bias,
+                                  typename V::T* out, int64_t p) {
   constexpr int W = V::W;
-  for (int64_t p = 0; p < g.p; ++p) {
-    T* o = out + p * g.q;
-    if (g.sw == 1) {
-      for (int64_t q0 = 0; q0 < g.q; q0 += W) {
-        const int live = static_cast<int>(min64(W, g.q - q0));
-        R acc = V::set1(bias);
-        for (int64_t r = 0; r < g.r; ++r) {
-          const T* row = padded + (p * g.sh + r * g.dh) * pp.ld + q0;
-          for (int64_t s = 0; s < g.s; ++s) {
-            // The padded rows have W elements of slack, so a full load never leaves the buffer.
-            acc = V::fma(V::set1(taps[r * g.s + s]), V::load(row + s * g.dw), acc);
-          }
-        }
-        if (live == W) {
-          V::store(o + q0, acc);
-        } else {
-          V::storen(o + q0, acc, live);
-        }
-      }
-    } else {
-      for (int64_t q = 0; q < g.q; ++q) {
-        T acc = bias;
-        for (int64_t r = 0; r < g.r; ++r) {
-          const T* row = padded + (p * g.sh + r * g.dh) * pp.ld + q * g.sw;
-          for (int64_t s = 0; s < g.s; ++s) acc += taps[r * g.s + s] * row[s * g.dw];
-        }
-        o[q] = acc;
-      }
+  for (int64_t q0 = 0; q0 < g.q; q0 += 4 * W) {
+    const int64_t left = g.q - q0;
+    const int nv = static_cast<int>(min64(4, ceil_div(left, W)));
+    const int last = static_cast<int>(left - (nv - 1) * W >= W ? W : left - (nv - 1) * W);
+    switch (nv) {
+      case 1:
+        depthwise_block<V, NR, 1>(g, pp, src, off, taps, bias, out, p, q0, last);
+        break;
+      case 2:
+        depthwise_block<V, NR, 2>(g, pp, src, off, taps, bias, out, p, q0, last);
+        break;
+      case 3:
+        depthwise_block<V, NR, 3>(g, pp, src, off, taps, bias, out, p, q0, last);
+        break;
+      default:
+        depthwise_block<V, NR, 4>(g, pp, src, off, taps, bias, out, p, q0, last);
+        break;
     }
   }
+}
+
+// out plane (P x Q) = sum over taps of taps[r, s] * padded input; plus `bias`. Rows go in pairs
+// when a row has under 3 vectors (Q <= 2W: 28x28 planes give 2 vectors of 16 floats), so that
+// at least 4 accumulators are in flight.
+template <class V>
+static void depthwise_plane(const Im2col& g, const PadPlane& pp, const typename V::T* padded,
+                            const int64_t* off, const typename V::T* taps, typename V::T bias,
+                            typename V::T* out) {
+  int64_t p = 0;
+  if (g.q <= 2 * V::W) {
+    for (; p + 2 <= g.p; p += 2) depthwise_rows<V, 2>(g, pp, padded, off, taps, bias, out, p);
+  }
+  for (; p < g.p; ++p) depthwise_rows<V, 1>(g, pp, padded, off, taps, bias, out, p);
 }
 
 template <typename T>
 static int64_t plane_scratch(const PadPlane& pp) {
   return round_up(pp.hp * pp.ld, 16);
+}
+
+// One thread's scratch: the padded plane, R * S elements of T (flipped taps), and the offsets of
+// the R * S taps' sources for output (0, 0) (tap() divides by the stride: once per call, not per
+// tap and row as the first version did, where the 64-bit divisions cost more than the FMAs).
+template <typename T>
+struct DwScratch {
+  T* plane;
+  T* taps;
+  int64_t* off;
+};
+
+template <typename T>
+static DwScratch<T> dw_scratch(const PadPlane& pp, int64_t r, int64_t s, int64_t dh, int64_t dw) {
+  const int64_t rs = r * s, plane = plane_scratch<T>(pp), taps = round_up(rs, 16);
+  char* base = static_cast<char*>(
+      workspace(WorkspaceSlot::op_scratch,
+                static_cast<int64_t>((plane + taps) * sizeof(T) + rs * sizeof(int64_t))));
+  DwScratch<T> ws{reinterpret_cast<T*>(base), reinterpret_cast<T*>(base) + plane,
+                  reinterpret_cast<int64_t*>(base + (plane + taps) * sizeof(T))};
+  for (int64_t i = 0; i < r; ++i)
+    for (int64_t j = 0; j < s; ++j) ws.off[i * s + j] = pp.tap(i, j, dh, dw);
+  return ws;
 }
 
 // y[n, c] = conv(x[n, c], w[c]) + b[c] for every plane, in parallel over planes.
@@ -109,12 +194,12 @@ void depthwise_forward(const Im2col& g, int64_t n_img, const T* x, const T* w, c
   const int64_t rs = g.r * g.s;
   [[maybe_unused]] const int nt = static_cast<int>(min64(nthreads, planes));
   parallel_ranges(planes, 1, 1, nt, [&](int64_t i0, int64_t i1) {
-    T* buf =
-        static_cast<T*>(workspace(WorkspaceSlot::op_scratch, plane_scratch<T>(pp) * sizeof(T)));
+    const DwScratch<T> ws = dw_scratch<T>(pp, g.r, g.s, g.dh, g.dw);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t c = i % g.c_total;
-      fill_padded(x + i * in_plane, g, pp, buf);
-      depthwise_plane<V>(g, pp, buf, w + c * rs, b != nullptr ? b[c] : T(0), y + i * out_plane);
+      fill_padded(x + i * in_plane, g, pp, ws.plane);
+      depthwise_plane<V>(g, pp, ws.plane, ws.off, w + c * rs, b != nullptr ? b[c] : T(0),
+                         y + i * out_plane);
     }
   });
 }
@@ -145,14 +230,12 @@ void depthwise_backward_data(const Conv2d& cv, const T* dy, const T* w, T* dx) {
                    cv.w};
     const PadPlane pp = pad_plane_geometry(g, V::W);
     parallel_ranges(planes, 1, 1, nt, [&](int64_t i0, int64_t i1) {
-      T* buf = static_cast<T*>(workspace(WorkspaceSlot::op_scratch,
-                                         (plane_scratch<T>(pp) + round_up(rs, 16)) * sizeof(T)));
-      T* flipped = buf + plane_scratch<T>(pp);
+      const DwScratch<T> ws = dw_scratch<T>(pp, g.r, g.s, g.dh, g.dw);
       for (int64_t i = i0; i < i1; ++i) {
         const T* taps = w + (i % cv.c) * rs;
-        for (int64_t t = 0; t < rs; ++t) flipped[t] = taps[rs - 1 - t];
-        fill_padded(dy + i * cv.p * cv.q, g, pp, buf);
-        depthwise_plane<V>(g, pp, buf, flipped, T(0), dx + i * cv.h * cv.w);
+        for (int64_t t = 0; t < rs; ++t) ws.taps[t] = taps[rs - 1 - t];
+        fill_padded(dy + i * cv.p * cv.q, g, pp, ws.plane);
+        depthwise_plane<V>(g, pp, ws.plane, ws.off, ws.taps, T(0), dx + i * cv.h * cv.w);
       }
     });
     return;
@@ -189,9 +272,48 @@ void depthwise_backward_data(const Conv2d& cv, const T* dy, const T* w, T* dx) {
   });
 }
 
+template <class V>
+static inline typename V::T lane_sum(typename V::V v) {
+  typename V::T lanes[V::W], sum = 0;
+  V::store(lanes, v);
+  for (int l = 0; l < V::W; ++l) sum += lanes[l];
+  return sum;
+}
+
+// sums[t] += sum over p, q of dy[p, q] * padded[off[t] + p * sh * ld + q], for NT taps at once:
+// each dy vector is loaded once and feeds NT independent accumulators. Tap by tap (the code this
+// replaces) each tap was one chain of P * Q / W dependent FMAs, 4 cycles apart, and re-read dy
+// R * S times: the dw3x3 128-channel backward-weights row ran at 3% of peak.
+template <class V, int NT>
+static inline void depthwise_dw_taps(const Conv2d& cv, const PadPlane& pp, const typename V::T* buf,
+                                     const typename V::T* gp, const int64_t* off,
+                                     typename V::T* sums) {
+  using R = typename V::V;
+  constexpr int W = V::W;
+  R acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = V::zero();
+  for (int64_t p = 0; p < cv.p; ++p) {
+    const typename V::T* grow = gp + p * cv.q;
+    const typename V::T* brow = buf + p * cv.sh * pp.ld;
+    int64_t q = 0;
+    for (; q + W <= cv.q; q += W) {
+      const R g = V::load(grow + q);
+      for (int t = 0; t < NT; ++t) acc[t] = V::fma(g, V::load(brow + off[t] + q), acc[t]);
+    }
+    if (q < cv.q) {
+      // Masked loads of the padded plane too: a NaN past the row would otherwise reach the sum.
+      const int live = static_cast<int>(cv.q - q);
+      const R g = V::loadn(grow + q, live);
+      for (int t = 0; t < NT; ++t) acc[t] = V::fma(g, V::loadn(brow + off[t] + q, live), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) sums[t] += lane_sum<V>(acc[t]);
+}
+
 // dw[c, r, s] = sum over n, p, q of dy[n, c, p, q] * x_pad[n, c, p*sh + r*dh, q*sw + s*dw];
 // db[c] = sum of dy[n, c]. Parallel over channels: each thread owns whole channels, so there are
-// no partial sums.
+// no partial sums. Taps go 9 at a time (3x3 in one pass over dy), else 8, 4, 2, 1: at most 9
+// accumulators, which with dy's vector and the loads fit AVX2's 16 registers.
 template <typename T>
 void depthwise_backward_weights(const Conv2d& cv, const T* x, const T* dy, T* dw, T* db) {
   using V = typename VecOf<T>::type;
@@ -203,46 +325,40 @@ void depthwise_backward_weights(const Conv2d& cv, const T* x, const T* dy, T* dw
   const int64_t rs = cv.r * cv.s;
   [[maybe_unused]] const int nt = static_cast<int>(min64(cv.nthreads, max64(1, cv.c)));
   parallel_ranges(cv.c, 1, 1, nt, [&](int64_t i0, int64_t i1) {
-    T* buf =
-        static_cast<T*>(workspace(WorkspaceSlot::op_scratch, plane_scratch<T>(pp) * sizeof(T)));
+    const DwScratch<T> ws = dw_scratch<T>(pp, cv.r, cv.s, cv.dh, cv.dw);
+    T* buf = ws.plane;
+    const int64_t* off = ws.off;
     for (int64_t c = i0; c < i1; ++c) {
       T* dwc = dw + c * rs;
       for (int64_t t = 0; t < rs; ++t) dwc[t] = T(0);
-      T bsum = T(0);
+      R bacc = V::zero();
       for (int64_t n = 0; n < cv.n; ++n) {
         const int64_t i = n * cv.c + c;
         const T* gp = dy + i * cv.p * cv.q;
         fill_padded(x + i * cv.h * cv.w, g, pp, buf);
-        for (int64_t r = 0; r < cv.r; ++r) {
-          for (int64_t s = 0; s < cv.s; ++s) {
-            R acc = V::zero();
-            T tail = T(0);
-            for (int64_t p = 0; p < cv.p; ++p) {
-              const T* row = buf + (p * cv.sh + r * cv.dh) * pp.ld + s * cv.dw;
-              const T* grow = gp + p * cv.q;
-              if (cv.sw == 1) {
-                int64_t q = 0;
-                for (; q + W <= cv.q; q += W)
-                  acc = V::fma(V::load(grow + q), V::load(row + q), acc);
-                if (q < cv.q) {
-                  const int live = static_cast<int>(cv.q - q);
-                  acc = V::fma(V::loadn(grow + q, live), V::loadn(row + q, live), acc);
-                }
-              } else {
-                for (int64_t q = 0; q < cv.q; ++q) tail += grow[q] * row[q * cv.sw];
-              }
-            }
-            T lanes[W];
-            V::store(lanes, acc);
-            for (int l = 0; l < W; ++l) tail += lanes[l];
-            dwc[r * cv.s + s] += tail;
-          }
+        int64_t t = 0;
+        if (rs == 9) {
+          depthwise_dw_taps<V, 9>(cv, pp, buf, gp, off, dwc);
+          t = 9;
         }
+        for (; t + 8 <= rs; t += 8) depthwise_dw_taps<V, 8>(cv, pp, buf, gp, off + t, dwc + t);
+        if (t + 4 <= rs) {
+          depthwise_dw_taps<V, 4>(cv, pp, buf, gp, off + t, dwc + t);
+          t += 4;
+        }
+        if (t + 2 <= rs) {
+          depthwise_dw_taps<V, 2>(cv, pp, buf, gp, off + t, dwc + t);
+          t += 2;
+        }
+        if (t < rs) depthwise_dw_taps<V, 1>(cv, pp, buf, gp, off + t, dwc + t);
         if (db != nullptr) {
-          for (int64_t j = 0; j < cv.p * cv.q; ++j) bsum += gp[j];
+          const int64_t len = cv.p * cv.q;
+          int64_t j = 0;
+          for (; j + W <= len; j += W) bacc = V::add(bacc, V::load(gp + j));
+          if (j < len) bacc = V::add(bacc, V::loadn(gp + j, static_cast<int>(len - j)));
         }
       }
-      if (db != nullptr) db[c] = bsum;
+      if (db != nullptr) db[c] = lane_sum<V>(bacc);
     }
   });
 }
