@@ -52,6 +52,13 @@ def arch_of(model_desc: dict) -> dict:
     return {"format": "simdnn-model", "version": 2, "dtype": "float32", "model": model_desc}
 
 
+def _describe_small_model() -> dict:
+    """The architecture entry of small_model()."""
+    linear = {"class": "Linear", "config": {"in_features": 4, "out_features": 8}}
+    last = {"class": "Linear", "config": {"in_features": 8, "out_features": 3}}
+    return {"class": "Sequential", "children": {"0": linear, "1": {"class": "ReLU"}, "2": last}}
+
+
 # ------------------------------------------------------------------------------------------------
 # Persistence
 
@@ -214,6 +221,25 @@ def test_load_raises_value_error_for_malformed_layers(tmp_path, layer, words):
     path = tmp_path / "bad.npz"
     write_npz(path, arch_of({"class": "Sequential", "children": {"0": layer}}), {})
     with pytest.raises(ValueError, match=words):
+        simdnn.load(path)
+
+
+@pytest.mark.parametrize(
+    ("later", "first"),
+    [("2.weight", "0.weight"), ("2.bias", "0.weight")],
+    ids=["weight-of-another-shape", "bias-to-a-weight"],
+)
+def test_load_refuses_tied_parameters_of_another_shape(tmp_path, later, first):
+    """A tied-weight map joining parameters of different shapes is refused at load, not at the
+    first forward."""
+    path = tmp_path / "tied.npz"
+    model = small_model()
+    state = model.state_dict()
+    del state[later]
+    arch = arch_of(_describe_small_model())
+    arch["tied"] = {later: first}
+    write_npz(path, arch, state)
+    with pytest.raises(ValueError, match=f"tied parameter '{later}' -> '{first}'.*shape"):
         simdnn.load(path)
 
 

@@ -138,6 +138,15 @@ def _retie(model: Module, tied: dict[str, str]) -> None:
         mod = modules.get(owner)
         if first not in params or mod is None or pname not in mod._params:
             raise ValueError(f"load: tied parameter {later!r} -> {first!r} does not exist")
+        # Tying replaces the layer's own parameter: one of another shape or dtype would load and
+        # only fail at the first forward (or, worse, broadcast), so it is refused here.
+        own, shared = mod._params[pname].data, params[first].data
+        if own.shape != shared.shape or own.dtype != shared.dtype:
+            raise ValueError(
+                f"load: tied parameter {later!r} -> {first!r}: {later!r} needs shape "
+                f"{own.shape} and dtype {own.dtype}, {first!r} has shape {shared.shape} and "
+                f"dtype {shared.dtype}"
+            )
         setattr(mod, pname, params[first])
 
 
