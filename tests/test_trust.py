@@ -356,7 +356,7 @@ def test_nan_guard_restores_the_optimiser_state_too():
     y = rng.integers(0, 3, 64)
     model = small_model()
     opt = optim.SGD(model.parameters(), lr=1e4, momentum=0.9)
-    with pytest.warns(RuntimeWarning, match="weights and optimiser state"):
+    with pytest.warns(RuntimeWarning, match="weights, buffers and optimiser state"):
         hist = simdnn.fit(model, nn.CrossEntropyLoss(), opt, x * 1e6, y, epochs=3,
                           batch_size=8, progress=False)  # fmt: skip
     assert hist.stop_reason is not None
@@ -378,6 +378,34 @@ def test_adam_step_count_is_restored_with_its_moments():
         simdnn.fit(model, nn.MSELoss(), opt, x, np.full((16, 3), 1e30, np.float32), epochs=4,
                    batch_size=4, progress=False, shuffle=False)  # fmt: skip
     assert all(np.isfinite(v).all() for v in opt._state_arrays())
+
+
+def test_nan_guard_restores_batchnorm_running_statistics():
+    """The forward that produced a NaN loss has already moved BatchNorm's running statistics
+    (to NaN) and its batch count: they are put back with the weights, to what the three good
+    batches left, so the model still evaluates."""
+
+    def model() -> nn.Sequential:
+        rng = np.random.default_rng(0)
+        return nn.Sequential(nn.Linear(4, 8, rng=rng), nn.BatchNorm1d(8), nn.Linear(8, 3, rng=rng))
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    x[24:32] = np.inf  # the fourth batch of 8 overflowed upstream
+    diverged = model()
+    with pytest.warns(RuntimeWarning, match="batch 4"):
+        simdnn.fit(diverged, nn.CrossEntropyLoss(), optim.SGD(diverged.parameters(), lr=0.1), x,
+                   y, batch_size=8, shuffle=False, progress=False)  # fmt: skip
+    clean = model()
+    simdnn.fit(clean, nn.CrossEntropyLoss(), optim.SGD(clean.parameters(), lr=0.1), x[:24],
+               y[:24], batch_size=8, shuffle=False, progress=False)  # fmt: skip
+    got, want = dict(diverged.named_buffers()), dict(clean.named_buffers())
+    assert list(got) == ["1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    for name in got:
+        np.testing.assert_array_equal(got[name], want[name])
+    assert got["1.num_batches_tracked"] == 3
+    assert np.isfinite(simdnn.predict(diverged, x[:24])).all()
 
 
 def test_early_stopping_treats_non_finite_figures_as_worse():

@@ -201,8 +201,9 @@ def fit(
     """Train `model` on (x, y) for `epochs` epochs of mini-batches; returns a History.
 
     seed: shuffling seed (default: simdnn's generator, see simdnn.seed). A loss that becomes
-    NaN or infinite stops training with a RuntimeWarning naming the epoch and batch; the weights
-    from before the step that produced it are restored.
+    NaN or infinite stops training with a RuntimeWarning naming the epoch and batch; the weights,
+    buffers (BatchNorm's running statistics) and optimiser state from before the step that
+    produced it are restored.
 
     distributed: data-parallel training on every rank of an MPI job (``mpiexec -n 4 python
     train.py``; see :mod:`simdnn.distributed`). batch_size is the global batch: each rank takes
@@ -238,9 +239,19 @@ def fit(
     history = History()
     weights = _weight_layers(model)
     params = model.parameters()
-    # The weights and the optimiser's state from before the last step, put back when a loss
-    # turns non-finite (the last step made the weights that produced it).
+    # The weights, the buffers (BatchNorm's running statistics, which the diverging forward has
+    # already updated) and the optimiser's state from before the last step, put back when a
+    # loss turns non-finite (the last step made the weights that produced it). Buffers are
+    # looked up by owner and name each time, in case a layer replaces one rather than
+    # updating it in place.
     snapshot = [p.data.copy() for p in params]
+    buffers = [
+        (mod, name)
+        for _, mod in model.named_modules()
+        for name, b in mod._buffers.items()
+        if b is not None
+    ]
+    buf_saved = [mod._buffers[name].copy() for mod, name in buffers]
     opt_snapshot = optimizer._state_arrays()
     opt_saved = [a.copy() for a in opt_snapshot]
     opt_step = optimizer._step_count()
@@ -301,13 +312,15 @@ def fit(
                     # have diverged: put back the weights from before it.
                     for p, s in zip(params, snapshot):
                         p.data[...] = s
+                    for (mod, name), s in zip(buffers, buf_saved):
+                        mod._buffers[name][...] = s
                     for a, s in zip(opt_snapshot, opt_saved):
                         a[...] = s
                     optimizer._set_step_count(opt_step)
                     history.stop_reason = (
                         f"loss became {value} at epoch {epoch + 1}, batch {b + 1}; training "
-                        "stopped and the weights and optimiser state from before the last step "
-                        "were restored"
+                        "stopped and the weights, buffers and optimiser state from before the "
+                        "last step were restored"
                     )
                     warnings.warn(f"fit: {history.stop_reason}", RuntimeWarning, stacklevel=2)
                     stop = True
@@ -319,6 +332,8 @@ def fit(
                     norms[i] += float(np.sqrt(np.sum(np.square(w.grad, dtype=np.float64))))
                 for p, s in zip(params, snapshot):
                     s[...] = p.data
+                for (mod, name), s in zip(buffers, buf_saved):
+                    s[...] = mod._buffers[name]
                 for a, s in zip(opt_snapshot, opt_saved):
                     s[...] = a
                 opt_step = optimizer._step_count()
