@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import simdnn
-from simdnn import nn, optim
+from simdnn import deep, demos, nn, optim, viz
 
 
 def run_isolated(code: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -446,6 +446,28 @@ def test_mixed_precision_model_is_the_same_clear_error_on_both_backends(backend)
                        np.zeros(2, int), progress=False)  # fmt: skip
         with pytest.raises(TypeError, match="Linear: input is float32 but the weights are float64"):
             simdnn.predict(model, x)
+
+
+@pytest.mark.parametrize(
+    ("missing", "call", "words"),
+    [
+        ("sklearn", lambda tmp: demos.load_digits_split(), "pip install scikit-learn"),
+        ("matplotlib", lambda tmp: demos._plot_vanishing({}, tmp / "v.png"),
+         "pip install matplotlib"),
+        ("matplotlib", lambda tmp: deep.plot_deep_lab({}, tmp / "d.png"),
+         "pip install matplotlib"),
+        ("matplotlib", lambda tmp: viz.filters(nn.Conv2d(1, 2, 3), save=tmp / "f.png"),
+         "pip install matplotlib"),
+    ],
+)  # fmt: skip
+def test_a_missing_optional_package_names_what_to_install(tmp_path, monkeypatch, missing, call,
+                                                         words):  # fmt: skip
+    """simdnn has no release on the package index, so a hint such as "simdnn[examples]" would
+    install nothing: the messages name the packages themselves."""
+    monkeypatch.setitem(sys.modules, missing, None)  # importing it now raises ImportError
+    with pytest.raises(ImportError, match=words) as info:
+        call(tmp_path)
+    assert "simdnn[" not in str(info.value)
 
 
 # ------------------------------------------------------------------------------------------------
