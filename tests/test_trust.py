@@ -96,6 +96,36 @@ def test_save_keeps_the_permissions_of_the_file_it_replaces(tmp_path):
     assert os.stat(path).st_mode & 0o777 == 0o640
 
 
+def test_save_over_a_symlink_replaces_its_target_and_keeps_the_link(tmp_path):
+    real = tmp_path / "checkpoints" / "best.npz"
+    real.parent.mkdir()
+    simdnn.save(nn.Sequential(nn.Linear(4, 3)), real)
+    link = tmp_path / "latest.npz"
+    link.symlink_to(real)
+    simdnn.save(small_model(), link)
+    assert link.is_symlink()
+    assert simdnn.load(real)[2].weight.shape == (8, 3)
+    assert sorted(p.name for p in real.parent.iterdir()) == ["best.npz"]
+
+
+def test_save_gives_a_new_file_the_umask_without_changing_it(tmp_path, monkeypatch):
+    """A new file gets the permissions a plain open() gives (0o666 less the umask), which the
+    kernel applies: save never calls os.umask, which would change the umask of every thread
+    of the process while it reads it."""
+    old = os.umask(0o027)
+    try:
+
+        def no_umask(mask: int) -> int:
+            raise AssertionError("save called os.umask")
+
+        monkeypatch.setattr(os, "umask", no_umask)
+        simdnn.save(small_model(), tmp_path / "new.npz")
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert os.stat(tmp_path / "new.npz").st_mode & 0o777 == 0o640
+
+
 def test_load_checks_the_architecture_before_allocating(tmp_path):
     """An 888-byte file declaring Linear(20000, 20000) (3.2 GB of weights and gradients) is
     refused under a 1.5 GB address-space limit, and the process grows by under 64 MiB: nothing

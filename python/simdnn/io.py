@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 from collections import OrderedDict
 from typing import IO, Any
@@ -150,23 +150,38 @@ def _retie(model: Module, tied: dict[str, str]) -> None:
         setattr(mod, pname, params[first])
 
 
+def _create_temp(folder: str) -> tuple[int, str]:
+    """A new file in `folder` open for writing, created with mode 0o666 so that the kernel
+    applies the process's umask, as a plain open() would. (tempfile.mkstemp makes it private,
+    and reading the umask back takes os.umask, which sets it for every thread at once.)"""
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(folder, f".simdnn-{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"save: no free temporary file name in {folder!r}")
+
+
 def _write_atomic(path: str | os.PathLike[str], write: Any) -> None:
     """write(file) into a temporary file beside `path`, fsync it, then rename it over `path`."""
-    target = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(target))
-    fd, tmp = tempfile.mkstemp(prefix=".simdnn-", suffix=".tmp", dir=folder)
+    # A symlink is followed, so that saving over it updates the file it points to (as a plain
+    # open() would) instead of replacing the link with a file.
+    target = os.path.realpath(os.fspath(path))
+    folder = os.path.dirname(target)
+    fd, tmp = _create_temp(folder)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        try:  # the permissions a plain open() would give (mkstemp makes the file private)
+        try:  # a file being replaced keeps its permissions; a new one has the umask's
             mode = os.stat(target).st_mode & 0o777
-        except OSError:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)
+        except FileNotFoundError:
+            pass
+        else:
+            os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -182,7 +197,9 @@ def _write_atomic(path: str | os.PathLike[str], write: Any) -> None:
 
 def save(model: Module, path: str | os.PathLike[str]) -> None:
     """Write the architecture (when every layer is built in) and the weights of a model, atomically:
-    the previous file at `path` stays intact until the new one is complete on disk.
+    the previous file at `path` stays intact until the new one is complete on disk. A file
+    that is replaced keeps its permissions, a new one gets those the umask gives, and a
+    symbolic link at `path` is followed: the file it points to is replaced, the link kept.
 
     In a distributed job (:mod:`simdnn.distributed`) only rank 0 writes; call
     ``simdnn.distributed.barrier()`` before other ranks read the file."""
