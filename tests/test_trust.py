@@ -231,6 +231,46 @@ def test_load_reads_no_unexpected_entry(tmp_path):
     assert grown < 64 * 1024
 
 
+def test_load_state_dict_refuses_an_entry_that_inflates_512_times_the_file(tmp_path):
+    """load_state_dict has no architecture to check against, so it bounds what it reads by the
+    file's size: the half-megabyte file inflating to 512 MiB is refused from the sizes its
+    entries declare, and the process grows by under 64 MiB."""
+    path = tmp_path / "bomb.npz"
+    _bomb(path)
+    proc = run_isolated(
+        f"""
+        import resource
+        import simdnn
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        try:
+            simdnn.load_state_dict({str(path)!r})
+        except ValueError as err:
+            print("ValueError:", err)
+        print("grown KiB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+        """,
+        memory_limit=True,
+    )
+    assert "more than max_bytes='auto' allows" in proc.stdout, proc.stdout + proc.stderr
+    assert int(proc.stdout.split("grown KiB")[1]) < 64 * 1024
+
+
+def test_load_state_dict_max_bytes(tmp_path):
+    """An int sets the bound, None lifts it; the default reads every file save writes."""
+    path = tmp_path / "m.npz"
+    model = small_model()
+    simdnn.save(model, path)
+    nbytes = sum(v.nbytes for v in model.state_dict().values())
+    assert list(simdnn.load_state_dict(path)) == list(model.state_dict())
+    assert list(simdnn.load_state_dict(path, max_bytes=nbytes)) == list(model.state_dict())
+    assert list(simdnn.load_state_dict(path, max_bytes=None)) == list(model.state_dict())
+    with pytest.raises(ValueError, match=f"declares {nbytes} bytes of arrays"):
+        simdnn.load_state_dict(path, max_bytes=nbytes - 1)
+    with pytest.raises(TypeError, match=r"max_bytes must be an int, 'auto' or None, got 1\.5"):
+        simdnn.load_state_dict(path, max_bytes=1.5)
+    with pytest.raises(ValueError, match="max_bytes must be >= 0, got -1"):
+        simdnn.load_state_dict(path, max_bytes=-1)
+
+
 def test_load_refuses_a_header_declaring_32_gib(tmp_path):
     """A header declaring 32 GiB over a few bytes of data is refused from the sizes, in a process
     that could not allocate them."""

@@ -13,7 +13,9 @@ stays within a small multiple of the model's own size.
 
 A model of your own class (a ``Module`` subclass with its own ``forward``) is saved the same way
 but without an architecture: rebuild it in code and restore the weights with
-``model.load_state_dict(simdnn.load_state_dict(path))``, as in PyTorch.
+``model.load_state_dict(simdnn.load_state_dict(path))``, as in PyTorch; with no architecture to
+check the arrays against, that reads at most 32 times the file's size unless told otherwise
+(its ``max_bytes``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import os
 import secrets
 import zipfile
 from collections import OrderedDict
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import numpy as np
 
@@ -40,6 +42,13 @@ _PREFIX = "param:"
 _ARCH_LIMIT = 16 << 20
 # Deeper nesting than any real model has; JSON this deep is refused before it is built.
 _DEPTH_LIMIT = 200
+# load_state_dict has no architecture to check the arrays against, so by default it reads no
+# more than this many times the file's size (and at least _STATE_FLOOR bytes): save stores the
+# arrays uncompressed, and even recompressed weights shrink a few times at most, but a
+# compressed entry of zeros (or entries sharing compressed data) inflates a thousand times
+# and more.
+_STATE_RATIO = 32
+_STATE_FLOOR = 64 << 20
 
 
 def _builtin(cls: type) -> bool:
@@ -244,6 +253,7 @@ class _Entry:
         if self.dtype.hasobject:
             raise ValueError(f"load: {where}: entry {member!r} holds Python objects")
         nbytes = int(np.prod(self.shape, dtype=object)) * self.dtype.itemsize
+        self.nbytes = nbytes
         if info.file_size != offset + nbytes:
             raise ValueError(
                 f"load: {where}: entry {member!r} declares {nbytes} bytes of data but holds "
@@ -358,17 +368,49 @@ def _fill(model: Module, entries: dict[str, _Entry]) -> None:
         target[...] = entries[name].read()
 
 
-def load_state_dict(path: str | os.PathLike[str]) -> OrderedDict[str, np.ndarray]:
+def _state_limit(max_bytes: Any, file_size: int) -> int | None:
+    if max_bytes is None:
+        return None
+    if isinstance(max_bytes, str) and max_bytes == "auto":
+        return max(_STATE_FLOOR, _STATE_RATIO * file_size)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)):
+        raise TypeError(
+            f"load_state_dict: max_bytes must be an int, 'auto' or None, got {max_bytes!r}"
+        )
+    if max_bytes < 0:
+        raise ValueError(f"load_state_dict: max_bytes must be >= 0, got {max_bytes}")
+    return int(max_bytes)
+
+
+def load_state_dict(
+    path: str | os.PathLike[str], max_bytes: int | Literal["auto"] | None = "auto"
+) -> OrderedDict[str, np.ndarray]:
     """The parameters and buffers stored by :func:`save`, by name: restore a model of your own
     class with ``model.load_state_dict(simdnn.load_state_dict(path))``. Entries holding
-    anything but real numbers (complex, strings, dates, objects) raise ValueError."""
+    anything but real numbers (complex, strings, dates, objects) raise ValueError.
+
+    max_bytes: the most bytes of arrays to read, checked against the sizes the entries declare
+    before anything is read, so that a small file that would inflate to gigabytes (a
+    compressed entry of zeros) raises ValueError instead of filling memory. "auto" (the
+    default) allows 32 times the file's size, and at least 64 MiB: every file save writes
+    passes (it stores the arrays uncompressed). An int sets the limit; None reads whatever the
+    file declares, for a trusted file compressed further than that.
+    """
     where = repr(os.fspath(path))
     with open(path, "rb") as f:
+        limit = _state_limit(max_bytes, os.fstat(f.fileno()).st_size)
         zf, _, entries = _open(f, where)
         with zf:
             for name, e in entries.items():
                 if e.dtype.kind not in "fiu":
                     raise ValueError(f"load: {where}: entry {name!r} has dtype {e.dtype}")
+            total = sum(e.nbytes for e in entries.values())
+            if limit is not None and total > limit:
+                raise ValueError(
+                    f"load_state_dict: {where} declares {total} bytes of arrays, more than "
+                    f"max_bytes={max_bytes!r} allows ({limit}); pass a larger max_bytes, or "
+                    "max_bytes=None, to read it if you trust the file"
+                )
             return OrderedDict((name, e.read()) for name, e in entries.items())
 
 
