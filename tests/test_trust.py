@@ -533,9 +533,16 @@ def test_fit_on_no_examples_and_predict_on_an_empty_batch():
                    progress=False)  # fmt: skip
     out = simdnn.predict(model, np.zeros((0, 1, 8, 8), np.float32))
     assert out.shape == (0, 10)
-    scores = simdnn.evaluate(model, nn.MSELoss(), np.zeros((0, 1, 8, 8), np.float32),
-                             np.zeros((0, 10), np.float32))  # fmt: skip
-    assert scores["loss"] == 0.0
+    # A mean over no examples is no score: not a loss of 0 (which EarlyStopping would keep as
+    # the best ever seen).
+    with pytest.raises(ValueError, match="evaluate: x has 0 examples"):
+        simdnn.evaluate(model, nn.MSELoss(), np.zeros((0, 1, 8, 8), np.float32),
+                        np.zeros((0, 10), np.float32))  # fmt: skip
+    with pytest.raises(ValueError, match="fit: validation_data has 0 examples"):
+        simdnn.fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters()),
+                   np.zeros((4, 1, 8, 8), np.float32), np.zeros(4, int),
+                   validation_data=(np.zeros((0, 1, 8, 8), np.float32), np.zeros(0, int)),
+                   callbacks=[simdnn.EarlyStopping()], progress=False)  # fmt: skip
 
 
 @pytest.mark.parametrize("backend", ["native", "numpy"])

@@ -218,6 +218,10 @@ def fit(
         raise ValueError(f"fit: epochs must be an int >= 0, got {epochs!r}")
     if validation_data is not None:
         vx, vy = _check_data(*validation_data, "fit: validation_data")
+        # A mean over no examples would be recorded as a val_loss of 0, which EarlyStopping
+        # would keep as the best figure ever seen.
+        if len(vx) == 0:
+            raise ValueError("fit: validation_data has 0 examples; there is nothing to validate on")
     if len(x) == 0:
         raise ValueError("fit: x has 0 examples; there is nothing to train on")
     # distributed: join the job, check every rank runs the same fit, broadcast rank 0's state
@@ -412,7 +416,11 @@ def predict(model: Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
 def evaluate(
     model: Module, loss: Loss, x: np.ndarray, y: np.ndarray, batch_size: int = 256
 ) -> dict[str, float | None]:
-    """Mean loss (and accuracy, for classification losses) of the model on (x, y)."""
+    """Mean loss (and accuracy, for classification losses) of the model on (x, y); x must
+    hold at least one example (a mean over none is not a score)."""
     x, y = _check_data(x, y, "evaluate")
+    if len(x) == 0:
+        raise ValueError("evaluate: x has 0 examples; there is nothing to evaluate")
+    batch_size = _check_batch_size(batch_size, "evaluate")
     out = predict(model, x, batch_size)
     return {"loss": float(loss(out, y)), "accuracy": loss.accuracy(out, y)}
