@@ -547,14 +547,24 @@ def test_fit_on_no_examples_and_predict_on_an_empty_batch():
 
 @pytest.mark.parametrize("backend", ["native", "numpy"])
 def test_mixed_precision_model_is_the_same_clear_error_on_both_backends(backend):
+    """The error names the layer by its place in the model (of two Linear layers, which) and
+    both dtypes, before anything runs."""
     model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3, dtype=np.float64))
     x = np.ones((2, 4), np.float32)
+    words = r"layer '2' \(Linear\) has float64 parameters but the model's first parameter " \
+            r"\('0\.weight'\) is float32"  # fmt: skip
     with simdnn.use_backend(backend):
-        with pytest.raises(TypeError, match="Linear: input is float32 but the weights are float64"):
+        with pytest.raises(TypeError, match=f"fit: {words}"):
             simdnn.fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters()), x,
                        np.zeros(2, int), progress=False)  # fmt: skip
-        with pytest.raises(TypeError, match="Linear: input is float32 but the weights are float64"):
+        with pytest.raises(TypeError, match=f"predict: {words}"):
             simdnn.predict(model, x)
+        with pytest.raises(TypeError, match=f"evaluate: {words}"):
+            simdnn.evaluate(model, nn.CrossEntropyLoss(), x, np.zeros(2, int))
+    inner = nn.Linear(2, 2)
+    inner.bias = nn.Parameter(np.zeros(2))  # float64 in a float32 layer
+    with pytest.raises(TypeError, match=r"the model \(Linear\) has float64 parameters"):
+        simdnn.predict(inner, np.ones((1, 2), np.float32))
 
 
 @pytest.mark.parametrize(

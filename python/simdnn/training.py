@@ -167,6 +167,26 @@ def _check_batch_size(batch_size: Any, what: str) -> int:
     return int(batch_size)
 
 
+def _check_model_dtype(model: Module, what: str) -> None:
+    """Every parameter in one dtype, the first's; else a TypeError naming the first layer that
+    differs (by its path in the model) and both dtypes. Without it a mixed model fails deep in
+    a forward, naming only a class, which in a model of several Linear layers says little."""
+    want: np.dtype | None = None
+    first = ""
+    for name, mod in model.named_modules():
+        for pname, p in mod._params.items():
+            full = f"{name}.{pname}" if name else pname
+            if want is None:
+                want, first = p.dtype, full
+            elif p.dtype != want:
+                where = f"layer {name!r}" if name else "the model"
+                raise TypeError(
+                    f"{what}: {where} ({type(mod).__name__}) has {p.dtype} parameters but the "
+                    f"model's first parameter ({first!r}) is {want}; convert the model with "
+                    f"model.astype({str(want)!r}) so that they match"
+                )
+
+
 def _cast(x: np.ndarray, model: Module) -> np.ndarray:
     """Inputs in the model's dtype (integer images, float64 arrays for a float32 model...)."""
     dt = model.dtype
@@ -224,6 +244,7 @@ def fit(
             raise ValueError("fit: validation_data has 0 examples; there is nothing to validate on")
     if len(x) == 0:
         raise ValueError("fit: x has 0 examples; there is nothing to train on")
+    _check_model_dtype(model, "fit")
     # distributed: join the job, check every rank runs the same fit, broadcast rank 0's state
     dist = None
     if not isinstance(distributed, (bool, np.bool_)):
@@ -401,6 +422,7 @@ def predict(model: Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """The model's outputs for x, in evaluation mode, batch by batch."""
     x = _check_x(x, "predict")
     batch_size = _check_batch_size(batch_size, "predict")
+    _check_model_dtype(model, "predict")
     # Evaluation mode for this thread only: the model's own flags are left alone, so threads
     # may predict with one model concurrently (and while it trains).
     with inference_mode():
@@ -422,5 +444,6 @@ def evaluate(
     if len(x) == 0:
         raise ValueError("evaluate: x has 0 examples; there is nothing to evaluate")
     batch_size = _check_batch_size(batch_size, "evaluate")
+    _check_model_dtype(model, "evaluate")
     out = predict(model, x, batch_size)
     return {"loss": float(loss(out, y)), "accuracy": loss.accuracy(out, y)}
