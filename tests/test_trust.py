@@ -376,6 +376,34 @@ def test_layer_constructors_validate_their_arguments():
 
 
 @pytest.mark.parametrize(
+    ("make", "exc", "words"),
+    [
+        (lambda: nn.Linear(2, 3, dtype="abc"), TypeError,
+         "Linear: dtype must be float32 or float64, got 'abc'"),
+        (lambda: nn.Conv2d(1, 2, 3, dtype=np.int32), TypeError,
+         "Conv2d: dtype must be float32 or float64, got int32"),
+        (lambda: nn.BatchNorm1d(3, dtype=[1, 2]), TypeError,
+         r"BatchNorm1d: dtype must be float32 or float64, got \[1, 2\]"),
+        (lambda: nn.Linear(10**30, 3), ValueError,
+         r"Linear: in_features must be < 2\*\*62, got 10{30}"),
+        (lambda: nn.Conv1d(1, 2**62, 3), ValueError,
+         r"Conv1d: out_channels must be < 2\*\*62, got 4611686018427387904"),
+        (lambda: nn.Conv2d(1, 2, (3, 10**30)), ValueError,
+         r"Conv2d: kernel_size must be < 2\*\*62, got \(3, 10{30}\)"),
+        (lambda: nn.MaxPool2d(2, stride=10**30), ValueError,
+         r"MaxPool2d: stride must be < 2\*\*62"),
+        (lambda: nn.BatchNorm2d(10**30), ValueError,
+         r"BatchNorm2d: num_features must be < 2\*\*62"),
+    ],
+)  # fmt: skip
+def test_layer_constructors_name_a_bad_dtype_or_size(make, exc, words):
+    """NumPy's own messages ("data type 'abc' not understood", "Maximum allowed dimension
+    exceeded") name neither the layer nor the argument."""
+    with pytest.raises(exc, match=words):
+        make()
+
+
+@pytest.mark.parametrize(
     "bad",
     [
         np.ones((4, 8), np.complex64),

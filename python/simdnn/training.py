@@ -234,8 +234,10 @@ def fit(
     """
     x, y = _check_data(x, y, "fit")
     batch_size = _check_batch_size(batch_size, "fit")
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-        raise ValueError(f"fit: epochs must be an int >= 0, got {epochs!r}")
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)):
+        raise TypeError(f"fit: epochs must be an int, got {epochs!r}")
+    if epochs < 0:
+        raise ValueError(f"fit: epochs must be an int >= 0, got {epochs}")
     if validation_data is not None:
         vx, vy = _check_data(*validation_data, "fit: validation_data")
         # A mean over no examples would be recorded as a val_loss of 0, which EarlyStopping
