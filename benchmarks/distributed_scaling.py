@@ -10,7 +10,8 @@ epochs after a warm-up one; the fastest of the interleaved runs, the least distu
 machine, with every run listed), the speed-up against 1 x C, the classic efficiency
 T(1 x 1) / (p * T(p ranks x 1 thread)), and the fraction of each epoch spent in the collectives
 (the allreduce plus waiting for the slowest rank), with the allreduce alone estimated as
-steps x its median latency measured in the same job. Needs ``simdnn[distributed,examples]``.
+steps x its median latency measured in the same job. Needs mpi4py, an MPI runtime, scikit-learn
+and matplotlib (``pip install ".[distributed,examples]"`` in the clone).
 """
 
 from __future__ import annotations

@@ -115,3 +115,11 @@ def test_readme_shows_what_the_deep_lab_prints():
         assert got is not None, name
         slack = 15 if name == "ReLU + He" else 5
         assert abs(float(got.group(1)) - float(acc)) <= slack, (name, got.group(1), acc)
+
+
+def test_readme_installs_no_extra_of_an_unreleased_package():
+    """simdnn has no release on the package index, so `pip install "simdnn[...]"` would find
+    nothing: install lines name the packages, or the extra of the clone (`".[...]"`)."""
+    text = _text()
+    bad = [line for line in text.splitlines() if re.search(r"pip install\s+[\"']?simdnn\[", line)]
+    assert not bad, bad

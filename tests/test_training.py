@@ -181,6 +181,13 @@ def test_divergence_to_infinity_restores_finite_weights():
         ({"batch_size": 0}, ValueError, "batch_size must be >= 1, got 0"),
         ({"batch_size": 2.5}, TypeError, "batch_size must be an int"),
         ({"epochs": -1}, ValueError, "epochs must be an int >= 0"),
+        ({"epochs": "3"}, TypeError, "epochs must be an int, got '3'"),
+        ({"epochs": 2.0}, TypeError, "epochs must be an int, got 2.0"),
+        (
+            {"validation_data": (np.zeros((0, 2), np.float32), np.zeros(0, np.int64))},
+            ValueError,
+            "validation_data has 0 examples",
+        ),
         ({"y": np.full(10, 7)}, ValueError, r"labels must be in \[0, 3\)"),
         ({"y": np.zeros(10)}, TypeError, "labels must be integers"),
         ({"x": [[0.0, 0.0]] * 10}, TypeError, "x must be a NumPy array"),

@@ -21,13 +21,27 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import simdnn
-from simdnn import nn, optim
+from simdnn import deep, demos, nn, optim, viz
+
+# Prepended by run_isolated(memory_limit=True): a 1.5 GB address-space limit, so that an
+# allocation of what a hostile file declares fails instead of filling the machine. (Under
+# AddressSanitizer, whose shadow memory needs terabytes of address space, there is no limit and
+# only the tests' growth checks hold.)
+_MEMORY_LIMIT = """\
+import os, resource
+if "libasan" not in os.environ.get("LD_PRELOAD", ""):
+    resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, 1536 << 20))
+"""
 
 
-def run_isolated(code: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run code in a fresh interpreter (its own resource limits), failing on a hang."""
+def run_isolated(
+    code: str, timeout: float = 120, memory_limit: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run code in a fresh interpreter (its own resource limits), failing on a hang; with
+    memory_limit, under a 1.5 GB address-space limit."""
+    source = (_MEMORY_LIMIT if memory_limit else "") + textwrap.dedent(code)
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
+        [sys.executable, "-c", source],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -50,6 +64,13 @@ def write_npz(path, arch: dict, arrays: dict[str, np.ndarray]) -> None:
 
 def arch_of(model_desc: dict) -> dict:
     return {"format": "simdnn-model", "version": 2, "dtype": "float32", "model": model_desc}
+
+
+def _describe_small_model() -> dict:
+    """The architecture entry of small_model()."""
+    linear = {"class": "Linear", "config": {"in_features": 4, "out_features": 8}}
+    last = {"class": "Linear", "config": {"in_features": 8, "out_features": 3}}
+    return {"class": "Sequential", "children": {"0": linear, "1": {"class": "ReLU"}, "2": last}}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -89,6 +110,36 @@ def test_save_keeps_the_permissions_of_the_file_it_replaces(tmp_path):
     assert os.stat(path).st_mode & 0o777 == 0o640
 
 
+def test_save_over_a_symlink_replaces_its_target_and_keeps_the_link(tmp_path):
+    real = tmp_path / "checkpoints" / "best.npz"
+    real.parent.mkdir()
+    simdnn.save(nn.Sequential(nn.Linear(4, 3)), real)
+    link = tmp_path / "latest.npz"
+    link.symlink_to(real)
+    simdnn.save(small_model(), link)
+    assert link.is_symlink()
+    assert simdnn.load(real)[2].weight.shape == (8, 3)
+    assert sorted(p.name for p in real.parent.iterdir()) == ["best.npz"]
+
+
+def test_save_gives_a_new_file_the_umask_without_changing_it(tmp_path, monkeypatch):
+    """A new file gets the permissions a plain open() gives (0o666 less the umask), which the
+    kernel applies: save never calls os.umask, which would change the umask of every thread
+    of the process while it reads it."""
+    old = os.umask(0o027)
+    try:
+
+        def no_umask(mask: int) -> int:
+            raise AssertionError("save called os.umask")
+
+        monkeypatch.setattr(os, "umask", no_umask)
+        simdnn.save(small_model(), tmp_path / "new.npz")
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert os.stat(tmp_path / "new.npz").st_mode & 0o777 == 0o640
+
+
 def test_load_checks_the_architecture_before_allocating(tmp_path):
     """An 888-byte file declaring Linear(20000, 20000) (3.2 GB of weights and gradients) is
     refused under a 1.5 GB address-space limit, and the process grows by under 64 MiB: nothing
@@ -114,17 +165,16 @@ def test_load_checks_the_architecture_before_allocating(tmp_path):
     assert path.stat().st_size < 2000
     proc = run_isolated(
         f"""
-        import os, resource
+        import resource
         import simdnn
-        if "libasan" not in os.environ.get("LD_PRELOAD", ""):
-            resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, 1536 << 20))
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         try:
             simdnn.load({str(path)!r})
         except ValueError as err:
             print("ValueError:", err)
         print("grown KiB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
-        """
+        """,
+        memory_limit=True,
     )
     assert "ValueError:" in proc.stdout, proc.stdout + proc.stderr
     assert "'0.weight' has shape (2, 2), the architecture needs (20000, 20000)" in proc.stdout
@@ -148,14 +198,20 @@ def _deflated_zeros_entry(zf: zipfile.ZipFile, name: str, shape: tuple[int, ...]
             left -= n
 
 
-def test_load_reads_no_unexpected_entry(tmp_path):
-    """A file of about half a megabyte whose extra entry inflates to 512 MiB is refused by name,
-    without inflating it: the process stays far below 512 MiB."""
-    path = tmp_path / "bomb.npz"
+def _bomb(path) -> None:
+    """small_model() saved to path, plus an entry 'extra' of about half a megabyte that
+    inflates to 512 MiB."""
     simdnn.save(small_model(), path)
     with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as zf:
         _deflated_zeros_entry(zf, "param:extra.npy", (128, 1024, 1024))
     assert path.stat().st_size < 1 << 20
+
+
+def test_load_reads_no_unexpected_entry(tmp_path):
+    """A file of about half a megabyte whose extra entry inflates to 512 MiB is refused by name,
+    without inflating it: the process stays far below 512 MiB."""
+    path = tmp_path / "bomb.npz"
+    _bomb(path)
     proc = run_isolated(
         f"""
         import resource
@@ -167,14 +223,57 @@ def test_load_reads_no_unexpected_entry(tmp_path):
             print("ValueError:", err)
         grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
         print("grown KiB", grown)
-        """
+        """,
+        memory_limit=True,
     )
     assert "unexpected ['extra']" in proc.stdout, proc.stdout + proc.stderr
     grown = int(proc.stdout.split("grown KiB")[1])
     assert grown < 64 * 1024
 
 
+def test_load_state_dict_refuses_an_entry_that_inflates_512_times_the_file(tmp_path):
+    """load_state_dict has no architecture to check against, so it bounds what it reads by the
+    file's size: the half-megabyte file inflating to 512 MiB is refused from the sizes its
+    entries declare, and the process grows by under 64 MiB."""
+    path = tmp_path / "bomb.npz"
+    _bomb(path)
+    proc = run_isolated(
+        f"""
+        import resource
+        import simdnn
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        try:
+            simdnn.load_state_dict({str(path)!r})
+        except ValueError as err:
+            print("ValueError:", err)
+        print("grown KiB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+        """,
+        memory_limit=True,
+    )
+    assert "more than max_bytes='auto' allows" in proc.stdout, proc.stdout + proc.stderr
+    assert int(proc.stdout.split("grown KiB")[1]) < 64 * 1024
+
+
+def test_load_state_dict_max_bytes(tmp_path):
+    """An int sets the bound, None lifts it; the default reads every file save writes."""
+    path = tmp_path / "m.npz"
+    model = small_model()
+    simdnn.save(model, path)
+    nbytes = sum(v.nbytes for v in model.state_dict().values())
+    assert list(simdnn.load_state_dict(path)) == list(model.state_dict())
+    assert list(simdnn.load_state_dict(path, max_bytes=nbytes)) == list(model.state_dict())
+    assert list(simdnn.load_state_dict(path, max_bytes=None)) == list(model.state_dict())
+    with pytest.raises(ValueError, match=f"declares {nbytes} bytes of arrays"):
+        simdnn.load_state_dict(path, max_bytes=nbytes - 1)
+    with pytest.raises(TypeError, match=r"max_bytes must be an int, 'auto' or None, got 1\.5"):
+        simdnn.load_state_dict(path, max_bytes=1.5)
+    with pytest.raises(ValueError, match="max_bytes must be >= 0, got -1"):
+        simdnn.load_state_dict(path, max_bytes=-1)
+
+
 def test_load_refuses_a_header_declaring_32_gib(tmp_path):
+    """A header declaring 32 GiB over a few bytes of data is refused from the sizes, in a process
+    that could not allocate them."""
     path = tmp_path / "m.npz"
     simdnn.save(small_model(), path)
     data = path.read_bytes()
@@ -190,8 +289,18 @@ def test_load_refuses_a_header_declaring_32_gib(tmp_path):
         for n, b in members.items():
             zf.writestr(n, b)
     assert len(data) > 0
-    with pytest.raises(ValueError, match="declares 34359738368 bytes of data"):
-        simdnn.load(path)
+    proc = run_isolated(
+        f"""
+        import simdnn
+        for load in (simdnn.load, simdnn.load_state_dict):
+            try:
+                load({str(path)!r})
+            except ValueError as err:
+                print("ValueError:", err)
+        """,
+        memory_limit=True,
+    )
+    assert proc.stdout.count("declares 34359738368 bytes of data") == 2, proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -214,6 +323,25 @@ def test_load_raises_value_error_for_malformed_layers(tmp_path, layer, words):
     path = tmp_path / "bad.npz"
     write_npz(path, arch_of({"class": "Sequential", "children": {"0": layer}}), {})
     with pytest.raises(ValueError, match=words):
+        simdnn.load(path)
+
+
+@pytest.mark.parametrize(
+    ("later", "first"),
+    [("2.weight", "0.weight"), ("2.bias", "0.weight")],
+    ids=["weight-of-another-shape", "bias-to-a-weight"],
+)
+def test_load_refuses_tied_parameters_of_another_shape(tmp_path, later, first):
+    """A tied-weight map joining parameters of different shapes is refused at load, not at the
+    first forward."""
+    path = tmp_path / "tied.npz"
+    model = small_model()
+    state = model.state_dict()
+    del state[later]
+    arch = arch_of(_describe_small_model())
+    arch["tied"] = {later: first}
+    write_npz(path, arch, state)
+    with pytest.raises(ValueError, match=f"tied parameter '{later}' -> '{first}'.*shape"):
         simdnn.load(path)
 
 
@@ -245,6 +373,34 @@ def test_layer_constructors_validate_their_arguments():
         nn.BatchNorm1d(3, momentum=2.0)
     with pytest.raises(TypeError, match="bias must be True or False"):
         nn.Conv2d(1, 1, 3, bias="yes")
+
+
+@pytest.mark.parametrize(
+    ("make", "exc", "words"),
+    [
+        (lambda: nn.Linear(2, 3, dtype="abc"), TypeError,
+         "Linear: dtype must be float32 or float64, got 'abc'"),
+        (lambda: nn.Conv2d(1, 2, 3, dtype=np.int32), TypeError,
+         "Conv2d: dtype must be float32 or float64, got int32"),
+        (lambda: nn.BatchNorm1d(3, dtype=[1, 2]), TypeError,
+         r"BatchNorm1d: dtype must be float32 or float64, got \[1, 2\]"),
+        (lambda: nn.Linear(10**30, 3), ValueError,
+         r"Linear: in_features must be < 2\*\*62, got 10{30}"),
+        (lambda: nn.Conv1d(1, 2**62, 3), ValueError,
+         r"Conv1d: out_channels must be < 2\*\*62, got 4611686018427387904"),
+        (lambda: nn.Conv2d(1, 2, (3, 10**30)), ValueError,
+         r"Conv2d: kernel_size must be < 2\*\*62, got \(3, 10{30}\)"),
+        (lambda: nn.MaxPool2d(2, stride=10**30), ValueError,
+         r"MaxPool2d: stride must be < 2\*\*62"),
+        (lambda: nn.BatchNorm2d(10**30), ValueError,
+         r"BatchNorm2d: num_features must be < 2\*\*62"),
+    ],
+)  # fmt: skip
+def test_layer_constructors_name_a_bad_dtype_or_size(make, exc, words):
+    """NumPy's own messages ("data type 'abc' not understood", "Maximum allowed dimension
+    exceeded") name neither the layer nor the argument."""
+    with pytest.raises(exc, match=words):
+        make()
 
 
 @pytest.mark.parametrize(
@@ -330,7 +486,7 @@ def test_nan_guard_restores_the_optimiser_state_too():
     y = rng.integers(0, 3, 64)
     model = small_model()
     opt = optim.SGD(model.parameters(), lr=1e4, momentum=0.9)
-    with pytest.warns(RuntimeWarning, match="weights and optimiser state"):
+    with pytest.warns(RuntimeWarning, match="weights, buffers and optimiser state"):
         hist = simdnn.fit(model, nn.CrossEntropyLoss(), opt, x * 1e6, y, epochs=3,
                           batch_size=8, progress=False)  # fmt: skip
     assert hist.stop_reason is not None
@@ -352,6 +508,34 @@ def test_adam_step_count_is_restored_with_its_moments():
         simdnn.fit(model, nn.MSELoss(), opt, x, np.full((16, 3), 1e30, np.float32), epochs=4,
                    batch_size=4, progress=False, shuffle=False)  # fmt: skip
     assert all(np.isfinite(v).all() for v in opt._state_arrays())
+
+
+def test_nan_guard_restores_batchnorm_running_statistics():
+    """The forward that produced a NaN loss has already moved BatchNorm's running statistics
+    (to NaN) and its batch count: they are put back with the weights, to what the three good
+    batches left, so the model still evaluates."""
+
+    def model() -> nn.Sequential:
+        rng = np.random.default_rng(0)
+        return nn.Sequential(nn.Linear(4, 8, rng=rng), nn.BatchNorm1d(8), nn.Linear(8, 3, rng=rng))
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    x[24:32] = np.inf  # the fourth batch of 8 overflowed upstream
+    diverged = model()
+    with pytest.warns(RuntimeWarning, match="batch 4"):
+        simdnn.fit(diverged, nn.CrossEntropyLoss(), optim.SGD(diverged.parameters(), lr=0.1), x,
+                   y, batch_size=8, shuffle=False, progress=False)  # fmt: skip
+    clean = model()
+    simdnn.fit(clean, nn.CrossEntropyLoss(), optim.SGD(clean.parameters(), lr=0.1), x[:24],
+               y[:24], batch_size=8, shuffle=False, progress=False)  # fmt: skip
+    got, want = dict(diverged.named_buffers()), dict(clean.named_buffers())
+    assert list(got) == ["1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    for name in got:
+        np.testing.assert_array_equal(got[name], want[name])
+    assert got["1.num_batches_tracked"] == 3
+    assert np.isfinite(simdnn.predict(diverged, x[:24])).all()
 
 
 def test_early_stopping_treats_non_finite_figures_as_worse():
@@ -377,21 +561,60 @@ def test_fit_on_no_examples_and_predict_on_an_empty_batch():
                    progress=False)  # fmt: skip
     out = simdnn.predict(model, np.zeros((0, 1, 8, 8), np.float32))
     assert out.shape == (0, 10)
-    scores = simdnn.evaluate(model, nn.MSELoss(), np.zeros((0, 1, 8, 8), np.float32),
-                             np.zeros((0, 10), np.float32))  # fmt: skip
-    assert scores["loss"] == 0.0
+    # A mean over no examples is no score: not a loss of 0 (which EarlyStopping would keep as
+    # the best ever seen).
+    with pytest.raises(ValueError, match="evaluate: x has 0 examples"):
+        simdnn.evaluate(model, nn.MSELoss(), np.zeros((0, 1, 8, 8), np.float32),
+                        np.zeros((0, 10), np.float32))  # fmt: skip
+    with pytest.raises(ValueError, match="fit: validation_data has 0 examples"):
+        simdnn.fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters()),
+                   np.zeros((4, 1, 8, 8), np.float32), np.zeros(4, int),
+                   validation_data=(np.zeros((0, 1, 8, 8), np.float32), np.zeros(0, int)),
+                   callbacks=[simdnn.EarlyStopping()], progress=False)  # fmt: skip
 
 
 @pytest.mark.parametrize("backend", ["native", "numpy"])
 def test_mixed_precision_model_is_the_same_clear_error_on_both_backends(backend):
+    """The error names the layer by its place in the model (of two Linear layers, which) and
+    both dtypes, before anything runs."""
     model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3, dtype=np.float64))
     x = np.ones((2, 4), np.float32)
+    words = r"layer '2' \(Linear\) has float64 parameters but the model's first parameter " \
+            r"\('0\.weight'\) is float32"  # fmt: skip
     with simdnn.use_backend(backend):
-        with pytest.raises(TypeError, match="Linear: input is float32 but the weights are float64"):
+        with pytest.raises(TypeError, match=f"fit: {words}"):
             simdnn.fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters()), x,
                        np.zeros(2, int), progress=False)  # fmt: skip
-        with pytest.raises(TypeError, match="Linear: input is float32 but the weights are float64"):
+        with pytest.raises(TypeError, match=f"predict: {words}"):
             simdnn.predict(model, x)
+        with pytest.raises(TypeError, match=f"evaluate: {words}"):
+            simdnn.evaluate(model, nn.CrossEntropyLoss(), x, np.zeros(2, int))
+    inner = nn.Linear(2, 2)
+    inner.bias = nn.Parameter(np.zeros(2))  # float64 in a float32 layer
+    with pytest.raises(TypeError, match=r"the model \(Linear\) has float64 parameters"):
+        simdnn.predict(inner, np.ones((1, 2), np.float32))
+
+
+@pytest.mark.parametrize(
+    ("missing", "call", "words"),
+    [
+        ("sklearn", lambda tmp: demos.load_digits_split(), "pip install scikit-learn"),
+        ("matplotlib", lambda tmp: demos._plot_vanishing({}, tmp / "v.png"),
+         "pip install matplotlib"),
+        ("matplotlib", lambda tmp: deep.plot_deep_lab({}, tmp / "d.png"),
+         "pip install matplotlib"),
+        ("matplotlib", lambda tmp: viz.filters(nn.Conv2d(1, 2, 3), save=tmp / "f.png"),
+         "pip install matplotlib"),
+    ],
+)  # fmt: skip
+def test_a_missing_optional_package_names_what_to_install(tmp_path, monkeypatch, missing, call,
+                                                         words):  # fmt: skip
+    """simdnn has no release on the package index, so a hint such as "simdnn[examples]" would
+    install nothing: the messages name the packages themselves."""
+    monkeypatch.setitem(sys.modules, missing, None)  # importing it now raises ImportError
+    with pytest.raises(ImportError, match=words) as info:
+        call(tmp_path)
+    assert "simdnn[" not in str(info.value)
 
 
 # ------------------------------------------------------------------------------------------------

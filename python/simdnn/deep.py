@@ -297,7 +297,7 @@ def plot_deep_lab(results: dict[str, dict[str, Any]], out: str | os.PathLike[str
         import matplotlib.pyplot as plt
         from matplotlib.ticker import MaxNLocator
     except ImportError as err:
-        raise ImportError('the plot needs matplotlib: pip install "simdnn[examples]"') from err
+        raise ImportError("the plot needs matplotlib: pip install matplotlib") from err
     labels = dict(VARIANTS)
     fig, (ax_loss, ax_norm) = plt.subplots(1, 2, figsize=(11, 4))
     for key, r in results.items():

@@ -34,7 +34,8 @@ def load_digits_split(
         from sklearn.datasets import load_digits
     except ImportError as err:
         raise ImportError(
-            'the digits demo needs scikit-learn: pip install "simdnn[examples]"'
+            "the digits demo needs scikit-learn: pip install scikit-learn (or "
+            'pip install ".[examples]" in a clone of simdnn)'
         ) from err
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
@@ -267,7 +268,7 @@ def _plot_vanishing(table: dict[str, list[float]], out: str | os.PathLike[str]) 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as err:
-        raise ImportError('the plot needs matplotlib: pip install "simdnn[examples]"') from err
+        raise ImportError("the plot needs matplotlib: pip install matplotlib") from err
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for name, values in table.items():
         ax.semilogy(range(1, len(values) + 1), values, marker="o", label=name)

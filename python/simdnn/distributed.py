@@ -8,9 +8,9 @@ process would reach with the same global batch (up to float rounding)::
 
     mpiexec -n 4 python train.py          # train.py calls simdnn.fit(..., distributed=True)
 
-The engine is MPI through mpi4py (``pip install "simdnn[distributed]"`` installs mpi4py and the
-MPICH runtime as wheels); nothing here imports mpi4py until it is used, and the compiled
-extension does not depend on MPI.
+The engine is MPI through mpi4py (``pip install mpi4py mpich`` installs mpi4py and the MPICH
+runtime as wheels, as does ``pip install ".[distributed]"`` in a clone of simdnn); nothing here
+imports mpi4py until it is used, and the compiled extension does not depend on MPI.
 
 - :func:`init` joins the job (:func:`simdnn.fit` with ``distributed=True`` calls it), sets the
   kernel threads per rank to the cores of the node divided by the ranks on it, and starts a
@@ -73,7 +73,9 @@ __all__ = [
 
 TIMEOUT_ENV = "SIMDNN_DIST_TIMEOUT"
 DEFAULT_TIMEOUT = 300.0
-INSTALL_HINT = 'pip install "simdnn[distributed]"'
+# simdnn has no release on the package index yet, so "simdnn[distributed]" would find nothing:
+# the hint names the packages themselves, and the extra for those installing from a clone.
+INSTALL_HINT = 'pip install mpi4py mpich (or pip install ".[distributed]" in a clone of simdnn)'
 # The exit status of a job that the watchdog or an unhandled exception aborted.
 ABORT_CODE = 1
 
@@ -84,8 +86,8 @@ def _mpi() -> Any:
         from mpi4py import MPI
     except ImportError as err:
         raise ImportError(
-            "simdnn.distributed needs mpi4py and an MPI runtime; install them with "
-            f"{INSTALL_HINT} (mpi4py and the MPICH wheel)"
+            "simdnn.distributed needs mpi4py and an MPI runtime; install them (mpi4py and the "
+            f"MPICH wheel) with {INSTALL_HINT}"
         ) from err
     return MPI
 
@@ -249,7 +251,8 @@ def init(threads: int | None = None, timeout: float | None = None) -> None:
     ``SIMDNN_DIST_TIMEOUT`` or 300; 0 turns the watchdog off.
 
     Run without ``mpiexec`` it forms a job of one rank, and everything here works unchanged.
-    Raises ImportError naming ``simdnn[distributed]`` when mpi4py is not installed.
+    Raises ImportError saying what to install (``pip install mpi4py mpich``) when mpi4py is not
+    installed.
     """
     global _job
     if threads is not None:

@@ -13,7 +13,9 @@ stays within a small multiple of the model's own size.
 
 A model of your own class (a ``Module`` subclass with its own ``forward``) is saved the same way
 but without an architecture: rebuild it in code and restore the weights with
-``model.load_state_dict(simdnn.load_state_dict(path))``, as in PyTorch.
+``model.load_state_dict(simdnn.load_state_dict(path))``, as in PyTorch; with no architecture to
+check the arrays against, that reads at most 32 times the file's size unless told otherwise
+(its ``max_bytes``).
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 from collections import OrderedDict
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import numpy as np
 
@@ -40,6 +42,13 @@ _PREFIX = "param:"
 _ARCH_LIMIT = 16 << 20
 # Deeper nesting than any real model has; JSON this deep is refused before it is built.
 _DEPTH_LIMIT = 200
+# load_state_dict has no architecture to check the arrays against, so by default it reads no
+# more than this many times the file's size (and at least _STATE_FLOOR bytes): save stores the
+# arrays uncompressed, and even recompressed weights shrink a few times at most, but a
+# compressed entry of zeros (or entries sharing compressed data) inflates a thousand times
+# and more.
+_STATE_RATIO = 32
+_STATE_FLOOR = 64 << 20
 
 
 def _builtin(cls: type) -> bool:
@@ -138,26 +147,50 @@ def _retie(model: Module, tied: dict[str, str]) -> None:
         mod = modules.get(owner)
         if first not in params or mod is None or pname not in mod._params:
             raise ValueError(f"load: tied parameter {later!r} -> {first!r} does not exist")
+        # Tying replaces the layer's own parameter: one of another shape or dtype would load and
+        # only fail at the first forward (or, worse, broadcast), so it is refused here.
+        own, shared = mod._params[pname].data, params[first].data
+        if own.shape != shared.shape or own.dtype != shared.dtype:
+            raise ValueError(
+                f"load: tied parameter {later!r} -> {first!r}: {later!r} needs shape "
+                f"{own.shape} and dtype {own.dtype}, {first!r} has shape {shared.shape} and "
+                f"dtype {shared.dtype}"
+            )
         setattr(mod, pname, params[first])
+
+
+def _create_temp(folder: str) -> tuple[int, str]:
+    """A new file in `folder` open for writing, created with mode 0o666 so that the kernel
+    applies the process's umask, as a plain open() would. (tempfile.mkstemp makes it private,
+    and reading the umask back takes os.umask, which sets it for every thread at once.)"""
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(folder, f".simdnn-{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"save: no free temporary file name in {folder!r}")
 
 
 def _write_atomic(path: str | os.PathLike[str], write: Any) -> None:
     """write(file) into a temporary file beside `path`, fsync it, then rename it over `path`."""
-    target = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(target))
-    fd, tmp = tempfile.mkstemp(prefix=".simdnn-", suffix=".tmp", dir=folder)
+    # A symlink is followed, so that saving over it updates the file it points to (as a plain
+    # open() would) instead of replacing the link with a file.
+    target = os.path.realpath(os.fspath(path))
+    folder = os.path.dirname(target)
+    fd, tmp = _create_temp(folder)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        try:  # the permissions a plain open() would give (mkstemp makes the file private)
+        try:  # a file being replaced keeps its permissions; a new one has the umask's
             mode = os.stat(target).st_mode & 0o777
-        except OSError:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)
+        except FileNotFoundError:
+            pass
+        else:
+            os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -173,7 +206,9 @@ def _write_atomic(path: str | os.PathLike[str], write: Any) -> None:
 
 def save(model: Module, path: str | os.PathLike[str]) -> None:
     """Write the architecture (when every layer is built in) and the weights of a model, atomically:
-    the previous file at `path` stays intact until the new one is complete on disk.
+    the previous file at `path` stays intact until the new one is complete on disk. A file
+    that is replaced keeps its permissions, a new one gets those the umask gives, and a
+    symbolic link at `path` is followed: the file it points to is replaced, the link kept.
 
     In a distributed job (:mod:`simdnn.distributed`) only rank 0 writes; call
     ``simdnn.distributed.barrier()`` before other ranks read the file."""
@@ -218,6 +253,7 @@ class _Entry:
         if self.dtype.hasobject:
             raise ValueError(f"load: {where}: entry {member!r} holds Python objects")
         nbytes = int(np.prod(self.shape, dtype=object)) * self.dtype.itemsize
+        self.nbytes = nbytes
         if info.file_size != offset + nbytes:
             raise ValueError(
                 f"load: {where}: entry {member!r} declares {nbytes} bytes of data but holds "
@@ -332,17 +368,49 @@ def _fill(model: Module, entries: dict[str, _Entry]) -> None:
         target[...] = entries[name].read()
 
 
-def load_state_dict(path: str | os.PathLike[str]) -> OrderedDict[str, np.ndarray]:
+def _state_limit(max_bytes: Any, file_size: int) -> int | None:
+    if max_bytes is None:
+        return None
+    if isinstance(max_bytes, str) and max_bytes == "auto":
+        return max(_STATE_FLOOR, _STATE_RATIO * file_size)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)):
+        raise TypeError(
+            f"load_state_dict: max_bytes must be an int, 'auto' or None, got {max_bytes!r}"
+        )
+    if max_bytes < 0:
+        raise ValueError(f"load_state_dict: max_bytes must be >= 0, got {max_bytes}")
+    return int(max_bytes)
+
+
+def load_state_dict(
+    path: str | os.PathLike[str], max_bytes: int | Literal["auto"] | None = "auto"
+) -> OrderedDict[str, np.ndarray]:
     """The parameters and buffers stored by :func:`save`, by name: restore a model of your own
     class with ``model.load_state_dict(simdnn.load_state_dict(path))``. Entries holding
-    anything but real numbers (complex, strings, dates, objects) raise ValueError."""
+    anything but real numbers (complex, strings, dates, objects) raise ValueError.
+
+    max_bytes: the most bytes of arrays to read, checked against the sizes the entries declare
+    before anything is read, so that a small file that would inflate to gigabytes (a
+    compressed entry of zeros) raises ValueError instead of filling memory. "auto" (the
+    default) allows 32 times the file's size, and at least 64 MiB: every file save writes
+    passes (it stores the arrays uncompressed). An int sets the limit; None reads whatever the
+    file declares, for a trusted file compressed further than that.
+    """
     where = repr(os.fspath(path))
     with open(path, "rb") as f:
+        limit = _state_limit(max_bytes, os.fstat(f.fileno()).st_size)
         zf, _, entries = _open(f, where)
         with zf:
             for name, e in entries.items():
                 if e.dtype.kind not in "fiu":
                     raise ValueError(f"load: {where}: entry {name!r} has dtype {e.dtype}")
+            total = sum(e.nbytes for e in entries.values())
+            if limit is not None and total > limit:
+                raise ValueError(
+                    f"load_state_dict: {where} declares {total} bytes of arrays, more than "
+                    f"max_bytes={max_bytes!r} allows ({limit}); pass a larger max_bytes, or "
+                    "max_bytes=None, to read it if you trust the file"
+                )
             return OrderedDict((name, e.read()) for name, e in entries.items())
 
 

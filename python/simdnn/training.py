@@ -167,6 +167,26 @@ def _check_batch_size(batch_size: Any, what: str) -> int:
     return int(batch_size)
 
 
+def _check_model_dtype(model: Module, what: str) -> None:
+    """Every parameter in one dtype, the first's; else a TypeError naming the first layer that
+    differs (by its path in the model) and both dtypes. Without it a mixed model fails deep in
+    a forward, naming only a class, which in a model of several Linear layers says little."""
+    want: np.dtype | None = None
+    first = ""
+    for name, mod in model.named_modules():
+        for pname, p in mod._params.items():
+            full = f"{name}.{pname}" if name else pname
+            if want is None:
+                want, first = p.dtype, full
+            elif p.dtype != want:
+                where = f"layer {name!r}" if name else "the model"
+                raise TypeError(
+                    f"{what}: {where} ({type(mod).__name__}) has {p.dtype} parameters but the "
+                    f"model's first parameter ({first!r}) is {want}; convert the model with "
+                    f"model.astype({str(want)!r}) so that they match"
+                )
+
+
 def _cast(x: np.ndarray, model: Module) -> np.ndarray:
     """Inputs in the model's dtype (integer images, float64 arrays for a float32 model...)."""
     dt = model.dtype
@@ -201,8 +221,9 @@ def fit(
     """Train `model` on (x, y) for `epochs` epochs of mini-batches; returns a History.
 
     seed: shuffling seed (default: simdnn's generator, see simdnn.seed). A loss that becomes
-    NaN or infinite stops training with a RuntimeWarning naming the epoch and batch; the weights
-    from before the step that produced it are restored.
+    NaN or infinite stops training with a RuntimeWarning naming the epoch and batch; the weights,
+    buffers (BatchNorm's running statistics) and optimiser state from before the step that
+    produced it are restored.
 
     distributed: data-parallel training on every rank of an MPI job (``mpiexec -n 4 python
     train.py``; see :mod:`simdnn.distributed`). batch_size is the global batch: each rank takes
@@ -213,12 +234,19 @@ def fit(
     """
     x, y = _check_data(x, y, "fit")
     batch_size = _check_batch_size(batch_size, "fit")
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-        raise ValueError(f"fit: epochs must be an int >= 0, got {epochs!r}")
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)):
+        raise TypeError(f"fit: epochs must be an int, got {epochs!r}")
+    if epochs < 0:
+        raise ValueError(f"fit: epochs must be an int >= 0, got {epochs}")
     if validation_data is not None:
         vx, vy = _check_data(*validation_data, "fit: validation_data")
+        # A mean over no examples would be recorded as a val_loss of 0, which EarlyStopping
+        # would keep as the best figure ever seen.
+        if len(vx) == 0:
+            raise ValueError("fit: validation_data has 0 examples; there is nothing to validate on")
     if len(x) == 0:
         raise ValueError("fit: x has 0 examples; there is nothing to train on")
+    _check_model_dtype(model, "fit")
     # distributed: join the job, check every rank runs the same fit, broadcast rank 0's state
     dist = None
     if not isinstance(distributed, (bool, np.bool_)):
@@ -238,9 +266,19 @@ def fit(
     history = History()
     weights = _weight_layers(model)
     params = model.parameters()
-    # The weights and the optimiser's state from before the last step, put back when a loss
-    # turns non-finite (the last step made the weights that produced it).
+    # The weights, the buffers (BatchNorm's running statistics, which the diverging forward has
+    # already updated) and the optimiser's state from before the last step, put back when a
+    # loss turns non-finite (the last step made the weights that produced it). Buffers are
+    # looked up by owner and name each time, in case a layer replaces one rather than
+    # updating it in place.
     snapshot = [p.data.copy() for p in params]
+    buffers = [
+        (mod, name)
+        for _, mod in model.named_modules()
+        for name, b in mod._buffers.items()
+        if b is not None
+    ]
+    buf_saved = [mod._buffers[name].copy() for mod, name in buffers]
     opt_snapshot = optimizer._state_arrays()
     opt_saved = [a.copy() for a in opt_snapshot]
     opt_step = optimizer._step_count()
@@ -301,13 +339,15 @@ def fit(
                     # have diverged: put back the weights from before it.
                     for p, s in zip(params, snapshot):
                         p.data[...] = s
+                    for (mod, name), s in zip(buffers, buf_saved):
+                        mod._buffers[name][...] = s
                     for a, s in zip(opt_snapshot, opt_saved):
                         a[...] = s
                     optimizer._set_step_count(opt_step)
                     history.stop_reason = (
                         f"loss became {value} at epoch {epoch + 1}, batch {b + 1}; training "
-                        "stopped and the weights and optimiser state from before the last step "
-                        "were restored"
+                        "stopped and the weights, buffers and optimiser state from before the "
+                        "last step were restored"
                     )
                     warnings.warn(f"fit: {history.stop_reason}", RuntimeWarning, stacklevel=2)
                     stop = True
@@ -319,6 +359,8 @@ def fit(
                     norms[i] += float(np.sqrt(np.sum(np.square(w.grad, dtype=np.float64))))
                 for p, s in zip(params, snapshot):
                     s[...] = p.data
+                for (mod, name), s in zip(buffers, buf_saved):
+                    s[...] = mod._buffers[name]
                 for a, s in zip(opt_snapshot, opt_saved):
                     s[...] = a
                 opt_step = optimizer._step_count()
@@ -382,6 +424,7 @@ def predict(model: Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """The model's outputs for x, in evaluation mode, batch by batch."""
     x = _check_x(x, "predict")
     batch_size = _check_batch_size(batch_size, "predict")
+    _check_model_dtype(model, "predict")
     # Evaluation mode for this thread only: the model's own flags are left alone, so threads
     # may predict with one model concurrently (and while it trains).
     with inference_mode():
@@ -397,7 +440,12 @@ def predict(model: Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
 def evaluate(
     model: Module, loss: Loss, x: np.ndarray, y: np.ndarray, batch_size: int = 256
 ) -> dict[str, float | None]:
-    """Mean loss (and accuracy, for classification losses) of the model on (x, y)."""
+    """Mean loss (and accuracy, for classification losses) of the model on (x, y); x must
+    hold at least one example (a mean over none is not a score)."""
     x, y = _check_data(x, y, "evaluate")
+    if len(x) == 0:
+        raise ValueError("evaluate: x has 0 examples; there is nothing to evaluate")
+    batch_size = _check_batch_size(batch_size, "evaluate")
+    _check_model_dtype(model, "evaluate")
     out = predict(model, x, batch_size)
     return {"loss": float(loss(out, y)), "accuracy": loss.accuracy(out, y)}

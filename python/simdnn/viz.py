@@ -1,5 +1,5 @@
 """Look inside a ConvNet: feature maps and filters as arrays, and as PNG grids when matplotlib is
-installed (``pip install "simdnn[examples]"``)."""
+installed (``pip install matplotlib``)."""
 
 from __future__ import annotations
 
@@ -69,10 +69,8 @@ def _save_grid(maps: np.ndarray, path: str | os.PathLike[str], title: str) -> No
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            'saving a picture needs matplotlib: pip install "simdnn[examples]"'
-        ) from err
+    except ImportError as err:
+        raise ImportError("saving a picture needs matplotlib: pip install matplotlib") from err
     k = maps.shape[0]
     cols = min(8, k)
     rows = math.ceil(k / cols)

@@ -335,7 +335,7 @@ def plot(results: Sequence[Result], path: str, with_torch: bool) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as err:
-        raise SystemExit('bench --plot needs matplotlib: pip install "simdnn[examples]"') from err
+        raise SystemExit("bench --plot needs matplotlib: pip install matplotlib") from err
     labels = [f"{r.group} {r.name} ({r.dtype})" for r in results]
     y = np.arange(len(results))
     fig, ax = plt.subplots(figsize=(9, 0.26 * len(results) + 1.5))

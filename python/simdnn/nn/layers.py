@@ -21,12 +21,18 @@ from .._opspec import IntPair, conv_out_size
 from ..autograd import Tensor, as_array
 from .module import Module, Parameter, Shape, is_meta, meta_array
 
+# Sizes, strides and paddings at or above this are refused by name: NumPy would otherwise fail
+# on them with a message of its own ("Maximum allowed dimension exceeded") naming no argument.
+_SIZE_LIMIT = 2**62
+
 
 def _int(v: Any, name: str, layer: str, low: int = 1) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise TypeError(f"{layer}: {name} must be an int, got {v!r}")
     if v < low:
         raise ValueError(f"{layer}: {name} must be >= {low}, got {v}")
+    if v >= _SIZE_LIMIT:
+        raise ValueError(f"{layer}: {name} must be < 2**62, got {v}")
     return int(v)
 
 
@@ -36,10 +42,14 @@ def _pair(v: IntPair, name: str, layer: str) -> tuple[int, int]:
         and len(v) == 2
         and all(isinstance(e, (int, np.integer)) and not isinstance(e, bool) for e in v)
     ):
-        return int(v[0]), int(v[1])
-    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-        return int(v), int(v)
-    raise TypeError(f"{layer}: {name} must be an int or a pair of ints, got {v!r}")
+        pair = int(v[0]), int(v[1])
+    elif isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        pair = int(v), int(v)
+    else:
+        raise TypeError(f"{layer}: {name} must be an int or a pair of ints, got {v!r}")
+    if max(pair) >= _SIZE_LIMIT:
+        raise ValueError(f"{layer}: {name} must be < 2**62, got {v!r}")
+    return pair
 
 
 def _bool(v: Any, name: str, layer: str) -> bool:
@@ -73,10 +83,15 @@ def _check_input(
         raise ValueError(f"{layer!r}: expected input of shape {expected}, got {x.shape}")
 
 
-def _dtype(dtype: npt.DTypeLike | None) -> np.dtype:
-    dt = np.dtype(np.float32 if dtype is None else dtype)
+def _dtype(dtype: npt.DTypeLike | None, layer: str) -> np.dtype:
+    # NumPy's own error for a bad name ("data type 'abc' not understood") names no layer or
+    # argument; any failure to convert is reported like a dtype of the wrong kind.
+    try:
+        dt = np.dtype(np.float32 if dtype is None else dtype)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{layer}: dtype must be float32 or float64, got {dtype!r}") from err
     if dt not in (np.float32, np.float64):
-        raise TypeError(f"expected dtype float32 or float64, got {dt}")
+        raise TypeError(f"{layer}: dtype must be float32 or float64, got {dt}")
     return dt
 
 
@@ -127,7 +142,7 @@ class Linear(Module):
         self.in_features = _int(in_features, "in_features", name)
         self.out_features = _int(out_features, "out_features", name)
         self.init = init
-        dt = _dtype(dtype)
+        dt = _dtype(dtype, name)
         shape = (self.in_features, self.out_features)
         self.weight = Parameter(_weights(init, shape, dt, _rng(rng, name)))
         has_bias = _bool(bias, "bias", name)
@@ -209,7 +224,7 @@ class Conv2d(Module):
             groups,
             init,
         )
-        dt = _dtype(dtype)
+        dt = _dtype(dtype, name)
         shape = (out_channels, in_channels // groups, *self.kernel_size)
         self.weight = Parameter(_weights(init, shape, dt, _rng(rng, name)))
         has_bias = _bool(bias, "bias", name)
@@ -299,7 +314,7 @@ class Conv1d(Module):
                 f"out_channels={out_channels}"
             )
         self.init = init
-        dt = _dtype(dtype)
+        dt = _dtype(dtype, name)
         # Initialised as the (K, C/groups, 1, S) kernel it runs as: the same fans.
         k, cg, s = self.out_channels, self.in_channels // self.groups, self.kernel_size
         w = _weights(init, (k, cg, 1, s), dt, _rng(rng, name))
@@ -545,7 +560,7 @@ class _BatchNorm(Module):
         )  # fmt: skip
         self.affine = _bool(affine, "affine", name)
         self.track_running_stats = _bool(track_running_stats, "track_running_stats", name)
-        dt = _dtype(dtype)
+        dt = _dtype(dtype, name)
         c = self.num_features
         self.weight = Parameter(_filled((c,), dt, 1)) if self.affine else None
         self.bias = Parameter(_filled((c,), dt, 0)) if self.affine else None
