@@ -191,6 +191,45 @@ def test_op_native_and_numpy_backends_agree(name, fn, makers, dtype):
     check_backends(fn, [make(rng) for make in makers], dtype)
 
 
+@pytest.mark.parametrize("backend", ["native", "numpy"])
+def test_linear_adds_the_bias_inside_the_gemm(backend, monkeypatch):
+    """The bias rides in the GEMM's C (beta=1): one gemm call on a fresh array holding the
+    broadcast bias and no separate pass adding it; the bias is untouched, the gradients as
+    before."""
+    surface = simdnn.ops if backend == "native" else simdnn.reference
+    real_gemm, real_matmul = surface.gemm, surface.matmul
+    seen: list[tuple[np.ndarray | None, dict]] = []
+
+    def gemm(a, b, c=None, **kwargs):
+        seen.append((None if c is None else c.copy(), kwargs))
+        return real_gemm(a, b, c, **kwargs)
+
+    def matmul(*args, **kwargs):
+        seen.append((None, {"matmul": True}))
+        return real_matmul(*args, **kwargs)
+
+    monkeypatch.setattr(surface, "gemm", gemm)
+    monkeypatch.setattr(surface, "matmul", matmul)
+    rng = np.random.default_rng(5)
+    x, w, b = (Tensor(rng.standard_normal(s), requires_grad=True) for s in [(5, 7), (7, 3), (3,)])
+    bias_before = b.data.copy()
+    with simdnn.use_backend(backend):
+        y = F.linear(x, w, b)
+        forward = list(seen)
+        g = rng.standard_normal(y.shape)
+        (y * g).sum().backward()
+    assert len(forward) == 1, forward
+    c_in, kwargs = forward[0]
+    assert kwargs.get("beta") == 1.0, kwargs
+    np.testing.assert_array_equal(c_in, np.broadcast_to(bias_before, (5, 3)))
+    assert not np.shares_memory(y.data, b.data)
+    np.testing.assert_array_equal(b.data, bias_before)
+    np.testing.assert_allclose(y.data, x.data @ w.data + b.data, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(x.grad, g @ w.data.T, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(w.grad, x.data.T @ g, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(b.grad, g.sum(axis=0), rtol=1e-13, atol=1e-13)
+
+
 # ------------------------------------------------------------------------------------------------
 # Composite models through gradcheck (kinks are detected and skipped, so every error counts)
 
