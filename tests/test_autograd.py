@@ -379,14 +379,35 @@ def test_batchnorm_in_training_mode_matches_finite_differences(name):
     assert checked > 10
 
 
-def test_gradcheck_readme_example_has_no_false_alarm():
+@pytest.mark.parametrize("eps", [None, 1e-6], ids=["default-eps", "eps=1e-6"])
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_gradcheck_readme_example_has_no_false_alarm(split, eps):
     """The README's example: an untrained ConvNet fed digit images (many exact zeros, so ReLU
-    and max-pool kinks everywhere). Every parameter is checked on kink-free entries."""
-    x, y, _, _ = simdnn.demos.load_digits_split()
+    and max-pool kinks everywhere). Every parameter is checked on kink-free entries. On the test
+    images at eps=1e-6 a gradient of 4e-6 used to read 1.6e-5, pure rounding of the loss: the
+    floor now accounts for it, and the default eps is where rounding is small."""
+    x_train, y_train, x_test, y_test = simdnn.demos.load_digits_split()
+    x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
     model = simdnn.demos.build_convnet()
-    result = simdnn.gradcheck(model, nn.CrossEntropyLoss(), x[:4], y[:4])
+    kwargs = {} if eps is None else {"eps": eps}
+    result = simdnn.gradcheck(model, nn.CrossEntropyLoss(), x[:4], y[:4], **kwargs)
     assert all(n > 0 for n in result.checked.values()), result.checked
     assert max(result.values()) < 1e-5, result
+
+
+def test_gradcheck_flags_a_slightly_wrong_rule_on_the_readme_example(monkeypatch):
+    """The floor and eps leave the check sharp: the README's ConvNet with every linear layer's
+    gradient off by 0.1% reads 5e-4 or more (0.001 / 2.001), fifty times the tests' limit."""
+    real = F.linear
+
+    def off(x, weight, bias=None):
+        out = real(x, weight, bias)
+        return simdnn.autograd.record(out.data, (out,), lambda g, needs: (g * 1.001,), "off")
+
+    monkeypatch.setattr(F, "linear", off)
+    x, y, _, _ = simdnn.demos.load_digits_split()
+    result = simdnn.gradcheck(simdnn.demos.build_convnet(), nn.CrossEntropyLoss(), x[:4], y[:4])
+    assert min(result.values()) > 1e-4, result
 
 
 def test_gradcheck_still_catches_a_wrong_rule(monkeypatch):
