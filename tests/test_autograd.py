@@ -551,6 +551,45 @@ def test_no_grad_detach_and_constants():
     assert isinstance(np.abs(z), np.ndarray)  # other ufuncs give plain arrays
 
 
+def test_no_grad_works_with_and_without_parentheses():
+    """@no_grad() and bare @no_grad (as in PyTorch), and the context manager: nothing recorded
+    inside, grad mode restored after, also when the function raises."""
+    w = Tensor(np.ones(3), requires_grad=True)
+
+    @simdnn.no_grad
+    def bare(t):
+        """Doubles t."""
+        return t * 2.0
+
+    @simdnn.no_grad()
+    def called(t):
+        return t * 2.0
+
+    @simdnn.no_grad
+    def fails():
+        raise KeyError("inside")
+
+    @simdnn.enable_grad
+    def recorded(t):
+        return t * 2.0
+
+    assert bare.__name__ == "bare"
+    assert bare.__doc__ == "Doubles t."
+    for fn in (bare, called):
+        assert not fn(w).requires_grad
+        assert simdnn.is_grad_enabled()
+    with pytest.raises(KeyError, match="inside"):
+        fails()
+    assert simdnn.is_grad_enabled()
+    with simdnn.no_grad():
+        assert not (w * 2.0).requires_grad
+        assert recorded(w).requires_grad
+        assert not simdnn.is_grad_enabled()
+    assert simdnn.is_grad_enabled()
+    with pytest.raises(TypeError, match="no_grad: expected a function to decorate, got 3"):
+        simdnn.no_grad(3)
+
+
 def test_no_grad_is_per_thread():
     seen = []
 
