@@ -603,6 +603,18 @@ def test_no_grad_is_per_thread():
     assert seen == [True]
 
 
+def test_module_backward_says_it_was_removed():
+    """Code written for the old per-layer API gets a TypeError naming the tape, not an
+    AttributeError."""
+    model = nn.Sequential(nn.Linear(3, 2))
+    g = np.ones((4, 2), np.float32)
+    msg = r"^Module\.backward was removed: gradients come from the tape; call loss\.backward\(\)"
+    with pytest.raises(TypeError, match=msg):
+        model.backward(g)
+    with pytest.raises(TypeError, match="Linear's output"):
+        model[0].backward(g)
+
+
 def test_backward_errors():
     w = Tensor(np.ones(3), requires_grad=True)
     with pytest.raises(RuntimeError, match="only one-element results"):

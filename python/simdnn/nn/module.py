@@ -197,6 +197,14 @@ class Module:
             calls.append((self, _shape_of(inputs[0]) if inputs else (), _shape_of(out)))
         return out
 
+    def backward(self, *args: Any, **kwargs: Any) -> None:
+        """Removed: the tape computes the gradients; this says so instead of an AttributeError
+        (code written for the old per-layer API calls it)."""
+        raise TypeError(
+            "Module.backward was removed: gradients come from the tape; call loss.backward() "
+            f"on the loss computed from the {type(self).__name__}'s output"
+        )
+
     # -- structure ---------------------------------------------------------------------------
 
     def children(self) -> Iterator[Module]:
