@@ -365,6 +365,40 @@ def test_summary_reports_receptive_fields_and_weight_sharing():
     assert "fewer" in lines[-1]
 
 
+class _Scaled(nn.Module):
+    """A child layer plus a parameter of its own, used in forward."""
+
+    def __init__(self, tie: nn.Parameter | None = None) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.scale = nn.Parameter(np.ones(4, np.float32))
+        if tie is not None:
+            self.shift = tie  # also held by another module: counted once
+
+    def forward(self, x):
+        h = self.fc(x) * self.scale
+        return h + self.shift if "shift" in self._params else h
+
+
+def test_summary_counts_parameters_a_module_holds_beside_its_children():
+    first = _Scaled()
+    models = {
+        "alone": (_Scaled(), 24),
+        "in-sequential": (nn.Sequential(_Scaled(), nn.ReLU(), _Scaled()), 48),
+        "tied": (nn.Sequential(first, _Scaled(tie=first.fc.bias)), 48),
+    }
+    for name, (model, want) in models.items():
+        assert model.num_parameters() == want, name
+        lines = model.summary((4,), print_fn=None).splitlines()
+        assert lines[-1].startswith(f"total parameters: {want:,};"), (name, lines[-1])
+        own = [r.split() for r in lines if "_Scaled (own)" in r]
+        assert own, name
+        assert own[0][-3:] == ["4", "-", "4"], (name, own)  # parameters, rf, dense
+    rows = models["alone"][0].summary((4,), print_fn=None).splitlines()
+    assert rows[2].startswith("fc Linear")
+    assert rows[3].startswith("_Scaled (own)")  # after its children's rows
+
+
 def test_save_and_load_round_trip(tmp_path):
     model = small_convnet()
     path = tmp_path / "model.npz"

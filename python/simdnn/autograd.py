@@ -48,7 +48,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _GradMode:
+    """A context manager and a decorator, with or without parentheses (``@no_grad()`` or
+    ``@no_grad``), as in PyTorch."""
+
     _enabled: bool
+
+    def __new__(cls, fn: Callable[..., Any] | None = None) -> Any:
+        # Bare @no_grad hands the function to the constructor: give back what @no_grad() would.
+        self = super().__new__(cls)
+        if fn is None:
+            return self
+        if not callable(fn):
+            raise TypeError(f"{cls.__name__}: expected a function to decorate, got {fn!r}")
+        return self(fn)
 
     def __enter__(self) -> None:
         self._prev = is_grad_enabled()
@@ -74,7 +86,8 @@ class _GradMode:
 
 
 class no_grad(_GradMode):
-    """Record nothing: a context manager (``with simdnn.no_grad():``) or a decorator.
+    """Record nothing: a context manager (``with simdnn.no_grad():``) or a decorator
+    (``@simdnn.no_grad()`` or ``@simdnn.no_grad``).
 
     Results made inside do not require a gradient; inference and optimiser updates use it.
     """

@@ -102,14 +102,26 @@ def match_dtype(x: Any, weight: Any, fn: str) -> Any:
 def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
     """Shape: x (N, D_in), weight (D_in, D_out), bias (D_out,) -> (N, D_out).
 
+    The bias rides in the GEMM's C: the output starts as the bias broadcast over its rows and
+    the GEMM adds X . W to it (beta 1), so y is written once instead of a second pass adding b.
+
     Backward: dX = dY . W^T (only when x needs it), dW = X^T . dY written by the GEMM straight
     into weight.grad (beta 0 overwrites after zero_grad, 1 accumulates), db = column sums of dY.
     """
     ops = backend_ops()
     xv, wv = as_array(x), as_array(weight)
-    y = ops.matmul(xv, wv)
-    if bias is not None:
-        y += as_array(bias)
+    if bias is not None and xv.ndim == wv.ndim == 2:
+        # A fresh C-contiguous C (gemm's contract): never a view of the bias, which the GEMM
+        # would otherwise overwrite.
+        y = np.empty((xv.shape[0], wv.shape[1]), np.result_type(xv, wv))
+        y[...] = as_array(bias)
+        ops.gemm(xv, wv, y, beta=1.0)
+    else:
+        # No bias, or operands that are not matrices: matmul names the error (NumPy's twin
+        # broadcasts them as np.matmul does).
+        y = ops.matmul(xv, wv)
+        if bias is not None:
+            y += as_array(bias)
 
     def rule(g: Array, needs: tuple[bool, ...]) -> tuple[Array | None, ...]:
         gx = gw = gb = None

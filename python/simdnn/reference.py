@@ -4,7 +4,9 @@ They are the oracle of the tests and the baseline of the benchmarks, so each is 
 NumPy formulation we know (one BLAS call where there is one), not a teaching loop. Their
 arguments are normalised and checked by :mod:`simdnn._opspec`, as those of :mod:`simdnn.ops`, so
 a bad argument raises the same error on both surfaces; the arrays are assumed valid (their
-shapes and dtypes are checked by the native bindings only).
+shapes and dtypes are checked by the native bindings only), except the dtypes of batch_norm's
+per-channel arrays: NumPy would quietly mix float64 statistics into a float32 model that the
+native kernel refuses, so a model would train on one backend and not on the other.
 """
 
 from __future__ import annotations
@@ -504,6 +506,32 @@ def _channel_axes(x: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return (0, *range(2, x.ndim)), (1, x.shape[1]) + (1,) * (x.ndim - 2)
 
 
+def _channel_dtype(a: np.ndarray | None, arg: str, x: np.ndarray, in_place: bool) -> None:
+    """The native binding's dtype check of one of batch_norm's (C,) arrays, with its message:
+    float32 or float64 like x; in training the running statistics, updated in place, exactly
+    x's dtype in native byte order."""
+    if a is None:
+        return
+    dt, xdt = np.asarray(a).dtype, x.dtype.newbyteorder("=")
+    if in_place:
+        if dt.kind != "f" or dt.itemsize != xdt.itemsize or not dt.isnative:
+            raise TypeError(
+                f"batch_norm: '{arg}' has dtype {dt} but 'x' is {xdt}; both must have the same "
+                "dtype"
+            )
+        return
+    if dt.kind != "f" or dt.itemsize not in (4, 8):
+        raise TypeError(
+            f"batch_norm: argument '{arg}' has dtype {dt}; expected float32 or float64 (convert "
+            "with .astype(numpy.float32))"
+        )
+    if dt.itemsize != xdt.itemsize:
+        raise TypeError(
+            f"batch_norm: '{arg}' is {dt} but 'x' is {xdt}; both must have the same dtype "
+            "(convert one with .astype)"
+        )
+
+
 def batch_norm(
     x: np.ndarray,
     weight: np.ndarray | None,
@@ -519,7 +547,11 @@ def batch_norm(
     axes, bshape = _channel_axes(x)
     c = x.shape[1]
     m = x.size // c if c else 0
+    _channel_dtype(weight, "weight", x, False)
+    _channel_dtype(bias, "bias", x, False)
     if training:
+        _channel_dtype(running_mean, "running_mean", x, True)
+        _channel_dtype(running_var, "running_var", x, True)
         if m == 1:
             raise ValueError(
                 "batch_norm: expected more than 1 value per channel when training, got x of "
@@ -542,6 +574,8 @@ def batch_norm(
             raise ValueError(
                 "batch_norm: training=False needs 'running_mean' and 'running_var' (got None)"
             )
+        _channel_dtype(running_mean, "running_mean", x, False)
+        _channel_dtype(running_var, "running_var", x, False)
         mean = running_mean.astype(np.float64)
         var = running_var.astype(np.float64)
     invstd = 1.0 / np.sqrt(var + eps)

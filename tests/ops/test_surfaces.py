@@ -267,6 +267,41 @@ def test_batch_norm_statistics_errors_are_the_same(x, training, running):
     assert raised[0] == raised[1]
 
 
+# One (C,) array of batch_norm in a dtype the native binding refuses for x's: float64 running
+# statistics with float32 x (which NumPy would quietly mix in), the reverse, and dtypes no kernel
+# takes; per argument, in training (the statistics are updated in place) and in evaluation.
+BAD_CHANNEL_DTYPES = [
+    (np.float32, np.float64),
+    (np.float64, np.float32),
+    (np.float32, np.int32),
+    (np.float32, np.float16),
+    (np.float32, np.dtype(">f4")),  # refused for the in-place statistics only
+]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "eval"])
+@pytest.mark.parametrize("arg", ["weight", "bias", "running_mean", "running_var"])
+@pytest.mark.parametrize(("x_dtype", "dtype"), BAD_CHANNEL_DTYPES, ids=repr)
+def test_batch_norm_channel_dtype_errors_are_the_same(x_dtype, dtype, arg, training):
+    def outcome(surface: Any) -> tuple[type[BaseException] | None, str]:
+        x = _x(5, 3, 4).astype(x_dtype)
+        arrays = {n: np.ones(3, x_dtype) for n in ("weight", "bias", "running_mean", "running_var")}
+        arrays[arg] = np.ones(3, dtype)
+        try:
+            surface.batch_norm(x, *arrays.values(), training)
+        except (TypeError, ValueError) as e:
+            return type(e), str(e)
+        return None, ""
+
+    native, twin = outcome(ops), outcome(reference)
+    assert native == twin
+    byte_swapped = np.dtype(dtype).byteorder == ">"
+    if not byte_swapped or (training and arg.startswith("running")):
+        assert native[0] is TypeError
+        assert native[1].startswith("batch_norm: ")
+        assert f"'{arg}'" in native[1]
+
+
 # ------------------------------------------------------------------------------------------------
 # The output-size formula: one function, the one the layers use.
 

@@ -191,9 +191,19 @@ class Module:
     def __call__(self, *inputs: Any, **kwargs: Any) -> Any:
         out = self.forward(*inputs, **kwargs)
         calls = _trace.calls
-        if calls is not None and not self._modules:
+        # summary() rows: the leaves, and modules holding parameters of their own beside their
+        # children (a scale, a bias added in forward), whose row comes after their children's.
+        if calls is not None and (not self._modules or self._params):
             calls.append((self, _shape_of(inputs[0]) if inputs else (), _shape_of(out)))
         return out
+
+    def backward(self, *args: Any, **kwargs: Any) -> None:
+        """Removed: the tape computes the gradients; this says so instead of an AttributeError
+        (code written for the old per-layer API calls it)."""
+        raise TypeError(
+            "Module.backward was removed: gradients come from the tape; call loss.backward() "
+            f"on the loss computed from the {type(self).__name__}'s output"
+        )
 
     # -- structure ---------------------------------------------------------------------------
 
@@ -364,7 +374,9 @@ class Module:
     def summary(self, input_shape: Shape, print_fn: Any = print) -> str:
         """A table of the layers as forward runs them (one row per call, so a layer applied
         twice has two rows): output shape, parameters, receptive field, and what a dense layer
-        with the same input and output sizes would cost (what weight sharing saves).
+        with the same input and output sizes would cost (what weight sharing saves). A module
+        with parameters of its own beside its children gets an "(own)" row for them after its
+        children's, so that the total is num_parameters() (of what forward uses).
 
         input_shape is one example's shape without the batch axis, e.g. (1, 28, 28) or (784,).
         It runs forward once on zeros, in evaluation mode, without recording a tape.
@@ -386,20 +398,26 @@ class Module:
         for layer, shape, out in calls:
             params = sum(p.data.size for p in layer._params.values() if id(p) not in counted)
             counted.update(id(p) for p in layer._params.values())
-            win = layer.window()
+            # A container's own parameters: not a layer, so no window; dense layers in place of
+            # its children would still need them, so they are their own dense equivalent.
+            own = bool(layer._modules)
+            win = None if own else layer.window()
             if win is not None:
                 (kh, kw), (sh, sw) = win
                 rf = (rf[0] + (kh - 1) * jump[0], rf[1] + (kw - 1) * jump[1])
                 jump = (jump[0] * sh, jump[1] * sw)
             dense = 0
-            if layer._params:
+            if own:
+                dense = params
+            elif layer._params:
                 n_in, n_out = math.prod(shape[1:]), math.prod(out[1:])
                 dense = n_in * n_out + n_out
             total += params
             dense_total += dense
+            label = f"{names.get(id(layer), '?')} {type(layer).__name__}"
             rows.append(
                 (
-                    f"{names.get(id(layer), '?')} {type(layer).__name__}",
+                    f"{label.lstrip()} (own)" if own else label,
                     str(out[1:]),
                     f"{params:,}",
                     f"{rf[0]}x{rf[1]}" if len(out) == 4 else "-",
