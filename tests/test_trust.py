@@ -611,7 +611,11 @@ def test_a_missing_optional_package_names_what_to_install(tmp_path, monkeypatch,
                                                          words):  # fmt: skip
     """simdnn has no release on the package index, so a hint such as "simdnn[examples]" would
     install nothing: the messages name the packages themselves."""
-    monkeypatch.setitem(sys.modules, missing, None)  # importing it now raises ImportError
+    # Importing it now raises ImportError; its submodules too, which an earlier test may have
+    # imported (sys.modules answers "sklearn.datasets" without looking at "sklearn").
+    for name in [m for m in sys.modules if m == missing or m.startswith(missing + ".")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, missing, None)
     with pytest.raises(ImportError, match=words) as info:
         call(tmp_path)
     assert "simdnn[" not in str(info.value)
