@@ -38,7 +38,7 @@ namespace {
 // The taps of one window row for a block of n outputs (n == W for kFull). row: the input row,
 // column 0; c0: the input column of tap 0 of the block's first window (negative in a left edge
 // block); k0 = r * S. kFirst: the window's first row, whose first tap initialises the state.
-template <class V, class Op, int KS, int KSW, int kMode, bool kFirst>
+template <class V, class Op, int KS, int KSW, int kMode, bool kFirst, bool kPad>
 inline void fwd_row_taps(typename Op::State& st, const typename V::T* row, int64_t c0,
                          const Geom& g, int64_t k0, int n) {
   constexpr int W = V::W;
@@ -52,7 +52,7 @@ inline void fwd_row_taps(typename Op::State& st, const typename V::T* row, int64
       const int cnt = (kMode == kFull ? 2 * W : 2 * n) - (pair ? 0 : 1);
       const int64_t b = c0 + s;
       R e, o;
-      if (kMode == kFull && pair) {
+      if (kPad || (kMode == kFull && pair)) {
         V::load2(row + b, e, o);
       } else if (kMode != kEdge) {
         V::load2n(row + b, cnt, e, o);
@@ -71,7 +71,9 @@ inline void fwd_row_taps(typename Op::State& st, const typename V::T* row, int64
     for (int64_t s = 0; s < S; ++s) {
       const int64_t b = c0 + s;
       R v;
-      if (KSW == 1) {
+      if (KSW == 1 && kPad) {
+        v = V::load(row + b);
+      } else if (KSW == 1) {
         v = kMode == kEdge ? V::loadr(shifted(row, b), clamp_int(-b, 0, n),
                                       clamp_int(g.w - b, 0, n), Op::fill())
                            : load_mode<V, kMode>(row + b, 0, n, Op::fill());
@@ -88,25 +90,92 @@ inline void fwd_row_taps(typename Op::State& st, const typename V::T* row, int64
 }
 
 // One block of n outputs starting at column q0 of output row p (all rows of its windows).
-template <class V, class Op, int KS, int KSW, int kMode>
+// kPad: the rows are padded copies (row stride ld) whose every load is a plain vector load.
+template <class V, class Op, int KS, int KSW, int kMode, bool kPad>
 inline void fwd_block(const Geom& g, const RowCtx<typename V::T>& c, const typename V::T* row0,
-                      const typename Op::Out& out, int64_t off, int64_t q0, int n) {
+                      int64_t ld, const typename Op::Out& out, int64_t off, int64_t q0, int n) {
   typename Op::State st{};
   const int64_t c0 = q0 * g.sw - g.pw;
-  fwd_row_taps<V, Op, KS, KSW, kMode, true>(st, row0, c0, g, c.rs.r0 * g.s, n);
+  fwd_row_taps<V, Op, KS, KSW, kMode, true, kPad>(st, row0, c0, g, c.rs.r0 * g.s, n);
   for (int64_t r = c.rs.r0 + 1; r < c.rs.r1; ++r) {
-    fwd_row_taps<V, Op, KS, KSW, kMode, false>(st, row0 + (r - c.rs.r0) * g.w, c0, g, r * g.s, n);
+    fwd_row_taps<V, Op, KS, KSW, kMode, false, kPad>(st, row0 + (r - c.rs.r0) * ld, c0, g, r * g.s,
+                                                     n);
   }
   Op::store(out, off + q0, st, c, q0, n, kMode == kEdge);
 }
 
+// Input rows copied into padded scratch rows: fill, the row, fill, with input column c at c + pw
+// and slack for a full 2W-element load from the last block. Blocks that reach the padding or end
+// in a partial vector then load like clean ones. Why: on AMD Zen 5 the ranged (masked) loads of
+// those blocks cost about 5x a plain load when the input streams from memory (in L1 they cost
+// the same). Measured on one core, 64x64 planes, float32, max pool:
+//   3x3/s2 padding 1 on 32x32 (every block an edge block): 4.8-5.1 ms ranged, 1.8-2.0 ms copied;
+//   3x3/s2 on 32x32 (15 outputs: one partial block per row): 3.1-3.3 ms, 1.7 ms;
+//   3x3/s2 padding 1 on 34x34: 5.4-6.0 ms, 2.8-3.0 ms;
+//   3x3/s2 on 33x33 (every block full and inside): 1.0 ms direct, 1.9 ms copied, so such rows
+//   are not copied.
+// AVX2 (blend-based ranged loads) gave 2.65 ms on the first shape before. The rows of a chunk
+// of output rows are copied at once, each input row once per chunk.
+struct PadRows {
+  int64_t ld;     // elements per padded row
+  int64_t chunk;  // input rows padded at a time (about 24 KiB: L1 on every AVX-512 part)
+};
+
+template <typename T>
+PadRows pad_rows_geometry(const Geom& g, int w_lanes) {
+  PadRows pr;
+  pr.ld = round_up((g.q - 1) * g.sw + g.s + 2 * w_lanes, 16);  // a 2W load from the last block
+  pr.chunk = max64(g.r, (int64_t(24) << 10) / (pr.ld * static_cast<int64_t>(sizeof(T))));
+  return pr;
+}
+
+// Row `row` into dst: the left padding, the input, then fill to the end of the padded row (the
+// right padding that windows reach, and the slack that only lanes past a block's end read, so
+// that no lane reads uninitialised scratch). Inline vectors and a scalar tail: a memcpy call per
+// row cost about as much as the pooling of that row (33-element rows); filling a whole chunk of
+// scratch per plane instead of per row cost 2 ms of the 64x64x32x32 pool.
+template <class V>
+void pad_row(const typename V::T* row, const Geom& g, int64_t ld, typename V::T fill,
+             typename V::T* dst) {
+  using T = typename V::T;
+  const int64_t left = min64(g.pw, ld), mid = min64(g.w, ld - left);
+  for (int64_t j = 0; j < left; ++j) dst[j] = fill;
+  T* d = dst + left;
+  int64_t j = 0;
+  for (; j + V::W <= mid; j += V::W) V::store(d + j, V::load(row + j));
+  for (; j < mid; ++j) d[j] = row[j];
+  const typename V::V f = V::set1(fill);
+  int64_t k = left + mid;
+  for (; k + V::W <= ld; k += V::W) V::store(dst + k, f);
+  for (; k < ld; ++k) dst[k] = fill;
+}
+
+// The vector blocks [va, vb) of output row p; row0 is the first in-bounds window row, ld the row
+// stride (padded copies when kPad).
+template <class V, class Op, int KS, int KSW, bool kPad>
+void fwd_row_blocks(const Geom& g, const RowCtx<typename V::T>& c, const typename V::T* row0,
+                    int64_t ld, const typename Op::Out& out, int64_t off, int64_t va, int64_t vb) {
+  constexpr int W = V::W;
+  for (int64_t q0 = va; q0 < vb; q0 += W) {
+    const int n = static_cast<int>(min64(W, vb - q0));
+    if (q0 < g.qi_lo || q0 + n > g.qi_hi) {
+      fwd_block<V, Op, KS, KSW, kEdge, kPad>(g, c, row0, ld, out, off, q0, n);
+    } else if (n == W) {
+      fwd_block<V, Op, KS, KSW, kFull, kPad>(g, c, row0, ld, out, off, q0, n);
+    } else {
+      fwd_block<V, Op, KS, KSW, kTail, kPad>(g, c, row0, ld, out, off, q0, n);
+    }
+  }
+}
+
 // Output rows [pa, pb) of one plane. KS: window width when fixed at compile time (0: g.s); KSW:
-// 1, 2, or 0 for any stride (gathers). vec: whether the vector path may be used at all.
+// 1, 2, or 0 for any stride (gathers). vec: whether the vector path may be used at all. pad:
+// scratch for pad_rows_geometry's chunk of padded rows, or null (gathers, scalar windows).
 template <class V, class Op, int KS, int KSW>
 void fwd_rows(const Geom& g, bool include_pad, bool vec, const ColTables<typename V::T>& tab,
-              const typename V::T* x, const typename Op::Out& out, int64_t pa, int64_t pb) {
+              const typename V::T* x, const typename Op::Out& out, int64_t pa, int64_t pb,
+              typename V::T* pad) {
   using T = typename V::T;
-  constexpr int W = V::W;
   // Vector blocks cover [va, vb): every column when edge blocks can be vectorised (sw 1 or 2),
   // the interior columns otherwise; the rest are scalar windows.
   int64_t va = g.q, vb = g.q;
@@ -114,6 +183,14 @@ void fwd_rows(const Geom& g, bool include_pad, bool vec, const ColTables<typenam
     va = KSW ? 0 : g.qi_lo;
     vb = KSW ? g.q : g.qi_hi;
   }
+  // Only rows with an edge or a partial block go through the copies: where every block is full
+  // and inside, plain loads from x are already what the copies would give, and the copies cost
+  // (64x64x33x33 3x3/s2: 1.04 ms direct, 1.9 ms copied, one core).
+  const bool padded = KSW != 0 && vec && pad != nullptr && va < vb &&
+                      (g.qi_lo > va || g.qi_hi < vb || (vb - va) % V::W != 0);
+  const PadRows pr = pad_rows_geometry<T>(g, V::W);
+  // Padded input rows [pad_lo, pad_hi) are in the scratch, row i at pad + (i - pad_lo) * ld.
+  int64_t pad_lo = 0, pad_hi = 0;
   for (int64_t p = pa; p < pb; ++p) {
     RowCtx<T> c{row_span(g, p), g.s, include_pad, T(0), tab};
     c.div = static_cast<T>(include_pad ? g.r * g.s : (c.rs.r1 - c.rs.r0) * g.s);
@@ -122,15 +199,20 @@ void fwd_rows(const Geom& g, bool include_pad, bool vec, const ColTables<typenam
     for (int64_t q = 0; q < va; ++q) {
       Op::window(g, c.rs, col_span(g, q), row0, include_pad, out, off + q);
     }
-    for (int64_t q0 = va; q0 < vb; q0 += W) {
-      const int n = static_cast<int>(min64(W, vb - q0));
-      if (q0 < g.qi_lo || q0 + n > g.qi_hi) {
-        fwd_block<V, Op, KS, KSW, kEdge>(g, c, row0, out, off, q0, n);
-      } else if (n == W) {
-        fwd_block<V, Op, KS, KSW, kFull>(g, c, row0, out, off, q0, n);
-      } else {
-        fwd_block<V, Op, KS, KSW, kTail>(g, c, row0, out, off, q0, n);
+    if (padded) {
+      const int64_t first = c.rs.ih0 + c.rs.r0, last = c.rs.ih0 + c.rs.r1;
+      if (first < pad_lo || last > pad_hi) {
+        // The next chunk: from this row's first input row, as many rows as fit.
+        pad_lo = first;
+        pad_hi = min64(g.h, first + pr.chunk);
+        for (int64_t i = pad_lo; i < pad_hi; ++i) {
+          pad_row<V>(x + i * g.w, g, pr.ld, Op::fill(), pad + (i - pad_lo) * pr.ld);
+        }
       }
+      fwd_row_blocks<V, Op, KS, KSW, true>(g, c, pad + (first - pad_lo) * pr.ld + g.pw, pr.ld, out,
+                                           off, va, vb);
+    } else {
+      fwd_row_blocks<V, Op, KS, KSW, false>(g, c, row0, g.w, out, off, va, vb);
     }
     for (int64_t q = vb; q < g.q; ++q) {
       Op::window(g, c.rs, col_span(g, q), row0, include_pad, out, off + q);
@@ -160,9 +242,18 @@ void fwd_planes(const Pool2d& pl, bool include_pad, const typename V::T* x, void
   }
   const ColTables<T> tab = make_col_tables<T>(g);
   const Split sp = make_split(planes, g.p, planes * g.h * g.w, pl.nthreads);
+  // Padded rows (R of them) for the vector paths of strides 1 and 2, in the task's thread's
+  // scratch (pack_aux: op_scratch holds the calling thread's column tables). Windows over 64 rows
+  // keep the ranged loads instead of a large buffer.
+  const bool pad_ok = vec && (g.sw == 1 || g.sw == 2) && g.r <= 64;
+  const size_t pad_bytes = pad_ok ? static_cast<size_t>(pad_rows_geometry<T>(g, V::W).chunk *
+                                                        pad_rows_geometry<T>(g, V::W).ld) *
+                                        sizeof(T)
+                                  : 0;
   parallel_tasks(sp, [&](int64_t plane, int64_t b) -> int64_t {
+    T* pad = pad_ok ? static_cast<T*>(workspace(WorkspaceSlot::pack_aux, pad_bytes)) : nullptr;
     rows(g, include_pad, vec, tab, x + plane * g.h * g.w, Op::out_at(y, idx, plane * g.p * g.q),
-         block_begin(g.p, sp.blocks, b), block_begin(g.p, sp.blocks, b + 1));
+         block_begin(g.p, sp.blocks, b), block_begin(g.p, sp.blocks, b + 1), pad);
     return 0;
   });
 }

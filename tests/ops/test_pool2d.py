@@ -69,6 +69,10 @@ EDGE_CASES: list[Case] = [
     ((1, 1, 13, 45), (2, 2), (3, 3), 1),  # stride > kernel: gaps no window covers
     ((2, 1, 5, 7), 2, (2**62, 1), 1),  # a stride no product of which may overflow
     ((1, 2, 6, 5), 3, (1, 2**63 - 1), 1),
+    # Taller than one chunk of padded rows (64 float32 or 32 float64 rows of 32-ish elements),
+    # with edge and partial blocks: the copies are made again part-way down the plane.
+    ((1, 1, 150, 37), 3, 2, 1),
+    ((1, 1, 90, 21), 3, 1, 1),
 ]
 
 
