@@ -5,7 +5,13 @@ Modes (first argument):
     single OUT     without mpiexec: fit(distributed=True) and fit() on every CASE, both written
     raise          rank 1 raises in the middle of training
     exit           rank 1 exits (status 0) in the middle of training
+    raise_before_init  rank 1 raises before it joins the job (rank 0 waits in init)
+    exit_before_init   rank 1 exits (status 0) before it joins the job
     api OUT        the collectives of simdnn.distributed, checked on every rank
+The failing rank of raise_before_init and exit_before_init prints ``FAILS_AT=<time.time()>``
+just before it fails, and rank 0 prints ``WAITS_AT=...`` as it enters init: the test times the
+end of the job from there, not from the launch, which a loaded machine may slow down by any
+amount.
 The test process computes the single-process references with :func:`run_case` itself.
 """
 
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -103,6 +110,19 @@ def run_case(case: dict[str, Any], distributed: bool, rank: int = 0) -> dict[str
     return out
 
 
+def mark(what: str) -> None:
+    """Print a marker the test times the job's end from (see the module docstring)."""
+    print(f"{what}={time.time()!r}", flush=True)
+
+
+def launcher_rank() -> int:
+    """This process's rank as the launcher set it, readable before MPI is initialised."""
+    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    raise SystemExit("dist_worker: no rank in the environment (not started by mpiexec?)")
+
+
 def flat(result: dict[str, np.ndarray], case: str) -> dict[str, np.ndarray]:
     return {f"{case}/{k}": v for k, v in result.items()}
 
@@ -120,10 +140,21 @@ def main(argv: list[str]) -> int:
         arrays["size"] = np.array(distributed.size())
         np.savez(os.path.join(out, "single.npz"), **arrays)
         return 0
+    if mode in ("raise_before_init", "exit_before_init") and launcher_rank() == 1:
+        # The others wait in init for a rank that never joins: init's own timeout must end
+        # the job (the launcher does not).
+        mark("FAILS_AT")
+        if mode == "raise_before_init":
+            raise RuntimeError("rank 1 fails before init on purpose")
+        sys.exit(0)
     from simdnn import distributed
 
+    if mode in ("raise_before_init", "exit_before_init"):
+        mark("WAITS_AT")  # init's clock starts now
     distributed.init(threads=1)
     rank = distributed.rank()
+    if mode in ("raise_before_init", "exit_before_init"):
+        raise AssertionError("init returned although rank 1 never joined")
     if mode == "equality":
         arrays = {}
         for case in CASES:

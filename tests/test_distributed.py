@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -140,6 +141,23 @@ def test_collectives_and_broadcasts(tmp_path):
     assert rc == 0, log
 
 
+def seconds_since(log: str, *markers: str) -> float:
+    """Seconds from the latest of the workers' `markers` (dist_worker.mark: FAILS_AT from the
+    failing rank, WAITS_AT from a rank about to wait for it) to now: how long the job outlived
+    the failure, whatever the launch and start-up cost on a loaded machine."""
+    times = []
+    for marker in markers:
+        found = re.findall(rf"{marker}=([0-9.]+)", log)
+        assert len(found) == 1, f"expected one {marker} marker from the workers:\n{log}"
+        times.append(float(found[0]))
+    return time.time() - max(times)
+
+
+# The watchdog's deadline in these tests, and the slack allowed after it for the abort to reach
+# every rank and the launcher to end the job.
+DEADLINE, SLACK = 5, 10
+
+
 @needs_mpi
 def test_rank_that_raises_ends_the_job(tmp_path):
     rc, log, seconds = launch(["raise"], ranks=2, timeout=60)
@@ -154,6 +172,22 @@ def test_rank_that_exits_early_is_caught_by_the_watchdog():
     assert rc != 0, log
     assert "waited more than 2 s" in log, log
     assert 2 <= seconds < 30, f"the job took {seconds:.1f} s to end"
+
+
+@needs_mpi
+@pytest.mark.parametrize("mode", ["raise_before_init", "exit_before_init"])
+def test_rank_that_fails_before_init_ends_the_job(mode):
+    """Rank 1 raises or exits before it joins: rank 0 waits in init (MPI_Init and the
+    collectives of joining, the GIL held) and the launcher would wait for it forever; init's own
+    timeout ends the job with a non-zero status."""
+    rc, log, _ = launch([mode], ranks=2, env={"SIMDNN_DIST_TIMEOUT": str(DEADLINE)})
+    assert rc != 0, log
+    assert "Timeout (" in log, log  # faulthandler's stack dump from rank 0's init
+    assert "distributed.py" in log, log
+    # From the later of rank 1's failure and rank 0's entry into init, where its clock starts
+    # (rank 0's start-up may take longer than rank 1's on a loaded machine).
+    after = seconds_since(log, "FAILS_AT", "WAITS_AT")
+    assert after < DEADLINE + SLACK, f"the job ended {after:.1f} s after rank 0 started waiting"
 
 
 @needs_mpi

@@ -24,11 +24,13 @@ extension does not depend on MPI.
 - Failures end the job instead of hanging it: an unhandled exception on any rank aborts every
   rank (non-zero exit), and a watchdog aborts the job when a collective waits longer than
   ``SIMDNN_DIST_TIMEOUT`` seconds (300 by default; 0 turns it off), which is what happens when
-  another rank has exited early or hangs.
+  another rank has exited early or hangs. Joining the job is covered too: a rank whose init
+  waits that long for a rank that failed before joining exits (status 1) with a stack dump.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import math
 import os
 import sys
@@ -137,18 +139,30 @@ class _Job:
 
     def __init__(self, threads: int | None, timeout: float) -> None:
         _yield_when_oversubscribed()
-        MPI = _mpi()
-        self.MPI = MPI
-        # A private duplicate: collectives here never match a user's on COMM_WORLD.
-        self.comm = MPI.COMM_WORLD.Dup()
-        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
-        self.local = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
-        self.local_rank, self.local_size = self.local.Get_rank(), self.local.Get_size()
-        self.hosts: list[str] = self.comm.allgather(MPI.Get_processor_name())
-        self.timeout = timeout
-        self.comm_seconds = 0.0
-        self.comm_calls = 0
-        self.threads_set_by = self._set_threads(threads)
+        # Joining waits for every rank: a rank that raised or exited before its init leaves the
+        # others in MPI_Init (or the collectives below) forever, and the launcher does not end
+        # the job for it. The _Watchdog thread cannot help there (it starts after, and MPI_Init
+        # holds the GIL), so faulthandler's timer, a C thread, covers the join: past the
+        # deadline it prints the stacks and exits with status 1, which ends the job. It is the
+        # process's one such timer, so an earlier dump_traceback_later is replaced.
+        if timeout > 0:
+            faulthandler.dump_traceback_later(timeout, exit=True, file=_stderr_for_faulthandler())
+        try:
+            MPI = _mpi()
+            self.MPI = MPI
+            # A private duplicate: collectives here never match a user's on COMM_WORLD.
+            self.comm = MPI.COMM_WORLD.Dup()
+            self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+            self.local = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+            self.local_rank, self.local_size = self.local.Get_rank(), self.local.Get_size()
+            self.hosts: list[str] = self.comm.allgather(MPI.Get_processor_name())
+            self.timeout = timeout
+            self.comm_seconds = 0.0
+            self.comm_calls = 0
+            self.threads_set_by = self._set_threads(threads)
+        finally:
+            if timeout > 0:
+                faulthandler.cancel_dump_traceback_later()
         self.watchdog = _Watchdog(self.comm, timeout, self.rank) if timeout > 0 else None
         if self.size > 1:
             self._abort_on_exception()
@@ -217,6 +231,16 @@ def _yield_when_oversubscribed() -> None:
         os.environ[HEAVY_YIELD] = "1"
 
 
+def _stderr_for_faulthandler() -> Any:
+    """sys.stderr if it has a file descriptor (faulthandler writes to one), else descriptor 2:
+    a replaced stderr (a test's capture, a notebook) may have none."""
+    try:
+        sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):
+        return 2
+    return sys.stderr
+
+
 def _affinity() -> set[int]:
     try:
         return set(os.sched_getaffinity(0))
@@ -246,7 +270,9 @@ def init(threads: int | None = None, timeout: float | None = None) -> None:
     this rank may use divided by the ranks on its node (all cores for a single rank); a
     RuntimeWarning says when the node's ranks x threads exceed its cores.
     timeout: seconds a collective may wait before the watchdog aborts the whole job; default
-    ``SIMDNN_DIST_TIMEOUT`` or 300; 0 turns the watchdog off.
+    ``SIMDNN_DIST_TIMEOUT`` or 300; 0 turns the watchdog off. This call itself waits for every
+    rank to join: past the same timeout it prints the stacks (faulthandler's "Timeout" dump) and
+    exits with status 1, which ends the job when another rank failed before its init.
 
     Run without ``mpiexec`` it forms a job of one rank, and everything here works unchanged.
     Raises ImportError naming ``simdnn[distributed]`` when mpi4py is not installed.
