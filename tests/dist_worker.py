@@ -8,10 +8,10 @@ Modes (first argument):
     raise_before_init  rank 1 raises before it joins the job (rank 0 waits in init)
     exit_before_init   rank 1 exits (status 0) before it joins the job
     api OUT        the collectives of simdnn.distributed, checked on every rank
-The failing rank of raise_before_init and exit_before_init prints ``FAILS_AT=<time.time()>``
-just before it fails, and rank 0 prints ``WAITS_AT=...`` as it enters init: the test times the
-end of the job from there, not from the launch, which a loaded machine may slow down by any
-amount.
+The failing rank of raise, exit, raise_before_init and exit_before_init prints
+``FAILS_AT=<time.time()>`` just before it fails (and in the *_before_init modes rank 0 prints
+``WAITS_AT=...`` as it enters init): the test times the end of the job from there, not from the
+launch, which a loaded machine may slow down by any amount.
 The test process computes the single-process references with :func:`run_case` itself.
 """
 
@@ -166,6 +166,7 @@ def main(argv: list[str]) -> int:
         class Fail(simdnn.Callback):
             def on_epoch_end(self, epoch: int, logs: dict[str, float], model: Any) -> bool:
                 if rank == 1 and epoch == 1:
+                    mark("FAILS_AT")
                     if mode == "raise":
                         raise RuntimeError("rank 1 fails on purpose")
                     sys.exit(0)
