@@ -7,6 +7,7 @@ Modes (first argument):
     exit           rank 1 exits (status 0) in the middle of training
     raise_before_init  rank 1 raises before it joins the job (rank 0 waits in init)
     exit_before_init   rank 1 exits (status 0) before it joins the job
+    threads        simdnn.set_num_threads before init: init keeps it (asserted on every rank)
     api OUT        the collectives of simdnn.distributed, checked on every rank
 The failing rank of raise, exit, raise_before_init and exit_before_init prints
 ``FAILS_AT=<time.time()>`` just before it fails (and in the *_before_init modes rank 0 prints
@@ -20,6 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -149,6 +151,18 @@ def main(argv: list[str]) -> int:
         sys.exit(0)
     from simdnn import distributed
 
+    if mode == "threads":
+        # A count the default (cores per node / ranks per node) does not give on 2 ranks, and
+        # that set_num_threads does not clamp (the cap counts a cgroup CPU quota too).
+        wanted = simdnn.cpu_info()["thread_cap"]
+        simdnn.set_num_threads(wanted)
+        with warnings.catch_warnings():  # wanted x 2 ranks oversubscribes: init says so
+            warnings.simplefilter("ignore", RuntimeWarning)
+            distributed.init()
+        got = (simdnn.get_num_threads(), distributed._get().threads_set_by)
+        assert got == (wanted, "simdnn.set_num_threads()"), got
+        print(f"rank {distributed.rank()} threads {got[0]} set by {got[1]}", flush=True)
+        return 0
     if mode in ("raise_before_init", "exit_before_init"):
         mark("WAITS_AT")  # init's clock starts now
     distributed.init(threads=1)

@@ -46,16 +46,17 @@ def launch(
     args: list[str],
     ranks: int | None,
     timeout: float = 300.0,
-    env: dict[str, str] | None = None,
+    env: dict[str, str | None] | None = None,
 ) -> tuple[int, str, float]:
     """Run the worker (under mpiexec -n `ranks`, or alone when None) in its own process group;
     kill the whole group if it outlives `timeout` (generous: a loaded machine may start and run
-    the ranks slowly; a real hang is still killed).
+    the ranks slowly; a real hang is still killed). env: variables to set, None to remove.
     Returns (exit status, stdout and stderr, seconds)."""
     cmd = [sys.executable, str(WORKER), *args]
     if ranks is not None:
         cmd = [mpiexec(), "-n", str(ranks), *cmd]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         cmd,
@@ -201,6 +202,15 @@ def test_rank_that_fails_before_init_ends_the_job(mode):
     # (rank 0's start-up may take longer than rank 1's on a loaded machine).
     after = seconds_since(log, "FAILS_AT", "WAITS_AT")
     assert after < DEADLINE + SLACK, f"the job ended {after:.1f} s after rank 0 started waiting"
+
+
+@needs_mpi
+def test_set_num_threads_before_init_is_kept():
+    """simdnn.set_num_threads before init wins over init's cores-per-rank default (asserted on
+    both ranks by dist_worker; OMP_NUM_THREADS unset, as the default then divides the cores)."""
+    rc, log, _ = launch(["threads"], ranks=2, env={"OMP_NUM_THREADS": None})
+    assert rc == 0, log
+    assert log.count("set by simdnn.set_num_threads()") == 2, log
 
 
 @needs_mpi

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _runtime
+from . import _core, _runtime
 from .nn.module import Module, Parameter
 
 if TYPE_CHECKING:
@@ -168,20 +168,24 @@ class _Job:
             self._abort_on_exception()
 
     def _set_threads(self, threads: int | None) -> str:
-        """Kernel threads per rank: `threads` if given; else OMP_NUM_THREADS if set; else the
-        cores this rank may run on, divided among the ranks of the node. Warns (local rank 0)
-        when the node's ranks x threads exceed its cores: a 10-100x collapse, measured."""
+        """Kernel threads per rank: `threads` if given; else the count simdnn.set_num_threads
+        set before init; else OMP_NUM_THREADS if set; else the cores this rank may run on,
+        divided among the ranks of the node. Warns (local rank 0) when the node's ranks x
+        threads exceed its cores: a 10-100x collapse, measured."""
         cpus = _affinity()
         node_cpus = set().union(*self.local.allgather(cpus))
+        # _core, not _runtime.set_num_threads: init's own choice is not the user's.
         if threads is not None:
-            _runtime.set_num_threads(threads)
+            _core.set_num_threads(threads)
             how = "init(threads=...)"
+        elif _runtime._set_by_user:
+            how = "simdnn.set_num_threads()"
         elif os.environ.get("OMP_NUM_THREADS"):
             how = "OMP_NUM_THREADS"
         elif self.local_size > 1:
             # Bound by mpiexec to fewer cores than the node has: use exactly those.
             mine = len(cpus) if len(cpus) < len(node_cpus) else len(node_cpus) // self.local_size
-            _runtime.set_num_threads(max(1, mine))
+            _core.set_num_threads(max(1, mine))
             how = "cores per node / ranks per node"
         else:
             how = "default (all cores)"
@@ -266,9 +270,10 @@ def _timeout_from_env() -> float:
 def init(threads: int | None = None, timeout: float | None = None) -> None:
     """Join the MPI job (MPI_Init through mpi4py); does nothing when already joined.
 
-    threads: kernel threads for this rank. By default ``OMP_NUM_THREADS`` if set, else the cores
-    this rank may use divided by the ranks on its node (all cores for a single rank); a
-    RuntimeWarning says when the node's ranks x threads exceed its cores.
+    threads: kernel threads for this rank. By default the count :func:`simdnn.set_num_threads`
+    set before this call, else ``OMP_NUM_THREADS`` if set, else the cores this rank may use
+    divided by the ranks on its node (all cores for a single rank); a RuntimeWarning says when
+    the node's ranks x threads exceed its cores.
     timeout: seconds a collective may wait before the watchdog aborts the whole job; default
     ``SIMDNN_DIST_TIMEOUT`` or 300; 0 turns the watchdog off. This call itself waits for every
     rank to join: past the same timeout it prints the stacks (faulthandler's "Timeout" dump) and
