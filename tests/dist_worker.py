@@ -7,6 +7,7 @@ Modes (first argument):
     exit           rank 1 exits (status 0) in the middle of training
     raise_before_init  rank 1 raises before it joins the job (rank 0 waits in init)
     exit_before_init   rank 1 exits (status 0) before it joins the job
+    batchnorm OUT  train a BatchNorm model; each rank writes OUT/rank{r}.npz
     threads        simdnn.set_num_threads before init: init keeps it (asserted on every rank)
     api OUT        the collectives of simdnn.distributed, checked on every rank
 The failing rank of raise, exit, raise_before_init and exit_before_init prints
@@ -125,6 +126,34 @@ def launcher_rank() -> int:
     raise SystemExit("dist_worker: no rank in the environment (not started by mpiexec?)")
 
 
+def train_batchnorm(rank: int) -> dict[str, np.ndarray]:
+    """A BatchNorm1d MLP trained with fit(distributed=True), with validation. Every rank starts
+    from other weights and other running statistics: fit must broadcast rank 0's."""
+    x, y = data(N, (4,), seed=1)
+    rng = np.random.default_rng(10 + rank)
+    model = nn.Sequential(
+        nn.Linear(4, 8, rng=rng), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3, rng=rng),
+    ).astype("float64")  # fmt: skip
+    bn = model[1]
+    bn.running_mean[...] = rank
+    bn.running_var[...] = 1 + rank
+    bn.num_batches_tracked[...] = rank
+    simdnn.fit(
+        model,
+        nn.CrossEntropyLoss(),
+        optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+        x,
+        y,
+        epochs=EPOCHS,
+        batch_size=8,
+        validation_data=data(11, (4,), seed=2),
+        seed=3,
+        progress=False,
+        distributed=True,
+    )
+    return model.state_dict()
+
+
 def flat(result: dict[str, np.ndarray], case: str) -> dict[str, np.ndarray]:
     return {f"{case}/{k}": v for k, v in result.items()}
 
@@ -169,6 +198,9 @@ def main(argv: list[str]) -> int:
     rank = distributed.rank()
     if mode in ("raise_before_init", "exit_before_init"):
         raise AssertionError("init returned although rank 1 never joined")
+    if mode == "batchnorm":
+        np.savez(os.path.join(argv[1], f"rank{rank}.npz"), **train_batchnorm(rank))
+        return 0
     if mode == "equality":
         arrays = {}
         for case in CASES:

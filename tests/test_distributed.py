@@ -214,6 +214,24 @@ def test_set_num_threads_before_init_is_kept():
 
 
 @needs_mpi
+def test_batchnorm_buffers_are_the_same_on_every_rank(tmp_path):
+    """Each rank's BatchNorm statistics come from its shares of the batches: fit broadcasts rank
+    0's buffers first and averages the running statistics over the ranks, so both ranks end
+    with identical buffers and weights (and the statistics moved from their start)."""
+    rc, log, _ = launch(["batchnorm", str(tmp_path)], ranks=2)
+    assert rc == 0, log
+    first, second = (dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(2))
+    assert sorted(first) == sorted(second)
+    assert {"1.running_mean", "1.running_var", "1.num_batches_tracked"} <= set(first)
+    for key in first:
+        np.testing.assert_array_equal(first[key], second[key], err_msg=key)
+    # 3 epochs of ceil(37 / 8) = 5 steps, counted as one process counts them (from rank 0's 0).
+    assert int(first["1.num_batches_tracked"]) == 15
+    assert not np.allclose(first["1.running_mean"], 0)
+    assert not np.allclose(first["1.running_var"], 1)
+
+
+@needs_mpi
 def test_distributed_check_command():
     cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "simdnn", "distributed-check"]
     proc = subprocess.run(

@@ -781,9 +781,16 @@ class _FitRun:
     # The figures that travel at the end of the gradient buffer, in the same allreduce.
     _LOSS, _CORRECT, _HAS_ACC, _NONFINITE = range(4)
 
-    def __init__(self, job: _Job, params: Sequence[Parameter], broadcast_order: bool) -> None:
+    def __init__(
+        self,
+        job: _Job,
+        params: Sequence[Parameter],
+        broadcast_order: bool,
+        model: Module | None = None,
+    ) -> None:
         self.job = job
         self.params = list(params)
+        self.model = model
         self.is_main = job.rank == 0
         self.broadcast_order = broadcast_order and job.size > 1
         self._buffer: _GradBuffer | None = None
@@ -835,6 +842,31 @@ class _FitRun:
             loss = math.nan
         return loss, (float(tail[self._CORRECT]) / global_n if tail[self._HAS_ACC] else None)
 
+    def sync_buffers(self) -> None:
+        """Make the model's buffers (BatchNorm's running statistics) the same on every rank:
+        floating-point ones averaged over the ranks, integer ones (BatchNorm's batch count) the
+        largest. Each rank's statistics come from its own shares of the batches, so they differ;
+        an exponential average is linear, so averaging at any point gives what averaging at the
+        end would. One small allreduce per dtype; fit calls it after each epoch's steps."""
+        if self.model is None or self.job.size == 1:
+            return
+        job = self.job
+        by_dtype: dict[np.dtype, list[np.ndarray]] = {}
+        for b in _buffers_of(self.model):
+            if b.dtype.kind in "fiu":
+                by_dtype.setdefault(b.dtype, []).append(b)
+        for dtype, group in by_dtype.items():
+            flat = np.concatenate([b.ravel() for b in group])
+            op = job.MPI.SUM if dtype.kind == "f" else job.MPI.MAX
+            with _Collective(job, "the buffer allreduce (BatchNorm statistics)"):
+                job.comm.Allreduce(job.MPI.IN_PLACE, flat, op=op)
+            if dtype.kind == "f":
+                flat /= job.size
+            offset = 0
+            for b in group:
+                b[...] = flat[offset : offset + b.size].reshape(b.shape)
+                offset += b.size
+
     def evaluate(
         self, model: Module, loss: Loss, x: np.ndarray, y: np.ndarray, batch_size: int
     ) -> dict[str, float | None]:
@@ -882,12 +914,27 @@ def _start_fit(
             "seed": None if seed is None else str(seed),
             "validation_n": validation_n,
             "parameters": [(p.shape, str(p.dtype)) for p in params],
+            "buffers": [(b.shape, str(b.dtype)) for b in _buffers_of(model)],
             "optimizer": type(optimizer).__name__,
         },
     )
     broadcast_parameters(params)
     broadcast_optimizer_state(optimizer)
-    return _FitRun(job, params, broadcast_order=seed is None and bool(shuffle))
+    if job.size > 1:
+        # Buffers too (BatchNorm's running statistics and batch count), as one process starts.
+        _bcast_arrays(job, _buffers_of(model), 0, "the buffer broadcast of fit")
+    return _FitRun(job, params, broadcast_order=seed is None and bool(shuffle), model=model)
+
+
+def _buffers_of(model: Module) -> list[np.ndarray]:
+    """The model's numeric buffers, each once (a buffer may be shared by two modules)."""
+    seen: set[int] = set()
+    out = []
+    for _, b in model.named_buffers():
+        if b.dtype.kind in "fiub" and id(b) not in seen:
+            seen.add(id(b))
+            out.append(b)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
