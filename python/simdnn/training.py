@@ -209,9 +209,9 @@ def fit(
     its share of every batch, the gradients are averaged weighted by the shares, and every rank
     ends with the weights one process would reach (up to float rounding). Every rank must call
     fit with the same data; rank 0's weights, buffers and optimiser state are broadcast first,
-    only rank 0 shows a progress bar, validation is split across the ranks. BatchNorm normalises
-    with each rank's own batch statistics (so a BatchNorm model's weights are not one
-    process's), and its running statistics are averaged over the ranks after every epoch.
+    only rank 0 shows a progress bar and warns, validation is split across the ranks. BatchNorm
+    normalises with each rank's own batch statistics (so a BatchNorm model's weights are not
+    one process's), and its running statistics are averaged over the ranks after every epoch.
     """
     x, y = _check_data(x, y, "fit")
     batch_size = _check_batch_size(batch_size, "fit")
@@ -311,7 +311,8 @@ def fit(
                         "stopped and the weights and optimiser state from before the last step "
                         "were restored"
                     )
-                    warnings.warn(f"fit: {history.stop_reason}", RuntimeWarning, stacklevel=2)
+                    if dist is None or dist.is_main:  # distributed: one warning, not one a rank
+                        warnings.warn(f"fit: {history.stop_reason}", RuntimeWarning, stacklevel=2)
                     stop = True
                     break
                 if dist is None:  # distributed: backward ran above, before the reduction
