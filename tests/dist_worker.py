@@ -5,7 +5,15 @@ Modes (first argument):
     single OUT     without mpiexec: fit(distributed=True) and fit() on every CASE, both written
     raise          rank 1 raises in the middle of training
     exit           rank 1 exits (status 0) in the middle of training
+    raise_before_init  rank 1 raises before it joins the job (rank 0 waits in init)
+    exit_before_init   rank 1 exits (status 0) before it joins the job
+    batchnorm OUT  train a BatchNorm model; each rank writes OUT/rank{r}.npz
+    threads        simdnn.set_num_threads before init: init keeps it (asserted on every rank)
     api OUT        the collectives of simdnn.distributed, checked on every rank
+The failing rank of raise, exit, raise_before_init and exit_before_init prints
+``FAILS_AT=<time.time()>`` just before it fails (and in the *_before_init modes rank 0 prints
+``WAITS_AT=...`` as it enters init): the test times the end of the job from there, not from the
+launch, which a loaded machine may slow down by any amount.
 The test process computes the single-process references with :func:`run_case` itself.
 """
 
@@ -13,6 +21,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -103,6 +113,47 @@ def run_case(case: dict[str, Any], distributed: bool, rank: int = 0) -> dict[str
     return out
 
 
+def mark(what: str) -> None:
+    """Print a marker the test times the job's end from (see the module docstring)."""
+    print(f"{what}={time.time()!r}", flush=True)
+
+
+def launcher_rank() -> int:
+    """This process's rank as the launcher set it, readable before MPI is initialised."""
+    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    raise SystemExit("dist_worker: no rank in the environment (not started by mpiexec?)")
+
+
+def train_batchnorm(rank: int) -> dict[str, np.ndarray]:
+    """A BatchNorm1d MLP trained with fit(distributed=True), with validation. Every rank starts
+    from other weights and other running statistics: fit must broadcast rank 0's."""
+    x, y = data(N, (4,), seed=1)
+    rng = np.random.default_rng(10 + rank)
+    model = nn.Sequential(
+        nn.Linear(4, 8, rng=rng), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3, rng=rng),
+    ).astype("float64")  # fmt: skip
+    bn = model[1]
+    bn.running_mean[...] = rank
+    bn.running_var[...] = 1 + rank
+    bn.num_batches_tracked[...] = rank
+    simdnn.fit(
+        model,
+        nn.CrossEntropyLoss(),
+        optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+        x,
+        y,
+        epochs=EPOCHS,
+        batch_size=8,
+        validation_data=data(11, (4,), seed=2),
+        seed=3,
+        progress=False,
+        distributed=True,
+    )
+    return model.state_dict()
+
+
 def flat(result: dict[str, np.ndarray], case: str) -> dict[str, np.ndarray]:
     return {f"{case}/{k}": v for k, v in result.items()}
 
@@ -120,10 +171,36 @@ def main(argv: list[str]) -> int:
         arrays["size"] = np.array(distributed.size())
         np.savez(os.path.join(out, "single.npz"), **arrays)
         return 0
+    if mode in ("raise_before_init", "exit_before_init") and launcher_rank() == 1:
+        # The others wait in init for a rank that never joins: init's own timeout must end
+        # the job (the launcher does not).
+        mark("FAILS_AT")
+        if mode == "raise_before_init":
+            raise RuntimeError("rank 1 fails before init on purpose")
+        sys.exit(0)
     from simdnn import distributed
 
+    if mode == "threads":
+        # A count the default (cores per node / ranks per node) does not give on 2 ranks, and
+        # that set_num_threads does not clamp (the cap counts a cgroup CPU quota too).
+        wanted = simdnn.cpu_info()["thread_cap"]
+        simdnn.set_num_threads(wanted)
+        with warnings.catch_warnings():  # wanted x 2 ranks oversubscribes: init says so
+            warnings.simplefilter("ignore", RuntimeWarning)
+            distributed.init()
+        got = (simdnn.get_num_threads(), distributed._get().threads_set_by)
+        assert got == (wanted, "simdnn.set_num_threads()"), got
+        print(f"rank {distributed.rank()} threads {got[0]} set by {got[1]}", flush=True)
+        return 0
+    if mode in ("raise_before_init", "exit_before_init"):
+        mark("WAITS_AT")  # init's clock starts now
     distributed.init(threads=1)
     rank = distributed.rank()
+    if mode in ("raise_before_init", "exit_before_init"):
+        raise AssertionError("init returned although rank 1 never joined")
+    if mode == "batchnorm":
+        np.savez(os.path.join(argv[1], f"rank{rank}.npz"), **train_batchnorm(rank))
+        return 0
     if mode == "equality":
         arrays = {}
         for case in CASES:
@@ -135,6 +212,7 @@ def main(argv: list[str]) -> int:
         class Fail(simdnn.Callback):
             def on_epoch_end(self, epoch: int, logs: dict[str, float], model: Any) -> bool:
                 if rank == 1 and epoch == 1:
+                    mark("FAILS_AT")
                     if mode == "raise":
                         raise RuntimeError("rank 1 fails on purpose")
                     sys.exit(0)

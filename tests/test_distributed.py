@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -42,14 +43,20 @@ def mpiexec() -> str:
 
 
 def launch(
-    args: list[str], ranks: int | None, timeout: float = 60.0, env: dict[str, str] | None = None
+    args: list[str],
+    ranks: int | None,
+    timeout: float = 300.0,
+    env: dict[str, str | None] | None = None,
 ) -> tuple[int, str, float]:
     """Run the worker (under mpiexec -n `ranks`, or alone when None) in its own process group;
-    kill the whole group if it outlives `timeout`. Returns (exit status, stderr, seconds)."""
+    kill the whole group if it outlives `timeout` (generous: a loaded machine may start and run
+    the ranks slowly; a real hang is still killed). env: variables to set, None to remove.
+    Returns (exit status, stdout and stderr, seconds)."""
     cmd = [sys.executable, str(WORKER), *args]
     if ranks is not None:
         cmd = [mpiexec(), "-n", str(ranks), *cmd]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         cmd,
@@ -94,6 +101,8 @@ def test_fit_on_ranks_equals_one_process(ranks, tmp_path, keep_generator):
 
     rc, log, _ = launch(["equality", str(tmp_path)], ranks)
     assert rc == 0, log
+    # The NaN case's warning comes from rank 0 only (every rank records the stop_reason).
+    assert log.count("loss became nan") == 1, log
     results = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(ranks)]
     for case in dist_worker.CASES:
         if case.get("nan"):
@@ -140,20 +149,88 @@ def test_collectives_and_broadcasts(tmp_path):
     assert rc == 0, log
 
 
+def seconds_since(log: str, *markers: str) -> float:
+    """Seconds from the latest of the workers' `markers` (dist_worker.mark: FAILS_AT from the
+    failing rank, WAITS_AT from a rank about to wait for it) to now: how long the job outlived
+    the failure, whatever the launch and start-up cost on a loaded machine."""
+    times = []
+    for marker in markers:
+        found = re.findall(rf"{marker}=([0-9.]+)", log)
+        assert len(found) == 1, f"expected one {marker} marker from the workers:\n{log}"
+        times.append(float(found[0]))
+    return time.time() - max(times)
+
+
+# The watchdog's deadline in these tests, and the slack allowed after it for the abort to reach
+# every rank and the launcher to end the job.
+DEADLINE, SLACK = 5, 10
+
+
 @needs_mpi
 def test_rank_that_raises_ends_the_job(tmp_path):
-    rc, log, seconds = launch(["raise"], ranks=2, timeout=60)
+    rc, log, _ = launch(["raise"], ranks=2, env={"SIMDNN_DIST_TIMEOUT": str(DEADLINE)})
     assert rc != 0, log
     assert "rank 1 raised RuntimeError; aborting the job" in log
-    assert seconds < 20, f"the job took {seconds:.1f} s to end"
+    after = seconds_since(log, "FAILS_AT")
+    assert after < DEADLINE + SLACK, f"the job ended {after:.1f} s after rank 1 raised"
+    # The exception hook aborted the job, not the watchdog after the deadline.
+    assert "waited more than" not in log, log
 
 
 @needs_mpi
 def test_rank_that_exits_early_is_caught_by_the_watchdog():
-    rc, log, seconds = launch(["exit"], ranks=2, timeout=60, env={"SIMDNN_DIST_TIMEOUT": "2"})
+    rc, log, _ = launch(["exit"], ranks=2, env={"SIMDNN_DIST_TIMEOUT": str(DEADLINE)})
     assert rc != 0, log
-    assert "waited more than 2 s" in log, log
-    assert 2 <= seconds < 30, f"the job took {seconds:.1f} s to end"
+    # Without the marker, rank 1 never reached the exit: a start-up slow enough to trip the
+    # watchdog, not the case under test.
+    assert "FAILS_AT=" in log, f"rank 1 did not reach its exit:\n{log}"
+    assert f"waited more than {DEADLINE} s" in log, log
+    # No lower bound: rank 0 may have started waiting before rank 1 printed its marker.
+    after = seconds_since(log, "FAILS_AT")
+    assert after < DEADLINE + SLACK, f"the job ended {after:.1f} s after rank 1 exited"
+
+
+@needs_mpi
+@pytest.mark.parametrize("mode", ["raise_before_init", "exit_before_init"])
+def test_rank_that_fails_before_init_ends_the_job(mode):
+    """Rank 1 raises or exits before it joins: rank 0 waits in init (MPI_Init and the
+    collectives of joining, the GIL held) and the launcher would wait for it forever; init's own
+    timeout ends the job with a non-zero status."""
+    rc, log, _ = launch([mode], ranks=2, env={"SIMDNN_DIST_TIMEOUT": str(DEADLINE)})
+    assert rc != 0, log
+    assert "Timeout (" in log, log  # faulthandler's stack dump from rank 0's init
+    assert "distributed.py" in log, log
+    # From the later of rank 1's failure and rank 0's entry into init, where its clock starts
+    # (rank 0's start-up may take longer than rank 1's on a loaded machine).
+    after = seconds_since(log, "FAILS_AT", "WAITS_AT")
+    assert after < DEADLINE + SLACK, f"the job ended {after:.1f} s after rank 0 started waiting"
+
+
+@needs_mpi
+def test_set_num_threads_before_init_is_kept():
+    """simdnn.set_num_threads before init wins over init's cores-per-rank default (asserted on
+    both ranks by dist_worker; OMP_NUM_THREADS unset, as the default then divides the cores)."""
+    rc, log, _ = launch(["threads"], ranks=2, env={"OMP_NUM_THREADS": None})
+    assert rc == 0, log
+    assert log.count("set by simdnn.set_num_threads()") == 2, log
+
+
+@needs_mpi
+def test_batchnorm_buffers_are_the_same_on_every_rank(tmp_path):
+    """Each rank's BatchNorm statistics come from its shares of the batches: fit broadcasts rank
+    0's buffers first and averages the running statistics over the ranks, so both ranks end
+    with identical buffers and weights (and the statistics moved from their start)."""
+    rc, log, _ = launch(["batchnorm", str(tmp_path)], ranks=2)
+    assert rc == 0, log
+    first, second = (dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(2))
+    assert sorted(first) == sorted(second)
+    assert {"1.running_mean", "1.running_var", "1.num_batches_tracked"} <= set(first)
+    for key in first:
+        np.testing.assert_array_equal(first[key], second[key], err_msg=key)
+    # 3 epochs of ceil(37 / 8) = 5 steps, counted as one process counts them (from rank 0's 0).
+    assert int(first["1.num_batches_tracked"]) == 15
+    assert not np.allclose(first["1.running_mean"], 0)
+    assert not np.allclose(first["1.running_var"], 1)
 
 
 @needs_mpi
@@ -163,7 +240,7 @@ def test_distributed_check_command():
         [*cmd, "--repeats", "3"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=300,
         start_new_session=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )

@@ -42,12 +42,21 @@ def get_num_threads() -> int:
     return _core.get_num_threads()
 
 
+# Whether the user chose the thread count with set_num_threads: simdnn.distributed.init() then
+# keeps that choice instead of dividing the node's cores among its ranks (it would otherwise
+# silently undo a call made before it).
+_set_by_user = False
+
+
 def set_num_threads(n: int) -> None:
     """Let each kernel use ``n >= 1`` threads. Affects calls made after it returns.
 
     ``n`` above the CPUs this process may run on is clamped to them, with a RuntimeWarning.
+    :func:`simdnn.distributed.init` keeps a count set here before it runs.
     """
+    global _set_by_user
     _core.set_num_threads(n)
+    _set_by_user = True  # after the call: a rejected n leaves the choice to init
 
 
 def empty_cache() -> None:

@@ -24,11 +24,13 @@ imports mpi4py until it is used, and the compiled extension does not depend on M
 - Failures end the job instead of hanging it: an unhandled exception on any rank aborts every
   rank (non-zero exit), and a watchdog aborts the job when a collective waits longer than
   ``SIMDNN_DIST_TIMEOUT`` seconds (300 by default; 0 turns it off), which is what happens when
-  another rank has exited early or hangs.
+  another rank has exited early or hangs. Joining the job is covered too: a rank whose init
+  waits that long for a rank that failed before joining exits (status 1) with a stack dump.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import math
 import os
 import sys
@@ -40,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _runtime
+from . import _core, _runtime
 from .nn.module import Module, Parameter
 
 if TYPE_CHECKING:
@@ -139,37 +141,53 @@ class _Job:
 
     def __init__(self, threads: int | None, timeout: float) -> None:
         _yield_when_oversubscribed()
-        MPI = _mpi()
-        self.MPI = MPI
-        # A private duplicate: collectives here never match a user's on COMM_WORLD.
-        self.comm = MPI.COMM_WORLD.Dup()
-        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
-        self.local = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
-        self.local_rank, self.local_size = self.local.Get_rank(), self.local.Get_size()
-        self.hosts: list[str] = self.comm.allgather(MPI.Get_processor_name())
-        self.timeout = timeout
-        self.comm_seconds = 0.0
-        self.comm_calls = 0
-        self.threads_set_by = self._set_threads(threads)
+        # Joining waits for every rank: a rank that raised or exited before its init leaves the
+        # others in MPI_Init (or the collectives below) forever, and the launcher does not end
+        # the job for it. The _Watchdog thread cannot help there (it starts after, and MPI_Init
+        # holds the GIL), so faulthandler's timer, a C thread, covers the join: past the
+        # deadline it prints the stacks and exits with status 1, which ends the job. It is the
+        # process's one such timer, so an earlier dump_traceback_later is replaced.
+        if timeout > 0:
+            faulthandler.dump_traceback_later(timeout, exit=True, file=_stderr_for_faulthandler())
+        try:
+            MPI = _mpi()
+            self.MPI = MPI
+            # A private duplicate: collectives here never match a user's on COMM_WORLD.
+            self.comm = MPI.COMM_WORLD.Dup()
+            self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+            self.local = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+            self.local_rank, self.local_size = self.local.Get_rank(), self.local.Get_size()
+            self.hosts: list[str] = self.comm.allgather(MPI.Get_processor_name())
+            self.timeout = timeout
+            self.comm_seconds = 0.0
+            self.comm_calls = 0
+            self.threads_set_by = self._set_threads(threads)
+        finally:
+            if timeout > 0:
+                faulthandler.cancel_dump_traceback_later()
         self.watchdog = _Watchdog(self.comm, timeout, self.rank) if timeout > 0 else None
         if self.size > 1:
             self._abort_on_exception()
 
     def _set_threads(self, threads: int | None) -> str:
-        """Kernel threads per rank: `threads` if given; else OMP_NUM_THREADS if set; else the
-        cores this rank may run on, divided among the ranks of the node. Warns (local rank 0)
-        when the node's ranks x threads exceed its cores: a 10-100x collapse, measured."""
+        """Kernel threads per rank: `threads` if given; else the count simdnn.set_num_threads
+        set before init; else OMP_NUM_THREADS if set; else the cores this rank may run on,
+        divided among the ranks of the node. Warns (local rank 0) when the node's ranks x
+        threads exceed its cores: a 10-100x collapse, measured."""
         cpus = _affinity()
         node_cpus = set().union(*self.local.allgather(cpus))
+        # _core, not _runtime.set_num_threads: init's own choice is not the user's.
         if threads is not None:
-            _runtime.set_num_threads(threads)
+            _core.set_num_threads(threads)
             how = "init(threads=...)"
+        elif _runtime._set_by_user:
+            how = "simdnn.set_num_threads()"
         elif os.environ.get("OMP_NUM_THREADS"):
             how = "OMP_NUM_THREADS"
         elif self.local_size > 1:
             # Bound by mpiexec to fewer cores than the node has: use exactly those.
             mine = len(cpus) if len(cpus) < len(node_cpus) else len(node_cpus) // self.local_size
-            _runtime.set_num_threads(max(1, mine))
+            _core.set_num_threads(max(1, mine))
             how = "cores per node / ranks per node"
         else:
             how = "default (all cores)"
@@ -219,6 +237,16 @@ def _yield_when_oversubscribed() -> None:
         os.environ[HEAVY_YIELD] = "1"
 
 
+def _stderr_for_faulthandler() -> Any:
+    """sys.stderr if it has a file descriptor (faulthandler writes to one), else descriptor 2:
+    a replaced stderr (a test's capture, a notebook) may have none."""
+    try:
+        sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):
+        return 2
+    return sys.stderr
+
+
 def _affinity() -> set[int]:
     try:
         return set(os.sched_getaffinity(0))
@@ -244,11 +272,14 @@ def _timeout_from_env() -> float:
 def init(threads: int | None = None, timeout: float | None = None) -> None:
     """Join the MPI job (MPI_Init through mpi4py); does nothing when already joined.
 
-    threads: kernel threads for this rank. By default ``OMP_NUM_THREADS`` if set, else the cores
-    this rank may use divided by the ranks on its node (all cores for a single rank); a
-    RuntimeWarning says when the node's ranks x threads exceed its cores.
+    threads: kernel threads for this rank. By default the count :func:`simdnn.set_num_threads`
+    set before this call, else ``OMP_NUM_THREADS`` if set, else the cores this rank may use
+    divided by the ranks on its node (all cores for a single rank); a RuntimeWarning says when
+    the node's ranks x threads exceed its cores.
     timeout: seconds a collective may wait before the watchdog aborts the whole job; default
-    ``SIMDNN_DIST_TIMEOUT`` or 300; 0 turns the watchdog off.
+    ``SIMDNN_DIST_TIMEOUT`` or 300; 0 turns the watchdog off. This call itself waits for every
+    rank to join: past the same timeout it prints the stacks (faulthandler's "Timeout" dump) and
+    exits with status 1, which ends the job when another rank failed before its init.
 
     Run without ``mpiexec`` it forms a job of one rank, and everything here works unchanged.
     Raises ImportError saying what to install (``pip install mpi4py mpich``) when mpi4py is not
@@ -753,9 +784,16 @@ class _FitRun:
     # The figures that travel at the end of the gradient buffer, in the same allreduce.
     _LOSS, _CORRECT, _HAS_ACC, _NONFINITE = range(4)
 
-    def __init__(self, job: _Job, params: Sequence[Parameter], broadcast_order: bool) -> None:
+    def __init__(
+        self,
+        job: _Job,
+        params: Sequence[Parameter],
+        broadcast_order: bool,
+        model: Module | None = None,
+    ) -> None:
         self.job = job
         self.params = list(params)
+        self.model = model
         self.is_main = job.rank == 0
         self.broadcast_order = broadcast_order and job.size > 1
         self._buffer: _GradBuffer | None = None
@@ -807,6 +845,31 @@ class _FitRun:
             loss = math.nan
         return loss, (float(tail[self._CORRECT]) / global_n if tail[self._HAS_ACC] else None)
 
+    def sync_buffers(self) -> None:
+        """Make the model's buffers (BatchNorm's running statistics) the same on every rank:
+        floating-point ones averaged over the ranks, integer ones (BatchNorm's batch count) the
+        largest. Each rank's statistics come from its own shares of the batches, so they differ;
+        an exponential average is linear, so averaging at any point gives what averaging at the
+        end would. One small allreduce per dtype; fit calls it after each epoch's steps."""
+        if self.model is None or self.job.size == 1:
+            return
+        job = self.job
+        by_dtype: dict[np.dtype, list[np.ndarray]] = {}
+        for b in _buffers_of(self.model):
+            if b.dtype.kind in "fiu":
+                by_dtype.setdefault(b.dtype, []).append(b)
+        for dtype, group in by_dtype.items():
+            flat = np.concatenate([b.ravel() for b in group])
+            op = job.MPI.SUM if dtype.kind == "f" else job.MPI.MAX
+            with _Collective(job, "the buffer allreduce (BatchNorm statistics)"):
+                job.comm.Allreduce(job.MPI.IN_PLACE, flat, op=op)
+            if dtype.kind == "f":
+                flat /= job.size
+            offset = 0
+            for b in group:
+                b[...] = flat[offset : offset + b.size].reshape(b.shape)
+                offset += b.size
+
     def evaluate(
         self, model: Module, loss: Loss, x: np.ndarray, y: np.ndarray, batch_size: int
     ) -> dict[str, float | None]:
@@ -854,12 +917,27 @@ def _start_fit(
             "seed": None if seed is None else str(seed),
             "validation_n": validation_n,
             "parameters": [(p.shape, str(p.dtype)) for p in params],
+            "buffers": [(b.shape, str(b.dtype)) for b in _buffers_of(model)],
             "optimizer": type(optimizer).__name__,
         },
     )
     broadcast_parameters(params)
     broadcast_optimizer_state(optimizer)
-    return _FitRun(job, params, broadcast_order=seed is None and bool(shuffle))
+    if job.size > 1:
+        # Buffers too (BatchNorm's running statistics and batch count), as one process starts.
+        _bcast_arrays(job, _buffers_of(model), 0, "the buffer broadcast of fit")
+    return _FitRun(job, params, broadcast_order=seed is None and bool(shuffle), model=model)
+
+
+def _buffers_of(model: Module) -> list[np.ndarray]:
+    """The model's numeric buffers, each once (a buffer may be shared by two modules)."""
+    seen: set[int] = set()
+    out = []
+    for _, b in model.named_buffers():
+        if b.dtype.kind in "fiub" and id(b) not in seen:
+            seen.add(id(b))
+            out.append(b)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

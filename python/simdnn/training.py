@@ -229,8 +229,10 @@ def fit(
     train.py``; see :mod:`simdnn.distributed`). batch_size is the global batch: each rank takes
     its share of every batch, the gradients are averaged weighted by the shares, and every rank
     ends with the weights one process would reach (up to float rounding). Every rank must call
-    fit with the same data; rank 0's weights and optimiser state are broadcast first, only rank
-    0 shows a progress bar, validation is split across the ranks.
+    fit with the same data; rank 0's weights, buffers and optimiser state are broadcast first,
+    only rank 0 shows a progress bar and warns, validation is split across the ranks. BatchNorm
+    normalises with each rank's own batch statistics (so a BatchNorm model's weights are not
+    one process's), and its running statistics are averaged over the ranks after every epoch.
     """
     x, y = _check_data(x, y, "fit")
     batch_size = _check_batch_size(batch_size, "fit")
@@ -349,7 +351,8 @@ def fit(
                         "stopped and the weights, buffers and optimiser state from before the "
                         "last step were restored"
                     )
-                    warnings.warn(f"fit: {history.stop_reason}", RuntimeWarning, stacklevel=2)
+                    if dist is None or dist.is_main:  # distributed: one warning, not one a rank
+                        warnings.warn(f"fit: {history.stop_reason}", RuntimeWarning, stacklevel=2)
                     stop = True
                     break
                 if dist is None:  # distributed: backward ran above, before the reduction
@@ -378,6 +381,11 @@ def fit(
                         post["accuracy"] = f"{total_correct / seen:.4f}"
                     bar.set_postfix(post, refresh=False)
                     bar.update(1)
+        if dist is not None:
+            # distributed: BatchNorm's running statistics came from this rank's shares; average
+            # them over the ranks, so validation, callbacks and the fitted model see the same
+            # buffers on every rank (every rank gets here, a NaN stop included).
+            dist.sync_buffers()
         if seen == 0 and stop:
             if bar is not None:
                 bar.close()
