@@ -345,6 +345,24 @@ def test_load_refuses_tied_parameters_of_another_shape(tmp_path, later, first):
         simdnn.load(path)
 
 
+@pytest.mark.parametrize("count", [np.uint64(2**64 - 1), np.int64(-3)], ids=["wraps", "negative"])
+def test_load_refuses_a_batch_count_outside_its_range(tmp_path, count):
+    """A BatchNorm batch count of uint64 2**64 - 1 wrapped to -1 in the int64 buffer, and the
+    next training forward with momentum=None divided by zero."""
+    path = tmp_path / "bn.npz"
+    layer = {"class": "BatchNorm1d", "config": {"num_features": 3, "momentum": None}}
+    z = np.zeros(3, np.float32)
+    arrays = {"0.weight": z, "0.bias": z, "0.running_mean": z, "0.running_var": z + 1}
+    arrays["0.num_batches_tracked"] = np.array(count)
+    write_npz(path, arch_of({"class": "Sequential", "children": {"0": layer}}), arrays)
+    with pytest.raises(ValueError, match=r"'0.num_batches_tracked' holds -?\d+, outside \[0, "):
+        simdnn.load(path)
+    model = nn.Sequential(nn.BatchNorm1d(3, momentum=None))
+    with pytest.raises(ValueError, match=r"'0.num_batches_tracked' holds -?\d+, outside \[0, "):
+        model.load_state_dict(simdnn.load_state_dict(path))
+    assert int(model[0].num_batches_tracked) == 0  # nothing copied
+
+
 def test_load_raises_value_error_for_deep_nesting(tmp_path):
     path = tmp_path / "deep.npz"
     depth = 100_000

@@ -363,9 +363,19 @@ def _build_model(arch: dict[str, Any], where: str) -> Module:
     return model
 
 
-def _fill(model: Module, entries: dict[str, _Entry]) -> None:
+def _fill(model: Module, entries: dict[str, _Entry], where: str) -> None:
     for name, target in _state_targets(model).items():
-        target[...] = entries[name].read()
+        value = entries[name].read()
+        if target.dtype.kind in "iu" and value.size:
+            # An integer buffer (BatchNorm's batch count) must survive the cast: a uint64
+            # 2**64 - 1 would wrap to -1 in int64 (and a count is never negative).
+            lo, hi = int(value.min()), int(value.max())
+            if lo < 0 or hi > np.iinfo(target.dtype).max:
+                raise ValueError(
+                    f"load: {where}: entry {name!r} holds {lo if lo < 0 else hi}, outside "
+                    f"[0, {np.iinfo(target.dtype).max}]"
+                )
+        target[...] = value
 
 
 def _state_limit(max_bytes: Any, file_size: int) -> int | None:
@@ -429,8 +439,10 @@ def load(path: str | os.PathLike[str]) -> Module:
             _check_entries(_state_targets(skeleton), entries, where)
             model = _build_model(arch, where)
             try:
-                _fill(model, entries)
+                _fill(model, entries, where)
             except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+                if str(err).startswith("load:"):
+                    raise
                 raise ValueError(
                     f"load: {where} is not a readable simdnn model file ({err})"
                 ) from err

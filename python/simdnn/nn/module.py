@@ -315,6 +315,16 @@ class Module:
                 raise ValueError(
                     f"load_state_dict: {name!r} has shape {value.shape}, expected {current.shape}"
                 )
+            if current.dtype.kind in "iu" and value.size:
+                # Integer buffers (BatchNorm's batch count) must survive the cast: uint64
+                # 2**64 - 1 would wrap to -1 in int64, and a count is never negative.
+                lo, hi = int(value.min()), int(value.max())
+                top = int(np.iinfo(current.dtype).max)
+                if lo < 0 or hi > top:
+                    raise ValueError(
+                        f"load_state_dict: {name!r} holds {lo if lo < 0 else hi}, outside "
+                        f"[0, {top}]"
+                    )
             plan.append((current, value))
         for current, value in plan:
             current[...] = value
