@@ -401,7 +401,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--real-machine-only", action="store_true", help="only the real-machine section"
     )
+    parser.add_argument(
+        "--conv-sweep",
+        action="store_true",
+        help="only the convolution sweep: 48 layer shapes (24 with --quick), each pass against "
+        "PyTorch, summarised by the worst row, the median and the share at or above PyTorch",
+    )
     opts = parser.parse_args(argv)
+    if opts.conv_sweep:
+        return _conv_sweep(opts)
     if opts.real_machine_only:
         from . import realmachine
 
@@ -476,4 +484,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             json.dump(payload, f, indent=2)
     if opts.plot and results:
         plot(results, opts.plot, with_torch)
+    return 0
+
+
+def _conv_sweep(opts: Any) -> int:
+    from . import sweep
+
+    torch = None if opts.no_torch else torch_module()
+    if torch is None:
+        print("the convolution sweep compares with PyTorch: install it", file=sys.stderr)
+        return 2
+    n_threads = opts.threads or _runtime.get_num_threads()
+    machine = machine_description()
+    print(
+        f"simdnn conv sweep: {machine['cpu']}, {n_threads} thread(s), ISA {machine['isa']}, "
+        f"PyTorch {machine['torch']}, float32",
+        flush=True,
+    )
+    rows = sweep.run(n_threads, opts.quick, torch, progress=not opts.no_progress)
+    print()
+    print(sweep.format_table(rows))
+    if opts.json:
+        payload = {
+            "machine": machine,
+            "threads": n_threads,
+            "rows": [dataclasses.asdict(r) | {"vs_torch": r.vs_torch} for r in rows],
+            "summary": sweep.summary(rows),
+        }
+        with open(opts.json, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2)
     return 0
