@@ -44,8 +44,8 @@ struct F32 {
   static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
-  static V fnma(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a * b
-  static V sqrt(V a) { return _mm512_sqrt_ps(a); }
+  static V fnma(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }    // c - a * b
+  static V sqrt(V a) { return _mm512_maskz_sqrt_ps(0xffff, a); }        // see store_u8n
   static V max(V a, V b) { return _mm512_maskz_max_ps(0xffff, a, b); }  // see unpacklo
   // In-register 16x16 transpose: afterwards r[q][i] is the old r[i][q]. 64 shuffles (4 stages:
   // unpack ps, unpack pd, two 128-bit lane shuffles) for 256 elements.
@@ -187,7 +187,7 @@ struct F64 {
   static V add(V a, V b) { return _mm512_add_pd(a, b); }
   static V sub(V a, V b) { return _mm512_sub_pd(a, b); }
   static V fnma(V a, V b, V c) { return _mm512_fnmadd_pd(a, b, c); }  // c - a * b
-  static V sqrt(V a) { return _mm512_sqrt_pd(a); }
+  static V sqrt(V a) { return _mm512_maskz_sqrt_pd(0xff, a); }        // see store_u8n
   static V max(V a, V b) { return _mm512_maskz_max_pd(0xff, a, b); }  // see unpacklo
   // In-register 8x8 transpose (same scheme as F32::transpose, on pairs of doubles).
   static void transpose(V r[8]) {
