@@ -204,6 +204,100 @@ void depthwise_forward(const Im2col& g, int64_t n_img, const T* x, const T* w, c
   });
 }
 
+// dx[n, c] for strides above 1, as a gather over dy (finite weights: dy's zero padding times an
+// Inf tap would give NaN). Output column x = a + sw * j of phase a takes tap s when
+// (a + pw - s * dw) is a multiple of sw, from dy column q = (a + pw - s * dw) / sw + j: a
+// contiguous run of j, so every tap of a phase is a plain vector load from a zero-padded copy of
+// the dy row. Output row h takes tap row r from dy row p = (h + ph - r * dh) / sh when that is
+// exact and in [0, P). The phases are interleaved on store (one store2 for sw = 2). The scatter
+// it replaces (a scalar += per tap and dy element, then a crop) ran at 0.18-0.35x PyTorch on the
+// sweep's strided depthwise layers.
+template <typename T>
+void depthwise_backward_data_strided(const Conv2d& cv, const T* dy, const T* w, T* dx, int nt) {
+  using V = typename VecOf<T>::type;
+  using R = typename V::V;
+  constexpr int W = V::W;
+  const int64_t rs = cv.r * cv.s, planes = cv.n * cv.c;
+  const int64_t sw = cv.sw, nj = ceil_div(cv.w, sw);  // outputs per phase (the first phase's)
+  // dy rows padded with lq zeros on the left (q0 >= -lq) and zeros past Q up to the last vector.
+  const int64_t lq = ceil_div((cv.s - 1) * cv.dw, sw) + 1;
+  const int64_t ld = round_up(lq + (sw - 1 + cv.pw) / sw + 1 + nj + W, 16);
+  const int64_t tmp_ld = round_up(nj + W, 16);
+  parallel_ranges(planes, 1, 1, nt, [&](int64_t i0, int64_t i1) {
+    const size_t bytes = static_cast<size_t>(cv.p * ld + sw * tmp_ld) * sizeof(T) +
+                         static_cast<size_t>(sw * cv.s + 2 * cv.r + sw) * sizeof(int64_t);
+    char* base = static_cast<char*>(workspace(WorkspaceSlot::op_scratch, bytes));
+    T* pad = reinterpret_cast<T*>(base);
+    T* tmp = pad + cv.p * ld;
+    int64_t* taps_s = reinterpret_cast<int64_t*>(tmp + sw * tmp_ld);  // per phase: s, then q0
+    int64_t* rows = taps_s + sw * cv.s;                               // (r, p) of this row
+    int64_t* n_taps = rows + 2 * cv.r;                                // taps per phase
+    // Per phase a: the taps s and their first dy column q0 (exact division: a multiple of sw).
+    for (int64_t a = 0; a < sw; ++a) {
+      n_taps[a] = 0;
+      for (int64_t s = 0; s < cv.s; ++s) {
+        const int64_t num = a + cv.pw - s * cv.dw;
+        if (((num % sw) + sw) % sw == 0) taps_s[a * cv.s + n_taps[a]++] = s;
+      }
+    }
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* taps = w + (i % cv.c) * rs;
+      const T* gp = dy + i * cv.p * cv.q;
+      for (int64_t p = 0; p < cv.p; ++p) {
+        T* d = pad + p * ld;
+        std::memset(d, 0, static_cast<size_t>(lq) * sizeof(T));
+        std::memcpy(d + lq, gp + p * cv.q, static_cast<size_t>(cv.q) * sizeof(T));
+        std::memset(d + lq + cv.q, 0, static_cast<size_t>(ld - lq - cv.q) * sizeof(T));
+      }
+      T* out = dx + i * cv.h * cv.w;
+      for (int64_t h = 0; h < cv.h; ++h) {
+        int64_t nr = 0;
+        for (int64_t r = 0; r < cv.r; ++r) {
+          const int64_t num = h + cv.ph - r * cv.dh;
+          if (num < 0 || num % cv.sh != 0 || num / cv.sh >= cv.p) continue;
+          rows[2 * nr] = r;
+          rows[2 * nr + 1] = num / cv.sh;
+          ++nr;
+        }
+        T* orow = out + h * cv.w;
+        if (nr == 0) {
+          std::memset(orow, 0, static_cast<size_t>(cv.w) * sizeof(T));
+          continue;
+        }
+        for (int64_t a = 0; a < sw; ++a) {
+          const int64_t len = a < cv.w ? ceil_div(cv.w - a, sw) : 0;  // outputs x = a + sw * j
+          for (int64_t j = 0; j < len; j += W) {
+            R acc = V::zero();
+            for (int64_t u = 0; u < nr; ++u) {
+              const T* drow = pad + rows[2 * u + 1] * ld + lq + j;
+              const T* trow = taps + rows[2 * u] * cv.s;
+              for (int64_t k = 0; k < n_taps[a]; ++k) {
+                const int64_t s = taps_s[a * cv.s + k];
+                const int64_t q0 = (a + cv.pw - s * cv.dw) / sw;
+                acc = V::fma(V::set1(trow[s]), V::load(drow + q0), acc);
+              }
+            }
+            V::store(tmp + a * tmp_ld + j, acc);
+          }
+        }
+        // Interleave the phases into the dx row.
+        if (sw == 2) {
+          int64_t j = 0;
+          for (; 2 * (j + W) <= cv.w; j += W) {
+            V::store2(orow + 2 * j, V::load(tmp + j), V::load(tmp + tmp_ld + j));
+          }
+          if (2 * j < cv.w) {
+            V::store2n(orow + 2 * j, V::load(tmp + j), V::load(tmp + tmp_ld + j),
+                       static_cast<int>(cv.w - 2 * j));
+          }
+        } else {
+          for (int64_t x = 0; x < cv.w; ++x) orow[x] = tmp[(x % sw) * tmp_ld + x / sw];
+        }
+      }
+    }
+  });
+}
+
 // dx[n, c] for stride 1: the convolution of dy[n, c] with the flipped taps, padding dh*(R-1) - ph.
 // Any stride: scatter each dy pixel into a padded dx plane, then crop.
 template <typename T>
@@ -240,8 +334,12 @@ void depthwise_backward_data(const Conv2d& cv, const T* dy, const T* w, T* dx) {
     });
     return;
   }
-  // Strided (or weights that are not all finite): each real dy term scattered into a padded dx
-  // plane covering every position a tap can reach.
+  if (all_finite(w, cv.c * rs)) {
+    depthwise_backward_data_strided(cv, dy, w, dx, nt);
+    return;
+  }
+  // Weights that are not all finite: each real dy term scattered into a padded dx plane covering
+  // every position a tap can reach (only real terms, so an Inf tap gives Inf, not NaN).
   const int64_t hp = (cv.p - 1) * cv.sh + (cv.r - 1) * cv.dh + 1;
   const int64_t wp = (cv.q - 1) * cv.sw + (cv.s - 1) * cv.dw + 1;
   parallel_ranges(planes, 1, 1, nt, [&](int64_t i0, int64_t i1) {

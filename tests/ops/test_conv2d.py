@@ -735,6 +735,8 @@ CONV_CASES = [
     (2, 16, 9, 8, 5, 3, 3, 1, 1, 1, 1),  # enough channels for backward-data as a convolution
     (1, 6, 7, 9, 6, 3, 3, 1, 1, 1, 6),  # depthwise, stride 1
     (1, 2, 7, 7, 3, 5, 5, 3, 2, 1, 1),
+    (2, 6, 11, 9, 6, 3, 3, 2, 1, 1, 6),  # depthwise, stride 2
+    (1, 4, 13, 14, 4, 5, 5, (2, 3), 2, (1, 2), 4),  # depthwise, strides 2 and 3, dilated
 ]
 
 
@@ -761,6 +763,22 @@ def test_conv2d_non_finite(isa, dtype, rng, case):
     want_dw, want_db = reference.conv2d_backward_weights(x64, dy64, wt.shape, **conv)
     assert_same_classes(dw, want_dw, "conv2d_backward_weights dw")
     assert_same_classes(db, want_db, "conv2d_backward_weights db")
+
+
+@pytest.mark.nonfinite
+@pytest.mark.usefixtures("quiet_numpy")
+@pytest.mark.parametrize("stride", [2, (2, 3), (3, 1)], ids=str)
+def test_depthwise_strided_backward_data_non_finite_dy(isa, dtype, rng, stride):
+    """Finite weights take the strided depthwise gather (dy's zero padding times finite taps);
+    NaN and Inf in dy must land where the twin puts them."""
+    conv = {"stride": stride, "padding": 2, "dilation": 1, "groups": 5}
+    w = rng.standard_normal((5, 1, 4, 3)).astype(dtype)
+    x_shape = (2, 5, 14, 17)
+    dy = sprinkle(rng, ops.conv2d(np.zeros(x_shape, dtype), w, **conv).shape, dtype)
+    dx = ops.conv2d_backward_data(dy, w, x_shape, **conv)
+    (dy64, w64) = as64(dy, w)
+    want = reference.conv2d_backward_data(dy64, w64, x_shape, **conv)
+    assert_same_classes(dx, want, "conv2d_backward_data")
 
 
 @pytest.mark.nonfinite
