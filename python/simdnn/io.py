@@ -31,7 +31,15 @@ from typing import IO, Any, Literal
 import numpy as np
 
 from . import distributed
-from .nn.module import LAYER_REGISTRY, Module, ModuleDict, ModuleList, Sequential, meta_build
+from .nn.module import (
+    LAYER_REGISTRY,
+    Module,
+    ModuleDict,
+    ModuleList,
+    Sequential,
+    check_count_range,
+    meta_build,
+)
 
 FORMAT = "simdnn-model"
 VERSION = 2
@@ -366,15 +374,7 @@ def _build_model(arch: dict[str, Any], where: str) -> Module:
 def _fill(model: Module, entries: dict[str, _Entry], where: str) -> None:
     for name, target in _state_targets(model).items():
         value = entries[name].read()
-        if target.dtype.kind in "iu" and value.size:
-            # An integer buffer (BatchNorm's batch count) must survive the cast: a uint64
-            # 2**64 - 1 would wrap to -1 in int64 (and a count is never negative).
-            lo, hi = int(value.min()), int(value.max())
-            if lo < 0 or hi > np.iinfo(target.dtype).max:
-                raise ValueError(
-                    f"load: {where}: entry {name!r} holds {lo if lo < 0 else hi}, outside "
-                    f"[0, {np.iinfo(target.dtype).max}]"
-                )
+        check_count_range(value, target.dtype, f"load: {where}: entry {name!r}")
         target[...] = value
 
 

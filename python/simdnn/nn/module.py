@@ -124,6 +124,18 @@ def _shape_of(v: Any) -> Shape:
     return tuple(np.shape(v.data if isinstance(v, Tensor) else v))
 
 
+def check_count_range(value: np.ndarray, dtype: np.dtype, what: str) -> None:
+    """An integer buffer (BatchNorm's batch count) must survive the cast to its dtype: uint64
+    2**64 - 1 would wrap to -1 in int64, and a count is never negative. `what` starts the
+    ValueError's message (the caller and the entry)."""
+    if dtype.kind not in "iu" or value.size == 0:
+        return
+    lo, hi = int(value.min()), int(value.max())
+    top = int(np.iinfo(dtype).max)
+    if lo < 0 or hi > top:
+        raise ValueError(f"{what} holds {lo if lo < 0 else hi}, outside [0, {top}]")
+
+
 class Module:
     """Base class of layers and models.
 
@@ -315,16 +327,7 @@ class Module:
                 raise ValueError(
                     f"load_state_dict: {name!r} has shape {value.shape}, expected {current.shape}"
                 )
-            if current.dtype.kind in "iu" and value.size:
-                # Integer buffers (BatchNorm's batch count) must survive the cast: uint64
-                # 2**64 - 1 would wrap to -1 in int64, and a count is never negative.
-                lo, hi = int(value.min()), int(value.max())
-                top = int(np.iinfo(current.dtype).max)
-                if lo < 0 or hi > top:
-                    raise ValueError(
-                        f"load_state_dict: {name!r} holds {lo if lo < 0 else hi}, outside "
-                        f"[0, {top}]"
-                    )
+            check_count_range(value, current.dtype, f"load_state_dict: {name!r}")
             plan.append((current, value))
         for current, value in plan:
             current[...] = value
