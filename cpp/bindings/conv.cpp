@@ -98,6 +98,37 @@ Conv2d geometry(const std::vector<int64_t>& xs, const std::vector<int64_t>& ws, 
   return cv;
 }
 
+// algorithm: "auto", "direct" or "winograd"; "winograd" only where it can compute the layer.
+void set_algorithm(Conv2d& cv, const py::handle& algorithm, const char* fn) {
+  const std::string f(fn);
+  if (!py::isinstance<py::str>(algorithm)) {
+    type_error(f + ": algorithm must be a str ('auto', 'direct' or 'winograd'), got " +
+               py::repr(algorithm).cast<std::string>());
+  }
+  const std::string name = algorithm.cast<std::string>();
+  if (name == "auto") {
+    cv.algorithm = ConvAlgorithm::automatic;
+  } else if (name == "direct") {
+    cv.algorithm = ConvAlgorithm::direct;
+  } else if (name == "winograd") {
+    if (!winograd_eligible(cv)) {
+      auto pair = [](int64_t a, int64_t b) {
+        return "(" + std::to_string(a) + ", " + std::to_string(b) + ")";
+      };
+      value_error(f +
+                  ": algorithm='winograd' needs a 3x3 kernel, stride 1, dilation 1, groups=1 "
+                  "and padding at most 2; got kernel " +
+                  pair(cv.r, cv.s) + ", stride " + pair(cv.sh, cv.sw) + ", dilation " +
+                  pair(cv.dh, cv.dw) + ", groups=" + std::to_string(cv.groups) + ", padding " +
+                  pair(cv.ph, cv.pw));
+    }
+    cv.algorithm = ConvAlgorithm::winograd;
+  } else {
+    value_error(f + ": algorithm must be 'auto', 'direct' or 'winograd', got " +
+                py::repr(algorithm).cast<std::string>());
+  }
+}
+
 std::vector<int64_t> shape_of(const py::array& a) {
   std::vector<int64_t> s;
   for (py::ssize_t i = 0; i < a.ndim(); ++i) s.push_back(a.shape(i));
@@ -114,15 +145,16 @@ void require_shape(const py::array& a, const std::vector<int64_t>& want, const c
 
 py::array conv2d(const py::object& x_obj, const py::object& w_obj, const py::object& b_obj,
                  const py::object& stride, const py::object& padding, const py::object& dilation,
-                 const py::object& groups) {
+                 const py::object& groups, const py::object& algorithm) {
   const char* fn = "conv2d";
   py::array x = as_contiguous_float_array(x_obj, fn, "x");
   py::array w = as_contiguous_float_array(w_obj, fn, "w");
   require_ndim(x, 4, fn, "x");
   require_ndim(w, 4, fn, "w");
   require_same_dtype(x, "x", w, "w", fn);
-  const Conv2d cv = geometry(shape_of(x), shape_of(w),
-                             parse_args(stride, padding, dilation, groups, fn), fn, "x", "w");
+  Conv2d cv = geometry(shape_of(x), shape_of(w), parse_args(stride, padding, dilation, groups, fn),
+                       fn, "x", "w");
+  set_algorithm(cv, algorithm, fn);
   py::array b;
   if (!b_obj.is_none()) {
     b = as_contiguous_float_array(b_obj, fn, "b");
@@ -145,7 +177,7 @@ py::array conv2d(const py::object& x_obj, const py::object& w_obj, const py::obj
 py::array conv2d_backward_data(const py::object& dy_obj, const py::object& w_obj,
                                const py::object& x_shape, const py::object& stride,
                                const py::object& padding, const py::object& dilation,
-                               const py::object& groups) {
+                               const py::object& groups, const py::object& algorithm) {
   const char* fn = "conv2d_backward_data";
   py::array dy = as_contiguous_float_array(dy_obj, fn, "dy");
   py::array w = as_contiguous_float_array(w_obj, fn, "w");
@@ -153,8 +185,9 @@ py::array conv2d_backward_data(const py::object& dy_obj, const py::object& w_obj
   require_ndim(w, 4, fn, "w");
   require_same_dtype(dy, "dy", w, "w", fn);
   const std::vector<int64_t> xs = shape_tuple(x_shape, 4, fn, "x_shape");
-  const Conv2d cv = geometry(xs, shape_of(w), parse_args(stride, padding, dilation, groups, fn), fn,
-                             "x_shape", "w");
+  Conv2d cv = geometry(xs, shape_of(w), parse_args(stride, padding, dilation, groups, fn), fn,
+                       "x_shape", "w");
+  set_algorithm(cv, algorithm, fn);
   require_shape(dy, {cv.n, cv.k, cv.p, cv.q}, fn, "dy");
   py::array dx = new_array(dy, xs);
   dispatch_dtype(dy, [&](auto tag) {
@@ -172,7 +205,7 @@ py::array conv2d_backward_data(const py::object& dy_obj, const py::object& w_obj
 py::tuple conv2d_backward_weights(const py::object& x_obj, const py::object& dy_obj,
                                   const py::object& w_shape, const py::object& stride,
                                   const py::object& padding, const py::object& dilation,
-                                  const py::object& groups) {
+                                  const py::object& groups, const py::object& algorithm) {
   const char* fn = "conv2d_backward_weights";
   py::array x = as_contiguous_float_array(x_obj, fn, "x");
   py::array dy = as_contiguous_float_array(dy_obj, fn, "dy");
@@ -180,8 +213,9 @@ py::tuple conv2d_backward_weights(const py::object& x_obj, const py::object& dy_
   require_ndim(dy, 4, fn, "dy");
   require_same_dtype(x, "x", dy, "dy", fn);
   const std::vector<int64_t> ws = shape_tuple(w_shape, 4, fn, "w_shape");
-  const Conv2d cv = geometry(shape_of(x), ws, parse_args(stride, padding, dilation, groups, fn), fn,
-                             "x", "w_shape");
+  Conv2d cv = geometry(shape_of(x), ws, parse_args(stride, padding, dilation, groups, fn), fn, "x",
+                       "w_shape");
+  set_algorithm(cv, algorithm, fn);
   require_shape(dy, {cv.n, cv.k, cv.p, cv.q}, fn, "dy");
   py::array dw = new_array(x, ws);
   py::array db = new_array(x, {cv.k});
@@ -202,13 +236,13 @@ py::tuple conv2d_backward_weights(const py::object& x_obj, const py::object& dy_
 void bind_conv(py::module_& m) {
   m.def("conv2d", &conv2d, py::arg("x"), py::arg("w"), py::arg("b") = py::none(),
         py::arg("stride") = 1, py::arg("padding") = 0, py::arg("dilation") = 1,
-        py::arg("groups") = 1);
+        py::arg("groups") = 1, py::arg("algorithm") = "auto");
   m.def("conv2d_backward_data", &conv2d_backward_data, py::arg("dy"), py::arg("w"),
         py::arg("x_shape"), py::arg("stride") = 1, py::arg("padding") = 0, py::arg("dilation") = 1,
-        py::arg("groups") = 1);
+        py::arg("groups") = 1, py::arg("algorithm") = "auto");
   m.def("conv2d_backward_weights", &conv2d_backward_weights, py::arg("x"), py::arg("dy"),
         py::arg("w_shape"), py::arg("stride") = 1, py::arg("padding") = 0, py::arg("dilation") = 1,
-        py::arg("groups") = 1);
+        py::arg("groups") = 1, py::arg("algorithm") = "auto");
 }
 
 }  // namespace simdnn::bind

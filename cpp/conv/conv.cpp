@@ -6,6 +6,7 @@
 //   gemm_policies.h  how conv feeds the GEMM engine: A/B/C operand policies, implicit_gemm
 //   depthwise.h      direct depthwise kernels (G = C = K), forward and both backward passes
 //   backward_data.h  the backward-data strategies (flipped, col2im) and their chooser
+//   winograd.h       Winograd F(4x4, 3x3) for stride-1 3x3 layers, all three passes
 //
 // Shape legend: x (N, C, H, W), w (K, C/G, R, S), b (K,), y (N, K, P, Q); G groups,
 // Cg = C/G and Kg = K/G channels per group; PQ = P*Q pixels per output plane.
@@ -36,6 +37,7 @@
 #include "conv/depthwise.h"
 #include "conv/gemm_policies.h"
 #include "conv/im2col.h"
+#include "conv/winograd.h"
 #include "gemm/gemm_driver.h"
 #include "gemm/gemm_isa.h"
 #include "registry.h"
@@ -65,6 +67,8 @@ void conv_forward(const Conv2d& cv_in, const T* x, const T* w, const T* b, T* y)
     depthwise_forward(forward_geometry(cv, 0), cv.n, x, w, b, y, cv.nthreads);
     return;
   }
+  // Winograd where chosen; a result that is not all finite is recomputed below (winograd.h).
+  if (use_winograd(cv) && winograd_forward(cv, x, w, b, y)) return;
   const int64_t kg = cv.k / cv.groups, crs = (cv.c / cv.groups) * cv.r * cv.s;
   for (int64_t grp = 0; grp < cv.groups; ++grp) {
     implicit_gemm<T>(forward_geometry(cv, grp), cv.n, x, w + grp * kg * crs,
@@ -82,6 +86,7 @@ void conv_backward_data(const Conv2d& cv_in, const T* dy, const T* w, T* dx) {
     for (int64_t i = 0; i < x_size; ++i) dx[i] = T(0);
     return;
   }
+  if (use_winograd(cv) && winograd_backward_data(cv, dy, w, dx)) return;
   switch (backward_data_strategy(cv, w)) {
     case BackwardData::depthwise:
       depthwise_backward_data(cv, dy, w, dx);
@@ -127,6 +132,7 @@ void conv_backward_weights(const Conv2d& cv_in, const T* x, const T* dy, T* dw, 
     depthwise_backward_weights(cv, x, dy, dw, db);
     return;
   }
+  if (use_winograd(cv) && winograd_backward_weights(cv, x, dy, dw, db)) return;
   using UK = typename UkernelFor<T>::type;
   using V = typename UK::V;
   constexpr int NR = UK::NR;

@@ -9,6 +9,11 @@
 
 namespace simdnn {
 
+// Which algorithm computes a convolution: automatic picks per layer (Winograd F(4x4, 3x3) for
+// eligible 3x3 layers with enough channels, conv/winograd.h), direct forces the exact methods,
+// winograd forces Winograd (the bindings refuse it for a layer it cannot compute).
+enum class ConvAlgorithm : int { automatic = 0, direct = 1, winograd = 2 };
+
 struct Conv2d {
   int64_t n = 0, c = 0, h = 0, w = 0;  // input
   int64_t k = 0, r = 0, s = 0;         // filters (K, C/G, R, S)
@@ -18,7 +23,17 @@ struct Conv2d {
   int64_t dh = 1, dw = 1;              // dilation
   int64_t groups = 1;
   int nthreads = 1;
+  ConvAlgorithm algorithm = ConvAlgorithm::automatic;
 };
+
+// Whether Winograd F(4x4, 3x3) can compute this layer: a 3x3 kernel, stride 1, no dilation, one
+// group, padding at most 2 (backward-data convolves dY with padding 2 - pad). The bindings check it
+// for algorithm=winograd; static, so that each ISA's copy stays its own (no linker merging of code
+// built with wide-ISA flags).
+static inline bool winograd_eligible(const Conv2d& cv) {
+  return cv.r == 3 && cv.s == 3 && cv.sh == 1 && cv.sw == 1 && cv.dh == 1 && cv.dw == 1 &&
+         cv.groups == 1 && cv.ph >= 0 && cv.ph <= 2 && cv.pw >= 0 && cv.pw <= 2;
+}
 
 // y = conv(x, w) + b (b may be null).
 template <typename T>

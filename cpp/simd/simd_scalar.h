@@ -61,6 +61,14 @@ struct Lane1 {
     if (n > 0) p[0] = even;
     if (n > 1) p[1] = odd;
   }
+  static void deinterleave(V a, V b, V& even, V& odd) {
+    even = a;
+    odd = b;
+  }
+  static void interleave(V even, V odd, V& lo, V& hi) {
+    lo = even;
+    hi = odd;
+  }
   static V gathern(const T* p, int, int n) { return n > 0 ? *p : T(0); }
   static M eq_u8r(const uint8_t* p, int lo, int hi, int64_t k) {
     return lo <= 0 && 0 < hi && *p == k;

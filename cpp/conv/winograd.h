@@ -1,0 +1,661 @@
+// Winograd F(4x4, 3x3) convolution (Lavin & Gray, "Fast Algorithms for Convolutional Neural
+// Networks", 2016) for stride-1, undilated, ungrouped 3x3 layers: forward and both backward
+// passes. For the per-ISA convolution files; the shape legend is conv.cpp's, and
+// T = N * TH * TW tiles, TH = ceil(P/4), TW = ceil(Q/4).
+//
+// Each 4x4 output tile is y = AT [ sum over c of U[k, c] (.) V[c] ] AT^T, where U = G g G^T is the
+// 6x6 transform of the 3x3 filter g and V = BT d BT^T that of the 6x6 input patch d. The 36 points
+// xi = (a, b) of the element-wise product are independent, and over channels each is a GEMM:
+//   forward          M[xi] (K x T) = U[xi] (K x C) . V[xi] (C x T), then y = AT M AT^T per tile
+//   backward-data    the same with dY as the input and the flipped, transposed filters (C rows)
+//   backward-weights dU[xi] (K x C) = dM[xi] (K x T) . V[xi]^T (T x C), dM = AT^T dY AT per tile
+//                    (the exact transpose of the forward algorithm), then dw = G^T dU G
+// 36 GEMMs of C*K*T multiply-adds replace 9*16 = 144 per tile: 4x fewer FMAs than direct
+// convolution, paid for by the transforms (about 2x(C + K) x 100 adds per tile, vectorised along
+// the tiles of a row) and by the round trip of V and M through memory.
+//
+// The transforms vectorise along TW: W consecutive tiles of a tile row are W lanes, their input
+// columns 4j + o read as four stride-4 phases by two levels of the deinterleaving loads the pooling
+// kernels use (permutes: no gathers, which are slow on AMD).
+//
+// Rounding: the transforms mix values of magnitude up to 100x the inputs (BT row 0 is 4, -5, 1; AT
+// row 3 has 8), so float32 errors are several times direct convolution's; README, "Convolution
+// algorithms", gives the measured ratios per layer size. A non-finite value anywhere (an Inf in x
+// spreads NaN over its tiles, an overflow in the transforms) makes the caller recompute with the
+// direct method: every Winograd result is scanned once.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "common/int_math.h"
+#include "common/parallel.h"
+#include "conv/conv.h"
+#include "conv/im2col.h"
+#include "gemm/gemm_driver.h"
+#include "gemm/gemm_isa.h"
+#include "simd/simd.h"
+
+#ifndef SIMDNN_ISA_NS
+#error "compile with -DSIMDNN_ISA_NS=<isa>"
+#endif
+
+namespace simdnn::SIMDNN_ISA_NS {
+namespace {
+
+namespace wino {
+constexpr int64_t kM = 4;        // output tile
+constexpr int64_t kAlpha = 6;    // input tile, m + r - 1
+constexpr int64_t kPoints = 36;  // alpha^2 GEMMs
+// V and M of the images transformed at once stay within this many bytes: more images per chunk
+// make longer GEMMs (N = T), fewer make the buffers fit a cache level. 32 MiB keeps a ResNet-style
+// 64-channel 56x56 layer at 4 images per chunk (T = 784) and is half the workspace a thread keeps
+// between calls (kWorkspaceKeepBytes).
+constexpr int64_t kChunkBytes = int64_t(32) << 20;
+
+// Elements between two points' blocks (U[xi], V[xi], M[xi]): an odd number of 64-byte lines. The
+// transforms read or write all 36 blocks at once; with a stride of a multiple of 4 KiB (C * T =
+// 64 x 1728 floats, K * C = 128 x 128) the 36 streams fall into one L1 set (12 ways) and evict
+// each other, and the input transform of 64 channels of 32x32, batch 32, took 2 ms instead of
+// a fraction of the GEMMs' time.
+template <typename T>
+int64_t point_stride(int64_t elems) {
+  constexpr int64_t line = 64 / static_cast<int64_t>(sizeof(T));
+  int64_t lines = ceil_div(elems, line);
+  if (lines % 2 == 0) ++lines;
+  return lines * line;
+}
+}  // namespace wino
+
+// ------------------------------------------------------------------------------------------------
+// Choice (winograd_eligible, the geometry it needs, is in conv.h for the bindings)
+
+// Whether `automatic` takes Winograd. Each tile costs about 2 x 100 adds per input and output
+// channel in the transforms against 36 x C x K multiply-adds in the GEMMs, and the GEMMs need
+// tiles to be long (N = T). Measured on Zen 5 (2 threads, float32), Winograd over the direct
+// implicit GEMM (forward / backward-data / backward-weights):
+//   N16 32->32 32x32    1.60 / 1.63 / 2.05     N16 32->32 8x8 (T = 64)     0.63 / 0.77 / 1.03
+//   N16 128->128 7x7    1.27 / 1.49 / 1.39     N16 64->64 8x8 (T = 64)     0.97 / 1.12 / 1.30
+//   N1 64->64 56x56     1.07 / 1.13 / 1.04     N1 128->128 28x28 (T = 49)  0.79 / 0.95 / 0.68
+//   N16 64->64 56x56    1.23 / 1.29 / 1.29     N4 16->16 56x56             0.70 / 0.75 / 0.70
+//   N16 3->64 32x32     0.18 / 0.29 / 0.41     N64 32->64 14x14            0.87 / 1.87 / 1.05
+// So: at least 32 channels in and out, and T x min(C, K) at least 8192. (N64 32->64 14x14 passes
+// and loses 13% forward; its backward passes gain more.)
+static inline bool winograd_profitable(const Conv2d& cv) {
+  constexpr int64_t kMinChannels = 32, kMinTileChannels = 8192;
+  const int64_t tiles = cv.n * ceil_div(cv.p, wino::kM) * ceil_div(cv.q, wino::kM);
+  return cv.c >= kMinChannels && cv.k >= kMinChannels &&
+         tiles * min64(cv.c, cv.k) >= kMinTileChannels;
+}
+
+static inline bool use_winograd(const Conv2d& cv) {
+  switch (cv.algorithm) {
+    case ConvAlgorithm::direct:
+      return false;
+    case ConvAlgorithm::winograd:
+      return winograd_eligible(cv);
+    case ConvAlgorithm::automatic:
+      break;
+  }
+  return winograd_eligible(cv) && winograd_profitable(cv);
+}
+
+// Whether all n values are finite, a vector at a time (x - x is 0 for finite x, NaN otherwise).
+template <class V>
+bool all_finite_v(const typename V::T* v, int64_t n) {
+  using R = typename V::V;
+  constexpr int W = V::W;
+  R acc0 = V::zero(), acc1 = V::zero();
+  int64_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    const R a = V::load(v + i), b = V::load(v + i + W);
+    acc0 = V::add(acc0, V::sub(a, a));
+    acc1 = V::add(acc1, V::sub(b, b));
+  }
+  acc0 = V::add(acc0, acc1);
+  typename V::T lanes[W];
+  V::store(lanes, acc0);
+  typename V::T acc = 0;
+  for (int j = 0; j < W; ++j) acc += lanes[j];
+  for (; i < n; ++i) acc += v[i] - v[i];
+  return acc == 0;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Filter transforms (once per call)
+
+// The 1-D filter transform G (3 -> 6): [1 0 0; 1/3 1/3 1/3; -1/3 1/3 -1/3;
+// -16/15 -8/15 -4/15; 1/15 -2/15 4/15; 0 0 1].
+template <class V>
+inline void g3(const typename V::V* g, typename V::V* o) {
+  using T = typename V::T;
+  const auto s02 = V::add(g[0], g[2]);
+  const auto third = V::set1(T(1.0 / 3)), fifteenth = V::set1(T(1.0 / 15));
+  o[0] = g[0];
+  o[1] = V::mul(third, V::add(s02, g[1]));
+  o[2] = V::mul(third, V::sub(g[1], s02));
+  // -(16 g0 + 8 g1 + 4 g2) / 15 and (g0 - 2 g1 + 4 g2) / 15
+  o[3] =
+      V::mul(V::set1(T(-4.0 / 15)), V::fma(V::set1(T(4)), g[0], V::fma(V::set1(T(2)), g[1], g[2])));
+  o[4] = V::mul(fifteenth, V::fma(V::set1(T(4)), g[2], V::fnma(V::set1(T(2)), g[1], g[0])));
+  o[5] = g[2];
+}
+
+// G^T (6 -> 3), the transpose of g3 (backward-weights).
+template <class V>
+inline void gt6(const typename V::V* d, typename V::V* o) {
+  using T = typename V::T;
+  const auto third = V::set1(T(1.0 / 3));
+  const auto s12 = V::add(d[1], d[2]), d12 = V::sub(d[1], d[2]);
+  o[0] = V::fma(third, d12,
+                V::fma(V::set1(T(-16.0 / 15)), d[3], V::fma(V::set1(T(1.0 / 15)), d[4], d[0])));
+  o[1] =
+      V::fma(third, s12, V::fma(V::set1(T(-8.0 / 15)), d[3], V::mul(V::set1(T(-2.0 / 15)), d[4])));
+  o[2] = V::fma(third, d12, V::fma(V::set1(T(4.0 / 15)), V::sub(d[4], d[3]), d[5]));
+}
+
+// u[xi * plane + i * cols + j] = (G g G^T)[xi] for the rows x cols filters g: forward, rows = K,
+// cols = C, g = w[k, c]; flipped (backward-data), rows = C, cols = K, g = w[k, c] rotated by 180
+// degrees. Vectorised along j (u's contiguous index) over a transposed copy of row i's filters;
+// 65,536 filters (256 -> 256) took 2.5 ms on two threads in scalar double, about a quarter of the
+// layer.
+template <class V>
+void winograd_filters(const typename V::T* w, int64_t k, int64_t c, bool flipped, typename V::T* u,
+                      int64_t plane, int nthreads) {
+  using T = typename V::T;
+  using R = typename V::V;
+  constexpr int W = V::W;
+  const int64_t rows = flipped ? c : k, cols = flipped ? k : c;
+  const int64_t ldt = round_up(cols, W);
+  parallel_ranges(rows, 1, 1, nthreads, [&](int64_t r0, int64_t r1) {
+    T* gt = static_cast<T*>(workspace(WorkspaceSlot::pack_aux, 9 * ldt * sizeof(T)));
+    for (int64_t i = r0; i < r1; ++i) {
+      // gt[rs][j]: tap rs of filter (i, j).
+      for (int64_t j = 0; j < cols; ++j) {
+        const T* g = flipped ? w + (j * c + i) * 9 : w + (i * c + j) * 9;
+        for (int t = 0; t < 9; ++t) gt[t * ldt + j] = flipped ? g[8 - t] : g[t];
+      }
+      for (int64_t j = 0; j < cols; j += W) {
+        const int live = static_cast<int>(min64(W, cols - j));
+        R cols3[3][6];  // (G g) column s, for s = 0..2
+        for (int s = 0; s < 3; ++s) {
+          R g[3];
+          for (int r = 0; r < 3; ++r) g[r] = V::load(gt + (r * 3 + s) * ldt + j);
+          g3<V>(g, cols3[s]);
+        }
+        for (int a = 0; a < 6; ++a) {
+          R g[3] = {cols3[0][a], cols3[1][a], cols3[2][a]}, o[6];
+          g3<V>(g, o);
+          for (int b = 0; b < 6; ++b) {
+            T* dst = u + (a * 6 + b) * plane + i * cols + j;
+            if (live == W) {
+              V::store(dst, o[b]);
+            } else {
+              V::storen(dst, o[b], live);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// dw[k, c] = G^T dU[k, c] G, from du[xi * plane + k * C + c]: vectorised along c, through a [9][C]
+// scratch.
+template <class V>
+void winograd_filters_backward(const typename V::T* du, int64_t k, int64_t c, int64_t plane,
+                               typename V::T* dw, int nthreads) {
+  using T = typename V::T;
+  using R = typename V::V;
+  constexpr int W = V::W;
+  const int64_t ldt = round_up(c, W);
+  parallel_ranges(k, 1, 1, nthreads, [&](int64_t k0, int64_t k1) {
+    T* gt = static_cast<T*>(workspace(WorkspaceSlot::pack_aux, 9 * ldt * sizeof(T)));
+    for (int64_t i = k0; i < k1; ++i) {
+      for (int64_t j = 0; j < c; j += W) {
+        const int live = static_cast<int>(min64(W, c - j));
+        R rows3[3][6];  // (G^T dU) row r, for r = 0..2
+        for (int b = 0; b < 6; ++b) {
+          R d[6], o[3];
+          for (int a = 0; a < 6; ++a) {
+            const T* src = du + (a * 6 + b) * plane + i * c + j;
+            d[a] = live == W ? V::load(src) : V::loadn(src, live);
+          }
+          gt6<V>(d, o);
+          for (int r = 0; r < 3; ++r) rows3[r][b] = o[r];
+        }
+        for (int r = 0; r < 3; ++r) {
+          R o[3];
+          gt6<V>(rows3[r], o);
+          for (int s = 0; s < 3; ++s) V::store(gt + (r * 3 + s) * ldt + j, o[s]);
+        }
+      }
+      for (int64_t j = 0; j < c; ++j) {
+        for (int t = 0; t < 9; ++t) dw[(i * c + j) * 9 + t] = gt[t * ldt + j];
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------------------------
+// Data transforms, vectorised along the tiles of a tile row
+
+// Four stride-4 phases of 4W contiguous elements: q_o[j] = p[4j + o].
+template <class V>
+inline void load4(const typename V::T* p, typename V::V& q0, typename V::V& q1, typename V::V& q2,
+                  typename V::V& q3) {
+  typename V::V e0, o0, e1, o1;
+  V::load2(p, e0, o0);
+  V::load2(p + 2 * V::W, e1, o1);
+  V::deinterleave(e0, e1, q0, q2);
+  V::deinterleave(o0, o1, q1, q3);
+}
+
+// The 1-D transforms. BT (6 -> 6), the input's:
+//   [1 -3/2 -2 3/2 1 0; 0 -1 1/2 5/2 1 0; 0 1 -5/2 1/2 1 0; 0 -2 -1 2 1 0; 0 1/2 -1 -1/2 1 0;
+//    0 1 -3/2 -2 3/2 1]
+template <class V>
+inline void bt6(const typename V::V* d, typename V::V* o) {
+  using T = typename V::T;
+  const auto half = V::set1(T(0.5)), c15 = V::set1(T(1.5)), c2 = V::set1(T(2)),
+             c25 = V::set1(T(2.5));
+  const auto d31 = V::sub(d[3], d[1]), d42 = V::sub(d[4], d[2]);
+  o[0] = V::fma(c15, d31, V::fnma(c2, d[2], V::add(d[0], d[4])));
+  o[1] = V::fma(c25, d[3], V::fma(half, d[2], V::sub(d[4], d[1])));
+  o[2] = V::fma(half, d[3], V::fnma(c25, d[2], V::add(d[4], d[1])));
+  o[3] = V::fma(c2, d31, d42);
+  o[4] = V::fnma(half, d31, d42);
+  o[5] = V::fma(c15, d42, V::fnma(c2, d[3], V::add(d[1], d[5])));
+}
+
+// AT (6 -> 4), the output's: [1 1 1 1 1 0; 0 1 -1 1/2 -2 0; 0 1 1 1/4 4 0; 0 1 -1 1/8 -8 1].
+template <class V>
+inline void at6(const typename V::V* m, typename V::V* o) {
+  using T = typename V::T;
+  const auto s12 = V::add(m[1], m[2]), d12 = V::sub(m[1], m[2]);
+  o[0] = V::add(V::add(m[0], s12), V::add(m[3], m[4]));
+  o[1] = V::fma(V::set1(T(0.5)), m[3], V::fnma(V::set1(T(2)), m[4], d12));
+  o[2] = V::fma(V::set1(T(0.25)), m[3], V::fma(V::set1(T(4)), m[4], s12));
+  o[3] = V::fma(V::set1(T(0.125)), m[3], V::fnma(V::set1(T(8)), m[4], V::add(d12, m[5])));
+}
+
+// AT^T (4 -> 6), dY's in backward-weights: the transpose of at6.
+template <class V>
+inline void att4(const typename V::V* d, typename V::V* o) {
+  using T = typename V::T;
+  const auto s02 = V::add(d[0], d[2]), s13 = V::add(d[1], d[3]);
+  o[0] = d[0];
+  o[1] = V::add(s02, s13);
+  o[2] = V::sub(s02, s13);
+  // d0 + d1/2 + d2/4 + d3/8 and d0 - 2 d1 + 4 d2 - 8 d3
+  o[3] = V::fma(V::set1(T(0.5)), V::fma(V::set1(T(0.5)), V::fma(V::set1(T(0.5)), d[3], d[2]), d[1]),
+                d[0]);
+  o[4] = V::fnma(V::set1(T(2)), V::fnma(V::set1(T(2)), V::fnma(V::set1(T(2)), d[3], d[2]), d[1]),
+                 d[0]);
+  o[5] = d[3];
+}
+
+// Tiles per block of a transform task: the block's vertical results and flattened phase rows (up
+// to about 100 x 4 x 512 elements, 800 KiB in float32) stay in L2. Lanes run over the block's
+// tiles flattened across tile rows and images, so every vector is full but the block's last:
+// vectorised along a tile row instead, 28x28 planes (7 tiles a row) filled 7 of 16 lanes.
+constexpr int64_t kBlockTiles = 512;
+
+// The images of a block: enough for kBlockTiles tiles, at least one.
+inline int64_t block_images(int64_t per) { return max64(1, kBlockTiles / per); }
+
+// The two passes of a data transform over one block, for `rows_in` source rows per tile row
+// (6 with overlap for the input, 4 for dY) and the 1-D transform F (rows_in -> 6):
+//   stage       the block's planes copied with their zero padding (see below)
+//   vertical    every tile row's source rows combined into 6 rows of 4 TW + 4 columns (tv)
+//   flatten     tv copied into flattened rows, f0[a][4l + o] = column 4tj + o of tile l, and (input
+//               only) f1[a][4l + o] = column 4tj + 4 + o, its right neighbour's first columns
+//   horizontal  F again, W tiles at a time, their columns read as four stride-4 phases
+// Each pass runs over the whole block before the next reads its output: a store read back at once
+// through a shifted or masked load misses store-to-load forwarding (a stall of about 20 cycles),
+// and per tile row that made the transform as slow as the GEMMs (2 ms for 128 channels of 28x28,
+// batch 16, on Zen 5). Full vectors everywhere but at the plane's edges; a copy's spill past its
+// row lands where the next row's copy overwrites it.
+template <class V, int RowsIn, class F>
+void transform_block(const typename V::T* planes, int64_t plane_stride, int64_t readable,
+                     int64_t nimg_blk, int64_t h, int64_t w, int64_t row0, int64_t pw, int64_t th,
+                     int64_t tw, bool second, typename V::T* out, int64_t ld, const F& fn) {
+  using T = typename V::T;
+  using R = typename V::V;
+  constexpr int W = V::W;
+  const int64_t per = th * tw, tiles = nimg_blk * per;
+  const int64_t wb = round_up(4 * tw + 4, W);  // tv row: columns up to 4 TW + 3
+  const int64_t nrows = nimg_blk * th;
+  const int64_t srows = 4 * th + RowsIn - 4;  // staged rows per plane
+  // Copies spill up to W past 4 * tiles; the six rows apart by an odd number of lines.
+  const int64_t flat = wino::point_stride<T>(round_up(4 * tiles + W, W) + 4 * W);
+  const int nf = second ? 2 : 1;
+  T* stage = static_cast<T*>(workspace(
+      WorkspaceSlot::pack_aux, (nimg_blk * srows * wb + W + nrows * 6 * wb + W + 6 * nf * flat) *
+                                   static_cast<int64_t>(sizeof(T))));
+  T* tv = stage + nimg_blk * srows * wb + W;
+  T* f0 = tv + nrows * 6 * wb + W;
+  T* f1 = f0 + 6 * flat;
+  // Stage: each plane's rows row0 .. row0 + srows - 1, zero-padded, `pw` zeros on the left, in
+  // rows of wb. Whole-vector loads and stores: masked loads cost about 25 cycles each on Zen 5,
+  // and read at the left and right edge of every row they made the vertical pass 5x slower. A
+  // load runs past its row into the next (zeroed afterwards), masked only where it would run past
+  // `readable`, the end of the source.
+  for (int64_t n = 0; n < nimg_blk; ++n) {
+    const T* plane = planes + n * plane_stride;
+    const int64_t avail = readable - n * plane_stride;
+    for (int64_t r = 0; r < srows; ++r) {
+      const int64_t y = row0 + r;
+      T* d = stage + (n * srows + r) * wb;
+      if (y < 0 || y >= h) {
+        for (int64_t x = 0; x < wb; x += W) V::store(d + x, V::zero());
+        continue;
+      }
+      for (int64_t x = 0; x < pw; ++x) d[x] = T(0);
+      const T* src = plane + y * w;
+      for (int64_t x = 0; x < w; x += W) {
+        if (y * w + x + W <= avail) {
+          V::store(d + pw + x, V::load(src + x));
+        } else {
+          V::store(d + pw + x, V::loadn(src + x, static_cast<int>(min64(W, w - x))));
+        }
+      }
+      for (int64_t x = pw + w; x < wb; x += W) V::store(d + x, V::zero());
+    }
+  }
+  // Vertical.
+  for (int64_t row = 0; row < nrows; ++row) {
+    const int64_t n = row / th, ti = row % th;
+    const T* src = stage + (n * srows + ti * wino::kM) * wb;
+    T* t = tv + row * 6 * wb;
+    for (int64_t x0 = 0; x0 < wb; x0 += W) {
+      R d[RowsIn], o[6];
+      for (int rr = 0; rr < RowsIn; ++rr) d[rr] = V::load(src + rr * wb + x0);
+      fn(d, o);
+      for (int a = 0; a < 6; ++a) V::store(t + a * wb + x0, o[a]);
+    }
+  }
+  // Flatten.
+  const int64_t len = round_up(4 * tw, W);
+  for (int64_t row = 0; row < nrows; ++row) {
+    const T* t = tv + row * 6 * wb;
+    const int64_t l = row * tw;
+    for (int a = 0; a < 6; ++a) {
+      for (int64_t x = 0; x < len; x += W) {
+        V::store(f0 + a * flat + 4 * l + x, V::load(t + a * wb + x));
+      }
+      if (second) {
+        for (int64_t x = 0; x < len; x += W) {
+          V::store(f1 + a * flat + 4 * l + x, V::load(t + a * wb + 4 + x));
+        }
+      }
+    }
+  }
+  // Horizontal (the lanes past the block read what the spills left: finite values of this block,
+  // or stale ones: their results are not stored).
+  for (int64_t l0 = 0; l0 < tiles; l0 += W) {
+    const int live = static_cast<int>(min64(W, tiles - l0));
+    for (int a = 0; a < 6; ++a) {
+      R d[6], o[6], unused0, unused1;
+      load4<V>(f0 + a * flat + 4 * l0, d[0], d[1], d[2], d[3]);
+      if (second) load4<V>(f1 + a * flat + 4 * l0, d[4], d[5], unused0, unused1);
+      fn(d, o);
+      for (int b = 0; b < 6; ++b) {
+        T* q = out + (a * 6 + b) * ld + l0;
+        if (live == W) {
+          V::store(q, o[b]);
+        } else {
+          V::storen(q, o[b], live);
+        }
+      }
+    }
+  }
+}
+
+// out[xi * ld + c * T + t] = (BT d BT^T)[xi] for the 6x6 patches of the chunk's planes (h x w, C
+// channels) with zero padding (ph, pw); t = n * TH*TW + ti * TW + tj. One task per channel and
+// block.
+template <class V>
+void winograd_input(const typename V::T* src, int64_t nimg, int64_t c, int64_t h, int64_t w,
+                    int64_t ph, int64_t pw, int64_t th, int64_t tw, typename V::T* out, int64_t ld,
+                    int nthreads) {
+  const int64_t per = th * tw, ttot = nimg * per;
+  const int64_t bimg = block_images(per), nblk = ceil_div(nimg, bimg);
+  parallel_for(c * nblk, nthreads, [&](int64_t task) {
+    const int64_t ch = task / nblk, n0 = (task % nblk) * bimg, n1 = min64(nimg, n0 + bimg);
+    const int64_t first = (n0 * c + ch) * h * w;
+    transform_block<V, 6>(src + first, c * h * w, nimg * c * h * w - first, n1 - n0, h, w, -ph, pw,
+                          th, tw, true, out + ch * ttot + n0 * per, ld,
+                          [](const typename V::V* d, typename V::V* o) { bt6<V>(d, o); });
+  });
+}
+
+// out[xi * ld + k * T + t] = (AT^T dY AT)[xi] for the 4x4 tiles of dY planes (P x Q), zero beyond P
+// and Q.
+template <class V>
+void winograd_grad_input(const typename V::T* dy, int64_t nimg, int64_t k, int64_t p, int64_t q,
+                         int64_t th, int64_t tw, typename V::T* out, int64_t ld, int nthreads) {
+  const int64_t per = th * tw, ttot = nimg * per;
+  const int64_t bimg = block_images(per), nblk = ceil_div(nimg, bimg);
+  parallel_for(k * nblk, nthreads, [&](int64_t task) {
+    const int64_t ch = task / nblk, n0 = (task % nblk) * bimg, n1 = min64(nimg, n0 + bimg);
+    const int64_t first = (n0 * k + ch) * p * q;
+    transform_block<V, 4>(dy + first, k * p * q, nimg * k * p * q - first, n1 - n0, p, q, 0, 0, th,
+                          tw, false, out + ch * ttot + n0 * per, ld,
+                          [](const typename V::V* d, typename V::V* o) { att4<V>(d, o); });
+  });
+}
+
+// y planes (P x Q) of the chunk's images, K channels = AT M AT^T per tile (+ bias), cropped to
+// P x Q; m[xi * ld + k * T + t]. Per task (a channel, a block of images): W tiles at a time, the
+// 4x4 results are interleaved into four flattened output rows (row i of tile l at 4l), then each
+// tile row's stretch is copied into the plane.
+template <class V>
+void winograd_output(const typename V::T* m, int64_t ld, int64_t nimg, int64_t k, int64_t p,
+                     int64_t q, int64_t th, int64_t tw, const typename V::T* bias, typename V::T* y,
+                     int nthreads) {
+  using T = typename V::T;
+  using R = typename V::V;
+  constexpr int W = V::W;
+  const int64_t per = th * tw, ttot = nimg * per;
+  const int64_t bimg = block_images(per), nblk = ceil_div(nimg, bimg);
+  const int64_t flat = 4 * round_up(bimg * per, W) + W;  // row copies read up to W - 1 past
+  parallel_for(k * nblk, nthreads, [&](int64_t task) {
+    const int64_t ch = task / nblk, n0 = (task % nblk) * bimg, n1 = min64(nimg, n0 + bimg);
+    T* f = static_cast<T*>(
+        workspace(WorkspaceSlot::pack_aux, 4 * flat * static_cast<int64_t>(sizeof(T))));
+    const int64_t tiles = (n1 - n0) * per;
+    const T* src = m + ch * ttot + n0 * per;
+    const R b = V::set1(bias != nullptr ? bias[ch] : T(0));
+    for (int64_t l0 = 0; l0 < tiles; l0 += W) {
+      const int live = static_cast<int>(min64(W, tiles - l0));
+      // Vertical first: s[i][b] = sum over a of AT[i][a] * M[a][b], column by column.
+      R s[4][6];
+      for (int bb = 0; bb < 6; ++bb) {
+        R col[6], o[4];
+        for (int a = 0; a < 6; ++a) {
+          const T* at = src + (a * 6 + bb) * ld + l0;
+          col[a] = live == W ? V::load(at) : V::loadn(at, live);
+        }
+        at6<V>(col, o);
+        for (int i = 0; i < 4; ++i) s[i][bb] = o[i];
+      }
+      for (int i = 0; i < 4; ++i) {
+        R o[4];
+        at6<V>(s[i], o);
+        R lo02, hi02, lo13, hi13, z[4];
+        V::interleave(V::add(o[0], b), V::add(o[2], b), lo02, hi02);
+        V::interleave(V::add(o[1], b), V::add(o[3], b), lo13, hi13);
+        V::interleave(lo02, lo13, z[0], z[1]);
+        V::interleave(hi02, hi13, z[2], z[3]);
+        T* row = f + i * flat + 4 * l0;
+        for (int v = 0; v < 4; ++v) V::store(row + v * W, z[v]);
+      }
+    }
+    // Rows in order, each copied in whole vectors whose spill the next rows overwrite; exactly
+    // where the spill would leave the plane (the next plane may be another task's).
+    const int64_t len = round_up(q, W);
+    for (int64_t n = n0; n < n1; ++n) {
+      T* plane = y + (n * k + ch) * p * q;
+      for (int64_t ti = 0; ti < th; ++ti) {
+        const int64_t l = (n - n0) * per + ti * tw;
+        const int64_t rows = min64(4, p - ti * wino::kM);
+        for (int64_t i = 0; i < rows; ++i) {
+          const T* from = f + i * flat + 4 * l;
+          T* to = plane + (ti * wino::kM + i) * q;
+          if ((ti * wino::kM + i) * q + len > p * q) {
+            copy_run<V>(from, to, q);
+          } else {
+            for (int64_t x = 0; x < len; x += W) V::store(to + x, V::load(from + x));
+          }
+        }
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------------------------
+// The passes
+
+// 36 independent GEMMs, C_xi = A_xi . B_xi (+ beta C_xi), one task each: with 2 threads 36 tasks
+// split evenly, and a single-threaded GEMM needs no barrier inside. A has unit column stride, so
+// the GEMM never takes the op_scratch workspace that holds U, V and M (gemv.h copies only an A
+// with strided rows there).
+template <typename T>
+void winograd_gemms(GemmArgs<T> g, int64_t a_step, int64_t b_step, int64_t c_step, int nthreads) {
+  using UK = typename UkernelFor<T>::type;
+  parallel_for(wino::kPoints, nthreads, [&](int64_t xi) {
+    GemmArgs<T> a = g;
+    a.a += xi * a_step;
+    a.b += xi * b_step;
+    a.c += xi * c_step;
+    a.nthreads = 1;
+    gemm_detail::gemm<UK>(a);
+  });
+}
+
+// The workspace of a pass: U (or dU) and one chunk's V and M, each point's block apart by
+// point_stride.
+template <typename T>
+struct WinogradBuffers {
+  int64_t chunk, u_stride, v_stride, m_stride;
+  T *u, *v, *m;
+};
+
+// Images per chunk, so that V and M (36 x (cin + cout) x tiles) stay within kChunkBytes.
+template <typename T>
+WinogradBuffers<T> winograd_buffers(int64_t n, int64_t cin, int64_t cout, int64_t per) {
+  const int64_t per_image = wino::kPoints * (cin + cout) * per * static_cast<int64_t>(sizeof(T));
+  WinogradBuffers<T> b;
+  b.chunk = max64(1, min64(n, wino::kChunkBytes / max64(1, per_image)));
+  b.u_stride = wino::point_stride<T>(cin * cout);
+  b.v_stride = wino::point_stride<T>(cin * b.chunk * per);
+  b.m_stride = wino::point_stride<T>(cout * b.chunk * per);
+  const int64_t total = wino::kPoints * (b.u_stride + b.v_stride + b.m_stride);
+  b.u = static_cast<T*>(
+      workspace(WorkspaceSlot::op_scratch, total * static_cast<int64_t>(sizeof(T))));
+  b.v = b.u + wino::kPoints * b.u_stride;
+  b.m = b.v + wino::kPoints * b.v_stride;
+  return b;
+}
+
+// dst (N, cout, ho, wo) = the stride-1 3x3 convolution of src (N, cin, hin, win) with the
+// transformed filters in bf.u (u[xi][cout][cin]) and padding (ph, pw) [+ bias];
+// ho = hin + 2 ph - 2.
+template <typename T>
+void winograd_conv(const T* src, int64_t n, int64_t cin, int64_t hin, int64_t win, int64_t ph,
+                   int64_t pw, const WinogradBuffers<T>& bf, int64_t cout, const T* bias, T* dst,
+                   int64_t ho, int64_t wo, int nthreads) {
+  using V = typename VecOf<T>::type;
+  const int64_t th = ceil_div(ho, wino::kM), tw = ceil_div(wo, wino::kM), per = th * tw;
+  for (int64_t n0 = 0; n0 < n; n0 += bf.chunk) {
+    const int64_t nimg = min64(bf.chunk, n - n0), ttot = nimg * per;
+    winograd_input<V>(src + n0 * cin * hin * win, nimg, cin, hin, win, ph, pw, th, tw, bf.v,
+                      bf.v_stride, nthreads);
+    GemmArgs<T> g;
+    g.m = cout;
+    g.n = ttot;
+    g.k = cin;
+    g.a = bf.u;
+    g.rs_a = cin;
+    g.cs_a = 1;
+    g.b = bf.v;
+    g.rs_b = ttot;
+    g.cs_b = 1;
+    g.c = bf.m;
+    g.rs_c = ttot;
+    winograd_gemms(g, bf.u_stride, bf.v_stride, bf.m_stride, nthreads);
+    winograd_output<V>(bf.m, bf.m_stride, nimg, cout, ho, wo, th, tw, bias,
+                       dst + n0 * cout * ho * wo, nthreads);
+  }
+}
+
+// Forward: false (y unspecified) when the result is not all finite; the caller then runs direct.
+template <typename T>
+bool winograd_forward(const Conv2d& cv, const T* x, const T* w, const T* b, T* y) {
+  using V = typename VecOf<T>::type;
+  const int64_t per = ceil_div(cv.p, wino::kM) * ceil_div(cv.q, wino::kM);
+  const WinogradBuffers<T> bf = winograd_buffers<T>(cv.n, cv.c, cv.k, per);
+  winograd_filters<V>(w, cv.k, cv.c, false, bf.u, bf.u_stride, cv.nthreads);
+  winograd_conv(x, cv.n, cv.c, cv.h, cv.w, cv.ph, cv.pw, bf, cv.k, b, y, cv.p, cv.q, cv.nthreads);
+  return all_finite_v<V>(y, cv.n * cv.k * cv.p * cv.q);
+}
+
+// Backward-data: the forward Winograd of dY with the flipped filters and padding 2 - pad.
+template <typename T>
+bool winograd_backward_data(const Conv2d& cv, const T* dy, const T* w, T* dx) {
+  using V = typename VecOf<T>::type;
+  const int64_t per = ceil_div(cv.h, wino::kM) * ceil_div(cv.w, wino::kM);
+  const WinogradBuffers<T> bf = winograd_buffers<T>(cv.n, cv.k, cv.c, per);
+  winograd_filters<V>(w, cv.k, cv.c, true, bf.u, bf.u_stride, cv.nthreads);
+  winograd_conv(dy, cv.n, cv.k, cv.p, cv.q, 2 - cv.ph, 2 - cv.pw, bf, cv.c,
+                static_cast<const T*>(nullptr), dx, cv.h, cv.w, cv.nthreads);
+  return all_finite_v<V>(dx, cv.n * cv.c * cv.h * cv.w);
+}
+
+// Backward-weights: dU[xi] = sum over chunks of dM[xi] . V[xi]^T, then dw = G^T dU G; db is the
+// sum over tiles of dM at xi = (1, 1) (AT's column 1, the point 1, is all ones, so that point of a
+// tile is the sum of its 16 dY values).
+template <typename T>
+bool winograd_backward_weights(const Conv2d& cv, const T* x, const T* dy, T* dw, T* db) {
+  using V = typename VecOf<T>::type;
+  const int64_t th = ceil_div(cv.p, wino::kM), tw = ceil_div(cv.q, wino::kM), per = th * tw;
+  const WinogradBuffers<T> bf = winograd_buffers<T>(cv.n, cv.c, cv.k, per);
+  if (db != nullptr) {
+    for (int64_t k = 0; k < cv.k; ++k) db[k] = T(0);
+  }
+  for (int64_t n0 = 0; n0 < cv.n; n0 += bf.chunk) {
+    const int64_t nimg = min64(bf.chunk, cv.n - n0), ttot = nimg * per;
+    winograd_input<V>(x + n0 * cv.c * cv.h * cv.w, nimg, cv.c, cv.h, cv.w, cv.ph, cv.pw, th, tw,
+                      bf.v, bf.v_stride, cv.nthreads);
+    winograd_grad_input<V>(dy + n0 * cv.k * cv.p * cv.q, nimg, cv.k, cv.p, cv.q, th, tw, bf.m,
+                           bf.m_stride, cv.nthreads);
+    GemmArgs<T> g;
+    g.m = cv.k;
+    g.n = cv.c;
+    g.k = ttot;
+    g.a = bf.m;
+    g.rs_a = ttot;
+    g.cs_a = 1;
+    g.b = bf.v;  // V[xi]^T: element (t, c) at c * T + t
+    g.rs_b = 1;
+    g.cs_b = ttot;
+    g.c = bf.u;
+    g.rs_c = cv.c;
+    g.beta = n0 == 0 ? T(0) : T(1);
+    winograd_gemms(g, bf.m_stride, bf.v_stride, bf.u_stride, cv.nthreads);
+    if (db != nullptr) {
+      const T* sums = bf.m + (1 * 6 + 1) * bf.m_stride;
+      for (int64_t k = 0; k < cv.k; ++k) {
+        T acc = T(0);
+        for (int64_t t = 0; t < ttot; ++t) acc += sums[k * ttot + t];
+        db[k] += acc;
+      }
+    }
+  }
+  winograd_filters_backward<V>(bf.u, cv.k, cv.c, bf.u_stride, dw, cv.nthreads);
+  return all_finite_v<V>(dw, cv.k * cv.c * 9) && (db == nullptr || all_finite_v<V>(db, cv.k));
+}
+
+}  // namespace
+}  // namespace simdnn::SIMDNN_ISA_NS
