@@ -14,6 +14,8 @@ package is a thin layer over it.
 - :mod:`simdnn.distributed`: data-parallel training over MPI (``fit(..., distributed=True)``
   under ``mpiexec``); mpi4py is imported only when it is used.
 - :func:`use_backend`: run the same model on the native kernels or on the NumPy twins.
+- :class:`conv_algorithm` / :func:`get_conv_algorithm`: the convolution algorithm ("auto",
+  "direct" or "winograd") of the layers that name none, per thread, as a context manager.
 - :func:`cpu_info`, :func:`set_num_threads`, :func:`set_isa`: what runs, and on how many threads.
 
 Set ``SIMDNN_ISA=scalar|avx2|avx512`` before import to force an instruction set, and
@@ -41,7 +43,13 @@ from .autograd import (
     stack,
     tensor,
 )
-from .backend import get_backend, set_default_backend, use_backend
+from .backend import (
+    conv_algorithm,
+    get_backend,
+    get_conv_algorithm,
+    set_default_backend,
+    use_backend,
+)
 from .functional import add
 from .gradcheck import gradcheck
 from .init import seed
@@ -60,6 +68,7 @@ __all__ = [
     "add",
     "autograd",
     "concatenate",
+    "conv_algorithm",
     "cpu_info",
     "demos",
     "distributed",
@@ -69,6 +78,7 @@ __all__ = [
     "fit",
     "functional",
     "get_backend",
+    "get_conv_algorithm",
     "get_isa",
     "get_num_threads",
     "gradcheck",

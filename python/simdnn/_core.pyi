@@ -46,6 +46,7 @@ def conv2d(
     padding: Any = 0,
     dilation: Any = 1,
     groups: int = 1,
+    algorithm: str = "auto",
 ) -> np.ndarray: ...
 def conv2d_backward_data(
     dy: Any,
@@ -55,6 +56,7 @@ def conv2d_backward_data(
     padding: Any = 0,
     dilation: Any = 1,
     groups: int = 1,
+    algorithm: str = "auto",
 ) -> np.ndarray: ...
 def conv2d_backward_weights(
     x: Any,
@@ -64,6 +66,7 @@ def conv2d_backward_weights(
     padding: Any = 0,
     dilation: Any = 1,
     groups: int = 1,
+    algorithm: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]: ...
 def max_pool2d(
     x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0

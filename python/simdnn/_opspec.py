@@ -12,7 +12,7 @@ For each op this module holds, once on the Python side:
 ``ops`` keeps its hot paths cheap: the geometry of a convolution or a pooling (stride, padding,
 ...) is checked by the bindings themselves, so ``ops.conv2d`` passes it straight through, and only
 the checks of its scalars (gemm's alpha and beta, the optimisers' hyper-parameters, batch norm's
-eps and momentum) run here. The twins
+eps and momentum, the convolutions' algorithm name) run here. The twins
 run every check here, so that both surfaces refuse the same arguments with the same error;
 tests/ops/test_surfaces.py holds them to it. Array shapes and dtypes are the bindings' business
 (the twins assume valid arrays).
@@ -141,6 +141,71 @@ def conv_args(
     if g < 1:
         raise ValueError(f"{fn}: groups must be >= 1, got {g}")
     return st, pad, dil, g
+
+
+# The convolution algorithms of conv2d and its two backward passes: "auto" lets the native code
+# choose (Winograd for eligible layers with enough channels, else direct), "direct" is the exact
+# implicit-GEMM path, "winograd" forces Winograd F(4x4, 3x3) (ValueError where not eligible).
+CONV_ALGORITHMS: tuple[str, ...] = ("auto", "direct", "winograd")
+_ALGORITHM_LIST = "'auto', 'direct' or 'winograd'"
+
+
+def conv_algorithm_arg(value: object, fn: str, name: str = "algorithm") -> str:
+    """The checked algorithm name of a convolution: TypeError for a non-str, ValueError for an
+    unknown name (both naming the argument, what it got and the allowed values)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{fn}: {name} must be a str, one of {_ALGORITHM_LIST}, got {value!r}")
+    if value not in CONV_ALGORITHMS:
+        raise ValueError(f"{fn}: {name} must be one of {_ALGORITHM_LIST}, got {value!r}")
+    return str(value)
+
+
+def winograd_ineligibility(
+    w_shape: tuple[int, ...],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+    backward_data: bool = False,
+) -> str | None:
+    """Why Winograd F(4x4, 3x3) cannot run this (checked) geometry, or None when it can: it
+    needs a 3x3 kernel, stride 1, dilation 1 and groups 1, and for backward-data (the forward
+    algorithm with padding 2 - padding) a padding of at most 2."""
+    r, s = w_shape[-2], w_shape[-1]
+    reasons = []
+    if (r, s) != (3, 3):
+        reasons.append(f"kernel ({r}, {s})")
+    if stride != (1, 1):
+        reasons.append(f"stride {stride}")
+    if dilation != (1, 1):
+        reasons.append(f"dilation {dilation}")
+    if groups != 1:
+        reasons.append(f"groups {groups}")
+    if backward_data and max(padding) > 2:
+        reasons.append(f"padding {padding}")
+    if not reasons:
+        return None
+    need = "a 3x3 kernel, stride 1, dilation 1 and groups 1"
+    if backward_data:
+        need += " (and padding <= 2 for backward-data)"
+    return f"algorithm='winograd' needs {need}, got {', '.join(reasons)}"
+
+
+def winograd_eligible(
+    w_shape: tuple[int, ...],
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    backward_data: bool = False,
+) -> bool:
+    """Whether Winograd F(4x4, 3x3) can run this geometry (see :func:`winograd_ineligibility`)."""
+    return (
+        winograd_ineligibility(
+            w_shape, pair(stride), pair(padding), pair(dilation), int(groups), backward_data
+        )
+        is None
+    )
 
 
 def window(

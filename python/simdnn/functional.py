@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from . import init as _init
-from ._opspec import IntPair
+from ._opspec import IntPair, conv_algorithm_arg, conv_args, winograd_ineligibility
 from .autograd import Array, Tensor, add, as_array, grad_sink, record
-from .backend import backend_ops
+from .backend import backend_ops, get_conv_algorithm
 
 __all__ = [
     "adaptive_avg_pool2d",
@@ -151,6 +151,29 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
 # Convolution and pooling: the native kernels, forward and backward.
 
 
+def _conv_algorithms(
+    algorithm: str | None, w_shape: tuple[int, ...], geometry: tuple[Any, ...], fn: str
+) -> tuple[str, str, str]:
+    """The algorithms of the (forward, backward-data, backward-weights) passes: an explicit
+    ``algorithm`` for all three (checked: "winograd" is strict, the op raises where it cannot
+    run); None takes the context's (:func:`simdnn.conv_algorithm`), where "winograd" means
+    "wherever the geometry allows it" and each pass that cannot run it runs "direct"."""
+    if algorithm is not None:
+        algorithm = conv_algorithm_arg(algorithm, fn)
+        return algorithm, algorithm, algorithm
+    chosen = get_conv_algorithm()
+    if chosen != "winograd":
+        return chosen, chosen, chosen
+    try:
+        st, pad, dil, groups = conv_args(*geometry, fn)
+    except (TypeError, ValueError):
+        return "direct", "direct", "direct"  # the op itself names the bad argument
+    if len(w_shape) != 4 or winograd_ineligibility(w_shape, st, pad, dil, groups) is not None:
+        return "direct", "direct", "direct"
+    bd_ok = winograd_ineligibility(w_shape, st, pad, dil, groups, backward_data=True) is None
+    return "winograd", "winograd" if bd_ok else "direct", "winograd"
+
+
 def conv2d(
     x: Any,
     weight: Any,
@@ -159,22 +182,31 @@ def conv2d(
     padding: IntPair = 0,
     dilation: IntPair = 1,
     groups: int = 1,
+    algorithm: str | None = None,
 ) -> Tensor:
     """Shape: x (N, C, H, W), weight (K, C/groups, R, S), bias (K,) -> (N, K, P, Q).
 
     Backward: dX by the backward-data kernel (only when x needs it), dW and db together by the
     backward-weights kernel.
+
+    ``algorithm`` ("auto", "direct" or "winograd", see :func:`simdnn.ops.conv2d`) applies to the
+    forward pass and both backward passes; None (the default) takes the current
+    :func:`simdnn.conv_algorithm`, read once, here: the backward passes use what the forward
+    pass chose.
     """
     ops = backend_ops()
     xv, wv = as_array(x), as_array(weight)
     geometry = (stride, padding, dilation, groups)
-    y = ops.conv2d(xv, wv, None if bias is None else as_array(bias), *geometry)
+    fwd, bwd_data, bwd_weights = _conv_algorithms(algorithm, wv.shape, geometry, "conv2d")
+    y = ops.conv2d(xv, wv, None if bias is None else as_array(bias), *geometry, fwd)
 
     def rule(g: Array, needs: tuple[bool, ...]) -> tuple[Array | None, ...]:
-        gx = ops.conv2d_backward_data(g, wv, xv.shape, *geometry) if needs[0] else None
+        gx = None
+        if needs[0]:
+            gx = ops.conv2d_backward_data(g, wv, xv.shape, *geometry, bwd_data)
         gw = gb = None
         if needs[1] or needs[2]:
-            gw, gb = ops.conv2d_backward_weights(xv, g, wv.shape, *geometry)
+            gw, gb = ops.conv2d_backward_weights(xv, g, wv.shape, *geometry, bwd_weights)
         return gx, gw if needs[1] else None, gb if needs[2] else None
 
     return record(y, (x, weight, bias), rule, "conv2d")
@@ -212,9 +244,11 @@ def conv1d(
     padding: int = 0,
     dilation: int = 1,
     groups: int = 1,
+    algorithm: str | None = None,
 ) -> Tensor:
     """Shape: x (N, C, L), weight (K, C/groups, S), bias (K,) -> (N, K, Q), on the 2-D kernels
-    with a height of 1."""
+    with a height of 1. ``algorithm`` as in :func:`conv2d` (a 1 x S kernel never runs
+    Winograd: an explicit "winograd" is refused, the context's runs direct)."""
     fn = "conv1d"
     wshape = as_array(weight).shape
     if len(wshape) != 3:
@@ -229,6 +263,7 @@ def conv1d(
         (0, _single(padding, "padding", fn)),
         (1, _single(dilation, "dilation", fn)),
         groups,
+        None if algorithm is None else conv_algorithm_arg(algorithm, fn),
     )
     return _from_2d(y)
 

@@ -18,9 +18,11 @@ import numpy as np
 from . import _core
 
 # The argument checks that the bindings do not make, shared with the twins.
+from ._opspec import CONV_ALGORITHMS as _CONV_ALGORITHMS
 from ._opspec import IntPair
 from ._opspec import adam_args as _adam_args
 from ._opspec import batch_norm_args as _batch_norm_args
+from ._opspec import conv_algorithm_arg as _conv_algorithm_arg
 from ._opspec import gemm_args as _gemm_args
 from ._opspec import sgd_args as _sgd_args
 
@@ -88,6 +90,16 @@ def gemm(
 
 # ------------------------------------------------------------------------------------------------
 # Convolution (NCHW). stride, padding and dilation take an int or an (h, w) pair, as in PyTorch.
+# algorithm: "auto" (the native code chooses: Winograd F(4x4, 3x3) for eligible layers with
+# enough channels, else direct), "direct" (the exact implicit-GEMM path) or "winograd" (forced;
+# ValueError unless the kernel is 3x3 with stride 1, dilation 1 and groups 1, and for
+# backward-data padding <= 2). The name is checked here (as by the twins), the geometry natively.
+
+
+def _algorithm(value: object, fn: str) -> str:
+    if value.__class__ is str and value in _CONV_ALGORITHMS:
+        return value  # type: ignore[return-value]
+    return _conv_algorithm_arg(value, fn)
 
 
 def conv2d(
@@ -98,6 +110,7 @@ def conv2d(
     padding: IntPair = 0,
     dilation: IntPair = 1,
     groups: int = 1,
+    algorithm: str = "auto",
 ) -> np.ndarray:
     """2-D cross-correlation of a batch of images with a bank of filters, plus a bias.
 
@@ -110,8 +123,13 @@ def conv2d(
         - b: (K,) or None
         - result: (N, K, P, Q) with
           P = (H + 2 * padding[0] - dilation[0] * (R - 1) - 1) // stride[0] + 1, Q likewise.
+
+    ``algorithm`` picks the implementation: "auto" (default), "direct" or "winograd" (see
+    above); a Winograd result that is not all finite is recomputed by the direct path, so NaN
+    and Inf land where the direct convolution puts them.
     """
-    return _core.conv2d(x, w, b, stride, padding, dilation, groups)
+    algorithm = _algorithm(algorithm, "conv2d")
+    return _core.conv2d(x, w, b, stride, padding, dilation, groups, algorithm)
 
 
 def conv2d_backward_data(
@@ -122,6 +140,7 @@ def conv2d_backward_data(
     padding: IntPair = 0,
     dilation: IntPair = 1,
     groups: int = 1,
+    algorithm: str = "auto",
 ) -> np.ndarray:
     """Gradient of conv2d with respect to its input: the transposed convolution of dy with w.
 
@@ -130,8 +149,12 @@ def conv2d_backward_data(
         - w: (K, C / groups, R, S)
         - x_shape: (N, C, H, W), the input's shape (several H give the same P when stride > 1)
         - result: (N, C, H, W)
+
+    ``algorithm`` as in :func:`conv2d`; Winograd runs the forward algorithm on dy with the
+    flipped, transposed filters and padding 2 - padding.
     """
-    return _core.conv2d_backward_data(dy, w, x_shape, stride, padding, dilation, groups)
+    algorithm = _algorithm(algorithm, "conv2d_backward_data")
+    return _core.conv2d_backward_data(dy, w, x_shape, stride, padding, dilation, groups, algorithm)
 
 
 def conv2d_backward_weights(
@@ -142,6 +165,7 @@ def conv2d_backward_weights(
     padding: IntPair = 0,
     dilation: IntPair = 1,
     groups: int = 1,
+    algorithm: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gradients of conv2d with respect to its weights and bias.
 
@@ -150,8 +174,13 @@ def conv2d_backward_weights(
         - dy: (N, K, P, Q)
         - w_shape: (K, C / groups, R, S)
         - result: (dw, db) with dw (K, C / groups, R, S) and db (K,)
+
+    ``algorithm`` as in :func:`conv2d`; Winograd's is the exact transpose of its forward pass.
     """
-    return _core.conv2d_backward_weights(x, dy, w_shape, stride, padding, dilation, groups)
+    algorithm = _algorithm(algorithm, "conv2d_backward_weights")
+    return _core.conv2d_backward_weights(
+        x, dy, w_shape, stride, padding, dilation, groups, algorithm
+    )
 
 
 # ------------------------------------------------------------------------------------------------

@@ -18,11 +18,14 @@ from ._opspec import (
     IntPair,
     adam_args,
     batch_norm_args,
+    conv_algorithm_arg,
     conv_args,
     conv_out_size,
     gemm_args,
+    int_pair,
     sgd_args,
     window,
+    winograd_ineligibility,
 )
 
 __all__ = [
@@ -41,6 +44,17 @@ __all__ = [
     "relu",
     "relu_backward",
     "sgd_update",
+]
+
+# Beyond the twins of simdnn.ops (the list above, simdnn._opspec.NAMES): the Winograd F(4x4, 3x3)
+# convolutions that algorithm="winograd" runs, and their transform matrices.
+__all__ += [
+    "WINOGRAD_AT",
+    "WINOGRAD_BT",
+    "WINOGRAD_G",
+    "conv2d_winograd",
+    "conv2d_winograd_backward_data",
+    "conv2d_winograd_backward_weights",
 ]
 
 
@@ -160,13 +174,19 @@ def conv2d(
     padding: IntPair = 0,
     dilation: IntPair = 1,
     groups: int = 1,
+    algorithm: str = "auto",
 ) -> np.ndarray:
     """Shape: x (N, C, H, W), w (K, C/groups, R, S), b (K,) -> (N, K, P, Q).
 
     Depthwise convolutions (groups == C == K) are one multiply-add of whole strided views per
-    kernel tap: a matmul per single-channel group would be far slower.
+    kernel tap: a matmul per single-channel group would be far slower. ``algorithm="winograd"``
+    runs :func:`conv2d_winograd` (ValueError where the geometry is not eligible); "auto" and
+    "direct" both run the exact direct convolution here.
     """
     st, pad, dil, groups = conv_args(stride, padding, dilation, groups, "conv2d")
+    if conv_algorithm_arg(algorithm, "conv2d") == "winograd":
+        _check_winograd(w.shape, st, pad, dil, groups, "conv2d")
+        return conv2d_winograd(x, w, b, pad)
     n = x.shape[0]
     k, cg, r, s = w.shape
     if _is_depthwise(x.shape[1], k, groups):
@@ -195,11 +215,17 @@ def conv2d_backward_data(
     padding: IntPair = 0,
     dilation: IntPair = 1,
     groups: int = 1,
+    algorithm: str = "auto",
 ) -> np.ndarray:
-    """Shape: dy (N, K, P, Q), w (K, C/groups, R, S) -> dx of x_shape (N, C, H, W)."""
-    (sh, sw), (ph, pw), (dh, dw), groups = conv_args(
-        stride, padding, dilation, groups, "conv2d_backward_data"
-    )
+    """Shape: dy (N, K, P, Q), w (K, C/groups, R, S) -> dx of x_shape (N, C, H, W).
+
+    ``algorithm="winograd"`` runs :func:`conv2d_winograd_backward_data`; "auto" and "direct"
+    the exact direct pass."""
+    fn = "conv2d_backward_data"
+    (sh, sw), (ph, pw), (dh, dw), groups = conv_args(stride, padding, dilation, groups, fn)
+    if conv_algorithm_arg(algorithm, fn) == "winograd":
+        _check_winograd(w.shape, (sh, sw), (ph, pw), (dh, dw), groups, fn, backward_data=True)
+        return conv2d_winograd_backward_data(dy, w, x_shape, (ph, pw))
     n, c, h, wd = x_shape
     k, cg, r, s = w.shape
     p, q = dy.shape[-2:]
@@ -231,9 +257,17 @@ def conv2d_backward_weights(
     padding: IntPair = 0,
     dilation: IntPair = 1,
     groups: int = 1,
+    algorithm: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Shape: x (N, C, H, W), dy (N, K, P, Q) -> (dw of w_shape (K, C/groups, R, S), db (K,))."""
-    st, pad, dil, groups = conv_args(stride, padding, dilation, groups, "conv2d_backward_weights")
+    """Shape: x (N, C, H, W), dy (N, K, P, Q) -> (dw of w_shape (K, C/groups, R, S), db (K,)).
+
+    ``algorithm="winograd"`` runs :func:`conv2d_winograd_backward_weights`; "auto" and
+    "direct" the exact direct pass."""
+    fn = "conv2d_backward_weights"
+    st, pad, dil, groups = conv_args(stride, padding, dilation, groups, fn)
+    if conv_algorithm_arg(algorithm, fn) == "winograd":
+        _check_winograd(tuple(w_shape), st, pad, dil, groups, fn)
+        return conv2d_winograd_backward_weights(x, dy, w_shape, pad)
     n = x.shape[0]
     k, cg, r, s = w_shape
     if _is_depthwise(x.shape[1], k, groups):
@@ -247,6 +281,237 @@ def conv2d_backward_weights(
     cols = cols.reshape(n, groups, cg * r * s, p * q)
     dyg = dy.reshape(n, groups, k // groups, p * q)
     dw = np.matmul(dyg, cols.transpose(0, 1, 3, 2)).sum(axis=0).reshape(k, cg, r, s)
+    return dw, dy.sum(axis=(0, 2, 3))
+
+
+# ------------------------------------------------------------------------------------------------
+# Winograd F(4x4, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016):
+# each 4x4 output tile of a 3x3 convolution from a 6x6 input patch with 36 multiplications per
+# channel pair instead of 144. With U = G g G^T (6x6, per filter pair k, c) and
+# V = BT d BT^T (6x6, per input patch d and channel c):
+#
+#     y_tile = AT [ sum_c U[k, c] * V[c] ] AT^T        (* elementwise)
+#
+# The tile at (4i, 4j) reads the zero-padded input at rows 4i - ph .. 4i - ph + 5 (columns
+# likewise); the output is cropped to P x Q, with ceil(P/4) x ceil(Q/4) tiles per image. The
+# channel sum is one batched matmul over the 36 positions of the 6x6 tile. The NumPy twin of the
+# native kernels (cpp/conv/winograd.h): the same matrices, in the input dtype.
+# Shape legend: x (N, C, H, W), w (K, C, 3, 3), b (K,), y (N, K, P, Q), P = H + 2 ph - 2.
+
+WINOGRAD_BT = np.array(
+    [
+        [4, 0, -5, 0, 1, 0],
+        [0, -4, -4, 1, 1, 0],
+        [0, 4, -4, -1, 1, 0],
+        [0, -2, -1, 2, 1, 0],
+        [0, 2, -1, -2, 1, 0],
+        [0, 4, 0, -5, 0, 1],
+    ],
+    dtype=np.float64,
+)
+WINOGRAD_G = np.array(
+    [
+        [1 / 4, 0, 0],
+        [-1 / 6, -1 / 6, -1 / 6],
+        [-1 / 6, 1 / 6, -1 / 6],
+        [1 / 24, 1 / 12, 1 / 6],
+        [1 / 24, -1 / 12, 1 / 6],
+        [0, 0, 1],
+    ],
+    dtype=np.float64,
+)
+WINOGRAD_AT = np.array(
+    [
+        [1, 1, 1, 1, 1, 0],
+        [0, 1, -1, 2, -2, 0],
+        [0, 1, 1, 4, 4, 0],
+        [0, 1, -1, 8, -8, 1],
+    ],
+    dtype=np.float64,
+)
+for _m in (WINOGRAD_BT, WINOGRAD_G, WINOGRAD_AT):
+    _m.flags.writeable = False
+del _m
+
+
+def _check_winograd(
+    w_shape: tuple[int, ...],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+    fn: str,
+    backward_data: bool = False,
+) -> None:
+    reason = winograd_ineligibility(w_shape, stride, padding, dilation, groups, backward_data)
+    if reason is not None:
+        raise ValueError(f"{fn}: {reason}")
+
+
+def _float_array(a: object, name: str, fn: str) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{fn}: {name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{fn}: {name} must be float32 or float64, got {a.dtype}")
+    if a.ndim != 4:
+        raise ValueError(f"{fn}: {name} must be 4-D, got shape {a.shape}")
+    return a
+
+
+def _shape4(shape: object, name: str, fn: str) -> tuple[int, int, int, int]:
+    try:
+        out = tuple(int(v) for v in shape)  # type: ignore[attr-defined]
+    except TypeError:
+        out = ()
+    if len(out) != 4 or min(out) < 0:
+        raise ValueError(f"{fn}: {name} must be 4 sizes >= 0, got {shape!r}")
+    return out  # type: ignore[return-value]
+
+
+def _winograd_geometry(
+    h: int, w: int, padding: object, fn: str
+) -> tuple[tuple[int, int], int, int, int, int]:
+    """((ph, pw), P, Q, tiles down, tiles across) of a 3x3 stride-1 convolution of an H x W
+    plane; ValueError when the padded plane is smaller than the kernel."""
+    ph, pw = int_pair(padding, "padding", fn, 0)
+    p, q = h + 2 * ph - 2, w + 2 * pw - 2
+    if p < 1 or q < 1:
+        raise ValueError(
+            f"{fn}: the input plane ({h}, {w}) with padding ({ph}, {pw}) is smaller than the "
+            "3x3 kernel"
+        )
+    return (ph, pw), p, q, -(-p // 4), -(-q // 4)
+
+
+def _winograd_input(x: np.ndarray, padding: tuple[int, int], th: int, tw: int) -> np.ndarray:
+    """V = BT d BT^T of every 6x6 input patch: (N, C, H, W) -> (N, C, TH, TW, 6, 6)."""
+    n, c, h, w = x.shape
+    ph, pw = padding
+    # The zero-padded plane covering every tile's patch: 4 * tiles + 2 rows (columns); x fits in
+    # it whole since 4 * tiles >= P = H + 2 ph - 2.
+    xp = np.zeros((n, c, 4 * th + 2, 4 * tw + 2), x.dtype)
+    xp[:, :, ph : ph + h, pw : pw + w] = x
+    s_n, s_c, s_h, s_w = xp.strides
+    d = as_strided(
+        xp, (n, c, th, tw, 6, 6), (s_n, s_c, 4 * s_h, 4 * s_w, s_h, s_w), writeable=False
+    )
+    bt = WINOGRAD_BT.astype(x.dtype)
+    return np.matmul(np.matmul(bt, d), bt.T)
+
+
+def conv2d_winograd(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, padding: IntPair = 1
+) -> np.ndarray:
+    """3x3 convolution (stride 1, dilation 1, groups 1) by Winograd F(4x4, 3x3), in x's dtype.
+
+    Shape:
+        - x: (N, C, H, W)
+        - w: (K, C, 3, 3)
+        - b: (K,) or None
+        - result: (N, K, P, Q) with P = H + 2 * padding[0] - 2, Q = W + 2 * padding[1] - 2
+
+    Per image, ceil(P/4) x ceil(Q/4) tiles; for each, ``AT [sum_c (G w[k, c] G^T) *
+    (BT d BT^T)] AT^T`` with d its 6x6 zero-padded input patch, cropped to P x Q (the matrices are
+    :data:`WINOGRAD_BT`, :data:`WINOGRAD_G` and :data:`WINOGRAD_AT`).
+    """
+    fn = "conv2d_winograd"
+    x, w = _float_array(x, "x", fn), _float_array(w, "w", fn)
+    n, c, h, wd = x.shape
+    k = w.shape[0]
+    if w.shape[1:] != (c, 3, 3):
+        raise ValueError(f"{fn}: w must have shape (K, {c}, 3, 3) for x {x.shape}, got {w.shape}")
+    if w.dtype != x.dtype:
+        raise TypeError(f"{fn}: w is {w.dtype} but x is {x.dtype}; both must have one dtype")
+    if b is not None and (not isinstance(b, np.ndarray) or b.shape != (k,) or b.dtype != x.dtype):
+        got = f"{b.dtype} {b.shape}" if isinstance(b, np.ndarray) else type(b).__name__
+        raise ValueError(f"{fn}: b must be None or a ({k},) array of {x.dtype}, got {got}")
+    pad, p, q, th, tw = _winograd_geometry(h, wd, padding, fn)
+    g = WINOGRAD_G.astype(x.dtype)
+    at = WINOGRAD_AT.astype(x.dtype)
+    u = np.matmul(np.matmul(g, w), g.T)  # (K, C, 6, 6)
+    v = _winograd_input(x, pad, th, tw)  # (N, C, TH, TW, 6, 6)
+    # The channel sum: per tile position (a, b), (K, C) @ (C, N * TH * TW).
+    u36 = u.reshape(k, c, 36).transpose(2, 0, 1)
+    v36 = v.transpose(4, 5, 1, 0, 2, 3).reshape(36, c, n * th * tw)
+    m = np.matmul(u36, v36).reshape(6, 6, k, n, th, tw).transpose(3, 2, 4, 5, 0, 1)
+    tiles = np.matmul(np.matmul(at, m), at.T)  # (N, K, TH, TW, 4, 4)
+    y = tiles.transpose(0, 1, 2, 4, 3, 5).reshape(n, k, 4 * th, 4 * tw)[:, :, :p, :q]
+    y = np.ascontiguousarray(y)
+    if b is not None:
+        y += b.reshape(1, k, 1, 1)
+    return y
+
+
+def conv2d_winograd_backward_data(
+    dy: np.ndarray, w: np.ndarray, x_shape: tuple[int, int, int, int], padding: IntPair = 1
+) -> np.ndarray:
+    """Gradient of :func:`conv2d_winograd` with respect to x, by Winograd F(4x4, 3x3): the
+    forward algorithm on dy with the flipped, transposed filters ``w'[c, k] = w[k, c, ::-1, ::-1]``
+    and padding ``2 - padding`` (so padding must be at most 2).
+
+    Shape:
+        - dy: (N, K, P, Q) with P = H + 2 * padding[0] - 2, Q = W + 2 * padding[1] - 2
+        - w: (K, C, 3, 3)
+        - x_shape: (N, C, H, W)
+        - result: (N, C, H, W), in dy's dtype
+    """
+    fn = "conv2d_winograd_backward_data"
+    dy, w = _float_array(dy, "dy", fn), _float_array(w, "w", fn)
+    n, c, h, wd = _shape4(x_shape, "x_shape", fn)
+    ph, pw = int_pair(padding, "padding", fn, 0)
+    if ph > 2 or pw > 2:
+        raise ValueError(f"{fn}: padding must be at most 2, got {padding!r}")
+    k = w.shape[0]
+    if w.shape[1:] != (c, 3, 3):
+        raise ValueError(
+            f"{fn}: w must have shape (K, {c}, 3, 3) for x_shape {(n, c, h, wd)}, got {w.shape}"
+        )
+    want = (n, k, h + 2 * ph - 2, wd + 2 * pw - 2)
+    if dy.shape != want:
+        raise ValueError(f"{fn}: dy must have shape {want}, got {dy.shape}")
+    if w.dtype != dy.dtype:
+        raise TypeError(f"{fn}: w is {w.dtype} but dy is {dy.dtype}; both must have one dtype")
+    flipped = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+    return conv2d_winograd(dy, flipped, None, (2 - ph, 2 - pw))
+
+
+def conv2d_winograd_backward_weights(
+    x: np.ndarray, dy: np.ndarray, w_shape: tuple[int, int, int, int], padding: IntPair = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gradients of :func:`conv2d_winograd` with respect to w and b, by the exact transpose of
+    the forward algorithm: per tile ``dM = AT^T dY AT`` (dY the 4x4 tile of dy, zero beyond
+    P x Q) and ``V = BT d BT^T``; ``dU[k, c] = sum over images and tiles of dM[k] * V[c]``;
+    ``dw[k, c] = G^T dU[k, c] G``; db is the sum of dy over N, P and Q.
+
+    Shape:
+        - x: (N, C, H, W)
+        - dy: (N, K, P, Q) with P = H + 2 * padding[0] - 2, Q = W + 2 * padding[1] - 2
+        - w_shape: (K, C, 3, 3)
+        - result: (dw (K, C, 3, 3), db (K,)), in x's dtype
+    """
+    fn = "conv2d_winograd_backward_weights"
+    x, dy = _float_array(x, "x", fn), _float_array(dy, "dy", fn)
+    k, c, r, s = _shape4(w_shape, "w_shape", fn)
+    n, xc, h, wd = x.shape
+    if (c, r, s) != (xc, 3, 3):
+        raise ValueError(f"{fn}: w_shape must be (K, {xc}, 3, 3) for x {x.shape}, got {w_shape!r}")
+    pad, p, q, th, tw = _winograd_geometry(h, wd, padding, fn)
+    if dy.shape != (n, k, p, q):
+        raise ValueError(f"{fn}: dy must have shape {(n, k, p, q)}, got {dy.shape}")
+    if dy.dtype != x.dtype:
+        raise TypeError(f"{fn}: dy is {dy.dtype} but x is {x.dtype}; both must have one dtype")
+    g = WINOGRAD_G.astype(x.dtype)
+    at = WINOGRAD_AT.astype(x.dtype)
+    v = _winograd_input(x, pad, th, tw)  # (N, C, TH, TW, 6, 6)
+    dyp = np.zeros((n, k, 4 * th, 4 * tw), x.dtype)
+    dyp[:, :, :p, :q] = dy
+    dy_tiles = dyp.reshape(n, k, th, 4, tw, 4).transpose(0, 1, 2, 4, 3, 5)
+    dm = np.matmul(np.matmul(at.T, dy_tiles), at)  # (N, K, TH, TW, 6, 6)
+    # The sum over images and tiles: per tile position (a, b), (K, N TH TW) @ (N TH TW, C).
+    dm36 = dm.transpose(4, 5, 1, 0, 2, 3).reshape(36, k, n * th * tw)
+    v36 = v.transpose(4, 5, 0, 2, 3, 1).reshape(36, n * th * tw, c)
+    du = np.matmul(dm36, v36).reshape(6, 6, k, c).transpose(2, 3, 0, 1)  # (K, C, 6, 6)
+    dw = np.ascontiguousarray(np.matmul(np.matmul(g.T, du), g))
     return dw, dy.sum(axis=(0, 2, 3))
 
 

@@ -18,8 +18,21 @@ from simdnn import _core, _opspec, ops, reference
 NAMES = sorted(_opspec.SPECS)
 
 
+WINOGRAD_TWINS = [
+    "WINOGRAD_AT",
+    "WINOGRAD_BT",
+    "WINOGRAD_G",
+    "conv2d_winograd",
+    "conv2d_winograd_backward_data",
+    "conv2d_winograd_backward_weights",
+]
+
+
 def test_both_surfaces_export_every_op_of_the_spec():
-    assert ops.__all__ == reference.__all__ == NAMES == _opspec.NAMES
+    """reference exports the twins of the ops, then the Winograd algorithm and its matrices."""
+    assert ops.__all__ == NAMES == _opspec.NAMES
+    assert reference.__all__ == NAMES + WINOGRAD_TWINS
+    assert all(hasattr(reference, name) for name in reference.__all__)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -171,6 +184,12 @@ BAD_CONV = [
     ("groups", 0),
     ("groups", 1.5),
     ("groups", (2,)),
+    ("algorithm", "fast"),
+    ("algorithm", "Winograd"),
+    ("algorithm", ""),
+    ("algorithm", None),
+    ("algorithm", 1),
+    ("algorithm", b"auto"),
 ]
 BAD_POOL = [
     ("kernel_size", 0),
@@ -245,6 +264,16 @@ def test_bad_arguments_raise_the_same_error(name, arg, value):
     assert native_msg == twin_msg
     assert native_msg.startswith(f"{name}: ")
     assert arg in native_msg
+
+
+@pytest.mark.parametrize("name", ["conv2d", "conv2d_backward_data", "conv2d_backward_weights"])
+def test_winograd_on_an_ineligible_geometry_is_refused_by_both(name):
+    """The valid call's geometry (stride (2, 1), dilation (1, 2), groups 2, a 3x2 kernel) cannot
+    run Winograd F(4x4, 3x3): a ValueError naming the op and the algorithm on both surfaces."""
+    for surface in (ops, reference):
+        args, kwargs = CALLS[name]()
+        with pytest.raises(ValueError, match=rf"^{name}: .*winograd"):
+            getattr(surface, name)(*args, **{**kwargs, "algorithm": "winograd"})
 
 
 def test_nesterov_without_momentum_is_refused_by_both():

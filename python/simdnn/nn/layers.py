@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from .. import functional as F
 from .. import init
-from .._opspec import IntPair, conv_out_size
+from .._opspec import IntPair, conv_algorithm_arg, conv_out_size, winograd_ineligibility
 from ..autograd import Tensor, as_array
 from .module import Module, Parameter, Shape, is_meta, meta_array
 
@@ -174,6 +174,11 @@ class Conv2d(Module):
         stride, padding, dilation: int or pair, as in PyTorch. groups: split the channels into
         groups convolved separately (groups = C = K is a depthwise convolution). bias: learn b.
         init: weight initialiser (default "kaiming_uniform", He, for ReLU nets).
+        algorithm: the convolution algorithm of the forward and both backward passes, "auto",
+            "direct" or "winograd" (Winograd F(4x4, 3x3): 3x3 kernels, stride 1, dilation 1,
+            groups 1 and padding <= 2, else a ValueError here); None (the default) follows
+            :func:`simdnn.conv_algorithm`. A setting, not a parameter: saved with the
+            architecture, not in the state dict.
 
     Shape:
         - Input: (N, C, H, W)
@@ -198,6 +203,7 @@ class Conv2d(Module):
         init: str = "kaiming_uniform",
         dtype: npt.DTypeLike | None = None,
         rng: np.random.Generator | None = None,
+        algorithm: str | None = None,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -224,6 +230,16 @@ class Conv2d(Module):
             groups,
             init,
         )
+        if algorithm is not None:
+            algorithm = conv_algorithm_arg(algorithm, name)
+            if algorithm == "winograd":
+                shape4 = (out_channels, in_channels // groups, *self.kernel_size)
+                reason = winograd_ineligibility(
+                    shape4, self.stride, self.padding, self.dilation, groups, backward_data=True
+                )
+                if reason is not None:
+                    raise ValueError(f"{name}: {reason}")
+        self.algorithm: str | None = algorithm
         dt = _dtype(dtype, name)
         shape = (out_channels, in_channels // groups, *self.kernel_size)
         self.weight = Parameter(_weights(init, shape, dt, _rng(rng, name)))
@@ -237,7 +253,7 @@ class Conv2d(Module):
         _check_input(self, x, f"(N, {self.in_channels}, H, W)",
                      lambda s: len(s) == 4 and s[1] == self.in_channels)  # fmt: skip
         x = F.match_dtype(x, self.weight, type(self).__name__)
-        return F.conv2d(x, self.weight, self.bias, *self._args())
+        return F.conv2d(x, self.weight, self.bias, *self._args(), self.algorithm)
 
     def output_shape(self, input_shape: Shape) -> Shape:
         n, _, h, w = input_shape
@@ -269,6 +285,8 @@ class Conv2d(Module):
             "groups": self.groups,
             "bias": self.bias is not None,
             "init": self.init,
+            # Only when set: the architecture of a model that never chose one reads as before.
+            **({} if self.algorithm is None else {"algorithm": self.algorithm}),
         }
 
 

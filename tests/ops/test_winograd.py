@@ -1,0 +1,654 @@
+"""Winograd F(4x4, 3x3) convolutions: the NumPy twins against the direct reference, the native
+kernels (algorithm="winograd") against the twins on every ISA, the choice between algorithms
+(ops, functional, layers, simdnn.conv_algorithm), non-finite inputs, float32 accuracy and
+gradients through a model.
+
+Shape legend: x (N, C, H, W), w (K, C, 3, 3), b (K,), y (N, K, P, Q), P = H + 2 ph - 2.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+
+import simdnn
+from helpers import F64, as64, sprinkle
+from simdnn import functional as F
+from simdnn import nn, ops, reference
+
+# (N, C, K, H, W, padding): planes of 1-3 pixels (with padding), P or Q not multiples of 4
+# (5, 7, 13, 17), one and three images, 1, 3 and 17 channels, padding 0, 1, 2 and ph != pw.
+CASES = [
+    (1, 1, 1, 1, 1, 1),
+    (3, 3, 1, 1, 2, (1, 2)),
+    (1, 17, 3, 2, 3, 1),
+    (3, 1, 17, 3, 3, 0),
+    (1, 3, 3, 3, 1, 2),
+    (1, 3, 17, 5, 5, 1),
+    (3, 17, 1, 7, 7, 0),
+    (1, 1, 3, 7, 13, (2, 0)),
+    (3, 3, 3, 13, 13, 2),
+    (1, 17, 17, 17, 5, (0, 1)),
+    (3, 3, 17, 5, 17, (1, 0)),
+    (1, 17, 3, 17, 17, 1),
+    (3, 1, 1, 6, 9, (2, 1)),
+    (1, 3, 1, 8, 8, 1),
+]
+
+
+ALGORITHMS = ("direct", "winograd", "auto")
+
+
+def case_id(case: tuple) -> str:
+    return "-".join(str(v).replace(" ", "") for v in case)
+
+
+def make(case: tuple, dtype: type, rng: np.random.Generator):
+    """x, w, b and a dy of the output's shape, and the padding pair."""
+    n, c, k, h, w, padding = case
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((k, c, 3, 3)).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype)
+    dy = rng.standard_normal((n, k, h + 2 * ph - 2, w + 2 * pw - 2)).astype(dtype)
+    return x, wt, b, dy, padding
+
+
+def assert_near(got: np.ndarray, want: np.ndarray, rel: float, what: str = "") -> None:
+    """Elementwise within rel times the largest |want| (the output's scale): Winograd's error
+    is spread over a tile, so near-zero elements carry the error of their neighbours."""
+    assert got.shape == want.shape, (what, got.shape, want.shape)
+    scale = max(1.0, float(np.abs(want).max(initial=0)))
+    np.testing.assert_allclose(
+        got.astype(F64), want.astype(F64), rtol=0, atol=rel * scale, err_msg=what
+    )
+
+
+def tolerance(dtype: type) -> float:
+    return 5e-5 if dtype == np.float32 else 1e-10
+
+
+# ------------------------------------------------------------------------------------------------
+# The NumPy twins against the direct reference, in float64.
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_twins_match_the_direct_reference(rng, case, bias):
+    x, w, b, dy, padding = make(case, F64, rng)
+    b = b if bias else None
+    y = reference.conv2d_winograd(x, w, b, padding)
+    assert y.dtype == F64
+    assert_near(y, reference.conv2d(x, w, b, padding=padding), 1e-10, "forward")
+    dx = reference.conv2d_winograd_backward_data(dy, w, x.shape, padding)
+    want_dx = reference.conv2d_backward_data(dy, w, x.shape, padding=padding)
+    assert_near(dx, want_dx, 1e-10, "backward-data")
+    dw, db = reference.conv2d_winograd_backward_weights(x, dy, w.shape, padding)
+    want_dw, want_db = reference.conv2d_backward_weights(x, dy, w.shape, padding=padding)
+    assert_near(dw, want_dw, 1e-10, "backward-weights dw")
+    assert_near(db, want_db, 1e-12, "backward-weights db")
+
+
+def test_twins_compute_in_the_input_dtype(rng):
+    x, w, b, dy, padding = make((2, 3, 4, 9, 6, 1), np.float32, rng)
+    assert reference.conv2d_winograd(x, w, b, padding).dtype == np.float32
+    assert reference.conv2d_winograd_backward_data(dy, w, x.shape, padding).dtype == np.float32
+    dw, db = reference.conv2d_winograd_backward_weights(x, dy, w.shape, padding)
+    assert dw.dtype == db.dtype == np.float32
+
+
+def test_the_transform_matrices_are_lavin_and_grays():
+    bt = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+          [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]  # fmt: skip
+    g = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+         [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]  # fmt: skip
+    at = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
+    np.testing.assert_array_equal(reference.WINOGRAD_BT, bt)
+    np.testing.assert_array_equal(reference.WINOGRAD_G, g)
+    np.testing.assert_array_equal(reference.WINOGRAD_AT, at)
+    for m in (reference.WINOGRAD_BT, reference.WINOGRAD_G, reference.WINOGRAD_AT):
+        assert not m.flags.writeable
+    # F(4, 3) in one dimension: AT [(G g) * (BT d)] is the correlation of d with g.
+    rng = np.random.default_rng(0)
+    d, g3 = rng.standard_normal(6), rng.standard_normal(3)
+    got = np.asarray(at) @ ((np.asarray(g) @ g3) * (np.asarray(bt) @ d))
+    np.testing.assert_allclose(got, np.correlate(d, g3, "valid"), rtol=1e-12, atol=1e-12)
+
+
+X4, W4, DY4 = (2, 3, 6, 6), (4, 3, 3, 3), (2, 4, 6, 6)
+
+
+def _z(*shape: int, dtype: type = F64) -> np.ndarray:
+    return np.zeros(shape, dtype)
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "words"),
+    [
+        (lambda: reference.conv2d_winograd(_z(*X4), _z(4, 3, 5, 5)), ValueError, "w must"),
+        (lambda: reference.conv2d_winograd(_z(*X4), _z(4, 2, 3, 3)), ValueError, "w must"),
+        (lambda: reference.conv2d_winograd(_z(*X4), _z(*W4), padding=-1), ValueError, "padding"),
+        (lambda: reference.conv2d_winograd(_z(*X4), _z(*W4), padding=1.5), TypeError, "padding"),
+        (lambda: reference.conv2d_winograd(_z(2, 3, 1, 6), _z(*W4), padding=0), ValueError,
+         "smaller than the 3x3 kernel"),
+        (lambda: reference.conv2d_winograd(_z(*X4).tolist(), _z(*W4)), TypeError, "x must"),
+        (lambda: reference.conv2d_winograd(_z(*X4, dtype=np.int32), _z(*W4)), TypeError,
+         "x must be float32 or float64"),
+        (lambda: reference.conv2d_winograd(_z(*X4), _z(*W4, dtype=np.float32)), TypeError,
+         "one dtype"),
+        (lambda: reference.conv2d_winograd(_z(*X4), _z(*W4), _z(3)), ValueError, "b must"),
+        (lambda: reference.conv2d_winograd(_z(3, 6, 6), _z(*W4)), ValueError, "x must be 4-D"),
+        (lambda: reference.conv2d_winograd_backward_data(_z(2, 4, 10, 10), _z(*W4), X4, 3),
+         ValueError, "padding must be at most 2"),
+        (lambda: reference.conv2d_winograd_backward_data(_z(2, 4, 5, 6), _z(*W4), X4, 1),
+         ValueError, "dy must have shape"),
+        (lambda: reference.conv2d_winograd_backward_data(_z(*DY4), _z(*W4), (2, 3, 6), 1),
+         ValueError, "x_shape"),
+        (lambda: reference.conv2d_winograd_backward_weights(_z(*X4), _z(*DY4), (4, 3, 3, 2), 1),
+         ValueError, "w_shape"),
+        (lambda: reference.conv2d_winograd_backward_weights(_z(*X4), _z(2, 5, 6, 6), W4, 1),
+         ValueError, "dy must have shape"),
+    ],
+)  # fmt: skip
+def test_twins_name_the_bad_argument(call, exc, words):
+    with pytest.raises(exc, match=words) as info:
+        call()
+    assert str(info.value).startswith("conv2d_winograd")
+
+
+# ------------------------------------------------------------------------------------------------
+# The native kernels with algorithm="winograd" against the twins (every ISA, both dtypes).
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_native_forward_matches_the_twin(isa, dtype, rng, case, bias):
+    x, w, b, _, padding = make(case, dtype, rng)
+    b = b if bias else None
+    y = ops.conv2d(x, w, b, padding=padding, algorithm="winograd")
+    assert y.dtype == dtype
+    assert_near(y, reference.conv2d_winograd(x, w, b, padding), tolerance(dtype), "forward")
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_native_backward_data_matches_the_twin(isa, dtype, rng, case):
+    x, w, _, dy, padding = make(case, dtype, rng)
+    dx = ops.conv2d_backward_data(dy, w, x.shape, padding=padding, algorithm="winograd")
+    assert dx.dtype == dtype
+    want = reference.conv2d_winograd_backward_data(dy, w, x.shape, padding)
+    assert_near(dx, want, tolerance(dtype), "backward-data")
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_native_backward_weights_matches_the_twin(isa, dtype, rng, case):
+    x, w, _, dy, padding = make(case, dtype, rng)
+    dw, db = ops.conv2d_backward_weights(x, dy, w.shape, padding=padding, algorithm="winograd")
+    assert dw.dtype == db.dtype == dtype
+    want_dw, want_db = reference.conv2d_winograd_backward_weights(x, dy, w.shape, padding)
+    assert_near(dw, want_dw, tolerance(dtype), "backward-weights dw")
+    assert_near(db, want_db, tolerance(dtype), "backward-weights db")
+
+
+@pytest.mark.parametrize(
+    "case", [*CASES[::3], (2, 64, 64, 10, 9, 1), (1, 32, 48, 12, 12, 0)], ids=case_id
+)
+def test_direct_winograd_and_auto_agree(isa, dtype, rng, case):
+    """The three algorithms are one convolution: each pass agrees within rounding, and "direct"
+    is the default path's exact result (auto may pick either)."""
+    x, w, b, dy, padding = make(case, dtype, rng)
+    tol = tolerance(dtype)
+    ys = {a: ops.conv2d(x, w, b, padding=padding, algorithm=a) for a in ALGORITHMS}
+    dxs = {
+        a: ops.conv2d_backward_data(dy, w, x.shape, padding=padding, algorithm=a)
+        for a in ALGORITHMS
+    }
+    dws = {
+        a: ops.conv2d_backward_weights(x, dy, w.shape, padding=padding, algorithm=a)
+        for a in ALGORITHMS
+    }
+    for a in ("winograd", "auto"):
+        assert_near(ys[a], ys["direct"], tol, f"forward {a}")
+        assert_near(dxs[a], dxs["direct"], tol, f"backward-data {a}")
+        assert_near(dws[a][0], dws["direct"][0], tol, f"backward-weights dw {a}")
+        assert_near(dws[a][1], dws["direct"][1], tol, f"backward-weights db {a}")
+    x64, w64, b64 = as64(x, w, b)
+    assert_near(ys["direct"], reference.conv2d(x64, w64, b64, padding=padding), tol)
+    np.testing.assert_array_equal(ops.conv2d(x, w, b, padding=padding), ys["auto"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Refusals: a geometry Winograd cannot run, and bad algorithm names, on both surfaces.
+
+INELIGIBLE = [
+    ("kernel-5x5", (5, 5), {"padding": 2}),
+    ("kernel-3x1", (3, 1), {"padding": 1}),
+    ("stride-2", (3, 3), {"stride": 2, "padding": 1}),
+    ("stride-1x2", (3, 3), {"stride": (1, 2), "padding": 1}),
+    ("dilation-2", (3, 3), {"dilation": 2, "padding": 2}),
+    ("groups-2", (3, 3), {"groups": 2, "padding": 1}),
+    ("depthwise", (3, 3), {"groups": 4, "padding": 1}),
+]
+
+
+def _ineligible_args(kernel: tuple[int, int], kw: dict[str, Any]):
+    groups = kw.get("groups", 1)
+    x = np.ones((1, 4, 9, 9), np.float32)
+    w = np.ones((4, 4 // groups, *kernel), np.float32)
+    y = reference.conv2d(x, w, **kw)
+    return x, w, np.ones_like(y)
+
+
+@pytest.mark.parametrize("surface", [ops, reference], ids=["ops", "reference"])
+@pytest.mark.parametrize(("name", "kernel", "kw"), INELIGIBLE, ids=[c[0] for c in INELIGIBLE])
+def test_winograd_refuses_an_ineligible_geometry(surface, name, kernel, kw):
+    x, w, dy = _ineligible_args(kernel, kw)
+    with pytest.raises(ValueError, match=r"^conv2d: .*winograd"):
+        surface.conv2d(x, w, **kw, algorithm="winograd")
+    with pytest.raises(ValueError, match=r"^conv2d_backward_data: .*winograd"):
+        surface.conv2d_backward_data(dy, w, x.shape, **kw, algorithm="winograd")
+    with pytest.raises(ValueError, match=r"^conv2d_backward_weights: .*winograd"):
+        surface.conv2d_backward_weights(x, dy, w.shape, **kw, algorithm="winograd")
+    for algorithm in ("direct", "auto"):  # the other two run it
+        surface.conv2d(x, w, **kw, algorithm=algorithm)
+
+
+@pytest.mark.parametrize("surface", [ops, reference], ids=["ops", "reference"])
+@pytest.mark.parametrize("padding", [3, (0, 3), (4, 1)], ids=str)
+def test_winograd_backward_data_refuses_padding_above_2(surface, padding):
+    """Backward-data is the forward algorithm with padding 2 - padding: padding 3 cannot run
+    it, though the forward pass and backward-weights can."""
+    x = np.ones((1, 2, 6, 6), np.float32)
+    w = np.ones((3, 2, 3, 3), np.float32)
+    y = surface.conv2d(x, w, padding=padding, algorithm="winograd")
+    with pytest.raises(ValueError, match=r"^conv2d_backward_data: .*winograd.*padding"):
+        surface.conv2d_backward_data(y, w, x.shape, padding=padding, algorithm="winograd")
+    surface.conv2d_backward_weights(x, y, w.shape, padding=padding, algorithm="winograd")
+
+
+BAD_NAMES = [
+    ("fast", ValueError),
+    ("Winograd", ValueError),
+    ("", ValueError),
+    ("winograd ", ValueError),
+    (None, TypeError),
+    (1, TypeError),
+    (b"winograd", TypeError),
+    (["direct"], TypeError),
+]
+
+
+@pytest.mark.parametrize("surface", [ops, reference], ids=["ops", "reference"])
+@pytest.mark.parametrize(("value", "exc"), BAD_NAMES, ids=repr)
+def test_bad_algorithm_names_are_refused(surface, value, exc):
+    x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
+    dy = np.ones((1, 3, 5, 5), np.float32)
+    calls = {
+        "conv2d": lambda: surface.conv2d(x, w, padding=1, algorithm=value),
+        "conv2d_backward_data": lambda: surface.conv2d_backward_data(
+            dy, w, x.shape, padding=1, algorithm=value
+        ),
+        "conv2d_backward_weights": lambda: surface.conv2d_backward_weights(
+            x, dy, w.shape, padding=1, algorithm=value
+        ),
+    }
+    for name, call in calls.items():
+        with pytest.raises(exc) as info:
+            call()
+        msg = str(info.value)
+        assert msg.startswith(f"{name}: algorithm must"), msg
+        assert repr(value) in msg, msg
+        assert "'auto', 'direct' or 'winograd'" in msg, msg
+
+
+@pytest.mark.parametrize(("value", "exc"), BAD_NAMES, ids=repr)
+def test_bad_algorithm_names_are_refused_above_the_ops(value, exc):
+    x, w = np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3))
+    if value is not None:  # None means "the context's" there
+        with pytest.raises(exc, match=r"^conv2d: algorithm must"):
+            F.conv2d(x, w, padding=1, algorithm=value)
+        with pytest.raises(exc, match=r"^conv1d: algorithm must"):
+            F.conv1d(x[:, :, 0], w[:, :, 0], padding=1, algorithm=value)
+        with pytest.raises(exc, match=r"^Conv2d: algorithm must"):
+            nn.Conv2d(2, 3, 3, algorithm=value)
+    with pytest.raises(exc, match=r"^conv_algorithm: name must") as info:
+        simdnn.conv_algorithm(value)
+    assert repr(value) in str(info.value)
+    assert "'auto', 'direct' or 'winograd'" in str(info.value)
+    assert simdnn.get_conv_algorithm() == "auto"  # a refused choice changes nothing
+
+
+# ------------------------------------------------------------------------------------------------
+# Non-finite inputs: the kernels fall back to the direct path when a Winograd result is not all
+# finite, so NaN and Inf land exactly where the direct convolution puts them.
+
+
+def assert_same_non_finite(got: np.ndarray, want: np.ndarray, what: str) -> None:
+    for name, test in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)):
+        bad = test(got) != test(want)
+        assert not bad.any(), (
+            f"{what}: {int(bad.sum())} of {got.size} elements differ in being {name}; first at "
+            f"{np.argwhere(bad)[0].tolist()}"
+        )
+
+
+@pytest.mark.nonfinite
+@pytest.mark.usefixtures("quiet_numpy")
+@pytest.mark.parametrize("case", CASES[5::2], ids=case_id)
+@pytest.mark.parametrize("what", ["nan", "inf", "sprinkled"])
+def test_non_finite_inputs_land_where_direct_puts_them(isa, dtype, rng, case, what):
+    x, w, b, dy, padding = make(case, dtype, rng)
+    if what == "sprinkled":
+        x, dy = sprinkle(rng, x.shape, dtype), sprinkle(rng, dy.shape, dtype)
+    else:
+        value = np.nan if what == "nan" else -np.inf
+        x.flat[rng.integers(x.size)] = value
+        dy.flat[rng.integers(dy.size)] = value
+    kw = {"padding": padding}
+    want_y = ops.conv2d(x, w, b, **kw, algorithm="direct")
+    want_dx = ops.conv2d_backward_data(dy, w, x.shape, **kw, algorithm="direct")
+    want_dw, want_db = ops.conv2d_backward_weights(x, dy, w.shape, **kw, algorithm="direct")
+    assert not np.isfinite(want_y).all()
+    for algorithm in ("winograd", "auto"):
+        y = ops.conv2d(x, w, b, **kw, algorithm=algorithm)
+        assert_same_non_finite(y, want_y, f"conv2d {algorithm}")
+        dx = ops.conv2d_backward_data(dy, w, x.shape, **kw, algorithm=algorithm)
+        assert_same_non_finite(dx, want_dx, f"conv2d_backward_data {algorithm}")
+        dw, db = ops.conv2d_backward_weights(x, dy, w.shape, **kw, algorithm=algorithm)
+        assert_same_non_finite(dw, want_dw, f"conv2d_backward_weights dw {algorithm}")
+        assert_same_non_finite(db, want_db, f"conv2d_backward_weights db {algorithm}")
+
+
+# ------------------------------------------------------------------------------------------------
+# float32 accuracy on realistic layers: Winograd's largest error against a float64 direct
+# reference within 10x that of the direct float32 path, for each pass.
+
+LAYERS = [(2, 64, 16), (2, 128, 8), (2, 256, 4)]  # (N, C = K, H = W), 3x3, padding 1
+
+
+@pytest.mark.parametrize("layer", LAYERS, ids=lambda v: f"{v[1]}x{v[1]}-{v[2]}x{v[2]}-N{v[0]}")
+def test_float32_winograd_error_is_within_10x_of_direct(isa, layer):
+    n, c, hw = layer
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((n, c, hw, hw))
+    w = rng.standard_normal((c, c, 3, 3)) / np.sqrt(9 * c)
+    dy = rng.standard_normal((n, c, hw, hw))
+    x32, w32, dy32 = (a.astype(np.float32) for a in (x, w, dy))
+    want = {
+        "forward": reference.conv2d(x, w, padding=1),
+        "backward-data": reference.conv2d_backward_data(dy, w, x.shape, padding=1),
+        "backward-weights": reference.conv2d_backward_weights(x, dy, w.shape, padding=1)[0],
+    }
+
+    def run(algorithm: str) -> dict[str, np.ndarray]:
+        return {
+            "forward": ops.conv2d(x32, w32, padding=1, algorithm=algorithm),
+            "backward-data": ops.conv2d_backward_data(
+                dy32, w32, x.shape, padding=1, algorithm=algorithm
+            ),
+            "backward-weights": ops.conv2d_backward_weights(
+                x32, dy32, w.shape, padding=1, algorithm=algorithm
+            )[0],
+        }
+
+    direct, winograd = run("direct"), run("winograd")
+    ratios = {}
+    for p in want:
+        scale = np.abs(want[p]).max()
+        err_direct = np.abs(direct[p] - want[p]).max() / scale
+        err_winograd = np.abs(winograd[p] - want[p]).max() / scale
+        ratios[p] = (err_winograd / max(err_direct, 1e-30), err_direct, err_winograd)
+    report = ", ".join(f"{p} {r:.1f}x ({ed:.1e} -> {ew:.1e})" for p, (r, ed, ew) in ratios.items())
+    assert all(r <= 10 for r, _, _ in ratios.values()), report
+
+
+# ------------------------------------------------------------------------------------------------
+# The choice above the ops: functional, layers, simdnn.conv_algorithm; and gradients through a
+# model forced to Winograd.
+
+
+class Spy:
+    """Records the algorithm of every convolution pass the layers run on simdnn.ops."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[str, str]] = []
+        for name in ("conv2d", "conv2d_backward_data", "conv2d_backward_weights"):
+            monkeypatch.setattr(ops, name, self._wrap(name, getattr(ops, name)))
+
+    def _wrap(self, name: str, fn: Any) -> Any:
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            algorithm = kwargs.get("algorithm", args[7] if len(args) > 7 else "auto")
+            self.calls.append((name, algorithm))
+            return fn(*args, **kwargs)
+
+        return spy
+
+    def algorithms(self) -> set[str]:
+        return {a for _, a in self.calls}
+
+
+def small_model(rng: np.random.Generator, algorithm: str | None) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1, rng=rng, algorithm=algorithm),
+        nn.Tanh(),
+        nn.Conv2d(3, 4, 3, padding=(2, 0), rng=rng, algorithm=algorithm),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(4 * 7 * 3, 3, rng=rng),
+    )
+
+
+@pytest.mark.parametrize("how", ["layer", "context"])
+def test_gradcheck_of_a_model_forced_to_winograd(monkeypatch, how):
+    rng = np.random.default_rng(3)
+    model = small_model(rng, "winograd" if how == "layer" else None).astype(np.float64)
+    x, y = rng.standard_normal((3, 2, 5, 5)), rng.integers(0, 3, 3)
+    spy = Spy(monkeypatch)
+    if how == "layer":
+        result = simdnn.gradcheck(model, nn.CrossEntropyLoss(), x, y, entries=12)
+    else:
+        with simdnn.conv_algorithm("winograd"):
+            result = simdnn.gradcheck(model, nn.CrossEntropyLoss(), x, y, entries=12)
+    assert spy.algorithms() == {"winograd"}
+    assert {name for name, _ in spy.calls} == {
+        "conv2d",
+        "conv2d_backward_data",
+        "conv2d_backward_weights",
+    }
+    assert all(n > 0 for n in result.checked.values()), result.checked
+    assert max(result.values()) < 1e-5, result
+
+
+def test_the_backward_pass_uses_the_forward_passs_algorithm(monkeypatch, rng):
+    """The algorithm is read when the forward pass runs: a backward pass after the block (or in
+    another context) still uses it."""
+    layer = nn.Conv2d(3, 4, 3, padding=1, rng=rng)
+    x = simdnn.Tensor(rng.standard_normal((2, 3, 6, 6)).astype(np.float32), requires_grad=True)
+    spy = Spy(monkeypatch)
+    with simdnn.conv_algorithm("direct"):
+        out = layer(x).sum()
+    with simdnn.conv_algorithm("winograd"):
+        out.backward()
+    assert spy.calls == [
+        ("conv2d", "direct"),
+        ("conv2d_backward_data", "direct"),
+        ("conv2d_backward_weights", "direct"),
+    ]
+
+
+def test_explicit_choices_beat_the_context(monkeypatch, rng):
+    x = rng.standard_normal((1, 2, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    spy = Spy(monkeypatch)
+    with simdnn.conv_algorithm("winograd"):
+        F.conv2d(x, w, padding=1, algorithm="direct")
+        nn.Conv2d(2, 3, 3, padding=1, algorithm="auto")(x)
+        F.conv2d(x, w, padding=1)
+    with simdnn.conv_algorithm("direct"):
+        nn.Conv2d(2, 3, 3, padding=1, algorithm="winograd")(x)
+    F.conv2d(x, w, padding=1)
+    assert [a for _, a in spy.calls] == ["direct", "auto", "winograd", "winograd", "auto"]
+
+
+def test_context_winograd_runs_direct_where_winograd_cannot(monkeypatch, rng):
+    """Under conv_algorithm("winograd") every layer runs: those Winograd cannot run take the
+    direct path (pass by pass: padding 3 runs backward-data direct), where an explicit
+    algorithm="winograd" is refused."""
+    layers = {
+        "3x3": nn.Conv2d(2, 2, 3, padding=1, rng=rng),
+        "5x5": nn.Conv2d(2, 2, 5, padding=2, rng=rng),
+        "stride-2": nn.Conv2d(2, 2, 3, stride=2, padding=1, rng=rng),
+        "groups-2": nn.Conv2d(2, 2, 3, groups=2, padding=1, rng=rng),
+        "padding-3": nn.Conv2d(2, 2, 3, padding=3, rng=rng),
+        "conv1d": nn.Conv1d(2, 2, 3, padding=1, rng=rng),
+    }
+    want = {
+        "3x3": ["winograd"] * 3,
+        "5x5": ["direct"] * 3,
+        "stride-2": ["direct"] * 3,
+        "groups-2": ["direct"] * 3,
+        "padding-3": ["winograd", "direct", "winograd"],
+        "conv1d": ["direct"] * 3,
+    }
+    for name, layer in layers.items():
+        spy = Spy(monkeypatch)
+        shape = (2, 2, 8) if name == "conv1d" else (2, 2, 8, 8)
+        x = simdnn.Tensor(rng.standard_normal(shape).astype(np.float32), requires_grad=True)
+        with simdnn.conv_algorithm("winograd"):
+            layer(x).sum().backward()
+        assert [a for _, a in spy.calls] == want[name], name
+    with pytest.raises(ValueError, match=r"^conv2d: .*winograd"):
+        F.conv2d(np.ones((1, 2, 8, 8)), np.ones((2, 2, 5, 5)), algorithm="winograd")
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [
+        ({"kernel_size": 5, "padding": 2}, "kernel"),
+        ({"kernel_size": 3, "stride": 2}, "stride"),
+        ({"kernel_size": 3, "dilation": 2}, "dilation"),
+        ({"kernel_size": 3, "groups": 2}, "groups"),
+        ({"kernel_size": 3, "padding": (1, 3)}, "padding"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_a_layer_forced_to_winograd_must_be_able_to_run_it(kw, words):
+    with pytest.raises(ValueError, match=rf"^Conv2d: algorithm='winograd' needs .*{words}"):
+        nn.Conv2d(4, 4, algorithm="winograd", **kw)
+    nn.Conv2d(4, 4, algorithm="direct", **kw)
+
+
+def test_the_layer_setting_is_configuration_not_state(tmp_path, rng):
+    plain = nn.Conv2d(2, 3, 3, padding=1, rng=rng)
+    forced = nn.Conv2d(2, 3, 3, padding=1, rng=rng, algorithm="winograd")
+    assert plain.algorithm is None
+    assert forced.algorithm == "winograd"
+    assert "algorithm" not in plain.config()
+    assert "algorithm" not in repr(plain)
+    assert forced.config()["algorithm"] == "winograd"
+    assert repr(forced).endswith("algorithm='winograd')")
+    assert list(forced.state_dict()) == list(plain.state_dict()) == ["weight", "bias"]
+    plain.load_state_dict(forced.state_dict())  # the same parameters, either way
+    model = nn.Sequential(forced, nn.ReLU(), plain)
+    simdnn.save(model, tmp_path / "m.npz")
+    loaded = simdnn.load(tmp_path / "m.npz")
+    assert loaded[0].algorithm == "winograd"
+    assert loaded[2].algorithm is None
+    assert repr(loaded) == repr(model)
+    assert list(simdnn.load_state_dict(tmp_path / "m.npz")) == list(model.state_dict())
+    assert forced.astype(np.float64).algorithm == "winograd"
+
+
+def test_the_numpy_backend_runs_the_winograd_twin(rng):
+    x = rng.standard_normal((2, 3, 7, 5))
+    layer = nn.Conv2d(3, 4, 3, padding=1, rng=rng, algorithm="winograd").astype(np.float64)
+    w, b = layer.weight.data, layer.bias.data
+    with simdnn.use_backend("numpy"):
+        y = layer(x).numpy()
+        with simdnn.conv_algorithm("direct"):
+            z = nn.Conv2d.forward(layer, x).numpy()
+    np.testing.assert_array_equal(y, reference.conv2d_winograd(x, w, b, 1))
+    np.testing.assert_array_equal(z, reference.conv2d_winograd(x, w, b, 1))  # the layer's own
+    assert_near(y, reference.conv2d(x, w, b, padding=1), 1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# simdnn.conv_algorithm: nesting, restoring after an exception, isolation between threads.
+
+
+def test_the_default_is_auto_and_blocks_nest():
+    assert simdnn.get_conv_algorithm() == "auto"
+    with simdnn.conv_algorithm("direct") as outer:
+        assert simdnn.get_conv_algorithm() == "direct"
+        assert repr(outer) == "conv_algorithm('direct')"
+        with simdnn.conv_algorithm("winograd"):
+            assert simdnn.get_conv_algorithm() == "winograd"
+            with simdnn.conv_algorithm("auto"):
+                assert simdnn.get_conv_algorithm() == "auto"
+            assert simdnn.get_conv_algorithm() == "winograd"
+        assert simdnn.get_conv_algorithm() == "direct"
+    assert simdnn.get_conv_algorithm() == "auto"
+
+
+def test_the_previous_choice_is_restored_after_an_exception():
+    seen = []
+
+    def fail() -> None:
+        with simdnn.conv_algorithm("winograd"):
+            seen.append(simdnn.get_conv_algorithm())
+            raise RuntimeError("boom")
+
+    with simdnn.conv_algorithm("direct"):
+        with pytest.raises(RuntimeError, match="boom"):
+            fail()
+        assert seen == ["winograd"]
+        assert simdnn.get_conv_algorithm() == "direct"
+    assert simdnn.get_conv_algorithm() == "auto"
+
+
+def test_a_call_sets_the_choice_and_an_object_can_be_entered_again():
+    def body() -> None:
+        simdnn.conv_algorithm("winograd")  # a plain call: for the rest of this context
+        assert simdnn.get_conv_algorithm() == "winograd"
+        choice = simdnn.conv_algorithm("direct")
+        with choice:
+            assert simdnn.get_conv_algorithm() == "direct"
+        assert simdnn.get_conv_algorithm() == "winograd"
+        with choice:  # entered again after its exit: sets it again
+            assert simdnn.get_conv_algorithm() == "direct"
+        assert simdnn.get_conv_algorithm() == "winograd"
+
+    contextvars.copy_context().run(body)
+    assert simdnn.get_conv_algorithm() == "auto"
+
+
+def test_each_thread_has_its_own_choice():
+    """Two threads inside overlapping blocks each see their own choice; a new thread starts at
+    "auto" whatever the starting thread chose."""
+    barrier = threading.Barrier(2, timeout=10)
+    seen: dict[str, list[str]] = {}
+    errors: list[BaseException] = []
+
+    def worker(name: str) -> None:
+        try:
+            log = seen.setdefault(name, [simdnn.get_conv_algorithm()])
+            with simdnn.conv_algorithm(name):
+                barrier.wait()  # both inside their blocks
+                log.append(simdnn.get_conv_algorithm())
+                barrier.wait()
+            log.append(simdnn.get_conv_algorithm())
+        except BaseException as err:  # reported by the main thread
+            errors.append(err)
+
+    with simdnn.conv_algorithm("direct"):
+        threads = [threading.Thread(target=worker, args=(n,)) for n in ("winograd", "auto")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert simdnn.get_conv_algorithm() == "direct"
+    assert not errors, errors
+    assert seen == {"winograd": ["auto", "winograd", "auto"], "auto": ["auto", "auto", "auto"]}
