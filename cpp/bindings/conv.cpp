@@ -99,7 +99,8 @@ Conv2d geometry(const std::vector<int64_t>& xs, const std::vector<int64_t>& ws, 
 }
 
 // algorithm: "auto", "direct" or "winograd"; "winograd" only where it can compute the layer.
-void set_algorithm(Conv2d& cv, const py::handle& algorithm, const char* fn) {
+void set_algorithm(Conv2d& cv, const py::handle& algorithm, const char* fn,
+                   bool backward_data = false) {
   const std::string f(fn);
   if (!py::isinstance<py::str>(algorithm)) {
     type_error(f + ": algorithm must be a str ('auto', 'direct' or 'winograd'), got " +
@@ -111,7 +112,7 @@ void set_algorithm(Conv2d& cv, const py::handle& algorithm, const char* fn) {
   } else if (name == "direct") {
     cv.algorithm = ConvAlgorithm::direct;
   } else if (name == "winograd") {
-    if (!winograd_eligible(cv)) {
+    if (!winograd_eligible(cv, backward_data)) {
       auto pair = [](int64_t a, int64_t b) {
         return "(" + std::to_string(a) + ", " + std::to_string(b) + ")";
       };
@@ -187,7 +188,7 @@ py::array conv2d_backward_data(const py::object& dy_obj, const py::object& w_obj
   const std::vector<int64_t> xs = shape_tuple(x_shape, 4, fn, "x_shape");
   Conv2d cv = geometry(xs, shape_of(w), parse_args(stride, padding, dilation, groups, fn), fn,
                        "x_shape", "w");
-  set_algorithm(cv, algorithm, fn);
+  set_algorithm(cv, algorithm, fn, true);
   require_shape(dy, {cv.n, cv.k, cv.p, cv.q}, fn, "dy");
   py::array dx = new_array(dy, xs);
   dispatch_dtype(dy, [&](auto tag) {

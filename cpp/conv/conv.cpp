@@ -68,7 +68,7 @@ void conv_forward(const Conv2d& cv_in, const T* x, const T* w, const T* b, T* y)
     return;
   }
   // Winograd where chosen; a result that is not all finite is recomputed below (winograd.h).
-  if (use_winograd(cv) && winograd_forward(cv, x, w, b, y)) return;
+  if (use_winograd(cv, false) && winograd_forward(cv, x, w, b, y)) return;
   const int64_t kg = cv.k / cv.groups, crs = (cv.c / cv.groups) * cv.r * cv.s;
   for (int64_t grp = 0; grp < cv.groups; ++grp) {
     implicit_gemm<T>(forward_geometry(cv, grp), cv.n, x, w + grp * kg * crs,
@@ -86,7 +86,7 @@ void conv_backward_data(const Conv2d& cv_in, const T* dy, const T* w, T* dx) {
     for (int64_t i = 0; i < x_size; ++i) dx[i] = T(0);
     return;
   }
-  if (use_winograd(cv) && winograd_backward_data(cv, dy, w, dx)) return;
+  if (use_winograd(cv, true) && winograd_backward_data(cv, dy, w, dx)) return;
   switch (backward_data_strategy(cv, w)) {
     case BackwardData::depthwise:
       depthwise_backward_data(cv, dy, w, dx);
@@ -132,7 +132,7 @@ void conv_backward_weights(const Conv2d& cv_in, const T* x, const T* dy, T* dw, 
     depthwise_backward_weights(cv, x, dy, dw, db);
     return;
   }
-  if (use_winograd(cv) && winograd_backward_weights(cv, x, dy, dw, db)) return;
+  if (use_winograd(cv, false) && winograd_backward_weights(cv, x, dy, dw, db)) return;
   using UK = typename UkernelFor<T>::type;
   using V = typename UK::V;
   constexpr int NR = UK::NR;

@@ -27,12 +27,13 @@ struct Conv2d {
 };
 
 // Whether Winograd F(4x4, 3x3) can compute this layer: a 3x3 kernel, stride 1, no dilation, one
-// group, padding at most 2 (backward-data convolves dY with padding 2 - pad). The bindings check it
-// for algorithm=winograd; static, so that each ISA's copy stays its own (no linker merging of code
-// built with wide-ISA flags).
-static inline bool winograd_eligible(const Conv2d& cv) {
+// group; for backward-data also padding at most 2 (it convolves dY with padding 2 - pad). The
+// bindings check it for algorithm=winograd; static, so that each ISA's copy stays its own (no
+// linker merging of code built with wide-ISA flags).
+static inline bool winograd_eligible(const Conv2d& cv, bool backward_data) {
   return cv.r == 3 && cv.s == 3 && cv.sh == 1 && cv.sw == 1 && cv.dh == 1 && cv.dw == 1 &&
-         cv.groups == 1 && cv.ph >= 0 && cv.ph <= 2 && cv.pw >= 0 && cv.pw <= 2;
+         cv.groups == 1 && cv.ph >= 0 && cv.pw >= 0 &&
+         (!backward_data || (cv.ph <= 2 && cv.pw <= 2));
 }
 
 // y = conv(x, w) + b (b may be null).

@@ -81,23 +81,26 @@ int64_t point_stride(int64_t elems) {
 //   N16 3->64 32x32     0.18 / 0.29 / 0.41     N64 32->64 14x14            0.87 / 1.87 / 1.05
 // So: at least 32 channels in and out, and T x min(C, K) at least 8192. (N64 32->64 14x14 passes
 // and loses 13% forward; its backward passes gain more.)
+// Accuracy bounds it from above: the float32 error grows with the channel sums (README,
+// "Convolution algorithms"): at most 8.5x the direct method's up to 256 channels, 13-14x at 512,
+// so wider layers stay direct, within the 10x the library promises for its automatic choice.
 static inline bool winograd_profitable(const Conv2d& cv) {
-  constexpr int64_t kMinChannels = 32, kMinTileChannels = 8192;
+  constexpr int64_t kMinChannels = 32, kMaxChannels = 256, kMinTileChannels = 8192;
   const int64_t tiles = cv.n * ceil_div(cv.p, wino::kM) * ceil_div(cv.q, wino::kM);
-  return cv.c >= kMinChannels && cv.k >= kMinChannels &&
-         tiles * min64(cv.c, cv.k) >= kMinTileChannels;
+  return cv.c >= kMinChannels && cv.k >= kMinChannels && cv.c <= kMaxChannels &&
+         cv.k <= kMaxChannels && tiles * min64(cv.c, cv.k) >= kMinTileChannels;
 }
 
-static inline bool use_winograd(const Conv2d& cv) {
+static inline bool use_winograd(const Conv2d& cv, bool backward_data) {
   switch (cv.algorithm) {
     case ConvAlgorithm::direct:
       return false;
     case ConvAlgorithm::winograd:
-      return winograd_eligible(cv);
+      return winograd_eligible(cv, backward_data);
     case ConvAlgorithm::automatic:
       break;
   }
-  return winograd_eligible(cv) && winograd_profitable(cv);
+  return winograd_eligible(cv, backward_data) && winograd_profitable(cv);
 }
 
 // Whether all n values are finite, a vector at a time (x - x is 0 for finite x, NaN otherwise).
