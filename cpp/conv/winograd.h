@@ -47,11 +47,16 @@ namespace wino {
 constexpr int64_t kM = 4;        // output tile
 constexpr int64_t kAlpha = 6;    // input tile, m + r - 1
 constexpr int64_t kPoints = 36;  // alpha^2 GEMMs
-// V and M of the images transformed at once stay within this many bytes: more images per chunk
-// make longer GEMMs (N = T), fewer make the buffers fit a cache level. 32 MiB keeps a ResNet-style
-// 64-channel 56x56 layer at 4 images per chunk (T = 784) and is half the workspace a thread keeps
-// between calls (kWorkspaceKeepBytes).
-constexpr int64_t kChunkBytes = int64_t(32) << 20;
+// V and M of the images transformed at once stay within kChunkBytes, so that they pass from the
+// transforms to the GEMMs and on through the caches instead of memory, but a chunk has at least
+// kMinChunkTiles tiles, the GEMMs' N. Measured on Zen 5 (2 threads, float32, forward ms):
+//                  64->64 32x32 N32   128->128 28x28 N16   256->256 14x14 N16
+//   32 MiB, -            4.3                 4.7                  5.0
+//    4 MiB, -            2.7                 3.6                  6.8   (3 images: T = 48)
+//    4 MiB, 256 tiles    2.8                 3.8                  4.4
+//    8 MiB, 256 tiles    3.0                 3.9                  4.4
+constexpr int64_t kChunkBytes = int64_t(4) << 20;
+constexpr int64_t kMinChunkTiles = 256;
 
 // Elements between two points' blocks (U[xi], V[xi], M[xi]): an odd number of 64-byte lines. The
 // transforms read or write all 36 blocks at once; with a stride of a multiple of 4 KiB (C * T =
@@ -72,23 +77,24 @@ int64_t point_stride(int64_t elems) {
 
 // Whether `automatic` takes Winograd. Each tile costs about 2 x 100 adds per input and output
 // channel in the transforms against 36 x C x K multiply-adds in the GEMMs, and the GEMMs need
-// tiles to be long (N = T). Measured on Zen 5 (2 threads, float32), Winograd over the direct
-// implicit GEMM (forward / backward-data / backward-weights):
-//   N16 32->32 32x32    1.60 / 1.63 / 2.05     N16 32->32 8x8 (T = 64)     0.63 / 0.77 / 1.03
-//   N16 128->128 7x7    1.27 / 1.49 / 1.39     N16 64->64 8x8 (T = 64)     0.97 / 1.12 / 1.30
-//   N1 64->64 56x56     1.07 / 1.13 / 1.04     N1 128->128 28x28 (T = 49)  0.79 / 0.95 / 0.68
-//   N16 64->64 56x56    1.23 / 1.29 / 1.29     N4 16->16 56x56             0.70 / 0.75 / 0.70
-//   N16 3->64 32x32     0.18 / 0.29 / 0.41     N64 32->64 14x14            0.87 / 1.87 / 1.05
-// So: at least 32 channels in and out, and T x min(C, K) at least 8192. (N64 32->64 14x14 passes
-// and loses 13% forward; its backward passes gain more.)
+// channels and tiles (their K and N). Measured on Zen 5 (2 threads, float32), Winograd's speed-up
+// over the direct implicit GEMM, forward / backward-data / backward-weights (runs on this VM
+// differ by up to 2x for the small layers: 32->32 32x32 gave 0.9 and 2.0 forward):
+//   N16 64->64 8x8       2.2 / 2.4 / 2.5       N16 16->16 32x32            0.7 / 0.7 / 0.8
+//   N16 128->128 7x7     2.4 / 2.7 / 2.3       N64 32->64 14x14            0.8 / 1.1 / 0.9
+//   N16 64->64 56x56     1.3 / 1.3 / 1.3       N1 128->128 28x28 (T = 49)  0.8 / 0.9 / 0.7
+//   N1 64->64 56x56      1.1 / 1.1 / 1.1       N16 3->64 32x32             0.2 / 0.3 / 0.4
+// So: at least 32 channels in and out and C x K >= 4096 (64 x 64), and T x min(C, K) >= 8192.
 // Accuracy bounds it from above: the float32 error grows with the channel sums (README,
 // "Convolution algorithms"): at most 8.5x the direct method's up to 256 channels, 13-14x at 512,
 // so wider layers stay direct, within the 10x the library promises for its automatic choice.
 static inline bool winograd_profitable(const Conv2d& cv) {
-  constexpr int64_t kMinChannels = 32, kMaxChannels = 256, kMinTileChannels = 8192;
+  constexpr int64_t kMinChannels = 32, kMinChannelPairs = 4096, kMaxChannels = 256;
+  constexpr int64_t kMinTileChannels = 8192;
   const int64_t tiles = cv.n * ceil_div(cv.p, wino::kM) * ceil_div(cv.q, wino::kM);
-  return cv.c >= kMinChannels && cv.k >= kMinChannels && cv.c <= kMaxChannels &&
-         cv.k <= kMaxChannels && tiles * min64(cv.c, cv.k) >= kMinTileChannels;
+  return cv.c >= kMinChannels && cv.k >= kMinChannels && cv.c * cv.k >= kMinChannelPairs &&
+         cv.c <= kMaxChannels && cv.k <= kMaxChannels &&
+         tiles * min64(cv.c, cv.k) >= kMinTileChannels;
 }
 
 static inline bool use_winograd(const Conv2d& cv, bool backward_data) {
@@ -545,12 +551,13 @@ struct WinogradBuffers {
   T *u, *v, *m;
 };
 
-// Images per chunk, so that V and M (36 x (cin + cout) x tiles) stay within kChunkBytes.
+// Images per chunk (see kChunkBytes), and the buffers.
 template <typename T>
 WinogradBuffers<T> winograd_buffers(int64_t n, int64_t cin, int64_t cout, int64_t per) {
   const int64_t per_image = wino::kPoints * (cin + cout) * per * static_cast<int64_t>(sizeof(T));
   WinogradBuffers<T> b;
-  b.chunk = max64(1, min64(n, wino::kChunkBytes / max64(1, per_image)));
+  b.chunk = max64(1, min64(n, max64(wino::kChunkBytes / max64(1, per_image),
+                                    ceil_div(wino::kMinChunkTiles, per))));
   b.u_stride = wino::point_stride<T>(cin * cout);
   b.v_stride = wino::point_stride<T>(cin * b.chunk * per);
   b.m_stride = wino::point_stride<T>(cout * b.chunk * per);

@@ -11,7 +11,8 @@ The rows:
   dX = dY . W^T, dW = X^T . dY); a 128 x 4096 . 4096 x 1000 classifier; batch-1 inference
   1 x 4096 . 4096 x 4096 with B plain and transposed (GEMVs, rated in GB/s: they stream B).
 - Convolution, forward, backward-data and backward-weights each: LeNet's two layers (1 -> 20 and
-  20 -> 50, 5x5, batch 64), 3x3 padding 1 with 64, 128 and 256 channels, a stride-2 3x3
+  20 -> 50, 5x5, batch 64), 3x3 padding 1 with 64, 128 and 256 channels (Winograd under "auto",
+  and again forced "direct"), a stride-2 3x3
   down-sampling, a 1x1 and a depthwise 3x3.
 - Pooling: max and average, 2x2/s2 and 3x3/s2 padding 1, forward and backward, on 64x64x32x32.
 - Training steps (forward + backward + SGD update) on synthetic MNIST-shaped batches of 64: an
@@ -153,6 +154,7 @@ class ConvShape:
     stride: int = 1
     padding: int = 0
     groups: int = 1
+    algorithm: str = "auto"  # simdnn's only; "direct" rows show what Winograd replaced
 
     def kwargs(self) -> dict[str, int]:
         return {"stride": self.stride, "padding": self.padding, "groups": self.groups}
@@ -175,6 +177,14 @@ CONV_SHAPES = [
     ConvShape("3x3 64->64 32x32 N32", 32, 64, 32, 32, 64, 3, padding=1),
     ConvShape("3x3 128->128 28x28 N16", 16, 128, 28, 28, 128, 3, padding=1),
     ConvShape("3x3 256->256 14x14 N16", 16, 256, 14, 14, 256, 3, padding=1),
+    # The same three with Winograd off: the rows above run it (auto), rated in direct FLOPs.
+    ConvShape("3x3 64->64 32x32 N32 direct", 32, 64, 32, 32, 64, 3, padding=1, algorithm="direct"),
+    ConvShape(
+        "3x3 128->128 28x28 N16 direct", 16, 128, 28, 28, 128, 3, padding=1, algorithm="direct"
+    ),
+    ConvShape(
+        "3x3 256->256 14x14 N16 direct", 16, 256, 14, 14, 256, 3, padding=1, algorithm="direct"
+    ),
     ConvShape("3x3/s2 64->128 32x32 N16", 16, 64, 32, 32, 128, 3, stride=2, padding=1),
     ConvShape("1x1 128->128 28x28 N16", 16, 128, 28, 28, 128, 1),
     ConvShape("dw3x3 128 28x28 N16", 16, 128, 28, 28, 128, 3, padding=1, groups=128),
@@ -187,6 +197,7 @@ def _conv_cases(shape: ConvShape) -> list[Case]:
     w_shape = (shape.k, shape.c // shape.groups, shape.r, shape.r)
     y_shape = (shape.n, shape.k, p, q)
     kw = shape.kwargs()
+    alg = shape.algorithm
     sizes = [int(np.prod(s)) for s in (x_shape, w_shape, y_shape)]
     nbytes = 4.0 * sum(sizes)
 
@@ -232,7 +243,7 @@ def _conv_cases(shape: ConvShape) -> list[Case]:
             shape.flops,
             nbytes,
             make_fwd,
-            lambda x, w, b: ops.conv2d(x, w, b, **kw),
+            lambda x, w, b: ops.conv2d(x, w, b, **kw, algorithm=alg),
             lambda x, w, b: reference.conv2d(x, w, b, **kw),
             torch_fwd,
         ),
@@ -242,7 +253,7 @@ def _conv_cases(shape: ConvShape) -> list[Case]:
             shape.flops,
             nbytes,
             make_bwd_data,
-            lambda dy, w: ops.conv2d_backward_data(dy, w, x_shape, **kw),
+            lambda dy, w: ops.conv2d_backward_data(dy, w, x_shape, **kw, algorithm=alg),
             lambda dy, w: reference.conv2d_backward_data(dy, w, x_shape, **kw),
             torch_bwd_data,
         ),
@@ -252,7 +263,7 @@ def _conv_cases(shape: ConvShape) -> list[Case]:
             shape.flops,
             nbytes,
             make_bwd_weights,
-            lambda x, dy: ops.conv2d_backward_weights(x, dy, w_shape, **kw),
+            lambda x, dy: ops.conv2d_backward_weights(x, dy, w_shape, **kw, algorithm=alg),
             lambda x, dy: reference.conv2d_backward_weights(x, dy, w_shape, **kw),
             torch_bwd_weights,
         ),
