@@ -23,6 +23,8 @@
 //   backward-weights dW_g (Kg x CgRS) = sum over n of dY_g[n] (Kg x PQ) . im2col(X_g[n])^T; the
 //                    N*PQ reduction is split between threads (partial dW per thread, added at
 //                    the end), so both cores work even at batch 1; db is summed while dY is packed.
+// Stride-1 3x3 layers with enough channels take Winograd F(4x4, 3x3) instead (winograd.h: 36
+// GEMMs over transformed tiles, 4x fewer FMAs); algorithm=direct keeps them on the paths above.
 // Depthwise convolutions (G = C = K) are not GEMMs (one row per group): they have direct kernels
 // vectorised along W.
 #include "conv/conv.h"
