@@ -166,11 +166,26 @@ static Conv2d canonical(const Conv2d& in) {
 // Inf weight they give Inf * 0 = NaN where the true gradient (the twin's, PyTorch's) is finite.
 // Such weights take the paths that add only the real terms. The scan is K*C*R*S reads, N*P*Q
 // times fewer than the convolution.
+// Winograd (winograd.h) scans its whole result with it too, so it runs a vector at a time: the
+// compiler does not vectorise a floating-point sum by itself (it would reorder the additions).
 template <typename T>
 bool all_finite(const T* v, int64_t n) {
-  // x - x is 0 for finite x and NaN for Inf and NaN: one sum, no branches, vectorised.
+  // x - x is 0 for finite x and NaN for Inf and NaN: sums with no branches.
+  using V = typename VecOf<T>::type;
+  using R = typename V::V;
+  constexpr int W = V::W;
+  R acc0 = V::zero(), acc1 = V::zero();
+  int64_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    const R a = V::load(v + i), b = V::load(v + i + W);
+    acc0 = V::add(acc0, V::sub(a, a));
+    acc1 = V::add(acc1, V::sub(b, b));
+  }
+  T lanes[W];
+  V::store(lanes, V::add(acc0, acc1));
   T acc = T(0);
-  for (int64_t i = 0; i < n; ++i) acc += v[i] - v[i];
+  for (int j = 0; j < W; ++j) acc += lanes[j];
+  for (; i < n; ++i) acc += v[i] - v[i];
   return acc == T(0);
 }
 

@@ -109,27 +109,6 @@ static inline bool use_winograd(const Conv2d& cv, bool backward_data) {
   return winograd_eligible(cv, backward_data) && winograd_profitable(cv);
 }
 
-// Whether all n values are finite, a vector at a time (x - x is 0 for finite x, NaN otherwise).
-template <class V>
-bool all_finite_v(const typename V::T* v, int64_t n) {
-  using R = typename V::V;
-  constexpr int W = V::W;
-  R acc0 = V::zero(), acc1 = V::zero();
-  int64_t i = 0;
-  for (; i + 2 * W <= n; i += 2 * W) {
-    const R a = V::load(v + i), b = V::load(v + i + W);
-    acc0 = V::add(acc0, V::sub(a, a));
-    acc1 = V::add(acc1, V::sub(b, b));
-  }
-  acc0 = V::add(acc0, acc1);
-  typename V::T lanes[W];
-  V::store(lanes, acc0);
-  typename V::T acc = 0;
-  for (int j = 0; j < W; ++j) acc += lanes[j];
-  for (; i < n; ++i) acc += v[i] - v[i];
-  return acc == 0;
-}
-
 // ------------------------------------------------------------------------------------------------
 // Filter transforms (once per call)
 
@@ -608,7 +587,7 @@ bool winograd_forward(const Conv2d& cv, const T* x, const T* w, const T* b, T* y
   const WinogradBuffers<T> bf = winograd_buffers<T>(cv.n, cv.c, cv.k, per);
   winograd_filters<V>(w, cv.k, cv.c, false, bf.u, bf.u_stride, cv.nthreads);
   winograd_conv(x, cv.n, cv.c, cv.h, cv.w, cv.ph, cv.pw, bf, cv.k, b, y, cv.p, cv.q, cv.nthreads);
-  return all_finite_v<V>(y, cv.n * cv.k * cv.p * cv.q);
+  return all_finite(y, cv.n * cv.k * cv.p * cv.q);
 }
 
 // Backward-data: the forward Winograd of dY with the flipped filters and padding 2 - pad.
@@ -620,7 +599,7 @@ bool winograd_backward_data(const Conv2d& cv, const T* dy, const T* w, T* dx) {
   winograd_filters<V>(w, cv.k, cv.c, true, bf.u, bf.u_stride, cv.nthreads);
   winograd_conv(dy, cv.n, cv.k, cv.p, cv.q, 2 - cv.ph, 2 - cv.pw, bf, cv.c,
                 static_cast<const T*>(nullptr), dx, cv.h, cv.w, cv.nthreads);
-  return all_finite_v<V>(dx, cv.n * cv.c * cv.h * cv.w);
+  return all_finite(dx, cv.n * cv.c * cv.h * cv.w);
 }
 
 // Backward-weights: dU[xi] = sum over chunks of dM[xi] . V[xi]^T, then dw = G^T dU G; db is the
@@ -664,7 +643,7 @@ bool winograd_backward_weights(const Conv2d& cv, const T* x, const T* dy, T* dw,
     }
   }
   winograd_filters_backward<V>(bf.u, cv.k, cv.c, bf.u_stride, dw, cv.nthreads);
-  return all_finite_v<V>(dw, cv.k * cv.c * 9) && (db == nullptr || all_finite_v<V>(db, cv.k));
+  return all_finite(dw, cv.k * cv.c * 9) && (db == nullptr || all_finite(db, cv.k));
 }
 
 }  // namespace
