@@ -22,6 +22,19 @@ static inline int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b > 0
 static inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 // The largest multiple of b that is <= a (b > 0, a >= 0).
 static inline int64_t round_down(int64_t a, int64_t b) { return a / b * b; }
+// v clamped to [lo, hi], as an int (lane counts and ranges).
+static inline int clamp_int(int64_t v, int lo, int hi) {
+  return static_cast<int>(v < lo ? lo : (v > hi ? hi : v));
+}
+
+// p + k for a ranged load: the result may point before the row (a window reaching into the left
+// padding); the ranged loads read only elements that are inside. Integer arithmetic, because
+// forming an out-of-array pointer is undefined in C++ even when nothing is read through it.
+template <typename P>
+static inline P* shifted(P* p, int64_t k) {
+  return reinterpret_cast<P*>(reinterpret_cast<uintptr_t>(p) +
+                              static_cast<uintptr_t>(k) * sizeof(P));
+}
 
 // Splits [0, total) (total >= 0) into `parts` ranges of whole `align` units, the first
 // total/align % parts ranges one unit longer; returns part `idx` as [*begin, *end). The last unit

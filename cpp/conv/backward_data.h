@@ -62,7 +62,78 @@ void backward_data_flipped(const Conv2d& cv, const T* dy, const T* w, T* dx) {
 
 // ------------------------------------------------------------------------------------------------
 // Strategy "col2im": col (CgRS x PQ) = W_g^T . dY_g[n] on the GEMM engine, then col2im adds col
-// into dX (a scatter-add over the taps).
+// into dX. Two forms of col2im:
+//  - gather (unit stride and dilation along W): each dX row is computed once, as a sum of the
+//    (r, s) taps that reach it, W columns per vector, and stored, so dX needs no zeroing and no
+//    read-modify-write. A tap's W-column vector is a plain load of W contiguous col elements,
+//    with the lanes outside the col row zeroed in registers (V::keep): the loaded run may reach
+//    into the next or previous row of col. Measured on LeNet's second layer (20 <- 50, 5x5, 8x8
+//    -> 12x12, AMD EPYC Zen 5): the scatter form's 8-element adds (4000 per image) took about as
+//    long as the GEMM; N32 on one thread 0.90 ms scatter, 0.58 ms gather (N64 on two: 1.02 ms
+//    -> 0.59 ms, 1.0x -> 1.8x PyTorch 2.13).
+//  - scatter (any geometry): adds each col element into its dX element.
+
+// col2im_gather's per-call tables: (W-column blocks of a dX row) x S taps, and R window rows.
+constexpr int64_t kGatherTable = 256;
+
+// Elements of readable slack before and after col for col2im_gather's whole-vector loads: a tap's
+// vector starts at most S - 1 elements before its col row and ends at most S + W after it.
+static inline int64_t col_slack(const Conv2d& cv, int lanes) { return round_up(cv.s + lanes, 16); }
+
+// Channels [cb, ce) of the group whose first channel is c0: dx planes computed from col, written
+// whole. sw == dw == 1; col has col_slack() readable elements on each side.
+template <typename T>
+void col2im_gather(const Conv2d& cv, const T* col, int64_t c0, T* dx_img, int64_t cb, int64_t ce) {
+  using V = typename VecOf<T>::type;
+  constexpr int W = V::W;
+  const int64_t pq = cv.p * cv.q;
+  // Per W-column block b of a dX row and tap column s: the col column q0 of lane 0 and the lanes
+  // whose column lies inside the col row (the others are zeroed). The same for every row and
+  // channel, so computed once (kGatherTable entries; wider rows and kernels take the scatter form).
+  const int64_t blocks = ceil_div(cv.w, W);
+  int64_t q0[kGatherTable];
+  typename V::M live[kGatherTable];
+  for (int64_t bk = 0; bk < blocks; ++bk) {
+    for (int64_t s = 0; s < cv.s; ++s) {
+      const int64_t q = bk * W + cv.pw - s;
+      q0[bk * cv.s + s] = q;
+      live[bk * cv.s + s] = V::lanes(clamp_int(-q, 0, W), clamp_int(cv.q - q, 0, W));
+    }
+  }
+  for (int64_t c = cb; c < ce; ++c) {
+    T* plane = dx_img + (c0 + c) * cv.h * cv.w;
+    for (int64_t hi = 0; hi < cv.h; ++hi) {
+      // The window rows r that reach dX row hi, and their dY row p.
+      int64_t rows[kGatherTable], ps[kGatherTable], nr = 0;
+      for (int64_t r = 0; r < cv.r; ++r) {
+        const int64_t t = hi + cv.ph - r * cv.dh;  // = p * sh
+        if (t < 0 || t % cv.sh != 0 || t / cv.sh >= cv.p) continue;
+        rows[nr] = r;
+        ps[nr++] = t / cv.sh;
+      }
+      T* row = plane + hi * cv.w;
+      for (int64_t bk = 0; bk < blocks; ++bk) {
+        typename V::V acc = V::zero();
+        for (int64_t i = 0; i < nr; ++i) {
+          const T* src = col + (c * cv.r + rows[i]) * cv.s * pq + ps[i] * cv.q;
+          for (int64_t s = 0; s < cv.s; ++s) {
+            const int64_t t = bk * cv.s + s;
+            acc = V::add(acc, V::keep(V::load(src + s * pq + q0[t]), live[t]));
+          }
+        }
+        const int64_t w0 = bk * W;
+        const int n = static_cast<int>(min64(W, cv.w - w0));
+        // A partial last vector may spill into the next rows of the plane, which are written
+        // after it (a masked store only where the spill would leave the plane).
+        if (n == W || (hi * cv.w + w0 + W) <= cv.h * cv.w) {
+          V::store(row + w0, acc);
+        } else {
+          V::storen(row + w0, acc, n);
+        }
+      }
+    }
+  }
+}
 
 template <typename T>
 void col2im_add(const Conv2d& cv, const T* col, int64_t c0, T* dx_img, int64_t cb, int64_t ce) {
@@ -119,25 +190,46 @@ void backward_data_col2im(const Conv2d& cv, const T* dy, const T* w, T* dx) {
     a.nthreads = threads;
     gemm_detail::gemm<UK>(a);
   };
-  for (int64_t i = 0; i < x_size; ++i) dx[i] = T(0);
+  using V = typename VecOf<T>::type;
+  const bool gather = cv.sw == 1 && cv.dw == 1 && cv.r <= kGatherTable &&
+                      ceil_div(cv.w, V::W) * cv.s <= kGatherTable;
+  if (!gather) {
+    for (int64_t i = 0; i < x_size; ++i) dx[i] = T(0);
+  }
+  // col2im_gather reads up to `slack` elements beyond each end of col: zeros, written once per
+  // buffer.
+  const int64_t slack = gather ? col_slack(cv, V::W) : 0;
+  auto col_buffer = [&]() {
+    T* buf =
+        static_cast<T*>(workspace(WorkspaceSlot::op_scratch, (col_elems + 2 * slack) * sizeof(T)));
+    for (int64_t i = 0; i < slack; ++i) buf[i] = buf[slack + col_elems + i] = T(0);
+    return buf + slack;
+  };
+  auto col2im = [&](const T* col, int64_t grp, T* dx_img, int64_t cb, int64_t ce) {
+    if (gather) {
+      col2im_gather(cv, col, grp * cg, dx_img, cb, ce);
+    } else {
+      col2im_add(cv, col, grp * cg, dx_img, cb, ce);
+    }
+  };
   const int64_t img_size = cv.c * cv.h * cv.w;
   if (cv.n >= cv.nthreads) {
     parallel_ranges(cv.n, 1, 1, cv.nthreads, [&](int64_t n0, int64_t n1) {
-      T* col = static_cast<T*>(workspace(WorkspaceSlot::op_scratch, col_elems * sizeof(T)));
+      T* col = col_buffer();
       for (int64_t n = n0; n < n1; ++n) {
         for (int64_t grp = 0; grp < cv.groups; ++grp) {
           gemm_col(n, grp, col, 1);
-          col2im_add(cv, col, grp * cg, dx + n * img_size, 0, cg);
+          col2im(col, grp, dx + n * img_size, 0, cg);
         }
       }
     });
   } else {
-    T* col = static_cast<T*>(workspace(WorkspaceSlot::op_scratch, col_elems * sizeof(T)));
+    T* col = col_buffer();
     for (int64_t n = 0; n < cv.n; ++n) {
       for (int64_t grp = 0; grp < cv.groups; ++grp) {
         gemm_col(n, grp, col, cv.nthreads);
         parallel_ranges(cg, 1, 1, cv.nthreads, [&](int64_t cb, int64_t ce) {
-          col2im_add(cv, col, grp * cg, dx + n * img_size, cb, ce);
+          col2im(col, grp, dx + n * img_size, cb, ce);
         });
       }
     }

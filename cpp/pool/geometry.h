@@ -21,23 +21,9 @@
 namespace simdnn::SIMDNN_ISA_NS {
 namespace {
 
-// v clamped to [lo, hi], as an int (lane counts and ranges).
-int clamp_int(int64_t v, int lo, int hi) {
-  return static_cast<int>(v < lo ? lo : (v > hi ? hi : v));
-}
-
 template <typename T>
 T neg_inf() {
   return -static_cast<T>(HUGE_VAL);
-}
-
-// p + k for a ranged load: the result may point before the row (a window reaching into the left
-// padding); the ranged loads read only elements that are inside. Integer arithmetic, because
-// forming an out-of-array pointer is undefined in C++ even when nothing is read through it.
-template <typename P>
-P* shifted(P* p, int64_t k) {
-  return reinterpret_cast<P*>(reinterpret_cast<uintptr_t>(p) +
-                              static_cast<uintptr_t>(k) * sizeof(P));
 }
 
 // Index vectors hold window positions as floating-point lanes; float32 is exact up to 2^24

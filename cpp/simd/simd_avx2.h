@@ -86,6 +86,10 @@ struct F32 {
   }
   // Lanes [lo, hi) from p[lo..hi), the others `fill`. Only p[lo..hi) is read, so p itself may
   // point outside the array (a window reaching into the padding).
+  // lanes(lo, hi): the mask of lanes [lo, hi); keep: v in the mask's lanes, zero elsewhere (in
+  // registers: no memory access).
+  static M lanes(int lo, int hi) { return _mm256_castsi256_ps(range_mask(lo, hi)); }
+  static V keep(V v, M m) { return _mm256_and_ps(v, m); }
   static V loadr(const T* p, int lo, int hi, T fill) {
     const __m256i m = range_mask(lo, hi);
     return _mm256_blendv_ps(set1(fill), _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
@@ -220,6 +224,8 @@ struct F64 {
     return _mm_andnot_si128(_mm_cmpgt_epi32(_mm_set1_epi32(lo), i),
                             _mm_cmpgt_epi32(_mm_set1_epi32(hi), i));
   }
+  static M lanes(int lo, int hi) { return _mm256_castsi256_pd(range_mask(lo, hi)); }
+  static V keep(V v, M m) { return _mm256_and_pd(v, m); }
   static V loadr(const T* p, int lo, int hi, T fill) {
     const __m256i m = range_mask(lo, hi);
     return _mm256_blendv_pd(set1(fill), _mm256_maskload_pd(p, m), _mm256_castsi256_pd(m));

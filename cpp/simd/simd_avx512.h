@@ -103,6 +103,10 @@ struct F32 {
   }
   // Lanes [lo, hi) from p[lo..hi), the others `fill`. Only p[lo..hi) is read, so p itself may
   // point outside the array (a window reaching into the padding).
+  // lanes(lo, hi): the mask of lanes [lo, hi); keep: v in the mask's lanes, zero elsewhere (in
+  // registers: no memory access).
+  static M lanes(int lo, int hi) { return range_mask(lo, hi); }
+  static V keep(V v, M m) { return _mm512_maskz_mov_ps(m, v); }
   static V loadr(const T* p, int lo, int hi, T fill) {
     return _mm512_mask_loadu_ps(set1(fill), range_mask(lo, hi), p);
   }
@@ -228,6 +232,8 @@ struct F64 {
     hi = hi < 0 ? 0 : (hi > W ? W : hi);
     return static_cast<M>(mask(hi) & ~mask(lo));
   }
+  static M lanes(int lo, int hi) { return range_mask(lo, hi); }
+  static V keep(V v, M m) { return _mm512_maskz_mov_pd(m, v); }
   static V loadr(const T* p, int lo, int hi, T fill) {
     return _mm512_mask_loadu_pd(set1(fill), range_mask(lo, hi), p);
   }

@@ -41,6 +41,9 @@ struct Lane1 {
   static V div(V a, V b) { return a / b; }
   static V mask_add(V a, M m, V b) { return m ? a + b : a; }
   static V loadr(const T* p, int lo, int hi, T fill) { return lo <= 0 && 0 < hi ? *p : fill; }
+  // lanes(lo, hi): whether lane 0 is in [lo, hi); keep: v there, zero otherwise.
+  static M lanes(int lo, int hi) { return lo <= 0 && 0 < hi; }
+  static V keep(V v, M m) { return m ? v : V(0); }
   static void load2(const T* p, V& even, V& odd) {
     even = p[0];
     odd = p[1];

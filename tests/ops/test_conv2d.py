@@ -67,6 +67,12 @@ CASES = [
     (2, 4, 12, 33, 4, 2, 5, 2, (0, 3), (2, 1), 4),
     (1, 6, 7, 19, 6, 1, 1, 2, 0, 1, 6),
     (1, 2, 20, 21, 2, 7, 7, 2, 3, 1, 2),
+    # Backward-data's col2im, gather form (unit column stride and dilation): rows of one column
+    # (each store spills into the rows below), rows of several vectors with a partial last one
+    # and a row dilation; rows wider than its tables (S x 88 blocks of 16) take the scatter form.
+    (2, 3, 6, 1, 4, 3, 1, 1, (1, 0), 1, 1),
+    (2, 3, 4, 45, 5, 2, 7, 1, (1, 3), (2, 1), 1),
+    (1, 2, 3, 1400, 2, 2, 3, 1, 1, 1, 1),
 ]
 
 
