@@ -10,6 +10,7 @@
 #include "common/int_math.h"
 #include "common/parallel.h"
 #include "pool/backward.h"
+#include "pool/compact.h"
 #include "pool/forward.h"
 #include "pool/geometry.h"
 #include "pool/pool.h"
@@ -110,6 +111,10 @@ struct AvgBwd {
 template <typename T>
 void avg_forward(const Pool2d& pl, bool count_include_pad, const T* x, T* y) {
   using V = typename VecOf<T>::type;
+  if (compact_eligible<V>(pl)) {
+    compact_forward<V, AvgOp<V>>(pl, x, y, nullptr);  // no padding: the divisor is 4 either way
+    return;
+  }
   fwd_planes<V, AvgOp<V>>(pl, count_include_pad, x, y, nullptr);
 }
 
@@ -117,6 +122,10 @@ void avg_forward(const Pool2d& pl, bool count_include_pad, const T* x, T* y) {
 template <typename T>
 void avg_backward(const Pool2d& pl, bool count_include_pad, const T* dy, T* dx) {
   using V = typename VecOf<T>::type;
+  if (compact_eligible<V>(pl)) {
+    compact_backward<V, void>(pl, dy, nullptr, dx);
+    return;
+  }
   const Geom g = make_geom(pl);
   const typename AvgBwd<V>::Plane plane{dy, count_include_pad, make_col_tables<T>(g)};
   // Without the padding in the divisor, clean blocks hold only windows spanning S columns.

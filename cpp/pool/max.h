@@ -10,6 +10,7 @@
 #include "common/int_math.h"
 #include "common/parallel.h"
 #include "pool/backward.h"
+#include "pool/compact.h"
 #include "pool/forward.h"
 #include "pool/geometry.h"
 #include "pool/pool.h"
@@ -133,6 +134,10 @@ struct MaxBwd {
 template <typename T>
 void max_forward(const Pool2d& pl, const T* x, T* y, void* idx) {
   using V = typename VecOf<T>::type;
+  if (compact_eligible<V>(pl)) {
+    compact_forward<V, MaxOp<V, uint8_t>>(pl, x, y, idx);  // 4 window positions: uint8 indices
+    return;
+  }
   if (pool_index_is_u8(pl)) {
     fwd_planes<V, MaxOp<V, uint8_t>>(pl, false, x, y, idx);
   } else {
@@ -145,6 +150,8 @@ template <typename T, typename I>
 int64_t max_backward_t(const Pool2d& pl, const T* dy, const I* idx, T* dx) {
   using V = typename VecOf<T>::type;
   const Geom g = make_geom(pl);
+  if (compact_eligible<V>(pl))
+    return pl.n * pl.c * g.p * g.q - compact_backward<V>(pl, dy, idx, dx);
   const typename MaxBwd<V, I>::Plane plane{dy, idx};
   const int64_t matches = bwd_planes<V, MaxBwd<V, I>>(pl, plane, 0, g.q, true, dx);
   return pl.n * pl.c * g.p * g.q - matches;

@@ -73,6 +73,13 @@ EDGE_CASES: list[Case] = [
     # with edge and partial blocks: the copies are made again part-way down the plane.
     ((1, 1, 150, 37), 3, 2, 1),
     ((1, 1, 90, 21), 3, 1, 1),
+    # 2x2/s2 without padding on rows of fewer than two vectors: flattened across rows and planes
+    # (compact.h). LeNet's maps, odd H and W (a row and a column no window covers), one output a
+    # row and plane, rows of 30 outputs (AVX-512 float32 compact, AVX2 the row loops).
+    ((3, 5, 24, 24), 2, 2, 0),
+    ((2, 3, 9, 7), 2, None, 0),
+    ((4, 3, 3, 2), 2, 2, 0),
+    ((1, 2, 2, 61), 2, 2, 0),
 ]
 
 
@@ -343,6 +350,29 @@ def test_nan_wins_and_the_last_nan_is_reported(isa, dtype):
     assert dx[0, 0, 1, 1] == 0
 
 
+@pytest.mark.parametrize("shape", [(3, 4, 8, 8), (2, 3, 13, 25), (1, 1, 2, 2)])
+def test_short_rows_keep_tie_and_nan_rules(isa, dtype, rng, shape):
+    # Small integers (ties in most windows), zeros as after a ReLU, NaN and -inf, on the 2x2/s2
+    # planes that run flattened across rows: the same values and indices as the twin, and each
+    # dy lands on its window's recorded position.
+    x = rng.integers(-1, 3, size=shape).astype(dtype)
+    x[rng.random(shape) < 0.05] = np.nan
+    x[rng.random(shape) < 0.05] = -np.inf
+    y, idx = ops.max_pool2d(x, 2)
+    y_ref, idx_ref = reference.max_pool2d(x, 2)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(idx, idx_ref)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    np.testing.assert_array_equal(
+        ops.max_pool2d_backward(dy, idx, shape, 2),
+        reference.max_pool2d_backward(dy, idx, shape, 2),
+    )
+    bad = idx.copy()
+    bad.flat[-1] = 4  # past the last of the 4 window positions
+    with pytest.raises(ValueError, match="indices out of range"):
+        ops.max_pool2d_backward(dy, bad, shape, 2)
+
+
 @pytest.mark.parametrize(("k", "s", "p"), [(3, 2, 1), (2, 1, 1), (5, 2, 2), ((3, 4), 3, (1, 2))])
 def test_all_minus_inf_windows_give_an_in_bounds_index(isa, dtype, k, s, p):
     shape = (1, 2, 7, 37)
@@ -404,6 +434,7 @@ def test_windows_beyond_float_index_lanes(isa, dtype):
         ((3, 1, 130, 120), 2, None, 0),  # fewer planes than 8 per thread
         ((4, 9, 33, 35), 3, 1, 1),  # whole planes
         ((2, 3, 64, 50), 5, 3, 2),
+        ((8, 20, 24, 25), 2, None, 0),  # 2x2/s2 on short rows: ranges of rows across planes
     ],
     ids=case_id,
 )
