@@ -5,6 +5,7 @@
 //   im2col.h         geometry, im2col gathering of one panel
 //   gemm_policies.h  how conv feeds the GEMM engine: A/B/C operand policies, implicit_gemm
 //   depthwise.h      direct depthwise kernels (G = C = K), forward and both backward passes
+//   direct_weights.h direct backward-weights for layers with few reduction rows (LeNet's first)
 //   backward_data.h  the backward-data strategies (flipped, col2im) and their chooser
 //   winograd.h       Winograd F(4x4, 3x3) for stride-1 3x3 layers, all three passes
 //
@@ -37,6 +38,7 @@
 #include "common/parallel.h"
 #include "conv/backward_data.h"
 #include "conv/depthwise.h"
+#include "conv/direct_weights.h"
 #include "conv/gemm_policies.h"
 #include "conv/im2col.h"
 #include "conv/winograd.h"
@@ -143,8 +145,10 @@ void conv_backward_weights(const Conv2d& cv_in, const T* x, const T* dy, T* dw, 
   // 2^21, about 10 us on one core. (Counting pixels instead left LeNet's second layer, 4096
   // pixels of 25,000 multiply-adds each, on one thread.)
   const int64_t macs = total * kg * crs;
-  const int nt =
-      static_cast<int>(max64(1, min64(min64(cv.nthreads, total), macs / grain::kConvWeightMacs)));
+  // Few reduction rows: the direct kernel (direct_weights.h), whose tasks take whole images.
+  const bool direct = direct_weights_eligible<T>(cv);
+  const int nt = static_cast<int>(
+      max64(1, min64(min64(cv.nthreads, direct ? cv.n : total), macs / grain::kConvWeightMacs)));
   const int64_t part = round_up(w_size + cv.k, 16);  // dw then db, per extra thread
   T* partials =
       nt > 1 ? static_cast<T*>(workspace(WorkspaceSlot::op_scratch, (nt - 1) * part * sizeof(T)))
@@ -160,6 +164,16 @@ void conv_backward_weights(const Conv2d& cv_in, const T* x, const T* dy, T* dw, 
     // dW is written by the GEMM (beta = 0); db accumulates while dY is packed.
     if (my_db != nullptr) {
       for (int64_t k = 0; k < cv.k; ++k) my_db[k] = T(0);
+    }
+    if (direct) {
+      int64_t n0, n1;
+      split_range(cv.n, 1, nt, tid, &n0, &n1);
+      if (n0 >= n1) {
+        for (int64_t i = 0; i < w_size; ++i) my_dw[i] = T(0);
+        return;
+      }
+      direct_weights_task(cv, x, dy, n0, n1, my_dw, my_db);
+      return;
     }
     // Im2colTB's gather rows, then its segment list.
     const int64_t seg_offset = round_up(NR * kcw * static_cast<int64_t>(sizeof(T)), 64);
