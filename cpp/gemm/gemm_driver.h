@@ -79,10 +79,20 @@ static inline GemmBlocking make_blocking(int64_t mr, int64_t nr, int64_t bytes, 
 // 784 x 64 . 64 x 256 took 108 and 76 us; 512^3 and 64 x 784 . 784 x 256 were even.
 struct Grid {
   int tm = 1, tn = 1;
+  bool private_a = false;  // tn > 1: each thread packs its row group's A panels for itself
 };
 
+// With tn > 1, a row group's A panels up to this size are packed by each of its threads for
+// itself instead of shared: the copy is repeated, but no cache line crosses cores and no barrier
+// separates packing from compute, so the cost model now splits N where it split M (each thread
+// packing all of B). On 2 threads (AMD EPYC Zen 5, float32, best of 7 runs of 200 calls, three
+// alternating runs each): 64 x 784 . 784 x 256 67.6-68.5 us against 70.4-72.1 us, 64 x 256 .
+// 256 x 256 21.5-21.8 us against 23.9-24.5 us; the MLP's other products and 128 x 4096 . 4096 x
+// 1000 (shared A, too large) unchanged.
+constexpr int64_t kPrivateABytes = int64_t(512) << 10;
+
 static inline Grid choose_grid(int64_t m, int64_t n, int64_t k, int64_t mr, int64_t nr,
-                               int64_t lanes, bool b_transposed, int nthreads) {
+                               int64_t lanes, int64_t bytes, bool b_transposed, int nthreads) {
   Grid best;
   const int64_t mnk = m * n * k;
   int64_t t = nthreads;
@@ -98,15 +108,19 @@ static inline Grid choose_grid(int64_t m, int64_t n, int64_t k, int64_t mr, int6
     const double np = static_cast<double>(ceil_div(ceil_div(n, nr), tn) * nr);  // columns
     const double kk = static_cast<double>(k);
     const double fma = mp * np * kk / (2.0 * static_cast<double>(lanes));
-    const double pack =
-        (b_transposed ? 0.75 : 0.25) * np * kk + 0.25 * mp * kk / static_cast<double>(tn);
-    const double remote_a = 6.0 * mp * kk * static_cast<double>(tn - 1) / static_cast<double>(tn);
+    const bool private_a =
+        tn > 1 && mp * kk * static_cast<double>(bytes) <= static_cast<double>(kPrivateABytes);
+    const double pack = (b_transposed ? 0.75 : 0.25) * np * kk +
+                        0.25 * mp * kk / (private_a ? 1.0 : static_cast<double>(tn));
+    const double remote_a =
+        private_a ? 0.0 : 6.0 * mp * kk * static_cast<double>(tn - 1) / static_cast<double>(tn);
     const double shared_b = tm > 1 ? 0.25 * np * kk : 0.0;
     const double cost = fma + pack + remote_a + shared_b;
     if (best_cost < 0 || cost < best_cost) {
       best_cost = cost;
       best.tm = static_cast<int>(tm);
       best.tn = static_cast<int>(tn);
+      best.private_a = private_a;
     }
   }
   return best;
@@ -305,7 +319,8 @@ static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
   if (m <= 0 || panels <= 0) return;
   const GemmBlocking bl = make_blocking(MR, NR, sizeof(T), k);
   const int64_t kc_max = bl.kc;
-  const Grid grid = choose_grid(m, panels * NR, k, MR, NR, UK::V::W, b_transposed, nthreads);
+  const Grid grid =
+      choose_grid(m, panels * NR, k, MR, NR, UK::V::W, sizeof(T), b_transposed, nthreads);
   const int nt = grid.tm * grid.tn;
 
   // A is packed in blocks of MC rows (all of K). Each row group (the tn threads that share rows)
@@ -317,7 +332,8 @@ static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
   const int64_t panel_elems = MR * ld_row;  // either layout fits in MR x (K + pad)
   const int64_t panel_bytes = panel_elems * static_cast<int64_t>(sizeof(T));
   const int64_t group_panels = ceil_div(ceil_div(m, MR), grid.tm);  // the largest group's
-  const int64_t max_panels = max64(1, gemm_a_pack_bytes() / grid.tm / panel_bytes);
+  const int64_t max_panels =
+      max64(1, gemm_a_pack_bytes() / (grid.private_a ? grid.tm * grid.tn : grid.tm) / panel_bytes);
   const int64_t blocks = ceil_div(group_panels, max_panels);
   const int64_t block_panels = ceil_div(group_panels, blocks);
   const int64_t a_region = round_up(block_panels * panel_elems, 16);  // per row group
@@ -327,9 +343,10 @@ static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
   const int64_t p_per = ceil_div(panels, grid.tn);
   const int64_t nc_panels = ceil_div(p_per, ceil_div(p_per, max64(1, bl.nc / NR)));
   const int64_t b_elems = round_up(kc_max * nc_panels * NR, 16);  // per thread, 64-byte aligned
+  const int64_t a_regions = grid.private_a ? nt : grid.tm;  // one per row group, or per thread
   T* ws = static_cast<T*>(
-      workspace(WorkspaceSlot::gemm_pack, (grid.tm * a_region + nt * b_elems) * sizeof(T)));
-  T* bpack_all = ws + grid.tm * a_region;
+      workspace(WorkspaceSlot::gemm_pack, (a_regions * a_region + nt * b_elems) * sizeof(T)));
+  T* bpack_all = ws + a_regions * a_region;
 
   // Rows are split evenly between row groups, not in whole MR-row panels: each group packs its
   // own panels, so a group may start mid-panel. With 64 rows, MR = 12 and two groups, whole
@@ -347,13 +364,15 @@ static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
     split_range(m, kRowAlign, grid.tm, ti, &m0, &m1);
     const int64_t r0 = min64(m1, m0 + blk * block_panels * MR);
     const int64_t r1 = min64(m1, r0 + block_panels * MR);
-    return Rows{r0, r1, ws + ti * a_region};
+    return Rows{r0, r1, ws + (grid.private_a ? tid : ti) * a_region};
   };
-  // Packs this thread's share of its group's A panels for block blk: every tn-th panel.
+  // Packs this thread's share of its group's A panels for block blk: every tn-th panel, or all of
+  // them into its own region with private A.
   auto pack_a_block = [&](int tid, int64_t blk) {
-    const int tj = tid % grid.tn;
+    const int tj = grid.private_a ? 0 : tid % grid.tn;
+    const int64_t step = grid.private_a ? 1 : grid.tn;
     const Rows rows = block_rows(tid, blk);
-    for (int64_t r = rows.r0 + tj * MR; r < rows.r1; r += grid.tn * MR) {
+    for (int64_t r = rows.r0 + tj * MR; r < rows.r1; r += step * MR) {
       A.pack(rows.apack + (r - rows.r0) / MR * panel_elems, r, min64(MR, rows.r1 - r), ld_row);
     }
   };
@@ -398,11 +417,11 @@ static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
     return;
   }
   // Task t is grid cell t (whichever thread runs it): its A region and B buffer are the cell's.
-  // Without shared A panels (tn == 1) a task runs all its blocks; with tn > 1 the packing of a
-  // block and its compute are separate parallel_for calls, the end of one the barrier the cells of
-  // a row group need (a task may not wait for another: the thread that would run it may have no
-  // core).
-  if (grid.tn == 1) {
+  // Without shared A panels (tn == 1, or private A) a task runs all its blocks; with shared ones
+  // the packing of a block and its compute are separate parallel_for calls, the end of one the
+  // barrier the cells of a row group need (a task may not wait for another: the thread that would
+  // run it may have no core).
+  if (grid.tn == 1 || grid.private_a) {
     parallel_for(nt, nt, [&](int64_t t) {
       for (int64_t blk = 0; blk < blocks; ++blk) {
         pack_a_block(static_cast<int>(t), blk);
