@@ -432,14 +432,6 @@ void depthwise_backward_data(const Conv2d& cv, const T* dy, const T* w, T* dx) {
   });
 }
 
-template <class V>
-static inline typename V::T lane_sum(typename V::V v) {
-  typename V::T lanes[V::W], sum = 0;
-  V::store(lanes, v);
-  for (int l = 0; l < V::W; ++l) sum += lanes[l];
-  return sum;
-}
-
 // sums[t] += sum over p, q of dy[p, q] * padded[off[t] + p * sh * ld + q], for NT taps at once:
 // each dy vector is loaded once and feeds NT independent accumulators. Tap by tap (the code this
 // replaces) each tap was one chain of P * Q / W dependent FMAs, 4 cycles apart, and re-read dy

@@ -189,9 +189,9 @@ struct GradA {
         const int64_t n = u / pq, pix = u % pq, run = min64(pq - pix, u0 + len - u);
         const T* src = dy + (n * k_total + r + i) * pq + pix;
         std::memcpy(d + (u - u0), src, run * sizeof(T));
-        if (db != nullptr) {
-          for (int64_t j = 0; j < run; ++j) sum += src[j];
-        }
+        // In vector lanes: the scalar sum's chain of dependent adds took 13% of 1x1 128->128
+        // 28x28 N16's backward-weights (AMD EPYC Zen 5).
+        if (db != nullptr) sum += vector_sum<typename VecOf<T>::type>(src, run);
         u += run;
       }
       if (db != nullptr) db[r + i] += sum;
@@ -217,8 +217,9 @@ struct Im2colTB {
     const int64_t plane = g.h * g.w, rows = g.rows(), rs = g.r * g.s;
     const int64_t kcw = round_up(kc, W);
     // The same pixels for every column: split them into row segments once.
-    const int64_t nseg = range_segments(g, u0 + pc, kc, segs);
     const bool unpadded = g.ph == 0 && g.pw == 0 && g.sw == 1;
+    const int64_t nseg = unpadded && g.sh == 1 && g.q == g.w ? image_segments(g, u0 + pc, kc, segs)
+                                                             : range_segments(g, u0 + pc, kc, segs);
     for (int64_t v = v0; v < v1; ++v) {
       T* d = dst + (v - v0) * kc * NR;
       const int64_t t0 = v * NR, width = min64(NR, rows - t0);

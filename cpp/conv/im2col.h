@@ -158,6 +158,23 @@ static inline int64_t range_segments(const Im2col& g, int64_t u0, int64_t len, S
   return count;
 }
 
+// The same where the source of a pixel run is linear in the pixel index (stride 1 and rows as
+// long as the input's, i.e. 1-wide kernels without column padding, such as 1x1 layers): one
+// segment per image. With a segment per output row (28-pixel runs), 1x1 128->128 28x28 N16's
+// backward-weights took 1.71 ms, 1.52 ms this way (AMD EPYC Zen 5, 2 threads).
+static inline int64_t image_segments(const Im2col& g, int64_t u0, int64_t len, Segment* seg) {
+  const int64_t pq = g.p * g.q;
+  int64_t n = u0 / pq, pix = u0 % pq, count = 0;
+  for (int64_t off = 0; off < len;) {
+    const int64_t run = min64(pq - pix, len - off);
+    seg[count++] = Segment{pix / g.q, pix % g.q, run, off, n};
+    off += run;
+    pix = 0;
+    ++n;
+  }
+  return count;
+}
+
 static inline bool is_depthwise(const Conv2d& cv) {
   return cv.groups > 1 && cv.groups == cv.c && cv.groups == cv.k;
 }
