@@ -5,7 +5,7 @@
 //   im2col.h         geometry, im2col gathering of one panel
 //   gemm_policies.h  how conv feeds the GEMM engine: A/B/C operand policies, implicit_gemm
 //   depthwise.h      direct depthwise kernels (G = C = K), forward and both backward passes
-//   direct_weights.h direct backward-weights for layers with few reduction rows (LeNet's first)
+//   direct.h         direct kernels: forward with few filters, backward-weights with few rows
 //   backward_data.h  the backward-data strategies (flipped, col2im) and their chooser
 //   winograd.h       Winograd F(4x4, 3x3) for stride-1 3x3 layers, all three passes
 //
@@ -38,7 +38,7 @@
 #include "common/parallel.h"
 #include "conv/backward_data.h"
 #include "conv/depthwise.h"
-#include "conv/direct_weights.h"
+#include "conv/direct.h"
 #include "conv/gemm_policies.h"
 #include "conv/im2col.h"
 #include "conv/winograd.h"
@@ -73,6 +73,10 @@ void conv_forward(const Conv2d& cv_in, const T* x, const T* w, const T* b, T* y)
   }
   // Winograd where chosen; a result that is not all finite is recomputed below (winograd.h).
   if (use_winograd(cv, false) && winograd_forward(cv, x, w, b, y)) return;
+  if (direct_forward_eligible<T>(cv)) {
+    direct_forward(cv, x, w, b, y);
+    return;
+  }
   const int64_t kg = cv.k / cv.groups, crs = (cv.c / cv.groups) * cv.r * cv.s;
   for (int64_t grp = 0; grp < cv.groups; ++grp) {
     implicit_gemm<T>(forward_geometry(cv, grp), cv.n, x, w + grp * kg * crs,

@@ -234,6 +234,31 @@ def test_thread_counts(isa, rng, threads):
         np.testing.assert_array_equal(runs[nt][2][0], runs[nt][3][0])
 
 
+@pytest.mark.parametrize(
+    "case",
+    [
+        (1, 6, 23, 19, 5, 3, 3, 1, 1, 1, 1),
+        (2, 4, 17, 40, 8, 5, 5, 2, 2, 1, 2),
+        (3, 2, 9, 20, 3, 2, 3, (1, 3), (0, 1), (2, 1), 1),
+        (1, 3, 30, 70, 7, 7, 7, 1, 3, 1, 1),
+    ],
+    ids=case_id,
+)
+def test_few_filters_direct_forward_any_thread_count(isa, dtype, rng, threads, case):
+    """The direct forward (at most 8 filters a group): tasks of whole images or, below one
+    image a thread, blocks of output rows; every output is one task's, so any thread count gives
+    the same bits."""
+    x, w, b, kw = setup(case, dtype, rng)
+    runs = []
+    for nt in (1, 2, 3):
+        simdnn.set_num_threads(nt)
+        runs.append(ops.conv2d(x, w, b, **kw))
+    k_r_s = w.shape[1] * w.shape[2] * w.shape[3]
+    assert_close(runs[0], reference.conv2d(x, w, b, **kw), dtype, scale=k_r_s**0.5)
+    for other in runs[1:]:
+        np.testing.assert_array_equal(other, runs[0])
+
+
 def test_batch_one_uses_every_thread_and_matches(isa, rng, threads):
     simdnn.set_num_threads(2)
     x = rng.standard_normal((1, 8, 64, 64)).astype(np.float32)

@@ -1,0 +1,381 @@
+// Direct convolution kernels, without im2col, for the layers the GEMM engine feeds poorly. For the
+// per-ISA convolution files; the shape legend is conv.cpp's. Both work on depthwise.h's
+// zero-padded (and, for strides, phase-split) planes, so that every tap of a row of outputs is a
+// plain vector load at a fixed offset.
+//
+// Forward with few filters per group (K/G <= 8): the GEMM's rows are the filters, so its 12-row
+// micro-tiles ran at most two-thirds full, and its im2col packing fed only K/G FMAs per element
+// (the sweep's layers with 3-8 output channels ran at 0.3-0.6x PyTorch 2.13; AMD EPYC Zen 5, 2
+// threads: 64->3 7x7 14x14 N16 0.57x -> 1.23x, 96->3 3x3 112x112 N2 0.42x -> 1.66x, 32->8 g2 5x5/s2
+// 28x28 N16 0.29x -> 1.36x, 128->8 5x5/s2 56x56 N1 0.32x -> 1.82x).
+// Here a block of KB filters and NQ vectors of one output row keeps KB x NQ accumulators over
+// the C/G x R x S taps: each tap is KB weight broadcasts and NQ loads.
+//
+// Backward-weights of dense layers with few reduction rows (C/groups * R * S <= 32, such as
+// LeNet's first layer, 1 -> 20 5x5).
+// The GEMM path (dW = dY . im2col^T) packs, for every pixel, a 32-wide row of im2col^T (one
+// micro-panel), and then runs only K filter rows of FMAs over it: with 20 filters and 25 taps the
+// packing took about three quarters of the time (lenet1 backward-weights 371 us, 0.89x PyTorch
+// 2.13; AMD EPYC Zen 5, 2 threads, float32). Here, per image and input channel:
+//   dw[k, c, r, s] += sum over p, q of dy[n, k, p, q] * xpad[n, c, p*sh + r*dh, q*sw + s*dw]
+// A block of KB filters and NT taps keeps KB x NT vector accumulators over the rows of dy: each
+// dy vector feeds NT FMAs, each x vector KB. The accumulators are added to per-task vector sums,
+// whose lanes are summed once at the end of the task.
+#pragma once
+
+#include <cstdint>
+
+#include "common/int_math.h"
+#include "common/parallel.h"
+#include "conv/conv.h"
+#include "conv/depthwise.h"
+#include "simd/simd.h"
+
+#ifndef SIMDNN_ISA_NS
+#error "compile with -DSIMDNN_ISA_NS=<isa>"
+#endif
+
+namespace simdnn::SIMDNN_ISA_NS {
+namespace {
+
+// ------------------------------------------------------------------------------------------------
+// Forward
+
+// Filters per group up to which the direct forward is used: below one micro-tile of 12 rows by a
+// margin (9-12 filters fill 3/4 of it or more).
+constexpr int64_t kDirectForwardMaxFilters = 8;
+
+template <typename T>
+bool direct_forward_eligible(const Conv2d& cv) {
+  using V = typename VecOf<T>::type;
+  // Rows of at least half a vector; at least 2 taps (1x1 layers need no im2col: their GEMM packs
+  // plain rows).
+  return cv.k / cv.groups <= kDirectForwardMaxFilters && 2 * cv.q >= V::W && cv.r * cv.s >= 2;
+}
+
+// Accumulators per block: KB x NQ <= 24 with 32 registers (AVX-512), 12 with 16.
+template <class V>
+constexpr int direct_forward_budget() {
+  return sizeof(typename V::V) >= 64 ? 24 : 12;
+}
+
+// Output row p, columns [q0, q0 + NQ * W) (the last vector `last` lanes) of filters k0..k0+KB-1:
+// y = bias + the sum over channels c of the group and taps t of w[k, c, t] * xpad[c, tap t].
+template <class V, int KB, int NQ>
+inline void direct_forward_block(const Conv2d& cv, const PadPlane& pp, const typename V::T* pad,
+                                 int64_t plane, const int64_t* off, const typename V::T* w,
+                                 int64_t crs, const typename V::T* bias, typename V::T* y,
+                                 int64_t pq, int64_t p, int64_t q0, int last) {
+  using T = typename V::T;
+  using R = typename V::V;
+  constexpr int W = V::W;
+  const int64_t cg = cv.c / cv.groups, rs = cv.r * cv.s;
+  R acc[KB][NQ];
+  for (int k = 0; k < KB; ++k) {
+    const R b = V::set1(bias != nullptr ? bias[k] : T(0));
+    for (int j = 0; j < NQ; ++j) acc[k][j] = b;
+  }
+  const T* row0 = pad + p * cv.sh * pp.ld + q0;
+  for (int64_t c = 0; c < cg; ++c) {
+    const T* src = row0 + c * plane;
+    const T* wc = w + c * rs;
+    for (int64_t t = 0; t < rs; ++t) {
+      // Whole vectors: the padded rows have a vector of slack past the last output column.
+      R xv[NQ];
+      for (int j = 0; j < NQ; ++j) xv[j] = V::load(src + off[t] + j * W);
+      for (int k = 0; k < KB; ++k) {
+        const R wv = V::set1(wc[k * crs + t]);
+        for (int j = 0; j < NQ; ++j) acc[k][j] = V::fma(wv, xv[j], acc[k][j]);
+      }
+    }
+  }
+  for (int k = 0; k < KB; ++k) {
+    T* o = y + k * pq + p * cv.q + q0;
+    for (int j = 0; j + 1 < NQ; ++j) V::store(o + j * W, acc[k][j]);
+    if (last == W) {
+      V::store(o + (NQ - 1) * W, acc[k][NQ - 1]);
+    } else {
+      V::storen(o + (NQ - 1) * W, acc[k][NQ - 1], last);
+    }
+  }
+}
+
+// Output row p of filters k0..k0+KB-1, NQ vectors at a time (NQ up to the register budget).
+template <class V, int KB>
+inline void direct_forward_row(const Conv2d& cv, const PadPlane& pp, const typename V::T* pad,
+                               int64_t plane, const int64_t* off, const typename V::T* w,
+                               int64_t crs, const typename V::T* bias, typename V::T* y, int64_t pq,
+                               int64_t p) {
+  constexpr int W = V::W;
+  constexpr int kMaxNq = direct_forward_budget<V>() / KB < 4 ? direct_forward_budget<V>() / KB : 4;
+  for (int64_t q0 = 0; q0 < cv.q; q0 += kMaxNq * W) {
+    const int64_t left = cv.q - q0;
+    const int nq = static_cast<int>(min64(kMaxNq, ceil_div(left, W)));
+    const int last = static_cast<int>(min64(W, left - (nq - 1) * W));
+    switch (nq) {
+      case 4:
+        direct_forward_block<V, KB, (kMaxNq >= 4 ? 4 : 1)>(cv, pp, pad, plane, off, w, crs, bias, y,
+                                                           pq, p, q0, last);
+        break;
+      case 3:
+        direct_forward_block<V, KB, (kMaxNq >= 3 ? 3 : 1)>(cv, pp, pad, plane, off, w, crs, bias, y,
+                                                           pq, p, q0, last);
+        break;
+      case 2:
+        direct_forward_block<V, KB, (kMaxNq >= 2 ? 2 : 1)>(cv, pp, pad, plane, off, w, crs, bias, y,
+                                                           pq, p, q0, last);
+        break;
+      default:
+        direct_forward_block<V, KB, 1>(cv, pp, pad, plane, off, w, crs, bias, y, pq, p, q0, last);
+        break;
+    }
+  }
+}
+
+// y (N, K, P, Q) = conv(x, w) + b. Tasks are (image, block of output rows): each pads the
+// image's C planes (once per image for consecutive blocks of one image), then computes its rows
+// for every filter, KB at a time.
+template <typename T>
+void direct_forward(const Conv2d& cv, const T* x, const T* w, const T* b, T* y) {
+  using V = typename VecOf<T>::type;
+  const Im2col g{cv.c,  0,     1,     cv.h,  cv.w,  cv.r, cv.s, cv.sh,
+                 cv.sw, cv.ph, cv.pw, cv.dh, cv.dw, cv.p, cv.q};
+  const PadPlane pp = pad_plane_geometry(g, V::W);
+  const int64_t plane = plane_scratch<T>(pp), rs = cv.r * cv.s, pq = cv.p * cv.q;
+  const int64_t cg = cv.c / cv.groups, kg = cv.k / cv.groups, crs = cg * rs;
+  // Row blocks per image so that a batch smaller than the thread count still gives every thread
+  // work; each block pads the whole image again, so no more of them than threads (4 per thread
+  // made 128->8 5x5/s2 56x56 N1 pad its 1.6 MB input 8 times: 476 us, 0.50x PyTorch; 181 us,
+  // 1.82x with one each).
+  const int64_t blocks = cv.n >= cv.nthreads ? 1 : min64(cv.p, ceil_div(cv.nthreads, cv.n));
+  const int64_t tasks = cv.n * blocks;
+  const int nt = static_cast<int>(min64(cv.nthreads, tasks));
+  parallel_ranges(tasks, 1, 1, nt, [&](int64_t t0, int64_t t1) {
+    char* base = static_cast<char*>(
+        workspace(WorkspaceSlot::op_scratch,
+                  static_cast<size_t>(cv.c * plane * static_cast<int64_t>(sizeof(T)) +
+                                      rs * static_cast<int64_t>(sizeof(int64_t)))));
+    T* pad = reinterpret_cast<T*>(base);
+    int64_t* off = reinterpret_cast<int64_t*>(pad + cv.c * plane);
+    for (int64_t i = 0; i < rs; ++i) off[i] = pp.tap(i / cv.s, i % cv.s, cv.dh, cv.dw);
+    int64_t padded = -1;  // the image in `pad`
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / blocks, blk = t % blocks;
+      if (n != padded) {
+        for (int64_t c = 0; c < cv.c; ++c) {
+          fill_padded(x + (n * cv.c + c) * cv.h * cv.w, g, pp, pad + c * plane);
+        }
+        padded = n;
+      }
+      const int64_t p0 = cv.p * blk / blocks, p1 = cv.p * (blk + 1) / blocks;
+      for (int64_t grp = 0; grp < cv.groups; ++grp) {
+        const T* gpad = pad + grp * cg * plane;
+        for (int64_t k0 = 0; k0 < kg; k0 += kDirectForwardMaxFilters) {
+          const int64_t kk = grp * kg + k0;
+          const T* wk = w + kk * crs;
+          const T* bk = b != nullptr ? b + kk : nullptr;
+          T* yk = y + (n * cv.k + kk) * pq;
+          for (int64_t p = p0; p < p1; ++p) {
+            switch (min64(kg - k0, kDirectForwardMaxFilters)) {
+              case 8:
+                direct_forward_row<V, 8>(cv, pp, gpad, plane, off, wk, crs, bk, yk, pq, p);
+                break;
+              case 7:
+                direct_forward_row<V, 7>(cv, pp, gpad, plane, off, wk, crs, bk, yk, pq, p);
+                break;
+              case 6:
+                direct_forward_row<V, 6>(cv, pp, gpad, plane, off, wk, crs, bk, yk, pq, p);
+                break;
+              case 5:
+                direct_forward_row<V, 5>(cv, pp, gpad, plane, off, wk, crs, bk, yk, pq, p);
+                break;
+              case 4:
+                direct_forward_row<V, 4>(cv, pp, gpad, plane, off, wk, crs, bk, yk, pq, p);
+                break;
+              case 3:
+                direct_forward_row<V, 3>(cv, pp, gpad, plane, off, wk, crs, bk, yk, pq, p);
+                break;
+              case 2:
+                direct_forward_row<V, 2>(cv, pp, gpad, plane, off, wk, crs, bk, yk, pq, p);
+                break;
+              default:
+                direct_forward_row<V, 1>(cv, pp, gpad, plane, off, wk, crs, bk, yk, pq, p);
+                break;
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------------------------
+// Backward-weights
+
+// Filters and taps per register block: KB x NT accumulators, KB dy vectors and one x vector.
+// AVX-512 (32 registers): 4 x 5 + 4 + 1 = 25; AVX2 and scalar (16): 2 x 5 + 2 + 1 = 13.
+template <class V>
+constexpr int direct_weights_kb() {
+  return sizeof(typename V::V) >= 64 ? 4 : 2;
+}
+constexpr int kDirectWeightsNt = 5;
+// Reduction rows (C/groups * R * S) up to one GEMM micro-panel of im2col^T: beyond it the GEMM's
+// packing is shared by more FMAs per pixel.
+constexpr int64_t kDirectWeightsMaxRows = 32;
+// Per-task vector sums (K * C/groups * R * S vectors) up to half of L2 on the machines measured.
+constexpr int64_t kDirectWeightsMaxSumBytes = int64_t(512) << 10;
+
+template <typename T>
+bool direct_weights_eligible(const Conv2d& cv) {
+  using V = typename VecOf<T>::type;
+  const int64_t crs = cv.c / cv.groups * cv.r * cv.s;
+  // Output rows of at least half a vector (fewer leave most lanes empty), one group, and a batch
+  // that gives every thread an image (tasks take whole images). At least 4 taps: each dy vector
+  // then feeds several FMAs; 1x1 layers, one FMA per dy load and dy read again for every input
+  // channel, ran slower than the GEMM, which needs no im2col for them (sweep rows, AMD EPYC Zen
+  // 5, 2 threads: 1x1 24->256 56x56 N8 3.05 ms GEMM, 5.25 ms direct; 3x3/s2 p2 3->16 56x56 N32
+  // 345 -> 132 us; 2x2 8->128 28x28 N16 613 -> 432 us; LeNet's 5x5 1->20 371 -> 179 us).
+  return cv.groups == 1 && crs <= kDirectWeightsMaxRows && cv.r * cv.s >= 4 && 2 * cv.q >= V::W &&
+         cv.n >= cv.nthreads &&
+         (cv.k * crs + cv.k) * V::W * static_cast<int64_t>(sizeof(T)) <= kDirectWeightsMaxSumBytes;
+}
+
+// sums[k * crs + t] += the KB x NT products of filters k0.. and taps t0.. over image n's rows.
+// dyk: dy of the image's filter k0; off: the NT taps' offsets in the padded plane.
+template <class V, int KB, int NT>
+inline void direct_weights_block(const Conv2d& cv, const PadPlane& pp, const typename V::T* buf,
+                                 const typename V::T* dyk, const int64_t* off, int64_t crs,
+                                 typename V::T* sums) {
+  using T = typename V::T;
+  using R = typename V::V;
+  constexpr int W = V::W;
+  const int64_t pq = cv.p * cv.q;
+  R acc[KB][NT];
+  for (int k = 0; k < KB; ++k) {
+    for (int t = 0; t < NT; ++t) acc[k][t] = V::zero();
+  }
+  for (int64_t p = 0; p < cv.p; ++p) {
+    const T* grow = dyk + p * cv.q;
+    const T* brow = buf + p * cv.sh * pp.ld;
+    int64_t q = 0;
+    for (; q + W <= cv.q; q += W) {
+      R g[KB];
+      for (int k = 0; k < KB; ++k) g[k] = V::load(grow + k * pq + q);
+      for (int t = 0; t < NT; ++t) {
+        const R xv = V::load(brow + off[t] + q);
+        for (int k = 0; k < KB; ++k) acc[k][t] = V::fma(g[k], xv, acc[k][t]);
+      }
+    }
+    if (q < cv.q) {
+      // Masked loads of the plane too: a NaN past the row would otherwise reach the sum.
+      const int live = static_cast<int>(cv.q - q);
+      R g[KB];
+      for (int k = 0; k < KB; ++k) g[k] = V::loadn(grow + k * pq + q, live);
+      for (int t = 0; t < NT; ++t) {
+        const R xv = V::loadn(brow + off[t] + q, live);
+        for (int k = 0; k < KB; ++k) acc[k][t] = V::fma(g[k], xv, acc[k][t]);
+      }
+    }
+  }
+  for (int k = 0; k < KB; ++k) {
+    for (int t = 0; t < NT; ++t) {
+      T* s = sums + (k * crs + t) * W;
+      V::store(s, V::add(V::load(s), acc[k][t]));
+    }
+  }
+}
+
+// The taps [t0, t1) of channel c for filters [k0, k0 + KB), NT at a time.
+template <class V, int KB>
+inline void direct_weights_taps(const Conv2d& cv, const PadPlane& pp, const typename V::T* buf,
+                                const typename V::T* dyk, const int64_t* off, int64_t rs,
+                                int64_t crs, typename V::T* sums) {
+  constexpr int W = V::W;
+  for (int64_t t = 0; t < rs; t += kDirectWeightsNt) {
+    typename V::T* s = sums + t * W;
+    switch (min64(kDirectWeightsNt, rs - t)) {
+      case 5:
+        direct_weights_block<V, KB, 5>(cv, pp, buf, dyk, off + t, crs, s);
+        break;
+      case 4:
+        direct_weights_block<V, KB, 4>(cv, pp, buf, dyk, off + t, crs, s);
+        break;
+      case 3:
+        direct_weights_block<V, KB, 3>(cv, pp, buf, dyk, off + t, crs, s);
+        break;
+      case 2:
+        direct_weights_block<V, KB, 2>(cv, pp, buf, dyk, off + t, crs, s);
+        break;
+      default:
+        direct_weights_block<V, KB, 1>(cv, pp, buf, dyk, off + t, crs, s);
+        break;
+    }
+  }
+}
+
+// Images [n0, n1): dw (K x C*R*S) and db (K, or null) of this task, written (not accumulated).
+template <typename T>
+void direct_weights_task(const Conv2d& cv, const T* x, const T* dy, int64_t n0, int64_t n1, T* dw,
+                         T* db) {
+  using V = typename VecOf<T>::type;
+  using R = typename V::V;
+  constexpr int W = V::W;
+  constexpr int KB = direct_weights_kb<V>();
+  const Im2col g{cv.c,  0,     cv.c,  cv.h,  cv.w,  cv.r, cv.s, cv.sh,
+                 cv.sw, cv.ph, cv.pw, cv.dh, cv.dw, cv.p, cv.q};
+  const PadPlane pp = pad_plane_geometry(g, W);
+  const int64_t rs = cv.r * cv.s, crs = cv.c * rs, pq = cv.p * cv.q;
+  // Scratch: the padded plane, the per-task vector sums (K x CRS, then K for db), tap offsets.
+  const int64_t plane = plane_scratch<T>(pp), nsum = (cv.k * crs + cv.k) * W;
+  char* base = static_cast<char*>(
+      workspace(WorkspaceSlot::pack_aux,
+                static_cast<size_t>((plane + nsum) * static_cast<int64_t>(sizeof(T)) +
+                                    rs * static_cast<int64_t>(sizeof(int64_t)))));
+  T* buf = reinterpret_cast<T*>(base);
+  T* sums = buf + plane;
+  int64_t* off = reinterpret_cast<int64_t*>(sums + nsum);
+  for (int64_t i = 0; i < rs; ++i) off[i] = pp.tap(i / cv.s, i % cv.s, cv.dh, cv.dw);
+  for (int64_t i = 0; i < nsum; ++i) sums[i] = T(0);
+  T* dbsum = sums + cv.k * crs * W;
+  for (int64_t n = n0; n < n1; ++n) {
+    const T* dyn = dy + n * cv.k * pq;
+    for (int64_t c = 0; c < cv.c; ++c) {
+      fill_padded(x + (n * cv.c + c) * cv.h * cv.w, g, pp, buf);
+      for (int64_t k0 = 0; k0 < cv.k; k0 += KB) {
+        T* s = sums + (k0 * crs + c * rs) * W;
+        const T* dyk = dyn + k0 * pq;
+        switch (min64(KB, cv.k - k0)) {
+          case 4:
+            direct_weights_taps<V, (KB >= 4 ? 4 : 1)>(cv, pp, buf, dyk, off, rs, crs, s);
+            break;
+          case 3:
+            direct_weights_taps<V, (KB >= 3 ? 3 : 1)>(cv, pp, buf, dyk, off, rs, crs, s);
+            break;
+          case 2:
+            direct_weights_taps<V, 2>(cv, pp, buf, dyk, off, rs, crs, s);
+            break;
+          default:
+            direct_weights_taps<V, 1>(cv, pp, buf, dyk, off, rs, crs, s);
+            break;
+        }
+      }
+    }
+    if (db != nullptr) {
+      for (int64_t k = 0; k < cv.k; ++k) {
+        const T* gp = dyn + k * pq;
+        R acc = V::load(dbsum + k * W);
+        int64_t j = 0;
+        for (; j + W <= pq; j += W) acc = V::add(acc, V::load(gp + j));
+        if (j < pq) acc = V::add(acc, V::loadn(gp + j, static_cast<int>(pq - j)));
+        V::store(dbsum + k * W, acc);
+      }
+    }
+  }
+  for (int64_t i = 0; i < cv.k * crs; ++i) dw[i] = lane_sum<V>(V::load(sums + i * W));
+  if (db != nullptr) {
+    for (int64_t k = 0; k < cv.k; ++k) db[k] = lane_sum<V>(V::load(dbsum + k * W));
+  }
+}
+
+}  // namespace
+}  // namespace simdnn::SIMDNN_ISA_NS
