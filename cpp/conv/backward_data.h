@@ -8,6 +8,7 @@
 #include "common/int_math.h"
 #include "common/parallel.h"
 #include "conv/conv.h"
+#include "conv/direct.h"
 #include "conv/gemm_policies.h"
 #include "conv/im2col.h"
 #include "gemm/gemm_driver.h"
@@ -38,6 +39,23 @@ void backward_data_flipped(const Conv2d& cv, const T* dy, const T* w, T* dx) {
         for (int64_t t = 0; t < rs; ++t) dst[t] = src[rs - 1 - t];
       }
     }
+  }
+  // Few input channels a group: the flipped convolution has that few filters, the direct
+  // forward's case (direct.h). Sweep row 2x2 8->128 28x28 N16 (8 filters flipped), AMD EPYC Zen 5,
+  // 2 threads: 2.56 ms on the GEMM, 0.46 ms direct (0.28x -> 1.33x PyTorch).
+  Conv2d f = cv;
+  f.c = cv.k;
+  f.h = cv.p;
+  f.w = cv.q;
+  f.k = cv.c;
+  f.p = cv.h;
+  f.q = cv.w;
+  f.sh = f.sw = 1;
+  f.ph = cv.dh * (cv.r - 1) - cv.ph;
+  f.pw = cv.dw * (cv.s - 1) - cv.pw;
+  if (f.ph >= 0 && f.pw >= 0 && direct_forward_eligible<T>(f)) {
+    direct_forward(f, dy, flipped, static_cast<const T*>(nullptr), dx);
+    return;
   }
   for (int64_t grp = 0; grp < cv.groups; ++grp) {
     const Im2col g{cv.k,

@@ -151,8 +151,9 @@ void direct_forward(const Conv2d& cv, const T* x, const T* w, const T* b, T* y) 
   const int64_t tasks = cv.n * blocks;
   const int nt = static_cast<int>(min64(cv.nthreads, tasks));
   parallel_ranges(tasks, 1, 1, nt, [&](int64_t t0, int64_t t1) {
+    // pack_aux: backward-data's flipped filters, which this may be handed, are in op_scratch.
     char* base = static_cast<char*>(
-        workspace(WorkspaceSlot::op_scratch,
+        workspace(WorkspaceSlot::pack_aux,
                   static_cast<size_t>(cv.c * plane * static_cast<int64_t>(sizeof(T)) +
                                       rs * static_cast<int64_t>(sizeof(int64_t)))));
     T* pad = reinterpret_cast<T*>(base);
@@ -235,8 +236,8 @@ bool direct_weights_eligible(const Conv2d& cv) {
   // channel, ran slower than the GEMM, which needs no im2col for them (sweep rows, AMD EPYC Zen
   // 5, 2 threads: 1x1 24->256 56x56 N8 3.05 ms GEMM, 5.25 ms direct; 3x3/s2 p2 3->16 56x56 N32
   // 345 -> 132 us; 2x2 8->128 28x28 N16 613 -> 432 us; LeNet's 5x5 1->20 371 -> 179 us).
-  return cv.groups == 1 && crs <= kDirectWeightsMaxRows && cv.r * cv.s >= 4 && 2 * cv.q >= V::W &&
-         cv.n >= cv.nthreads &&
+  return cv.groups == 1 && (crs <= kDirectWeightsMaxRows || cv.k <= kDirectForwardMaxFilters) &&
+         cv.r * cv.s >= 4 && 2 * cv.q >= V::W && cv.n >= cv.nthreads &&
          (cv.k * crs + cv.k) * V::W * static_cast<int64_t>(sizeof(T)) <= kDirectWeightsMaxSumBytes;
 }
 

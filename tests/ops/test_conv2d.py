@@ -80,6 +80,10 @@ CASES = [
     (3, 3, 17, 19, 7, 3, 3, 2, 1, 1, 1),
     (3, 2, 15, 20, 5, 2, 4, (1, 2), (2, 1), (2, 1), 1),
     (3, 1, 9, 12, 3, 1, 7, 1, (0, 3), 1, 1),
+    # Backward-data as the flipped convolution with 8 input channels a group: 8 filters, the
+    # direct forward's case; one group, and two groups with dilation.
+    (2, 8, 11, 13, 16, 3, 3, 1, 1, 1, 1),
+    (2, 16, 12, 14, 8, 3, 3, 1, 2, 2, 2),
 ]
 
 
