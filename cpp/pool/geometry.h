@@ -80,13 +80,17 @@ struct ColTables {
 };
 template <typename T>
 ColTables<T> make_col_tables(const Geom& g) {
+  // Slack after the column counts: the forward stores and the 3x3/s2 backward load whole vectors
+  // (16 lanes at most) from any block start up to Q, not masked ones.
+  constexpr int64_t kSlack = 16;
   T* t = static_cast<T*>(
-      workspace(WorkspaceSlot::op_scratch, static_cast<size_t>(2 * g.q) * sizeof(T)));
+      workspace(WorkspaceSlot::op_scratch, static_cast<size_t>(2 * g.q + kSlack) * sizeof(T)));
   for (int64_t q = 0; q < g.q; ++q) {
     const ColSpan cs = col_span(g, q);
     t[q] = static_cast<T>(cs.s0);
     t[g.q + q] = static_cast<T>(cs.s1 - cs.s0);
   }
+  for (int64_t k = 2 * g.q; k < 2 * g.q + kSlack; ++k) t[k] = T(1);
   return {t, t + g.q};
 }
 
@@ -175,6 +179,48 @@ struct RowCtx {
   T div;             // average: divisor of windows spanning S input columns
   ColTables<T> tab;
 };
+
+// ---------------------------------------------------------------------------------------------
+// The 3x3/s2 paths (forward.h, backward.h)
+
+// Whether the separable 3x3/s2 path takes the call.
+bool s2k3_fits(const Geom& g) {
+  return g.r == 3 && g.s == 3 && g.sh == 2 && g.sw == 2 && g.ph <= 1 && g.pw <= 1;
+}
+
+// How the last block of a row reads when its vectors reach past the row's end (forward: 2W + 1
+// input columns; backward: W windows of dy and of the indices): plain loads that run on into the
+// next rows, the lanes past the row's end then set aside by a blend (kOver), or, where those
+// loads would leave the array (the last rows of the last plane), a scratch copy of the row's end
+// (kCopy, copy_tail).
+// Measured on 256x64 planes of 7x7 float32 (Q = 4 of 16 lanes: every row a last block), 3x3/s2
+// padding 1, 2 threads: max forward 0.83 ms with the generic loops, 1.06 ms copying every row's
+// end, 0.55 ms with kOver; max backward 0.55, 1.64 and 0.62 ms (one core: 1.08 and 1.10 ms).
+enum S2k3Read { kInside, kOver, kCopy };
+
+// The scratch row of copy_tail: origin at W (a copy may start up to W before it), room for the
+// 2W + 1 elements a block reads and whole fill vectors past them.
+template <class V>
+constexpr int64_t kTailLen = 8 * V::W;
+
+// Columns [base, w) of a row (0 < w - base < 2W) into t[0, w - base), with whole vectors that end
+// at the row's end (overlapping) where the row holds at least W elements, one by one otherwise.
+template <class V>
+void copy_tail(const typename V::T* row, int64_t w, int64_t base, typename V::T* t) {
+  constexpr int W = V::W;
+  const typename V::T* src = row + base;
+  int64_t j = w - base;  // t[j, w - base) copied
+  while (j >= W) {
+    j -= W;
+    V::store(t + j, V::load(src + j));
+  }
+  if (j > 0 && w >= W) {
+    const int64_t o = max64(j - W, -base);  // src + o stays inside the row
+    V::store(t + o, V::load(src + o));
+  } else {
+    for (int64_t k = 0; k < j; ++k) t[k] = src[k];
+  }
+}
 
 }  // namespace
 }  // namespace simdnn::SIMDNN_ISA_NS

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "common/int_math.h"
 #include "common/parallel.h"
@@ -30,6 +31,8 @@ struct MaxOp {
   using T = typename V::T;
   using R = typename V::V;
   static constexpr bool kIndex = true;
+  // The 3x3/s2 path combines whole window rows and reuses the row shared by two windows.
+  static constexpr bool kShareRows = true;
   struct State {
     R best, idx;
   };
@@ -45,6 +48,19 @@ struct MaxOp {
     st.best = V::blend(m, st.best, v);
     st.idx = V::blend(m, st.idx, V::set1(static_cast<T>(k)));
   }
+  // Whole window rows combined (the separable 3x3/s2 path, forward.h): h is a row's reduction,
+  // its positions dk off (the row result kept for the next window: -6). Combining rows by the
+  // same update rule gives the same value and index as the taps one by one: the first maximum,
+  // or the last NaN.
+  static void vfirst(State& st, const State& h, int64_t dk) {
+    st.best = h.best;
+    st.idx = dk == 0 ? h.idx : V::add(h.idx, V::set1(static_cast<T>(dk)));
+  }
+  static void vnext(State& st, const State& h) {
+    const typename V::M m = V::gt_or_nan(h.best, st.best);
+    st.best = V::blend(m, st.best, h.best);
+    st.idx = V::blend(m, st.idx, h.idx);
+  }
   struct Out {
     T* y;
     I* idx;
@@ -59,8 +75,9 @@ struct MaxOp {
                     int n, bool edge) {
     R idx = st.idx;
     if (edge) {
-      const R first_in =
-          V::add(V::loadr(c.tab.s0 + q0, 0, n, T(0)), V::set1(static_cast<T>(c.rs.r0 * c.s)));
+      // A whole vector: the table is followed by others and 16 elements of slack
+      // (make_col_tables); the lanes past n are not stored.
+      const R first_in = V::add(V::load(c.tab.s0 + q0), V::set1(static_cast<T>(c.rs.r0 * c.s)));
       idx = V::blend(V::eq(st.best, V::set1(neg_inf<T>())), idx, first_in);
     }
     store_n<V>(o.y + off, st.best, n);
@@ -121,6 +138,40 @@ struct MaxBwd {
   template <int kMode>
   R finish(R v) const {
     return v;
+  }
+  static R load_idx(const I* p) {
+    if constexpr (std::is_same_v<I, uint8_t>) {
+      return V::load_u8(p);
+    } else {  // int32 indices: windows over 256 positions, never 3x3 (kept for completeness)
+      T lanes[V::W];
+      for (int i = 0; i < V::W; ++i) lanes[i] = static_cast<T>(p[i]);
+      return V::load(lanes);
+    }
+  }
+  // The 3x3/s2 path (backward.h): the terms of taps k0, k0 + 1, k0 + 2 of windows q0 .. q0 + W - 1
+  // (dy where the index is that tap, 0 elsewhere); lanes past Q (kOver, kCopy: see S2k3Read) are
+  // no tap. Returns the index matches.
+  template <int kRead>
+  int terms3(const Geom& g, int64_t q0, int64_t k0, const BwdTail<V>& tl, R t[3]) const {
+    R d, k;
+    if (kRead == kCopy) {
+      copy_tail<V>(dy, g.q, q0, tl.dy);
+      d = V::in_register(V::load(tl.dy));
+      I* ti = static_cast<I*>(tl.idx);
+      for (int64_t q = q0; q < g.q; ++q) ti[q - q0] = idx[q];
+      k = load_idx(ti);
+    } else {
+      d = V::in_register(V::load(dy + q0));  // not 3 masked loads
+      k = load_idx(idx + q0);
+      if (kRead == kOver) k = V::blend(tl.valid, V::set1(T(255)), k);  // no tap
+    }
+    int found = 0;
+    for (int s = 0; s < 3; ++s) {
+      const typename V::M m = V::eq(k, V::set1(static_cast<T>(k0 + s)));
+      t[s] = V::blend(m, V::zero(), d);
+      found += V::count(m);
+    }
+    return found;
   }
   // The term of window q at position k, scalar; counts a match.
   T scalar(const Geom&, int64_t q, int64_t k, int64_t* matches) const {

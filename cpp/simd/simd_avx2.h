@@ -135,6 +135,32 @@ struct F32 {
         _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(stride));
     return _mm256_mask_i32gather_ps(zero(), p, off, _mm256_castsi256_ps(lane_mask32(n)), 4);
   }
+  // v as it is, computed into a register (see the AVX-512 traits; vmaskmov from memory is slow on
+  // AMD too).
+  // Lanes [0, n); n may lie outside [0, W].
+  static M first_n(int n) { return _mm256_castsi256_ps(lane_mask32(n)); }
+  static V in_register(V v) {
+#if defined(__GNUC__)
+    __asm__("" : "+x"(v));
+#endif
+    return v;
+  }
+  // One lane shifted in: shift_up gives [in, v0, ..., v(W-2)], shift_down [v1, ..., v(W-1), in]
+  // (the tap one column left or right of a deinterleaved stride-2 vector).
+  static V shift_up(V v, T in) {
+    const V t = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(7, 0, 1, 2, 3, 4, 5, 6));
+    return _mm256_blend_ps(t, set1(in), 0x01);
+  }
+  static V shift_down(V v, T in) {
+    const V t = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 0));
+    return _mm256_blend_ps(t, set1(in), 0x80);
+  }
+  // W uint8 indices p[0..W) (all inside) as lanes.
+  static V load_u8(const uint8_t* p) {
+    long long bytes;
+    std::memcpy(&bytes, p, 8);
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(bytes)));
+  }
   // Index lanes (max-pool positions as integers): the lanes i in [lo, hi) where p[i] == k.
   static M eq_u8r(const uint8_t* p, int lo, int hi, int64_t k) {
     lo = lo < 0 ? 0 : lo;
@@ -262,6 +288,24 @@ struct F64 {
   static V gathern(const T* p, int stride, int n) {
     const __m128i off = _mm_mullo_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32(stride));
     return _mm256_mask_i32gather_pd(zero(), p, off, _mm256_castsi256_pd(lane_mask64(n)), 8);
+  }
+  static M first_n(int n) { return _mm256_castsi256_pd(lane_mask64(n)); }
+  static V in_register(V v) {
+#if defined(__GNUC__)
+    __asm__("" : "+x"(v));
+#endif
+    return v;
+  }
+  static V shift_up(V v, T in) {
+    return _mm256_blend_pd(_mm256_permute4x64_pd(v, _MM_SHUFFLE(2, 1, 0, 3)), set1(in), 0x1);
+  }
+  static V shift_down(V v, T in) {
+    return _mm256_blend_pd(_mm256_permute4x64_pd(v, _MM_SHUFFLE(0, 3, 2, 1)), set1(in), 0x8);
+  }
+  static V load_u8(const uint8_t* p) {
+    int bytes;
+    std::memcpy(&bytes, p, 4);
+    return _mm256_cvtepi32_pd(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(bytes)));
   }
   static M eq_u8r(const uint8_t* p, int lo, int hi, int64_t k) {
     lo = lo < 0 ? 0 : lo;

@@ -153,6 +153,35 @@ struct F32 {
                            _mm512_set1_epi32(stride));
     return _mm512_mask_i32gather_ps(zero(), mask(n), off, p, 4);
   }
+  // v as it is, computed into a register: a load passed through this is not folded into the
+  // masked (zeroing) loads of later blends. GCC turned blend(m, 0, load(p)) into masked loads,
+  // which stream from memory ~5x slower on Zen 5 (the 3x3/s2 max-pool backward: 20% of its time
+  // on one such load).
+  // Lanes [0, n); n may lie outside [0, W].
+  static M first_n(int n) { return range_mask(0, n); }
+  static V in_register(V v) {
+#if defined(__GNUC__)
+    __asm__("" : "+v"(v));
+#endif
+    return v;
+  }
+  // One lane shifted in: shift_up gives [in, v0, ..., v(W-2)], shift_down [v1, ..., v(W-1), in]
+  // (the tap one column left or right of a deinterleaved stride-2 vector). Masked forms: see
+  // unpacklo.
+  static V shift_up(V v, T in) {
+    return _mm512_castsi512_ps(_mm512_maskz_alignr_epi32(0xffff, _mm512_castps_si512(v),
+                                                         _mm512_castps_si512(set1(in)), 15));
+  }
+  static V shift_down(V v, T in) {
+    return _mm512_castsi512_ps(_mm512_maskz_alignr_epi32(0xffff, _mm512_castps_si512(set1(in)),
+                                                         _mm512_castps_si512(v), 1));
+  }
+  // W uint8 indices p[0..W) (all inside) as lanes.
+  static V load_u8(const uint8_t* p) {  // mask forms: see store_u8n
+    return _mm512_maskz_cvtepi32_ps(
+        0xffff,
+        _mm512_maskz_cvtepu8_epi32(0xffff, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
   // Index lanes (max-pool positions as integers): the lanes i in [lo, hi) where p[i] == k.
   static M eq_u8r(const uint8_t* p, int lo, int hi, int64_t k) {
     const M m = range_mask(lo, hi);
@@ -167,8 +196,16 @@ struct F32 {
   // Index stores: the first n lanes, small non-negative integers, converted. The conversions use
   // their mask forms: the same instructions, but GCC 12 warns (falsely) about the
   // _mm512_undefined_* operand of the plain forms (GCC bug 105593).
+  // A whole vector narrows in a register and goes out as one plain 16-byte store: the masked
+  // narrowing store (vpmovdb to memory) stalled the 3x3/s2 max pool on Zen 5 (5% of its samples
+  // on the next instruction; 64x64x32x32 float32 on 2 threads, 384 -> 366 us).
   static void store_u8n(uint8_t* p, V v, int n) {
-    _mm512_mask_cvtepi32_storeu_epi8(p, mask(n), _mm512_maskz_cvttps_epi32(0xffff, v));
+    const __m512i i = _mm512_maskz_cvttps_epi32(0xffff, v);
+    if (n == W) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_maskz_cvtepi32_epi8(0xffff, i));
+    } else {
+      _mm512_mask_cvtepi32_storeu_epi8(p, mask(n), i);
+    }
   }
   static void store_i32n(int32_t* p, V v, int n) {
     _mm512_mask_storeu_epi32(p, mask(n), _mm512_maskz_cvttps_epi32(0xffff, v));
@@ -268,6 +305,26 @@ struct F64 {
     const __m256i off =
         _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(stride));
     return _mm512_mask_i32gather_pd(zero(), mask(n), off, p, 8);
+  }
+  static M first_n(int n) { return range_mask(0, n); }
+  static V in_register(V v) {
+#if defined(__GNUC__)
+    __asm__("" : "+v"(v));
+#endif
+    return v;
+  }
+  static V shift_up(V v, T in) {
+    return _mm512_castsi512_pd(
+        _mm512_maskz_alignr_epi64(0xff, _mm512_castpd_si512(v), _mm512_castpd_si512(set1(in)), 7));
+  }
+  static V shift_down(V v, T in) {
+    return _mm512_castsi512_pd(
+        _mm512_maskz_alignr_epi64(0xff, _mm512_castpd_si512(set1(in)), _mm512_castpd_si512(v), 1));
+  }
+  static V load_u8(const uint8_t* p) {
+    return _mm512_maskz_cvtepi32_pd(
+        0xff,
+        _mm256_maskz_cvtepu8_epi32(0xff, _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
   static M eq_u8r(const uint8_t* p, int lo, int hi, int64_t k) {
     const M m = range_mask(lo, hi);

@@ -73,6 +73,11 @@ struct Lane1 {
     hi = odd;
   }
   static V gathern(const T* p, int, int n) { return n > 0 ? *p : T(0); }
+  static M first_n(int n) { return n > 0; }
+  static V in_register(V v) { return v; }
+  static V shift_up(V, T in) { return in; }  // the one lane is the one shifted in
+  static V shift_down(V, T in) { return in; }
+  static V load_u8(const uint8_t* p) { return static_cast<T>(*p); }
   static M eq_u8r(const uint8_t* p, int lo, int hi, int64_t k) {
     return lo <= 0 && 0 < hi && *p == k;
   }

@@ -385,6 +385,89 @@ def test_all_minus_inf_windows_give_an_in_bounds_index(isa, dtype, k, s, p):
     assert dx.sum() == y.size
 
 
+# The separable 3x3/s2 paths (padding 0 or 1; cpp/pool forward.h and backward.h, s2k3_*): widths
+# around every vector length of every ISA (1, 4, 8, 16 lanes: a block of W outputs reads 2W + 1
+# columns, the last block of a row a scratch copy of the row's end), primes, odd heights, planes
+# of one or two columns or rows, and dx rows or columns that no window or one more window pair
+# reaches.
+S2K3_SHAPES = [
+    (1, 1),
+    (1, 2),
+    (2, 1),
+    (2, 2),
+    (3, 3),
+    (5, 7),
+    (7, 13),
+    (4, 16),
+    (9, 17),
+    (11, 31),
+    (6, 32),
+    (13, 33),
+    (3, 34),
+    (17, 47),
+    (2, 64),
+    (5, 65),
+    (8, 67),
+]
+
+
+@pytest.mark.usefixtures("quiet_numpy")
+@pytest.mark.parametrize("values", ["normal", "ties", "nonfinite", "neginf"])
+@pytest.mark.parametrize(
+    ("h", "w", "padding"),
+    [(h, w, p) for h, w in S2K3_SHAPES for p in (0, 1) if min(h, w) + 2 * p >= 3],
+    ids=lambda v: str(v),
+)
+def test_3x3_stride2_paths(isa, dtype, rng, h, w, padding, values):
+    shape = (2, 3, h, w)
+    if values == "nonfinite":
+        x = sprinkle(rng, shape, dtype, 0.05)
+    elif values == "neginf":  # windows of -inf only: their first in-bounds position
+        x = np.full(shape, -np.inf, dtype)
+        x.flat[rng.choice(x.size, max(1, x.size // 20), replace=False)] = 1.0
+    else:
+        x = rng.standard_normal(shape).astype(dtype)
+        if values == "ties":
+            x = np.round(x)
+    y, idx = ops.max_pool2d(x, 3, 2, padding)
+    y_ref, idx_ref = reference.max_pool2d(x, 3, 2, padding)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(idx, idx_ref)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    np.testing.assert_allclose(
+        ops.max_pool2d_backward(dy, idx, shape, 3, 2, padding),
+        reference.max_pool2d_backward(dy, idx, shape, 3, 2, padding),
+        **tol(dtype),
+    )
+    if values == "normal":
+        for cip in (True, False):
+            # The taps are added in window order, as in the twin: the same bits.
+            np.testing.assert_array_equal(
+                ops.avg_pool2d(x, 3, 2, padding, cip), reference.avg_pool2d(x, 3, 2, padding, cip)
+            )
+            np.testing.assert_allclose(
+                ops.avg_pool2d_backward(dy, shape, 3, 2, padding, cip),
+                reference.avg_pool2d_backward(dy, shape, 3, 2, padding, cip),
+                **tol(dtype),
+            )
+
+
+def test_3x3_stride2_bad_indices_are_counted(isa, dtype):
+    """Indices of the separable backward path that point into the padding columns (tap 0 of the
+    first window, tap 2 of the last one on an odd width) or rows are refused."""
+    shape = (1, 1, 5, 7)
+    dy = np.ones((1, 1, 3, 4), dtype)
+    for p, q, k in [(1, 0, 3), (1, 3, 5), (0, 1, 1), (1, 0, 0)]:
+        idx = np.full(dy.shape, 4, np.uint8)
+        idx[0, 0, p, q] = k
+        with pytest.raises(ValueError, match="1 of 12 indices"):
+            ops.max_pool2d_backward(dy, idx, shape, 3, 2, 1)
+    idx = np.full(dy.shape, 4, np.uint8)
+    idx[0, 0, 2, 3] = 9  # out of range
+    with pytest.raises(ValueError, match="1 of 12 indices"):
+        ops.max_pool2d_backward(dy, idx, shape, 3, 2, 1)
+
+
 def test_large_windows_use_int32_indices(isa, dtype, rng):
     shape = (1, 2, 20, 45)
     x = rng.standard_normal(shape).astype(dtype)
