@@ -327,7 +327,9 @@ void direct_weights_task(const Conv2d& cv, const T* x, const T* dy, int64_t n0, 
   const PadPlane pp = pad_plane_geometry(g, W);
   const int64_t rs = cv.r * cv.s, crs = cv.c * rs, pq = cv.p * cv.q;
   // Scratch: the padded plane, the per-task vector sums (K x CRS, then K for db), tap offsets.
-  const int64_t plane = plane_scratch<T>(pp), nsum = (cv.k * crs + cv.k) * W;
+  // nsum rounded to 16 elements: the int64 offsets after the sums stay 8-byte aligned (with the
+  // scalar ISA, W = 1, the sums alone may be an odd number of floats).
+  const int64_t plane = plane_scratch<T>(pp), nsum = round_up((cv.k * crs + cv.k) * W, 16);
   char* base = static_cast<char*>(
       workspace(WorkspaceSlot::pack_aux,
                 static_cast<size_t>((plane + nsum) * static_cast<int64_t>(sizeof(T)) +
