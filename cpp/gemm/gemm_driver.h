@@ -11,7 +11,8 @@
 //   ic  over M in steps of MC   A block (all of K), packed once and shared by the threads that
 //                                compute the same rows
 //   jc  over N in steps of NC   one packed B block per thread, kept in that core's L2
-//   pc  over K in steps of KC   B block = KC x NC, packed as NR-wide micro-panels
+//   pc  over K in steps of KC   B block = KC x NC, packed as NR-wide micro-panels (a row-major
+//                                B is read in place instead: in_place_pays)
 //   ir  over M in steps of MR   A micro-panel (MR x KC) stays in L1 while ...
 //   jr  over NC in steps of NR  ... the kernel sweeps the B micro-panels streaming from L2
 // Edge tiles are handled inside the micro-kernel (row count by template, columns by masks).
@@ -21,6 +22,8 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 
 #include "common/cpu.h"
 #include "common/int_math.h"
@@ -110,6 +113,8 @@ static inline Grid choose_grid(int64_t m, int64_t n, int64_t k, int64_t mr, int6
     const double fma = mp * np * kk / (2.0 * static_cast<double>(lanes));
     const bool private_a =
         tn > 1 && mp * kk * static_cast<double>(bytes) <= static_cast<double>(kPrivateABytes);
+    // (A B read in place keeps its 0.25: zeroing it, 64 x 784 . 784 x 256 and 128 x 4096 . 4096
+    // x 1000 measured the same or 1-10% slower.)
     const double pack = (b_transposed ? 0.75 : 0.25) * np * kk +
                         0.25 * mp * kk / (private_a ? 1.0 : static_cast<double>(tn));
     const double remote_a =
@@ -125,6 +130,26 @@ static inline Grid choose_grid(int64_t m, int64_t n, int64_t k, int64_t mr, int6
   }
   return best;
 }
+
+// Row-major operands are read by the micro-kernel where they lie instead of being packed, unless
+// their row stride is a multiple of 4 KiB. The copy is a read and a write of every element per
+// call, which the few panels of a training product cannot amortise, and an unpacked operand needs
+// no cache room for its copy. GFLOP/s, float32, AMD EPYC Zen 5 project machine, two alternating
+// runs each:
+//  - B (unit column stride; each k step one NR-wide row segment at stride ldb), packed -> in
+//    place, 2 threads: 64 x 784 . 784 x 256 363-370 -> 438-442, 128 x 4096 . 4096 x 1000
+//    393-398 -> 437-439, 64 x 256 . 256 x 256 384-388 -> 440-447, 100 x 300 . 300 x 500 328-438
+//    -> 431-475, 256^3 438-443 -> 457-481, 512^3 and 1000^3 even.
+//  - A (row layout, MR row pointers), then also in place, 2 threads: 256^3 452-460 -> 468-488,
+//    64 x 784 . 784 x 256 410-429 -> 425-456, 500 x 64 . 64 x 50 307-312 -> 352, 512^3 468-483 ->
+//    493-499, 2000 x 500 . 500 x 700 468 -> 486, the rest even; 1 thread and AVX2 even or up to
+//    10% faster.
+// A stride of 4 KiB or a multiple of it puts every k step's row in the same L1 set (and the same
+// 1/64 of L2). B in place then lost: 1 thread 1024^3 240 -> 190-220, 1024 x 2048 . 2048 x 2048
+// 238 -> 135-142; AVX2 1 thread 64 x 1024 . 1024 x 1024 226 -> 87 (and A rows in place ran 1024^2
+// at half speed, the reason A was packed at all). A stride of 2 KiB (512^3) measured even or
+// better on both ISAs, so only multiples of 4 KiB are packed.
+static inline bool in_place_pays(int64_t ld, int64_t bytes) { return (ld * bytes) % 4096 != 0; }
 
 // Packs B[pc : pc+kc, jc : jc+nc] into NR-wide micro-panels: panel q holds columns
 // jc + q*NR ... as kc rows of NR contiguous elements. Columns past nc in the last panel are left
@@ -178,12 +203,12 @@ static void pack_b(const typename V::T* b, int64_t rs_b, int64_t cs_b, int64_t k
   }
 }
 
-// A is always packed in the blocked path, one MR-row micro-panel at a time, covering all of K:
+// A is packed in the blocked path, one MR-row micro-panel at a time, covering all of K, unless it
+// is read in place (a row-major A whose row stride is not a multiple of 4 KiB, in_place_pays):
 //  - "row" layout when A has a unit column stride (row-major A, e.g. X in X.W): each of the MR rows
-//    is copied as it is (a memcpy) to a row stride of K + kAPad elements. Reading rows of A in
-//    place instead is as fast until the leading dimension is a multiple of 2 KiB (1024 floats):
-//    then the MR rows alias in the same L1 sets and 1024^2 SGEMM ran at half speed. The pad of
-//    16 elements (64 bytes) shifts each row by one cache line.
+//    is copied as it is (a memcpy) to a row stride of K + kAPad elements: read in place with a
+//    stride of 4 KiB the MR rows alias in the same L1 sets and 1024^2 SGEMM ran at half speed. The
+//    pad of 16 elements (64 bytes) shifts each row by one cache line.
 //  - "column" layout otherwise: K steps of MR contiguous values (a memcpy per step for a
 //    transposed A, whose MR values per step are already contiguous; a strided gather for
 //    anything else).
@@ -284,6 +309,11 @@ struct MatrixA {
   void pack(T* dst, int64_t r, int64_t mm, int64_t ld_row) const {
     pack_a_panel<T, MR>(a + r * rs, rs, cs, mm, k, ld_row, dst);
   }
+  // A row-major A can be read where it lies: row r at a + r * rs.
+  const T* in_place(int64_t* ld) const {
+    *ld = rs;
+    return cs == 1 ? a : nullptr;
+  }
 };
 
 template <class V, int NR>
@@ -294,6 +324,11 @@ struct MatrixB {
   void pack(T* dst, int64_t pc, int64_t kc, int64_t v0, int64_t v1) const {
     const int64_t j0 = v0 * NR, j1 = min64(n, v1 * NR);
     pack_b<V, NR>(b + pc * rs + j0 * cs, rs, cs, kc, j1 - j0, dst);
+  }
+  // A row-major B can be read where it lies: row p of panel v at b + p * rs + v * NR.
+  const T* in_place(int64_t* ld) const {
+    *ld = rs;
+    return cs == 1 ? b : nullptr;
   }
 };
 
@@ -307,6 +342,13 @@ struct MatrixC {
   T* at(int64_t i, int64_t v) const { return c + i * ldc + v * NR; }
 };
 
+// Whether a policy can be read where it lies (an optional member `const T* in_place(int64_t* ld)`).
+template <class P, class = void>
+struct has_in_place : std::false_type {};
+template <class P>
+struct has_in_place<P, std::void_t<decltype(std::declval<const P&>().in_place(
+                           static_cast<int64_t*>(nullptr)))>> : std::true_type {};
+
 // C = alpha * A . B + beta * C over the policies' rows, K and column panels, on up to nthreads
 // threads (see choose_grid). bl: the blocking for this K.
 template <class UK, class APol, class BPol, class CPol>
@@ -319,6 +361,18 @@ static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
   if (m <= 0 || panels <= 0) return;
   const GemmBlocking bl = make_blocking(MR, NR, sizeof(T), k);
   const int64_t kc_max = bl.kc;
+  const T* b_direct = nullptr;
+  int64_t ldb = 0;
+  if constexpr (has_in_place<BPol>::value) {
+    b_direct = B.in_place(&ldb);
+    if (!in_place_pays(ldb, sizeof(T))) b_direct = nullptr;
+  }
+  const T* a_direct = nullptr;
+  int64_t lda = 0;
+  if constexpr (has_in_place<APol>::value) {
+    a_direct = A.in_place(&lda);
+    if (!in_place_pays(lda, sizeof(T))) a_direct = nullptr;
+  }
   const Grid grid =
       choose_grid(m, panels * NR, k, MR, NR, UK::V::W, sizeof(T), b_transposed, nthreads);
   const int nt = grid.tm * grid.tn;
@@ -336,13 +390,15 @@ static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
       max64(1, gemm_a_pack_bytes() / (grid.private_a ? grid.tm * grid.tn : grid.tm) / panel_bytes);
   const int64_t blocks = ceil_div(group_panels, max_panels);
   const int64_t block_panels = ceil_div(group_panels, blocks);
-  const int64_t a_region = round_up(block_panels * panel_elems, 16);  // per row group
+  // per row group; none when A is read in place
+  const int64_t a_region = a_direct ? 0 : round_up(block_panels * panel_elems, 16);
 
   // Column panels per thread, then B blocks of at most NC columns, balanced so the last is not
   // tiny.
   const int64_t p_per = ceil_div(panels, grid.tn);
   const int64_t nc_panels = ceil_div(p_per, ceil_div(p_per, max64(1, bl.nc / NR)));
-  const int64_t b_elems = round_up(kc_max * nc_panels * NR, 16);  // per thread, 64-byte aligned
+  // per thread, 64-byte aligned; none when B is read in place
+  const int64_t b_elems = b_direct ? 0 : round_up(kc_max * nc_panels * NR, 16);
   const int64_t a_regions = grid.private_a ? nt : grid.tm;  // one per row group, or per thread
   T* ws = static_cast<T*>(
       workspace(WorkspaceSlot::gemm_pack, (a_regions * a_region + nt * b_elems) * sizeof(T)));
@@ -369,6 +425,7 @@ static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
   // Packs this thread's share of its group's A panels for block blk: every tn-th panel, or all of
   // them into its own region with private A.
   auto pack_a_block = [&](int tid, int64_t blk) {
+    if (a_direct) return;
     const int tj = grid.private_a ? 0 : tid % grid.tn;
     const int64_t step = grid.private_a ? 1 : grid.tn;
     const Rows rows = block_rows(tid, blk);
@@ -388,17 +445,19 @@ static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
       const int64_t je = min64(v1, jc + nc_panels);
       for (int64_t pc = 0; pc < k; pc += kc_max) {
         const int64_t kc = min64(kc_max, k - pc);
-        // B is always packed here, even when few row panels reuse it: reading a row-major B in
-        // place for the 6 row panels of 64 x 784 . 784 x 256 was 5-10% slower than packing it.
-        B.pack(bpack, pc, kc, jc, je);
+        // Packed unless read in place (in_place_pays).
+        if (!b_direct) B.pack(bpack, pc, kc, jc, je);
         const T beta_pc = pc == 0 ? beta : T(1);
         for (int64_t ir = rows.r0; ir < rows.r1; ir += MR) {
           const int64_t mm = min64(MR, rows.r1 - ir);
-          const T* panel = rows.apack + (ir - rows.r0) / MR * panel_elems;
+          const T* panel = a_direct ? a_direct + ir * lda
+                                    : rows.apack + (ir - rows.r0) / MR * panel_elems;
           const T* ap = row_layout ? panel + pc : panel + pc * MR;
-          const int64_t rs = row_layout ? ld_row : 1, cs = row_layout ? 1 : MR;
+          const int64_t rs = a_direct ? lda : row_layout ? ld_row : 1,
+                        cs = row_layout ? 1 : MR;
           for (int64_t v = jc; v < je; ++v) {
-            UK::run(kc, ap, rs, cs, bpack + (v - jc) * kc * NR, NR, C.at(ir, v), C.rs(), mm,
+            const T* bp = b_direct ? b_direct + pc * ldb + v * NR : bpack + (v - jc) * kc * NR;
+            UK::run(kc, ap, rs, cs, bp, b_direct ? ldb : NR, C.at(ir, v), C.rs(), mm,
                     C.width(v), alpha, beta_pc);
           }
         }
@@ -417,11 +476,11 @@ static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
     return;
   }
   // Task t is grid cell t (whichever thread runs it): its A region and B buffer are the cell's.
-  // Without shared A panels (tn == 1, or private A) a task runs all its blocks; with shared ones
+  // Without shared A panels (tn == 1, private A, or A read in place) a task runs all its blocks; with shared ones
   // the packing of a block and its compute are separate parallel_for calls, the end of one the
   // barrier the cells of a row group need (a task may not wait for another: the thread that would
   // run it may have no core).
-  if (grid.tn == 1 || grid.private_a) {
+  if (grid.tn == 1 || grid.private_a || a_direct != nullptr) {
     parallel_for(nt, nt, [&](int64_t t) {
       for (int64_t blk = 0; blk < blocks; ++blk) {
         pack_a_block(static_cast<int>(t), blk);

@@ -45,7 +45,8 @@ from strategies import (
 )
 
 # Shapes (M, K, N): ones, primes, sizes just around every tile (MR 4/6/12, NR 4/8/16/32) and
-# block (KC 256-512), and shapes large enough to take the blocked, threaded path.
+# block (KC 256-512), shapes large enough to take the blocked, threaded path, and B row strides
+# on both sides of the in-place B rule.
 EDGE_SHAPES = [
     (1, 1, 1),
     (1, 7, 1),
@@ -65,6 +66,12 @@ EDGE_SHAPES = [
     (130, 1031, 3),
     (3, 1100, 130),
     (200, 64, 257),
+    # A and B rows of 2 KiB (float32: read in place) and 4 KiB (float64 there, float32 next:
+    # packed, gemm_driver.h in_place_pays)
+    (37, 300, 512),
+    (70, 200, 1024),
+    (40, 512, 70),
+    (40, 1024, 70),
 ]
 
 
