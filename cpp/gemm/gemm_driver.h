@@ -433,13 +433,22 @@ static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
       A.pack(rows.apack + (r - rows.r0) / MR * panel_elems, r, min64(MR, rows.r1 - r), ld_row);
     }
   };
+  // Column panels are split between the tn threads of a row group by their vectors, the last panel
+  // counting only its live ones: 784 columns are 24 full 32-wide panels and a 16-wide one, split
+  // 12 + 13 rather than 13 + 12 (416 against 368 columns). Measured on 64 x 256 . (784 x 256)^T,
+  // 2 threads, AMD EPYC Zen 5, three runs each: 62.7-63.7 us -> 61.1-62.2 us.
+  const int64_t vw = NR / UK::V::W;
+  const int64_t units = (panels - 1) * vw + ceil_div(C.width(panels - 1), UK::V::W);
+  auto panel_bound = [&](int tj) {
+    if (tj >= grid.tn) return panels;
+    return min64(panels, (tj * units / grid.tn + vw / 2) / vw);
+  };
   // Thread tid's tiles of block blk.
   auto compute_block = [&](int tid, int64_t blk) {
     const int tj = tid % grid.tn;
     const Rows rows = block_rows(tid, blk);
     if (rows.r0 >= rows.r1) return;
-    int64_t v0, v1;
-    split_range(panels, 1, grid.tn, tj, &v0, &v1);
+    const int64_t v0 = panel_bound(tj), v1 = panel_bound(tj + 1);
     T* bpack = bpack_all + tid * b_elems;
     for (int64_t jc = v0; jc < v1; jc += nc_panels) {
       const int64_t je = min64(v1, jc + nc_panels);
