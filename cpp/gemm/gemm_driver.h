@@ -346,8 +346,9 @@ struct MatrixC {
 template <class P, class = void>
 struct has_in_place : std::false_type {};
 template <class P>
-struct has_in_place<P, std::void_t<decltype(std::declval<const P&>().in_place(
-                           static_cast<int64_t*>(nullptr)))>> : std::true_type {};
+struct has_in_place<
+    P, std::void_t<decltype(std::declval<const P&>().in_place(static_cast<int64_t*>(nullptr)))>>
+    : std::true_type {};
 
 // C = alpha * A . B + beta * C over the policies' rows, K and column panels, on up to nthreads
 // threads (see choose_grid). bl: the blocking for this K.
@@ -459,15 +460,14 @@ static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
         const T beta_pc = pc == 0 ? beta : T(1);
         for (int64_t ir = rows.r0; ir < rows.r1; ir += MR) {
           const int64_t mm = min64(MR, rows.r1 - ir);
-          const T* panel = a_direct ? a_direct + ir * lda
-                                    : rows.apack + (ir - rows.r0) / MR * panel_elems;
+          const T* panel =
+              a_direct ? a_direct + ir * lda : rows.apack + (ir - rows.r0) / MR * panel_elems;
           const T* ap = row_layout ? panel + pc : panel + pc * MR;
-          const int64_t rs = a_direct ? lda : row_layout ? ld_row : 1,
-                        cs = row_layout ? 1 : MR;
+          const int64_t rs = a_direct ? lda : row_layout ? ld_row : 1, cs = row_layout ? 1 : MR;
           for (int64_t v = jc; v < je; ++v) {
             const T* bp = b_direct ? b_direct + pc * ldb + v * NR : bpack + (v - jc) * kc * NR;
-            UK::run(kc, ap, rs, cs, bp, b_direct ? ldb : NR, C.at(ir, v), C.rs(), mm,
-                    C.width(v), alpha, beta_pc);
+            UK::run(kc, ap, rs, cs, bp, b_direct ? ldb : NR, C.at(ir, v), C.rs(), mm, C.width(v),
+                    alpha, beta_pc);
           }
         }
       }
@@ -485,10 +485,10 @@ static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
     return;
   }
   // Task t is grid cell t (whichever thread runs it): its A region and B buffer are the cell's.
-  // Without shared A panels (tn == 1, private A, or A read in place) a task runs all its blocks; with shared ones
-  // the packing of a block and its compute are separate parallel_for calls, the end of one the
-  // barrier the cells of a row group need (a task may not wait for another: the thread that would
-  // run it may have no core).
+  // Without shared A panels (tn == 1, private A, or A read in place) a task runs all its blocks;
+  // with shared ones the packing of a block and its compute are separate parallel_for calls, the
+  // end of one the barrier the cells of a row group need (a task may not wait for another: the
+  // thread that would run it may have no core).
   if (grid.tn == 1 || grid.private_a || a_direct != nullptr) {
     parallel_for(nt, nt, [&](int64_t t) {
       for (int64_t blk = 0; blk < blocks; ++blk) {
