@@ -199,7 +199,7 @@ void conv_backward_weights(const Conv2d& cv_in, const T* x, const T* dy, T* dw, 
                                a0,
                                a1 - a0,
                                my_db != nullptr ? my_db + grp * kg : nullptr};
-      const Im2colTB<V, NR> B{x, forward_geometry(cv, grp), a0, scratch, segs};
+      const Im2colTB<V, NR> B{x, forward_geometry(cv, grp), a0, scratch, segs, cv.n};
       const PlainC<T, NR> C{my_dw + grp * kg * crs, crs, crs};
       gemm_detail::gemm_engine<UK>(A, B, C, a1 - a0, T(1), T(0), 1, true);
     }

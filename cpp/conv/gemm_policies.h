@@ -36,27 +36,6 @@ struct Im2colB {
   bool ones_row;
   int64_t n_img;  // images from src on: the elements that may be read
 
-  // The vector form (strides 1 and 2): each W-lane vector of a panel row is put together in
-  // registers from whole-vector loads of the source plane, one per output row the vector spans,
-  // each kept on its live lanes (the lanes of that row whose source column and row are inside
-  // the plane) and blended into place, then stored once. The entries are the same for every
-  // channel, so they are tabulated per panel: per tap and vector, at most kVecEntries (offset of
-  // lane 0, live lanes). Before, each row was copied segment by segment (zeros, a copy with a
-  // masked tail, zeros), about one cycle per element: on 3x3 128->128 28x28 N16 the pack took 21%
-  // of the forward's samples against 56% for the micro-kernels. Forward, AMD EPYC Zen 5, 2
-  // threads, two alternating runs, segment copies -> vector form: 3x3 128->128 28x28 N16 (im2col
-  // forced) 9.09-9.49 -> 8.60-8.65 ms, 256->256 14x14 N16 9.32-9.63 -> 8.63-8.70 ms, 3x3/s2
-  // 64->128 32x32 N16 1.60-1.66 -> 1.39-1.41 ms, 7x7/s2 3->64 112x112 N8 1.55-1.57 -> 1.47-1.49
-  // ms, LeNet's second layer 0.66-0.67 -> 0.64-0.66 ms; 64->64 32x32 N32 (one segment a panel)
-  // even.
-  static constexpr int kVecEntries = 3;
-  static constexpr int64_t kMaxVecEntries = 1024;
-  struct Entry {
-    int64_t off;         // plane offset of lane 0: lane l reads plane[off + l * sw]
-    typename V::M live;  // lanes [a, b)
-    int a, b;
-  };
-
   // One segment for one tap (r, s), stride 1: where its in-bounds run starts in the plane
   // (-1: the whole segment falls on padding rows) and which part of it is in bounds.
   struct Run {
@@ -67,55 +46,6 @@ struct Im2colB {
   // (C/groups times per block) instead of recomputing rows and bounds. Measured on 128->128 3x3
   // 28x28: the pack cost ~1 cycle per element before, with 256 FLOPs of micro-kernel per element.
   static constexpr int64_t kMaxRuns = 1024;
-
-  // Whether every vector of the panel spans at most kVecEntries segments.
-  static bool vector_table(const Segment* seg, int nseg, int64_t width) {
-    for (int64_t j = 0; j < width; j += V::W) {
-      int n = 0;
-      for (int i = 0; i < nseg; ++i) n += seg[i].off < j + V::W && seg[i].off + seg[i].len > j;
-      if (n > kVecEntries) return false;
-    }
-    return true;
-  }
-
-  // The entries of vector jv of tap (r, s): one per segment it overlaps whose source row is in
-  // the plane and whose lanes reach inside it. Returns their count.
-  int vector_entries(int64_t r, int64_t s, int jv, const Segment* seg, int nseg, Entry* out) const {
-    constexpr int W = V::W;
-    int n = 0;
-    for (int i = 0; i < nseg; ++i) {
-      const Segment& sg = seg[i];
-      const int64_t la = max64(0, sg.off - jv * W), lb = min64(W, sg.off + sg.len - jv * W);
-      if (la >= lb) continue;
-      const int64_t hi = sg.p * g.sh - g.ph + r * g.dh;
-      if (hi < 0 || hi >= g.h) continue;
-      // Lane l is output column q = sg.q + l - (sg.off - jv * W), source column q * sw - pw +
-      // s * dw = col0 + l * sw.
-      const int64_t col0 = (sg.q - (sg.off - jv * W)) * g.sw - g.pw + s * g.dw;
-      // Lanes with 0 <= col0 + l * sw < w.
-      const int64_t ca = col0 >= 0 ? 0 : ceil_div(-col0, g.sw);
-      const int64_t cb = col0 >= g.w ? 0 : ceil_div(g.w - col0, g.sw);
-      const int a = static_cast<int>(max64(la, ca)), b = static_cast<int>(min64(lb, cb));
-      if (a >= b) continue;
-      out[n++] = Entry{hi * g.w + col0, V::lanes(a, b), a, b};
-    }
-    return n;
-  }
-
-  // Lane l = plane[e.off + l * sw] on e's live lanes (others anything, or zero when not safe).
-  typename V::V load_entry(const T* plane, const Entry& e, bool safe) const {
-    typename V::V even, odd;
-    if (g.sw == 1) {
-      if (safe) return V::load(plane + e.off);
-      return V::loadr(shifted(plane, e.off), e.a, e.b, T(0));
-    }
-    if (safe) {
-      V::load2(plane + e.off, even, odd);
-    } else {
-      V::load2r(shifted(plane, e.off), 2 * e.a, 2 * e.b - 1, T(0), even, odd);
-    }
-    return even;
-  }
 
   void pack(T* dst, int64_t pc, int64_t kc, int64_t v0, int64_t v1) const {
     const int64_t plane = g.h * g.w, pq = g.p * g.q, rs = g.r * g.s, rows = g.rows();
@@ -128,9 +58,17 @@ struct Im2colB {
       T* d = dst + (v - v0) * kc * NR;
       Segment seg[NR];
       const int nseg = pointwise ? 0 : segments(g, j0, width, seg);
-      // Only where a block reuses each entry (C/groups >= 2 within the block): for LeNet's first
-      // layer, one channel, tabulating cost more than it saved.
-      const bool tabulated = !pointwise && g.sw == 1 && rs * nseg <= kMaxRuns && kc >= 2 * rs;
+      // Tables only where a block reuses each entry (C/groups >= 2 within the block): for LeNet's
+      // first layer, one channel, tabulating cost more than it saved. The vector form (im2col.h)
+      // wherever its table fits and no vector spans more than VecTable::kEntries segments; else
+      // segment by segment, from a table of runs for stride 1.
+      constexpr int NVEC = NR / V::W;
+      VecTable<V, 1024> vt;
+      const bool vec = !pointwise && kc >= 2 * rs && vt.build(g, 0, seg, nseg, NVEC);
+      const int nvec = static_cast<int>(ceil_div(width, V::W));
+      const int64_t readable = n_img * g.c_total * plane;  // from src
+      const bool tabulated =
+          !vec && !pointwise && g.sw == 1 && rs * nseg <= kMaxRuns && kc >= 2 * rs;
       if (tabulated) {
         for (int64_t tap = 0; tap < rs; ++tap) {
           const int64_t r = tap / g.s, s = tap % g.s;
@@ -149,31 +87,6 @@ struct Im2colB {
           }
         }
       }
-      // The vector form's table: per tap and vector, its entries (count in nent).
-      constexpr int NVEC = NR / V::W;
-      const bool vec = !pointwise && (g.sw == 1 || g.sw == 2) && nseg > 0 &&
-                       rs * NVEC * kVecEntries <= kMaxVecEntries && kc >= 2 * rs &&
-                       vector_table(seg, nseg, width);
-      Entry ent[kMaxVecEntries];
-      int nent[kMaxVecEntries / kVecEntries];
-      int64_t lo_off = 0, hi_end = 0;  // extremes of the entries' reads, as plane offsets
-      if (vec) {
-        lo_off = INT64_MAX;
-        hi_end = INT64_MIN;
-        for (int64_t tap = 0; tap < rs; ++tap) {
-          for (int jv = 0; jv < NVEC; ++jv) {
-            const int64_t slot = tap * NVEC + jv;
-            nent[slot] =
-                vector_entries(tap / g.s, tap % g.s, jv, seg, nseg, ent + slot * kVecEntries);
-            for (int e = 0; e < nent[slot]; ++e) {
-              lo_off = min64(lo_off, ent[slot * kVecEntries + e].off);
-              hi_end = max64(hi_end, ent[slot * kVecEntries + e].off + g.sw * V::W);
-            }
-          }
-        }
-      }
-      const int nvec = static_cast<int>(ceil_div(width, V::W));
-      const int64_t readable = n_img * g.c_total * plane;  // from src
       // (c, r, s) of reduction row pc, then stepped along.
       int64_t c = pc / rs, r = (pc / g.s) % g.r, s = pc % g.s;
       for (int64_t t = pc; t < pc + kc; ++t, d += NR) {
@@ -186,19 +99,7 @@ struct Im2colB {
           // 1x1, stride 1, no padding: the panel is a contiguous run of the plane.
           std::memcpy(d, pl + j0, width * sizeof(T));
         } else if (vec) {
-          // Whole-vector loads stay inside the readable elements for all but the first and last
-          // planes; there each entry reads only its live lanes.
-          const int64_t at = (img - src) + c * plane;
-          const bool safe = at + lo_off >= 0 && at + hi_end <= readable;
-          const int64_t slot0 = (r * g.s + s) * NVEC;
-          for (int jv = 0; jv < nvec; ++jv) {
-            typename V::V acc = V::zero();
-            const Entry* e = ent + (slot0 + jv) * kVecEntries;
-            for (int i = 0; i < nent[slot0 + jv]; ++i) {
-              acc = V::blend(e[i].live, acc, load_entry(pl, e[i], safe));
-            }
-            V::store(d + jv * V::W, acc);
-          }
+          vt.row(pl, (img - src) + c * plane, readable, r * g.s + s, nvec, g.sw, d);
         } else if (tabulated) {
           const Run* tr = runs + (r * g.s + s) * nseg;
           for (int i = 0; i < nseg; ++i) {
@@ -320,6 +221,7 @@ struct Im2colTB {
   int64_t u0;
   T* scratch;     // NR x (KC rounded up to W), per calling thread
   Segment* segs;  // KC + 1 entries, per calling thread
+  int64_t n_img;  // images of x: the elements that may be read
 
   void pack(T* dst, int64_t pc, int64_t kc, int64_t v0, int64_t v1) const {
     using R = typename V::V;
@@ -330,6 +232,11 @@ struct Im2colTB {
     const bool unpadded = g.ph == 0 && g.pw == 0 && g.sw == 1;
     const int64_t nseg = unpadded && g.sh == 1 && g.q == g.w ? image_segments(g, u0 + pc, kc, segs)
                                                              : range_segments(g, u0 + pc, kc, segs);
+    // The vector form (im2col.h) for padded or strided layers: the same table for every column
+    // of the block.
+    const int64_t img_stride = g.c_total * plane;
+    VecTable<V, 4096> vt;
+    const bool vec = !unpadded && vt.build(g, img_stride, segs, nseg, kcw / W);
     for (int64_t v = v0; v < v1; ++v) {
       T* d = dst + (v - v0) * kc * NR;
       const int64_t t0 = v * NR, width = min64(NR, rows - t0);
@@ -341,7 +248,10 @@ struct Im2colTB {
         }
         const int64_t t = t0 + j, c = t / rs, r = (t / g.s) % g.r, s = t % g.s;
         const T* pl = x + (g.c0 + c) * plane;
-        const int64_t img_stride = g.c_total * plane;
+        if (vec) {
+          vt.row(pl, (g.c0 + c) * plane, n_img * img_stride, r * g.s + s, kcw / W, g.sw, srow);
+          continue;
+        }
         if (unpadded) {
           // Every segment lies inside the plane: a copy with no bounds (LeNet's first layer has
           // 24-pixel rows, where the bounds arithmetic cost as much as the copy).
