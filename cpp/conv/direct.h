@@ -3,7 +3,7 @@
 // zero-padded (and, for strides, phase-split) planes, so that every tap of a row of outputs is a
 // plain vector load at a fixed offset.
 //
-// Forward with few filters per group (K/G <= 8): the GEMM's rows are the filters, so its 12-row
+// Forward with few filters per group (K/G <= 24): the GEMM's rows are the filters, so its 12-row
 // micro-tiles ran at most two-thirds full, and its im2col packing fed only K/G FMAs per element
 // (the sweep's layers with 3-8 output channels ran at 0.3-0.6x PyTorch 2.13; AMD EPYC Zen 5, 2
 // threads: 64->3 7x7 14x14 N16 0.57x -> 1.23x, 96->3 3x3 112x112 N2 0.42x -> 1.66x, 32->8 g2 5x5/s2
@@ -41,16 +41,27 @@ namespace {
 // ------------------------------------------------------------------------------------------------
 // Forward
 
-// Filters per group up to which the direct forward is used: below one micro-tile of 12 rows by a
-// margin (9-12 filters fill 3/4 of it or more).
+// Filters per register block of the direct forward (8 x 3 vectors of accumulators: the budget
+// below).
 constexpr int64_t kDirectForwardMaxFilters = 8;
+// Filters per group up to which the direct forward is used (in blocks of 8), instead of the
+// implicit GEMM, whose im2col packing then feeds few FMAs per element and whose second 12-row
+// micro-tile runs partly empty. Raised from 8 (AMD EPYC Zen 5, 2 threads, float32; forward unless
+// marked, before -> after): LeNet's 1->20 5x5 28x28 N64 0.24 -> 0.14 ms; sweep rows 3->16 5x5/s2
+// p2 112x112 N8 0.44x -> 1.03x PyTorch, 3->16 3x3/s2 p2 56x56 N32 0.58x -> 1.17x, 16->16 4x4 p2
+// 14x14 N8 0.77x -> 1.46x (backward-data, the flipped convolution: 0.96x -> 1.73x), 16->24 4x4 p3
+// 14x14 N32 0.60x -> 0.67x (backward-data 0.65x -> 1.20x); 64->16 3x3 28x28 N8 589 -> 328 us,
+// 256->16 3x3 14x14 N8 636 -> 418 us, 128->24 3x3 28x28 N8 1315 -> 880 us. At 32 filters
+// stride 1 still gained (64->32 3x3 28x28 N8 812 -> 630 us) but a strided layer lost (192->32
+// 3x3/s2 p0 28x28 N4 319 -> 461 us), so the bound is 24.
+constexpr int64_t kDirectForwardEligibleFilters = 24;
 
 template <typename T>
 bool direct_forward_eligible(const Conv2d& cv) {
   using V = typename VecOf<T>::type;
   // Rows of at least half a vector; at least 2 taps (1x1 layers need no im2col: their GEMM packs
   // plain rows).
-  return cv.k / cv.groups <= kDirectForwardMaxFilters && 2 * cv.q >= V::W && cv.r * cv.s >= 2;
+  return cv.k / cv.groups <= kDirectForwardEligibleFilters && 2 * cv.q >= V::W && cv.r * cv.s >= 2;
 }
 
 // Accumulators per block: KB x NQ <= 24 with 32 registers (AVX-512), 12 with 16.

@@ -245,13 +245,16 @@ def test_thread_counts(isa, rng, threads):
         (2, 4, 17, 40, 8, 5, 5, 2, 2, 1, 2),
         (3, 2, 9, 20, 3, 2, 3, (1, 3), (0, 1), (2, 1), 1),
         (1, 3, 30, 70, 7, 7, 7, 1, 3, 1, 1),
+        # Blocks of 8 filters: 8 + 8 + 7, and 8 + 8 + 4 a group with stride 2.
+        (2, 5, 13, 21, 23, 3, 3, 1, 1, 1, 1),
+        (1, 4, 11, 37, 40, 5, 5, 2, 2, 1, 2),
     ],
     ids=case_id,
 )
 def test_few_filters_direct_forward_any_thread_count(isa, dtype, rng, threads, case):
-    """The direct forward (at most 8 filters a group): tasks of whole images or, below one
-    image a thread, blocks of output rows; every output is one task's, so any thread count gives
-    the same bits."""
+    """The direct forward (at most 24 filters a group, in blocks of 8): tasks of whole images or,
+    below one image a thread, blocks of output rows; every output is one task's, so any thread
+    count gives the same bits."""
     x, w, b, kw = setup(case, dtype, rng)
     runs = []
     for nt in (1, 2, 3):
