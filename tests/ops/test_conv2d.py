@@ -248,6 +248,8 @@ def test_thread_counts(isa, rng, threads):
         # Blocks of 8 filters: 8 + 8 + 7, and 8 + 8 + 4 a group with stride 2.
         (2, 5, 13, 21, 23, 3, 3, 1, 1, 1, 1),
         (1, 4, 11, 37, 40, 5, 5, 2, 2, 1, 2),
+        # A grouped 1x1 layer, 2 filters a group.
+        (2, 12, 5, 20, 6, 1, 1, 1, 0, 1, 3),
     ],
     ids=case_id,
 )
