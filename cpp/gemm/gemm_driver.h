@@ -20,6 +20,7 @@
 // stream B in place (gemv.h).
 #pragma once
 
+#include <climits>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -150,6 +151,9 @@ static inline Grid choose_grid(int64_t m, int64_t n, int64_t k, int64_t mr, int6
 // at half speed, the reason A was packed at all). A stride of 2 KiB (512^3) measured even or
 // better on both ISAs, so only multiples of 4 KiB are packed.
 static inline bool in_place_pays(int64_t ld, int64_t bytes) { return (ld * bytes) % 4096 != 0; }
+
+// Reduction rows that a B read in place must have when packed rows follow them (see gemm_engine).
+constexpr int64_t kInPlaceMinRowsBeforeTail = 64;
 
 // Packs B[pc : pc+kc, jc : jc+nc] into NR-wide micro-panels: panel q holds columns
 // jc + q*NR ... as kc rows of NR contiguous elements. Columns past nc in the last panel are left
@@ -325,11 +329,13 @@ struct MatrixB {
     const int64_t j0 = v0 * NR, j1 = min64(n, v1 * NR);
     pack_b<V, NR>(b + pc * rs + j0 * cs, rs, cs, kc, j1 - j0, dst);
   }
-  // A row-major B can be read where it lies: row p of panel v at b + p * rs + v * NR.
-  const T* in_place(int64_t* ld) const {
+  // A row-major B can be read where it lies (all of its rows): row p of panel v at
+  // b + p * rs + v * NR.
+  int64_t in_place(int64_t* ld) const {
     *ld = rs;
-    return cs == 1 ? b : nullptr;
+    return cs == 1 ? INT64_MAX : 0;
   }
+  const T* at(int64_t p, int64_t v) const { return b + p * rs + v * NR; }
 };
 
 template <typename T, int NR>
@@ -342,7 +348,9 @@ struct MatrixC {
   T* at(int64_t i, int64_t v) const { return c + i * ldc + v * NR; }
 };
 
-// Whether a policy can be read where it lies (an optional member `const T* in_place(int64_t* ld)`).
+// Whether a policy can be read where it lies (optional members: A `const T* in_place(int64_t*
+// ld)`, the rows' base or null; B `int64_t in_place(int64_t* ld)`, how many leading reduction rows
+// can, with `const T* at(int64_t p, int64_t v)` the first element of row p of panel v).
 template <class P, class = void>
 struct has_in_place : std::false_type {};
 template <class P>
@@ -362,11 +370,16 @@ static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
   if (m <= 0 || panels <= 0) return;
   const GemmBlocking bl = make_blocking(MR, NR, sizeof(T), k);
   const int64_t kc_max = bl.kc;
-  const T* b_direct = nullptr;
-  int64_t ldb = 0;
+  // B's reduction rows [0, kin) are read in place; K blocks do not straddle kin.
+  int64_t kin = 0, ldb = 0;
   if constexpr (has_in_place<BPol>::value) {
-    b_direct = B.in_place(&ldb);
-    if (!in_place_pays(ldb, sizeof(T))) b_direct = nullptr;
+    kin = min64(k, B.in_place(&ldb));
+    if (!in_place_pays(ldb, sizeof(T))) kin = 0;
+    // The rows past kin (a convolution's bias row) are a K block of their own, one more pass over
+    // every C tile: worth it only where the in-place block is long. Pointwise 24->256 56x56 N8 (24
+    // rows in place, then the bias row) went from 0.86 to 1.07 ms; 128 rows gained
+    // (Im2colB::in_place).
+    if (kin < k && kin < kInPlaceMinRowsBeforeTail) kin = 0;
   }
   const T* a_direct = nullptr;
   int64_t lda = 0;
@@ -398,8 +411,8 @@ static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
   // tiny.
   const int64_t p_per = ceil_div(panels, grid.tn);
   const int64_t nc_panels = ceil_div(p_per, ceil_div(p_per, max64(1, bl.nc / NR)));
-  // per thread, 64-byte aligned; none when B is read in place
-  const int64_t b_elems = b_direct ? 0 : round_up(kc_max * nc_panels * NR, 16);
+  // per thread, 64-byte aligned; none when all of B is read in place
+  const int64_t b_elems = kin == k ? 0 : round_up(kc_max * nc_panels * NR, 16);
   const int64_t a_regions = grid.private_a ? nt : grid.tm;  // one per row group, or per thread
   T* ws = static_cast<T*>(
       workspace(WorkspaceSlot::gemm_pack, (a_regions * a_region + nt * b_elems) * sizeof(T)));
@@ -453,10 +466,11 @@ static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
     T* bpack = bpack_all + tid * b_elems;
     for (int64_t jc = v0; jc < v1; jc += nc_panels) {
       const int64_t je = min64(v1, jc + nc_panels);
-      for (int64_t pc = 0; pc < k; pc += kc_max) {
-        const int64_t kc = min64(kc_max, k - pc);
+      for (int64_t pc = 0, kc = 0; pc < k; pc += kc) {
+        kc = min64(kc_max, (pc < kin ? kin : k) - pc);
         // Packed unless read in place (in_place_pays).
-        if (!b_direct) B.pack(bpack, pc, kc, jc, je);
+        const bool direct = pc < kin;
+        if (!direct) B.pack(bpack, pc, kc, jc, je);
         const T beta_pc = pc == 0 ? beta : T(1);
         for (int64_t ir = rows.r0; ir < rows.r1; ir += MR) {
           const int64_t mm = min64(MR, rows.r1 - ir);
@@ -465,9 +479,15 @@ static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
           const T* ap = row_layout ? panel + pc : panel + pc * MR;
           const int64_t rs = a_direct ? lda : row_layout ? ld_row : 1, cs = row_layout ? 1 : MR;
           for (int64_t v = jc; v < je; ++v) {
-            const T* bp = b_direct ? b_direct + pc * ldb + v * NR : bpack + (v - jc) * kc * NR;
-            UK::run(kc, ap, rs, cs, bp, b_direct ? ldb : NR, C.at(ir, v), C.rs(), mm, C.width(v),
-                    alpha, beta_pc);
+            if constexpr (has_in_place<BPol>::value) {
+              if (direct) {
+                UK::run(kc, ap, rs, cs, B.at(pc, v), ldb, C.at(ir, v), C.rs(), mm, C.width(v),
+                        alpha, beta_pc);
+                continue;
+              }
+            }
+            UK::run(kc, ap, rs, cs, bpack + (v - jc) * kc * NR, NR, C.at(ir, v), C.rs(), mm,
+                    C.width(v), alpha, beta_pc);
           }
         }
       }

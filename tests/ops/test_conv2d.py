@@ -84,6 +84,10 @@ CASES = [
     # direct forward's case; one group, and two groups with dilation.
     (2, 8, 11, 13, 16, 3, 3, 1, 1, 1, 1),
     (2, 16, 12, 14, 8, 3, 3, 1, 2, 2, 2),
+    # 1x1 layers, whose input the GEMM reads in place (64 channels or more before the bias row),
+    # and a 32x32 plane (rows of 4 KiB: packed instead).
+    (2, 70, 9, 11, 24, 1, 1, 1, 0, 1, 1),
+    (1, 64, 32, 32, 16, 1, 1, 1, 0, 1, 1),
 ]
 
 
