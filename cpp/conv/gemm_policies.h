@@ -24,6 +24,12 @@ namespace {
 // ------------------------------------------------------------------------------------------------
 // Forward
 
+// Entries of the vector form's table (im2col.h), on the stack of the packing thread: 24 KiB of
+// AVX-512 float entries, 64 KiB of AVX2 ones (a vector mask each). Enough for a 3x3 layer's
+// backward-weights block of 512 pixels (9 taps x 32 vectors x 3 = 864); larger kernels there take
+// the segment copies.
+constexpr int64_t kVecTableEntries = 1024;
+
 // B = im2col, columns = the output pixels of n_img images, NR-wide panels per image
 // (ppi panels per image). Reduction row t = (c, r, s), plus a row of ones at t = rows() when the
 // bias is fused.
@@ -81,7 +87,7 @@ struct Im2colB {
       // wherever its table fits and no vector spans more than VecTable::kEntries segments; else
       // segment by segment, from a table of runs for stride 1.
       constexpr int NVEC = NR / V::W;
-      VecTable<V, 1024> vt;
+      VecTable<V, kVecTableEntries> vt;
       const bool vec = !pointwise && kc >= 2 * rs && vt.build(g, 0, seg, nseg, NVEC);
       const int nvec = static_cast<int>(ceil_div(width, V::W));
       const int64_t readable = n_img * g.c_total * plane;  // from src
@@ -253,7 +259,7 @@ struct Im2colTB {
     // The vector form (im2col.h) for padded or strided layers: the same table for every column
     // of the block.
     const int64_t img_stride = g.c_total * plane;
-    VecTable<V, 4096> vt;
+    VecTable<V, kVecTableEntries> vt;
     const bool vec = !unpadded && vt.build(g, img_stride, segs, nseg, kcw / W);
     for (int64_t v = v0; v < v1; ++v) {
       T* d = dst + (v - v0) * kc * NR;

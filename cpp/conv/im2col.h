@@ -164,7 +164,7 @@ struct VecTable {
   using T = typename V::T;
   // At most this many segments a vector (a vector of 16 spans 3 rows of 7 or more pixels); kMax
   // entries in all (taps x vectors x kEntries: a forward panel of 2 vectors, 3x3 taps, needs 54; a
-  // backward-weights block of 512 pixels, 32 vectors, needs 864).
+  // 3x3 backward-weights block of 512 pixels, 32 vectors, needs 864).
   static constexpr int kEntries = 3;
   struct Entry {
     int64_t off;         // offset of lane 0 from the source plane: lane l reads off + l * sw
