@@ -73,13 +73,16 @@ CASES = [
     (2, 3, 6, 1, 4, 3, 1, 1, (1, 0), 1, 1),
     (2, 3, 4, 45, 5, 2, 7, 1, (1, 3), (2, 1), 1),
     (1, 2, 3, 1400, 2, 2, 3, 1, 1, 1, 1),
-    # Backward-weights' direct kernel (C*R*S <= 32, a batch of at least one image per thread):
+    # Backward-weights' direct kernel (C/G*R*S <= 32, a batch of at least one image per thread):
     # LeNet's first layer; stride 2 with padding, 7 filters (a partial filter block) and 9 taps
     # (5 + 4); a dilated, column-strided 2x4; a 1x7 row (5 + 2 taps) with padding.
     (4, 1, 28, 28, 20, 5, 5, 1, 0, 1, 1),
     (3, 3, 17, 19, 7, 3, 3, 2, 1, 1, 1),
     (3, 2, 15, 20, 5, 2, 4, (1, 2), (2, 1), (2, 1), 1),
     (3, 1, 9, 12, 3, 1, 7, 1, (0, 3), 1, 1),
+    # ... with groups: one input channel and 2 filters a group; 2 channels and 3 filters.
+    (3, 4, 17, 19, 8, 3, 3, 2, 1, 1, 4),
+    (2, 6, 12, 21, 9, 2, 3, 1, (1, 0), 1, 3),
     # Backward-data as the flipped convolution with 8 input channels a group: 8 filters, the
     # direct forward's case; one group, and two groups with dilation.
     (2, 8, 11, 13, 16, 3, 3, 1, 1, 1, 1),
