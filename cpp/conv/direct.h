@@ -240,6 +240,11 @@ constexpr int kDirectWeightsNt = 5;
 // Reduction rows (C/groups * R * S) up to one GEMM micro-panel of im2col^T: beyond it the GEMM's
 // packing is shared by more FMAs per pixel.
 constexpr int64_t kDirectWeightsMaxRows = 32;
+// Or filters per group up to this many, whatever the reduction rows. Raised from 8 (sweep rows, AMD
+// EPYC Zen 5, 2 threads, GEMM -> direct: 5x5/s2 p2 3->16 112x112 N8 433 -> 224 us, 0.48x ->
+// 0.95x PyTorch; 4x4 p2 16->16 14x14 N8 137 -> 89 us). At 24, 4x4 p3 16->24 14x14 N32 lost (734
+// -> 790 us).
+constexpr int64_t kDirectWeightsMaxFilters = 16;
 // Per-task vector sums (K * C/groups * R * S vectors) up to half of L2 on the machines measured.
 constexpr int64_t kDirectWeightsMaxSumBytes = int64_t(512) << 10;
 
@@ -256,7 +261,7 @@ bool direct_weights_eligible(const Conv2d& cv) {
   // channel, ran slower than the GEMM, which needs no im2col for them (sweep rows, AMD EPYC Zen
   // 5, 2 threads: 1x1 24->256 56x56 N8 3.05 ms GEMM, 5.25 ms direct; 3x3/s2 p2 3->16 56x56 N32
   // 345 -> 132 us; 2x2 8->128 28x28 N16 613 -> 432 us; LeNet's 5x5 1->20 371 -> 179 us).
-  return (crs <= kDirectWeightsMaxRows || cv.k / cv.groups <= kDirectForwardMaxFilters) &&
+  return (crs <= kDirectWeightsMaxRows || cv.k / cv.groups <= kDirectWeightsMaxFilters) &&
          cv.r * cv.s >= 4 && 2 * cv.q >= V::W && cv.n >= cv.nthreads &&
          (cv.k * crs + cv.k) * V::W * static_cast<int64_t>(sizeof(T)) <= kDirectWeightsMaxSumBytes;
 }

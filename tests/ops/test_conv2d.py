@@ -83,6 +83,8 @@ CASES = [
     # ... with groups: one input channel and 2 filters a group; 2 channels and 3 filters.
     (3, 4, 17, 19, 8, 3, 3, 2, 1, 1, 4),
     (2, 6, 12, 21, 9, 2, 3, 1, (1, 0), 1, 3),
+    # ... and 16 filters over 36 reduction rows (the filter bound, not the row bound).
+    (2, 4, 15, 18, 16, 3, 3, 1, 1, 1, 1),
     # Backward-data as the flipped convolution with 8 input channels a group: 8 filters, the
     # direct forward's case; one group, and two groups with dilation.
     (2, 8, 11, 13, 16, 3, 3, 1, 1, 1, 1),
