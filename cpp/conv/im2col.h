@@ -212,6 +212,7 @@ struct VecTable {
         }
       }
     }
+    if (lo > hi) lo = hi = 0;  // no entries (every tap on padding): nothing is read
     return true;
   }
 
