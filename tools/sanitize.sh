@@ -58,17 +58,29 @@ echo "--- $(basename "$so") links: $(grep -oE 'lib(a|ub|t)san[^ ]*' <<<"$libs" |
 
 step "pytest under the sanitizers"
 export LD_PRELOAD="${preload[*]:-}"
-export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:check_initialization_order=1:detect_stack_use_after_return=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
-export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
+# Reports go to files, not to stderr: pytest captures a test's stderr and shows it only
+# for a failure it sees, so a report from a child process, or one a test's own output swallowed,
+# would otherwise leave only "exit status 1" in the log. Each process writes <name>.<pid>.
+REPORTS=$WORK/reports
+mkdir -p "$REPORTS"
+export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:check_initialization_order=1:detect_stack_use_after_return=1:log_path=$REPORTS/asan${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$REPORTS/ubsan${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
 # From the tests' directory's parent, as README's `pytest`, but with this venv's interpreter.
 set +e
 "$WORK/venv/bin/python" -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$WORK/pytest.log"
 status=${PIPESTATUS[0]}
 set -e
-reports=$(grep -cE 'ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer' "$WORK/pytest.log" ||
-  true)
-step "done: pytest exit status $status, $reports sanitizer reports (log: $WORK/pytest.log)"
-if [ "$status" != 0 ] || [ "$reports" != 0 ]; then
+pattern='ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer'
+shopt -s nullglob
+files=("$REPORTS"/*)
+for f in "${files[@]}"; do
+  printf '\n--- %s\n' "$f"
+  cat "$f"
+done
+reports=$(cat "$WORK/pytest.log" "${files[@]}" | grep -cE "$pattern" || true)
+step "done: pytest exit status $status, $reports sanitizer reports in the log and ${#files[@]}" \
+  "report files (log: $WORK/pytest.log, files: $REPORTS)"
+if [ "$status" != 0 ] || [ "$reports" != 0 ] || [ "${#files[@]}" != 0 ]; then
   exit 1
 fi
