@@ -81,40 +81,57 @@ void backward_data_flipped(const Conv2d& cv, const T* dy, const T* w, T* dx) {
 // ------------------------------------------------------------------------------------------------
 // Strategy "col2im": col (CgRS x PQ) = W_g^T . dY_g[n] on the GEMM engine, then col2im adds col
 // into dX. Two forms of col2im:
-//  - gather (unit stride and dilation along W): each dX row is computed once, as a sum of the
-//    (r, s) taps that reach it, W columns per vector, and stored, so dX needs no zeroing and no
-//    read-modify-write. A tap's W-column vector is a plain load of W contiguous col elements,
-//    with the lanes outside the col row zeroed in registers (V::keep): the loaded run may reach
-//    into the next or previous row of col. Measured on LeNet's second layer (20 <- 50, 5x5, 8x8
-//    -> 12x12, AMD EPYC Zen 5): the scatter form's 8-element adds (4000 per image) took about as
-//    long as the GEMM; N32 on one thread 0.90 ms scatter, 0.58 ms gather (N64 on two: 1.02 ms
-//    -> 0.59 ms, 1.0x -> 1.8x PyTorch 2.13).
+//  - gather (column stride 1 or 2): each dX row is computed once, as a sum of the (r, s) taps
+//    that reach it, and stored, so dX needs no zeroing and no read-modify-write. With stride 1 a
+//    block of a dX row is one vector of W columns, and a tap's contribution is a plain load of W
+//    contiguous col elements with the lanes outside the col row zeroed in registers (V::keep):
+//    the loaded run may reach into the next or previous row of col. With stride 2 a block is 2W
+//    columns held as two vectors, its even and its odd columns; a tap reaches only one of them
+//    (the parity of its column offset), again with W contiguous col elements, and the two are
+//    interleaved on the store.
+//    Measured on LeNet's second layer (20 <- 50, 5x5, 8x8 -> 12x12, AMD EPYC Zen 5): the
+//    scatter form's 8-element adds (4000 per image) took about as long as the GEMM; N32 on one
+//    thread 0.90 ms scatter, 0.58 ms gather (N64 on two: 1.02 ms -> 0.59 ms, 1.0x -> 1.8x PyTorch
+//    2.13). Stride 2: the scalar scatter was 24% of the samples of the 3x3/s2 64 <- 128 32x32 N16
+//    bench row, against 43% for its GEMM.
 //  - scatter (any geometry): adds each col element into its dX element.
 
-// col2im_gather's per-call tables: (W-column blocks of a dX row) x S taps, and R window rows.
+// col2im_gather's per-call tables: (blocks of a dX row) x S taps, and R window rows.
 constexpr int64_t kGatherTable = 256;
 
 // Elements of readable slack before and after col for col2im_gather's whole-vector loads: a tap's
-// vector starts at most S - 1 elements before its col row and ends at most S + W after it.
-static inline int64_t col_slack(const Conv2d& cv, int lanes) { return round_up(cv.s + lanes, 16); }
+// vector starts at most (S - 1) * dw elements before its col row and ends at most
+// W + S * dw + 3 after it.
+static inline int64_t col_slack(const Conv2d& cv, int lanes) {
+  return round_up(cv.s * cv.dw + lanes + 4, 16);
+}
 
 // Channels [cb, ce) of the group whose first channel is c0: dx planes computed from col, written
-// whole. sw == dw == 1; col has col_slack() readable elements on each side.
-template <typename T>
+// whole. kSw == cv.sw (1 or 2); col has col_slack() readable elements on each side.
+template <int kSw, typename T>
 void col2im_gather(const Conv2d& cv, const T* col, int64_t c0, T* dx_img, int64_t cb, int64_t ce) {
+  static_assert(kSw == 1 || kSw == 2, "the gather form interleaves at most two column streams");
   using V = typename VecOf<T>::type;
   constexpr int W = V::W;
+  constexpr int64_t kBlock = kSw * W;  // dX columns per block
   const int64_t pq = cv.p * cv.q;
-  // Per W-column block b of a dX row and tap column s: the col column q0 of lane 0 and the lanes
-  // whose column lies inside the col row (the others are zeroed). The same for every row and
-  // channel, so computed once (kGatherTable entries; wider rows and kernels take the scatter form).
-  const int64_t blocks = ceil_div(cv.w, W);
+  // Stream e (< kSw) of block b holds dX columns w = b * kBlock + e + kSw * j, lane j. Tap s
+  // reaches column w from col column (w + pw - s * dw) / kSw where that divides: one stream per
+  // (block, tap), whose lane j reads col column q0 + j. Per (block, tap): that stream, q0 and the
+  // lanes whose column lies inside the col row (the others are zeroed). The same for every row
+  // and channel, so computed once (kGatherTable entries; wider rows and kernels take the scatter
+  // form).
+  const int64_t blocks = ceil_div(cv.w, kBlock);
   int64_t q0[kGatherTable];
+  bool odd[kGatherTable];
   typename V::M live[kGatherTable];
   for (int64_t bk = 0; bk < blocks; ++bk) {
     for (int64_t s = 0; s < cv.s; ++s) {
-      const int64_t q = bk * W + cv.pw - s;
+      const int64_t t = bk * kBlock + cv.pw - s * cv.dw;
+      const int64_t e = ((-t) % kSw + kSw) % kSw;  // (t + e) % kSw == 0
+      const int64_t q = (t + e) / kSw;
       q0[bk * cv.s + s] = q;
+      odd[bk * cv.s + s] = e != 0;
       live[bk * cv.s + s] = V::lanes(clamp_int(-q, 0, W), clamp_int(cv.q - q, 0, W));
     }
   }
@@ -131,22 +148,34 @@ void col2im_gather(const Conv2d& cv, const T* col, int64_t c0, T* dx_img, int64_
       }
       T* row = plane + hi * cv.w;
       for (int64_t bk = 0; bk < blocks; ++bk) {
-        typename V::V acc = V::zero();
+        typename V::V even = V::zero(), odd_acc = V::zero();
         for (int64_t i = 0; i < nr; ++i) {
           const T* src = col + (c * cv.r + rows[i]) * cv.s * pq + ps[i] * cv.q;
           for (int64_t s = 0; s < cv.s; ++s) {
             const int64_t t = bk * cv.s + s;
-            acc = V::add(acc, V::keep(V::load(src + s * pq + q0[t]), live[t]));
+            const typename V::V v = V::keep(V::load(src + s * pq + q0[t]), live[t]);
+            if (kSw == 2 && odd[t]) {
+              odd_acc = V::add(odd_acc, v);
+            } else {
+              even = V::add(even, v);
+            }
           }
         }
-        const int64_t w0 = bk * W;
-        const int n = static_cast<int>(min64(W, cv.w - w0));
-        // A partial last vector may spill into the next rows of the plane, which are written
+        const int64_t w0 = bk * kBlock;
+        const int n = static_cast<int>(min64(kBlock, cv.w - w0));
+        // A partial last block may spill into the next rows of the plane, which are written
         // after it (a masked store only where the spill would leave the plane).
-        if (n == W || (hi * cv.w + w0 + W) <= cv.h * cv.w) {
-          V::store(row + w0, acc);
+        const bool whole = n == kBlock || (hi * cv.w + w0 + kBlock) <= cv.h * cv.w;
+        if constexpr (kSw == 1) {
+          if (whole) {
+            V::store(row + w0, even);
+          } else {
+            V::storen(row + w0, even, n);
+          }
+        } else if (whole) {
+          V::store2(row + w0, even, odd_acc);
         } else {
-          V::storen(row + w0, acc, n);
+          V::store2n(row + w0, even, odd_acc, n);
         }
       }
     }
@@ -209,8 +238,8 @@ void backward_data_col2im(const Conv2d& cv, const T* dy, const T* w, T* dx) {
     gemm_detail::gemm<UK>(a);
   };
   using V = typename VecOf<T>::type;
-  const bool gather = cv.sw == 1 && cv.dw == 1 && cv.r <= kGatherTable &&
-                      ceil_div(cv.w, V::W) * cv.s <= kGatherTable;
+  const bool gather = (cv.sw == 1 || cv.sw == 2) && cv.r <= kGatherTable &&
+                      ceil_div(cv.w, cv.sw * V::W) * cv.s <= kGatherTable;
   if (!gather) {
     for (int64_t i = 0; i < x_size; ++i) dx[i] = T(0);
   }
@@ -224,8 +253,10 @@ void backward_data_col2im(const Conv2d& cv, const T* dy, const T* w, T* dx) {
     return buf + slack;
   };
   auto col2im = [&](const T* col, int64_t grp, T* dx_img, int64_t cb, int64_t ce) {
-    if (gather) {
-      col2im_gather(cv, col, grp * cg, dx_img, cb, ce);
+    if (gather && cv.sw == 1) {
+      col2im_gather<1>(cv, col, grp * cg, dx_img, cb, ce);
+    } else if (gather) {
+      col2im_gather<2>(cv, col, grp * cg, dx_img, cb, ce);
     } else {
       col2im_add(cv, col, grp * cg, dx_img, cb, ce);
     }

@@ -73,6 +73,15 @@ CASES = [
     (2, 3, 6, 1, 4, 3, 1, 1, (1, 0), 1, 1),
     (2, 3, 4, 45, 5, 2, 7, 1, (1, 3), (2, 1), 1),
     (1, 2, 3, 1400, 2, 2, 3, 1, 1, 1, 1),
+    # ... the same with column stride 2 (even and odd columns as two streams, interleaved on the
+    # store): one column; odd widths with padding 1-3 and a column dilation; 1400 columns (44
+    # blocks of 32, in the tables) and 3000 (the scatter form). Column dilation 2 at stride 1.
+    (2, 3, 6, 1, 4, 3, 1, 2, (1, 0), 1, 1),
+    (2, 3, 5, 45, 5, 2, 7, 2, (1, 3), (2, 2), 1),
+    (2, 4, 7, 33, 3, 3, 4, (1, 2), (2, 1), 1, 1),
+    (1, 2, 3, 1400, 2, 2, 3, 2, 1, 1, 1),
+    (1, 2, 3, 3000, 2, 2, 3, (1, 2), 1, 1, 1),
+    (2, 3, 6, 20, 4, 3, 3, 1, 2, (1, 2), 1),
     # Backward-weights' direct kernel (C/G*R*S <= 32, a batch of at least one image per thread):
     # LeNet's first layer; stride 2 with padding, 7 filters (a partial filter block) and 9 taps
     # (5 + 4); a dilated, column-strided 2x4; a 1x7 row (5 + 2 taps) with padding.
