@@ -67,6 +67,16 @@ CASES = [
     (2, 4, 12, 33, 4, 2, 5, 2, (0, 3), (2, 1), 4),
     (1, 6, 7, 19, 6, 1, 1, 2, 0, 1, 6),
     (1, 2, 20, 21, 2, 7, 7, 2, 3, 1, 2),
+    # Depthwise with channels in the lanes (a block of W channels of one image transposed into
+    # padded pixels): a full block and a 1-channel tail, 7x7/s2 on 4-wide rows (rows in pairs),
+    # padding wider than the taps, mixed strides and dilations, 2x2 dilated (its flipped
+    # backward-data padded 1) and 1x1 with padding 2 (the flipped one crops).
+    (2, 17, 7, 7, 17, 3, 3, 1, 1, 1, 17),
+    (1, 33, 14, 14, 33, 7, 7, 2, 0, 1, 33),
+    (2, 16, 9, 11, 16, 5, 5, 1, 3, 1, 16),
+    (1, 24, 10, 10, 24, 3, 3, (2, 1), (1, 0), (2, 1), 24),
+    (2, 18, 6, 5, 18, 2, 2, 1, 1, 2, 18),
+    (1, 16, 3, 3, 16, 1, 1, 1, 2, 1, 16),
     # Backward-data's col2im, gather form (unit column stride and dilation): rows of one column
     # (each store spills into the rows below), rows of several vectors with a partial last one
     # and a row dilation; rows wider than its tables (S x 88 blocks of 16) take the scatter form.
