@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "common/compiler.h"
 #include "common/int_math.h"
@@ -259,6 +260,7 @@ static inline DwcGeometry dwc_geometry(const Im2col& g) {
 //  - channels enough to fill the lanes, and the padded block and its output within 512 KiB (half
 //    of Zen 5's L2, a quarter of Sapphire Rapids'): the transposed copies stay in cache.
 constexpr int64_t kDwcMinTaps = 16;
+constexpr int64_t kDwcMaxCols = 64;  // kernel columns of the strided backward-data's tables
 constexpr int64_t kDwcMaxBytes = int64_t(512) << 10;
 
 template <typename T>
@@ -268,6 +270,19 @@ static bool depthwise_channels_eligible(const Im2col& g) {
   const DwcGeometry d = dwc_geometry(g);
   const int64_t bytes = (d.hp * d.wp + g.p * g.q) * V::W * static_cast<int64_t>(sizeof(T));
   return bytes <= kDwcMaxBytes && (g.r * g.s >= kDwcMinTaps || g.q < 2 * V::W);
+}
+
+// Calls f(std::integral_constant<int, n>{}) for n in 1..N: a block width the kernels unroll over,
+// chosen at run time.
+template <int N, class F>
+static inline void with_width(int64_t n, const F& f) {
+  if constexpr (N > 1) {
+    if (n < N) {
+      with_width<N - 1>(n, f);
+      return;
+    }
+  }
+  f(std::integral_constant<int, N>{});
 }
 
 // NP output rows x NQ output pixels from (p, q0): acc = bias + sum over taps of tap . pixel.
@@ -301,50 +316,30 @@ static inline void dwc_rows(const Im2col& g, const DwcGeometry& d, const typenam
                             int64_t p) {
   // 8 pixels a block: 8 FMA chains (two pipes of latency 4) per weight vector loaded.
   for (int64_t q0 = 0; q0 < g.q; q0 += 8) {
-    switch (min64(8, g.q - q0)) {
-      case 1:
-        dwc_block<V, NP, 1>(g, d, xt, wt, bias, yt, p, q0);
-        break;
-      case 2:
-        dwc_block<V, NP, 2>(g, d, xt, wt, bias, yt, p, q0);
-        break;
-      case 3:
-        dwc_block<V, NP, 3>(g, d, xt, wt, bias, yt, p, q0);
-        break;
-      case 4:
-        dwc_block<V, NP, 4>(g, d, xt, wt, bias, yt, p, q0);
-        break;
-      case 5:
-        dwc_block<V, NP, 5>(g, d, xt, wt, bias, yt, p, q0);
-        break;
-      case 6:
-        dwc_block<V, NP, 6>(g, d, xt, wt, bias, yt, p, q0);
-        break;
-      case 7:
-        dwc_block<V, NP, 7>(g, d, xt, wt, bias, yt, p, q0);
-        break;
-      default:
-        dwc_block<V, NP, 8>(g, d, xt, wt, bias, yt, p, q0);
-        break;
-    }
+    with_width<8>(min64(8, g.q - q0), [&](auto n) {
+      dwc_block<V, NP, decltype(n)::value>(g, d, xt, wt, bias, yt, p, q0);
+    });
   }
 }
 
-// y planes = depthwise conv of x planes (taps flipped when `flip`: the backward-data form) + b,
-// channels in the lanes. x: n_img images of g.c_total planes g.h x g.w; y: planes g.p x g.q.
-template <typename T>
-void depthwise_channels(const Im2col& g, int64_t n_img, const T* x, const T* w, bool flip,
-                        const T* b, T* y, int nthreads) {
+// The channel form's frame, shared by the forward and backward-data kernels: per unit (W channels
+// of one image) the source planes (c_total a image, h x w) transposed into the padded pixel
+// buffer xt (window d), the taps (flipped when `flip`) and bias transposed into wt (rs + 1
+// vectors), then compute(xt, wt, bias, yt) fills yt with out_plane pixels, transposed back into
+// y's planes.
+template <typename T, class Compute>
+void dwc_run(int64_t n_img, int64_t c_total, int64_t h, int64_t w_img, const DwcGeometry& d,
+             int64_t out_plane, int64_t rs, const T* x, const T* w, bool flip, const T* b, T* y,
+             int nthreads, const Compute& compute) {
   using V = typename VecOf<T>::type;
   using R = typename V::V;
   constexpr int W = V::W;
-  const DwcGeometry d = dwc_geometry(g);
-  const int64_t blocks = ceil_div(g.c_total, W), units = blocks * n_img, rs = g.r * g.s;
-  const int64_t x_elems = round_up(d.hp * d.wp * W, 16), y_elems = round_up(g.p * g.q * W, 16);
-  const int64_t in_plane = g.h * g.w, out_plane = g.p * g.q;
+  const int64_t blocks = ceil_div(c_total, W), units = blocks * n_img;
+  const int64_t x_elems = round_up(d.hp * d.wp * W, 16), y_elems = round_up(out_plane * W, 16);
+  const int64_t in_plane = h * w_img;
   // Padded rows i and columns j whose source row h_lo + i and column w_lo + j are in the plane.
-  const int64_t i0 = min64(d.hp, max64(0, -d.h_lo)), i1 = max64(i0, min64(d.hp, g.h - d.h_lo));
-  const int64_t j0 = min64(d.wp, max64(0, -d.w_lo)), j1 = max64(j0, min64(d.wp, g.w - d.w_lo));
+  const int64_t i0 = min64(d.hp, max64(0, -d.h_lo)), i1 = max64(i0, min64(d.hp, h - d.h_lo));
+  const int64_t j0 = min64(d.wp, max64(0, -d.w_lo)), j1 = max64(j0, min64(d.wp, w_img - d.w_lo));
   [[maybe_unused]] const int nt = static_cast<int>(min64(nthreads, units));
   parallel_ranges(units, 1, 1, nt, [&](int64_t u0, int64_t u1) {
     T* xt = static_cast<T*>(
@@ -357,7 +352,7 @@ void depthwise_channels(const Im2col& g, int64_t n_img, const T* x, const T* w, 
     int64_t have = -1;  // the channel block whose taps and border are in the buffers
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t cb = u / n_img, img = u % n_img, c0 = cb * W;
-      const int lc = static_cast<int>(min64(W, g.c_total - c0));  // live channels
+      const int lc = static_cast<int>(min64(W, c_total - c0));  // live channels
       if (cb != have) {
         // Taps and bias, W channels each (zeros past the last channel).
         for (int64_t t = 0; t < rs; ++t) {
@@ -373,22 +368,22 @@ void depthwise_channels(const Im2col& g, int64_t n_img, const T* x, const T* w, 
         have = cb;
       }
       // The plane's pixels, W columns at a time transposed (a full block's loads unconditional).
-      const T* xs = x + (img * g.c_total + c0) * in_plane;
+      const T* xs = x + (img * c_total + c0) * in_plane;
       // The next unit's planes (one contiguous run in NCHW) requested into L2 now, while this
       // unit computes: the transposing loads walk W planes at once, W streams at a plane's
       // stride that the hardware prefetchers did not follow. 7x7 p3 256 14x14 N32 forward with
       // inputs out of cache (two rotated): 694-932 -> 587-640 us.
       if (u + 1 < u1) {
         const int64_t nu = u + 1, ncb = nu / n_img;
-        const T* next = x + ((nu % n_img) * g.c_total + ncb * W) * in_plane;
+        const T* next = x + ((nu % n_img) * c_total + ncb * W) * in_plane;
         const int64_t bytes =
-            min64(W, g.c_total - ncb * W) * in_plane * static_cast<int64_t>(sizeof(T));
+            min64(W, c_total - ncb * W) * in_plane * static_cast<int64_t>(sizeof(T));
         for (int64_t o = 0; o < bytes; o += 64)
           SIMDNN_PREFETCH_L2(reinterpret_cast<const char*>(next) + o);
       }
       auto copy_in = [&](auto full) {
         for (int64_t i = i0; i < i1; ++i) {
-          const T* src = xs + (d.h_lo + i) * g.w + d.w_lo;
+          const T* src = xs + (d.h_lo + i) * w_img + d.w_lo;
           for (int64_t j = j0; j < j1; j += W) {
             const int cnt = static_cast<int>(min64(W, j1 - j));
             R v[W];
@@ -406,15 +401,9 @@ void depthwise_channels(const Im2col& g, int64_t n_img, const T* x, const T* w, 
       } else {
         copy_in(std::false_type{});
       }
-      const R bias = V::load(wt + rs * W);
-      int64_t p = 0;
-      // Rows in pairs when a row is a single short block: at least 8 chains in flight.
-      if (g.q <= 4) {
-        for (; p + 2 <= g.p; p += 2) dwc_rows<V, 2>(g, d, xt, wt, bias, yt, p);
-      }
-      for (; p < g.p; ++p) dwc_rows<V, 1>(g, d, xt, wt, bias, yt, p);
+      compute(static_cast<const T*>(xt), static_cast<const T*>(wt), V::load(wt + rs * W), yt);
       // Back to planes: W pixels x W channels transposed per step.
-      T* ys = y + (img * g.c_total + c0) * out_plane;
+      T* ys = y + (img * c_total + c0) * out_plane;
       for (int64_t e = 0; e < out_plane; e += W) {
         const int cnt = static_cast<int>(min64(W, out_plane - e));
         R v[W];
@@ -430,6 +419,140 @@ void depthwise_channels(const Im2col& g, int64_t n_img, const T* x, const T* w, 
       }
     }
   });
+}
+
+// y planes = depthwise conv of x planes (taps flipped when `flip`: the backward-data form) + b,
+// channels in the lanes. x: n_img images of g.c_total planes g.h x g.w; y: planes g.p x g.q.
+template <typename T>
+void depthwise_channels(const Im2col& g, int64_t n_img, const T* x, const T* w, bool flip,
+                        const T* b, T* y, int nthreads) {
+  using V = typename VecOf<T>::type;
+  const DwcGeometry d = dwc_geometry(g);
+  dwc_run(n_img, g.c_total, g.h, g.w, d, g.p * g.q, g.r * g.s, x, w, flip, b, y, nthreads,
+          [&](const T* xt, const T* wt, typename V::V bias, T* yt) {
+            int64_t p = 0;
+            // Rows in pairs when a row is a single short block: at least 8 chains in flight.
+            if (g.q <= 4) {
+              for (; p + 2 <= g.p; p += 2) dwc_rows<V, 2>(g, d, xt, wt, bias, yt, p);
+            }
+            for (; p < g.p; ++p) dwc_rows<V, 1>(g, d, xt, wt, bias, yt, p);
+          });
+}
+
+// dx of a strided depthwise layer in the channel form: dx pixel (h, x) = sum over the taps (r, s)
+// with h + ph - r * dh = p * sh (p in [0, P)) and x + pw - s * dw = q * sw of w[r, s] . dy[p, q].
+// Columns go by phase b = x mod sw: the taps of a phase read dy columns q0 + j for its outputs
+// x = b + sw * j, contiguous pixels of a dy row zero-padded at both ends, so NQ outputs of one
+// phase are NQ FMA chains with one weight load per tap. rr: the (r, p) pairs of the output row;
+// tap_s / tap_off: the phase's taps and their first source pixel's offset in a buffer row.
+template <class V, int NQ>
+static inline void dwct_block(const typename V::T* row0, int64_t ld, const typename V::T* wt,
+                              const int64_t* rr, int64_t nr, const int64_t* tap_s,
+                              const int64_t* tap_off, int64_t ntap, int64_t s_taps,
+                              typename V::T* out, int64_t step) {
+  using R = typename V::V;
+  constexpr int W = V::W;
+  R acc[NQ];
+  for (int j = 0; j < NQ; ++j) acc[j] = V::zero();
+  for (int64_t i = 0; i < nr; ++i) {
+    const typename V::T* row = row0 + rr[2 * i + 1] * ld;
+    const typename V::T* wr = wt + rr[2 * i] * s_taps * W;
+    for (int64_t k = 0; k < ntap; ++k) {
+      const R t = V::load(wr + tap_s[k] * W);
+      const typename V::T* src = row + tap_off[k];
+      for (int j = 0; j < NQ; ++j) acc[j] = V::fma(t, V::load(src + j * W), acc[j]);
+    }
+  }
+  for (int j = 0; j < NQ; ++j) V::store(out + j * step, acc[j]);
+}
+
+// The strided backward-data's buffers: per output row its (r, p) pairs, per column phase its taps
+// and their first source columns, and the dy buffer's window (all rows, columns padded so that
+// every phase's block reads inside it).
+struct DwcTransposed {
+  std::vector<int64_t> rows, n_rows, tap_s, tap_q0, n_taps;
+  DwcGeometry d;
+};
+
+static inline DwcTransposed dwc_transposed(const Conv2d& cv) {
+  DwcTransposed t;
+  t.rows.resize(static_cast<size_t>(2 * cv.h * cv.r));
+  t.n_rows.resize(static_cast<size_t>(cv.h));
+  for (int64_t h = 0; h < cv.h; ++h) {
+    int64_t nr = 0;
+    for (int64_t r = 0; r < cv.r; ++r) {
+      const int64_t num = h + cv.ph - r * cv.dh;
+      if (num < 0 || num % cv.sh != 0 || num / cv.sh >= cv.p) continue;
+      t.rows[static_cast<size_t>(2 * (h * cv.r + nr))] = r;
+      t.rows[static_cast<size_t>(2 * (h * cv.r + nr) + 1)] = num / cv.sh;
+      ++nr;
+    }
+    t.n_rows[static_cast<size_t>(h)] = nr;
+  }
+  t.tap_s.resize(static_cast<size_t>(cv.sw * cv.s));
+  t.tap_q0.resize(static_cast<size_t>(cv.sw * cv.s));
+  t.n_taps.resize(static_cast<size_t>(cv.sw));
+  int64_t lo = 0, hi = cv.q - 1;  // the dy columns any block reads
+  for (int64_t b = 0; b < cv.sw; ++b) {
+    const int64_t nj = ceil_div(cv.w - b, cv.sw);
+    int64_t n = 0;
+    for (int64_t s = 0; s < cv.s; ++s) {
+      const int64_t num = b + cv.pw - s * cv.dw;
+      if (((num % cv.sw) + cv.sw) % cv.sw != 0) continue;
+      const int64_t q0 = num / cv.sw;  // exact
+      t.tap_s[static_cast<size_t>(b * cv.s + n)] = s;
+      t.tap_q0[static_cast<size_t>(b * cv.s + n)] = q0;
+      ++n;
+      if (nj > 0) {
+        lo = min64(lo, q0);
+        hi = max64(hi, q0 + nj - 1);
+      }
+    }
+    t.n_taps[static_cast<size_t>(b)] = n;
+  }
+  t.d = DwcGeometry{0, lo, cv.p, hi - lo + 1};
+  return t;
+}
+
+// Strided backward-data takes the channel form on the same terms as the forward: many taps or
+// short rows (a phase's outputs, W / sw, against two vectors), and buffers within kDwcMaxBytes.
+template <typename T>
+static bool depthwise_transposed_eligible(const Conv2d& cv, const DwcTransposed& t) {
+  using V = typename VecOf<T>::type;
+  if (V::W == 1 || cv.c < V::W) return false;
+  const int64_t bytes = (t.d.hp * t.d.wp + cv.h * cv.w) * V::W * static_cast<int64_t>(sizeof(T));
+  return bytes <= kDwcMaxBytes && (cv.r * cv.s >= kDwcMinTaps || ceil_div(cv.w, cv.sw) < 2 * V::W);
+}
+
+template <typename T>
+void depthwise_transposed(const Conv2d& cv, const DwcTransposed& t, const T* dy, const T* w,
+                          T* dx) {
+  using V = typename VecOf<T>::type;
+  constexpr int W = V::W;
+  const int64_t ld = t.d.wp * W;
+  dwc_run(cv.n, cv.c, cv.p, cv.q, t.d, cv.h * cv.w, cv.r * cv.s, dy, w, false,
+          static_cast<const T*>(nullptr), dx, cv.nthreads,
+          [&](const T* dyt, const T* wt, typename V::V, T* yt) {
+            int64_t off[kDwcMaxCols];
+            for (int64_t b = 0; b < cv.sw; ++b) {
+              const int64_t nj = ceil_div(cv.w - b, cv.sw), ntap = t.n_taps[b];
+              const int64_t* ts = t.tap_s.data() + b * cv.s;
+              for (int64_t k = 0; k < ntap; ++k) off[k] = (t.tap_q0[b * cv.s + k] - t.d.w_lo) * W;
+              for (int64_t h = 0; h < cv.h; ++h) {
+                const int64_t* rr = t.rows.data() + 2 * h * cv.r;
+                const int64_t nr = t.n_rows[h];
+                for (int64_t j0 = 0; j0 < nj; j0 += 8) {
+                  const T* row0 = dyt + j0 * W;
+                  T* out = yt + (h * cv.w + b + cv.sw * j0) * W;
+                  const int64_t step = cv.sw * W;
+                  with_width<8>(min64(8, nj - j0), [&](auto n) {
+                    dwct_block<V, decltype(n)::value>(row0, ld, wt, rr, nr, ts, off, ntap, cv.s,
+                                                      out, step);
+                  });
+                }
+              }
+            }
+          });
 }
 
 // y[n, c] = conv(x[n, c], w[c]) + b[c] for every plane, in parallel over planes.
@@ -635,6 +758,13 @@ void depthwise_backward_data(const Conv2d& cv, const T* dy, const T* w, T* dx) {
     return;
   }
   if (all_finite(w, cv.c * rs)) {
+    if (cv.s <= kDwcMaxCols) {
+      const DwcTransposed t = dwc_transposed(cv);
+      if (depthwise_transposed_eligible<T>(cv, t)) {
+        depthwise_transposed(cv, t, dy, w, dx);
+        return;
+      }
+    }
     depthwise_backward_data_strided(cv, dy, w, dx, nt);
     return;
   }

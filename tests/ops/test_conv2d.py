@@ -77,6 +77,10 @@ CASES = [
     (1, 24, 10, 10, 24, 3, 3, (2, 1), (1, 0), (2, 1), 24),
     (2, 18, 6, 5, 18, 2, 2, 1, 1, 2, 18),
     (1, 16, 3, 3, 16, 1, 1, 1, 2, 1, 16),
+    # ... and its strided backward-data (per column phase, taps over a dy row padded both ends):
+    # stride 3 with dilation and padding unequal per axis, and 4x4/s2 with padding 3.
+    (2, 16, 11, 13, 16, 3, 5, 3, (1, 2), (1, 2), 16),
+    (1, 20, 12, 9, 20, 4, 4, 2, 3, 1, 20),
     # Backward-data's col2im, gather form (unit column stride and dilation): rows of one column
     # (each store spills into the rows below), rows of several vectors with a partial last one
     # and a row dilation; rows wider than its tables (S x 88 blocks of 16) take the scatter form.
