@@ -234,6 +234,12 @@ struct GradA {
   }
 };
 
+// Output rows up to which Im2colTB packs pixel by pixel. Sweep rows, AMD EPYC Zen 5, 2 threads,
+// segments -> pixel by pixel: grouped 7x7/s2 32->64 g4 7x7 N16 (2-pixel rows) 351 -> 105 us;
+// 2x2/s2 128->96 g2 7x7 N16 (4) 286 -> 176 us; 5x5/s2 32->32 9x9 N16 (5) 269 -> 186 us; but
+// 3x3 64->64 g2 7x7 N16 (7) 247 -> 274 us.
+constexpr int64_t kShortRowPixels = 5;
+
 // B = im2col^T over reduction range [u0, u0 + len): reduction rows are pixels, columns
 // (NR-wide panels) are the (c, r, s) taps. Each panel is gathered as NR im2col rows and then
 // transposed in registers, W x W at a time.
@@ -246,6 +252,39 @@ struct Im2colTB {
   T* scratch;     // NR x (KC rounded up to W), per calling thread
   Segment* segs;  // KC + 1 entries, per calling thread
   int64_t n_img;  // images of x: the elements that may be read
+
+  // Output rows of at most kShortRowPixels pixels (where the vector table does not serve): each
+  // panel row (one pixel) written where it goes, element by element from per-column and
+  // per-pixel offsets, instead of im2col rows of a few pixels each (segments) gathered and
+  // transposed, a call per segment.
+  void pack_short_rows(T* dst, int64_t pc, int64_t kc, int64_t v0, int64_t v1) const {
+    const int64_t plane = g.h * g.w, rows = g.rows(), rs = g.r * g.s, pq = g.p * g.q;
+    const int64_t img_stride = g.c_total * plane;
+    int64_t coff[NR], rdh[NR], sdw[NR];
+    for (int64_t v = v0; v < v1; ++v) {
+      T* d = dst + (v - v0) * kc * NR;
+      const int64_t t0 = v * NR, width = min64(NR, rows - t0);
+      for (int64_t j = 0; j < width; ++j) {
+        const int64_t t = t0 + j;
+        coff[j] = (g.c0 + t / rs) * plane;
+        rdh[j] = (t / g.s) % g.r * g.dh;
+        sdw[j] = t % g.s * g.dw;
+      }
+      for (int64_t i = 0; i < kc; ++i) {
+        const int64_t u = u0 + pc + i, pix = u % pq;
+        const int64_t h0 = pix / g.q * g.sh - g.ph, w0 = pix % g.q * g.sw - g.pw;
+        const T* xi = x + u / pq * img_stride;
+        T* drow = d + i * NR;
+        for (int64_t j = 0; j < width; ++j) {
+          const int64_t hi = h0 + rdh[j], wi = w0 + sdw[j];
+          const bool in = static_cast<uint64_t>(hi) < static_cast<uint64_t>(g.h) &&
+                          static_cast<uint64_t>(wi) < static_cast<uint64_t>(g.w);
+          drow[j] = in ? xi[coff[j] + hi * g.w + wi] : T(0);
+        }
+        for (int64_t j = width; j < NR; ++j) drow[j] = T(0);
+      }
+    }
+  }
 
   void pack(T* dst, int64_t pc, int64_t kc, int64_t v0, int64_t v1) const {
     using R = typename V::V;
@@ -261,6 +300,10 @@ struct Im2colTB {
     const int64_t img_stride = g.c_total * plane;
     VecTable<V, kVecTableEntries> vt;
     const bool vec = !unpadded && vt.build(g, img_stride, segs, nseg, kcw / W);
+    if (!vec && g.q <= kShortRowPixels) {
+      pack_short_rows(dst, pc, kc, v0, v1);
+      return;
+    }
     for (int64_t v = v0; v < v1; ++v) {
       T* d = dst + (v - v0) * kc * NR;
       const int64_t t0 = v * NR, width = min64(NR, rows - t0);
