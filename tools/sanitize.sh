@@ -2,8 +2,9 @@
 # Builds simdnn with AddressSanitizer and UndefinedBehaviorSanitizer and runs the whole test suite
 # on it (every ISA this CPU has, through the suite's own ISA parametrization; the large-tensor
 # tests included). Any report fails the run: the build aborts on the first one
-# (-fno-sanitize-recover=all) and the log is searched for reports as well, in case one came from a
-# child process whose exit status a test does not look at.
+# (-fno-sanitize-recover=all), and the reports go to files under build/sanitize/reports/ (one per
+# process), printed and counted at the end, in case one came from a child process whose exit
+# status a test does not look at or was swallowed with a test's captured output.
 #
 # Usage: bash tools/sanitize.sh [pytest arguments...]   (from anywhere; PYTHON=python3.X picks the
 # interpreter; SANITIZE=address,undefined is the default list)
