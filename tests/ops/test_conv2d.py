@@ -112,6 +112,15 @@ CASES = [
     # direct forward's case; one group, and two groups with dilation.
     (2, 8, 11, 13, 16, 3, 3, 1, 1, 1, 1),
     (2, 16, 12, 14, 8, 3, 3, 1, 2, 2, 2),
+    # Dense layers with at most 24 filters on output rows under half a vector: filters in the
+    # lanes (one vector of filters per pixel). 16 filters over 7-wide rows (the flipped
+    # backward-data of the first), 17 (a partial second block) on 2-wide rows at stride 2, a
+    # dilated 2x2, one output column, and 40 channels 5x5/s2.
+    (3, 16, 7, 7, 16, 4, 4, 1, 2, 1, 1),
+    (2, 5, 5, 3, 17, 3, 3, 2, 1, 1, 1),
+    (2, 7, 4, 4, 9, 2, 2, 1, 1, 2, 1),
+    (1, 3, 3, 2, 5, 3, 2, 1, (1, 0), 1, 1),
+    (2, 40, 11, 11, 8, 5, 5, 2, 1, 1, 1),
     # 1x1 layers, whose input the GEMM reads in place (64 channels or more before the bias row),
     # and a 32x32 plane (rows of 4 KiB: packed instead).
     (2, 70, 9, 11, 24, 1, 1, 1, 0, 1, 1),
