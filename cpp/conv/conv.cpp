@@ -149,8 +149,19 @@ void conv_backward_weights(const Conv2d& cv_in, const T* x, const T* dy, T* dw, 
   // 2^21, about 10 us on one core. (Counting pixels instead left LeNet's second layer, 4096
   // pixels of 25,000 multiply-adds each, on one thread.)
   const int64_t macs = total * kg * crs;
-  // Few reduction rows: the direct kernel (direct_weights.h), whose tasks take whole images.
+  // Few reduction rows: the direct kernel (direct.h), whose tasks take whole images.
   const bool direct = direct_weights_eligible<T>(cv);
+  if (direct && cv.n < cv.nthreads && !pointwise_unpadded(cv)) {
+    // Fewer images than threads: tasks take ranges of input channels instead, each writing the
+    // rows of dw its channels reach, so there are no partial sums to add.
+    const int nt =
+        static_cast<int>(max64(1, min64(min64(cv.nthreads, cv.c), macs / grain::kConvWeightMacs)));
+    parallel_for(nt, nt, [&](int64_t t) {
+      direct_weights_task(cv, x, dy, 0, cv.n, cv.c * t / nt, cv.c * (t + 1) / nt, dw,
+                          t == 0 ? db : nullptr);
+    });
+    return;
+  }
   const int nt = static_cast<int>(
       max64(1, min64(min64(cv.nthreads, direct ? cv.n : total), macs / grain::kConvWeightMacs)));
   const int64_t part = round_up(w_size + cv.k, 16);  // dw then db, per extra thread
@@ -176,7 +187,7 @@ void conv_backward_weights(const Conv2d& cv_in, const T* x, const T* dy, T* dw, 
         for (int64_t i = 0; i < w_size; ++i) my_dw[i] = T(0);
         return;
       }
-      direct_weights_task(cv, x, dy, n0, n1, my_dw, my_db);
+      direct_weights_task(cv, x, dy, n0, n1, int64_t(0), cv.c, my_dw, my_db);
       return;
     }
     // Im2colTB's gather rows, then its segment list.

@@ -20,11 +20,17 @@
 //   dw[k, c, r, s] += sum over p, q of dy[n, k, p, q] * xpad[n, c, p*sh + r*dh, q*sw + s*dw]
 // A block of KB filters and NT taps keeps KB x NT vector accumulators over the rows of dy: each
 // dy vector feeds NT FMAs, each x vector KB. The accumulators are added to per-task vector sums,
-// whose lanes are summed once at the end of the task.
+// whose lanes are summed once at the end of the task. Tasks take whole images, or, for one image,
+// ranges of input channels. Unpadded 1x1 layers at stride 1 skip the padded copy: each plane is
+// one row of P*Q pixels read in place, and the block's taps are input channels.
+//
+// The register blocks' loops carry SIMDNN_UNROLL: without it GCC kept the accumulators on the
+// stack when the block was not inlined (lenet1 backward-weights 191 -> 345 us).
 #pragma once
 
 #include <cstdint>
 
+#include "common/compiler.h"
 #include "common/int_math.h"
 #include "common/parallel.h"
 #include "conv/conv.h"
@@ -202,6 +208,15 @@ bool direct_forward_eligible(const Conv2d& cv) {
   using V = typename VecOf<T>::type;
   // Rows of at least half a vector.
   const int64_t kg = cv.k / cv.groups;
+  // 1x1 at stride 1 unpadded, read in place (direct_forward_pointwise), where a group has at most
+  // one block of filters and a plane at least 4 vectors of pixels. AMD EPYC Zen 5, 2 threads,
+  // float32, against the padded direct form (or, on 7x7 planes, the GEMM): 384->24 g8 56x56 N16
+  // 2.65-2.74 -> 2.26-2.33 ms; 256->32 g8 14x14 N16 144-173 -> 37-41 us; 128->16 g4 8x8 N8
+  // 23 -> 3 us, 10x10 29 -> 7 us, but 7x7 (49 pixels) 4 -> 5-8 us. Dense 1x1 layers stay on the
+  // GEMM, which reads their input in place too (not measured against this form).
+  if (pointwise_unpadded(cv) && cv.p * cv.q >= 4 * V::W) {
+    return cv.groups > 1 && kg <= kDirectForwardMaxFilters;
+  }
   if (2 * cv.q < V::W) return direct_lanes_eligible<T>(cv);
   if (kg > kDirectForwardEligibleFilters) return false;
   if (cv.r * cv.s >= 2) return true;
@@ -291,12 +306,105 @@ inline void direct_forward_row(const Conv2d& cv, const PadPlane& pp, const typen
   }
 }
 
+// direct_forward_row for kb (1 to kDirectForwardMaxFilters) filters.
+template <class V>
+inline void direct_forward_row_kb(int64_t kb, const Conv2d& cv, const PadPlane& pp,
+                                  const typename V::T* pad, int64_t plane, const int64_t* off,
+                                  const typename V::T* w, int64_t crs, const typename V::T* bias,
+                                  typename V::T* y, int64_t pq, int64_t p) {
+  switch (kb) {
+    case 8:
+      direct_forward_row<V, 8>(cv, pp, pad, plane, off, w, crs, bias, y, pq, p);
+      break;
+    case 7:
+      direct_forward_row<V, 7>(cv, pp, pad, plane, off, w, crs, bias, y, pq, p);
+      break;
+    case 6:
+      direct_forward_row<V, 6>(cv, pp, pad, plane, off, w, crs, bias, y, pq, p);
+      break;
+    case 5:
+      direct_forward_row<V, 5>(cv, pp, pad, plane, off, w, crs, bias, y, pq, p);
+      break;
+    case 4:
+      direct_forward_row<V, 4>(cv, pp, pad, plane, off, w, crs, bias, y, pq, p);
+      break;
+    case 3:
+      direct_forward_row<V, 3>(cv, pp, pad, plane, off, w, crs, bias, y, pq, p);
+      break;
+    case 2:
+      direct_forward_row<V, 2>(cv, pp, pad, plane, off, w, crs, bias, y, pq, p);
+      break;
+    default:
+      direct_forward_row<V, 1>(cv, pp, pad, plane, off, w, crs, bias, y, pq, p);
+      break;
+  }
+}
+static_assert(kDirectForwardMaxFilters == 8, "direct_forward_row_kb has a case per block size");
+
+// 1x1 layers at stride 1 without padding: output pixel j of a plane is input pixel j, so each
+// plane is one row of P*Q pixels read in place, with no padded copy. The copy was a write and a
+// read of the whole input for a layer that does 2 * K/G FLOPs per input element (384->24 g8
+// 56x56 N16: a 4.8 MB copy per image, past L2). Tasks are (image, run of pixels); whole vectors
+// are read in place, the last P*Q mod W pixels of every plane from a zero-padded copy, since a
+// full vector load there could run past the end of x.
+constexpr int64_t kPointwiseTaskPixels = 512;
+
+template <typename T>
+void direct_forward_pointwise(const Conv2d& cv, const T* x, const T* w, const T* b, T* y) {
+  using V = typename VecOf<T>::type;
+  constexpr int W = V::W;
+  const int64_t pq = cv.p * cv.q, cg = cv.c / cv.groups, kg = cv.k / cv.groups;
+  const int64_t whole = pq - pq % W, vecs = whole / W;
+  const int64_t runs = max64(1, ceil_div(pq, kPointwiseTaskPixels)), tasks = cv.n * runs;
+  const int nt = static_cast<int>(min64(cv.nthreads, tasks));
+  const PadPlane pp{};  // one row (p = 0): its pitch is never used
+  const int64_t off = 0;
+  parallel_ranges(tasks, 1, 1, nt, [&](int64_t t0, int64_t t1) {
+    T* tail = whole < pq ? static_cast<T*>(workspace(
+                               WorkspaceSlot::pack_aux,
+                               static_cast<size_t>(cv.c * W * static_cast<int64_t>(sizeof(T)))))
+                         : nullptr;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / runs, run = t % runs;
+      const int64_t qa = vecs * run / runs * W, qb = vecs * (run + 1) / runs * W;
+      const bool last = run == runs - 1 && tail != nullptr;
+      if (last) {
+        for (int64_t c = 0; c < cv.c; ++c) {
+          const T* src = x + (n * cv.c + c) * pq;
+          for (int64_t j = 0; j < W; ++j) tail[c * W + j] = whole + j < pq ? src[whole + j] : T(0);
+        }
+      }
+      // [qa, qb) in place, then the tail of the last run.
+      for (int part = 0; part < (last ? 2 : 1); ++part) {
+        Conv2d row = cv;
+        row.p = 1;
+        row.q = part == 0 ? qb - qa : pq - whole;
+        if (row.q == 0) continue;
+        const int64_t q0 = part == 0 ? qa : whole, plane = part == 0 ? pq : W;
+        for (int64_t grp = 0; grp < cv.groups; ++grp) {
+          const T* src = part == 0 ? x + (n * cv.c + grp * cg) * pq + qa : tail + grp * cg * W;
+          for (int64_t k0 = 0; k0 < kg; k0 += kDirectForwardMaxFilters) {
+            const int64_t kk = grp * kg + k0;
+            direct_forward_row_kb<V>(min64(kg - k0, kDirectForwardMaxFilters), row, pp, src, plane,
+                                     &off, w + kk * cg, cg, b != nullptr ? b + kk : nullptr,
+                                     y + (n * cv.k + kk) * pq + q0, pq, 0);
+          }
+        }
+      }
+    }
+  });
+}
+
 // y (N, K, P, Q) = conv(x, w) + b. Tasks are (image, block of output rows): each pads the
 // image's C planes (once per image for consecutive blocks of one image), then computes its rows
 // for every filter, KB at a time.
 template <typename T>
 void direct_forward(const Conv2d& cv, const T* x, const T* w, const T* b, T* y) {
   using V = typename VecOf<T>::type;
+  if (pointwise_unpadded(cv) && cv.p * cv.q >= 4 * V::W) {
+    direct_forward_pointwise(cv, x, w, b, y);
+    return;
+  }
   if (2 * cv.q < V::W) {
     direct_forward_lanes(cv, x, w, b, y);
     return;
@@ -340,32 +448,8 @@ void direct_forward(const Conv2d& cv, const T* x, const T* w, const T* b, T* y) 
           const T* bk = b != nullptr ? b + kk : nullptr;
           T* yk = y + (n * cv.k + kk) * pq;
           for (int64_t p = p0; p < p1; ++p) {
-            switch (min64(kg - k0, kDirectForwardMaxFilters)) {
-              case 8:
-                direct_forward_row<V, 8>(cv, pp, gpad, plane, off, wk, crs, bk, yk, pq, p);
-                break;
-              case 7:
-                direct_forward_row<V, 7>(cv, pp, gpad, plane, off, wk, crs, bk, yk, pq, p);
-                break;
-              case 6:
-                direct_forward_row<V, 6>(cv, pp, gpad, plane, off, wk, crs, bk, yk, pq, p);
-                break;
-              case 5:
-                direct_forward_row<V, 5>(cv, pp, gpad, plane, off, wk, crs, bk, yk, pq, p);
-                break;
-              case 4:
-                direct_forward_row<V, 4>(cv, pp, gpad, plane, off, wk, crs, bk, yk, pq, p);
-                break;
-              case 3:
-                direct_forward_row<V, 3>(cv, pp, gpad, plane, off, wk, crs, bk, yk, pq, p);
-                break;
-              case 2:
-                direct_forward_row<V, 2>(cv, pp, gpad, plane, off, wk, crs, bk, yk, pq, p);
-                break;
-              default:
-                direct_forward_row<V, 1>(cv, pp, gpad, plane, off, wk, crs, bk, yk, pq, p);
-                break;
-            }
+            direct_forward_row_kb<V>(min64(kg - k0, kDirectForwardMaxFilters), cv, pp, gpad, plane,
+                                     off, wk, crs, bk, yk, pq, p);
           }
         }
       }
@@ -393,23 +477,49 @@ constexpr int64_t kDirectWeightsMaxRows = 32;
 constexpr int64_t kDirectWeightsMaxFilters = 16;
 // Per-task vector sums (K * C/groups * R * S vectors) up to half of L2 on the machines measured.
 constexpr int64_t kDirectWeightsMaxSumBytes = int64_t(512) << 10;
+// One image (fewer images than threads): tasks take ranges of input channels (conv.cpp), and each
+// sum is added to once, so the sums need not stay in L2; up to 4 MiB of them (128->8 5x5/s2 p1
+// 56x56 N1: 1.6 MB, GEMM -> direct 549-580 -> 232-290 us, 0.52x -> ~1.0x PyTorch; 3x3/s2 32->8
+// 112x112 N1 128 -> 85 us; 5x5/s2 3->16 112x112 N1 107 -> 57 us; 3x3 16->16 g4 56x56 N1 173 ->
+// 30 us; AMD EPYC Zen 5, 2 threads, float32). At least 512 output pixels: every weight costs a
+// horizontal sum of its vector at the end, which outweighed the FMAs on 14x14 planes (256->16
+// 3x3 N1 98 -> 225 us); 28x28 planes gained (64->16 3x3 82 -> 74 us).
+constexpr int64_t kDirectWeightsMaxSumBytesOneImage = int64_t(4) << 20;
+constexpr int64_t kDirectWeightsSplitMinPixels = 512;
+// 1x1 layers at stride 1 unpadded (read in place, their channels as the taps) with at most this
+// many filters a group. AMD EPYC Zen 5, 2 threads, float32, GEMM -> direct: 384->24 g8 56x56 N16
+// 3.96-4.23 -> 1.86 ms (0.55x -> about 1.2x PyTorch); 64->8 56x56 N8 173-183 -> 95-104 us;
+// 256->8 28x28 N8 166-175 -> 94-99 us; 64->4 14x14 N32 71-73 -> 30-36 us. At 16 filters (4
+// blocks of 4, the input read 4 times) it was mixed: 128->16 28x28 N16 238 -> 176 us but
+// 256->16 14x14 N8 58 -> 86 us and 256->64 g4 14x14 N16 236 -> 266 us.
+constexpr int64_t kPointwiseWeightsMaxFilters = 8;
 
 template <typename T>
 bool direct_weights_eligible(const Conv2d& cv) {
   using V = typename VecOf<T>::type;
   const int64_t crs = cv.c / cv.groups * cv.r * cv.s;
   // Output rows of at least half a vector (fewer leave most lanes empty) and a batch that gives
-  // every thread an image (tasks take whole images). Groups: each input channel meets only its
-  // group's filters (sweep rows, AMD EPYC Zen 5, 2 threads, GEMM -> direct: 5x5/s2 16->16 g8
-  // 56x56 N8 1.13 ms -> 233 us, 0.92x -> 4.5x PyTorch; 3x3/s2 4->32 g4 56x56 N8 266 -> 62 us;
-  // 4x4 32->128 g32 28x28 N2 447 -> 80 us). At least 4 taps: each dy vector
-  // then feeds several FMAs; 1x1 layers, one FMA per dy load and dy read again for every input
-  // channel, ran slower than the GEMM, which needs no im2col for them (sweep rows, AMD EPYC Zen
-  // 5, 2 threads: 1x1 24->256 56x56 N8 3.05 ms GEMM, 5.25 ms direct; 3x3/s2 p2 3->16 56x56 N32
-  // 345 -> 132 us; 2x2 8->128 28x28 N16 613 -> 432 us; LeNet's 5x5 1->20 371 -> 179 us).
+  // every thread an image (tasks take whole images), or one image split by input channels (see
+  // kDirectWeightsSplitMinPixels). Groups: each input channel meets only its group's filters
+  // (sweep rows, AMD EPYC Zen 5, 2 threads, GEMM -> direct: 5x5/s2 16->16 g8 56x56 N8 1.13 ms ->
+  // 233 us, 0.92x -> 4.5x PyTorch; 3x3/s2 4->32 g4 56x56 N8 266 -> 62 us; 4x4 32->128 g32 28x28
+  // N2 447 -> 80 us). At least 4 taps: each dy vector then feeds several FMAs (3x3/s2 p2 3->16
+  // 56x56 N32 345 -> 132 us; 2x2 8->128 28x28 N16 613 -> 432 us; LeNet's 5x5 1->20 371 -> 179
+  // us). A 1x1 layer through the padded planes, one FMA per dy load and dy read again for every
+  // input channel, ran slower than the GEMM (1x1 24->256 56x56 N8 3.05 ms GEMM, 5.25 ms direct);
+  // unpadded at stride 1 with few filters it takes the in-place form instead.
+  const int64_t sum_bytes = (cv.k * crs + cv.k) * V::W * static_cast<int64_t>(sizeof(T));
+  const bool split_channels =
+      cv.n < cv.nthreads && cv.n * cv.p * cv.q >= kDirectWeightsSplitMinPixels;
+  const bool sums_fit =
+      sum_bytes <= kDirectWeightsMaxSumBytes ||
+      (split_channels && cv.n == 1 && sum_bytes <= kDirectWeightsMaxSumBytesOneImage);
+  if (pointwise_unpadded(cv)) {
+    return cv.k / cv.groups <= kPointwiseWeightsMaxFilters && cv.n >= cv.nthreads && sums_fit;
+  }
   return (crs <= kDirectWeightsMaxRows || cv.k / cv.groups <= kDirectWeightsMaxFilters) &&
-         cv.r * cv.s >= 4 && 2 * cv.q >= V::W && cv.n >= cv.nthreads &&
-         (cv.k * crs + cv.k) * V::W * static_cast<int64_t>(sizeof(T)) <= kDirectWeightsMaxSumBytes;
+         cv.r * cv.s >= 4 && 2 * cv.q >= V::W &&
+         (cv.n >= cv.nthreads || (split_channels && cv.c >= cv.nthreads)) && sums_fit;
 }
 
 // sums[k * crs + t] += the KB x NT products of filters k0.. and taps t0.. over image n's rows.
@@ -423,8 +533,8 @@ inline void direct_weights_block(const Conv2d& cv, const PadPlane& pp, const typ
   constexpr int W = V::W;
   const int64_t pq = cv.p * cv.q;
   R acc[KB][NT];
-  for (int k = 0; k < KB; ++k) {
-    for (int t = 0; t < NT; ++t) acc[k][t] = V::zero();
+  SIMDNN_UNROLL for (int k = 0; k < KB; ++k) {
+    SIMDNN_UNROLL for (int t = 0; t < NT; ++t) acc[k][t] = V::zero();
   }
   for (int64_t p = 0; p < cv.p; ++p) {
     const T* grow = dyk + p * cv.q;
@@ -432,25 +542,25 @@ inline void direct_weights_block(const Conv2d& cv, const PadPlane& pp, const typ
     int64_t q = 0;
     for (; q + W <= cv.q; q += W) {
       R g[KB];
-      for (int k = 0; k < KB; ++k) g[k] = V::load(grow + k * pq + q);
-      for (int t = 0; t < NT; ++t) {
+      SIMDNN_UNROLL for (int k = 0; k < KB; ++k) g[k] = V::load(grow + k * pq + q);
+      SIMDNN_UNROLL for (int t = 0; t < NT; ++t) {
         const R xv = V::load(brow + off[t] + q);
-        for (int k = 0; k < KB; ++k) acc[k][t] = V::fma(g[k], xv, acc[k][t]);
+        SIMDNN_UNROLL for (int k = 0; k < KB; ++k) acc[k][t] = V::fma(g[k], xv, acc[k][t]);
       }
     }
     if (q < cv.q) {
       // Masked loads of the plane too: a NaN past the row would otherwise reach the sum.
       const int live = static_cast<int>(cv.q - q);
       R g[KB];
-      for (int k = 0; k < KB; ++k) g[k] = V::loadn(grow + k * pq + q, live);
-      for (int t = 0; t < NT; ++t) {
+      SIMDNN_UNROLL for (int k = 0; k < KB; ++k) g[k] = V::loadn(grow + k * pq + q, live);
+      SIMDNN_UNROLL for (int t = 0; t < NT; ++t) {
         const R xv = V::loadn(brow + off[t] + q, live);
-        for (int k = 0; k < KB; ++k) acc[k][t] = V::fma(g[k], xv, acc[k][t]);
+        SIMDNN_UNROLL for (int k = 0; k < KB; ++k) acc[k][t] = V::fma(g[k], xv, acc[k][t]);
       }
     }
   }
-  for (int k = 0; k < KB; ++k) {
-    for (int t = 0; t < NT; ++t) {
+  SIMDNN_UNROLL for (int k = 0; k < KB; ++k) {
+    SIMDNN_UNROLL for (int t = 0; t < NT; ++t) {
       T* s = sums + (k * crs + t) * W;
       V::store(s, V::add(V::load(s), acc[k][t]));
     }
@@ -485,56 +595,95 @@ inline void direct_weights_taps(const Conv2d& cv, const PadPlane& pp, const type
   }
 }
 
-// Images [n0, n1): dw (K x C/G*R*S) and db (K, or null) of this task, written (not accumulated).
+// Images [n0, n1) and input channels [c0, c1) (all of them for the in-place 1x1 form): the rows of
+// dw (K x C/G*R*S) that those channels reach, and db (K, or null) over the images, written (not
+// accumulated).
 template <typename T>
-void direct_weights_task(const Conv2d& cv, const T* x, const T* dy, int64_t n0, int64_t n1, T* dw,
-                         T* db) {
+void direct_weights_task(const Conv2d& cv, const T* x, const T* dy, int64_t n0, int64_t n1,
+                         int64_t c0, int64_t c1, T* dw, T* db) {
   using V = typename VecOf<T>::type;
   using R = typename V::V;
   constexpr int W = V::W;
   constexpr int KB = direct_weights_kb<V>();
   const Im2col g{cv.c,  0,     cv.c,  cv.h,  cv.w,  cv.r, cv.s, cv.sh,
                  cv.sw, cv.ph, cv.pw, cv.dh, cv.dw, cv.p, cv.q};
-  const PadPlane pp = pad_plane_geometry(g, W);
   const int64_t rs = cv.r * cv.s, cg = cv.c / cv.groups, kg = cv.k / cv.groups;
   const int64_t crs = cg * rs, pq = cv.p * cv.q;
+  // 1x1 at stride 1 without padding: each plane is one row of P*Q pixels read in place, and
+  // the "taps" of a block are the group's channels (their offsets are multiples of P*Q). The
+  // partial last vector is read with masked loads.
+  const bool in_place = pointwise_unpadded(cv);
+  Conv2d row = cv;
+  if (in_place) {
+    row.p = 1;
+    row.q = pq;
+  }
+  const PadPlane pp = in_place ? PadPlane{} : pad_plane_geometry(g, W);
+  const int64_t taps = in_place ? cg : rs;
   // Scratch: the padded plane, the per-task vector sums (K x CRS, then K for db), tap offsets.
   // nsum rounded to 16 elements: the int64 offsets after the sums stay 8-byte aligned (with the
   // scalar ISA, W = 1, the sums alone may be an odd number of floats).
-  const int64_t plane = plane_scratch<T>(pp), nsum = round_up((cv.k * crs + cv.k) * W, 16);
+  const int64_t plane = in_place ? 0 : plane_scratch<T>(pp);
+  const int64_t nsum = round_up((cv.k * crs + cv.k) * W, 16);
   char* base = static_cast<char*>(
       workspace(WorkspaceSlot::pack_aux,
                 static_cast<size_t>((plane + nsum) * static_cast<int64_t>(sizeof(T)) +
-                                    rs * static_cast<int64_t>(sizeof(int64_t)))));
+                                    taps * static_cast<int64_t>(sizeof(int64_t)))));
   T* buf = reinterpret_cast<T*>(base);
   T* sums = buf + plane;
   int64_t* off = reinterpret_cast<int64_t*>(sums + nsum);
-  for (int64_t i = 0; i < rs; ++i) off[i] = pp.tap(i / cv.s, i % cv.s, cv.dh, cv.dw);
-  for (int64_t i = 0; i < nsum; ++i) sums[i] = T(0);
+  for (int64_t i = 0; i < taps; ++i) {
+    off[i] = in_place ? i * pq : pp.tap(i / cv.s, i % cv.s, cv.dh, cv.dw);
+  }
+  if (in_place) {
+    c0 = 0;
+    c1 = cv.c;
+  }
+  // Each channel's slices of the sums: rs vectors per filter of its group.
+  auto slices = [&](auto&& body) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t grp = c / cg, cl = c - grp * cg;
+      for (int64_t k = grp * kg; k < (grp + 1) * kg; ++k) body(k * crs + cl * rs);
+    }
+  };
+  slices([&](int64_t i) {
+    for (int64_t j = 0; j < rs * W; ++j) sums[i * W + j] = T(0);
+  });
   T* dbsum = sums + cv.k * crs * W;
+  for (int64_t i = 0; i < cv.k * W; ++i) dbsum[i] = T(0);
+  // Filters [k0, ke) in blocks of KB against the taps of `src` (channel cl of the group on).
+  auto filters = [&](const T* src, const T* dyn, int64_t k0, int64_t ke, int64_t cl) {
+    for (; k0 < ke; k0 += KB) {
+      T* s = sums + (k0 * crs + cl * rs) * W;
+      const T* dyk = dyn + k0 * pq;
+      switch (min64(KB, ke - k0)) {
+        case 4:
+          direct_weights_taps<V, (KB >= 4 ? 4 : 1)>(row, pp, src, dyk, off, taps, crs, s);
+          break;
+        case 3:
+          direct_weights_taps<V, (KB >= 3 ? 3 : 1)>(row, pp, src, dyk, off, taps, crs, s);
+          break;
+        case 2:
+          direct_weights_taps<V, 2>(row, pp, src, dyk, off, taps, crs, s);
+          break;
+        default:
+          direct_weights_taps<V, 1>(row, pp, src, dyk, off, taps, crs, s);
+          break;
+      }
+    }
+  };
   for (int64_t n = n0; n < n1; ++n) {
     const T* dyn = dy + n * cv.k * pq;
-    for (int64_t c = 0; c < cv.c; ++c) {
-      fill_padded(x + (n * cv.c + c) * cv.h * cv.w, g, pp, buf);
-      // Channel c's group: filters [kb, ke), and c's place among the group's channels.
-      const int64_t grp = c / cg, kb = grp * kg, ke = kb + kg, cl = c - grp * cg;
-      for (int64_t k0 = kb; k0 < ke; k0 += KB) {
-        T* s = sums + (k0 * crs + cl * rs) * W;
-        const T* dyk = dyn + k0 * pq;
-        switch (min64(KB, ke - k0)) {
-          case 4:
-            direct_weights_taps<V, (KB >= 4 ? 4 : 1)>(cv, pp, buf, dyk, off, rs, crs, s);
-            break;
-          case 3:
-            direct_weights_taps<V, (KB >= 3 ? 3 : 1)>(cv, pp, buf, dyk, off, rs, crs, s);
-            break;
-          case 2:
-            direct_weights_taps<V, 2>(cv, pp, buf, dyk, off, rs, crs, s);
-            break;
-          default:
-            direct_weights_taps<V, 1>(cv, pp, buf, dyk, off, rs, crs, s);
-            break;
-        }
+    if (in_place) {
+      for (int64_t grp = 0; grp < cv.groups; ++grp) {
+        filters(x + (n * cv.c + grp * cg) * pq, dyn, grp * kg, (grp + 1) * kg, 0);
+      }
+    } else {
+      for (int64_t c = c0; c < c1; ++c) {
+        fill_padded(x + (n * cv.c + c) * cv.h * cv.w, g, pp, buf);
+        // Channel c's group: filters [kb, kb + kg), and c's place among the group's channels.
+        const int64_t grp = c / cg, cl = c - grp * cg;
+        filters(buf, dyn, grp * kg, (grp + 1) * kg, cl);
       }
     }
     if (db != nullptr) {
@@ -548,7 +697,9 @@ void direct_weights_task(const Conv2d& cv, const T* x, const T* dy, int64_t n0, 
       }
     }
   }
-  for (int64_t i = 0; i < cv.k * crs; ++i) dw[i] = lane_sum<V>(V::load(sums + i * W));
+  slices([&](int64_t i) {
+    for (int64_t t = 0; t < rs; ++t) dw[i + t] = lane_sum<V>(V::load(sums + (i + t) * W));
+  });
   if (db != nullptr) {
     for (int64_t k = 0; k < cv.k; ++k) db[k] = lane_sum<V>(V::load(dbsum + k * W));
   }

@@ -286,6 +286,12 @@ static inline bool is_depthwise(const Conv2d& cv) {
   return cv.groups > 1 && cv.groups == cv.c && cv.groups == cv.k;
 }
 
+// 1x1 at stride 1 without padding: output pixel j of a plane is input pixel j.
+static inline bool pointwise_unpadded(const Conv2d& cv) {
+  return cv.r == 1 && cv.s == 1 && cv.sh == 1 && cv.sw == 1 && cv.ph == 0 && cv.pw == 0 &&
+         cv.p == cv.h && cv.q == cv.w;
+}
+
 static inline Im2col forward_geometry(const Conv2d& cv, int64_t group) {
   const int64_t cg = cv.c / cv.groups;
   return Im2col{cv.c,  group * cg, cg,    cv.h,  cv.w,  cv.r, cv.s, cv.sh,

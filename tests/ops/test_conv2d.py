@@ -125,6 +125,14 @@ CASES = [
     # and a 32x32 plane (rows of 4 KiB: packed instead).
     (2, 70, 9, 11, 24, 1, 1, 1, 0, 1, 1),
     (1, 64, 32, 32, 16, 1, 1, 1, 0, 1, 1),
+    # Grouped 1x1 layers with few filters a group, read in place by the direct forward: 3 filters
+    # a group on 99-pixel planes (a partial last vector, from the zero-padded copy), 8 (one full
+    # block) on 576 pixels (two runs of pixels an image). Dense 1x1 with 5 filters: the in-place
+    # direct backward-weights (the channels as its taps), also with a 1-pixel plane.
+    (2, 24, 9, 11, 12, 1, 1, 1, 0, 1, 4),
+    (2, 16, 24, 24, 16, 1, 1, 1, 0, 1, 2),
+    (2, 40, 17, 13, 5, 1, 1, 1, 0, 1, 1),
+    (3, 9, 1, 1, 6, 1, 1, 1, 0, 1, 3),
 ]
 
 
@@ -307,6 +315,35 @@ def test_few_filters_direct_forward_any_thread_count(isa, dtype, rng, threads, c
     assert_close(runs[0], reference.conv2d(x, w, b, **kw), dtype, scale=k_r_s**0.5)
     for other in runs[1:]:
         np.testing.assert_array_equal(other, runs[0])
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (1, 5, 34, 30, 6, 3, 3, 1, 1, 1, 1),
+        (1, 12, 60, 40, 8, 4, 4, 2, 2, 1, 4),
+        # Sums of more than 512 KiB (float32 on AVX-512): allowed for one image.
+        (1, 48, 50, 50, 8, 5, 5, 2, 1, 1, 1),
+    ],
+    ids=case_id,
+)
+def test_direct_weights_of_one_image_any_thread_count(isa, dtype, rng, threads, case):
+    """The direct backward-weights of one image on several threads: split by input channels,
+    each weight summed by one task in the same order, so 2, 3 and 5 threads give the same bits.
+    (One thread may take the GEMM: the last case's sums are allowed only when split.)"""
+    x, w, _, kw = setup(case, dtype, rng)
+    dy = rng.standard_normal(reference.conv2d(x, w, **kw).shape).astype(dtype)
+    rdw, rdb = reference.conv2d_backward_weights(x, dy, w.shape, **kw)
+    pixels = dy.shape[2] * dy.shape[3]
+    runs = []
+    for nt in (1, 2, 3, 5):
+        simdnn.set_num_threads(nt)
+        runs.append(ops.conv2d_backward_weights(x, dy, w.shape, **kw))
+        assert_close(runs[-1][0], rdw, dtype, scale=pixels**0.5)
+        assert_close(runs[-1][1], rdb, dtype, scale=pixels**0.5)
+    for dw, db in runs[2:]:
+        np.testing.assert_array_equal(dw, runs[1][0])
+        np.testing.assert_array_equal(db, runs[1][1])
 
 
 def test_batch_one_uses_every_thread_and_matches(isa, rng, threads):
