@@ -61,6 +61,8 @@ constexpr int64_t kDirectForwardMaxFilters = 8;
 // stride 1 still gained (64->32 3x3 28x28 N8 812 -> 630 us) but a strided layer lost (192->32
 // 3x3/s2 p0 28x28 N4 319 -> 461 us), so the bound is 24.
 constexpr int64_t kDirectForwardEligibleFilters = 24;
+// Percentage points of lanes the flat form (direct_forward_flat) must gain over the row form.
+constexpr int64_t kFlatMinGain = 10;
 
 // Dense layers with few filters on planes whose output rows are under half a vector: filters in
 // the vector lanes. The row form above would fill a fraction of each vector, and the implicit
@@ -341,6 +343,140 @@ inline void direct_forward_row_kb(int64_t kb, const Conv2d& cv, const PadPlane& 
 }
 static_assert(kDirectForwardMaxFilters == 8, "direct_forward_row_kb has a case per block size");
 
+// Stride-1 layers whose output rows fill their vectors poorly (a row of 17 pixels takes two
+// vectors of 16: 53% of the lanes): the padded rows are laid end to end at the padded width,
+// with no slack per row, and a block of output vectors runs across rows. Output (p, q) is flat
+// index j = p * ld + q, and tap (r, s) reads the padded plane at j + r * dh * ld + s * dw; the
+// ld - Q columns past each row's end are computed and dropped (17 of 20 lanes used instead of 17
+// of 32 on 4x4 p3 14x14). The block's results go through a small buffer into y's rows.
+template <class V, int KB, int NQ>
+inline void flat_block(int64_t cg, int64_t rs, const typename V::T* pad, int64_t plane,
+                       const int64_t* off, const typename V::T* w, int64_t crs,
+                       const typename V::T* bias, typename V::T* out) {
+  using T = typename V::T;
+  using R = typename V::V;
+  constexpr int W = V::W;
+  R acc[KB][NQ];
+  SIMDNN_UNROLL for (int k = 0; k < KB; ++k) {
+    const R b = V::set1(bias != nullptr ? bias[k] : T(0));
+    SIMDNN_UNROLL for (int j = 0; j < NQ; ++j) acc[k][j] = b;
+  }
+  for (int64_t c = 0; c < cg; ++c) {
+    const T* src = pad + c * plane;
+    const T* wc = w + c * rs;
+    for (int64_t t = 0; t < rs; ++t) {
+      R xv[NQ];
+      SIMDNN_UNROLL for (int j = 0; j < NQ; ++j) xv[j] = V::load(src + off[t] + j * W);
+      SIMDNN_UNROLL for (int k = 0; k < KB; ++k) {
+        const R wv = V::set1(wc[k * crs + t]);
+        SIMDNN_UNROLL for (int j = 0; j < NQ; ++j) acc[k][j] = V::fma(wv, xv[j], acc[k][j]);
+      }
+    }
+  }
+  SIMDNN_UNROLL for (int k = 0; k < KB; ++k) {
+    SIMDNN_UNROLL for (int j = 0; j < NQ; ++j) V::store(out + (k * NQ + j) * W, acc[k][j]);
+  }
+}
+
+// Whether the flat form is taken: it uses kFlatMinGain percentage points more of the lanes than
+// the row form, or any more where a row is one vector (the row form then also has only KB
+// independent FMA chains). AMD EPYC Zen 5, 2 threads, float32 forward, row -> flat (lanes row ->
+// flat): 4x4 p3 16->24 14x14 N32 450 -> 325 us (53 -> 85%); 3x3 p0 32->8 20x20 N16 104 -> 81
+// us (56 -> 90%); 5x5 p3 24->8 7x7 N16 66 -> 50 us (56 -> 69%); 5x5 p2 32->16 24x24 N8 325 ->
+// 294 us (75 -> 85%); 7x7 64->3 14x14 N16 221 -> 107 us (50 -> 57%, one vector a row). Lost
+// with longer rows and a smaller gain: 3x3 p1 64->16 28x28 N8 301 -> 313 us (87 -> 93%), 3x3
+// p1 3->16 56x56 N4 41 -> 54 us (87 -> 96%). And with few taps per output, whose results the
+// copy through the buffer costs more against: LeNet's 1->20 5x5 28x28 N64 (25 taps; 75 -> 85%)
+// 137-143 -> 151-161 us.
+constexpr int64_t kFlatMinTaps = 64;
+
+template <typename T>
+inline bool flat_pays(const Conv2d& cv) {
+  constexpr int W = VecOf<T>::type::W;
+  if (cv.sh != 1 || cv.sw != 1 || cv.c / cv.groups * cv.r * cv.s < kFlatMinTaps) return false;
+  const int64_t ld = cv.q + (cv.s - 1) * cv.dw;
+  const int64_t flat = 100 * cv.q / ld, row = 100 * cv.q / (ceil_div(cv.q, W) * W);
+  return flat >= row + kFlatMinGain || (cv.q <= W && flat > row);
+}
+
+template <typename T>
+void direct_forward_flat(const Conv2d& cv, const T* x, const T* w, const T* b, T* y) {
+  using V = typename VecOf<T>::type;
+  constexpr int W = V::W;
+  constexpr int64_t kMaxKb = kDirectForwardMaxFilters;
+  const Im2col g{cv.c,  0,     1,     cv.h,  cv.w,  cv.r, cv.s, cv.sh,
+                 cv.sw, cv.ph, cv.pw, cv.dh, cv.dw, cv.p, cv.q};
+  const PadPlane pp = pad_plane_geometry(g, 0);  // pitch: the padded width
+  const int64_t ld = pp.ld, rs = cv.r * cv.s, pq = cv.p * cv.q;
+  const int64_t cg = cv.c / cv.groups, kg = cv.k / cv.groups, crs = cg * rs;
+  const int64_t vecs = ceil_div(cv.p * ld, W);
+  // Past the last padded row, zeros for the last vector's overrun and the widest tap's columns.
+  const int64_t plane = round_up(pp.hp * ld + W + (cv.s - 1) * cv.dw, 16);
+  const int64_t blocks = cv.n >= cv.nthreads ? 1 : min64(vecs, ceil_div(cv.nthreads, cv.n));
+  const int64_t tasks = cv.n * blocks;
+  const int nt = static_cast<int>(min64(cv.nthreads, tasks));
+  constexpr int kBudget = direct_forward_budget<V>();
+  parallel_ranges(tasks, 1, 1, nt, [&](int64_t t0, int64_t t1) {
+    // pack_aux: backward-data's flipped filters, which this may be handed, are in op_scratch.
+    const int64_t out_elems = kMaxKb * 4 * W;
+    char* base = static_cast<char*>(
+        workspace(WorkspaceSlot::pack_aux,
+                  static_cast<size_t>((cv.c * plane + out_elems) * static_cast<int64_t>(sizeof(T)) +
+                                      rs * static_cast<int64_t>(sizeof(int64_t)))));
+    T* pad = reinterpret_cast<T*>(base);
+    T* out = pad + cv.c * plane;
+    int64_t* off = reinterpret_cast<int64_t*>(out + out_elems);
+    for (int64_t i = 0; i < rs; ++i) off[i] = (i / cv.s) * cv.dh * ld + (i % cv.s) * cv.dw;
+    int64_t padded = -1;  // the image in `pad`
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / blocks, blk = t % blocks;
+      if (n != padded) {
+        for (int64_t c = 0; c < cv.c; ++c) {
+          T* dst = pad + c * plane;
+          fill_padded(x + (n * cv.c + c) * cv.h * cv.w, g, pp, dst);
+          for (int64_t i = pp.hp * ld; i < plane; ++i) dst[i] = T(0);
+        }
+        padded = n;
+      }
+      const int64_t v0 = vecs * blk / blocks, v1 = vecs * (blk + 1) / blocks;
+      for (int64_t grp = 0; grp < cv.groups; ++grp) {
+        const T* gpad = pad + grp * cg * plane;
+        for (int64_t k0 = 0; k0 < kg; k0 += kMaxKb) {
+          const int64_t kk = grp * kg + k0, kb = min64(kg - k0, kMaxKb);
+          const T* wk = w + kk * crs;
+          const T* bk = b != nullptr ? b + kk : nullptr;
+          T* yk = y + (n * cv.k + kk) * pq;
+          with_width<static_cast<int>(kMaxKb)>(kb, [&](auto kbc) {
+            constexpr int KB = decltype(kbc)::value;
+            constexpr int kMaxNq = kBudget / KB < 4 ? kBudget / KB : 4;
+            for (int64_t v = v0; v < v1; v += kMaxNq) {
+              const int64_t nq = min64(kMaxNq, v1 - v);
+              with_width<kMaxNq>(nq, [&](auto nqc) {
+                constexpr int NQ = decltype(nqc)::value;
+                flat_block<V, KB, NQ>(cg, rs, gpad + v * W, plane, off, wk, crs, bk, out);
+              });
+              // Flat outputs [j0, j1) into their rows' first Q columns.
+              const int64_t j0 = v * W, j1 = min64(cv.p * ld, (v + nq) * W);
+              for (int64_t p = j0 / ld; p * ld < j1; ++p) {
+                const int64_t a = max64(j0, p * ld), e = min64(j1, p * ld + cv.q);
+                if (a >= e) continue;
+                for (int k = 0; k < KB; ++k) {
+                  const T* src = out + k * nq * W + (a - j0);
+                  T* dst = yk + k * pq + p * cv.q + (a - p * ld);
+                  for (int64_t i = 0; i < e - a; i += W) {
+                    const int m = static_cast<int>(min64(W, e - a - i));
+                    V::storen(dst + i, V::loadn(src + i, m), m);
+                  }
+                }
+              }
+            }
+          });
+        }
+      }
+    }
+  });
+}
+
 // 1x1 layers at stride 1 without padding: output pixel j of a plane is input pixel j, so each
 // plane is one row of P*Q pixels read in place, with no padded copy. The copy was a write and a
 // read of the whole input for a layer that does 2 * K/G FLOPs per input element (384->24 g8
@@ -407,6 +543,10 @@ void direct_forward(const Conv2d& cv, const T* x, const T* w, const T* b, T* y) 
   }
   if (2 * cv.q < V::W) {
     direct_forward_lanes(cv, x, w, b, y);
+    return;
+  }
+  if (flat_pays<T>(cv)) {
+    direct_forward_flat(cv, x, w, b, y);
     return;
   }
   const Im2col g{cv.c,  0,     1,     cv.h,  cv.w,  cv.r, cv.s, cv.sh,

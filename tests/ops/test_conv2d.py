@@ -133,6 +133,12 @@ CASES = [
     (2, 16, 24, 24, 16, 1, 1, 1, 0, 1, 2),
     (2, 40, 17, 13, 5, 1, 1, 1, 0, 1, 1),
     (3, 9, 1, 1, 6, 1, 1, 1, 0, 1, 3),
+    # The direct forward's flat form (rows end to end at the padded width) where rows fill their
+    # vectors poorly: 17-pixel rows of 11 filters (blocks 8 + 3), 8-pixel rows (one vector of 16
+    # at float32), and 18-pixel rows with groups and a column dilation.
+    (2, 5, 14, 14, 11, 4, 4, 1, 3, 1, 1),
+    (3, 6, 14, 14, 3, 7, 7, 1, 0, 1, 1),
+    (2, 16, 12, 22, 6, 3, 3, 1, 0, (1, 2), 2),
 ]
 
 
@@ -299,6 +305,8 @@ def test_thread_counts(isa, rng, threads):
         (1, 4, 11, 37, 40, 5, 5, 2, 2, 1, 2),
         # A grouped 1x1 layer, 2 filters a group.
         (2, 12, 5, 20, 6, 1, 1, 1, 0, 1, 3),
+        # The flat form on one image: its vectors split between threads.
+        (1, 5, 14, 14, 11, 4, 4, 1, 3, 1, 1),
     ],
     ids=case_id,
 )
