@@ -314,34 +314,10 @@ inline void direct_forward_row_kb(int64_t kb, const Conv2d& cv, const PadPlane& 
                                   const typename V::T* pad, int64_t plane, const int64_t* off,
                                   const typename V::T* w, int64_t crs, const typename V::T* bias,
                                   typename V::T* y, int64_t pq, int64_t p) {
-  switch (kb) {
-    case 8:
-      direct_forward_row<V, 8>(cv, pp, pad, plane, off, w, crs, bias, y, pq, p);
-      break;
-    case 7:
-      direct_forward_row<V, 7>(cv, pp, pad, plane, off, w, crs, bias, y, pq, p);
-      break;
-    case 6:
-      direct_forward_row<V, 6>(cv, pp, pad, plane, off, w, crs, bias, y, pq, p);
-      break;
-    case 5:
-      direct_forward_row<V, 5>(cv, pp, pad, plane, off, w, crs, bias, y, pq, p);
-      break;
-    case 4:
-      direct_forward_row<V, 4>(cv, pp, pad, plane, off, w, crs, bias, y, pq, p);
-      break;
-    case 3:
-      direct_forward_row<V, 3>(cv, pp, pad, plane, off, w, crs, bias, y, pq, p);
-      break;
-    case 2:
-      direct_forward_row<V, 2>(cv, pp, pad, plane, off, w, crs, bias, y, pq, p);
-      break;
-    default:
-      direct_forward_row<V, 1>(cv, pp, pad, plane, off, w, crs, bias, y, pq, p);
-      break;
-  }
+  with_width<static_cast<int>(kDirectForwardMaxFilters)>(kb, [&](auto kbc) {
+    direct_forward_row<V, decltype(kbc)::value>(cv, pp, pad, plane, off, w, crs, bias, y, pq, p);
+  });
 }
-static_assert(kDirectForwardMaxFilters == 8, "direct_forward_row_kb has a case per block size");
 
 // Stride-1 layers whose output rows fill their vectors poorly (a row of 17 pixels takes two
 // vectors of 16: 53% of the lanes): the padded rows are laid end to end at the padded width,
