@@ -317,10 +317,26 @@ BackwardData backward_data_strategy(const Conv2d& cv, const T* w) {
   const bool little_border = cv.h * cv.w * 4 <= cv.p * cv.q * 5;
   // With few filters per group col2im's col (CgRS x PQ, written and read back) is as large as a
   // quarter or more of its FLOPs: writing it costs more than the border's wasted FMAs.
-  const bool few_filters = cv.k / cv.groups <= kFlipFewFilters;
+  const int64_t kg = cv.k / cv.groups;
+  const bool few_filters = kg <= kFlipFewFilters;
+  // With at least twice as many filters as channels (and at least kColMinFilters), col2im's GEMM
+  // (CgRS x PQ from a reduction over Kg) is deep and wide, while the flipped convolution has only
+  // Cg filters over a KgRS reduction: a GEMM of few rows, or for Cg <= 24 the direct kernels,
+  // whose broadcast-per-FMA inner loops are load-bound on cores with two vector load ports
+  // (direct.h). Measured with col2im forced (Intel Xeon, Sapphire Rapids class, 2 threads,
+  // float32, flipped -> col2im): 24->512 7x7 p3 7x7 N2 1465 -> 594 us; 16->128 4x4 p2 7x7 N16
+  // 315 -> 244 us; 8->128 2x2 28x28 N16 756 -> 480 us; 24->128 3x3 p2 7x7 N4 126 -> 74 us;
+  // 32->256 3x3 7x7 N16 813 -> 507 us; 64->128 3x3 14x14 N16 2054 -> 1571 us; 48->96 1240 -> 945
+  // us; 16->32 3x3 14x14 N16 170 -> 128 us; 8->32 3x3 28x28 N16 284 -> 235 us. Where Kg < 2 Cg the
+  // flipped form held or won: 64->64 3x3 32x32 N32 9.5 -> 9.0 ms, 128->128 28x28 N16 13.1 -> 13.7
+  // ms, 128->64 3x3 7x7 N32 1090 -> 1277 us, 64->32 3x3 28x28 N8 913 -> 1021 us; and below 32
+  // filters: 16->24 4x4 p3 14x14 N32 404 -> 571 us, 16->16 4x4 p2 14x14 N8 76 -> 89 us. 1x1
+  // layers keep the flipped form, a GEMM on dY in place (24->256 56x56 N8 2.2 -> 3.0 ms).
+  constexpr int64_t kColMinFilters = 32;
+  const bool deep_col = kg >= kColMinFilters && kg >= 2 * cg && cv.r * cv.s > 1;
   // Inf weights times dY's zero border would give NaN where dX is finite (all_finite, im2col.h);
   // checked last, since it reads every weight.
-  if (unit_stride && enough_rows && (little_border || few_filters) &&
+  if (unit_stride && enough_rows && (little_border || few_filters) && !deep_col &&
       all_finite(w, cv.k * cg * cv.r * cv.s)) {
     return BackwardData::flipped;
   }

@@ -64,7 +64,7 @@ constexpr int64_t kDirectForwardEligibleFilters = 24;
 // Percentage points of lanes the flat form (direct_forward_flat) must gain over the row form.
 constexpr int64_t kFlatMinGain = 10;
 
-// Dense layers with few filters on planes whose output rows are under half a vector: filters in
+// Layers with few filters a group on planes whose output rows are under half a vector: filters in
 // the vector lanes. The row form above would fill a fraction of each vector, and the implicit
 // GEMM splits every image's few pixels into partial panels; here each output pixel is one vector
 // of W filters, and every tap is a weight vector (loaded once for NP x NQ pixels) times a
@@ -74,7 +74,11 @@ constexpr int64_t kFlatMinGain = 10;
 // N2 backward-data 996 -> 744 us; 64->16 3x3 7x7 N8 forward 79 -> 36 us; 512->8 3x3 4x4 N16
 // 382 -> 234 us; 96->24 5x5 7x7 N8 255 -> 187 us. Not for 32 filters (256->32 3x3 7x7 N8
 // 276 -> 304 us) nor 1x1 layers, whose GEMM reads its input in place (256->32 7x7 N16
-// 35 -> 153 us).
+// 35 -> 153 us). Grouped layers, whose GEMM has one partial panel per group and image: 32->64
+// g4 7x7/s2 p1 7x7 N16 (2x2 outputs, 8 filters a group) 174 -> 60 us, 0.62x -> 1.72x PyTorch
+// (Intel Xeon, Sapphire Rapids class, 2 threads). Backward-data takes this form less often
+// since col2im is preferred where dX has few channels and dY many (backward_data.h): its
+// inner loop, a broadcast load per FMA, is load-bound on cores with two vector load ports.
 constexpr int64_t kLanesMaxFilters = 24;
 constexpr int64_t kLanesMaxBytes = int64_t(512) << 10;
 
@@ -83,24 +87,24 @@ bool direct_lanes_eligible(const Conv2d& cv) {
   using V = typename VecOf<T>::type;
   const int64_t hp = (cv.p - 1) * cv.sh + (cv.r - 1) * cv.dh + 1;
   const int64_t wp = (cv.q - 1) * cv.sw + (cv.s - 1) * cv.dw + 1;
-  return V::W > 1 && cv.groups == 1 && cv.k <= kLanesMaxFilters && cv.r * cv.s >= 2 &&
-         2 * cv.q < V::W &&
+  return V::W > 1 && cv.k / cv.groups <= kLanesMaxFilters && cv.r * cv.s >= 2 && 2 * cv.q < V::W &&
          (cv.c * hp * wp + cv.p * cv.q * V::W) * static_cast<int64_t>(sizeof(T)) <= kLanesMaxBytes;
 }
 
 // NP output rows x NQ pixels from (p, q0) of one filter block: acc = bias + sum over (c, r, s)
-// of w[:, c, r, s] . x[c, p * sh + r * dh, q * sw + s * dw] (pad: the image's padded planes).
+// of w[:, c, r, s] . x[c, p * sh + r * dh, q * sw + s * dw] (pad: the padded planes of the
+// block's group, cg of them).
 template <class V, int NP, int NQ>
-inline void lanes_block(const Conv2d& cv, const typename V::T* pad, int64_t plane, int64_t wp,
-                        const typename V::T* wt, typename V::V bias, typename V::T* yt, int64_t p,
-                        int64_t q0) {
+inline void lanes_block(const Conv2d& cv, const typename V::T* pad, int64_t cg, int64_t plane,
+                        int64_t wp, const typename V::T* wt, typename V::V bias, typename V::T* yt,
+                        int64_t p, int64_t q0) {
   using R = typename V::V;
   constexpr int W = V::W;
   R acc[NP][NQ];
   for (int i = 0; i < NP; ++i)
     for (int j = 0; j < NQ; ++j) acc[i][j] = bias;
   const int64_t row_step = cv.sh * wp;
-  for (int64_t c = 0; c < cv.c; ++c) {
+  for (int64_t c = 0; c < cg; ++c) {
     for (int64_t r = 0; r < cv.r; ++r) {
       const typename V::T* row = pad + c * plane + (p * cv.sh + r * cv.dh) * wp + q0 * cv.sw;
       const typename V::T* wr = wt + (c * cv.r + r) * cv.s * W;
@@ -124,27 +128,25 @@ void direct_forward_lanes(const Conv2d& cv, const T* x, const T* w, const T* b, 
   constexpr int W = V::W;
   const int64_t hp = (cv.p - 1) * cv.sh + (cv.r - 1) * cv.dh + 1;
   const int64_t wp = (cv.q - 1) * cv.sw + (cv.s - 1) * cv.dw + 1;
-  const int64_t plane = hp * wp, pq = cv.p * cv.q, crs = cv.c * cv.r * cv.s;
-  const int64_t kblocks = ceil_div(cv.k, W), units = cv.n * kblocks;
+  const int64_t cg = cv.c / cv.groups, kg = cv.k / cv.groups;
+  const int64_t plane = hp * wp, pq = cv.p * cv.q, crs = cg * cv.r * cv.s;
+  // Filter blocks never straddle two groups: kbg blocks a group, the last one partial.
+  const int64_t kbg = ceil_div(kg, W), kblocks = cv.groups * kbg, units = cv.n * kblocks;
   // Padded rows i / columns j whose source row i - ph / column j - pw is in the plane.
   const int64_t i0 = min64(hp, cv.ph), i1 = max64(i0, min64(hp, cv.h + cv.ph));
   const int64_t j0 = min64(wp, cv.pw), j1 = max64(j0, min64(wp, cv.w + cv.pw));
-  // The weights as (C, R, S) vectors of W filters per block, shared by the threads (gemm_pack:
+  // The weights as (Cg, R, S) vectors of W filters per block, shared by the threads (gemm_pack:
   // backward-data's flipped filters, which this may be handed, are in op_scratch).
   T* wt = static_cast<T*>(workspace(WorkspaceSlot::gemm_pack,
                                     static_cast<size_t>(kblocks * (crs + 1) * W) * sizeof(T)));
   for (int64_t kb = 0; kb < kblocks; ++kb) {
     T* d = wt + kb * (crs + 1) * W;
+    const int64_t k0 = kb / kbg * kg + kb % kbg * W;  // the block's first filter
+    const int64_t live = min64(W, kg - kb % kbg * W);
     for (int64_t t = 0; t < crs; ++t) {
-      for (int l = 0; l < W; ++l) {
-        const int64_t k = kb * W + l;
-        d[t * W + l] = k < cv.k ? w[k * crs + t] : T(0);
-      }
+      for (int l = 0; l < W; ++l) d[t * W + l] = l < live ? w[(k0 + l) * crs + t] : T(0);
     }
-    for (int l = 0; l < W; ++l) {
-      const int64_t k = kb * W + l;
-      d[crs * W + l] = b != nullptr && k < cv.k ? b[k] : T(0);
-    }
+    for (int l = 0; l < W; ++l) d[crs * W + l] = b != nullptr && l < live ? b[k0 + l] : T(0);
   }
   const int nt = static_cast<int>(min64(cv.nthreads, units));
   parallel_ranges(units, 1, 1, nt, [&](int64_t u0, int64_t u1) {
@@ -175,6 +177,7 @@ void direct_forward_lanes(const Conv2d& cv, const T* x, const T* w, const T* b, 
       }
       const T* wk = wt + kb * (crs + 1) * W;
       const R bias = V::load(wk + crs * W);
+      const T* gpad = pad + kb / kbg * cg * plane;  // the planes of the block's group
       // Rows per block: at least 12 accumulators where the plane allows (2 FMA pipes of latency
       // 4 want 8 chains; each tap's weight vector is loaded once per block).
       with_width<7>(cv.q, [&](auto nq) {
@@ -182,12 +185,12 @@ void direct_forward_lanes(const Conv2d& cv, const T* x, const T* w, const T* b, 
         constexpr int NP = NQ >= 6 ? 3 : NQ >= 4 ? 4 : NQ >= 2 ? 6 : 12;
         int64_t p = 0;
         for (; p + NP <= cv.p; p += NP)
-          lanes_block<V, NP, NQ>(cv, pad, plane, wp, wk, bias, yt, p, 0);
-        for (; p < cv.p; ++p) lanes_block<V, 1, NQ>(cv, pad, plane, wp, wk, bias, yt, p, 0);
+          lanes_block<V, NP, NQ>(cv, gpad, cg, plane, wp, wk, bias, yt, p, 0);
+        for (; p < cv.p; ++p) lanes_block<V, 1, NQ>(cv, gpad, cg, plane, wp, wk, bias, yt, p, 0);
       });
       // Back to planes: W pixels x W filters transposed per step.
-      const int lk = static_cast<int>(min64(W, cv.k - kb * W));
-      T* ys = y + (n * cv.k + kb * W) * pq;
+      const int lk = static_cast<int>(min64(W, kg - kb % kbg * W));
+      T* ys = y + (n * cv.k + kb / kbg * kg + kb % kbg * W) * pq;
       for (int64_t e = 0; e < pq; e += W) {
         const int cnt = static_cast<int>(min64(W, pq - e));
         R v[W];
@@ -325,10 +328,15 @@ inline void direct_forward_row_kb(int64_t kb, const Conv2d& cv, const PadPlane& 
 // index j = p * ld + q, and tap (r, s) reads the padded plane at j + r * dh * ld + s * dw; the
 // ld - Q columns past each row's end are computed and dropped (17 of 20 lanes used instead of 17
 // of 32 on 4x4 p3 14x14). The block's results go through a small buffer into y's rows.
+// Never inlined: where GCC inlined it, its inlining budget went with the size of the rest of
+// direct.h, and an unrelated change there (grouped layers in direct_forward_lanes) took the
+// grouped 7x7 512->8 g2 28x28 N2 forward from 0.90-0.96 to 1.03-1.15 ms (Intel Xeon, 2 threads);
+// out of line it is 0.93-0.96 ms whatever the rest. A call per block of 4 x 4 vectors over
+// Cg x R x S taps costs nothing measurable.
 template <class V, int KB, int NQ>
-inline void flat_block(int64_t cg, int64_t rs, const typename V::T* pad, int64_t plane,
-                       const int64_t* off, const typename V::T* w, int64_t crs,
-                       const typename V::T* bias, typename V::T* out) {
+SIMDNN_NOINLINE void flat_block(int64_t cg, int64_t rs, const typename V::T* pad, int64_t plane,
+                                const int64_t* off, const typename V::T* w, int64_t crs,
+                                const typename V::T* bias, typename V::T* out) {
   using T = typename V::T;
   using R = typename V::V;
   constexpr int W = V::W;

@@ -121,6 +121,14 @@ CASES = [
     (2, 7, 4, 4, 9, 2, 2, 1, 1, 2, 1),
     (1, 3, 3, 2, 5, 3, 2, 1, (1, 0), 1, 1),
     (2, 40, 11, 11, 8, 5, 5, 2, 1, 1, 1),
+    # ... and grouped, blocks never straddling two groups: 6 filters a group on 7-wide rows, 17
+    # (a full and a 1-filter block a group) at stride 2, and 7x7/s2 with 8 filters a group.
+    (2, 8, 7, 7, 12, 3, 3, 1, 1, 1, 2),
+    (2, 12, 5, 5, 51, 3, 3, 2, 1, 1, 3),
+    (2, 16, 7, 7, 32, 7, 7, 2, 1, 1, 4),
+    # Backward-data by col2im where the flipped convolution would qualify (stride 1, a little
+    # border) but has twice as many filters as channels, at the bound of 32.
+    (2, 8, 7, 9, 32, 3, 3, 1, 1, 1, 1),
     # 1x1 layers, whose input the GEMM reads in place (64 channels or more before the bias row),
     # and a 32x32 plane (rows of 4 KiB: packed instead).
     (2, 70, 9, 11, 24, 1, 1, 1, 0, 1, 1),
