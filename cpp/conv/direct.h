@@ -68,18 +68,26 @@ constexpr int64_t kFlatMinGain = 10;
 // the vector lanes. The row form above would fill a fraction of each vector, and the implicit
 // GEMM splits every image's few pixels into partial panels; here each output pixel is one vector
 // of W filters, and every tap is a weight vector (loaded once for NP x NQ pixels) times a
-// broadcast input element. The results are transposed back to planes, W pixels at a time.
-// Measured against the implicit GEMM (AMD EPYC Zen 5, 2 threads, float32; backward-data is the
-// flipped convolution): 16->128 4x4 p2 7x7 N16 backward-data 368 -> 211 us; 24->512 7x7 p3 7x7
-// N2 backward-data 996 -> 744 us; 64->16 3x3 7x7 N8 forward 79 -> 36 us; 512->8 3x3 4x4 N16
-// 382 -> 234 us; 96->24 5x5 7x7 N8 255 -> 187 us. Not for 32 filters (256->32 3x3 7x7 N8
-// 276 -> 304 us) nor 1x1 layers, whose GEMM reads its input in place (256->32 7x7 N16
-// 35 -> 153 us). Grouped layers, whose GEMM has one partial panel per group and image: 32->64
-// g4 7x7/s2 p1 7x7 N16 (2x2 outputs, 8 filters a group) 174 -> 60 us, 0.62x -> 1.72x PyTorch
-// (Intel Xeon, Sapphire Rapids class, 2 threads). Backward-data takes this form less often
-// since col2im is preferred where dX has few channels and dY many (backward_data.h): its
-// inner loop, a broadcast load per FMA, is load-bound on cores with two vector load ports.
-constexpr int64_t kLanesMaxFilters = 24;
+// broadcast input element. Two filter blocks of a group share each broadcast where the group has
+// them. The results are transposed back to planes, W pixels at a time.
+// Measured against the implicit GEMM (AMD EPYC Zen 5, 2 threads, float32, one block at a time;
+// backward-data is the flipped convolution): 16->128 4x4 p2 7x7 N16 backward-data 368 -> 211 us;
+// 24->512 7x7 p3 7x7 N2 backward-data 996 -> 744 us; 64->16 3x3 7x7 N8 forward 79 -> 36 us;
+// 512->8 3x3 4x4 N16 382 -> 234 us; 96->24 5x5 7x7 N8 255 -> 187 us. There one block at a time
+// lost at 32 filters (256->32 3x3 7x7 N8 276 -> 304 us), so the bound was 24. Two blocks a
+// broadcast halve the loads, the limit of the one-block loop on cores with two vector load ports
+// (a load per FMA): on an Intel Xeon (Sapphire Rapids class, 2 threads, float32, best of 7
+// blocks, two runs), GEMM or one block -> two blocks: 256->32 3x3 7x7 N8 382-407 -> 285-298 us;
+// 64->64 3x3 7x7 N16 299-308 -> 256-263 us; 96->24 5x5 7x7 N8 289-295 -> 249-256 us; 24->48 5x5
+// 7x7 N16 259-269 -> 192-196 us; 32->64 3x3 7x7 N16 150-154 -> 130-140 us; 256->64 3x3 7x7 N8
+// 622 -> 522 us; 64->64 5x5 7x7 N16 911 -> 575 us; grouped 128->96 g2 2x2/s2 p1 7x7 N16 (48
+// filters a group) 181-190 -> 128-136 us; and backward-data (flipped) 64->32 3x3 7x7 N16 151-168
+// -> 132-139 us. At 96 and 128 filters the gain narrowed (256->128 3x3 7x7 N8 1047 -> 927 us,
+// 128->96 783 -> 661 us), hence 64; not re-measured on AMD. Not for 1x1 layers, whose GEMM reads
+// its input in place (256->32 7x7 N16 35 -> 153 us). Grouped layers, whose GEMM has one partial
+// panel per group and image: 32->64 g4 7x7/s2 p1 7x7 N16 (2x2 outputs, 8 filters a group)
+// 174 -> 60 us, 0.62x -> 1.72x PyTorch (Intel).
+constexpr int64_t kLanesMaxFilters = 64;
 constexpr int64_t kLanesMaxBytes = int64_t(512) << 10;
 
 template <typename T>
@@ -91,34 +99,47 @@ bool direct_lanes_eligible(const Conv2d& cv) {
          (cv.c * hp * wp + cv.p * cv.q * V::W) * static_cast<int64_t>(sizeof(T)) <= kLanesMaxBytes;
 }
 
-// NP output rows x NQ pixels from (p, q0) of one filter block: acc = bias + sum over (c, r, s)
-// of w[:, c, r, s] . x[c, p * sh + r * dh, q * sw + s * dw] (pad: the padded planes of the
-// block's group, cg of them).
-template <class V, int NP, int NQ>
+// Accumulators per block: KB x NQ <= 24 with 32 registers (AVX-512), 12 with 16.
+template <class V>
+constexpr int direct_forward_budget() {
+  return sizeof(typename V::V) >= 64 ? 24 : 12;
+}
+
+// NP output rows x NQ pixels from (p, q0) of KB filter blocks of one group: acc = bias + sum over
+// (c, r, s) of w[:, c, r, s] . x[c, p * sh + r * dh, q * sw + s * dw] (pad: the padded planes of
+// the group, cg of them; block b's weights at wt + b * wstep, its results at yt + b * ystep).
+template <class V, int KB, int NP, int NQ>
 inline void lanes_block(const Conv2d& cv, const typename V::T* pad, int64_t cg, int64_t plane,
-                        int64_t wp, const typename V::T* wt, typename V::V bias, typename V::T* yt,
-                        int64_t p, int64_t q0) {
+                        int64_t wp, const typename V::T* wt, int64_t wstep,
+                        const typename V::V* bias, typename V::T* yt, int64_t ystep, int64_t p,
+                        int64_t q0) {
   using R = typename V::V;
   constexpr int W = V::W;
-  R acc[NP][NQ];
-  for (int i = 0; i < NP; ++i)
-    for (int j = 0; j < NQ; ++j) acc[i][j] = bias;
+  R acc[KB][NP][NQ];
+  for (int b = 0; b < KB; ++b)
+    for (int i = 0; i < NP; ++i)
+      for (int j = 0; j < NQ; ++j) acc[b][i][j] = bias[b];
   const int64_t row_step = cv.sh * wp;
   for (int64_t c = 0; c < cg; ++c) {
     for (int64_t r = 0; r < cv.r; ++r) {
       const typename V::T* row = pad + c * plane + (p * cv.sh + r * cv.dh) * wp + q0 * cv.sw;
       const typename V::T* wr = wt + (c * cv.r + r) * cv.s * W;
       for (int64_t s = 0; s < cv.s; ++s) {
-        const R t = V::load(wr + s * W);
+        R t[KB];
+        for (int b = 0; b < KB; ++b) t[b] = V::load(wr + b * wstep + s * W);
         const typename V::T* src = row + s * cv.dw;
         for (int i = 0; i < NP; ++i)
-          for (int j = 0; j < NQ; ++j)
-            acc[i][j] = V::fma(t, V::set1(src[i * row_step + j * cv.sw]), acc[i][j]);
+          for (int j = 0; j < NQ; ++j) {
+            const R xv = V::set1(src[i * row_step + j * cv.sw]);
+            for (int b = 0; b < KB; ++b) acc[b][i][j] = V::fma(t[b], xv, acc[b][i][j]);
+          }
       }
     }
   }
-  for (int i = 0; i < NP; ++i)
-    for (int j = 0; j < NQ; ++j) V::store(yt + ((p + i) * cv.q + q0 + j) * W, acc[i][j]);
+  for (int b = 0; b < KB; ++b)
+    for (int i = 0; i < NP; ++i)
+      for (int j = 0; j < NQ; ++j)
+        V::store(yt + b * ystep + ((p + i) * cv.q + q0 + j) * W, acc[b][i][j]);
 }
 
 template <typename T>
@@ -130,8 +151,11 @@ void direct_forward_lanes(const Conv2d& cv, const T* x, const T* w, const T* b, 
   const int64_t wp = (cv.q - 1) * cv.sw + (cv.s - 1) * cv.dw + 1;
   const int64_t cg = cv.c / cv.groups, kg = cv.k / cv.groups;
   const int64_t plane = hp * wp, pq = cv.p * cv.q, crs = cg * cv.r * cv.s;
-  // Filter blocks never straddle two groups: kbg blocks a group, the last one partial.
-  const int64_t kbg = ceil_div(kg, W), kblocks = cv.groups * kbg, units = cv.n * kblocks;
+  // Filter blocks never straddle two groups: kbg blocks a group, the last one partial. A task
+  // computes two blocks of a group where it has them (each broadcast input then feeds two FMAs:
+  // the single-block loop issues a load per FMA, the limit on cores with two load ports).
+  const int64_t kbg = ceil_div(kg, W), kblocks = cv.groups * kbg;
+  const int64_t tasks_g = ceil_div(kbg, 2), units = cv.n * cv.groups * tasks_g;
   // Padded rows i / columns j whose source row i - ph / column j - pw is in the plane.
   const int64_t i0 = min64(hp, cv.ph), i1 = max64(i0, min64(hp, cv.h + cv.ph));
   const int64_t j0 = min64(wp, cv.pw), j1 = max64(j0, min64(wp, cv.w + cv.pw));
@@ -152,11 +176,12 @@ void direct_forward_lanes(const Conv2d& cv, const T* x, const T* w, const T* b, 
   parallel_ranges(units, 1, 1, nt, [&](int64_t u0, int64_t u1) {
     T* pad = static_cast<T*>(
         workspace(WorkspaceSlot::pack_aux,
-                  static_cast<size_t>(round_up(cv.c * plane, 16) + pq * W) * sizeof(T)));
+                  static_cast<size_t>(round_up(cv.c * plane, 16) + 2 * pq * W) * sizeof(T)));
     T* yt = pad + round_up(cv.c * plane, 16);
     int64_t padded = -1;  // the image in `pad`
     for (int64_t u = u0; u < u1; ++u) {
-      const int64_t n = u / kblocks, kb = u % kblocks;
+      const int64_t n = u / (cv.groups * tasks_g), grp = u / tasks_g % cv.groups;
+      const int64_t kb0 = grp * kbg + u % tasks_g * 2, nb = min64(2, (grp + 1) * kbg - kb0);
       if (n != padded) {
         for (int64_t c = 0; c < cv.c; ++c) {
           T* d = pad + c * plane;
@@ -175,32 +200,49 @@ void direct_forward_lanes(const Conv2d& cv, const T* x, const T* w, const T* b, 
         }
         padded = n;
       }
-      const T* wk = wt + kb * (crs + 1) * W;
-      const R bias = V::load(wk + crs * W);
-      const T* gpad = pad + kb / kbg * cg * plane;  // the planes of the block's group
-      // Rows per block: at least 12 accumulators where the plane allows (2 FMA pipes of latency
-      // 4 want 8 chains; each tap's weight vector is loaded once per block).
+      const T* wk = wt + kb0 * (crs + 1) * W;
+      const int64_t wstep = (crs + 1) * W, ystep = pq * W;
+      const R bias[2] = {V::load(wk + crs * W), V::load(wk + (nb - 1) * wstep + crs * W)};
+      const T* gpad = pad + grp * cg * plane;  // the planes of the group
+      // Rows per block: one block keeps at least 12 accumulators where the plane allows (2 FMA
+      // pipes of latency 4 want 8 chains; each tap's weight vector is loaded once per block);
+      // two blocks fill the accumulator budget.
       with_width<7>(cv.q, [&](auto nq) {
         constexpr int NQ = decltype(nq)::value;
-        constexpr int NP = NQ >= 6 ? 3 : NQ >= 4 ? 4 : NQ >= 2 ? 6 : 12;
-        int64_t p = 0;
-        for (; p + NP <= cv.p; p += NP)
-          lanes_block<V, NP, NQ>(cv, gpad, cg, plane, wp, wk, bias, yt, p, 0);
-        for (; p < cv.p; ++p) lanes_block<V, 1, NQ>(cv, gpad, cg, plane, wp, wk, bias, yt, p, 0);
+        if (nb == 1) {
+          constexpr int NP = NQ >= 6 ? 3 : NQ >= 4 ? 4 : NQ >= 2 ? 6 : 12;
+          int64_t p = 0;
+          for (; p + NP <= cv.p; p += NP)
+            lanes_block<V, 1, NP, NQ>(cv, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep, p, 0);
+          for (; p < cv.p; ++p)
+            lanes_block<V, 1, 1, NQ>(cv, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep, p, 0);
+        } else {
+          constexpr int NP =
+              direct_forward_budget<V>() / (2 * NQ) > 1 ? direct_forward_budget<V>() / (2 * NQ) : 1;
+          int64_t p = 0;
+          for (; p + NP <= cv.p; p += NP)
+            lanes_block<V, 2, NP, NQ>(cv, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep, p, 0);
+          for (; p < cv.p; ++p)
+            lanes_block<V, 2, 1, NQ>(cv, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep, p, 0);
+        }
       });
       // Back to planes: W pixels x W filters transposed per step.
-      const int lk = static_cast<int>(min64(W, kg - kb % kbg * W));
-      T* ys = y + (n * cv.k + kb / kbg * kg + kb % kbg * W) * pq;
-      for (int64_t e = 0; e < pq; e += W) {
-        const int cnt = static_cast<int>(min64(W, pq - e));
-        R v[W];
-        for (int k = 0; k < W; ++k) v[k] = k < cnt ? V::load(yt + (e + k) * W) : V::zero();
-        V::transpose(v);
-        for (int l = 0; l < lk; ++l) {
-          if (cnt == W) {
-            V::store(ys + l * pq + e, v[l]);
-          } else {
-            V::storen(ys + l * pq + e, v[l], cnt);
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t kb = kb0 + b;
+        const int lk = static_cast<int>(min64(W, kg - kb % kbg * W));
+        T* ys = y + (n * cv.k + grp * kg + kb % kbg * W) * pq;
+        const T* yb = yt + b * ystep;
+        for (int64_t e = 0; e < pq; e += W) {
+          const int cnt = static_cast<int>(min64(W, pq - e));
+          R v[W];
+          for (int k = 0; k < W; ++k) v[k] = k < cnt ? V::load(yb + (e + k) * W) : V::zero();
+          V::transpose(v);
+          for (int l = 0; l < lk; ++l) {
+            if (cnt == W) {
+              V::store(ys + l * pq + e, v[l]);
+            } else {
+              V::storen(ys + l * pq + e, v[l], cnt);
+            }
           }
         }
       }
@@ -230,12 +272,6 @@ bool direct_forward_eligible(const Conv2d& cv) {
   // GEMMs each have kg rows and C/G reduction rows, it won where a group has few filters:
   // 384->24 g8 56x56 N16 (3 a group) 5.21 -> 2.84 ms, 0.51x -> 0.94x PyTorch (Zen 5, 2 threads).
   return cv.groups > 1 && kg <= kDirectForwardMaxFilters;
-}
-
-// Accumulators per block: KB x NQ <= 24 with 32 registers (AVX-512), 12 with 16.
-template <class V>
-constexpr int direct_forward_budget() {
-  return sizeof(typename V::V) >= 64 ? 24 : 12;
 }
 
 // Output row p, columns [q0, q0 + NQ * W) (the last vector `last` lanes) of filters k0..k0+KB-1:

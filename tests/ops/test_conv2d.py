@@ -126,6 +126,13 @@ CASES = [
     (2, 8, 7, 7, 12, 3, 3, 1, 1, 1, 2),
     (2, 12, 5, 5, 51, 3, 3, 2, 1, 1, 3),
     (2, 16, 7, 7, 32, 7, 7, 2, 1, 1, 4),
+    # ... two filter blocks a task where a group has them: 40 filters (a pair and a partial
+    # block; at stride 2 on 3-wide rows, the AVX2 case too), 33 a group in 2 groups (a pair and
+    # a 1-filter block), and 64 filters, the bound.
+    (2, 6, 6, 6, 40, 3, 3, 1, 1, 1, 1),
+    (2, 6, 5, 5, 40, 3, 3, 2, 1, 1, 1),
+    (1, 4, 5, 7, 66, 2, 3, 1, 1, 1, 2),
+    (1, 3, 4, 4, 64, 3, 3, 1, 1, 1, 1),
     # Backward-data by col2im where the flipped convolution would qualify (stride 1, a little
     # border) but has twice as many filters as channels, at the bound of 32.
     (2, 8, 7, 9, 32, 3, 3, 1, 1, 1, 1),
