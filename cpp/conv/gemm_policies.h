@@ -260,26 +260,45 @@ struct Im2colTB {
   void pack_short_rows(T* dst, int64_t pc, int64_t kc, int64_t v0, int64_t v1) const {
     const int64_t plane = g.h * g.w, rows = g.rows(), rs = g.r * g.s, pq = g.p * g.q;
     const int64_t img_stride = g.c_total * plane;
+    // Per pixel of the block, once for all panels (three integer divisions a pixel, per panel,
+    // and reloads of g and x after each store, were most of the packing's time on 4-pixel rows;
+    // Intel Xeon, 2 threads: grouped 128->96 g2 2x2/s2 p1 7x7 N16 backward-weights 245-262 ->
+    // 208-211 us, 32->32 5x5/s2 9x9 N16 187-189 -> 139-141 us): its first input row and column
+    // (negative in the padding) and the offset in x of that row and column of channel 0. Kept in
+    // `scratch`, which this form does not otherwise use (its NR x KC elements hold 3 x KC
+    // offsets).
+    static_assert(NR * sizeof(T) >= 3 * sizeof(int64_t), "scratch holds 3 offsets a pixel");
+    int64_t* h0 = reinterpret_cast<int64_t*>(scratch);
+    int64_t* w0 = h0 + kc;
+    int64_t* base = w0 + kc;
+    for (int64_t i = 0; i < kc; ++i) {
+      const int64_t u = u0 + pc + i, pix = u % pq;
+      h0[i] = pix / g.q * g.sh - g.ph;
+      w0[i] = pix % g.q * g.sw - g.pw;
+      base[i] = u / pq * img_stride + h0[i] * g.w + w0[i];
+    }
     int64_t coff[NR], rdh[NR], sdw[NR];
     for (int64_t v = v0; v < v1; ++v) {
       T* d = dst + (v - v0) * kc * NR;
       const int64_t t0 = v * NR, width = min64(NR, rows - t0);
       for (int64_t j = 0; j < width; ++j) {
         const int64_t t = t0 + j;
-        coff[j] = (g.c0 + t / rs) * plane;
         rdh[j] = (t / g.s) % g.r * g.dh;
         sdw[j] = t % g.s * g.dw;
+        coff[j] = (g.c0 + t / rs) * plane + rdh[j] * g.w + sdw[j];
       }
+      // Locals, so that the stores to d are not taken to alias them, and no branch: a tap in the
+      // padding reads x[0] and keeps 0 (the in-or-out pattern changes every few taps).
+      const uint64_t h = static_cast<uint64_t>(g.h), w = static_cast<uint64_t>(g.w);
+      const T* const xs = x;
       for (int64_t i = 0; i < kc; ++i) {
-        const int64_t u = u0 + pc + i, pix = u % pq;
-        const int64_t h0 = pix / g.q * g.sh - g.ph, w0 = pix % g.q * g.sw - g.pw;
-        const T* xi = x + u / pq * img_stride;
+        const int64_t bi = base[i], hi0 = h0[i], wi0 = w0[i];
         T* drow = d + i * NR;
         for (int64_t j = 0; j < width; ++j) {
-          const int64_t hi = h0 + rdh[j], wi = w0 + sdw[j];
-          const bool in = static_cast<uint64_t>(hi) < static_cast<uint64_t>(g.h) &&
-                          static_cast<uint64_t>(wi) < static_cast<uint64_t>(g.w);
-          drow[j] = in ? xi[coff[j] + hi * g.w + wi] : T(0);
+          const bool in =
+              (static_cast<uint64_t>(hi0 + rdh[j]) < h) & (static_cast<uint64_t>(wi0 + sdw[j]) < w);
+          const T v = xs[in ? bi + coff[j] : 0];
+          drow[j] = in ? v : T(0);
         }
         for (int64_t j = width; j < NR; ++j) drow[j] = T(0);
       }
