@@ -227,11 +227,11 @@ void direct_forward_lanes(const Conv2d& cv, const T* x, const T* w, const T* b, 
         }
       });
       // Back to planes: W pixels x W filters transposed per step.
-      for (int64_t b = 0; b < nb; ++b) {
-        const int64_t kb = kb0 + b;
+      for (int64_t blk = 0; blk < nb; ++blk) {
+        const int64_t kb = kb0 + blk;
         const int lk = static_cast<int>(min64(W, kg - kb % kbg * W));
         T* ys = y + (n * cv.k + grp * kg + kb % kbg * W) * pq;
-        const T* yb = yt + b * ystep;
+        const T* yb = yt + blk * ystep;
         for (int64_t e = 0; e < pq; e += W) {
           const int cnt = static_cast<int>(min64(W, pq - e));
           R v[W];

@@ -297,8 +297,8 @@ struct Im2colTB {
         for (int64_t j = 0; j < width; ++j) {
           const bool in =
               (static_cast<uint64_t>(hi0 + rdh[j]) < h) & (static_cast<uint64_t>(wi0 + sdw[j]) < w);
-          const T v = xs[in ? bi + coff[j] : 0];
-          drow[j] = in ? v : T(0);
+          const T val = xs[in ? bi + coff[j] : 0];
+          drow[j] = in ? val : T(0);
         }
         for (int64_t j = width; j < NR; ++j) drow[j] = T(0);
       }
