@@ -190,10 +190,16 @@ void conv_backward_weights(const Conv2d& cv_in, const T* x, const T* dy, T* dw, 
       direct_weights_task(cv, x, dy, n0, n1, int64_t(0), cv.c, my_dw, my_db);
       return;
     }
-    // Im2colTB's gather rows, then its segment list.
+    // Im2colTB's gather rows, its segment list, then its vector-form table.
     const int64_t seg_offset = round_up(NR * kcw * static_cast<int64_t>(sizeof(T)), 64);
-    char* aux = static_cast<char*>(workspace(
-        WorkspaceSlot::pack_aux, seg_offset + (bl.kc + 2) * static_cast<int64_t>(sizeof(Segment))));
+    const int64_t table_offset =
+        round_up(seg_offset + (bl.kc + 2) * static_cast<int64_t>(sizeof(Segment)), 64);
+    using Table = VecTable<V>;
+    const int64_t table_cap =
+        min64(rs * (kcw / V::W) * Table::kEntries,
+              round_down(kVecTableBytesTB / Table::bytes(1), Table::kEntries));
+    char* aux = static_cast<char*>(
+        workspace(WorkspaceSlot::pack_aux, table_offset + Table::bytes(table_cap)));
     T* scratch = reinterpret_cast<T*>(aux);
     Segment* segs = reinterpret_cast<Segment*>(aux + seg_offset);
     int64_t a0, a1;
@@ -210,7 +216,8 @@ void conv_backward_weights(const Conv2d& cv_in, const T* x, const T* dy, T* dw, 
                                a0,
                                a1 - a0,
                                my_db != nullptr ? my_db + grp * kg : nullptr};
-      const Im2colTB<V, NR> B{x, forward_geometry(cv, grp), a0, scratch, segs, cv.n};
+      const Im2colTB<V, NR> B{x,    forward_geometry(cv, grp), a0,       scratch, segs,
+                              cv.n, aux + table_offset,        table_cap};
       const PlainC<T, NR> C{my_dw + grp * kg * crs, crs, crs};
       gemm_detail::gemm_engine<UK>(A, B, C, a1 - a0, T(1), T(0), 1, true);
     }

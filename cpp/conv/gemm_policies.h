@@ -24,11 +24,21 @@ namespace {
 // ------------------------------------------------------------------------------------------------
 // Forward
 
-// Entries of the vector form's table (im2col.h), on the stack of the packing thread: 24 KiB of
-// AVX-512 float entries, 64 KiB of AVX2 ones (a vector mask each). Enough for a 3x3 layer's
-// backward-weights block of 512 pixels (9 taps x 32 vectors x 3 = 864); larger kernels there take
-// the segment copies.
+// Entries of the forward's vector-form table (im2col.h), on the stack of the packing thread: 24
+// KiB of AVX-512 float entries, 64 KiB of AVX2 ones (a vector mask each). A panel of 2 vectors
+// needs 6 a tap: enough for kernels up to 13x13.
 constexpr int64_t kVecTableEntries = 1024;
+// Backward-weights' table (Im2colTB), in the packing thread's workspace: a block of KC pixels
+// needs taps x KC/W x 3 entries, up to this many bytes. It was 1,024 entries on the stack, which
+// left every kernel larger than 3x3 (a 4x4 block of 464 pixels needs 1,392) to the segment copies.
+// Intel Xeon (Sapphire Rapids class), 2 threads, float32, sweep rows, 24 KiB -> 256 KiB -> 1 MiB:
+// 4x4 p3 16->24 14x14 N32 897 -> 638-656 -> 647-667 us; 4x4/s2 p2 32->64 28x28 N8 639-668 -> 453
+// us; 4x4 p2 16->128 7x7 N16 287-298 -> 224-238 -> 239-246 us; 7x7/s2 p3 24->96 28x28 N4 810-835 ->
+// 661-677 us; 7x7 512->8 g2 28x28 N2 4.14-4.30 -> 3.55 ms; no row slower beyond the noise. AVX2
+// entries hold a 32-byte mask (96 bytes an entry), and there 1 MiB measured best (forced AVX2, 96
+// KiB -> 1 MiB: 4x4 p2 16->128 439 -> 369 us, 7x7/s2 24->96 1,182 -> 1,071 us, 4x4/s2 32->64 836 ->
+// 749 us). A table is as large as its layer needs: a 7x7 AVX-512 block takes about 100 KiB.
+constexpr int64_t kVecTableBytesTB = int64_t(1) << 20;
 
 // B = im2col, columns = the output pixels of n_img images, NR-wide panels per image
 // (ppi panels per image). Reduction row t = (c, r, s), plus a row of ones at t = rows() when the
@@ -87,7 +97,9 @@ struct Im2colB {
       // wherever its table fits and no vector spans more than VecTable::kEntries segments; else
       // segment by segment, from a table of runs for stride 1.
       constexpr int NVEC = NR / V::W;
-      VecTable<V, kVecTableEntries> vt;
+      alignas(
+          typename VecTable<V>::Entry) unsigned char vt_store[VecTable<V>::bytes(kVecTableEntries)];
+      VecTable<V> vt(vt_store, kVecTableEntries);
       const bool vec = !pointwise && kc >= 2 * rs && vt.build(g, 0, seg, nseg, NVEC);
       const int nvec = static_cast<int>(ceil_div(width, V::W));
       const int64_t readable = n_img * g.c_total * plane;  // from src
@@ -252,6 +264,8 @@ struct Im2colTB {
   T* scratch;     // NR x (KC rounded up to W), per calling thread
   Segment* segs;  // KC + 1 entries, per calling thread
   int64_t n_img;  // images of x: the elements that may be read
+  void* table;    // storage for a VecTable of table_cap entries, per calling thread
+  int64_t table_cap;
 
   // Output rows of at most kShortRowPixels pixels (where the vector table does not serve): each
   // panel row (one pixel) written where it goes, element by element from per-column and
@@ -317,7 +331,7 @@ struct Im2colTB {
     // The vector form (im2col.h) for padded or strided layers: the same table for every column
     // of the block.
     const int64_t img_stride = g.c_total * plane;
-    VecTable<V, kVecTableEntries> vt;
+    VecTable<V> vt(table, table_cap);
     const bool vec = !unpadded && vt.build(g, img_stride, segs, nseg, kcw / W);
     if (!vec && g.q <= kShortRowPixels) {
       pack_short_rows(dst, pc, kc, v0, v1);

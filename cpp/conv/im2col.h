@@ -159,20 +159,30 @@ static inline void gather_segment(const Im2col& g, const typename V::T* plane, i
 //                      28x28 N16 (im2col forced) 9.47-9.69 -> 8.92-9.23 ms, 256->256 14x14 N16
 //                      9.15-9.18 -> 8.07-8.17 ms, 64->64 32x32 N32 7.42-7.49 -> 6.81-6.99 ms,
 //                      3x3/s2 64->128 32x32 N16 1.69 -> 1.43-1.47 ms.
-template <class V, int64_t kMax>
+template <class V>
 struct VecTable {
   using T = typename V::T;
-  // At most this many segments a vector (a vector of 16 spans 3 rows of 7 or more pixels); kMax
+  // At most this many segments a vector (a vector of 16 spans 3 rows of 7 or more pixels); `cap`
   // entries in all (taps x vectors x kEntries: a forward panel of 2 vectors, 3x3 taps, needs 54; a
-  // 3x3 backward-weights block of 512 pixels, 32 vectors, needs 864).
+  // 4x4 backward-weights block of 464 pixels, 29 vectors, needs 1,392).
   static constexpr int kEntries = 3;
   struct Entry {
     int64_t off;         // offset of lane 0 from the source plane: lane l reads off + l * sw
     typename V::M live;  // lanes [a, b)
     int a, b;
   };
-  Entry ent[kMax];
-  int count[kMax / kEntries];  // per tap and vector
+  // Bytes of storage for `cap` entries and their counts (entries first, aligned as an Entry).
+  static constexpr int64_t bytes(int64_t cap) {
+    return cap * static_cast<int64_t>(sizeof(Entry)) +
+           (cap / kEntries) * static_cast<int64_t>(sizeof(int));
+  }
+  Entry* ent;  // cap entries
+  int* count;  // cap / kEntries: per tap and vector
+  int64_t cap;
+  VecTable(void* storage, int64_t cap_)
+      : ent(static_cast<Entry*>(storage)),
+        count(reinterpret_cast<int*>(static_cast<Entry*>(storage) + cap_)),
+        cap(cap_) {}
   int64_t nvec = 0;
   int64_t lo = 0, hi = 0;  // extremes of all entries' reads, as offsets
 
@@ -183,7 +193,7 @@ struct VecTable {
              int64_t vectors) {
     constexpr int W = V::W;
     const int64_t taps = g.r * g.s;
-    if (!(g.sw == 1 || g.sw == 2) || nseg <= 0 || taps * vectors * kEntries > kMax) return false;
+    if (!(g.sw == 1 || g.sw == 2) || nseg <= 0 || taps * vectors * kEntries > cap) return false;
     nvec = vectors;
     lo = INT64_MAX;
     hi = INT64_MIN;
