@@ -108,6 +108,13 @@ CASES = [
     (2, 6, 12, 21, 9, 2, 3, 1, (1, 0), 1, 3),
     # ... and 16 filters over 36 reduction rows (the filter bound, not the row bound).
     (2, 4, 15, 18, 16, 3, 3, 1, 1, 1, 1),
+    # ... in the flat form (stride 1, rows under whole vectors, each plane one run against dy
+    # widened by zeros): 9-pixel rows of 11-wide padded planes, and row dilation 2 on 14-wide
+    # ones; 3 filters over 64 channels 7x7 (602 KB of float32 sums on AVX-512: direct where the
+    # core's L2 holds them).
+    (2, 3, 9, 9, 5, 3, 3, 1, 1, 1, 1),
+    (2, 4, 13, 12, 6, 3, 3, 1, (2, 1), (2, 1), 1),
+    (2, 64, 14, 14, 3, 7, 7, 1, 0, 1, 1),
     # Backward-data as the flipped convolution with 8 input channels a group: 8 filters, the
     # direct forward's case; one group, and two groups with dilation.
     (2, 8, 11, 13, 16, 3, 3, 1, 1, 1, 1),
