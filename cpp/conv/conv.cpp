@@ -6,6 +6,7 @@
 //   gemm_policies.h  how conv feeds the GEMM engine: A/B/C operand policies, implicit_gemm
 //   depthwise.h      direct depthwise kernels (G = C = K), forward and both backward passes
 //   direct.h         direct kernels: forward with few filters, backward-weights with few rows
+//   weights_lanes.h  backward-weights of short output rows with the input channels in the lanes
 //   backward_data.h  the backward-data strategies (flipped, col2im) and their chooser
 //   winograd.h       Winograd F(4x4, 3x3) for stride-1 3x3 layers, all three passes
 //
@@ -41,6 +42,7 @@
 #include "conv/direct.h"
 #include "conv/gemm_policies.h"
 #include "conv/im2col.h"
+#include "conv/weights_lanes.h"
 #include "conv/winograd.h"
 #include "gemm/gemm_driver.h"
 #include "gemm/gemm_isa.h"
@@ -151,6 +153,8 @@ void conv_backward_weights(const Conv2d& cv_in, const T* x, const T* dy, T* dw, 
   const int64_t macs = total * kg * crs;
   // Few reduction rows: the direct kernel (direct.h), whose tasks take whole images.
   const bool direct = direct_weights_eligible<T>(cv);
+  // Short output rows and enough channels a group: channels in the lanes (weights_lanes.h).
+  const bool lanes = !direct && lanes_weights_eligible<T>(cv);
   if (direct && cv.n < cv.nthreads && !pointwise_unpadded(cv)) {
     // Fewer images than threads: tasks take ranges of input channels instead, each writing the
     // rows of dw its channels reach, so there are no partial sums to add.
@@ -162,8 +166,8 @@ void conv_backward_weights(const Conv2d& cv_in, const T* x, const T* dy, T* dw, 
     });
     return;
   }
-  const int nt = static_cast<int>(
-      max64(1, min64(min64(cv.nthreads, direct ? cv.n : total), macs / grain::kConvWeightMacs)));
+  const int nt = static_cast<int>(max64(
+      1, min64(min64(cv.nthreads, direct || lanes ? cv.n : total), macs / grain::kConvWeightMacs)));
   const int64_t part = round_up(w_size + cv.k, 16);  // dw then db, per extra thread
   T* partials =
       nt > 1 ? static_cast<T*>(workspace(WorkspaceSlot::op_scratch, (nt - 1) * part * sizeof(T)))
@@ -180,14 +184,18 @@ void conv_backward_weights(const Conv2d& cv_in, const T* x, const T* dy, T* dw, 
     if (my_db != nullptr) {
       for (int64_t k = 0; k < cv.k; ++k) my_db[k] = T(0);
     }
-    if (direct) {
+    if (direct || lanes) {
       int64_t n0, n1;
       split_range(cv.n, 1, nt, tid, &n0, &n1);
       if (n0 >= n1) {
         for (int64_t i = 0; i < w_size; ++i) my_dw[i] = T(0);
         return;
       }
-      direct_weights_task(cv, x, dy, n0, n1, int64_t(0), cv.c, my_dw, my_db);
+      if (lanes) {
+        lanes_weights_task(cv, x, dy, n0, n1, my_dw, my_db);
+      } else {
+        direct_weights_task(cv, x, dy, n0, n1, int64_t(0), cv.c, my_dw, my_db);
+      }
       return;
     }
     // Im2colTB's gather rows, its segment list, then its vector-form table.

@@ -115,6 +115,15 @@ CASES = [
     (2, 3, 9, 9, 5, 3, 3, 1, 1, 1, 1),
     (2, 4, 13, 12, 6, 3, 3, 1, (2, 1), (2, 1), 1),
     (2, 64, 14, 14, 3, 7, 7, 1, 0, 1, 1),
+    # Backward-weights with the input channels in the lanes (rows under half a vector, at least
+    # half a vector of channels a group): 20 channels (a partial channel vector) and 12 filters
+    # on 3-wide rows; 16 channels and 9 filters (a partial filter block) a group, 2x2/s2; a
+    # dilated 3x2 with row padding only (5-wide rows); 3x3/s8 on 56x56 planes, whose copies take
+    # several chunks a task.
+    (3, 20, 7, 6, 12, 3, 3, 2, 1, 1, 1),
+    (2, 32, 5, 5, 18, 2, 2, 2, 1, 1, 2),
+    (2, 8, 9, 8, 7, 3, 2, 1, (2, 0), (2, 3), 1),
+    (8, 16, 56, 56, 4, 3, 3, 8, 1, 1, 1),
     # Backward-data as the flipped convolution with 8 input channels a group: 8 filters, the
     # direct forward's case; one group, and two groups with dilation.
     (2, 8, 11, 13, 16, 3, 3, 1, 1, 1, 1),

@@ -1,0 +1,246 @@
+// Backward-weights with the input channels in the vector lanes, for layers whose output rows are
+// short (a few pixels) and whose groups have at least half a vector of input channels. For the
+// per-ISA convolution files; the shape legend is conv.cpp's.
+//
+// The GEMM path (dW = dY . im2col^T) packs im2col^T a pixel at a time there: each reduction row
+// of a block is one output pixel's C/G x R x S taps, picked element by element, and half of the
+// time went to that packing (grouped 128->96 g2 2x2/s2 p1 7x7 N16, 4-pixel rows: 0.73x PyTorch
+// 2.13 on an Intel Xeon, Sapphire Rapids class, 2 threads, float32). The direct kernel
+// (direct.h) vectorises along output rows, which such rows fill a quarter of.
+// Here each image of a task is first copied into a zero-padded, channels-last buffer:
+//   xt[n][i][j][c] = x[n, group's channel c, i - ph, j - pw]   (0 outside; c up to a multiple of W)
+// so that one tap of one output pixel is one vector load of W channels. Then, per block of KB
+// filters, NT taps and one vector of channels, KB x NT accumulators run over every pixel of the
+// task's images:
+//   acc[k][t] += dy[n, k, p, q] (broadcast) * xt[n][p*sh + r_t*dh][q*sw + s_t*dw][c..c+W)
+// Each pixel costs KB broadcasts and NT vector loads for KB x NT FMAs, every lane useful (but the
+// channel padding). The sums are written out per group, lanes to dw[k, c, r, s].
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "common/compiler.h"
+#include "common/int_math.h"
+#include "common/parallel.h"
+#include "conv/conv.h"
+#include "simd/simd.h"
+
+namespace simdnn::SIMDNN_ISA_NS {
+namespace {
+
+// Filters and taps per register block: as direct_weights_kb (AVX-512: 4 x 5 accumulators, 4 dy
+// broadcasts and one x vector = 25 of 32 registers; AVX2 and scalar: 2 x 5 + 2 + 1 = 13 of 16).
+template <class V>
+constexpr int lanes_weights_kb() {
+  return sizeof(typename V::V) >= 64 ? 4 : 2;
+}
+constexpr int kLanesWeightsNt = 5;
+// Channels-last images per chunk: up to this many bytes of them (each chunk's sums are added
+// once, so a chunk need only stay in L2).
+constexpr int64_t kLanesWeightsChunkBytes = int64_t(512) << 10;
+
+// Geometry of the channels-last copy of one group of one image.
+struct LanesWeightsGeometry {
+  int64_t hp, wp, cgp;  // padded rows and columns read, channels rounded up to a vector
+  int64_t image() const { return hp * wp * cgp; }
+};
+
+inline LanesWeightsGeometry lanes_weights_geometry(const Conv2d& cv, int64_t w) {
+  LanesWeightsGeometry lg;
+  lg.hp = (cv.p - 1) * cv.sh + (cv.r - 1) * cv.dh + 1;
+  lg.wp = (cv.q - 1) * cv.sw + (cv.s - 1) * cv.dw + 1;
+  lg.cgp = round_up(cv.c / cv.groups, w);
+  return lg;
+}
+
+// Where the channels-in-lanes form replaces the GEMM: output rows under half a vector (the
+// GEMM's im2col^T is then packed pixel by pixel, and the direct kernel's row vectors run under
+// half full), at least half a vector of input channels a group (padding lanes waste the rest),
+// at most kLanesWeightsMaxFilters filters a group (the GEMM's packing feeds that many FMAs an
+// element, and beyond it amortises better than this form's broadcasts), a batch that gives every
+// thread an image, and one image's copy within the chunk budget. Intel Xeon (Sapphire Rapids
+// class), 2 threads, float32, sweep rows, GEMM -> this form: grouped 7x7/s2 p1 32->64 g4 7x7 N16
+// (16 filters a group) 128-131 -> 70-71 us, 0.84x -> 1.5x PyTorch; grouped 2x2/s2 p1 128->96 g2
+// 7x7 N16 (48) 207-212 -> 126-138 us, 0.71x -> 1.1-1.2x; but 4x4 p2 16->128 7x7 N16 (128) 224-228
+// -> 228-250 us and 7x7 p3 24->512 7x7 N2 520 -> 1,053 us.
+constexpr int64_t kLanesWeightsMaxFilters = 64;
+template <typename T>
+bool lanes_weights_eligible(const Conv2d& cv) {
+  using V = typename VecOf<T>::type;
+  if (V::W == 1 || cv.groups == 0) return false;
+  const int64_t cg = cv.c / cv.groups;
+  const LanesWeightsGeometry lg = lanes_weights_geometry(cv, V::W);
+  return 2 * cv.q < V::W && 2 * cg >= V::W && cv.k / cv.groups <= kLanesWeightsMaxFilters &&
+         cv.r * cv.s >= 2 && cv.n >= cv.nthreads &&
+         lg.image() * static_cast<int64_t>(sizeof(T)) <= kLanesWeightsChunkBytes;
+}
+
+// sums[(k * rs + t) * cgp + c..] += the KB x NT products over the chunk's nimg images, for
+// filters k0.. (dyk: dy of image 0 of the chunk, filter k0), taps t0.. (toff: their offsets in
+// the copy) and the vector of channels at xc (in image 0 of the copy).
+template <class V, int KB, int NT>
+inline void lanes_weights_block(const Conv2d& cv, const LanesWeightsGeometry& lg,
+                                const typename V::T* xc, const typename V::T* dyk,
+                                const int64_t* toff, int64_t nimg, int64_t rs,
+                                typename V::T* sums) {
+  using T = typename V::T;
+  using R = typename V::V;
+  const int64_t pq = cv.p * cv.q, img_dy = cv.k * pq, img_x = lg.image();
+  const int64_t col_step = cv.sw * lg.cgp, row_step = cv.sh * lg.wp * lg.cgp;
+  R acc[KB][NT];
+  SIMDNN_UNROLL for (int k = 0; k < KB; ++k) {
+    SIMDNN_UNROLL for (int t = 0; t < NT; ++t) acc[k][t] = V::zero();
+  }
+  for (int64_t n = 0; n < nimg; ++n) {
+    const T* gn = dyk + n * img_dy;
+    for (int64_t p = 0; p < cv.p; ++p) {
+      const T* xrow = xc + n * img_x + p * row_step;
+      for (int64_t q = 0; q < cv.q; ++q) {
+        const T* xs = xrow + q * col_step;
+        R g[KB];
+        SIMDNN_UNROLL for (int k = 0; k < KB; ++k) g[k] = V::set1(gn[k * pq + p * cv.q + q]);
+        SIMDNN_UNROLL for (int t = 0; t < NT; ++t) {
+          const R xv = V::load(xs + toff[t]);
+          SIMDNN_UNROLL for (int k = 0; k < KB; ++k) acc[k][t] = V::fma(g[k], xv, acc[k][t]);
+        }
+      }
+    }
+  }
+  SIMDNN_UNROLL for (int k = 0; k < KB; ++k) {
+    SIMDNN_UNROLL for (int t = 0; t < NT; ++t) {
+      T* s = sums + (k * rs + t) * lg.cgp;
+      V::store(s, V::add(V::load(s), acc[k][t]));
+    }
+  }
+}
+
+// Taps [0, rs) of filters [k0, k0 + KB), NT at a time.
+template <class V, int KB>
+inline void lanes_weights_taps(const Conv2d& cv, const LanesWeightsGeometry& lg,
+                               const typename V::T* xc, const typename V::T* dyk,
+                               const int64_t* toff, int64_t nimg, int64_t rs, typename V::T* sums) {
+  for (int64_t t = 0; t < rs; t += kLanesWeightsNt) {
+    typename V::T* s = sums + t * lg.cgp;
+    switch (min64(kLanesWeightsNt, rs - t)) {
+      case 5:
+        lanes_weights_block<V, KB, 5>(cv, lg, xc, dyk, toff + t, nimg, rs, s);
+        break;
+      case 4:
+        lanes_weights_block<V, KB, 4>(cv, lg, xc, dyk, toff + t, nimg, rs, s);
+        break;
+      case 3:
+        lanes_weights_block<V, KB, 3>(cv, lg, xc, dyk, toff + t, nimg, rs, s);
+        break;
+      case 2:
+        lanes_weights_block<V, KB, 2>(cv, lg, xc, dyk, toff + t, nimg, rs, s);
+        break;
+      default:
+        lanes_weights_block<V, KB, 1>(cv, lg, xc, dyk, toff + t, nimg, rs, s);
+        break;
+    }
+  }
+}
+
+// Images [n0, n1): dw (K x C/G*R*S) and db (K, or null), written (not accumulated).
+template <typename T>
+void lanes_weights_task(const Conv2d& cv, const T* x, const T* dy, int64_t n0, int64_t n1, T* dw,
+                        T* db) {
+  using V = typename VecOf<T>::type;
+  constexpr int W = V::W;
+  constexpr int KB = lanes_weights_kb<V>();
+  const LanesWeightsGeometry lg = lanes_weights_geometry(cv, W);
+  const int64_t cg = cv.c / cv.groups, kg = cv.k / cv.groups, rs = cv.r * cv.s;
+  const int64_t pq = cv.p * cv.q, plane = cv.h * cv.w, crs = cg * rs;
+  const int64_t img = lg.image();
+  const int64_t chunk =
+      max64(1, min64(n1 - n0, kLanesWeightsChunkBytes / (img * static_cast<int64_t>(sizeof(T)))));
+  // Scratch: the chunk's channels-last images, the group's sums (Kg x RS x cgp), tap offsets.
+  const int64_t nbuf = round_up(chunk * img, 16), nsum = round_up(kg * rs * lg.cgp, 16);
+  char* base = static_cast<char*>(workspace(
+      WorkspaceSlot::pack_aux, static_cast<size_t>((nbuf + nsum) * static_cast<int64_t>(sizeof(T)) +
+                                                   rs * static_cast<int64_t>(sizeof(int64_t)))));
+  T* xt = reinterpret_cast<T*>(base);
+  T* sums = xt + nbuf;
+  int64_t* toff = reinterpret_cast<int64_t*>(sums + nsum);
+  for (int64_t t = 0; t < rs; ++t) {
+    toff[t] = ((t / cv.s) * cv.dh * lg.wp + (t % cv.s) * cv.dw) * lg.cgp;
+  }
+  // Padded rows [i0, i1) and columns [j0, j1) hold input pixels (the rest of the copy is 0).
+  const int64_t i0 = min64(lg.hp, cv.ph), i1 = max64(i0, min64(lg.hp, cv.h + cv.ph));
+  const int64_t j0 = min64(lg.wp, cv.pw), j1 = max64(j0, min64(lg.wp, cv.w + cv.pw));
+  // The padding (border pixels, channels past cg) is zeroed once: the copies below rewrite only
+  // the pixels inside the input, every lane of them.
+  std::memset(xt, 0, static_cast<size_t>(chunk * img) * sizeof(T));
+  for (int64_t grp = 0; grp < cv.groups; ++grp) {
+    for (int64_t i = 0; i < kg * rs * lg.cgp; ++i) sums[i] = T(0);
+    for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
+      const int64_t nimg = min64(chunk, n1 - c0);
+      // W channels x W columns at a time, transposed in registers (element by element, with a
+      // store every C/G elements apart, the copy took a third of the time).
+      for (int64_t n = 0; n < nimg; ++n) {
+        const T* src = x + ((c0 + n) * cv.c + grp * cg) * plane;
+        for (int64_t cb = 0; cb < lg.cgp; cb += W) {
+          for (int64_t i = i0; i < i1; ++i) {
+            const int64_t srow = (i - cv.ph) * cv.w - cv.pw;
+            T* drow = xt + n * img + i * lg.wp * lg.cgp + cb;
+            for (int64_t jb = j0; jb < j1; jb += W) {
+              const int live = static_cast<int>(min64(W, j1 - jb));
+              typename V::V blk[W];
+              for (int l = 0; l < W; ++l) {
+                blk[l] =
+                    cb + l < cg ? V::loadn(src + (cb + l) * plane + srow + jb, live) : V::zero();
+              }
+              V::transpose(blk);
+              for (int m = 0; m < live; ++m) V::store(drow + (jb + m) * lg.cgp, blk[m]);
+            }
+          }
+        }
+      }
+      const T* dyc = dy + (c0 * cv.k + grp * kg) * pq;
+      for (int64_t k0 = 0; k0 < kg; k0 += KB) {
+        for (int64_t cvec = 0; cvec < lg.cgp; cvec += W) {
+          const T* xc = xt + cvec;
+          const T* dyk = dyc + k0 * pq;
+          T* s = sums + k0 * rs * lg.cgp + cvec;
+          switch (min64(KB, kg - k0)) {
+            case 4:
+              lanes_weights_taps<V, (KB >= 4 ? 4 : 1)>(cv, lg, xc, dyk, toff, nimg, rs, s);
+              break;
+            case 3:
+              lanes_weights_taps<V, (KB >= 3 ? 3 : 1)>(cv, lg, xc, dyk, toff, nimg, rs, s);
+              break;
+            case 2:
+              lanes_weights_taps<V, 2>(cv, lg, xc, dyk, toff, nimg, rs, s);
+              break;
+            default:
+              lanes_weights_taps<V, 1>(cv, lg, xc, dyk, toff, nimg, rs, s);
+              break;
+          }
+        }
+      }
+    }
+    // Lanes to dw[k, c, t]: sums[k][t][c].
+    for (int64_t k = 0; k < kg; ++k) {
+      T* dk = dw + (grp * kg + k) * crs;
+      for (int64_t c = 0; c < cg; ++c) {
+        for (int64_t t = 0; t < rs; ++t) dk[c * rs + t] = sums[(k * rs + t) * lg.cgp + c];
+      }
+    }
+  }
+  if (db != nullptr) {
+    for (int64_t k = 0; k < cv.k; ++k) {
+      typename V::V acc = V::zero();
+      for (int64_t n = n0; n < n1; ++n) {
+        const T* gp = dy + (n * cv.k + k) * pq;
+        int64_t j = 0;
+        for (; j + W <= pq; j += W) acc = V::add(acc, V::load(gp + j));
+        if (j < pq) acc = V::add(acc, V::loadn(gp + j, static_cast<int>(pq - j)));
+      }
+      db[k] = lane_sum<V>(acc);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace simdnn::SIMDNN_ISA_NS
