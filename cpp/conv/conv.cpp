@@ -151,10 +151,10 @@ void conv_backward_weights(const Conv2d& cv_in, const T* x, const T* dy, T* dw, 
   // 2^21, about 10 us on one core. (Counting pixels instead left LeNet's second layer, 4096
   // pixels of 25,000 multiply-adds each, on one thread.)
   const int64_t macs = total * kg * crs;
-  // Few reduction rows: the direct kernel (direct.h), whose tasks take whole images.
-  const bool direct = direct_weights_eligible<T>(cv);
-  // Short output rows and enough channels a group: channels in the lanes (weights_lanes.h).
-  const bool lanes = !direct && lanes_weights_eligible<T>(cv);
+  // Channels in the lanes where eligible (weights_lanes.h), else few reduction rows or filters:
+  // the direct kernel (direct.h), whose tasks take whole images.
+  const bool lanes = lanes_weights_eligible<T>(cv);
+  const bool direct = !lanes && direct_weights_eligible<T>(cv);
   if (direct && cv.n < cv.nthreads && !pointwise_unpadded(cv)) {
     // Fewer images than threads: tasks take ranges of input channels instead, each writing the
     // rows of dw its channels reach, so there are no partial sums to add.

@@ -1,6 +1,6 @@
-// Backward-weights with the input channels in the vector lanes, for layers whose output rows are
-// short (a few pixels) and whose groups have at least half a vector of input channels. For the
-// per-ISA convolution files; the shape legend is conv.cpp's.
+// Backward-weights with the input channels in the vector lanes, for layers with few filters a
+// group (up to 64) and whole vectors of input channels, or short output rows. For the per-ISA
+// convolution files; the shape legend is conv.cpp's.
 //
 // The GEMM path (dW = dY . im2col^T) packs im2col^T a pixel at a time there: each reduction row
 // of a block is one output pixel's C/G x R x S taps, picked element by element, and half of the
@@ -54,24 +54,43 @@ inline LanesWeightsGeometry lanes_weights_geometry(const Conv2d& cv, int64_t w) 
   return lg;
 }
 
-// Where the channels-in-lanes form replaces the GEMM: output rows under half a vector (the
-// GEMM's im2col^T is then packed pixel by pixel, and the direct kernel's row vectors run under
-// half full), at least half a vector of input channels a group (padding lanes waste the rest),
-// at most kLanesWeightsMaxFilters filters a group (the GEMM's packing feeds that many FMAs an
-// element, and beyond it amortises better than this form's broadcasts), a batch that gives every
-// thread an image, and one image's copy within the chunk budget. Intel Xeon (Sapphire Rapids
-// class), 2 threads, float32, sweep rows, GEMM -> this form: grouped 7x7/s2 p1 32->64 g4 7x7 N16
-// (16 filters a group) 128-131 -> 70-71 us, 0.84x -> 1.5x PyTorch; grouped 2x2/s2 p1 128->96 g2
-// 7x7 N16 (48) 207-212 -> 126-138 us, 0.71x -> 1.1-1.2x; but 4x4 p2 16->128 7x7 N16 (128) 224-228
-// -> 228-250 us and 7x7 p3 24->512 7x7 N2 520 -> 1,053 us.
+// Where the channels-in-lanes form replaces the GEMM and the direct kernel: at least half a
+// vector of input channels a group, at most kLanesWeightsMaxFilters filters a group (the GEMM's
+// packing feeds that many FMAs an element, and beyond it amortises better than this form's
+// broadcasts), a batch that gives every thread an image, one image's copy within the chunk
+// budget, and either output rows under half a vector (the GEMM's im2col^T is then packed pixel by
+// pixel, and the direct kernel's row vectors run under half full) or channel vectors at least
+// three-quarters full. Intel Xeon (Sapphire Rapids class), 2 threads, float32, AVX-512, the
+// sweep's backward-weights rows, before -> this form (no eligible row slower beyond the noise):
+//   short rows: grouped 7x7/s2 p1 32->64 g4 7x7 N16 (16 filters a group) 128-133 -> 70-76 us,
+//     0.84x -> 1.5x PyTorch; grouped 2x2/s2 p1 128->96 g2 7x7 N16 (48) 207-224 -> 126-138 us,
+//     0.71x -> 1.1-1.2x;
+//   full lanes: 4x4 p3 16->24 14x14 N32 (GEMM) 693-760 -> 311-346 us, 0.8x -> 1.6-1.8x; 4x4 p2
+//     16->16 14x14 N8 (direct) 124-137 -> 52-54 us; 5x5 p3 24->8 7x7 N16 (direct) 121-124 -> 62-64
+//     us; 7x7 64->3 14x14 N16 (direct) 321-323 -> 116-128 us; 5x5/s2 p2 32->8 g2 28x28 N16 313-325
+//     -> 101-107 us; 4x4/s2 p2 32->64 28x28 N8 (GEMM) 474-536 -> 413-442 us; and off the sweep,
+//     3x3 p1 32->32 56x56 N8 2.31-2.40 -> 1.26-1.33 ms, 5x5 p2 32->64 28x28 N16 5.03 -> 3.27 ms.
+// Where it lost: 128 filters a group (4x4 p2 16->128 7x7 N16 224-228 -> 228-250 us), 512 (7x7 p3
+// 24->512 7x7 N2 520 -> 1,053 us), and LeNet's 20->50 5x5 12x12 N64, whose 20 channels fill 20
+// of 32 lanes (1.01 -> 1.13 ms). With 16 registers (AVX2: two filters a block against four)
+// full lanes lost at 32 filters and more (20->50 5x5 12x12 N64 1.25 -> 2.05 ms with 20 of 24
+// lanes; 3x3 p1 32->32 56x56 N8 3.29 -> 3.67 ms) and won below (4x4 p3 16->24 14x14 N32 1.03 ->
+// 0.98 ms, 5x5 p3 24->8 7x7 N16 212 -> 152 us, 7x7 64->3 14x14 N16 314 -> 260 us), hence
+// kLanesWeightsMaxFiltersNarrow there. Not measured on AMD.
 constexpr int64_t kLanesWeightsMaxFilters = 64;
+constexpr int64_t kLanesWeightsMaxFiltersNarrow = 24;
+
 template <typename T>
 bool lanes_weights_eligible(const Conv2d& cv) {
   using V = typename VecOf<T>::type;
   if (V::W == 1 || cv.groups == 0) return false;
   const int64_t cg = cv.c / cv.groups;
   const LanesWeightsGeometry lg = lanes_weights_geometry(cv, V::W);
-  return 2 * cv.q < V::W && 2 * cg >= V::W && cv.k / cv.groups <= kLanesWeightsMaxFilters &&
+  const int64_t kg = cv.k / cv.groups;
+  const bool short_rows = 2 * cv.q < V::W;
+  const bool full_lanes =
+      4 * cg >= 3 * lg.cgp && (sizeof(typename V::V) >= 64 || kg <= kLanesWeightsMaxFiltersNarrow);
+  return (short_rows || full_lanes) && 2 * cg >= V::W && kg <= kLanesWeightsMaxFilters &&
          cv.r * cv.s >= 2 && cv.n >= cv.nthreads &&
          lg.image() * static_cast<int64_t>(sizeof(T)) <= kLanesWeightsChunkBytes;
 }

@@ -115,15 +115,19 @@ CASES = [
     (2, 3, 9, 9, 5, 3, 3, 1, 1, 1, 1),
     (2, 4, 13, 12, 6, 3, 3, 1, (2, 1), (2, 1), 1),
     (2, 64, 14, 14, 3, 7, 7, 1, 0, 1, 1),
-    # Backward-weights with the input channels in the lanes (rows under half a vector, at least
-    # half a vector of channels a group): 20 channels (a partial channel vector) and 12 filters
+    # Backward-weights with the input channels in the lanes (rows under half a vector, or
+    # channel vectors at least 3/4 full): 20 channels (a partial channel vector) and 12 filters
     # on 3-wide rows; 16 channels and 9 filters (a partial filter block) a group, 2x2/s2; a
     # dilated 3x2 with row padding only (5-wide rows); 3x3/s8 on 56x56 planes, whose copies take
-    # several chunks a task.
+    # several chunks a task; on long rows, 16 channels and 10 filters 4x4 p3, 24 channels (3/4
+    # of two AVX-512 float vectors) and 8 filters 5x5, and 2 groups of 16 channels and 20 filters.
     (3, 20, 7, 6, 12, 3, 3, 2, 1, 1, 1),
     (2, 32, 5, 5, 18, 2, 2, 2, 1, 1, 2),
     (2, 8, 9, 8, 7, 3, 2, 1, (2, 0), (2, 3), 1),
     (8, 16, 56, 56, 4, 3, 3, 8, 1, 1, 1),
+    (2, 16, 12, 13, 10, 4, 4, 1, 3, 1, 1),
+    (2, 24, 9, 9, 8, 5, 5, 1, 2, 1, 1),
+    (2, 32, 10, 11, 40, 3, 3, 1, 1, 1, 2),
     # Backward-data as the flipped convolution with 8 input channels a group: 8 filters, the
     # direct forward's case; one group, and two groups with dilation.
     (2, 8, 11, 13, 16, 3, 3, 1, 1, 1, 1),
