@@ -642,7 +642,8 @@ constexpr int64_t kDirectWeightsMaxFilters = 16;
 // ceil(P * Q / W) FMAs a sum, so the sums need only stay in L2. Intel Xeon (Sapphire Rapids class,
 // 2 MiB of L2), 2 threads, float32: 7x7 p0 64->3 14x14 N16 (602 KB of sums) GEMM -> direct 638-653
 // -> 328-330 us, 0.69x -> 1.4x PyTorch, and no other sweep row moved beyond the noise with the
-// limit at 1.5 MiB. On the AMD EPYC Zen 5 (1 MiB of L2) the limit is 768 KiB: not re-measured.
+// limit at 1.5 MiB (that row now takes the channels-in-lanes form, weights_lanes.h: 116-128 us).
+// On the AMD EPYC Zen 5 (1 MiB of L2) the limit is 768 KiB: not re-measured.
 constexpr int64_t kDirectWeightsMaxSumBytes = int64_t(512) << 10;
 // One image (fewer images than threads): tasks take ranges of input channels (conv.cpp), and each
 // sum is added to once, so the sums need not stay in L2; up to 4 MiB of them (128->8 5x5/s2 p1
