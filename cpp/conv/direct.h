@@ -29,7 +29,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
 #include "common/compiler.h"
 #include "common/cpu.h"
@@ -662,25 +661,6 @@ constexpr int64_t kDirectWeightsSplitMinPixels = 512;
 // 256->16 14x14 N8 58 -> 86 us and 256->64 g4 14x14 N16 236 -> 266 us.
 constexpr int64_t kPointwiseWeightsMaxFilters = 8;
 
-// The flat form of the weight gradient at stride 1: each padded plane read as one row of P x
-// ld pixels (ld = the padded width) against dy widened to ld columns, so that rows shorter than
-// a vector share vectors. Where it takes fewer vectors than row by row (a row of Q pixels takes
-// ceil(Q / W) vectors, the last one masked) and an image's widened dy (K rows) fits in this many
-// bytes: it is written once an image. Intel Xeon (Sapphire Rapids class), 2 threads, float32,
-// sweep rows, row by row -> flat: 5x5 p3 24->8 7x7 N16 164 -> 123-124 us (0.65x -> 0.88x
-// PyTorch); 2x2 8->128 28x28 N16 (418 KB of dy) 725-734 -> 614-641 us; 2x2 64->16 56x56 N1
-// 166-167 -> 117-129 us; but 4x4 p2 8->24 g4 112x112 N16, 1.26 MB of widened dy an image, 2.44-2.51
-// -> 2.64-2.66 ms.
-constexpr int64_t kDirectWeightsMaxFlatBytes = int64_t(512) << 10;
-
-template <class V>
-bool direct_weights_flat(const Conv2d& cv) {
-  if (cv.sh != 1 || cv.sw != 1) return false;
-  const int64_t ld = cv.q + (cv.s - 1) * cv.dw, len = round_up(cv.p * ld, V::W);
-  return len / V::W < cv.p * ceil_div(cv.q, V::W) &&
-         cv.k * len * static_cast<int64_t>(sizeof(typename V::T)) <= kDirectWeightsMaxFlatBytes;
-}
-
 template <typename T>
 bool direct_weights_eligible(const Conv2d& cv) {
   using V = typename VecOf<T>::type;
@@ -754,32 +734,6 @@ inline void direct_weights_block(const Conv2d& cv, const PadPlane& pp, const typ
   }
 }
 
-// dst (k rows of len elements) = src (k planes of p x q) with each row of q widened to ld by
-// zeros, and zeros from p * ld to len.
-template <typename T>
-inline void widen_rows(const T* src, int64_t k, int64_t p, int64_t q, int64_t ld, int64_t len,
-                       T* dst) {
-  for (int64_t i = 0; i < k; ++i, src += p * q, dst += len) {
-    for (int64_t r = 0; r < p; ++r) {
-      std::memcpy(dst + r * ld, src + r * q, static_cast<size_t>(q) * sizeof(T));
-      for (int64_t j = q; j < ld; ++j) dst[r * ld + j] = T(0);
-    }
-    for (int64_t j = p * ld; j < len; ++j) dst[j] = T(0);
-  }
-}
-
-// True where none of x[0, n) is an infinity or a NaN (x * 0 is 0 for the rest).
-template <class V>
-inline bool all_finite(const typename V::T* x, int64_t n) {
-  using T = typename V::T;
-  typename V::V acc = V::zero();
-  int64_t i = 0;
-  for (; i + V::W <= n; i += V::W) acc = V::fma(V::load(x + i), V::zero(), acc);
-  T tail = T(0);
-  for (; i < n; ++i) tail += x[i] * T(0);
-  return lane_sum<V>(acc) + tail == T(0);
-}
-
 // The taps [t0, t1) of channel c for filters [k0, k0 + KB), NT at a time.
 template <class V, int KB>
 inline void direct_weights_taps(const Conv2d& cv, const PadPlane& pp, const typename V::T* buf,
@@ -826,38 +780,25 @@ void direct_weights_task(const Conv2d& cv, const T* x, const T* dy, int64_t n0, 
   // the "taps" of a block are the group's channels (their offsets are multiples of P*Q). The
   // partial last vector is read with masked loads.
   const bool in_place = pointwise_unpadded(cv);
-  // Stride 1 where it takes fewer vectors: the flat form (direct_weights_flat).
-  const bool flat = !in_place && direct_weights_flat<V>(cv);
   Conv2d row = cv;
   if (in_place) {
     row.p = 1;
     row.q = pq;
   }
-  const PadPlane pp = in_place ? PadPlane{} : pad_plane_geometry(g, flat ? 0 : W);
+  const PadPlane pp = in_place ? PadPlane{} : pad_plane_geometry(g, W);
   const int64_t taps = in_place ? cg : rs;
-  // The flat form: each plane one row of P x ld pixels (ld: the padded width), W-aligned, with dy
-  // widened to match (zeros in the columns Q..ld and after the last row).
-  const int64_t flat_len = flat ? round_up(cv.p * pp.ld, W) : 0;
-  Conv2d flat_row = cv;
-  flat_row.p = 1;
-  flat_row.q = flat_len;
-  // Scratch: the padded plane (in the flat form, with zeros past its last row for the widest
-  // tap's overrun), the per-task vector sums (K x CRS, then K for db), the widened dy of the flat
-  // form, tap offsets. nsum rounded to 16 elements: the int64 offsets after the sums stay 8-byte
-  // aligned (with the scalar ISA, W = 1, the sums alone may be an odd number of floats).
-  const int64_t plane = in_place ? 0
-                        : flat   ? round_up(pp.hp * pp.ld + W + (cv.s - 1) * cv.dw, 16)
-                                 : plane_scratch<T>(pp);
+  // Scratch: the padded plane, the per-task vector sums (K x CRS, then K for db), tap offsets.
+  // nsum rounded to 16 elements: the int64 offsets after the sums stay 8-byte aligned (with the
+  // scalar ISA, W = 1, the sums alone may be an odd number of floats).
+  const int64_t plane = in_place ? 0 : plane_scratch<T>(pp);
   const int64_t nsum = round_up((cv.k * crs + cv.k) * W, 16);
-  const int64_t ndyw = round_up(cv.k * flat_len, 16);
   char* base = static_cast<char*>(
       workspace(WorkspaceSlot::pack_aux,
-                static_cast<size_t>((plane + nsum + ndyw) * static_cast<int64_t>(sizeof(T)) +
+                static_cast<size_t>((plane + nsum) * static_cast<int64_t>(sizeof(T)) +
                                     taps * static_cast<int64_t>(sizeof(int64_t)))));
   T* buf = reinterpret_cast<T*>(base);
   T* sums = buf + plane;
-  T* dyw = sums + nsum;
-  int64_t* off = reinterpret_cast<int64_t*>(dyw + ndyw);
+  int64_t* off = reinterpret_cast<int64_t*>(sums + nsum);
   for (int64_t i = 0; i < taps; ++i) {
     off[i] = in_place ? i * pq : pp.tap(i / cv.s, i % cv.s, cv.dh, cv.dw);
   }
@@ -877,51 +818,39 @@ void direct_weights_task(const Conv2d& cv, const T* x, const T* dy, int64_t n0, 
   });
   T* dbsum = sums + cv.k * crs * W;
   for (int64_t i = 0; i < cv.k * W; ++i) dbsum[i] = T(0);
-  // Filters [k0, ke) in blocks of KB against the taps of `src` (channel cl of the group on), in
-  // geometry `rg` with filter k0's dy at dyk (filters ld_dy apart).
-  auto filters = [&](const Conv2d& rg, const T* src, const T* dyk, int64_t ld_dy, int64_t k0,
-                     int64_t ke, int64_t cl) {
-    for (; k0 < ke; k0 += KB, dyk += KB * ld_dy) {
+  // Filters [k0, ke) in blocks of KB against the taps of `src` (channel cl of the group on).
+  auto filters = [&](const T* src, const T* dyn, int64_t k0, int64_t ke, int64_t cl) {
+    for (; k0 < ke; k0 += KB) {
       T* s = sums + (k0 * crs + cl * rs) * W;
+      const T* dyk = dyn + k0 * pq;
       switch (min64(KB, ke - k0)) {
         case 4:
-          direct_weights_taps<V, (KB >= 4 ? 4 : 1)>(rg, pp, src, dyk, off, taps, crs, s);
+          direct_weights_taps<V, (KB >= 4 ? 4 : 1)>(row, pp, src, dyk, off, taps, crs, s);
           break;
         case 3:
-          direct_weights_taps<V, (KB >= 3 ? 3 : 1)>(rg, pp, src, dyk, off, taps, crs, s);
+          direct_weights_taps<V, (KB >= 3 ? 3 : 1)>(row, pp, src, dyk, off, taps, crs, s);
           break;
         case 2:
-          direct_weights_taps<V, 2>(rg, pp, src, dyk, off, taps, crs, s);
+          direct_weights_taps<V, 2>(row, pp, src, dyk, off, taps, crs, s);
           break;
         default:
-          direct_weights_taps<V, 1>(rg, pp, src, dyk, off, taps, crs, s);
+          direct_weights_taps<V, 1>(row, pp, src, dyk, off, taps, crs, s);
           break;
       }
     }
   };
-  if (flat) {
-    for (int64_t i = pp.hp * pp.ld; i < plane; ++i) buf[i] = T(0);
-  }
   for (int64_t n = n0; n < n1; ++n) {
     const T* dyn = dy + n * cv.k * pq;
-    if (flat) widen_rows(dyn, cv.k, cv.p, cv.q, pp.ld, flat_len, dyw);
     if (in_place) {
       for (int64_t grp = 0; grp < cv.groups; ++grp) {
-        filters(row, x + (n * cv.c + grp * cg) * pq, dyn + grp * kg * pq, pq, grp * kg,
-                (grp + 1) * kg, 0);
+        filters(x + (n * cv.c + grp * cg) * pq, dyn, grp * kg, (grp + 1) * kg, 0);
       }
     } else {
       for (int64_t c = c0; c < c1; ++c) {
         fill_padded(x + (n * cv.c + c) * cv.h * cv.w, g, pp, buf);
         // Channel c's group: filters [kb, kb + kg), and c's place among the group's channels.
         const int64_t grp = c / cg, cl = c - grp * cg;
-        // The flat form also reads the columns past Q, against zeros of dy: only where the plane
-        // is finite (an infinity there would put a NaN into taps whose sums never meet it).
-        if (flat && all_finite<V>(buf, pp.hp * pp.ld)) {
-          filters(flat_row, buf, dyw + grp * kg * flat_len, flat_len, grp * kg, (grp + 1) * kg, cl);
-        } else {
-          filters(row, buf, dyn + grp * kg * pq, pq, grp * kg, (grp + 1) * kg, cl);
-        }
+        filters(buf, dyn, grp * kg, (grp + 1) * kg, cl);
       }
     }
     if (db != nullptr) {
