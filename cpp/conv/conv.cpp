@@ -6,7 +6,8 @@
 //   gemm_policies.h  how conv feeds the GEMM engine: A/B/C operand policies, implicit_gemm
 //   depthwise.h      direct depthwise kernels (G = C = K), forward and both backward passes
 //   direct.h         direct kernels: forward with few filters, backward-weights with few rows
-//   weights_lanes.h  backward-weights of short output rows with the input channels in the lanes
+//   weights_lanes.h  backward-weights with the input channels in the lanes (short output rows, or
+//                    long rows whose channel vectors are at least 3/4 full)
 //   backward_data.h  the backward-data strategies (flipped, col2im) and their chooser
 //   winograd.h       Winograd F(4x4, 3x3) for stride-1 3x3 layers, all three passes
 //

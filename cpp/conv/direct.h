@@ -823,20 +823,9 @@ void direct_weights_task(const Conv2d& cv, const T* x, const T* dy, int64_t n0, 
     for (; k0 < ke; k0 += KB) {
       T* s = sums + (k0 * crs + cl * rs) * W;
       const T* dyk = dyn + k0 * pq;
-      switch (min64(KB, ke - k0)) {
-        case 4:
-          direct_weights_taps<V, (KB >= 4 ? 4 : 1)>(row, pp, src, dyk, off, taps, crs, s);
-          break;
-        case 3:
-          direct_weights_taps<V, (KB >= 3 ? 3 : 1)>(row, pp, src, dyk, off, taps, crs, s);
-          break;
-        case 2:
-          direct_weights_taps<V, 2>(row, pp, src, dyk, off, taps, crs, s);
-          break;
-        default:
-          direct_weights_taps<V, 1>(row, pp, src, dyk, off, taps, crs, s);
-          break;
-      }
+      with_width<KB>(min64(KB, ke - k0), [&](auto kbc) {
+        direct_weights_taps<V, decltype(kbc)::value>(row, pp, src, dyk, off, taps, crs, s);
+      });
     }
   };
   for (int64_t n = n0; n < n1; ++n) {

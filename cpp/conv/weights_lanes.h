@@ -24,6 +24,7 @@
 #include "common/int_math.h"
 #include "common/parallel.h"
 #include "conv/conv.h"
+#include "conv/depthwise.h"
 #include "simd/simd.h"
 
 namespace simdnn::SIMDNN_ISA_NS {
@@ -134,33 +135,6 @@ inline void lanes_weights_block(const Conv2d& cv, const LanesWeightsGeometry& lg
   }
 }
 
-// Taps [0, rs) of filters [k0, k0 + KB), NT at a time.
-template <class V, int KB>
-inline void lanes_weights_taps(const Conv2d& cv, const LanesWeightsGeometry& lg,
-                               const typename V::T* xc, const typename V::T* dyk,
-                               const int64_t* toff, int64_t nimg, int64_t rs, typename V::T* sums) {
-  for (int64_t t = 0; t < rs; t += kLanesWeightsNt) {
-    typename V::T* s = sums + t * lg.cgp;
-    switch (min64(kLanesWeightsNt, rs - t)) {
-      case 5:
-        lanes_weights_block<V, KB, 5>(cv, lg, xc, dyk, toff + t, nimg, rs, s);
-        break;
-      case 4:
-        lanes_weights_block<V, KB, 4>(cv, lg, xc, dyk, toff + t, nimg, rs, s);
-        break;
-      case 3:
-        lanes_weights_block<V, KB, 3>(cv, lg, xc, dyk, toff + t, nimg, rs, s);
-        break;
-      case 2:
-        lanes_weights_block<V, KB, 2>(cv, lg, xc, dyk, toff + t, nimg, rs, s);
-        break;
-      default:
-        lanes_weights_block<V, KB, 1>(cv, lg, xc, dyk, toff + t, nimg, rs, s);
-        break;
-    }
-  }
-}
-
 // Images [n0, n1): dw (K x C/G*R*S) and db (K, or null), written (not accumulated).
 template <typename T>
 void lanes_weights_task(const Conv2d& cv, const T* x, const T* dy, int64_t n0, int64_t n1, T* dw,
@@ -222,20 +196,16 @@ void lanes_weights_task(const Conv2d& cv, const T* x, const T* dy, int64_t n0, i
           const T* xc = xt + cvec;
           const T* dyk = dyc + k0 * pq;
           T* s = sums + k0 * rs * lg.cgp + cvec;
-          switch (min64(KB, kg - k0)) {
-            case 4:
-              lanes_weights_taps<V, (KB >= 4 ? 4 : 1)>(cv, lg, xc, dyk, toff, nimg, rs, s);
-              break;
-            case 3:
-              lanes_weights_taps<V, (KB >= 3 ? 3 : 1)>(cv, lg, xc, dyk, toff, nimg, rs, s);
-              break;
-            case 2:
-              lanes_weights_taps<V, 2>(cv, lg, xc, dyk, toff, nimg, rs, s);
-              break;
-            default:
-              lanes_weights_taps<V, 1>(cv, lg, xc, dyk, toff, nimg, rs, s);
-              break;
-          }
+          // KB filters (fewer in a group's last block) and NT taps at a time.
+          with_width<KB>(min64(KB, kg - k0), [&](auto kbc) {
+            constexpr int KBC = decltype(kbc)::value;
+            for (int64_t t = 0; t < rs; t += kLanesWeightsNt) {
+              with_width<kLanesWeightsNt>(min64(kLanesWeightsNt, rs - t), [&](auto ntc) {
+                lanes_weights_block<V, KBC, decltype(ntc)::value>(cv, lg, xc, dyk, toff + t, nimg,
+                                                                  rs, s + t * lg.cgp);
+              });
+            }
+          });
         }
       }
     }
@@ -249,14 +219,7 @@ void lanes_weights_task(const Conv2d& cv, const T* x, const T* dy, int64_t n0, i
   }
   if (db != nullptr) {
     for (int64_t k = 0; k < cv.k; ++k) {
-      typename V::V acc = V::zero();
-      for (int64_t n = n0; n < n1; ++n) {
-        const T* gp = dy + (n * cv.k + k) * pq;
-        int64_t j = 0;
-        for (; j + W <= pq; j += W) acc = V::add(acc, V::load(gp + j));
-        if (j < pq) acc = V::add(acc, V::loadn(gp + j, static_cast<int>(pq - j)));
-      }
-      db[k] = lane_sum<V>(acc);
+      db[k] = vector_sum_runs<V>(dy + (n0 * cv.k + k) * pq, n1 - n0, cv.k * pq, pq);
     }
   }
 }

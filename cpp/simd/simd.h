@@ -37,5 +37,19 @@ static inline typename V::T vector_sum(const typename V::T* p, int64_t n) {
   return lane_sum<V>(acc);
 }
 
+// The sum of `count` runs of n elements, `stride` apart from p (a bias gradient: one channel's
+// planes of dy over a range of images), in one set of W partial sums: run by run, element order.
+template <class V>
+static inline typename V::T vector_sum_runs(const typename V::T* p, int64_t count, int64_t stride,
+                                            int64_t n) {
+  typename V::V acc = V::zero();
+  for (int64_t i = 0; i < count; ++i, p += stride) {
+    int64_t j = 0;
+    for (; j + V::W <= n; j += V::W) acc = V::add(acc, V::load(p + j));
+    if (j < n) acc = V::add(acc, V::loadn(p + j, static_cast<int>(n - j)));
+  }
+  return lane_sum<V>(acc);
+}
+
 }  // namespace simdnn::SIMDNN_ISA_NS
 #endif
