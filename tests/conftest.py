@@ -50,6 +50,28 @@ simdnn._core._set_thread_cap(max(8, simdnn.cpu_info()["thread_cap"]))
 DTYPES = [np.float32, np.float64]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--no-isa-matrix",
+        action="store_true",
+        help="deselect the tests that run on every ISA through the isa fixture: they set the ISA "
+        "themselves, so a run with SIMDNN_ISA forced repeats them unchanged "
+        "(tools/test_each_isa.py passes it to every run after the first)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--no-isa-matrix"):
+        return
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        (drop if "isa" in getattr(item, "fixturenames", ()) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.fixture(params=ISAS)
 def isa(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run the test with each available ISA forced for the whole process (the same switch as

@@ -9,8 +9,9 @@
 #      with the OpenMP runtime (libgomp) vendored (the kernels run on simdnn's own thread pool;
 #      libgomp is linked so that threadpoolctl's OpenMP limits reach them, docs/runtime.md).
 #   4. The repaired wheel, installed binary-only (no compiler involved) into a fresh venv, passes
-#      the whole test suite once per ISA this CPU has (SIMDNN_ISA forced), from a directory where
-#      the source tree is not importable: every dispatch path of the one binary.
+#      the whole test suite once per ISA this CPU has (SIMDNN_ISA forced; the tests that force
+#      every ISA themselves run only once), from a directory where the source tree is not
+#      importable: every dispatch path of the one binary.
 #   5. The sdist, unpacked, builds a wheel with `pip wheel` in a fresh venv (the users' fallback
 #      build), which imports and passes a subset of the tests: the runtime and micro-kernel files,
 #      which touch every ISA; the full suite already ran in step 4 on a binary of the same sources.
@@ -24,9 +25,10 @@
 # again rebuilds every artefact, venv and build directory from scratch (only the tools venv is
 # kept), so it gives the same answer each time. Missing system
 # packages are installed with apt-get (root or sudo, Debian 12), Python tools with pip into
-# build/wheels/tools-venv. 216 s on 2 cores with the system packages already installed, most of it
-# the four compiles of the extension (GCC, the sdist's, clang, clang without OpenMP; about 40 s
-# each) and the three test-suite runs (about 10 s each).
+# build/wheels/tools-venv. 835 s on 2 cores (an Intel Xeon, CI of 2026-12-01) with the system
+# packages already installed: the five compiles of the extension (GCC, the sdist's, clang, clang
+# without OpenMP, aarch64; 60-80 s each) and the test-suite runs (step 4: 400 s for three ISAs,
+# before the second and third runs left out the tests that force every ISA themselves; 6b: 140 s).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

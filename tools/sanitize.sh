@@ -9,7 +9,8 @@
 # Usage: bash tools/sanitize.sh [pytest arguments...]   (from anywhere; PYTHON=python3.X picks the
 # interpreter; SANITIZE=address,undefined is the default list)
 # Scratch in build/sanitize/ (venv, CMake build directory, log), rebuilt from scratch each run.
-# About 8 minutes on 2 cores: 5 for the instrumented build and its venv, 3 for the tests.
+# About 9 minutes on 2 cores: 5 for the instrumented build (-O2 -g1, CMakeLists.txt says why) and
+# its venv, 4 for the tests.
 #
 # Python itself is not instrumented, so the ASan runtime is preloaded (it must be the first library
 # in the process). Leak detection is off here because the interpreter keeps much of its memory
