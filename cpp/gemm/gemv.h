@@ -8,7 +8,8 @@
 // in place, once, sequentially:
 //  - Row-major B (unit column stride, X . W): y[0:N] += x[p] * B[p, 0:N], KB rows of B at a time
 //    (KB concurrent sequential streams) into an accumulator row held in L1, so that y is loaded and
-//    stored once per KB rows instead of once per row.
+//    stored once per KB rows instead of once per row. A long K is cut into chunks of whole rows
+//    (each a contiguous block of B) summed into partial rows, added at the end.
 //  - Transposed B (unit row stride, X . W^T as in nn.Linear): y[j] = dot(x, B[:, j]), NC columns
 //    at a time (NC concurrent streams, x loaded once for NC columns), reduced at the end.
 //  - Anything else goes to the blocked engine (gemv() returns false).
@@ -28,6 +29,23 @@ namespace simdnn::gemm_detail {
 // whatever M, 4.6-5.3 ms from M = 1 to 6 (5.6 at M = 8). AVX2: M = 4 3.1 / 4.6 ms here against
 // 8.1 / 4.7 ms blocked at M = 5, so the transposed case breaks even at M = 4: the bound.
 constexpr int64_t kGemvMaxM = 4;
+
+// Rows of row-major B per chunk: a product with K above it is summed chunk by chunk into partial
+// rows of C, added in chunk order at the end, so that a task streams whole rows of B, one block of
+// memory, instead of a strip of columns (2 KB of each 16 KB row: 8 tasks on 2 threads), and the
+// result does not depend on the thread count. 1 x 4096 . 4096 x 4096 fp32, 2 threads, AVX-512, an
+// Intel Xeon (Sapphire Rapids class), four copies of B in turn (256 MB, from DRAM) / two (128 MB):
+// columns split 29.5-29.7 / 43.7-44.4 GB/s; chunks of 128 rows 36.6-36.7 / 45.7-50.4, 256 rows
+// 37.4-37.7 / 48.9-50.0, 512 rows 36.8-37.2 / 50.9-51.0, 1024 rows 37.5-37.9 / 50.9-51.0; NumPy
+// (OpenBLAS) 33.3-34.1 / 43.3-46.9. 512: the partial rows add 1/512 of B's traffic per row of A.
+constexpr int64_t kGemvChunkRows = 512;
+// ... where B has at least this many bytes. Smaller Bs stay in the cores' caches between calls
+// (repeated inference with the same weights), where chunks measured no faster with 2 threads and
+// up to 15% slower with one (same machine, B read from L2; mean of two runs each, columns / chunks,
+// 2 threads | 1 thread): 1 x 600 . 600 x 1000 (2.4 MB) 27 / 24 | 55 / 60 us, 4 x 1024 . 1024 x 512
+// (2 MB) 48 / 57 | 54 / 62 us; from 4 MB they win: 1 x 1024 . 1024 x 1000 88 / 65 | 142 / 143 us,
+// 1 x 2048 . 2048 x 512 125 / 82 | 146 / 146 us, 4 x 4096 . 4096 x 1000 508 / 338 | 584 / 594 us.
+constexpr int64_t kGemvChunkMinBytes = int64_t(3) << 20;
 
 // Accumulator row kept in L1 by the row-major path: 16 KiB of the 32-48 KiB L1 for all M rows, so
 // that the KB streaming rows of B and the accumulators do not evict each other (fp32, M = 1:
@@ -218,12 +236,75 @@ static void gemv_t_range(const GemmArgs<typename V::T>& g, const typename V::T* 
   }
 }
 
+// Row-major B, K > kGemvChunkRows (and B of kGemvChunkMinBytes): partial[ch] (MM x N, ld N) = A[:,
+// chunk ch] . B[chunk ch, :] for chunks of kGemvChunkRows rows, then C = alpha * (partials added in
+// chunk order) + beta * C. Tasks are (chunk, column range) pairs, chunk-major, so consecutive tasks
+// of a thread read consecutive memory; the column ranges may follow the thread count (a column's
+// sums do not depend on them), the chunks may not.
+template <class V, int MM>
+static void gemv_n_chunked(const GemmArgs<typename V::T>& g) {
+  using T = typename V::T;
+  using R = typename V::V;
+  constexpr int W = V::W;
+  constexpr int KB = 8;  // as gemv_n_range
+  const int64_t kc = kGemvChunkRows, nch = ceil_div(g.k, kc);
+  // Column blocks within a task: the accumulator rows (in the partial buffer) stay in L1.
+  const int64_t nb = max64(W, round_down(kGemvAccBytes / (MM * int64_t(sizeof(T))), W));
+  // Column ranges: enough tasks for the threads, each at least grain::kGemmMacs, 16-aligned.
+  const int64_t min_cols = max64(16, ceil_div(grain::kGemmMacs, kc * MM));
+  const int64_t want = ceil_div(int64_t(g.nthreads) * grain::kTasksPerThread, nch);
+  const int64_t ncr = max64(1, min64(want, g.n / min_cols));
+  const int64_t span = round_up(ceil_div(g.n, ncr), 16);
+  const int64_t ldp = round_up(g.n, 16);  // partial rows on 64-byte boundaries
+  T* part = static_cast<T*>(workspace(WorkspaceSlot::op_scratch, nch * MM * ldp * sizeof(T)));
+  parallel_ranges(nch * ncr, 1, 1, g.nthreads, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t ch = t / ncr, j0 = (t % ncr) * span, j1 = min64(g.n, j0 + span);
+      const int64_t p0 = ch * kc, p1 = min64(g.k, p0 + kc);
+      for (int64_t jb = j0; jb < j1; jb += nb) {
+        const int64_t w = min64(nb, j1 - jb);
+        T* acc = part + ch * MM * ldp + jb;
+        int64_t p = p0;
+        for (; p + KB <= p1; p += KB) {
+          gemv_n_rows<V, MM, KB>(g.a + p * g.cs_a, g.rs_a, g.cs_a, g.b + p * g.rs_b + jb, g.rs_b, w,
+                                 acc, ldp, p == p0);
+        }
+        for (; p < p1; ++p) {
+          gemv_n_rows<V, MM, 1>(g.a + p * g.cs_a, g.rs_a, g.cs_a, g.b + p * g.rs_b + jb, g.rs_b, w,
+                                acc, ldp, p == p0);
+        }
+      }
+    }
+  });
+  const R va = V::set1(g.alpha), vb = V::set1(g.beta);
+  const bool beta0 = g.beta == T(0);  // C is not read
+  auto add = [&](int64_t i, int64_t j, int r) {
+    const T* pi = part + i * ldp + j;
+    R s = V::loadn(pi, r);
+    for (int64_t ch = 1; ch < nch; ++ch) s = V::add(s, V::loadn(pi + ch * MM * ldp, r));
+    T* c = g.c + i * g.rs_c + j;
+    V::storen(c, beta0 ? V::mul(va, s) : V::fma(va, s, V::mul(vb, V::loadn(c, r))), r);
+  };
+  parallel_ranges(g.n, max64(16, grain::kGemmMacs / (nch * MM)), 16, g.nthreads,
+                  [&](int64_t j0, int64_t j1) {
+                    for (int i = 0; i < MM; ++i) {
+                      int64_t j = j0;
+                      for (; j + W <= j1; j += W) add(i, j, W);
+                      if (j < j1) add(i, j, static_cast<int>(j1 - j));
+                    }
+                  });
+}
+
 template <class V, int MM>
 static void gemv_m(const GemmArgs<typename V::T>& g, bool row_major_b) {
   using T = typename V::T;
   // Columns per task: at least grain::kGemmMacs multiply-adds (2^17: 512 KiB of fp32 B, ~15 us of
   // streaming on one core), so that a small N stays on one thread.
   const int64_t min_cols = max64(1, ceil_div(grain::kGemmMacs, g.k * MM));
+  if (row_major_b && g.k > kGemvChunkRows && g.k * g.n * int64_t(sizeof(T)) >= kGemvChunkMinBytes) {
+    gemv_n_chunked<V, MM>(g);
+    return;
+  }
   if (row_major_b) {
     // Ranges aligned to 16 columns (a 64-byte line of fp32 C: no line written by two threads).
     parallel_ranges(g.n, min_cols, 16, g.nthreads,

@@ -266,8 +266,11 @@ def test_concurrent_python_threads(isa, rng):
 # Small M (M <= 4, gemv.h): B read in place, row-major (unit column stride) or transposed (unit
 # row stride); gemm's C must be C-contiguous, matmul's out may have any row stride. K and N: 1,
 # primes, around the vector widths (4/8/16) and the unrolls (8 rows of B, 4 columns, 2W of K), and
-# past one 16 KiB accumulator block (N = 4100 fp32 at M = 1). M = 5 is the first M of the blocked
-# engine.
+# past one 16 KiB accumulator block (N = 4100 fp32 at M = 1). K past 512 rows with B of 3 MiB or
+# more: row-major B in chunks of whole rows, the last one partial and not a multiple of the 8-row
+# unroll (1100 = 2 x 512 + 9 x 8 + 4), with several column blocks (M = 2, N = 2100: 2 in fp32, 3 in
+# fp64); 1 x 1100 x 37 is K past 512 with a small B (not chunked). M = 5 is the first M of the
+# blocked engine.
 GEMV_SHAPES = [
     (1, 1, 1),
     (1, 1, 37),
@@ -286,6 +289,11 @@ GEMV_SHAPES = [
     (3, 100, 1),
     (4, 13, 67),
     (4, 64, 4),
+    (1, 1100, 37),
+    (1, 513, 1600),
+    (1, 1100, 800),
+    (2, 1031, 2100),
+    (4, 600, 1400),
     (5, 19, 37),
 ]
 

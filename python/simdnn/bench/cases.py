@@ -18,6 +18,8 @@ The rows:
 - Training steps (forward + backward + SGD update) on synthetic MNIST-shaped batches of 64: an
   MLP 784-256-256-10 and a LeNet-style ConvNet (1 -> 20 5x5, pool, 20 -> 50 5x5, pool,
   800 -> 500 -> 10); native kernels against the NumPy backend on the same model and weights.
+- Batch-1 inference with a model: ``predict`` of one sample through an MLP 4096-4096-4096-1000
+  (150 MB of float32 weights, so rated in GB/s of weights streamed), against the NumPy backend.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import numpy as np
 from .. import nn, ops, optim, reference
 from .._opspec import conv_out_size
 from ..backend import use_backend
+from ..training import predict
 
 Args = tuple[Any, ...]
 
@@ -560,5 +563,62 @@ def train_cases() -> list[Case]:
     ]
 
 
+WIDE_MLP = (4096, 4096, 4096, 1000)
+
+
+def build_wide_mlp(dtype: np.dtype, seed: int = 0) -> nn.Sequential:
+    """4096 -> 4096 -> 4096 -> 1000 with ReLU units: weights far larger than the caches."""
+    rng = np.random.default_rng(seed)
+    layers: list[nn.Module] = []
+    for i, (d_in, d_out) in enumerate(zip(WIDE_MLP[:-1], WIDE_MLP[1:])):
+        if i:
+            layers.append(nn.ReLU())
+        layers.append(nn.Linear(d_in, d_out, rng=rng))
+    return nn.Sequential(*layers).astype(dtype)
+
+
+def _predict_case(name: str, build: Callable[..., nn.Sequential], x_shape: Sequence[int]) -> Case:
+    """``predict`` on one batch; rated by the bytes of the parameters, which it streams once."""
+
+    def make(rng: np.random.Generator, dtype: np.dtype) -> Args:
+        return (rng.standard_normal(tuple(x_shape)).astype(dtype), build(dtype))
+
+    def runner(backend: str) -> Callable[..., np.ndarray]:
+        def fn(x: np.ndarray, model: nn.Sequential) -> np.ndarray:
+            with use_backend(backend):
+                return predict(model, x)
+
+        return fn
+
+    def torch_fn(args: Args) -> tuple[Callable[..., Any], Args]:
+        torch = _torch()
+        x, model = args
+        tm = _torch_model(model).eval()
+
+        def run(tx: Any) -> Any:
+            with torch.inference_mode():
+                return tm(tx)
+
+        return run, (_t(x),)
+
+    params = sum((d_in + 1) * d_out for d_in, d_out in zip(WIDE_MLP[:-1], WIDE_MLP[1:]))
+    return Case(
+        "predict",
+        name,
+        0.0,
+        4.0 * params,
+        make,
+        runner("native"),
+        runner("numpy"),
+        torch_fn,
+        copies=1,
+    )
+
+
+def predict_cases() -> list[Case]:
+    """Batch-1 inference through a model whose weights do not fit in the caches."""
+    return [_predict_case("mlp 4096-4096-4096-1000 1 sample", build_wide_mlp, (1, WIDE_MLP[0]))]
+
+
 def all_cases() -> list[Case]:
-    return gemm_cases() + conv_cases() + pool_cases() + train_cases()
+    return gemm_cases() + conv_cases() + pool_cases() + train_cases() + predict_cases()
