@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -90,3 +91,71 @@ def test_set_num_threads(threads):
         simdnn.set_num_threads(2.0)
     with pytest.raises(TypeError, match="must be an int"):
         simdnn.set_num_threads(True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Denormal flushing (set_flush_denormal): off by default; when on, the kernels flush on the
+# calling thread and on the pool's workers, and the caller's own mode is left as it was.
+
+TINY = {np.float32: np.float32(1e-39), np.float64: np.float64(1e-310)}  # denormal in each dtype
+
+
+@pytest.fixture
+def flush_mode() -> Iterator[None]:
+    before = simdnn.get_flush_denormal()
+    yield
+    simdnn.set_flush_denormal(before)
+
+
+def _denormal_update(dtype, n):
+    """An SGD update whose velocities are denormal where i % 3 == 0 and whose gradients are 0:
+    (param, velocity) afterwards and the velocity before."""
+    v0 = np.linspace(1.0, 2.0, n).astype(dtype)
+    v0[::3] = TINY[dtype]
+    p, v = np.ones(n, dtype), v0.copy()
+    simdnn.ops.sgd_update(p, np.zeros(n, dtype), v, lr=0.5, momentum=0.75)
+    return p, v, v0
+
+
+def test_flush_denormal_is_off_by_default_and_keeps_denormals(isa, dtype, flush_mode):
+    assert simdnn.get_flush_denormal() is False
+    p, v, v0 = _denormal_update(dtype, 1001)
+    pr, vr = np.ones(1001, dtype), v0.copy()
+    simdnn.reference.sgd_update(pr, np.zeros(1001, dtype), vr, lr=0.5, momentum=0.75)
+    np.testing.assert_array_equal(v, vr)
+    np.testing.assert_array_equal(p, pr)
+    assert np.all(v[::3] != 0)
+    assert np.all(np.abs(v[::3]) < np.finfo(dtype).tiny)
+
+
+def test_flush_denormal_flushes_inputs_and_results_on_every_thread(isa, dtype, threads, flush_mode):
+    assert simdnn.set_flush_denormal(True) is True  # x86: supported
+    assert simdnn.get_flush_denormal() is True
+    simdnn.set_num_threads(3)  # the conftest raises the cap: the update splits over 3 threads
+    n = 3 * 200_003
+    p, v, v0 = _denormal_update(dtype, n)
+    # Denormal velocities read as 0 (DAZ): 0.75 * 0 + 0; the others as the twin computes them.
+    want = v0.copy()
+    want[::3] = 0
+    pr = np.ones(n, dtype)
+    simdnn.reference.sgd_update(pr, np.zeros(n, dtype), want, lr=0.5, momentum=0.75)
+    np.testing.assert_array_equal(v, want)
+    np.testing.assert_array_equal(p, pr)
+    # A product whose result is denormal comes out 0 (FTZ): 1e-20 * 1e-20 in float32, 1e-160 *
+    # 1e-160 in float64, through the GEMM.
+    small = np.full((5, 7), 1e-20 if dtype == np.float32 else 1e-160, dtype)
+    np.testing.assert_array_equal(simdnn.ops.matmul(small, small.T), np.zeros((5, 5), dtype))
+    # The calling thread's own arithmetic (NumPy) keeps its denormals.
+    assert TINY[dtype] * dtype(0.5) != 0
+    # Off again: the workers take the caller's mode back with the next job.
+    assert simdnn.set_flush_denormal(False) is True
+    p, v, _ = _denormal_update(dtype, n)
+    assert np.all(v[::3] != 0)
+
+
+def test_set_flush_denormal_takes_a_bool(flush_mode):
+    with pytest.raises(TypeError, match="set_flush_denormal: mode must be a bool, got int"):
+        simdnn.set_flush_denormal(1)  # type: ignore[arg-type]
+    assert simdnn.get_flush_denormal() is False
+    assert simdnn.set_flush_denormal(np.bool_(True)) is True
+    assert simdnn.get_flush_denormal() is True

@@ -231,6 +231,8 @@ void bind_runtime(py::module_& m) {
     if (n < 1) value_error("_set_thread_cap: n must be >= 1");
     set_thread_cap(n);
   });
+  m.def("_set_flush_denormal", [](bool on) { return set_flush_denormal(on); }, py::arg("mode"));
+  m.def("_get_flush_denormal", &flush_denormal);
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_threads, py::arg("n"));
   m.def("get_isa", []() { return std::string(isa_name(active_isa())); });

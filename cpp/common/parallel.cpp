@@ -32,11 +32,61 @@
 #if defined(__x86_64__) || defined(__i386__) || defined(_M_X64)
 #include <immintrin.h>
 #define SIMDNN_PAUSE() _mm_pause()
+#define SIMDNN_HAVE_MXCSR 1
 #elif defined(__aarch64__)
 #define SIMDNN_PAUSE() __asm__ __volatile__("yield")
 #else
 #define SIMDNN_PAUSE() ((void)0)
 #endif
+
+namespace simdnn {
+namespace {
+// MXCSR control bits (the exception flags, bits 0-5, are left out of comparisons and copies):
+// DAZ (bit 6), the exception masks (7-12), rounding (13-14), FTZ (15).
+constexpr uint32_t kFpControl = 0xffc0u;
+constexpr uint32_t kFpFlushBits = (1u << 15) | (1u << 6);  // FTZ | DAZ
+std::atomic<bool> g_flush_denormal{false};
+
+uint32_t fp_control() {
+#ifdef SIMDNN_HAVE_MXCSR
+  return _mm_getcsr() & kFpControl;
+#else
+  return 0;
+#endif
+}
+
+void set_fp_control(uint32_t bits) {
+#ifdef SIMDNN_HAVE_MXCSR
+  _mm_setcsr((_mm_getcsr() & ~kFpControl) | (bits & kFpControl));
+#else
+  (void)bits;
+#endif
+}
+}  // namespace
+
+bool set_flush_denormal(bool on) {
+#ifdef SIMDNN_HAVE_MXCSR
+  g_flush_denormal.store(on, std::memory_order_relaxed);
+  return true;
+#else
+  (void)on;
+  return false;
+#endif
+}
+
+bool flush_denormal() { return g_flush_denormal.load(std::memory_order_relaxed); }
+
+WorkspaceScope::WorkspaceScope() {
+  if (g_flush_denormal.load(std::memory_order_relaxed)) {
+    const uint32_t now = fp_control();
+    if ((now & kFpFlushBits) != kFpFlushBits) {
+      saved_fp_ = now;
+      restore_fp_ = true;
+      set_fp_control(now | kFpFlushBits);
+    }
+  }
+}
+}  // namespace simdnn
 
 namespace simdnn {
 
@@ -333,6 +383,7 @@ struct Pool {
   std::atomic<TaskFn> fn{nullptr};
   std::atomic<const void*> ctx{nullptr};
   std::atomic<int64_t> ntasks{0};
+  std::atomic<uint32_t> fp{0};  // the caller's MXCSR control bits, which the workers take on
   std::atomic<int> max_seats{0};
   std::atomic<uint64_t> seats{0};  // gen << 32 | workers seated
   std::atomic<uint64_t> claim{0};  // gen << 32 | next task
@@ -468,6 +519,10 @@ void worker_main(Pool* pp, uint32_t seen) {
       }
     }
     if (!seated) continue;
+    // The caller's floating-point mode (denormal flushing, set_flush_denormal): a task computes
+    // as it would on the caller. Stored before gen = g, so the acquire load that saw g sees it.
+    const uint32_t fp = p.fp.load(std::memory_order_relaxed);
+    if (fp_control() != fp) set_fp_control(fp);
     int64_t task;
     bool ran = false;
     while (claim_task(p, g, &task)) {
@@ -642,6 +697,7 @@ void parallel_run(int64_t ntasks, int nthreads, TaskFn fn, const void* ctx) {
   p.seats.store(static_cast<uint64_t>(g) << 32, std::memory_order_relaxed);
   p.fn.store(fn, std::memory_order_relaxed);
   p.ctx.store(ctx, std::memory_order_relaxed);
+  p.fp.store(fp_control(), std::memory_order_relaxed);
   p.max_seats.store(seats, std::memory_order_relaxed);
   p.done.store(0, std::memory_order_relaxed);
   p.failed.store(false, std::memory_order_relaxed);
@@ -865,7 +921,10 @@ void* workspace(WorkspaceSlot slot, std::size_t bytes) {
   return ws.ptr[i];
 }
 
-WorkspaceScope::~WorkspaceScope() { trim_own_workspace(); }
+WorkspaceScope::~WorkspaceScope() {
+  if (restore_fp_) set_fp_control(saved_fp_);
+  trim_own_workspace();
+}
 
 void release_workspaces() {
   g_release_epoch.fetch_add(1);

@@ -16,7 +16,8 @@ package is a thin layer over it.
 - :func:`use_backend`: run the same model on the native kernels or on the NumPy twins.
 - :class:`conv_algorithm` / :func:`get_conv_algorithm`: the convolution algorithm ("auto",
   "direct" or "winograd") of the layers that name none, per thread, as a context manager.
-- :func:`cpu_info`, :func:`set_num_threads`, :func:`set_isa`: what runs, and on how many threads.
+- :func:`cpu_info`, :func:`set_num_threads`, :func:`set_isa`: what runs, and on how many threads;
+  :func:`set_flush_denormal`: denormals flushed to zero in the kernels (off by default).
 
 Set ``SIMDNN_ISA=scalar|avx2|avx512`` before import to force an instruction set, and
 ``OMP_NUM_THREADS`` (or :func:`set_num_threads`) to choose the thread count.
@@ -28,8 +29,10 @@ from . import autograd, demos, distributed, functional, init, nn, ops, optim, re
 from ._runtime import (
     cpu_info,
     empty_cache,
+    get_flush_denormal,
     get_isa,
     get_num_threads,
+    set_flush_denormal,
     set_isa,
     set_num_threads,
     use_isa,
@@ -79,6 +82,7 @@ __all__ = [
     "functional",
     "get_backend",
     "get_conv_algorithm",
+    "get_flush_denormal",
     "get_isa",
     "get_num_threads",
     "gradcheck",
@@ -96,6 +100,7 @@ __all__ = [
     "save",
     "seed",
     "set_default_backend",
+    "set_flush_denormal",
     "set_isa",
     "set_num_threads",
     "stack",
