@@ -42,10 +42,11 @@ def main(argv: list[str]) -> int:
     if omp:
         print(f"OpenMP runtime: {omp}")
     results: list[tuple[str, int, str]] = []
-    for i, isa in enumerate(isas):
-        # The tests on the isa fixture set each ISA themselves, so only the first run needs them:
-        # the later runs deselect them (--no-isa-matrix, tests/conftest.py) and run the rest, which
-        # take the forced ISA from SIMDNN_ISA.
+    # Widest first: the tests on the isa fixture set each ISA themselves, so only the first run
+    # needs them; the later runs deselect them (--no-isa-matrix, tests/conftest.py) and run the
+    # rest, which take the forced ISA from SIMDNN_ISA. The whole suite runs fastest on the widest
+    # ISA (CI, 2 cores: 170 s with scalar as the default, 119 s with AVX-512).
+    for i, isa in enumerate(reversed(isas)):
         args = argv if i == 0 else ["--no-isa-matrix", *argv]
         print(f"--- SIMDNN_ISA={isa} pytest {' '.join(args)}", flush=True)
         env = {**os.environ, "SIMDNN_ISA": isa}
