@@ -29,6 +29,9 @@ def test_cpu_info_keys():
     for key in ("l1d_cache", "l2_cache", "l3_cache"):
         assert isinstance(info[key], int)
         assert info[key] > 0
+    assert info["vendor"] in ("Intel", "AMD", "unknown")
+    # Intel's L1 stride prefetcher follows strides up to 2 KiB; elsewhere no limit is known.
+    assert info["stride_prefetch_bytes"] == (2048 if info["vendor"] == "Intel" else None)
     for dt in ("float32", "float64"):
         blk = info["gemm_blocking"][dt]
         assert blk["kc"] > 0

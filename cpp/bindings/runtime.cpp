@@ -54,6 +54,11 @@ py::dict cpu_info_dict() {
   d["l1d_cache"] = cpu.l1d;
   d["l2_cache"] = cpu.l2;
   d["l3_cache"] = cpu.l3;
+  if (cpu.stride_prefetch_bytes == INT64_MAX) {
+    d["stride_prefetch_bytes"] = py::none();
+  } else {
+    d["stride_prefetch_bytes"] = cpu.stride_prefetch_bytes;
+  }
   const KernelTable& kt = kernels();
   py::dict blocking;
   blocking["float32"] = blocking_dict(kt.get<float>().gemm_blocking);

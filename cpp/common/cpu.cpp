@@ -80,7 +80,10 @@ void probe_isas(CpuInfo* info) {
   std::memcpy(vendor + 0, &l0.b, 4);
   std::memcpy(vendor + 4, &l0.d, 4);
   std::memcpy(vendor + 8, &l0.c, 4);
-  if (std::strcmp(vendor, "GenuineIntel") == 0) info->vendor = "Intel";
+  if (std::strcmp(vendor, "GenuineIntel") == 0) {
+    info->vendor = "Intel";
+    info->stride_prefetch_bytes = 2048;
+  }
   if (std::strcmp(vendor, "AuthenticAMD") == 0) info->vendor = "AMD";
 }
 

@@ -19,6 +19,11 @@ struct CpuInfo {
   // Per-core data cache sizes in bytes (L3 is the whole cache as reported; kernels cap its use).
   int64_t l1d = 0, l2 = 0, l3 = 0;
   const char* vendor = "unknown";
+  // The largest distance in bytes between successive loads of one instruction that the core's L1
+  // stride prefetcher follows: 2 KiB on Intel cores (the IP-based stride prefetcher, Intel's
+  // optimization reference manual), no known limit elsewhere. A GEMM reads a row-major B in place
+  // only within it (gemm_driver.h, MatrixB::in_place).
+  int64_t stride_prefetch_bytes = INT64_MAX;
 };
 
 // Detected once (thread-safe static initialisation) and immutable afterwards.

@@ -330,10 +330,28 @@ struct MatrixB {
     pack_b<V, NR>(b + pc * rs + j0 * cs, rs, cs, kc, j1 - j0, dst);
   }
   // A row-major B can be read where it lies (all of its rows): row p of panel v at
-  // b + p * rs + v * NR.
+  // b + p * rs + v * NR. Not where its rows are further apart than the L1 stride prefetcher
+  // follows (CpuInfo::stride_prefetch_bytes, 2 KiB on Intel): each k step of the micro-kernel then
+  // waits for B from L2. GFLOP/s, float32, Intel Xeon (Sapphire Rapids class), in place -> packed,
+  // two alternating runs each, 1 thread | 2 threads:
+  //  - rows 4000 bytes apart: 128 x 4096 . 4096 x 1000 109-125 -> 140-152 | 228-250 -> 269-304;
+  //    64 x 4096 . 4096 x 1000 100-102 -> 127-130 | 192-200 -> 244-246; 64 x 1000 . 1000 x 1000
+  //    116 -> 133-138 | 238-243 -> 231-236; 256 x 1000 . 1000 x 1000 142-144 -> 161-169 | 246-263
+  //    -> 291-295;
+  //  - 2800 bytes: 300 x 500 . 500 x 700 148-159 -> 165-179 | 279-307 -> 300-331;
+  //  - 2048 bytes, in place kept: 64 x 512 . 512 x 512 177-181 -> 140-147 | 325-327 -> 265-270;
+  //    256 x 512 . 512 x 512 181-189 -> 166-171 | 327-340 -> 287-290 (but 512^3 139-158 -> 170-184
+  //    | 258-304 -> 301-338: not explained by the stride);
+  //  - 1024 bytes, kept: 64 x 784 . 784 x 256 161-176 -> 147-162 | 262-320 -> 250-273.
+  // On the AMD EPYC Zen 5 machine the 4000-byte rows of 128 x 4096 . 4096 x 1000 gained in place
+  // (393-398 -> 437-439 on 2 threads; in_place_pays), hence no limit there. The convolutions'
+  // image planes (Im2colB) keep their own rule: on the Intel Xeon, packing every plane lost more
+  // of the benchmark's sweep rows than it won (pointwise 24->256 56x56 N8 backward-data 2.67 ->
+  // 3.22 ms; 384->16 112x112 N2 forward 6.12 -> 4.36 ms).
   int64_t in_place(int64_t* ld) const {
     *ld = rs;
-    return cs == 1 ? INT64_MAX : 0;
+    const bool near = rs * static_cast<int64_t>(sizeof(T)) <= cpu_info().stride_prefetch_bytes;
+    return cs == 1 && near ? INT64_MAX : 0;
   }
   const T* at(int64_t p, int64_t v) const { return b + p * rs + v * NR; }
 };

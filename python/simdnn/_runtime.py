@@ -21,6 +21,10 @@ def cpu_info() -> dict[str, Any]:
     - ``num_threads``: the threads a kernel may use (see :func:`set_num_threads`);
     - ``l1d_cache``, ``l2_cache``, ``l3_cache``: the per-core cache sizes in bytes that the
       blocking is derived from, and ``gemm_blocking``: the resulting tile and block sizes;
+    - ``vendor`` (``"Intel"``, ``"AMD"`` or ``"unknown"``) and ``stride_prefetch_bytes``: the
+      largest stride the L1 stride prefetcher follows (2048 on Intel, ``None`` where no limit is
+      known); a matrix product reads a row-major right operand without copying it only when its
+      rows are at most this far apart;
     - ``threading``: ``"simdnn"``, the library's own thread pool, which every kernel uses;
       ``pool_threads``: the worker threads it holds now (the calling thread is the other one);
       ``thread_cap``: the most threads any setting gives (the CPUs this process may run on: its
