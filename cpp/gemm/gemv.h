@@ -123,30 +123,40 @@ static void gemv_n_rows(const typename V::T* a, int64_t rs_a, int64_t cs_a, cons
   }
 }
 
+// Row-major B, rows [p0, p1) of B and columns [jb, jb + nb): acc[i * lda + j] = sum over those p
+// of A(i, p) * B(p, jb + j), kGemvRowsPerPass rows of B at a time.
+// 8 rows of B at a time (8 sequential streams; the accumulator row is loaded and stored once per 8
+// rows of B). 1 x 4096 . 4096 x 4096 fp32, AVX-512, one thread (a shared, noisy machine): 4 rows
+// of B for M = 3 took 3.3 ms, 8 rows 2.8-3.2 ms. For M > 1 the MM x 8 broadcasts exceed the
+// registers; the spilled ones are broadcast loads from the stack, as cheap as from A.
+constexpr int kGemvRowsPerPass = 8;
+
+template <class V, int MM>
+static void gemv_n_block(const GemmArgs<typename V::T>& g, int64_t p0, int64_t p1, int64_t jb,
+                         int64_t nb, typename V::T* acc, int64_t lda) {
+  constexpr int KB = kGemvRowsPerPass;
+  const auto* b = g.b + jb;
+  int64_t p = p0;
+  for (; p + KB <= p1; p += KB) {
+    gemv_n_rows<V, MM, KB>(g.a + p * g.cs_a, g.rs_a, g.cs_a, b + p * g.rs_b, g.rs_b, nb, acc, lda,
+                           p == p0);
+  }
+  for (; p < p1; ++p) {
+    gemv_n_rows<V, MM, 1>(g.a + p * g.cs_a, g.rs_a, g.cs_a, b + p * g.rs_b, g.rs_b, nb, acc, lda,
+                          p == p0);
+  }
+}
+
 // Row-major B, columns [j0, j1) of all MM rows.
 template <class V, int MM>
 static void gemv_n_range(const GemmArgs<typename V::T>& g, int64_t j0, int64_t j1) {
   using T = typename V::T;
-  // 8 rows of B at a time (8 sequential streams; the accumulator row is loaded and stored once
-  // per 8 rows of B). 1 x 4096 . 4096 x 4096 fp32, AVX-512, one thread (a shared, noisy machine):
-  // 4 rows of B for M = 3 took 3.3 ms, 8 rows 2.8-3.2 ms. For M > 1 the MM x 8 broadcasts exceed
-  // the registers; the spilled ones are broadcast loads from the stack, as cheap as from A.
-  constexpr int KB = 8;
   const int64_t nb_max = max64(V::W, round_down(kGemvAccBytes / (MM * int64_t(sizeof(T))), V::W));
   const int64_t lda = nb_max;
   T* acc = static_cast<T*>(workspace(WorkspaceSlot::gemm_pack, MM * lda * sizeof(T)));
   for (int64_t jb = j0; jb < j1; jb += nb_max) {
     const int64_t nb = min64(nb_max, j1 - jb);
-    const T* b = g.b + jb;
-    int64_t p = 0;
-    for (; p + KB <= g.k; p += KB) {
-      gemv_n_rows<V, MM, KB>(g.a + p * g.cs_a, g.rs_a, g.cs_a, b + p * g.rs_b, g.rs_b, nb, acc, lda,
-                             p == 0);
-    }
-    for (; p < g.k; ++p) {
-      gemv_n_rows<V, MM, 1>(g.a + p * g.cs_a, g.rs_a, g.cs_a, b + p * g.rs_b, g.rs_b, nb, acc, lda,
-                            p == 0);
-    }
+    gemv_n_block<V, MM>(g, 0, g.k, jb, nb, acc, lda);
     for (int i = 0; i < MM; ++i) {
       gemv_store<V>(g.c + i * g.rs_c + jb, acc + i * lda, nb, g.alpha, g.beta);
     }
@@ -236,17 +246,16 @@ static void gemv_t_range(const GemmArgs<typename V::T>& g, const typename V::T* 
   }
 }
 
-// Row-major B, K > kGemvChunkRows (and B of kGemvChunkMinBytes): partial[ch] (MM x N, ld N) = A[:,
-// chunk ch] . B[chunk ch, :] for chunks of kGemvChunkRows rows, then C = alpha * (partials added in
-// chunk order) + beta * C. Tasks are (chunk, column range) pairs, chunk-major, so consecutive tasks
-// of a thread read consecutive memory; the column ranges may follow the thread count (a column's
-// sums do not depend on them), the chunks may not.
+// Row-major B, K > kGemvChunkRows (and B of kGemvChunkMinBytes): partial[ch] (MM rows of N, row
+// stride ldp) = A[:, chunk ch] . B[chunk ch, :] for chunks of kGemvChunkRows rows; the partials are
+// then added into partial[0] in chunk order and C = alpha * partial[0] + beta * C. Tasks are
+// (chunk, column range) pairs, chunk-major, so consecutive tasks of a thread read consecutive
+// memory; the column ranges may follow the thread count (a column's sums do not depend on them),
+// the chunks may not.
 template <class V, int MM>
 static void gemv_n_chunked(const GemmArgs<typename V::T>& g) {
   using T = typename V::T;
-  using R = typename V::V;
   constexpr int W = V::W;
-  constexpr int KB = 8;  // as gemv_n_range
   const int64_t kc = kGemvChunkRows, nch = ceil_div(g.k, kc);
   // Column blocks within a task: the accumulator rows (in the partial buffer) stay in L1.
   const int64_t nb = max64(W, round_down(kGemvAccBytes / (MM * int64_t(sizeof(T))), W));
@@ -262,35 +271,19 @@ static void gemv_n_chunked(const GemmArgs<typename V::T>& g) {
       const int64_t ch = t / ncr, j0 = (t % ncr) * span, j1 = min64(g.n, j0 + span);
       const int64_t p0 = ch * kc, p1 = min64(g.k, p0 + kc);
       for (int64_t jb = j0; jb < j1; jb += nb) {
-        const int64_t w = min64(nb, j1 - jb);
-        T* acc = part + ch * MM * ldp + jb;
-        int64_t p = p0;
-        for (; p + KB <= p1; p += KB) {
-          gemv_n_rows<V, MM, KB>(g.a + p * g.cs_a, g.rs_a, g.cs_a, g.b + p * g.rs_b + jb, g.rs_b, w,
-                                 acc, ldp, p == p0);
-        }
-        for (; p < p1; ++p) {
-          gemv_n_rows<V, MM, 1>(g.a + p * g.cs_a, g.rs_a, g.cs_a, g.b + p * g.rs_b + jb, g.rs_b, w,
-                                acc, ldp, p == p0);
-        }
+        gemv_n_block<V, MM>(g, p0, p1, jb, min64(nb, j1 - jb), part + ch * MM * ldp + jb, ldp);
       }
     }
   });
-  const R va = V::set1(g.alpha), vb = V::set1(g.beta);
-  const bool beta0 = g.beta == T(0);  // C is not read
-  auto add = [&](int64_t i, int64_t j, int r) {
-    const T* pi = part + i * ldp + j;
-    R s = V::loadn(pi, r);
-    for (int64_t ch = 1; ch < nch; ++ch) s = V::add(s, V::loadn(pi + ch * MM * ldp, r));
-    T* c = g.c + i * g.rs_c + j;
-    V::storen(c, beta0 ? V::mul(va, s) : V::fma(va, s, V::mul(vb, V::loadn(c, r))), r);
-  };
   parallel_ranges(g.n, max64(16, grain::kGemmMacs / (nch * MM)), 16, g.nthreads,
                   [&](int64_t j0, int64_t j1) {
                     for (int i = 0; i < MM; ++i) {
-                      int64_t j = j0;
-                      for (; j + W <= j1; j += W) add(i, j, W);
-                      if (j < j1) add(i, j, static_cast<int>(j1 - j));
+                      T* sum = part + i * ldp;
+                      for (int64_t ch = 1; ch < nch; ++ch) {
+                        const T* pc = sum + ch * MM * ldp;
+                        for (int64_t j = j0; j < j1; ++j) sum[j] += pc[j];
+                      }
+                      gemv_store<V>(g.c + i * g.rs_c + j0, sum + j0, j1 - j0, g.alpha, g.beta);
                     }
                   });
 }

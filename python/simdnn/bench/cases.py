@@ -566,19 +566,26 @@ def train_cases() -> list[Case]:
 WIDE_MLP = (4096, 4096, 4096, 1000)
 
 
-def build_wide_mlp(dtype: np.dtype, seed: int = 0) -> nn.Sequential:
-    """4096 -> 4096 -> 4096 -> 1000 with ReLU units: weights far larger than the caches."""
+def build_wide_mlp(dtype: np.dtype, seed: int = 0, dims: Sequence[int] = WIDE_MLP) -> nn.Sequential:
+    """An MLP of `dims` (default 4096 -> 4096 -> 4096 -> 1000) with ReLU units between its
+    Linear layers: weights far larger than the caches."""
     rng = np.random.default_rng(seed)
     layers: list[nn.Module] = []
-    for i, (d_in, d_out) in enumerate(zip(WIDE_MLP[:-1], WIDE_MLP[1:])):
+    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
         if i:
             layers.append(nn.ReLU())
         layers.append(nn.Linear(d_in, d_out, rng=rng))
     return nn.Sequential(*layers).astype(dtype)
 
 
-def _predict_case(name: str, build: Callable[..., nn.Sequential], x_shape: Sequence[int]) -> Case:
-    """``predict`` on one batch; rated by the bytes of the parameters, which it streams once."""
+def _predict_case(name: str, dims: Sequence[int], batch: int) -> Case:
+    """``predict`` of the MLP `dims` (build_wide_mlp) on `batch` rows; rated by the bytes of the
+    parameters, which it streams once."""
+
+    def build(dtype: np.dtype) -> nn.Sequential:
+        return build_wide_mlp(dtype, dims=dims)
+
+    x_shape = (batch, dims[0])
 
     def make(rng: np.random.Generator, dtype: np.dtype) -> Args:
         return (rng.standard_normal(tuple(x_shape)).astype(dtype), build(dtype))
@@ -601,7 +608,7 @@ def _predict_case(name: str, build: Callable[..., nn.Sequential], x_shape: Seque
 
         return run, (_t(x),)
 
-    params = sum((d_in + 1) * d_out for d_in, d_out in zip(WIDE_MLP[:-1], WIDE_MLP[1:]))
+    params = sum((d_in + 1) * d_out for d_in, d_out in zip(dims[:-1], dims[1:]))
     return Case(
         "predict",
         name,
@@ -617,7 +624,7 @@ def _predict_case(name: str, build: Callable[..., nn.Sequential], x_shape: Seque
 
 def predict_cases() -> list[Case]:
     """Batch-1 inference through a model whose weights do not fit in the caches."""
-    return [_predict_case("mlp 4096-4096-4096-1000 1 sample", build_wide_mlp, (1, WIDE_MLP[0]))]
+    return [_predict_case("mlp 4096-4096-4096-1000 1 sample", WIDE_MLP, 1)]
 
 
 def all_cases() -> list[Case]:
