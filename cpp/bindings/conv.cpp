@@ -169,7 +169,7 @@ py::array conv2d(const py::object& x_obj, const py::object& w_obj, const py::obj
     const T *xp = cdata<T>(x), *wp = cdata<T>(w), *bp = b_obj.is_none() ? nullptr : cdata<T>(b);
     T* yp = mdata<T>(y);
     py::gil_scoped_release release;
-    WorkspaceScope workspace_scope;
+    KernelCallScope workspace_scope;
     f(cv, xp, wp, bp, yp);
   });
   return y;
@@ -197,7 +197,7 @@ py::array conv2d_backward_data(const py::object& dy_obj, const py::object& w_obj
     const T *gp = cdata<T>(dy), *wp = cdata<T>(w);
     T* out = mdata<T>(dx);
     py::gil_scoped_release release;
-    WorkspaceScope workspace_scope;
+    KernelCallScope workspace_scope;
     f(cv, gp, wp, out);
   });
   return dx;
@@ -226,7 +226,7 @@ py::tuple conv2d_backward_weights(const py::object& x_obj, const py::object& dy_
     const T *xp = cdata<T>(x), *gp = cdata<T>(dy);
     T *dwp = mdata<T>(dw), *dbp = mdata<T>(db);
     py::gil_scoped_release release;
-    WorkspaceScope workspace_scope;
+    KernelCallScope workspace_scope;
     f(cv, xp, gp, dwp, dbp);
   });
   return py::make_tuple(dw, db);

@@ -55,7 +55,7 @@ py::array relu(const py::object& x_obj) {
     using T = typename decltype(tag)::type;
     auto f = kernels().get<T>().relu;
     py::gil_scoped_release r;
-    WorkspaceScope workspace_scope;
+    KernelCallScope workspace_scope;
     f(n, cdata<T>(x), mdata<T>(y), nt);
   });
   return y;
@@ -73,7 +73,7 @@ py::array relu_backward(const py::object& dy_obj, const py::object& x_obj) {
     using T = typename decltype(tag)::type;
     auto f = kernels().get<T>().relu_backward;
     py::gil_scoped_release r;
-    WorkspaceScope workspace_scope;
+    KernelCallScope workspace_scope;
     f(n, cdata<T>(dy), cdata<T>(x), mdata<T>(dx), nt);
   });
   return dx;
@@ -138,7 +138,7 @@ void sgd_update(const py::object& p_obj, const py::object& g_obj, const py::obje
   const int nt = get_num_threads();
   const KernelTable& kt = kernels();
   py::gil_scoped_release r;
-  WorkspaceScope workspace_scope;
+  KernelCallScope workspace_scope;
   for_each_dtype([&](auto tag) {
     using T = typename decltype(tag)::type;
     auto f = kt.get<T>().sgd;
@@ -195,7 +195,7 @@ void adam_update(const py::object& p_obj, const py::object& g_obj, const py::obj
   const int nt = get_num_threads();
   const KernelTable& kt = kernels();
   py::gil_scoped_release r;
-  WorkspaceScope workspace_scope;
+  KernelCallScope workspace_scope;
   for_each_dtype([&](auto tag) {
     using T = typename decltype(tag)::type;
     auto f = kt.get<T>().adam;

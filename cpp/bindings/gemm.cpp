@@ -50,7 +50,7 @@ void run_gemm(const MatView& a, const MatView& b, T alpha, T beta, T* c, int64_t
   g.nthreads = get_num_threads();
   auto f = kernels().get<T>().gemm;
   py::gil_scoped_release release;
-  WorkspaceScope workspace_scope;
+  KernelCallScope workspace_scope;
   f(g);
 }
 
@@ -215,7 +215,7 @@ void call_gemm_ukernel(const UkernelInfo& uk, const py::array& a, const py::arra
   const int64_t rs_a = estride(a, 0), cs_a = estride(a, 1), rs_b = estride(b, 0),
                 rs_c = estride(c, 0);
   py::gil_scoped_release release;
-  WorkspaceScope workspace_scope;
+  KernelCallScope workspace_scope;
   fn(k, pa, rs_a, cs_a, pb, rs_b, pc, rs_c, m, n, static_cast<T>(alpha), static_cast<T>(beta));
 }
 

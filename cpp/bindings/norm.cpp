@@ -114,7 +114,7 @@ void run_forward(const Ncs& d, const py::array& x, const py::object& w, const py
   T *prm = const_cast<T*>(cptr<T>(rm)), *prv = const_cast<T*>(cptr<T>(rv));
   T *pm = ptr<T>(mean), *pi = ptr<T>(invstd), *py_ = ptr<T>(y);
   py::gil_scoped_release r;
-  WorkspaceScope workspace_scope;
+  KernelCallScope workspace_scope;
   f(d.n, d.c, d.s, px, pw, pb, prm, prv, pm, pi, py_, p, nt);
 }
 
@@ -178,7 +178,7 @@ void run_backward(const Ncs& d, const py::array& dy, const py::array& x, const p
           *pi = cptr<T>(invstd);
   T *pdx = ptr<T>(dx), *pdw = ptr<T>(dw), *pdb = ptr<T>(db);
   py::gil_scoped_release r;
-  WorkspaceScope workspace_scope;
+  KernelCallScope workspace_scope;
   f(d.n, d.c, d.s, pdy, px, pw, pm, pi, training, pdx, pdw, pdb, nt);
 }
 

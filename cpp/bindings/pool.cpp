@@ -132,7 +132,7 @@ py::tuple max_pool2d(const py::object& x_obj, const py::object& kernel_size,
       T* py_ = mdata<T>(y);
       void* pi = idx.mutable_data();
       py::gil_scoped_release release;
-      WorkspaceScope workspace_scope;
+      KernelCallScope workspace_scope;
       f(pl, px, py_, pi);
     });
   }
@@ -181,7 +181,7 @@ py::array max_pool2d_backward(const py::object& dy_obj, const py::object& idx_ob
     const void* pi = idx.data();
     T* pdx = mdata<T>(dx);
     py::gil_scoped_release release;
-    WorkspaceScope workspace_scope;
+    KernelCallScope workspace_scope;
     return f(pl, pdy, pi, pdx);
   });
   if (bad != 0) {
@@ -209,7 +209,7 @@ py::array avg_pool2d(const py::object& x_obj, const py::object& kernel_size,
       const T* px = cdata<T>(x);
       T* py_ = mdata<T>(y);
       py::gil_scoped_release release;
-      WorkspaceScope workspace_scope;
+      KernelCallScope workspace_scope;
       f(pl, count_include_pad, px, py_);
     });
   }
@@ -234,7 +234,7 @@ py::array avg_pool2d_backward(const py::object& dy_obj, const py::object& x_shap
     const T* pdy = cdata<T>(dy);
     T* pdx = mdata<T>(dx);
     py::gil_scoped_release release;
-    WorkspaceScope workspace_scope;
+    KernelCallScope workspace_scope;
     f(pl, count_include_pad, pdy, pdx);
   });
   return dx;

@@ -76,7 +76,7 @@ bool set_flush_denormal(bool on) {
 
 bool flush_denormal() { return g_flush_denormal.load(std::memory_order_relaxed); }
 
-WorkspaceScope::WorkspaceScope() {
+KernelCallScope::KernelCallScope() {
   if (g_flush_denormal.load(std::memory_order_relaxed)) {
     const uint32_t now = fp_control();
     if ((now & kFpFlushBits) != kFpFlushBits) {
@@ -921,7 +921,7 @@ void* workspace(WorkspaceSlot slot, std::size_t bytes) {
   return ws.ptr[i];
 }
 
-WorkspaceScope::~WorkspaceScope() {
+KernelCallScope::~KernelCallScope() {
   if (restore_fp_) set_fp_control(saved_fp_);
   trim_own_workspace();
 }

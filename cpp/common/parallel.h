@@ -149,7 +149,7 @@ void set_gemm_a_pack_bytes(int64_t bytes);
 // to its size (an allocation of a packing buffer per call costs page faults that are comparable
 // with a whole small GEMM). Throws std::bad_alloc when it cannot grow. The pointer stays valid
 // until the same thread asks for the same slot again, or until the kernel call ends
-// (WorkspaceScope).
+// (KernelCallScope).
 // Slots: gemm_pack for the GEMM engine's packed panels, op_scratch for an op's own buffers (col
 // matrices, padded planes, partial sums), pack_aux for temporaries of a packing policy.
 enum class WorkspaceSlot : int { gemm_pack = 0, op_scratch = 1, pack_aux = 2, count = 3 };
@@ -176,12 +176,12 @@ bool flush_denormal();
 // Put one on the stack of every kernel entry point (the bindings do): for the call it applies the
 // denormal mode above to the calling thread (restored at the end); when the call ends it frees the
 // calling thread's and the pool workers' workspace above kWorkspaceKeepBytes.
-class WorkspaceScope {
+class KernelCallScope {
  public:
-  WorkspaceScope();
-  ~WorkspaceScope();
-  WorkspaceScope(const WorkspaceScope&) = delete;
-  WorkspaceScope& operator=(const WorkspaceScope&) = delete;
+  KernelCallScope();
+  ~KernelCallScope();
+  KernelCallScope(const KernelCallScope&) = delete;
+  KernelCallScope& operator=(const KernelCallScope&) = delete;
 
  private:
   uint32_t saved_fp_ = 0;  // the caller's MXCSR, when this scope changed it
