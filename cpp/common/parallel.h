@@ -151,8 +151,16 @@ void set_gemm_a_pack_bytes(int64_t bytes);
 // until the same thread asks for the same slot again, or until the kernel call ends
 // (KernelCallScope).
 // Slots: gemm_pack for the GEMM engine's packed panels, op_scratch for an op's own buffers (col
-// matrices, padded planes, partial sums), pack_aux for temporaries of a packing policy.
-enum class WorkspaceSlot : int { gemm_pack = 0, op_scratch = 1, pack_aux = 2, count = 3 };
+// matrices, padded planes, partial sums), pack_aux for temporaries of a packing policy, task_data
+// for what one task of an op keeps through the kernels it calls (a Winograd chunk's transformed
+// tiles, while the caller's op_scratch holds the filters).
+enum class WorkspaceSlot : int {
+  gemm_pack = 0,
+  op_scratch = 1,
+  pack_aux = 2,
+  task_data = 3,
+  count = 4
+};
 void* workspace(WorkspaceSlot slot, std::size_t bytes);
 
 // Bounded retention: a thread keeps at most this many bytes of workspace between kernel calls

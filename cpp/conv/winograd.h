@@ -12,7 +12,9 @@
 //                    (the exact transpose of the forward algorithm), then dw = G^T dU G
 // 36 GEMMs of C*K*T multiply-adds replace 9*16 = 144 per tile: 4x fewer FMAs than direct
 // convolution, paid for by the transforms (about 2x(C + K) x 100 adds per tile, vectorised along
-// the tiles of a row) and by the round trip of V and M through memory.
+// the tiles of a row) and by the round trip of V and M through memory. A batch is cut into chunks
+// of images (kChunkBytes); with at least an image per thread each chunk is one thread's task from
+// input to output (winograd_buffers), otherwise each pass of a chunk is split over the threads.
 //
 // The transforms vectorise along TW: W consecutive tiles of a tile row are W lanes, their input
 // columns 4j + o read as four stride-4 phases by two levels of the deinterleaving loads the pooling
@@ -47,9 +49,10 @@ namespace wino {
 constexpr int64_t kM = 4;        // output tile
 constexpr int64_t kAlpha = 6;    // input tile, m + r - 1
 constexpr int64_t kPoints = 36;  // alpha^2 GEMMs
-// V and M of the images transformed at once stay within kChunkBytes, so that they pass from the
-// transforms to the GEMMs and on through the caches instead of memory, but a chunk has at least
-// kMinChunkTiles tiles, the GEMMs' N. Measured on Zen 5 (2 threads, float32, forward ms):
+// V and M of the images transformed at once (by one thread, where chunks are tasks) stay within
+// kChunkBytes, so that they pass from the transforms to the GEMMs and on through the caches instead
+// of memory, but a chunk has at least kMinChunkTiles tiles, the GEMMs' N. Measured on Zen 5 (2
+// threads, float32, forward ms, before chunks were tasks):
 //                  64->64 32x32 N32   128->128 28x28 N16   256->256 14x14 N16
 //   32 MiB, -            4.3                 4.7                  5.0
 //    4 MiB, -            2.7                 3.6                  6.8   (3 images: T = 48)
@@ -523,29 +526,85 @@ void winograd_gemms(GemmArgs<T> g, int64_t a_step, int64_t b_step, int64_t c_ste
 }
 
 // The workspace of a pass: U (or dU) and one chunk's V and M, each point's block apart by
-// point_stride.
+// point_stride. With `tasks`, each chunk is one task that a thread runs from end to end (input
+// transform, 36 GEMMs, output transform) in V and M of its own (WorkspaceSlot::task_data), and
+// v and m are null here.
 template <typename T>
 struct WinogradBuffers {
   int64_t chunk, u_stride, v_stride, m_stride;
   T *u, *v, *m;
+  T* db_part;  // u_per_task: nthreads rows of cout partial bias sums, else null
+  bool tasks;
 };
 
-// Images per chunk (see kChunkBytes), and the buffers.
+// Chunks as tasks: where the batch gives every thread at least one image, each chunk is one task
+// that a thread runs from end to end, so that V and M pass from the transforms to the GEMMs and
+// on in that core's caches; the chunks are evened out to a multiple of the thread count.
+// Backward-weights then gives each thread a partial dU (u_per_task: task t's at u + t * kPoints *
+// u_stride, and its db in db_part), added in thread order at the end. Split by phase instead
+// (each phase a parallel loop over all threads), half of what a phase reads was written by the
+// other core, and a line written by one core costs the other several L2 reads: on the Intel Xeon a
+// 64 x 784 . 784 x 256 GEMM took 129-136 us right after its B was rewritten, 93-97 us otherwise.
+// Intel Xeon (Sapphire Rapids class), 2 threads, float32, forward / backward-data /
+// backward-weights ms, two alternating runs each, phases -> tasks:
+//   64->64 32x32 N32      6.15-6.33 / 6.17-6.38 / 6.17-6.36  ->  4.45-4.72 / 4.30-4.68 / 4.89-5.24
+//   128->128 28x28 N16    7.93-8.38 / 7.72-8.40 / 7.94-8.46  ->  5.76-5.98 / 5.79-5.80 / 5.43-5.49
+//   256->256 14x14 N16    7.11-7.49 / 7.36-8.04 / 7.24-7.27  ->  5.48-5.68 / 5.64-5.91 / 5.94-6.02
+//   64->64 56x56 N4       2.34-2.46 / 2.35-2.42 / 2.37-2.43  ->  1.80 / 1.85 / 1.81-1.82
+//   64->64 8x8 N16, 128->128 7x7 N16 (one chunk of 4 and 6 images a thread): even.
+// The chunk size stays kChunkBytes per thread: 2 MiB and 8 MiB measured even or slower; chunks of
+// one image (1 MiB) ran 64->64 32x32 N32 forward in 3.74-3.85 ms but 64->64 56x56 N4 in 2.27 and
+// backward-weights of the former in 5.38-5.52 (not adopted: no rule was found for both).
 template <typename T>
-WinogradBuffers<T> winograd_buffers(int64_t n, int64_t cin, int64_t cout, int64_t per) {
+WinogradBuffers<T> winograd_buffers(int64_t n, int64_t cin, int64_t cout, int64_t per, int nthreads,
+                                    bool allow_tasks, bool u_per_task = false) {
   const int64_t per_image = wino::kPoints * (cin + cout) * per * static_cast<int64_t>(sizeof(T));
   WinogradBuffers<T> b;
   b.chunk = max64(1, min64(n, max64(wino::kChunkBytes / max64(1, per_image),
                                     ceil_div(wino::kMinChunkTiles, per))));
+  b.tasks = allow_tasks && nthreads > 1 && n >= nthreads;
+  if (b.tasks) {
+    const int64_t ntasks = round_up(ceil_div(n, b.chunk), nthreads);
+    b.chunk = ceil_div(n, ntasks);
+  }
   b.u_stride = wino::point_stride<T>(cin * cout);
   b.v_stride = wino::point_stride<T>(cin * b.chunk * per);
   b.m_stride = wino::point_stride<T>(cout * b.chunk * per);
-  const int64_t total = wino::kPoints * (b.u_stride + b.v_stride + b.m_stride);
+  const int64_t u_copies = b.tasks && u_per_task ? nthreads : 1;
+  const int64_t db_elems = u_copies > 1 ? round_up(nthreads * cout, 16) : 0;
+  const int64_t total =
+      wino::kPoints * (u_copies * b.u_stride + (b.tasks ? 0 : b.v_stride + b.m_stride)) + db_elems;
   b.u = static_cast<T*>(
       workspace(WorkspaceSlot::op_scratch, total * static_cast<int64_t>(sizeof(T))));
-  b.v = b.u + wino::kPoints * b.u_stride;
-  b.m = b.v + wino::kPoints * b.v_stride;
+  b.v = b.tasks ? nullptr : b.u + wino::kPoints * b.u_stride;
+  b.m = b.tasks ? nullptr : b.v + wino::kPoints * b.v_stride;
+  b.db_part = db_elems > 0 ? b.u + total - db_elems : nullptr;
   return b;
+}
+
+// One chunk of nimg images: V (in v) from src, the 36 GEMMs into m, y from m, on `nthreads`.
+template <typename T>
+void winograd_chunk(const T* src, int64_t nimg, int64_t cin, int64_t hin, int64_t win, int64_t ph,
+                    int64_t pw, const WinogradBuffers<T>& bf, T* v, T* m, int64_t cout,
+                    const T* bias, T* dst, int64_t ho, int64_t wo, int nthreads) {
+  using V = typename VecOf<T>::type;
+  const int64_t th = ceil_div(ho, wino::kM), tw = ceil_div(wo, wino::kM);
+  const int64_t ttot = nimg * th * tw;
+  winograd_input<V>(src, nimg, cin, hin, win, ph, pw, th, tw, v, bf.v_stride, nthreads);
+  GemmArgs<T> g;
+  g.m = cout;
+  g.n = ttot;
+  g.k = cin;
+  g.a = bf.u;
+  g.rs_a = cin;
+  g.cs_a = 1;
+  g.b = v;
+  g.rs_b = ttot;
+  g.cs_b = 1;
+  g.c = m;
+  g.rs_c = ttot;
+  winograd_gemms(g, bf.u_stride, bf.v_stride, bf.m_stride, nthreads);
+  winograd_output<V>(m, bf.m_stride, nimg, cout, ho, wo, th, tw, bias, dst, nthreads);
 }
 
 // dst (N, cout, ho, wo) = the stride-1 3x3 convolution of src (N, cin, hin, win) with the
@@ -555,27 +614,21 @@ template <typename T>
 void winograd_conv(const T* src, int64_t n, int64_t cin, int64_t hin, int64_t win, int64_t ph,
                    int64_t pw, const WinogradBuffers<T>& bf, int64_t cout, const T* bias, T* dst,
                    int64_t ho, int64_t wo, int nthreads) {
-  using V = typename VecOf<T>::type;
-  const int64_t th = ceil_div(ho, wino::kM), tw = ceil_div(wo, wino::kM), per = th * tw;
+  const int64_t in_img = cin * hin * win, out_img = cout * ho * wo;
+  if (bf.tasks) {
+    parallel_for(ceil_div(n, bf.chunk), nthreads, [&](int64_t task) {
+      const int64_t n0 = task * bf.chunk, nimg = min64(bf.chunk, n - n0);
+      T* v = static_cast<T*>(
+          workspace(WorkspaceSlot::task_data,
+                    wino::kPoints * (bf.v_stride + bf.m_stride) * static_cast<int64_t>(sizeof(T))));
+      winograd_chunk(src + n0 * in_img, nimg, cin, hin, win, ph, pw, bf, v,
+                     v + wino::kPoints * bf.v_stride, cout, bias, dst + n0 * out_img, ho, wo, 1);
+    });
+    return;
+  }
   for (int64_t n0 = 0; n0 < n; n0 += bf.chunk) {
-    const int64_t nimg = min64(bf.chunk, n - n0), ttot = nimg * per;
-    winograd_input<V>(src + n0 * cin * hin * win, nimg, cin, hin, win, ph, pw, th, tw, bf.v,
-                      bf.v_stride, nthreads);
-    GemmArgs<T> g;
-    g.m = cout;
-    g.n = ttot;
-    g.k = cin;
-    g.a = bf.u;
-    g.rs_a = cin;
-    g.cs_a = 1;
-    g.b = bf.v;
-    g.rs_b = ttot;
-    g.cs_b = 1;
-    g.c = bf.m;
-    g.rs_c = ttot;
-    winograd_gemms(g, bf.u_stride, bf.v_stride, bf.m_stride, nthreads);
-    winograd_output<V>(bf.m, bf.m_stride, nimg, cout, ho, wo, th, tw, bias,
-                       dst + n0 * cout * ho * wo, nthreads);
+    winograd_chunk(src + n0 * in_img, min64(bf.chunk, n - n0), cin, hin, win, ph, pw, bf, bf.v,
+                   bf.m, cout, bias, dst + n0 * out_img, ho, wo, nthreads);
   }
 }
 
@@ -584,7 +637,7 @@ template <typename T>
 bool winograd_forward(const Conv2d& cv, const T* x, const T* w, const T* b, T* y) {
   using V = typename VecOf<T>::type;
   const int64_t per = ceil_div(cv.p, wino::kM) * ceil_div(cv.q, wino::kM);
-  const WinogradBuffers<T> bf = winograd_buffers<T>(cv.n, cv.c, cv.k, per);
+  const WinogradBuffers<T> bf = winograd_buffers<T>(cv.n, cv.c, cv.k, per, cv.nthreads, true);
   winograd_filters<V>(w, cv.k, cv.c, false, bf.u, bf.u_stride, cv.nthreads);
   winograd_conv(x, cv.n, cv.c, cv.h, cv.w, cv.ph, cv.pw, bf, cv.k, b, y, cv.p, cv.q, cv.nthreads);
   return all_finite(y, cv.n * cv.k * cv.p * cv.q);
@@ -595,51 +648,96 @@ template <typename T>
 bool winograd_backward_data(const Conv2d& cv, const T* dy, const T* w, T* dx) {
   using V = typename VecOf<T>::type;
   const int64_t per = ceil_div(cv.h, wino::kM) * ceil_div(cv.w, wino::kM);
-  const WinogradBuffers<T> bf = winograd_buffers<T>(cv.n, cv.k, cv.c, per);
+  const WinogradBuffers<T> bf = winograd_buffers<T>(cv.n, cv.k, cv.c, per, cv.nthreads, true);
   winograd_filters<V>(w, cv.k, cv.c, true, bf.u, bf.u_stride, cv.nthreads);
   winograd_conv(dy, cv.n, cv.k, cv.p, cv.q, 2 - cv.ph, 2 - cv.pw, bf, cv.c,
                 static_cast<const T*>(nullptr), dx, cv.h, cv.w, cv.nthreads);
   return all_finite(dx, cv.n * cv.c * cv.h * cv.w);
 }
 
+// One chunk of backward-weights: V of x and dM of dy (in v and m), then du[xi] (+)= dM[xi] .
+// V[xi]^T (beta 0 for the first chunk of du), and db += the tile sums of dM at xi = (1, 1).
+template <typename T>
+void winograd_weights_chunk(const Conv2d& cv, const T* x, const T* dy, int64_t nimg,
+                            const WinogradBuffers<T>& bf, T* v, T* m, T* du, bool first, T* db,
+                            int nthreads) {
+  using V = typename VecOf<T>::type;
+  const int64_t th = ceil_div(cv.p, wino::kM), tw = ceil_div(cv.q, wino::kM);
+  const int64_t ttot = nimg * th * tw;
+  winograd_input<V>(x, nimg, cv.c, cv.h, cv.w, cv.ph, cv.pw, th, tw, v, bf.v_stride, nthreads);
+  winograd_grad_input<V>(dy, nimg, cv.k, cv.p, cv.q, th, tw, m, bf.m_stride, nthreads);
+  GemmArgs<T> g;
+  g.m = cv.k;
+  g.n = cv.c;
+  g.k = ttot;
+  g.a = m;
+  g.rs_a = ttot;
+  g.cs_a = 1;
+  g.b = v;  // V[xi]^T: element (t, c) at c * T + t
+  g.rs_b = 1;
+  g.cs_b = ttot;
+  g.c = du;
+  g.rs_c = cv.c;
+  g.beta = first ? T(0) : T(1);
+  winograd_gemms(g, bf.m_stride, bf.v_stride, bf.u_stride, nthreads);
+  if (db != nullptr) {
+    const T* sums = m + (1 * 6 + 1) * bf.m_stride;
+    for (int64_t k = 0; k < cv.k; ++k) {
+      T acc = T(0);
+      for (int64_t t = 0; t < ttot; ++t) acc += sums[k * ttot + t];
+      db[k] += acc;
+    }
+  }
+}
+
 // Backward-weights: dU[xi] = sum over chunks of dM[xi] . V[xi]^T, then dw = G^T dU G; db is the
 // sum over tiles of dM at xi = (1, 1) (AT's column 1, the point 1, is all ones, so that point of a
-// tile is the sum of its 16 dY values).
+// tile is the sum of its 16 dY values). With tasks (winograd_buffers), thread t sums chunks t,
+// t + threads, ... into a dU and db of its own, added in thread order at the end.
 template <typename T>
 bool winograd_backward_weights(const Conv2d& cv, const T* x, const T* dy, T* dw, T* db) {
   using V = typename VecOf<T>::type;
-  const int64_t th = ceil_div(cv.p, wino::kM), tw = ceil_div(cv.q, wino::kM), per = th * tw;
-  const WinogradBuffers<T> bf = winograd_buffers<T>(cv.n, cv.c, cv.k, per);
+  const int64_t per = ceil_div(cv.p, wino::kM) * ceil_div(cv.q, wino::kM);
+  const WinogradBuffers<T> bf = winograd_buffers<T>(cv.n, cv.c, cv.k, per, cv.nthreads, true, true);
+  const int64_t x_img = cv.c * cv.h * cv.w, dy_img = cv.k * cv.p * cv.q;
   if (db != nullptr) {
     for (int64_t k = 0; k < cv.k; ++k) db[k] = T(0);
   }
-  for (int64_t n0 = 0; n0 < cv.n; n0 += bf.chunk) {
-    const int64_t nimg = min64(bf.chunk, cv.n - n0), ttot = nimg * per;
-    winograd_input<V>(x + n0 * cv.c * cv.h * cv.w, nimg, cv.c, cv.h, cv.w, cv.ph, cv.pw, th, tw,
-                      bf.v, bf.v_stride, cv.nthreads);
-    winograd_grad_input<V>(dy + n0 * cv.k * cv.p * cv.q, nimg, cv.k, cv.p, cv.q, th, tw, bf.m,
-                           bf.m_stride, cv.nthreads);
-    GemmArgs<T> g;
-    g.m = cv.k;
-    g.n = cv.c;
-    g.k = ttot;
-    g.a = bf.m;
-    g.rs_a = ttot;
-    g.cs_a = 1;
-    g.b = bf.v;  // V[xi]^T: element (t, c) at c * T + t
-    g.rs_b = 1;
-    g.cs_b = ttot;
-    g.c = bf.u;
-    g.rs_c = cv.c;
-    g.beta = n0 == 0 ? T(0) : T(1);
-    winograd_gemms(g, bf.m_stride, bf.v_stride, bf.u_stride, cv.nthreads);
-    if (db != nullptr) {
-      const T* sums = bf.m + (1 * 6 + 1) * bf.m_stride;
-      for (int64_t k = 0; k < cv.k; ++k) {
-        T acc = T(0);
-        for (int64_t t = 0; t < ttot; ++t) acc += sums[k * ttot + t];
-        db[k] += acc;
+  if (bf.tasks) {
+    const int nt = cv.nthreads;
+    const int64_t chunks = ceil_div(cv.n, bf.chunk), u_size = wino::kPoints * bf.u_stride;
+    T* db_part = bf.db_part;  // not pack_aux: the transforms take that slot
+    for (int64_t i = 0; i < nt * cv.k; ++i) db_part[i] = T(0);
+    parallel_for(nt, nt, [&](int64_t t) {
+      T* du = bf.u + t * u_size;
+      T* v = static_cast<T*>(
+          workspace(WorkspaceSlot::task_data,
+                    wino::kPoints * (bf.v_stride + bf.m_stride) * static_cast<int64_t>(sizeof(T))));
+      bool first = true;
+      for (int64_t j = t; j < chunks; j += nt, first = false) {
+        const int64_t n0 = j * bf.chunk;
+        winograd_weights_chunk(cv, x + n0 * x_img, dy + n0 * dy_img, min64(bf.chunk, cv.n - n0), bf,
+                               v, v + wino::kPoints * bf.v_stride, du, first,
+                               db != nullptr ? db_part + t * cv.k : nullptr, 1);
       }
+      if (first) std::memset(du, 0, u_size * sizeof(T));  // no chunk: adds nothing
+    });
+    parallel_for(wino::kPoints, nt, [&](int64_t xi) {
+      T* d0 = bf.u + xi * bf.u_stride;
+      for (int t = 1; t < nt; ++t) {
+        const T* dt = d0 + t * u_size;
+        for (int64_t i = 0; i < cv.k * cv.c; ++i) d0[i] += dt[i];
+      }
+    });
+    if (db != nullptr) {
+      for (int t = 0; t < nt; ++t) {
+        for (int64_t k = 0; k < cv.k; ++k) db[k] += db_part[t * cv.k + k];
+      }
+    }
+  } else {
+    for (int64_t n0 = 0; n0 < cv.n; n0 += bf.chunk) {
+      winograd_weights_chunk(cv, x + n0 * x_img, dy + n0 * dy_img, min64(bf.chunk, cv.n - n0), bf,
+                             bf.v, bf.m, bf.u, n0 == 0, db, cv.nthreads);
     }
   }
   winograd_filters_backward<V>(bf.u, cv.k, cv.c, bf.u_stride, dw, cv.nthreads);

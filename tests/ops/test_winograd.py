@@ -197,6 +197,34 @@ def test_native_backward_weights_matches_the_twin(isa, dtype, rng, case):
     assert_near(db, want_db, tolerance(dtype), "backward-weights db")
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3, 4])
+@pytest.mark.parametrize(
+    "case", [(5, 3, 17, 9, 6, 1), (4, 17, 3, 28, 28, 0), (2, 1, 1, 5, 5, 2)], ids=case_id
+)
+def test_chunks_as_tasks_on_any_thread_count(isa, dtype, rng, case, threads):
+    """With a batch of at least one image per thread, each thread runs whole chunks (transforms
+    and GEMMs) and backward-weights adds one partial dU and db per thread: on 3 and 4 threads
+    a batch of 5 leaves a thread without a chunk, whose partial must add nothing."""
+    x, w, b, dy, padding = make(case, dtype, rng)
+    cap, before = simdnn.cpu_info()["thread_cap"], simdnn.get_num_threads()
+    simdnn._core._set_thread_cap(max(cap, threads))
+    try:
+        simdnn.set_num_threads(threads)
+        y = ops.conv2d(x, w, b, padding=padding, algorithm="winograd")
+        dx = ops.conv2d_backward_data(dy, w, x.shape, padding=padding, algorithm="winograd")
+        dw, db = ops.conv2d_backward_weights(x, dy, w.shape, padding=padding, algorithm="winograd")
+    finally:
+        simdnn._core._set_thread_cap(cap)
+        simdnn.set_num_threads(before)
+    tol = tolerance(dtype)
+    assert_near(y, reference.conv2d_winograd(x, w, b, padding), tol, "forward")
+    want_dx = reference.conv2d_winograd_backward_data(dy, w, x.shape, padding)
+    assert_near(dx, want_dx, tol, "backward-data")
+    want_dw, want_db = reference.conv2d_winograd_backward_weights(x, dy, w.shape, padding)
+    assert_near(dw, want_dw, tol, "backward-weights dw")
+    assert_near(db, want_db, tol, "backward-weights db")
+
+
 @pytest.mark.parametrize(
     "case", [*CASES[::3], (2, 64, 64, 10, 9, 1), (1, 32, 48, 12, 12, 0)], ids=case_id
 )
