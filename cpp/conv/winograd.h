@@ -60,6 +60,9 @@ constexpr int64_t kPoints = 36;  // alpha^2 GEMMs
 //    8 MiB, 256 tiles    3.0                 3.9                  4.4
 constexpr int64_t kChunkBytes = int64_t(4) << 20;
 constexpr int64_t kMinChunkTiles = 256;
+// ... or, where chunks are tasks and fit in L2 (winograd_buffers), at least this many: 64 x 64
+// GEMMs over 64 tiles (one 32x32 image) ran 64->64 32x32 N32 faster than over 256 tiles from L3.
+constexpr int64_t kL2ChunkMinTiles = 64;
 
 // Elements between two points' blocks (U[xi], V[xi], M[xi]): an odd number of 64-byte lines. The
 // transforms read or write all 36 blocks at once; with a stride of a multiple of 4 KiB (C * T =
@@ -563,6 +566,19 @@ WinogradBuffers<T> winograd_buffers(int64_t n, int64_t cin, int64_t cout, int64_
   b.chunk = max64(1, min64(n, max64(wino::kChunkBytes / max64(1, per_image),
                                     ceil_div(wino::kMinChunkTiles, per))));
   b.tasks = allow_tasks && nthreads > 1 && n >= nthreads;
+  // Forward and backward-data tasks: chunks small enough to stay in the core's L2 beside U, where
+  // that still gives the GEMMs kL2ChunkMinTiles tiles. Intel Xeon (2 MiB L2), 2 threads, float32,
+  // forward / backward-data ms, two alternating runs: 64->64 32x32 N32 (one image of 1.2 MB a
+  // chunk instead of 4) 4.58-4.61 / 4.59-4.65 -> 3.64-3.72 / 3.81-3.82. No other benchmark layer
+  // qualifies (128 and 256 channels: U alone fills L2; 56x56 planes: one image is 3.6 MB), nor
+  // any on a 1 MiB L2 (Zen 5).
+  // Backward-weights keeps the larger chunks: each chunk adds into all of dU, and one-image chunks
+  // took its 64->64 32x32 N32 from 4.89-5.24 to 5.38-5.52 ms.
+  if (b.tasks && !u_per_task) {
+    const int64_t u_bytes = wino::kPoints * cin * cout * static_cast<int64_t>(sizeof(T));
+    const int64_t fit = (cpu_info().l2 - u_bytes) / max64(1, per_image);
+    if (fit >= 1 && fit * per >= wino::kL2ChunkMinTiles) b.chunk = min64(b.chunk, fit);
+  }
   if (b.tasks) {
     const int64_t ntasks = round_up(ceil_div(n, b.chunk), nthreads);
     b.chunk = ceil_div(n, ntasks);
