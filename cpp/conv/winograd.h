@@ -538,6 +538,14 @@ struct WinogradBuffers {
   T *u, *v, *m;
   T* db_part;  // u_per_task: nthreads rows of cout partial bias sums, else null
   bool tasks;
+
+  // With tasks: the calling thread's V (returned) and M (in *task_m), from its task_data slot.
+  T* task_v(T** task_m) const {
+    T* tv = static_cast<T*>(workspace(WorkspaceSlot::task_data,
+                                      wino::kPoints * (v_stride + m_stride) * int64_t(sizeof(T))));
+    *task_m = tv + wino::kPoints * v_stride;
+    return tv;
+  }
 };
 
 // Chunks as tasks: where the batch gives every thread at least one image, each chunk is one task
@@ -555,9 +563,10 @@ struct WinogradBuffers {
 //   256->256 14x14 N16    7.11-7.49 / 7.36-8.04 / 7.24-7.27  ->  5.48-5.68 / 5.64-5.91 / 5.94-6.02
 //   64->64 56x56 N4       2.34-2.46 / 2.35-2.42 / 2.37-2.43  ->  1.80 / 1.85 / 1.81-1.82
 //   64->64 8x8 N16, 128->128 7x7 N16 (one chunk of 4 and 6 images a thread): even.
-// The chunk size stays kChunkBytes per thread: 2 MiB and 8 MiB measured even or slower; chunks of
-// one image (1 MiB) ran 64->64 32x32 N32 forward in 3.74-3.85 ms but 64->64 56x56 N4 in 2.27 and
-// backward-weights of the former in 5.38-5.52 (not adopted: no rule was found for both).
+// The chunk size is kChunkBytes per thread (2 MiB and 8 MiB measured even or slower), except
+// where the L2 rule below applies: chunks of one image (1.2 MB) everywhere ran 64->64 32x32 N32
+// forward in 3.74-3.85 ms but 64->64 56x56 N4 in 2.27 and backward-weights of the former in
+// 5.38-5.52, so one-image chunks are taken only where they fit in L2, forward and backward-data.
 template <typename T>
 WinogradBuffers<T> winograd_buffers(int64_t n, int64_t cin, int64_t cout, int64_t per, int nthreads,
                                     bool allow_tasks, bool u_per_task = false) {
@@ -634,11 +643,10 @@ void winograd_conv(const T* src, int64_t n, int64_t cin, int64_t hin, int64_t wi
   if (bf.tasks) {
     parallel_for(ceil_div(n, bf.chunk), nthreads, [&](int64_t task) {
       const int64_t n0 = task * bf.chunk, nimg = min64(bf.chunk, n - n0);
-      T* v = static_cast<T*>(
-          workspace(WorkspaceSlot::task_data,
-                    wino::kPoints * (bf.v_stride + bf.m_stride) * static_cast<int64_t>(sizeof(T))));
-      winograd_chunk(src + n0 * in_img, nimg, cin, hin, win, ph, pw, bf, v,
-                     v + wino::kPoints * bf.v_stride, cout, bias, dst + n0 * out_img, ho, wo, 1);
+      T* m = nullptr;
+      T* v = bf.task_v(&m);
+      winograd_chunk(src + n0 * in_img, nimg, cin, hin, win, ph, pw, bf, v, m, cout, bias,
+                     dst + n0 * out_img, ho, wo, 1);
     });
     return;
   }
@@ -726,15 +734,13 @@ bool winograd_backward_weights(const Conv2d& cv, const T* x, const T* dy, T* dw,
     for (int64_t i = 0; i < nt * cv.k; ++i) db_part[i] = T(0);
     parallel_for(nt, nt, [&](int64_t t) {
       T* du = bf.u + t * u_size;
-      T* v = static_cast<T*>(
-          workspace(WorkspaceSlot::task_data,
-                    wino::kPoints * (bf.v_stride + bf.m_stride) * static_cast<int64_t>(sizeof(T))));
+      T* m = nullptr;
+      T* v = bf.task_v(&m);
       bool first = true;
       for (int64_t j = t; j < chunks; j += nt, first = false) {
         const int64_t n0 = j * bf.chunk;
         winograd_weights_chunk(cv, x + n0 * x_img, dy + n0 * dy_img, min64(bf.chunk, cv.n - n0), bf,
-                               v, v + wino::kPoints * bf.v_stride, du, first,
-                               db != nullptr ? db_part + t * cv.k : nullptr, 1);
+                               v, m, du, first, db != nullptr ? db_part + t * cv.k : nullptr, 1);
       }
       if (first) std::memset(du, 0, u_size * sizeof(T));  // no chunk: adds nothing
     });

@@ -197,10 +197,19 @@ def test_native_backward_weights_matches_the_twin(isa, dtype, rng, case):
     assert_near(db, want_db, tolerance(dtype), "backward-weights db")
 
 
+# 9 images of 16 -> 16 channels on 34x34 (64 tiles, 0.3 MB an image in float32, 0.6 in float64):
+# forward and backward-data chunks are cut to what fits in L2 beside U, so on a 1 MiB or 2 MiB L2
+# at least one dtype runs chunks of 1-3 images with a shorter last one.
+TASK_CASES = [
+    (5, 3, 17, 9, 6, 1),
+    (4, 17, 3, 28, 28, 0),
+    (2, 1, 1, 5, 5, 2),
+    (9, 16, 16, 34, 34, 0),
+]
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3, 4])
-@pytest.mark.parametrize(
-    "case", [(5, 3, 17, 9, 6, 1), (4, 17, 3, 28, 28, 0), (2, 1, 1, 5, 5, 2)], ids=case_id
-)
+@pytest.mark.parametrize("case", TASK_CASES, ids=case_id)
 def test_chunks_as_tasks_on_any_thread_count(isa, dtype, rng, case, threads):
     """With a batch of at least one image per thread, each thread runs whole chunks (transforms
     and GEMMs) and backward-weights adds one partial dU and db per thread: on 3 and 4 threads
