@@ -90,13 +90,23 @@ struct Im2colB {
       const int64_t n = v / ppi, j0 = (v % ppi) * NR, width = min64(NR, pq - j0);
       const T* img = src + n * g.c_total * plane + g.c0 * plane;
       T* d = dst + (v - v0) * kc * NR;
+      // The window form (im2col.h) wherever it applies, the vector form wherever its table fits
+      // and no vector spans more than VecTable::kEntries segments; else segment by segment, from a
+      // table of runs for stride 1. Tables only where a block reuses each entry (C/groups >= 2
+      // within the block): for LeNet's first layer, one channel, tabulating cost more than it
+      // saved.
+      constexpr int NVEC = NR / V::W;
+      WindowTable<V, NVEC> wt;
+      if (!pointwise && kc >= 2 * rs && wt.build(g, j0, width)) {
+        const int64_t t1 = min64(pc + kc, rows);
+        wt.pack(img, img - src, n_img * g.c_total * plane, pc, t1, plane, d);
+        for (int64_t t = t1; t < pc + kc; ++t) {  // the bias row
+          for (int64_t j = 0; j < width; ++j) d[(t - pc) * NR + j] = T(1);
+        }
+        continue;
+      }
       Segment seg[NR];
       const int nseg = pointwise ? 0 : segments(g, j0, width, seg);
-      // Tables only where a block reuses each entry (C/groups >= 2 within the block): for LeNet's
-      // first layer, one channel, tabulating cost more than it saved. The vector form (im2col.h)
-      // wherever its table fits and no vector spans more than VecTable::kEntries segments; else
-      // segment by segment, from a table of runs for stride 1.
-      constexpr int NVEC = NR / V::W;
       alignas(
           typename VecTable<V>::Entry) unsigned char vt_store[VecTable<V>::bytes(kVecTableEntries)];
       VecTable<V> vt(vt_store, kVecTableEntries);

@@ -6,6 +6,7 @@
 #include <climits>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "common/int_math.h"
 #include "conv/conv.h"
@@ -254,6 +255,153 @@ struct VecTable {
       V::load2r(shifted(plane, e.off), 2 * e.a, 2 * e.b - 1, T(0), even, odd);
     }
     return even;
+  }
+};
+
+// Whether V has the two-source permute of the window form (AVX-512).
+template <class V, class = void>
+struct HasPermute2 : std::false_type {};
+template <class V>
+struct HasPermute2<V, std::void_t<decltype(V::kPermute2)>> : std::true_type {};
+
+// The window form of a forward panel's im2col rows (AVX-512's two-source permute): output pixel
+// (p, q) reads, for tap (r, s), the plane element base + tap_off with base = p*sh*w + q*sw and
+// tap_off = (r*dh - ph)*w + s*dw - pw. Where each vector's lanes have bases within 2W of one
+// another, a vector of a row is two loads at base_min + tap_off and one permute by the fixed
+// indices base - base_min, zeroing by a per-tap mask the lanes on padding; the rows of a plane
+// run in one loop without branches. The vector form above instead loads and blends once per
+// output row a vector spans, from a table entry each, a call per row: on LeNet's 20->50 5x5 12x12
+// (8-pixel rows, two a vector) that packing took 38% of the forward's samples against 48% for the
+// micro-kernel, about 17 cycles a vector (Intel Xeon, 1 thread). Used only for panels with a
+// vector across output rows: within one row the vector form's one load and blend is as cheap
+// (everywhere, 3x3 128->128 28x28 N16 forward measured 5.33 -> 5.72 ms).
+// Intel Xeon (Sapphire Rapids class), 2 threads, float32, forward, best of three runs against
+// best of two: LeNet's 20->50 5x5 12x12 N64 0.877 -> 0.724 ms; sweep rows 3x3 384->96 14x14 N2
+// 0.890 -> 0.692 ms, 5x5/s2 p2 32->8 g2 28x28 N16 0.316 -> 0.271, 7x7 p3 24->512 7x7 N2 0.555 ->
+// 0.476, 3x3 p2 24->128 7x7 N4 0.078 -> 0.072; no row of the sweep or the benchmark slower by
+// more than 7% (this machine's noise). AMD: not measured (vpermt2ps is one shuffle on Zen 4 and
+// 5 as on Intel; no gathers).
+template <class V, int NV, bool = HasPermute2<V>::value>
+struct WindowTable {  // without the permute (AVX2, scalar): never built
+  bool build(const Im2col&, int64_t, int64_t) { return false; }
+  void pack(const typename V::T*, int64_t, int64_t, int64_t, int64_t, int64_t,
+            typename V::T*) const {}
+};
+template <class V, int NV>
+struct WindowTable<V, NV, true> {
+  using T = typename V::T;
+  static constexpr int W = V::W;
+  static constexpr int64_t kMaxTaps = 128;  // kernels up to 11x11
+  typename V::I idx[NV];
+  // Per tap and vector (tap * NV + jv): the lanes on the plane, and the window's offset from the
+  // plane (for a vector without live lanes, one that is read elsewhere: every load stays in lo:hi).
+  typename V::M live[kMaxTaps * NV];
+  int64_t off[kMaxTaps * NV];
+  int64_t lo = 0, hi = 0;  // extremes of all reads, as offsets from the plane
+  bool any = false;        // some lane is on the plane
+  const Im2col* g = nullptr;
+
+  // Tabulates the pixels [j0, j0 + width) of a P x Q plane (width <= NV * W). False where a
+  // vector's bases span 2W or more, or the kernel has more than kMaxTaps taps.
+  bool build(const Im2col& geo, int64_t j0, int64_t width) {
+    g = &geo;
+    const int64_t taps = geo.r * geo.s;
+    if (taps > kMaxTaps) return false;
+    // Only panels with a vector across output rows: within one row the vector form's single
+    // load and blend per vector is as cheap.
+    bool across = false;
+    for (int jv = 0; jv < NV && jv * W < width; ++jv) {
+      across = across || (j0 + jv * W) / geo.q != (j0 + min64(width, (jv + 1) * W) - 1) / geo.q;
+    }
+    if (!across) return false;
+    int64_t row0[NV * W], col0[NV * W], base[NV];  // source row and column at offset 0
+    for (int jv = 0; jv < NV; ++jv) {
+      const int n = static_cast<int>(max64(0, min64(W, width - jv * W)));
+      int64_t bmin = 0, bmax = 0;
+      for (int l = 0; l < n; ++l) {
+        const int64_t pix = j0 + jv * W + l, p = pix / geo.q, q = pix % geo.q;
+        row0[jv * W + l] = p * geo.sh;
+        col0[jv * W + l] = q * geo.sw;
+        const int64_t b = p * geo.sh * geo.w + q * geo.sw;
+        bmin = l == 0 ? b : min64(bmin, b);
+        bmax = l == 0 ? b : max64(bmax, b);
+      }
+      if (bmax - bmin >= 2 * W) return false;
+      alignas(64) int32_t ix[W];
+      for (int l = 0; l < W; ++l) {
+        ix[l] =
+            l < n ? static_cast<int32_t>(row0[jv * W + l] * geo.w + col0[jv * W + l] - bmin) : 0;
+      }
+      idx[jv] = V::index(ix);
+      base[jv] = bmin;
+    }
+    any = false;
+    for (int64_t tap = 0; tap < taps; ++tap) {
+      const int64_t dr = (tap / geo.s) * geo.dh - geo.ph, dc = (tap % geo.s) * geo.dw - geo.pw;
+      for (int jv = 0; jv < NV; ++jv) {
+        const int n = static_cast<int>(max64(0, min64(W, width - jv * W)));
+        unsigned m = 0;
+        for (int l = 0; l < n; ++l) {
+          const int64_t hr = row0[jv * W + l] + dr, wc = col0[jv * W + l] + dc;
+          if (hr >= 0 && hr < geo.h && wc >= 0 && wc < geo.w) m |= 1u << l;
+        }
+        live[tap * NV + jv] = static_cast<typename V::M>(m);
+        off[tap * NV + jv] = dr * geo.w + dc + base[jv];
+        if (m != 0) {
+          lo = any ? min64(lo, off[tap * NV + jv]) : off[tap * NV + jv];
+          hi = any ? max64(hi, off[tap * NV + jv] + 2 * W) : off[tap * NV + jv] + 2 * W;
+          any = true;
+        }
+      }
+    }
+    for (int64_t i = 0; i < taps * NV; ++i) {
+      if (live[i] == 0) off[i] = lo;
+    }
+    return true;
+  }
+
+  // Reduction rows [t0, t1) (t = c * R * S + tap, all below g->rows()) of the panel, NR = NV * W
+  // elements a row, into d, from the group's first plane `img`, at `at` elements from the start of
+  // the readable memory, of which there are `readable`. Where a plane's windows would reach
+  // outside it (the first and last planes), each load reads only the part inside.
+  void pack(const T* img, int64_t at, int64_t readable, int64_t t0, int64_t t1, int64_t plane,
+            T* d) const {
+    const int64_t rs = g->r * g->s;
+    typename V::I ix[NV];
+    for (int jv = 0; jv < NV; ++jv) ix[jv] = idx[jv];
+    for (int64_t t = t0; t < t1;) {
+      const int64_t c = t / rs, tap0 = t % rs, tap1 = min64(rs, tap0 + (t1 - t));
+      const T* pl = img + c * plane;
+      const int64_t pat = at + c * plane;
+      if (!any) {
+        for (int64_t i = 0; i < (tap1 - tap0) * NV; ++i) V::store(d + i * W, V::zero());
+      } else if (pat + lo >= 0 && pat + hi <= readable) {
+        for (int64_t tap = tap0; tap < tap1; ++tap, d += NV * W) {
+          SIMDNN_UNROLL for (int jv = 0; jv < NV; ++jv) {
+            const T* p = pl + off[tap * NV + jv];
+            V::store(d + jv * W,
+                     V::permute2z(live[tap * NV + jv], V::load(p), ix[jv], V::load(p + W)));
+          }
+        }
+        t += tap1 - tap0;
+        continue;
+      } else {
+        for (int64_t tap = tap0; tap < tap1; ++tap, d += NV * W) {
+          for (int jv = 0; jv < NV; ++jv) {
+            const int64_t o = off[tap * NV + jv], e = pat + o;  // window lanes [-e, readable - e)
+            const auto clip = [](int64_t x) { return static_cast<int>(max64(-W, min64(W, x))); };
+            const typename V::V a = V::loadr(pl + o, clip(-e), clip(readable - e), T(0));
+            const typename V::V b =
+                V::loadr(pl + o + W, clip(-e - W), clip(readable - e - W), T(0));
+            V::store(d + jv * W, V::permute2z(live[tap * NV + jv], a, ix[jv], b));
+          }
+        }
+        t += tap1 - tap0;
+        continue;
+      }
+      d += (tap1 - tap0) * NV * W;
+      t += tap1 - tap0;
+    }
   }
 };
 

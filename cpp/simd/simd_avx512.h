@@ -110,6 +110,14 @@ struct F32 {
   static V loadr(const T* p, int lo, int hi, T fill) {
     return _mm512_mask_loadu_ps(set1(fill), range_mask(lo, hi), p);
   }
+  // Lane i = element idx[i] of the 2W elements lo:hi (vpermt2ps, one shuffle), in the lanes of
+  // m; zero elsewhere. AVX-512 only (the window form of im2col.h asks for it).
+  using I = __m512i;
+  static constexpr bool kPermute2 = true;
+  static I index(const int32_t* idx) { return _mm512_loadu_si512(idx); }
+  static V permute2z(M m, V lo, I idx, V hi) {
+    return _mm512_maskz_permutex2var_ps(m, lo, idx, hi);
+  }
   // Deinterleave 2W contiguous elements: even = p[0], p[2], ..., odd = p[1], p[3], ...
   static void load2(const T* p, V& even, V& odd) { deinterleave(load(p), load(p + W), even, odd); }
   // The same reading only the first n <= 2W elements (the rest are 0).
@@ -273,6 +281,16 @@ struct F64 {
   static V keep(V v, M m) { return _mm512_maskz_mov_pd(m, v); }
   static V loadr(const T* p, int lo, int hi, T fill) {
     return _mm512_mask_loadu_pd(set1(fill), range_mask(lo, hi), p);
+  }
+  // See F32::permute2z; the indices widen to 64 bits (maskz: see unpacklo).
+  using I = __m512i;
+  static constexpr bool kPermute2 = true;
+  static I index(const int32_t* idx) {
+    return _mm512_maskz_cvtepi32_epi64(0xff,
+                                       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)));
+  }
+  static V permute2z(M m, V lo, I idx, V hi) {
+    return _mm512_maskz_permutex2var_pd(m, lo, idx, hi);
   }
   static void load2(const T* p, V& even, V& odd) { deinterleave(load(p), load(p + W), even, odd); }
   static void load2n(const T* p, int n, V& even, V& odd) {

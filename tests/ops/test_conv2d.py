@@ -195,7 +195,19 @@ def random_cases(count: int, seed: int) -> list[tuple]:
     return out
 
 
-ALL_CASES = CASES + random_cases(16, seed=3)
+# The forward's window form of im2col (AVX-512): more than 24 filters a group (the implicit GEMM)
+# on planes whose vectors span output rows. Padded planes read partial windows at the first and
+# last planes; a 7x7 kernel on a 5x6 plane has taps wholly on padding; stride 2 mixes window and
+# vector panels; 12x12 (144 taps) is beyond the window table and takes the vector form.
+WINDOW_CASES = [
+    (2, 7, 9, 11, 30, 3, 3, 1, 1, 1, 1),
+    (1, 3, 5, 6, 29, 7, 7, 1, 3, 1, 1),
+    (2, 4, 13, 7, 33, 3, 3, 2, 1, 1, 1),
+    (1, 5, 10, 9, 27, 3, 3, 1, 2, 2, 1),
+    (2, 8, 8, 8, 52, 3, 3, 1, 1, 1, 2),
+    (1, 2, 14, 14, 26, 12, 12, 1, 0, 1, 1),
+]
+ALL_CASES = CASES + WINDOW_CASES + random_cases(16, seed=3)
 
 
 def case_id(case: tuple) -> str:
