@@ -260,9 +260,13 @@ struct VecTable {
 
 // Whether V has the two-source permute of the window form (AVX-512).
 template <class V, class = void>
-struct HasPermute2 : std::false_type {};
+struct HasPermute2 : std::false_type {
+  using Index = int;  // a placeholder where there is no permute
+};
 template <class V>
-struct HasPermute2<V, std::void_t<decltype(V::kPermute2)>> : std::true_type {};
+struct HasPermute2<V, std::void_t<decltype(V::kPermute2)>> : std::true_type {
+  using Index = typename V::I;
+};
 
 // The window form of a forward panel's im2col rows (AVX-512's two-source permute): output pixel
 // (p, q) reads, for tap (r, s), the plane element base + tap_off with base = p*sh*w + q*sw and

@@ -206,6 +206,8 @@ WINDOW_CASES = [
     (1, 5, 10, 9, 27, 3, 3, 1, 2, 2, 1),
     (2, 8, 8, 8, 52, 3, 3, 1, 1, 1, 2),
     (1, 2, 14, 14, 26, 12, 12, 1, 0, 1, 1),
+    # Backward-weights' window form: unpadded, rows shorter than a vector, stride 2 down.
+    (3, 6, 15, 9, 40, 3, 3, (2, 1), 0, 1, 1),
 ]
 ALL_CASES = CASES + WINDOW_CASES + random_cases(16, seed=3)
 
