@@ -278,7 +278,8 @@ struct HasPermute2<V, std::void_t<decltype(V::kPermute2)>> : std::true_type {
 // (8-pixel rows, two a vector) that packing took 38% of the forward's samples against 48% for the
 // micro-kernel, about 17 cycles a vector (Intel Xeon, 1 thread). Used only for panels with a
 // vector across output rows: within one row the vector form's one load and blend is as cheap
-// (everywhere, 3x3 128->128 28x28 N16 forward measured 5.33 -> 5.72 ms).
+// (the window form everywhere measured 3x3 128->128 28x28 N16 forward, the implicit GEMM forced,
+// at 5.33 -> 5.72 ms).
 // Intel Xeon (Sapphire Rapids class), 2 threads, float32, forward, best of three runs against
 // best of two: LeNet's 20->50 5x5 12x12 N64 0.877 -> 0.724 ms; sweep rows 3x3 384->96 14x14 N2
 // 0.890 -> 0.692 ms, 5x5/s2 p2 32->8 g2 28x28 N16 0.316 -> 0.271, 7x7 p3 24->512 7x7 N2 0.555 ->
