@@ -286,6 +286,10 @@ struct HasPermute2<V, std::void_t<decltype(V::kPermute2)>> : std::true_type {
 // 0.476, 3x3 p2 24->128 7x7 N4 0.078 -> 0.072; no row of the sweep or the benchmark slower by
 // more than 7% (this machine's noise). AMD: not measured (vpermt2ps is one shuffle on Zen 4 and
 // 5 as on Intel; no gathers).
+// A vector whose bases need two windows (stride 2 across output rows) takes two permutes and a
+// blend: 4x4/s2 p2 32->64 28x28 N8 forward 0.575-0.599 -> 0.501-0.532 ms, 3x3/s2 p0 192->32 28x28
+// N4 0.510-0.545 -> 0.453-0.472 ms (three alternating runs; before, those panels took the vector
+// form); one-window layers even.
 template <class V, int NV, bool = HasPermute2<V>::value>
 struct WindowTable {  // without the permute (AVX2, scalar): never built
   bool build(const Im2col&, int64_t, int64_t) { return false; }
@@ -297,17 +301,21 @@ struct WindowTable<V, NV, true> {
   using T = typename V::T;
   static constexpr int W = V::W;
   static constexpr int64_t kMaxTaps = 128;  // kernels up to 11x11
-  typename V::I idx[NV];
-  // Per tap and vector (tap * NV + jv): the lanes on the plane, and the window's offset from the
-  // plane (for a vector without live lanes, one that is read elsewhere: every load stays in lo:hi).
-  typename V::M live[kMaxTaps * NV];
-  int64_t off[kMaxTaps * NV];
+  // Up to two windows a vector (slot jv * 2 + k), the second for the lanes whose bases lie 2W or
+  // more past the first lane's (a stride-2 vector across output rows).
+  typename V::I idx[NV * 2];
+  // Per tap and slot ((tap * NV + jv) * 2 + k): the slot's lanes on the plane, and its window's
+  // offset from the plane (for a slot without live lanes, one that is read elsewhere: every load
+  // stays in lo:hi).
+  typename V::M live[kMaxTaps * NV * 2];
+  int64_t off[kMaxTaps * NV * 2];
   int64_t lo = 0, hi = 0;  // extremes of all reads, as offsets from the plane
   bool any = false;        // some lane is on the plane
+  bool two = false;        // some vector has a second window
   const Im2col* g = nullptr;
 
   // Tabulates the pixels [j0, j0 + width) of a P x Q plane (width <= NV * W). False where a
-  // vector's bases span 2W or more, or the kernel has more than kMaxTaps taps.
+  // vector's bases need more than two windows of 2W, or the kernel has more than kMaxTaps taps.
   bool build(const Im2col& geo, int64_t j0, int64_t width) {
     g = &geo;
     const int64_t taps = geo.r * geo.s;
@@ -319,47 +327,66 @@ struct WindowTable<V, NV, true> {
       across = across || (j0 + jv * W) / geo.q != (j0 + min64(width, (jv + 1) * W) - 1) / geo.q;
     }
     if (!across) return false;
-    int64_t row0[NV * W], col0[NV * W], base[NV];  // source row and column at offset 0
+    // Source row and column of each lane at offset 0, its slot, and each slot's first base.
+    int64_t row0[NV * W], col0[NV * W], base[NV * 2];
+    int slot[NV * W];
+    two = false;
     for (int jv = 0; jv < NV; ++jv) {
       const int n = static_cast<int>(max64(0, min64(W, width - jv * W)));
-      int64_t bmin = 0, bmax = 0;
+      alignas(64) int32_t ix[2][W] = {};
+      int64_t b[W];
       for (int l = 0; l < n; ++l) {
         const int64_t pix = j0 + jv * W + l, p = pix / geo.q, q = pix % geo.q;
         row0[jv * W + l] = p * geo.sh;
         col0[jv * W + l] = q * geo.sw;
-        const int64_t b = p * geo.sh * geo.w + q * geo.sw;
-        bmin = l == 0 ? b : min64(bmin, b);
-        bmax = l == 0 ? b : max64(bmax, b);
+        b[l] = p * geo.sh * geo.w + q * geo.sw;
       }
-      if (bmax - bmin >= 2 * W) return false;
-      alignas(64) int32_t ix[W];
-      for (int l = 0; l < W; ++l) {
-        ix[l] =
-            l < n ? static_cast<int32_t>(row0[jv * W + l] * geo.w + col0[jv * W + l] - bmin) : 0;
+      // Window 0 from the least base; lanes 2W or more past it go to window 1, from the least of
+      // theirs (with padding, a row's bases may pass the next row's).
+      int64_t b0 = 0, b1 = 0, b1max = 0;
+      for (int l = 0; l < n; ++l) b0 = l == 0 ? b[l] : min64(b0, b[l]);
+      bool second = false;
+      for (int l = 0; l < n; ++l) {
+        if (b[l] - b0 < 2 * W) continue;
+        b1 = second ? min64(b1, b[l]) : b[l];
+        b1max = second ? max64(b1max, b[l]) : b[l];
+        second = true;
       }
-      idx[jv] = V::index(ix);
-      base[jv] = bmin;
+      if (second && b1max - b1 >= 2 * W) return false;
+      two = two || second;
+      base[jv * 2] = b0;
+      base[jv * 2 + 1] = b1;
+      for (int l = 0; l < n; ++l) {
+        const int k = b[l] - b0 < 2 * W ? 0 : 1;
+        slot[jv * W + l] = k;
+        ix[k][l] = static_cast<int32_t>(b[l] - base[jv * 2 + k]);
+      }
+      idx[jv * 2] = V::index(ix[0]);
+      idx[jv * 2 + 1] = V::index(ix[1]);
     }
     any = false;
     for (int64_t tap = 0; tap < taps; ++tap) {
       const int64_t dr = (tap / geo.s) * geo.dh - geo.ph, dc = (tap % geo.s) * geo.dw - geo.pw;
       for (int jv = 0; jv < NV; ++jv) {
         const int n = static_cast<int>(max64(0, min64(W, width - jv * W)));
-        unsigned m = 0;
+        unsigned m[2] = {0, 0};
         for (int l = 0; l < n; ++l) {
           const int64_t hr = row0[jv * W + l] + dr, wc = col0[jv * W + l] + dc;
-          if (hr >= 0 && hr < geo.h && wc >= 0 && wc < geo.w) m |= 1u << l;
+          if (hr >= 0 && hr < geo.h && wc >= 0 && wc < geo.w) m[slot[jv * W + l]] |= 1u << l;
         }
-        live[tap * NV + jv] = static_cast<typename V::M>(m);
-        off[tap * NV + jv] = dr * geo.w + dc + base[jv];
-        if (m != 0) {
-          lo = any ? min64(lo, off[tap * NV + jv]) : off[tap * NV + jv];
-          hi = any ? max64(hi, off[tap * NV + jv] + 2 * W) : off[tap * NV + jv] + 2 * W;
-          any = true;
+        for (int k = 0; k < 2; ++k) {
+          const int64_t i = (tap * NV + jv) * 2 + k;
+          live[i] = static_cast<typename V::M>(m[k]);
+          off[i] = dr * geo.w + dc + base[jv * 2 + k];
+          if (m[k] != 0) {
+            lo = any ? min64(lo, off[i]) : off[i];
+            hi = any ? max64(hi, off[i] + 2 * W) : off[i] + 2 * W;
+            any = true;
+          }
         }
       }
     }
-    for (int64_t i = 0; i < taps * NV; ++i) {
+    for (int64_t i = 0; i < taps * NV * 2; ++i) {
       if (live[i] == 0) off[i] = lo;
     }
     return true;
@@ -371,9 +398,19 @@ struct WindowTable<V, NV, true> {
   // outside it (the first and last planes), each load reads only the part inside.
   void pack(const T* img, int64_t at, int64_t readable, int64_t t0, int64_t t1, int64_t plane,
             T* d) const {
+    if (two) {
+      pack_rows<true>(img, at, readable, t0, t1, plane, d);
+    } else {
+      pack_rows<false>(img, at, readable, t0, t1, plane, d);
+    }
+  }
+
+  template <bool kTwo>
+  void pack_rows(const T* img, int64_t at, int64_t readable, int64_t t0, int64_t t1, int64_t plane,
+                 T* d) const {
     const int64_t rs = g->r * g->s;
-    typename V::I ix[NV];
-    for (int jv = 0; jv < NV; ++jv) ix[jv] = idx[jv];
+    typename V::I ix[NV * 2];
+    for (int i = 0; i < NV * 2; ++i) ix[i] = idx[i];
     for (int64_t t = t0; t < t1;) {
       const int64_t c = t / rs, tap0 = t % rs, tap1 = min64(rs, tap0 + (t1 - t));
       const T* pl = img + c * plane;
@@ -381,28 +418,35 @@ struct WindowTable<V, NV, true> {
       if (!any) {
         for (int64_t i = 0; i < (tap1 - tap0) * NV; ++i) V::store(d + i * W, V::zero());
       } else if (pat + lo >= 0 && pat + hi <= readable) {
-        for (int64_t tap = tap0; tap < tap1; ++tap, d += NV * W) {
+        for (int64_t tap = tap0; tap < tap1; ++tap) {
           SIMDNN_UNROLL for (int jv = 0; jv < NV; ++jv) {
-            const T* p = pl + off[tap * NV + jv];
-            V::store(d + jv * W,
-                     V::permute2z(live[tap * NV + jv], V::load(p), ix[jv], V::load(p + W)));
+            const int64_t i = (tap * NV + jv) * 2;
+            const T* p = pl + off[i];
+            typename V::V v = V::permute2z(live[i], V::load(p), ix[jv * 2], V::load(p + W));
+            if constexpr (kTwo) {
+              const T* p1 = pl + off[i + 1];
+              v = V::blend(live[i + 1], v,
+                           V::permute2z(live[i + 1], V::load(p1), ix[jv * 2 + 1], V::load(p1 + W)));
+            }
+            V::store(d + (tap - tap0) * NV * W + jv * W, v);
           }
         }
-        t += tap1 - tap0;
-        continue;
       } else {
-        for (int64_t tap = tap0; tap < tap1; ++tap, d += NV * W) {
+        const auto clip = [](int64_t x) { return static_cast<int>(max64(-W, min64(W, x))); };
+        for (int64_t tap = tap0; tap < tap1; ++tap) {
           for (int jv = 0; jv < NV; ++jv) {
-            const int64_t o = off[tap * NV + jv], e = pat + o;  // window lanes [-e, readable - e)
-            const auto clip = [](int64_t x) { return static_cast<int>(max64(-W, min64(W, x))); };
-            const typename V::V a = V::loadr(pl + o, clip(-e), clip(readable - e), T(0));
-            const typename V::V b =
-                V::loadr(pl + o + W, clip(-e - W), clip(readable - e - W), T(0));
-            V::store(d + jv * W, V::permute2z(live[tap * NV + jv], a, ix[jv], b));
+            typename V::V v = V::zero();
+            for (int k = 0; k < 2; ++k) {
+              const int64_t i = (tap * NV + jv) * 2 + k;
+              const int64_t o = off[i], e = pat + o;  // window lanes [-e, readable - e)
+              const typename V::V a = V::loadr(pl + o, clip(-e), clip(readable - e), T(0));
+              const typename V::V b =
+                  V::loadr(pl + o + W, clip(-e - W), clip(readable - e - W), T(0));
+              v = V::blend(live[i], v, V::permute2z(live[i], a, ix[jv * 2 + k], b));
+            }
+            V::store(d + (tap - tap0) * NV * W + jv * W, v);
           }
         }
-        t += tap1 - tap0;
-        continue;
       }
       d += (tap1 - tap0) * NV * W;
       t += tap1 - tap0;
