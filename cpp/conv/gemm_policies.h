@@ -441,24 +441,29 @@ struct Im2colTB {
           continue;
         }
         if (unpadded) {
-          // Every segment lies inside the plane: a copy with no bounds (LeNet's first layer has
-          // 24-pixel rows, where the bounds arithmetic cost as much as the copy).
-          const T* base = pl + r * g.dh * g.w + s * g.dw;
-
-          for (int64_t i = 0; i < nseg; ++i) {
-            const Segment& sg = segs[i];
-            copy_run<V>(base + sg.img * img_stride + sg.p * g.sh * g.w + sg.q, srow + sg.off,
-                        sg.len);
-          }
-        } else {
-          for (int64_t i = 0; i < nseg; ++i) {
-            gather_segment<V>(g, pl + segs[i].img * img_stride, r, s, segs[i], srow + segs[i].off);
-          }
+          copy_segments(pl + r * g.dh * g.w + s * g.dw, nseg, kc, srow);
+          continue;
+        }
+        for (int64_t i = 0; i < nseg; ++i) {
+          gather_segment<V>(g, pl + segs[i].img * img_stride, r, s, segs[i], srow + segs[i].off);
         }
         if (kc < kcw) zero_run<V>(srow + kc, kcw - kc);
       }
       transpose_panel(d, kc);
     }
+  }
+
+  // One row of an unpadded layer's im2col^T from the block's segments, then zeros up to a whole
+  // vector: `base` is the row's tap in image 0's plane. Every segment lies inside the plane, so
+  // the copies have no bounds (LeNet's first layer has 24-pixel rows, where the bounds
+  // arithmetic cost as much as the copy).
+  void copy_segments(const T* base, int64_t nseg, int64_t kc, T* srow) const {
+    const int64_t img_stride = g.c_total * g.h * g.w, kcw = round_up(kc, V::W);
+    for (int64_t i = 0; i < nseg; ++i) {
+      const Segment& sg = segs[i];
+      copy_run<V>(base + sg.img * img_stride + sg.p * g.sh * g.w + sg.q, srow + sg.off, sg.len);
+    }
+    if (kc < kcw) zero_run<V>(srow + kc, kcw - kc);
   }
 
   // scratch[j][u] (NR rows of kc rounded up to W) -> d[u * NR + j], W x W blocks at a time.
@@ -501,12 +506,7 @@ struct Im2colTB {
           continue;
         }
         // The last plane, whose windows would read past the tensor: segment copies.
-        for (int64_t i = 0; i < nseg; ++i) {
-          const Segment& sg = segs[i];
-          copy_run<V>(x + at + sg.img * img_stride + sg.p * g.sh * g.w + sg.q, srow + sg.off,
-                      sg.len);
-        }
-        if (kc < kcw) zero_run<V>(srow + kc, kcw - kc);
+        copy_segments(x + at, nseg, kc, srow);
       }
       transpose_panel(d, kc);
     }
