@@ -16,7 +16,8 @@
 #      build), which imports and passes a subset of the tests: the runtime and micro-kernel files,
 #      which touch every ISA; the full suite already ran in step 4 on a binary of the same sources.
 #   6. Clang (Debian's clang 14) compiles the extension with -Werror; and once more without
-#      OpenMP, as Apple's clang builds the macOS wheels, and that build passes the test suite.
+#      OpenMP, as Apple's clang builds the macOS wheels, and that build passes the test suite
+#      (less its large-tensor tests, which step 4 runs).
 #   7. Debian's aarch64 cross g++ compiles the kernels with -Werror (only the scalar ISA exists
 #      there) and a C++ smoke program checks their GEMM under qemu-aarch64.
 #
@@ -28,7 +29,8 @@
 # build/wheels/tools-venv. 835 s on 2 cores (an Intel Xeon, CI of 2026-12-01) with the system
 # packages already installed: the five compiles of the extension (GCC, the sdist's, clang, clang
 # without OpenMP, aarch64; 60-80 s each) and the test-suite runs (step 4: 400 s for three ISAs,
-# before the second and third runs left out the tests that force every ISA themselves; 6b: 140 s).
+# before the second and third runs left out the tests that force every ISA themselves; 6b: 267-358
+# s with the large-tensor tests, whose first touch of 8-9 GB took 1-40 s each, hence left out).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -262,7 +264,7 @@ cmake --build "$WORK/clang" -j "$JOBS"
 SUMMARY+=("clang:    $(clang++ -dumpversion) compiled the extension with -Werror: no warnings")
 
 # ------------------------------------------------------------------------------------------------
-step "6b. clang without OpenMP (what the macOS wheels are): builds, passes the test suite"
+step "6b. clang without OpenMP (what the macOS wheels are): builds, passes the test suite (not large)"
 # Apple's clang has no OpenMP; the kernels run on simdnn's own thread pool either way (only
 # threadpoolctl cannot limit them; pyproject's cibuildwheel section says why). This is that
 # configuration on Linux, with -Werror too.
@@ -283,7 +285,13 @@ where = os.path.realpath(simdnn._core.__file__)
 assert where.startswith(os.path.realpath("pkg") + os.sep), where
 assert not simdnn.cpu_info()["openmp"], "built with OpenMP"
 print("--- import simdnn:", where, "(no OpenMP)")'
-  PYTHONPATH=$WORK/test-noomp/pkg "$WORK/venv-wheel/bin/python" -m pytest -q -p no:cacheprovider
+  # Without the large-tensor tests (marker large): they check the kernels' 64-bit indexing, the
+  # same source that step 4 and the sanitizer build run them on, and most of their time is the
+  # first touch of 8-9 GB, which on this VM takes 1 to 40 s per test from run to run (1 x 65536 .
+  # 65536 x 1 into a 2**31-element C: 1.0-40.1 s, NumPy's hugepage advice on or off): 169 of this
+  # run's 267 s in one measurement.
+  PYTHONPATH=$WORK/test-noomp/pkg "$WORK/venv-wheel/bin/python" -m pytest -q -p no:cacheprovider \
+    -m "not large"
 ) | tee "$WORK/test-noomp.log"
 NOOMP_RESULT=$(grep -E '^[0-9]+ passed' "$WORK/test-noomp.log" | tail -1)
 SUMMARY+=("clang:    without OpenMP (the macOS configuration): $NOOMP_RESULT")
