@@ -153,13 +153,19 @@ void set_gemm_a_pack_bytes(int64_t bytes);
 // Slots: gemm_pack for the GEMM engine's packed panels, op_scratch for an op's own buffers (col
 // matrices, padded planes, partial sums), pack_aux for temporaries of a packing policy, task_data
 // for what one task of an op keeps through the kernels it calls (a Winograd chunk's transformed
-// tiles, while the caller's op_scratch holds the filters).
+// tiles, while the caller's op_scratch holds the filters), gemm_shared for what a GEMM's tasks
+// share (the GEMV's partial rows and copied rows of A; gemv.h): a slot of its own, because the
+// ops that call the GEMM hold op_scratch through the call. It was op_scratch, and backward-data's
+// col2im GEMM (at most 4 rows when C/groups * R * S <= 4) then summed its partial rows into the
+// col matrix it was computing: 1 -> 600 2x2 40x40 N2 backward-data gave errors of 207 against
+// values of 151.
 enum class WorkspaceSlot : int {
   gemm_pack = 0,
   op_scratch = 1,
   pack_aux = 2,
   task_data = 3,
-  count = 4
+  gemm_shared = 4,
+  count = 5
 };
 void* workspace(WorkspaceSlot slot, std::size_t bytes);
 

@@ -512,9 +512,8 @@ void winograd_output(const typename V::T* m, int64_t ld, int64_t nimg, int64_t k
 // The passes
 
 // 36 independent GEMMs, C_xi = A_xi . B_xi (+ beta C_xi), one task each: with 2 threads 36 tasks
-// split evenly, and a single-threaded GEMM needs no barrier inside. A has unit column stride, so
-// the GEMM never takes the op_scratch workspace that holds U, V and M (gemv.h copies only an A
-// with strided rows there).
+// split evenly, and a single-threaded GEMM needs no barrier inside. The GEMM's scratch is in its
+// own slots (gemm_pack, gemm_shared), never in the op_scratch that holds U, V and M.
 template <typename T>
 void winograd_gemms(GemmArgs<T> g, int64_t a_step, int64_t b_step, int64_t c_step, int nthreads) {
   using UK = typename UkernelFor<T>::type;

@@ -265,7 +265,7 @@ static void gemv_n_chunked(const GemmArgs<typename V::T>& g) {
   const int64_t ncr = max64(1, min64(want, g.n / min_cols));
   const int64_t span = round_up(ceil_div(g.n, ncr), 16);
   const int64_t ldp = round_up(g.n, 16);  // partial rows on 64-byte boundaries
-  T* part = static_cast<T*>(workspace(WorkspaceSlot::op_scratch, nch * MM * ldp * sizeof(T)));
+  T* part = static_cast<T*>(workspace(WorkspaceSlot::gemm_shared, nch * MM * ldp * sizeof(T)));
   parallel_ranges(nch * ncr, 1, 1, g.nthreads, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t ch = t / ncr, j0 = (t % ncr) * span, j1 = min64(g.n, j0 + span);
@@ -309,7 +309,7 @@ static void gemv_m(const GemmArgs<typename V::T>& g, bool row_major_b) {
   const T* a = g.a;
   int64_t lda = g.rs_a;
   if (g.cs_a != 1) {
-    T* buf = static_cast<T*>(workspace(WorkspaceSlot::op_scratch, MM * g.k * sizeof(T)));
+    T* buf = static_cast<T*>(workspace(WorkspaceSlot::gemm_shared, MM * g.k * sizeof(T)));
     for (int i = 0; i < MM; ++i) {
       for (int64_t p = 0; p < g.k; ++p) buf[i * g.k + p] = g.a[i * g.rs_a + p * g.cs_a];
     }

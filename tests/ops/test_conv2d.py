@@ -901,6 +901,33 @@ def test_backward_data_with_inf_weights_adds_only_real_terms(isa, c, k, groups):
     assert (dx[0, :, 7, :] == 0).all()
 
 
+# Backward-data's col2im GEMM has C/groups * R * S rows; at 4 or fewer it is a GEMV, which with
+# more than 512 filters a group and a dY of 3 MB or more sums partial rows in a shared buffer. That
+# buffer was the workspace slot holding the col matrix the GEMV was writing: the partial sums
+# overwrote col (errors of 207 against values of 151), on one image (a threaded GEMV) and on
+# several (an image per thread).
+
+
+@pytest.mark.regression
+@pytest.mark.parametrize(
+    ("n", "c", "k", "r", "hw", "groups"),
+    [(2, 1, 600, 2, 40, 1), (1, 4, 1040, 1, 56, 2)],
+    ids=["1-600-2x2-N2", "4-1040-1x1-g2-N1"],
+)
+def test_backward_data_gemv_col_keeps_its_buffer(isa, dtype, n, c, k, r, hw, groups):
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((k, c // groups, r, r)).astype(dtype)
+    p = hw - r + 1
+    dy = rng.standard_normal((n, k, p, p)).astype(dtype)
+    assert (k // groups) * p * p * np.dtype(dtype).itemsize >= 3 << 20  # the chunked GEMV
+    with simdnn.use_isa(isa):
+        dx = ops.conv2d_backward_data(dy, w, (n, c, hw, hw), groups=groups)
+    dy64, w64 = as64(dy, w)
+    want = reference.conv2d_backward_data(dy64, w64, (n, c, hw, hw), groups=groups)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(dx, want, rtol=0, atol=tol * np.abs(want).max())
+
+
 # ------------------------------------------------------------------------------------------------
 # Non-finite values (marker nonfinite): NaN, +Inf, -Inf and zeros sprinkled into every
 # input; the class of each element must be the twin's.
