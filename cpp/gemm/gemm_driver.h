@@ -152,6 +152,16 @@ static inline Grid choose_grid(int64_t m, int64_t n, int64_t k, int64_t mr, int6
 // better on both ISAs, so only multiples of 4 KiB are packed.
 static inline bool in_place_pays(int64_t ld, int64_t bytes) { return (ld * bytes) % 4096 != 0; }
 
+// A transposed A (the column layout: each k step's MR values contiguous, k steps a row of the
+// operand apart) is read in place only where C has at most this many column panels: packing it
+// costs a copy per element, which many panels amortise, while in place each k step reads 12 of a
+// line's 16 floats at the operand's row stride. Float32, 1 thread, Intel Xeon (Sapphire Rapids
+// class), packed -> in place, two runs each: 500 x 50 . 50 x 64 (LeNet's backward-data col per
+// image: 2 panels) 17.9-19.9 -> 17.0-19.1 us, 2000 x 64 . 64 x 64 100-103 -> 91-93 us; but with 4
+// panels 500 x 50 . 50 x 128 34 -> 38 us, 8 panels 500 x 50 . 50 x 256 67-68 -> 69-70 us, and on
+// 2 threads 784 x 64 . 64 x 256 (the MLP's dW) 75.5-79.7 -> 78.7-81.9 us.
+constexpr int64_t kColumnAInPlaceMaxPanels = 2;
+
 // Reduction rows that a B read in place must have when packed rows follow them (see gemm_engine).
 constexpr int64_t kInPlaceMinRowsBeforeTail = 64;
 
@@ -313,10 +323,12 @@ struct MatrixA {
   void pack(T* dst, int64_t r, int64_t mm, int64_t ld_row) const {
     pack_a_panel<T, MR>(a + r * rs, rs, cs, mm, k, ld_row, dst);
   }
-  // A row-major A can be read where it lies: row r at a + r * rs.
+  // A row-major A can be read where it lies (row r at a + r * rs), and so can a transposed one in
+  // the column layout (k step p at a + p * cs, its MR values contiguous): *ld is the stride
+  // between rows or between k steps.
   const T* in_place(int64_t* ld) const {
-    *ld = rs;
-    return cs == 1 ? a : nullptr;
+    *ld = cs == 1 ? rs : cs;
+    return cs == 1 || rs == 1 ? a : nullptr;
   }
 };
 
@@ -404,6 +416,7 @@ static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
   if constexpr (has_in_place<APol>::value) {
     a_direct = A.in_place(&lda);
     if (!in_place_pays(lda, sizeof(T))) a_direct = nullptr;
+    if (!A.row_layout() && panels > kColumnAInPlaceMaxPanels) a_direct = nullptr;
   }
   const Grid grid =
       choose_grid(m, panels * NR, k, MR, NR, UK::V::W, sizeof(T), b_transposed, nthreads);
@@ -492,10 +505,13 @@ static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
         const T beta_pc = pc == 0 ? beta : T(1);
         for (int64_t ir = rows.r0; ir < rows.r1; ir += MR) {
           const int64_t mm = min64(MR, rows.r1 - ir);
+          // Row layout: rows rs apart, k contiguous; column layout: k steps cs apart, MR rows
+          // contiguous. Packed or in place (strides ld_row or MR, or the operand's own lda).
+          const int64_t rs = row_layout ? (a_direct ? lda : ld_row) : 1;
+          const int64_t cs = row_layout ? 1 : (a_direct ? lda : MR);
           const T* panel =
-              a_direct ? a_direct + ir * lda : rows.apack + (ir - rows.r0) / MR * panel_elems;
-          const T* ap = row_layout ? panel + pc : panel + pc * MR;
-          const int64_t rs = a_direct ? lda : row_layout ? ld_row : 1, cs = row_layout ? 1 : MR;
+              a_direct ? a_direct + ir * rs : rows.apack + (ir - rows.r0) / MR * panel_elems;
+          const T* ap = panel + pc * cs;
           for (int64_t v = jc; v < je; ++v) {
             if constexpr (has_in_place<BPol>::value) {
               if (direct) {
