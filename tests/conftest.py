@@ -13,7 +13,7 @@ well under a minute on 2 cores; ``long`` runs 20x as many examples from fresh ra
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -54,8 +54,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--no-isa-matrix",
         action="store_true",
-        help="deselect the tests that run on every ISA through the isa fixture: they set the ISA "
-        "themselves, so a run with SIMDNN_ISA forced repeats them unchanged "
+        help="deselect the tests that run on every ISA through the isa or each_isa fixture: they "
+        "set the ISA themselves, so a run with SIMDNN_ISA forced repeats them unchanged "
         "(tools/test_each_isa.py passes it to every run after the first)",
     )
 
@@ -66,7 +66,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []
     for item in items:
-        (drop if "isa" in getattr(item, "fixturenames", ()) else keep).append(item)
+        names = getattr(item, "fixturenames", ())
+        (drop if "isa" in names or "each_isa" in names else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
@@ -80,6 +81,26 @@ def isa(request: pytest.FixtureRequest) -> Iterator[str]:
     simdnn.set_isa(request.param)
     try:
         yield request.param
+    finally:
+        simdnn.set_isa(previous)
+
+
+@pytest.fixture
+def each_isa() -> Iterator[Callable[[], Iterator[str]]]:
+    """For a test whose input costs more than its kernel call (the large-tensor tests: first
+    touching 8-9 GB took 1-100 s on the CI VM, the call itself about a second): call the fixture
+    to loop over the available ISAs in one test, each forced for the whole process as the isa
+    fixture does, so that the input is built once. Deselected with the isa-fixture tests by
+    --no-isa-matrix, since it covers every ISA itself."""
+    previous = simdnn.get_isa()
+
+    def loop() -> Iterator[str]:
+        for name in ISAS:
+            simdnn.set_isa(name)
+            yield name
+
+    try:
+        yield loop
     finally:
         simdnn.set_isa(previous)
 

@@ -226,7 +226,8 @@ if not where.startswith(os.path.realpath(sys.argv[1]) + os.sep):
 print("--- import simdnn:", where)
 print("--- cpu_info():", simdnn.cpu_info())
 EOF
-  "$WORK/venv-wheel/bin/python" "$ROOT/tools/test_each_isa.py" -q -p no:cacheprovider
+  "$WORK/venv-wheel/bin/python" "$ROOT/tools/test_each_isa.py" -q -p no:cacheprovider \
+    --durations=10
 ) | tee "$WORK/test-wheel.log"
 grep -q '^OpenMP runtime: .*/simdnn\.libs/libgomp' "$WORK/test-wheel.log" ||
   fail "the tests did not run on the vendored libgomp"
@@ -291,7 +292,7 @@ print("--- import simdnn:", where, "(no OpenMP)")'
   # 65536 x 1 into a 2**31-element C: 1.0-40.1 s, NumPy's hugepage advice on or off): 169 of this
   # run's 267 s in one measurement.
   PYTHONPATH=$WORK/test-noomp/pkg "$WORK/venv-wheel/bin/python" -m pytest -q -p no:cacheprovider \
-    -m "not large"
+    --durations=10 -m "not large"
 ) | tee "$WORK/test-noomp.log"
 NOOMP_RESULT=$(grep -E '^[0-9]+ passed' "$WORK/test-noomp.log" | tail -1)
 SUMMARY+=("clang:    without OpenMP (the macOS configuration): $NOOMP_RESULT")

@@ -74,7 +74,7 @@ set +e
 valgrind --tool=memcheck --error-limit=no --track-origins=yes --num-callers=40 \
   --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
   --xml=yes --xml-file="$WORK/xml/vg.%p.xml" \
-  "$WORK/venv/bin/python" -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$WORK/pytest.log"
+  "$WORK/venv/bin/python" -m pytest -q -p no:cacheprovider --durations=10 "$@" 2>&1 | tee "$WORK/pytest.log"
 status=${PIPESTATUS[0]}
 set -e
 

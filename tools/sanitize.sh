@@ -70,7 +70,7 @@ export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$REPORTS/ubsan
 export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
 # From the tests' directory's parent, as README's `pytest`, but with this venv's interpreter.
 set +e
-"$WORK/venv/bin/python" -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$WORK/pytest.log"
+"$WORK/venv/bin/python" -m pytest -q -p no:cacheprovider --durations=10 "$@" 2>&1 | tee "$WORK/pytest.log"
 status=${PIPESTATUS[0]}
 set -e
 pattern='ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer'

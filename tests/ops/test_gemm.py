@@ -744,7 +744,7 @@ def test_gemm_beta_zero_ignores_c_but_not_a(isa, dtype):
 
 
 @pytest.mark.large
-def test_gemm_output_past_2_31_elements() -> None:
+def test_gemm_output_past_2_31_elements(each_isa) -> None:
     # Rank-1 update into C of 65536 x 32769 = 2**31 + 65536 elements: the last rows start past
     # element 2**31. The odd N also keeps every row misaligned differently.
     m, n = 65536, 32769
@@ -752,16 +752,17 @@ def test_gemm_output_past_2_31_elements() -> None:
     rng = np.random.default_rng(1)
     a = rng.standard_normal((m, 1)).astype(np.float32)
     b = rng.standard_normal((1, n)).astype(np.float32)
-    c = ops.gemm(a, b)
-    assert c.shape == (m, n)
     assert (m - 1) * n > BIG
-    for i in [0, 1, 12345, BIG // n, BIG // n + 1, m - 2, m - 1]:
-        np.testing.assert_array_equal(c[i], a[i, 0] * b[0], err_msg=f"row {i}")
-    del c
+    for isa in each_isa():
+        c = ops.gemm(a, b)
+        assert c.shape == (m, n)
+        for i in [0, 1, 12345, BIG // n, BIG // n + 1, m - 2, m - 1]:
+            np.testing.assert_array_equal(c[i], a[i, 0] * b[0], err_msg=f"{isa} row {i}")
+        del c
 
 
 @pytest.mark.large
-def test_gemm_input_past_2_31_elements() -> None:
+def test_gemm_input_past_2_31_elements(each_isa) -> None:
     # A of 32769 x 65536 (2**31 + 65536 elements) times a vector: the packing reads past 2**31.
     m, k = 32769, 65536
     need_memory(m * k * 4)
@@ -772,9 +773,10 @@ def test_gemm_input_past_2_31_elements() -> None:
     s = rng.standard_normal(k).astype(np.float32)
     np.add(r[:, None], s[None, :], out=a)
     b = rng.standard_normal((k, 1)).astype(np.float32)
-    got = ops.gemm(a, b)[:, 0]
     rows = np.array([0, 1, BIG // k - 2, BIG // k - 1, m - 1])  # row m - 1 starts at 2**31
     want = a[rows].astype(np.float64) @ b[:, 0].astype(np.float64)
     bound = k * np.finfo(np.float32).eps * (np.abs(a[rows]) @ np.abs(b[:, 0])).astype(np.float64)
-    assert np.all(np.abs(got[rows] - want) <= bound), (got[rows], want)
+    for isa in each_isa():
+        got = ops.gemm(a, b)[:, 0]
+        assert np.all(np.abs(got[rows] - want) <= bound), (isa, got[rows], want)
     del a
