@@ -51,7 +51,8 @@ struct Im2colB {
   Im2col g;
   int64_t ppi;
   bool ones_row;
-  int64_t n_img;  // images from src on: the elements that may be read
+  int64_t n_img;       // images from src on: the elements that may be read
+  bool one_row_panel;  // A has at most MR rows: each B element is read once
 
   // One segment for one tap (r, s), stride 1: where its in-bounds run starts in the plane
   // (-1: the whole segment falls on padding rows) and which part of it is in bounds.
@@ -69,23 +70,70 @@ struct Im2colB {
            g.q == g.w;
   }
   // 1x1, stride 1, no padding: im2col is the input itself, a C x PQ matrix per image, read in
-  // place (the engine's in_place_pays); the bias row, if any, is packed. AMD EPYC Zen 5, 2
+  // place (the engine's in_place_pays) where its rows, the image's planes, lie no further apart
+  // than the L1 stride prefetcher follows (CpuInfo::stride_prefetch_bytes, 2 KiB on Intel, no
+  // limit on AMD), as MatrixB::in_place; the bias row, if any, is packed. AMD EPYC Zen 5, 2
   // threads, packed -> in place: 1x1 128->128 28x28 N16 forward (inputs out of cache) 1.20-1.32
   // -> 1.04-1.08 ms; sweep rows 384->16 112x112 N2 forward 2.23-3.06 -> 1.99-2.03 ms, backward-data
   // (the flipped convolution, also pointwise) of 24->256 56x56 N8 2.12 -> 1.21-1.28 ms and of
-  // 24->64 56x56 N2 64 -> 46-48 us; the rest even.
+  // 24->64 56x56 N2 64 -> 46-48 us; the rest even. On the Intel Xeon (Sapphire Rapids class) far
+  // planes are packed in row groups (pack_pointwise), which won on the layers measured there,
+  // unless a B tile (all rows x NR) fits in a quarter of the L1, where it stays between the row
+  // panels that read it: backward-data 24->64 56x56 N2 (64 rows, 8 KiB) took 92-115 us in place
+  // and 138-142 us packed, in cache; or unless A has a single row panel, which reads each element
+  // of B once, so that packing adds a copy and saves nothing: forward 256->3 56x56 N2 took
+  // 189-198 us in place and 266-299 us packed.
   int64_t in_place(int64_t* ld) const {
     *ld = g.h * g.w;
-    return pointwise() ? g.rows() : 0;
+    const int64_t bytes = sizeof(T);
+    const bool near = g.h * g.w * bytes <= cpu_info().stride_prefetch_bytes;
+    const bool short_tile = g.rows() * NR * bytes <= cpu_info().l1d / 4;
+    return pointwise() && (near || short_tile || one_row_panel) ? g.rows() : 0;
   }
   const T* at(int64_t p, int64_t v) const {
     const int64_t plane = g.h * g.w;
     return src + ((v / ppi) * g.c_total + g.c0 + p) * plane + (v % ppi) * NR;
   }
 
+  // Rows of a pointwise pack read together: each row is a contiguous run of a plane, so the group
+  // reads kPointwiseRowGroup streams at a time and writes that many rows of each panel together.
+  // Panel by panel (each panel all kc rows, a line or two of every plane) left the prefetchers
+  // hundreds of short streams; row by row across the block wrote each row to another panel. Intel
+  // Xeon (Sapphire Rapids class), 2 threads, float32, best of 5, inputs rotated among 4 copies
+  // (out of cache) | one input (in cache), in place -> packed in groups of 8 rows:
+  //   backward-data 24->256 56x56 N8 5.35 -> 2.11 | 2.08 -> 1.74 ms;
+  //   forward 384->16 112x112 N2     8.97 -> 3.67 | 2.83 -> 2.67 ms;
+  //   forward 128->128 28x28 N16     2.17 -> 1.47 | 1.65 -> 1.36 ms;
+  //   backward-data 128->128 28x28 N16 2.10 -> 1.54 | 1.63 -> 1.29 ms;
+  //   backward-data 64->64 56x56 N8  1.16 -> 0.90 | 0.88 -> 0.84 ms (64 rows: in place, see
+  //   in_place).
+  // Groups of 1, 4, 16 and 64 rows measured slower than 8 or even with it (64: 3.61 ms out of
+  // cache on the first row); panel by panel, 4.28 ms there.
+  static constexpr int64_t kPointwiseRowGroup = 8;
+  void pack_pointwise(T* dst, int64_t pc, int64_t kc, int64_t v0, int64_t v1) const {
+    const int64_t pq = g.p * g.q, rows = g.rows();
+    for (int64_t tb = pc; tb < pc + kc; tb += kPointwiseRowGroup) {
+      const int64_t te = min64(pc + kc, tb + kPointwiseRowGroup);
+      for (int64_t v = v0; v < v1; ++v) {
+        const int64_t width = min64(NR, pq - (v % ppi) * NR);
+        T* d = dst + (v - v0) * kc * NR + (tb - pc) * NR;
+        for (int64_t t = tb; t < te; ++t, d += NR) {
+          if (t < rows) {
+            copy_run<V>(at(t, v), d, width);
+          } else {  // the bias row
+            for (int64_t j = 0; j < width; ++j) d[j] = T(1);
+          }
+        }
+      }
+    }
+  }
+
   void pack(T* dst, int64_t pc, int64_t kc, int64_t v0, int64_t v1) const {
+    if (pointwise()) {
+      pack_pointwise(dst, pc, kc, v0, v1);
+      return;
+    }
     const int64_t plane = g.h * g.w, pq = g.p * g.q, rs = g.r * g.s, rows = g.rows();
-    const bool pointwise = this->pointwise();
     Run runs[kMaxRuns];
     // Where an image's planes of the group fit in half the L1, the panels go in order of their
     // place in the image (v % ppi), so that each place's table is built once for all the images
@@ -96,8 +144,7 @@ struct Im2colB {
     // -> 0.266 ms; but 5x5/s2 p2 32->8 g2 28x28 N16 (50 KB) 0.311 -> 0.353 ms and grouped 1x1
     // 384->24 g8 56x56 N16 (600 KB) 2.24 -> 2.44 ms (a later run read the 5x5/s2 row as slow in
     // image order: part of those two is this machine's drift, but no gain was seen there).
-    const bool by_place =
-        !pointwise && 2 * g.cg * plane * static_cast<int64_t>(sizeof(T)) <= cpu_info().l1d;
+    const bool by_place = 2 * g.cg * plane * static_cast<int64_t>(sizeof(T)) <= cpu_info().l1d;
     const int64_t places = by_place ? min64(ppi, v1 - v0) : v1 - v0;
     const int64_t step = by_place ? ppi : v1 - v0;
     for (int64_t ph = 0; ph < places; ++ph) {
@@ -109,7 +156,7 @@ struct Im2colB {
       // saved.
       constexpr int NVEC = NR / V::W;
       WindowTable<V, NVEC> wt;
-      if (!pointwise && kc >= 2 * rs && wt.build(g, j0, width)) {
+      if (kc >= 2 * rs && wt.build(g, j0, width)) {
         const int64_t t1 = min64(pc + kc, rows);
         for (int64_t v = v0 + ph; v < v1; v += step) {
           const T* img = src + (v / ppi) * g.c_total * plane + g.c0 * plane;
@@ -122,15 +169,14 @@ struct Im2colB {
         continue;
       }
       Segment seg[NR];
-      const int nseg = pointwise ? 0 : segments(g, j0, width, seg);
+      const int nseg = segments(g, j0, width, seg);
       alignas(
           typename VecTable<V>::Entry) unsigned char vt_store[VecTable<V>::bytes(kVecTableEntries)];
       VecTable<V> vt(vt_store, kVecTableEntries);
-      const bool vec = !pointwise && kc >= 2 * rs && vt.build(g, 0, seg, nseg, NVEC);
+      const bool vec = kc >= 2 * rs && vt.build(g, 0, seg, nseg, NVEC);
       const int nvec = static_cast<int>(ceil_div(width, V::W));
       const int64_t readable = n_img * g.c_total * plane;  // from src
-      const bool tabulated =
-          !vec && !pointwise && g.sw == 1 && rs * nseg <= kMaxRuns && kc >= 2 * rs;
+      const bool tabulated = !vec && g.sw == 1 && rs * nseg <= kMaxRuns && kc >= 2 * rs;
       if (tabulated) {
         for (int64_t tap = 0; tap < rs; ++tap) {
           const int64_t r = tap / g.s, s = tap % g.s;
@@ -160,10 +206,7 @@ struct Im2colB {
             continue;
           }
           const T* pl = img + c * plane;
-          if (pointwise) {
-            // 1x1, stride 1, no padding: the panel is a contiguous run of the plane.
-            std::memcpy(d, pl + j0, width * sizeof(T));
-          } else if (vec) {
+          if (vec) {
             vt.row(pl, (img - src) + c * plane, readable, r * g.s + s, nvec, g.sw, d);
           } else if (tabulated) {
             const Run* tr = runs + (r * g.s + s) * nseg;
@@ -234,7 +277,7 @@ void implicit_gemm(const Im2col& g, int64_t n_img, const T* src, const T* filter
   const int64_t pq = g.p * g.q, ppi = ceil_div(pq, NR);
   const int64_t kred = g.rows() + (bias != nullptr ? 1 : 0);
   const FilterA<T, MR> A{filters, bias, m, g.rows()};
-  const Im2colB<typename UK::V, NR> B{src, g, ppi, bias != nullptr, n_img};
+  const Im2colB<typename UK::V, NR> B{src, g, ppi, bias != nullptr, n_img, m <= MR};
   const ImageC<T, NR> C{out, k_total, k0, pq, ppi, n_img};
   // Gathering im2col costs more per element than copying a matrix row: model it as a transposed
   // B in the thread grid.

@@ -357,9 +357,8 @@ struct MatrixB {
   //  - 1024 bytes, kept: 64 x 784 . 784 x 256 161-176 -> 147-162 | 262-320 -> 250-273.
   // On the AMD EPYC Zen 5 machine the 4000-byte rows of 128 x 4096 . 4096 x 1000 gained in place
   // (393-398 -> 437-439 on 2 threads; in_place_pays), hence no limit there. The convolutions'
-  // image planes (Im2colB) keep their own rule: on the Intel Xeon, packing every plane lost more
-  // of the benchmark's sweep rows than it won (pointwise 24->256 56x56 N8 backward-data 2.67 ->
-  // 3.22 ms; 384->16 112x112 N2 forward 6.12 -> 4.36 ms).
+  // image planes (Im2colB::in_place) follow the same rule since they are packed in row groups;
+  // packed panel by panel, they had lost more of the benchmark's sweep rows than they won.
   int64_t in_place(int64_t* ld) const {
     *ld = rs;
     const bool near = rs * static_cast<int64_t>(sizeof(T)) <= cpu_info().stride_prefetch_bytes;

@@ -926,6 +926,44 @@ def test_backward_data_gemv_col_keeps_its_buffer(isa, dtype, n, c, k, r, hw, gro
     assert_close(dx, want, dtype, scale=(k // groups) ** 0.5)
 
 
+# Pointwise (1x1, stride 1, no padding) layers whose im2col is the input itself: the GEMM packs it
+# in row groups (Im2colB::pack_pointwise) where the planes lie further apart than the CPU's L1
+# stride prefetcher follows (Intel: 2 KiB; 23x23 planes are 2,116 bytes in float32), the B tile
+# of all rows does not fit a quarter of the L1 (400-600 rows) and A has more than one row panel
+# (16-24 filters a group), and wherever a bias row follows fewer than 64 rows read in place (the
+# 40-channel case, on every CPU). 600 rows are two K blocks on AVX-512 float32, of 300 rows (not
+# a whole number of 8-row groups); 23 x 23 = 529 pixels leave each image a partial panel.
+@pytest.mark.parametrize(
+    ("op", "n", "c", "k", "groups"),
+    [
+        ("forward", 3, 600, 20, 1),
+        ("forward", 2, 800, 40, 2),
+        ("forward", 2, 40, 7, 1),
+        ("backward_data", 3, 24, 400, 1),
+        ("backward_data", 2, 32, 800, 2),
+    ],
+    ids=["fwd-600-20", "fwd-800-40-g2", "fwd-40-7-bias-tail", "bd-24-400", "bd-32-800-g2"],
+)
+def test_pointwise_packed_in_row_groups(isa, dtype, op, n, c, k, groups):
+    rng = np.random.default_rng(11)
+    hw = 23
+    w = rng.standard_normal((k, c // groups, 1, 1)).astype(dtype)
+    if op == "forward":
+        x = rng.standard_normal((n, c, hw, hw)).astype(dtype)
+        b = rng.standard_normal(k).astype(dtype)
+        with simdnn.use_isa(isa):
+            got = ops.conv2d(x, w, b, groups=groups)
+        want = reference.conv2d(x, w, b, groups=groups)
+        scale = (c // groups) ** 0.5
+    else:
+        dy = rng.standard_normal((n, k, hw, hw)).astype(dtype)
+        with simdnn.use_isa(isa):
+            got = ops.conv2d_backward_data(dy, w, (n, c, hw, hw), groups=groups)
+        want = reference.conv2d_backward_data(dy, w, (n, c, hw, hw), groups=groups)
+        scale = (k // groups) ** 0.5
+    assert_close(got, want, dtype, scale=scale)
+
+
 # ------------------------------------------------------------------------------------------------
 # Non-finite values (marker nonfinite): NaN, +Inf, -Inf and zeros sprinkled into every
 # input; the class of each element must be the twin's.
