@@ -17,7 +17,7 @@
 #      which touch every ISA; the full suite already ran in step 4 on a binary of the same sources.
 #   6. Clang (Debian's clang 14) compiles the extension with -Werror; and once more without
 #      OpenMP, as Apple's clang builds the macOS wheels, and that build passes the test suite
-#      (less its large-tensor tests, which step 4 runs).
+#      (less its large-tensor tests, which step 4 runs on its first ISA).
 #   7. Debian's aarch64 cross g++ compiles the kernels with -Werror (only the scalar ISA exists
 #      there) and a C++ smoke program checks their GEMM under qemu-aarch64.
 #
