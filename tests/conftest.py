@@ -87,13 +87,13 @@ def isa(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture
 def each_isa() -> Iterator[Callable[[], Iterator[str]]]:
-    """For a test whose operands cost more than its kernel call (the GEMM large-tensor tests:
-    first touching 8-9 GB took 1-100 s on the CI VM, the call itself about a second): call the
+    """For a test whose operands cost more than its kernel call (the large-tensor tests: first
+    touching 8-11 GB took 1-180 s a test on the CI VM, the call itself about a second): call the
     fixture to loop over the available ISAs in one test, each forced for the whole process as the
-    isa fixture does, so that the operands are built once. Deselected with the isa-fixture tests
-    by --no-isa-matrix, since it covers every ISA itself. Not for a kernel that allocates a large
-    output per call: each fresh output faulted in as slowly as the first (three max-pooling
-    outputs of 2.7 GB took 180 s on that VM, against about 50 s for the whole test on one ISA)."""
+    isa fixture does, so that the operands are built once. The outputs too: a fresh multi-GB
+    output per call faults in as slowly as the first, so these tests pass one (out=, or gemm's c)
+    and refill it before each ISA. Deselected with the isa-fixture tests by --no-isa-matrix,
+    since it covers every ISA itself."""
     previous = simdnn.get_isa()
 
     def loop() -> Iterator[str]:

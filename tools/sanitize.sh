@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Builds simdnn with AddressSanitizer and UndefinedBehaviorSanitizer and runs the whole test suite
-# on it (every ISA this CPU has, through the suite's own ISA parametrization; the large-tensor
-# tests included). Any report fails the run: the build aborts on the first one
+# Builds simdnn with AddressSanitizer and UndefinedBehaviorSanitizer and runs the test suite on it
+# (every ISA this CPU has, through the suite's own ISA parametrization), less the large-tensor
+# tests unless pytest arguments are given: they took 30-162 s each under ASan on the CI VM
+# (2026-12-02), mostly the first touch of 8-11 GB, and check the kernels' 64-bit indexing on
+# every ISA in the README's `pytest` already. Any report fails the run: the build aborts on the first one
 # (-fno-sanitize-recover=all), and the reports go to files under build/sanitize/reports/ (one per
 # process), printed and counted at the end, in case one came from a child process whose exit
 # status a test does not look at or was swallowed with a test's captured output.
 #
 # Usage: bash tools/sanitize.sh [pytest arguments...]   (from anywhere; PYTHON=python3.X picks the
-# interpreter; SANITIZE=address,undefined is the default list)
+# interpreter; SANITIZE=address,undefined is the default list; no arguments means -m "not large")
 # Scratch in build/sanitize/ (venv, CMake build directory, log), rebuilt from scratch each run.
-# About 9 minutes on 2 cores: 5 for the instrumented build (-O2 -g1, CMakeLists.txt says why) and
-# its venv, 4 for the tests.
+# 9-18 minutes on 2 cores (an Intel Xeon VM, 2026-12-01 and -02): about 5 for the instrumented
+# build (-O2 -g1, CMakeLists.txt says why) and its venv, 4-13 for the tests (the 13 with the
+# large-tensor tests, 344 s of them in four tests).
 #
 # Python itself is not instrumented, so the ASan runtime is preloaded (it must be the first library
 # in the process). Leak detection is off here because the interpreter keeps much of its memory
@@ -68,6 +71,7 @@ mkdir -p "$REPORTS"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:check_initialization_order=1:detect_stack_use_after_return=1:log_path=$REPORTS/asan${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$REPORTS/ubsan${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
+[ "$#" -gt 0 ] || set -- -m "not large"
 # From the tests' directory's parent, as README's `pytest`, but with this venv's interpreter.
 set +e
 "$WORK/venv/bin/python" -m pytest -q -p no:cacheprovider --durations=10 "$@" 2>&1 | tee "$WORK/pytest.log"

@@ -131,6 +131,36 @@ py::array new_array(const py::array& like, const std::vector<int64_t>& shape) {
   return py::array(like.dtype(), s);
 }
 
+py::array output_array(const py::handle& obj, const py::dtype& dtype,
+                       const std::vector<int64_t>& shape, const char* fn, const char* arg,
+                       const char* whose) {
+  const std::string name = std::string(fn) + ": '" + arg + "'";
+  if (!py::isinstance<py::array>(obj)) {
+    type_error(name + " must be a NumPy array, got " +
+               py::str(py::type::of(obj)).cast<std::string>());
+  }
+  py::array out = py::reinterpret_borrow<py::array>(obj);
+  if (!out.dtype().equal(dtype)) {
+    type_error(name + " has dtype " + dtype_str(out) + "; expected " +
+               py::str(dtype).cast<std::string>() + ", " + whose + " dtype");
+  }
+  std::vector<int64_t> have(out.shape(), out.shape() + out.ndim());
+  if (have != shape) {
+    value_error(name + " has shape " + shape_str(out) + "; expected " + tuple_str(shape));
+  }
+  if (!out.writeable()) value_error(name + " is read-only");
+  return out;
+}
+
+bool direct_output(const py::array& out, std::initializer_list<const py::array*> inputs) {
+  if (!(out.flags() & py::array::c_style)) return false;
+  if (reinterpret_cast<std::uintptr_t>(out.data()) % out.dtype().itemsize() != 0) return false;
+  for (const py::array* in : inputs) {
+    if (may_overlap(out, *in)) return false;
+  }
+  return true;
+}
+
 bool is_int(const py::handle& o) {
   if (py::isinstance<py::bool_>(o) || !PyIndex_Check(o.ptr())) return false;
   if (PyLong_Check(o.ptr())) return true;

@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <utility>
 #include <vector>
@@ -40,6 +41,17 @@ int64_t estride(const py::array& a, int i);
 bool may_overlap(const py::array& a, const py::array& b);
 // A new C-contiguous array of `like`'s dtype.
 py::array new_array(const py::array& like, const std::vector<int64_t>& shape);
+// An `out=` argument: a writable NumPy array of exactly `dtype` and `shape` (any strides). Else a
+// TypeError (not an array, another dtype; byte-swapped counts as another dtype) or a ValueError
+// (shape, read-only) naming fn and arg; `whose` says where the expected dtype comes from ("x's",
+// "the indices'"). simdnn._opspec.check_output raises the same for the NumPy twins.
+py::array output_array(const py::handle& obj, const py::dtype& dtype,
+                       const std::vector<int64_t>& shape, const char* fn, const char* arg,
+                       const char* whose);
+// Whether a kernel may write `out` itself: C-contiguous, aligned, sharing no memory with any of
+// `inputs`. Otherwise the glue has the kernel write a new array and copies it into `out`, so an
+// `out` that aliases an input gets what a separate output would (NumPy's out= semantics).
+bool direct_output(const py::array& out, std::initializer_list<const py::array*> inputs);
 // Whether `o` is an int to the ops: a Python int or an integer with __index__ (NumPy ints), not a
 // bool or a float.
 bool is_int(const py::handle& o);

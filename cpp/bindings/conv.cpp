@@ -146,7 +146,7 @@ void require_shape(const py::array& a, const std::vector<int64_t>& want, const c
 
 py::array conv2d(const py::object& x_obj, const py::object& w_obj, const py::object& b_obj,
                  const py::object& stride, const py::object& padding, const py::object& dilation,
-                 const py::object& groups, const py::object& algorithm) {
+                 const py::object& groups, const py::object& algorithm, const py::object& out_obj) {
   const char* fn = "conv2d";
   py::array x = as_contiguous_float_array(x_obj, fn, "x");
   py::array w = as_contiguous_float_array(w_obj, fn, "w");
@@ -162,7 +162,11 @@ py::array conv2d(const py::object& x_obj, const py::object& w_obj, const py::obj
     require_same_dtype(x, "x", b, "b", fn);
     require_shape(b, {cv.k}, fn, "b");
   }
-  py::array y = new_array(x, {cv.n, cv.k, cv.p, cv.q});
+  const std::vector<int64_t> y_shape = {cv.n, cv.k, cv.p, cv.q};
+  py::array out;
+  if (!out_obj.is_none()) out = output_array(out_obj, x.dtype(), y_shape, fn, "out", "x's");
+  const bool direct = !out_obj.is_none() && direct_output(out, {&x, &w, &b});
+  py::array y = direct ? out : new_array(x, y_shape);
   dispatch_dtype(x, [&](auto tag) {
     using T = typename decltype(tag)::type;
     auto f = kernels().get<T>().conv_forward;
@@ -172,7 +176,9 @@ py::array conv2d(const py::object& x_obj, const py::object& w_obj, const py::obj
     KernelCallScope workspace_scope;
     f(cv, xp, wp, bp, yp);
   });
-  return y;
+  if (out_obj.is_none()) return y;
+  if (!direct) numpy().attr("copyto")(out, y);
+  return out;
 }
 
 py::array conv2d_backward_data(const py::object& dy_obj, const py::object& w_obj,
@@ -237,7 +243,7 @@ py::tuple conv2d_backward_weights(const py::object& x_obj, const py::object& dy_
 void bind_conv(py::module_& m) {
   m.def("conv2d", &conv2d, py::arg("x"), py::arg("w"), py::arg("b") = py::none(),
         py::arg("stride") = 1, py::arg("padding") = 0, py::arg("dilation") = 1,
-        py::arg("groups") = 1, py::arg("algorithm") = "auto");
+        py::arg("groups") = 1, py::arg("algorithm") = "auto", py::arg("out") = py::none());
   m.def("conv2d_backward_data", &conv2d_backward_data, py::arg("dy"), py::arg("w"),
         py::arg("x_shape"), py::arg("stride") = 1, py::arg("padding") = 0, py::arg("dilation") = 1,
         py::arg("groups") = 1, py::arg("algorithm") = "auto");

@@ -115,15 +115,35 @@ py::dtype index_dtype(const Pool2d& pl) {
 // ---------------------------------------------------------------------------------------------
 
 py::tuple max_pool2d(const py::object& x_obj, const py::object& kernel_size,
-                     const py::object& stride, const py::object& padding) {
+                     const py::object& stride, const py::object& padding,
+                     const py::object& out_obj) {
   const char* fn = "max_pool2d";
   py::array x = as_contiguous_float_array(x_obj, fn, "x");
   require_ndim(x, 4, fn, "x");
   const Window w = parse_window(kernel_size, stride, padding, fn);
   const Pool2d pl = make_pool(shape_of(x), w, fn, "x of shape " + shape_str(x));
-  py::array y = new_array(x, out_shape(pl));
-  const std::vector<py::ssize_t> s(y.shape(), y.shape() + 4);
-  py::array idx(index_dtype(pl), s);
+  const std::vector<int64_t> shape = out_shape(pl);
+  py::array out_y, out_idx;
+  if (!out_obj.is_none()) {
+    if (!py::isinstance<py::tuple>(out_obj) || py::len(out_obj) != 2) {
+      type_error(std::string(fn) +
+                 ": 'out' must be a tuple (y, indices) of two NumPy arrays, got " +
+                 (py::isinstance<py::tuple>(out_obj)
+                      ? "a tuple of length " + std::to_string(py::len(out_obj))
+                      : py::str(py::type::of(out_obj)).cast<std::string>()));
+    }
+    const py::tuple pair = py::reinterpret_borrow<py::tuple>(out_obj);
+    out_y = output_array(pair[0], x.dtype(), shape, fn, "out[0]", "x's");
+    out_idx = output_array(pair[1], index_dtype(pl), shape, fn, "out[1]", "the indices'");
+    if (may_overlap(out_y, out_idx)) {
+      value_error(std::string(fn) + ": 'out[0]' and 'out[1]' share memory");
+    }
+  }
+  const bool direct =
+      !out_obj.is_none() && direct_output(out_y, {&x}) && direct_output(out_idx, {&x});
+  const std::vector<py::ssize_t> s(shape.begin(), shape.end());
+  py::array y = direct ? out_y : new_array(x, shape);
+  py::array idx = direct ? out_idx : py::array(index_dtype(pl), s);
   if (y.size() > 0) {
     dispatch_dtype(x, [&](auto tag) {
       using T = typename decltype(tag)::type;
@@ -136,7 +156,12 @@ py::tuple max_pool2d(const py::object& x_obj, const py::object& kernel_size,
       f(pl, px, py_, pi);
     });
   }
-  return py::make_tuple(y, idx);
+  if (out_obj.is_none()) return py::make_tuple(y, idx);
+  if (!direct) {
+    numpy().attr("copyto")(out_y, y);
+    numpy().attr("copyto")(out_idx, idx);
+  }
+  return py::make_tuple(out_y, out_idx);
 }
 
 py::array max_pool2d_backward(const py::object& dy_obj, const py::object& idx_obj,
@@ -244,7 +269,7 @@ py::array avg_pool2d_backward(const py::object& dy_obj, const py::object& x_shap
 
 void bind_pool(py::module_& m) {
   m.def("max_pool2d", &max_pool2d, py::arg("x"), py::arg("kernel_size"),
-        py::arg("stride") = py::none(), py::arg("padding") = 0);
+        py::arg("stride") = py::none(), py::arg("padding") = 0, py::arg("out") = py::none());
   m.def("max_pool2d_backward", &max_pool2d_backward, py::arg("dy"), py::arg("indices"),
         py::arg("x_shape"), py::arg("kernel_size"), py::arg("stride") = py::none(),
         py::arg("padding") = 0);

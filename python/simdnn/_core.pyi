@@ -49,6 +49,7 @@ def conv2d(
     dilation: Any = 1,
     groups: int = 1,
     algorithm: str = "auto",
+    out: np.ndarray | None = None,
 ) -> np.ndarray: ...
 def conv2d_backward_data(
     dy: Any,
@@ -71,7 +72,11 @@ def conv2d_backward_weights(
     algorithm: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]: ...
 def max_pool2d(
-    x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0
+    x: Any,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]: ...
 def max_pool2d_backward(
     dy: Any,

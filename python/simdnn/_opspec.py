@@ -299,6 +299,39 @@ def batch_norm_args(momentum: object, eps: object) -> tuple[float, float]:
     return momentum, eps
 
 
+def check_output(
+    out: object, dtype: np.dtype, shape: tuple[int, ...], fn: str, arg: str, whose: str
+) -> np.ndarray:
+    """An ``out=`` array: a writable ndarray of exactly ``dtype`` (a byte-swapped one is another
+    dtype) and ``shape``, any strides; the bindings' errors otherwise (``whose`` says where the
+    dtype comes from: "x's", "the indices'")."""
+    name = f"{fn}: '{arg}'"
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array, got {type(out)}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} has dtype {out.dtype}; expected {np.dtype(dtype)}, {whose} dtype")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {out.shape}; expected {tuple(shape)}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return out
+
+
+def check_pool_outputs(
+    out: object, dtype: np.dtype, index_dtype: type, shape: tuple[int, ...], fn: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """max_pool2d's ``out=(y, indices)``: two arrays as :func:`check_output` wants them, sharing no
+    memory."""
+    if not isinstance(out, tuple) or len(out) != 2:
+        got = f"a tuple of length {len(out)}" if isinstance(out, tuple) else str(type(out))
+        raise TypeError(f"{fn}: 'out' must be a tuple (y, indices) of two NumPy arrays, got {got}")
+    y = check_output(out[0], dtype, shape, fn, "out[0]", "x's")
+    idx = check_output(out[1], np.dtype(index_dtype), shape, fn, "out[1]", "the indices'")
+    if np.may_share_memory(y, idx):
+        raise ValueError(f"{fn}: 'out[0]' and 'out[1]' share memory")
+    return y, idx
+
+
 # ------------------------------------------------------------------------------------------------
 # The ops. output_shape maps the op's arguments (arrays or, for backward passes, the shapes they
 # name) to the shape of each array it returns; None for the in-place updates.
@@ -321,7 +354,7 @@ def _matmul_shape(a: np.ndarray, b: np.ndarray, out: object = None) -> tuple[tup
 
 def _conv2d_shape(
     x: np.ndarray, w: np.ndarray, b: object = None, stride: IntPair = 1, padding: IntPair = 0,
-    dilation: IntPair = 1, groups: int = 1,
+    dilation: IntPair = 1, groups: int = 1, algorithm: str = "auto", out: object = None,
 ) -> tuple[tuple[int, ...]]:  # fmt: skip
     return (conv2d_output_shape(x.shape, w.shape, stride, padding, dilation),)
 
@@ -339,8 +372,9 @@ def _conv2d_backward_weights_shape(
 
 
 def _max_pool2d_shape(
-    x: np.ndarray, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0
-) -> tuple[tuple[int, ...], ...]:
+    x: np.ndarray, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
+    out: object = None,
+) -> tuple[tuple[int, ...], ...]:  # fmt: skip
     y = pool2d_output_shape(x.shape, kernel_size, stride, padding)
     return y, y
 

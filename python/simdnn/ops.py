@@ -111,6 +111,7 @@ def conv2d(
     dilation: IntPair = 1,
     groups: int = 1,
     algorithm: str = "auto",
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """2-D cross-correlation of a batch of images with a bank of filters, plus a bias.
 
@@ -123,13 +124,19 @@ def conv2d(
         - b: (K,) or None
         - result: (N, K, P, Q) with
           P = (H + 2 * padding[0] - dilation[0] * (R - 1) - 1) // stride[0] + 1, Q likewise.
+        - out: (N, K, P, Q) or None
 
     ``algorithm`` picks the implementation: "auto" (default), "direct" or "winograd" (see
     above); a Winograd result that is not all finite is recomputed by the direct path, so NaN
     and Inf land where the direct convolution puts them.
+
+    ``out``, when given, receives the result and is returned, as NumPy's ``out=``: an array of
+    x's dtype (exactly: not byte-swapped) and the result's shape, any strides; it may share
+    memory with an input (the result is then computed aside and copied in). Its old contents
+    are never read.
     """
     algorithm = _algorithm(algorithm, "conv2d")
-    return _core.conv2d(x, w, b, stride, padding, dilation, groups, algorithm)
+    return _core.conv2d(x, w, b, stride, padding, dilation, groups, algorithm, out)
 
 
 def conv2d_backward_data(
@@ -193,6 +200,7 @@ def max_pool2d(
     kernel_size: IntPair,
     stride: IntPair | None = None,
     padding: IntPair = 0,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Maximum over each R x S window; padding counts as -inf.
 
@@ -204,8 +212,13 @@ def max_pool2d(
     Shape:
         - x: (N, C, H, W)
         - y, indices: (N, C, P, Q) with P = (H + 2 * padding[0] - R) // stride[0] + 1, Q likewise.
+        - out: a tuple of two (N, C, P, Q) arrays, or None
+
+    ``out=(y, indices)``, when given, receives both results and is returned, as NumPy's ``out=``
+    for a function of two results: y of x's dtype, indices of the dtype above, each of any
+    strides and sharing no memory with the other (either may share memory with x).
     """
-    return _core.max_pool2d(x, kernel_size, stride, padding)
+    return _core.max_pool2d(x, kernel_size, stride, padding, out)
 
 
 def max_pool2d_backward(

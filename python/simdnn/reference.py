@@ -18,6 +18,9 @@ from ._opspec import (
     IntPair,
     adam_args,
     batch_norm_args,
+    check_output,
+    check_pool_outputs,
+    conv2d_output_shape,
     conv_algorithm_arg,
     conv_args,
     conv_out_size,
@@ -188,8 +191,10 @@ def conv2d(
     dilation: IntPair = 1,
     groups: int = 1,
     algorithm: str = "auto",
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Shape: x (N, C, H, W), w (K, C/groups, R, S), b (K,) -> (N, K, P, Q).
+    """Shape: x (N, C, H, W), w (K, C/groups, R, S), b (K,) -> (N, K, P, Q), written into ``out``
+    when it is given (then returned).
 
     Depthwise convolutions (groups == C == K) are one multiply-add of whole strided views per
     kernel tap: a matmul per single-channel group would be far slower. ``algorithm="winograd"``
@@ -197,8 +202,28 @@ def conv2d(
     "direct" both run the exact direct convolution here.
     """
     st, pad, dil, groups = conv_args(stride, padding, dilation, groups, "conv2d")
-    if conv_algorithm_arg(algorithm, "conv2d") == "winograd":
+    winograd = conv_algorithm_arg(algorithm, "conv2d") == "winograd"
+    if winograd:
         _check_winograd(w.shape, st, pad, dil, groups, "conv2d")
+    if out is not None:
+        shape = conv2d_output_shape(x.shape, w.shape, st, pad, dil)
+        check_output(out, x.dtype, shape, "conv2d", "out", "x's")
+        np.copyto(out, _conv2d(x, w, b, st, pad, dil, groups, winograd))
+        return out
+    return _conv2d(x, w, b, st, pad, dil, groups, winograd)
+
+
+def _conv2d(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    st: tuple[int, int],
+    pad: tuple[int, int],
+    dil: tuple[int, int],
+    groups: int,
+    winograd: bool,
+) -> np.ndarray:
+    if winograd:
         return conv2d_winograd(x, w, b, pad)
     n = x.shape[0]
     k, cg, r, s = w.shape
@@ -577,19 +602,27 @@ def max_pool2d(
     kernel_size: IntPair,
     stride: IntPair | None = None,
     padding: IntPair = 0,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Maximum over each R x S window (padding is -inf) and its position r * S + s in the window.
 
     Window positions are visited r outer, s inner, with ``v > best or isnan(v)`` as the update
     rule from best = -inf at the first in-bounds position: ties keep the first maximum, a NaN
     always wins (PyTorch's CPU kernel). Shape: x (N, C, H, W) -> y, indices (N, C, P, Q); indices
-    are uint8 when R * S <= 256, else int32.
+    are uint8 when R * S <= 256, else int32. ``out=(y, indices)`` receives both when given.
     """
     x = np.asarray(x)
     r, s, sh, sw, ph, pw, p, q = _window(x.shape, kernel_size, stride, padding, "max_pool2d")
-    xp = _pad(x, ph, pw, -np.inf)
     rs = r * s
     idx_dtype = np.uint8 if rs <= 256 else np.int32
+    if out is not None:
+        shape = (x.shape[0], x.shape[1], p, q)
+        y_out, idx_out = check_pool_outputs(out, x.dtype, idx_dtype, shape, "max_pool2d")
+        y, idx = max_pool2d(x, kernel_size, stride, padding)
+        np.copyto(y_out, y)
+        np.copyto(idx_out, idx)
+        return y_out, idx_out
+    xp = _pad(x, ph, pw, -np.inf)
     taps = [_tap(xp, i, j, sh, sw, p, q) for i in range(r) for j in range(s)]
     # The maximum: one np.maximum per tap (NaN propagates, as in PyTorch).
     best = taps[0].copy()

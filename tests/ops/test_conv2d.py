@@ -318,6 +318,49 @@ def test_non_contiguous_inputs(isa, rng, layout):
         np.testing.assert_allclose(g_, w_, rtol=1e-4, atol=1e-3)
 
 
+def _out_like(shape: tuple[int, ...], dtype: type, layout: str) -> np.ndarray:
+    """A NaN-filled output of `shape` laid out as `layout`: C order, every other element of a
+    wider array, or Fortran order."""
+    if layout == "strided":
+        return np.full((*shape[:-1], 2 * shape[-1]), np.nan, dtype)[..., ::2]
+    return np.full(shape, np.nan, dtype, order="F" if layout == "fortran" else "C")
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "winograd"])
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "fortran", "overlaps x"])
+def test_conv2d_out(isa, dtype, rng, layout, algorithm):
+    """out= receives a plain call's result, bit for bit, and is returned; its NaN contents are
+    never read. An out the kernel cannot write itself (not C-contiguous, or overlapping x: a 3x3
+    padded layer with K == C keeps x's shape, and out starts one image after x in one buffer, so
+    writing image 0's output in place would overwrite image 1's input) gets the same result,
+    computed aside."""
+    x = rng.standard_normal((3, 8, 9, 7)).astype(dtype)
+    w = rng.standard_normal((8, 8, 3, 3)).astype(dtype)
+    b = rng.standard_normal(8).astype(dtype)
+    want = ops.conv2d(x, w, b, padding=1, algorithm=algorithm)
+    twin_out = np.full(want.shape, np.nan, dtype)
+    assert reference.conv2d(x, w, b, padding=1, algorithm=algorithm, out=twin_out) is twin_out
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(twin_out, want, rtol=tol, atol=tol)
+    if layout == "overlaps x":
+        buf = np.empty((x.shape[0] + 1, *x.shape[1:]), dtype)
+        buf[:-1] = x
+        x, out = buf[:-1], buf[1:]
+    else:
+        out = _out_like(want.shape, dtype, layout)
+    got = ops.conv2d(x, w, b, padding=1, algorithm=algorithm, out=out)
+    assert got is out
+    np.testing.assert_array_equal(got, want)
+
+
+def test_conv2d_out_of_an_empty_result(isa):
+    out = np.full((0, 4, 5, 5), np.nan, np.float32)
+    x, w = np.ones((0, 3, 5, 5), np.float32), np.ones((4, 3, 1, 1), np.float32)
+    assert ops.conv2d(x, w, out=out) is out
+    out = np.full((2, 0, 5, 5), np.nan, np.float32)
+    assert ops.conv2d(np.ones((2, 3, 5, 5), np.float32), w[:0], out=out) is out
+
+
 def test_thread_counts(isa, rng, threads):
     """Forward and backward-data are bitwise identical for any thread count; backward-weights
     sums per-thread partials, so it is identical run to run for a thread count and close across
@@ -1047,21 +1090,26 @@ def test_conv2d_inf_weight_meets_padding(isa, dtype):
 
 
 @pytest.mark.large
-def test_conv2d_output_past_2_31_elements() -> None:
+def test_conv2d_output_past_2_31_elements(each_isa) -> None:
     # A 1x1 convolution with 33 filters over an 8192 x 8192 image: the output has
-    # 33 * 2**26 = 2**31 + 2**26 elements, so its last channel starts past 2**31.
+    # 33 * 2**26 = 2**31 + 2**26 elements, so its last channel starts past 2**31. One output for
+    # every ISA (out=), NaN-filled before each call, so that it faults in once.
     k, h, w = 33, 8192, 8192
     need_memory(k * h * w * 4 + h * w * 4)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1, 1, h, w), dtype=np.float32)
     wt = rng.standard_normal((k, 1, 1, 1), dtype=np.float32)
     b = rng.standard_normal(k, dtype=np.float32)
-    y = ops.conv2d(x, wt, b)
-    assert y.shape == (1, k, h, w)
-    for ch in [0, 1, BIG // (h * w) - 1, BIG // (h * w), k - 1]:
-        for row in [0, h // 2, h - 1]:
-            want = x[0, 0, row] * wt[ch, 0, 0, 0] + b[ch]
-            np.testing.assert_allclose(y[0, ch, row], want, rtol=1e-6, atol=1e-6)
+    y = np.empty((1, k, h, w), np.float32)
+    for isa in each_isa():
+        y.fill(np.nan)
+        assert ops.conv2d(x, wt, b, out=y) is y
+        for ch in [0, 1, BIG // (h * w) - 1, BIG // (h * w), k - 1]:
+            for row in [0, h // 2, h - 1]:
+                want = x[0, 0, row] * wt[ch, 0, 0, 0] + b[ch]
+                np.testing.assert_allclose(
+                    y[0, ch, row], want, rtol=1e-6, atol=1e-6, err_msg=f"{isa} {ch} {row}"
+                )
     del y
 
 

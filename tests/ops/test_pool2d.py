@@ -578,6 +578,42 @@ def test_any_layout_gives_the_contiguous_result(isa, dtype, rng, layout):
     )
 
 
+@pytest.mark.parametrize(
+    ("window", "layout"),
+    [(2, "contiguous"), (3, "strided"), ((3, 2), "fortran"), (17, "contiguous"), (1, "overlaps x")],
+)
+def test_max_pool2d_out(isa, dtype, rng, window, layout):
+    """out=(y, indices) receives a plain call's results, bit for bit, and is returned; the old
+    contents are never read. Layouts the kernel cannot write itself (strided, Fortran order, a y
+    that overlaps x: a 1x1 window keeps x's shape, and y starts one image after x in one buffer)
+    get the same, computed aside; a 17x17 window has int32 indices."""
+    x = rng.standard_normal((3, 3, 19, 18)).astype(dtype)
+    want_y, want_idx = ops.max_pool2d(x, window, 1, 0)
+    shape, idx_dtype = want_y.shape, want_idx.dtype
+    twin = (np.full(shape, np.nan, dtype), np.zeros(shape, idx_dtype))
+    twin_y, twin_idx = reference.max_pool2d(x, window, 1, 0, out=twin)
+    assert twin_y is twin[0]
+    assert twin_idx is twin[1]
+    np.testing.assert_array_equal(twin[0], want_y)
+    np.testing.assert_array_equal(twin[1], want_idx)
+    if layout == "strided":
+        y = np.full((*shape[:-1], 2 * shape[-1]), np.nan, dtype)[..., ::2]
+        idx = np.full((*shape[:-1], 2 * shape[-1]), 77, idx_dtype)[..., ::2]
+    else:
+        order = "F" if layout == "fortran" else "C"
+        y = np.full(shape, np.nan, dtype, order=order)
+        idx = np.full(shape, 77, idx_dtype, order=order)
+        if layout == "overlaps x":
+            buf = np.empty((x.shape[0] + 1, *x.shape[1:]), dtype)
+            buf[:-1] = x
+            x, y = buf[:-1], buf[1:]
+    got = ops.max_pool2d(x, window, 1, 0, out=(y, idx))
+    assert got[0] is y
+    assert got[1] is idx
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(idx, want_idx)
+
+
 def test_byteswapped_and_array_like_inputs(isa):
     x = np.arange(2 * 3 * 6 * 7, dtype=np.float32).reshape(2, 3, 6, 7)
     want = ops.max_pool2d(x, 2)
@@ -1106,9 +1142,10 @@ def test_max_pool_nan_wins_its_window(isa, dtype):
 
 
 @pytest.mark.large
-def test_max_pool2d_input_past_2_31_elements() -> None:
+def test_max_pool2d_input_past_2_31_elements(each_isa) -> None:
     # 2x2 max-pooling of one 65536 x 32769 plane (2**31 + 65536 elements; odd W leaves a column
-    # out, as floor mode does). Rows past 2**31 are checked against the reference on slices.
+    # out, as floor mode does). Rows past 2**31 are checked against the reference on slices. One
+    # pair of outputs for every ISA (out=), refilled before each call, so that it faults in once.
     h, w = 65536, 32769
     need_memory(h * w * 4 * 5 // 4)
     rng = np.random.default_rng(4)
@@ -1118,10 +1155,18 @@ def test_max_pool2d_input_past_2_31_elements() -> None:
         rng.standard_normal(w).astype(np.float32)[None, :],
         out=x[0, 0],
     )
-    y, idx = ops.max_pool2d(x, 2)
-    assert y.shape == idx.shape == (1, 1, h // 2, w // 2)
-    for row0 in [0, BIG // w - 8, h - 16]:
-        want_y, want_idx = reference.max_pool2d(x[:, :, row0 : row0 + 16], 2)
-        np.testing.assert_array_equal(y[:, :, row0 // 2 : row0 // 2 + 8], want_y)
-        np.testing.assert_array_equal(idx[:, :, row0 // 2 : row0 // 2 + 8], want_idx)
+    rows = [0, BIG // w - 8, h - 16]
+    wants = [reference.max_pool2d(x[:, :, row0 : row0 + 16], 2) for row0 in rows]
+    y = np.empty((1, 1, h // 2, w // 2), np.float32)
+    idx = np.empty(y.shape, np.uint8)
+    for isa in each_isa():
+        y.fill(np.nan)
+        idx.fill(255)
+        got_y, got_idx = ops.max_pool2d(x, 2, out=(y, idx))
+        assert got_y is y
+        assert got_idx is idx
+        for row0, (want_y, want_idx) in zip(rows, wants):
+            got = np.s_[:, :, row0 // 2 : row0 // 2 + 8]
+            np.testing.assert_array_equal(y[got], want_y, err_msg=f"{isa} {row0}")
+            np.testing.assert_array_equal(idx[got], want_idx, err_msg=f"{isa} {row0}")
     del x, y, idx

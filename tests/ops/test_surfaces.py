@@ -235,8 +235,51 @@ BAD_SCALARS = {
 }
 
 
+def _read_only(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    a = np.zeros(shape, dtype)
+    a.flags.writeable = False
+    return a
+
+
+def _bad_outputs() -> dict[str, list[tuple[str, object]]]:
+    """out= values that both surfaces refuse, for the valid calls of conv2d and max_pool2d."""
+    y = _opspec.conv2d_output_shape((2, 4, 9, 8), (6, 2, 3, 2), (2, 1), 1, (1, 2))
+    py = _opspec.pool2d_output_shape((2, 4, 9, 8), 3, (2, 1), (1, 0))
+    wrong = (*py[:3], py[3] + 1)
+    # A uint8 index array over the bytes of y's buffer: the right dtype and shape, but the two
+    # outputs would overwrite each other.
+    buf = np.zeros(int(np.prod(py)) * 4, np.uint8)
+    shared = (buf.view(F32).reshape(py), buf[: int(np.prod(py))].reshape(py))
+    good_y, good_idx = np.zeros(py, F32), np.zeros(py, np.uint8)
+    return {
+        "conv2d": [
+            ("out", [0.0]),
+            ("out", np.zeros(y, np.float64)),
+            ("out", np.zeros(y, np.dtype(">f4"))),
+            ("out", np.zeros(y, np.int32)),
+            ("out", np.zeros(y[1:], F32)),
+            ("out", np.zeros((*y[:3], y[3] + 1), F32)),
+            ("out", _read_only(y, F32)),
+        ],
+        "max_pool2d": [
+            ("out", np.zeros(py, F32)),
+            ("out", [good_y, good_idx]),
+            ("out", (good_y,)),
+            ("out", (good_y, good_idx, good_idx)),
+            ("out", (None, good_idx)),
+            ("out", (good_y, np.zeros(py, np.int32))),
+            ("out", (np.zeros(py, np.float64), good_idx)),
+            ("out", (np.zeros(wrong, F32), good_idx)),
+            ("out", (good_y, np.zeros(wrong, np.uint8))),
+            ("out", (_read_only(py, F32), good_idx)),
+            ("out", (good_y, _read_only(py, np.uint8))),
+            ("out", shared),
+        ],
+    }
+
+
 def _bad_cases() -> list[tuple[str, str, object]]:
-    cases = []
+    cases = [(name, arg, v) for name, rows in _bad_outputs().items() for arg, v in rows]
     for name in ("conv2d", "conv2d_backward_data", "conv2d_backward_weights"):
         cases += [(name, arg, v) for arg, v in BAD_CONV]
     for name in ("max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward"):
@@ -252,7 +295,18 @@ def _raised(call: Callable[[], object]) -> tuple[type[BaseException], str]:
     return info.type, str(info.value)
 
 
-@pytest.mark.parametrize(("name", "arg", "value"), _bad_cases(), ids=repr)
+def _case_id(v: object) -> str:
+    """repr, but an array by its dtype, shape and writability (the out= cases)."""
+    if isinstance(v, np.ndarray):
+        return f"{v.dtype.str}{list(v.shape)}{'' if v.flags.writeable else 'ro'}"
+    if isinstance(v, (tuple, list)) and any(isinstance(a, np.ndarray) for a in v):
+        inner = ",".join(_case_id(a) for a in v)
+        shared = len(v) == 2 and np.may_share_memory(v[0], v[1])
+        return (f"({inner})" if isinstance(v, tuple) else f"[{inner}]") + " shared" * shared
+    return repr(v)
+
+
+@pytest.mark.parametrize(("name", "arg", "value"), _bad_cases(), ids=_case_id)
 def test_bad_arguments_raise_the_same_error(name, arg, value):
     raised = []
     for surface in (ops, reference):
