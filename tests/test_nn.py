@@ -134,6 +134,93 @@ def test_sequential_forward_backward_and_structure():
         nn.Sequential(nn.ReLU(), "relu")
 
 
+def _relu_pool_input(dtype: type, shape: tuple[int, ...]) -> np.ndarray:
+    """Random values with the cases where ReLU then max-pooling could differ from the reverse
+    order: windows all negative, ties at exactly zero, a window of -0.0 and zeros, infinities of
+    both signs and a NaN."""
+    x = np.random.default_rng(7).standard_normal(shape).astype(dtype)
+    x[0, 0, :2, :2] = -np.abs(x[0, 0, :2, :2]) - 1.0
+    x[0, 0, 2:4, :2] = 0.0
+    x[0, 0, 2, 1] = -1.0
+    x[0, 1, :2, :2] = -0.0
+    x[0, 1, 0, 1] = 0.0
+    x[1, 0, 1, 3] = np.inf
+    x[1, 0, 4, 4] = -np.inf
+    x[1, 1, 2, 2] = np.nan
+    return x
+
+
+@pytest.mark.usefixtures("quiet_numpy")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "pool",
+    [
+        {"kernel_size": 2},
+        {"kernel_size": 3, "stride": 2, "padding": 1},
+        {"kernel_size": 3, "stride": 1},
+    ],
+    ids=["2x2", "3x3s2p1", "3x3s1-overlapping"],
+)
+def test_relu_then_max_pool_runs_pooled_first_with_the_same_results(dtype, pool, monkeypatch):
+    """Sequential runs ReLU -> MaxPool2d as MaxPool2d -> ReLU (the ReLU sees the pooled shape),
+    and the output and every gradient equal those of the layers called one by one as written,
+    on the cases of _relu_pool_input; overlapping windows sum their gradients the same way."""
+    from simdnn import functional
+
+    x = _relu_pool_input(dtype, (2, 3, 7, 8))
+    g = np.random.default_rng(8).standard_normal((2, 3 * 7 * 8)).astype(dtype)
+    conv_seed = np.random.default_rng(9)
+    model = nn.Sequential(
+        nn.Conv2d(3, 3, 1, rng=conv_seed),
+        nn.ReLU(),
+        nn.MaxPool2d(**pool),
+        nn.Flatten(),
+    ).astype(dtype)
+    model[0].weight.data[...] = np.eye(3, dtype=dtype).reshape(3, 3, 1, 1)  # x reaches ReLU as is
+    model[0].bias.data[...] = 0
+    results = []
+    for reordered in (True, False):
+        seen = []
+        relu = functional.relu
+        monkeypatch.setattr(
+            functional, "relu", lambda t, seen=seen, relu=relu: seen.append(np.shape(t)) or relu(t)
+        )
+        model.zero_grad()
+        xt = Tensor(x, requires_grad=True)
+        if reordered:
+            y = model(xt)
+        else:
+            y = xt
+            for layer in model:
+                y = layer(y)
+        (y * g[:, : y.shape[1]]).sum().backward()
+        monkeypatch.undo()
+        pooled = model[2].output_shape(x.shape)
+        assert seen == [pooled if reordered else x.shape]
+        results.append((y.data, xt.grad, model[0].weight.grad.copy(), model[0].bias.grad.copy()))
+    for got, want in zip(*results):
+        np.testing.assert_array_equal(got, want)
+    assert np.isnan(results[0][0]).any()
+    assert np.isinf(results[0][0]).any()
+
+
+def test_relu_before_other_layers_keeps_its_place(monkeypatch):
+    """Only ReLU -> MaxPool2d is reordered: ReLU before average pooling (which does not commute
+    with it) or after a max-pooling runs where it is written."""
+    from simdnn import functional
+
+    x = _relu_pool_input(np.float64, (2, 3, 8, 8))
+    x[~np.isfinite(x)] = 0.5
+    seen = []
+    relu = functional.relu
+    monkeypatch.setattr(functional, "relu", lambda t: seen.append(np.shape(t)) or relu(t))
+    model = nn.Sequential(nn.ReLU(), nn.AvgPool2d(2), nn.MaxPool2d(2), nn.ReLU())
+    y = model(x)
+    assert seen == [(2, 3, 8, 8), (2, 3, 2, 2)]
+    want = relu(nn.MaxPool2d(2)(nn.AvgPool2d(2)(relu(x))))
+    np.testing.assert_array_equal(y.data, want.data)
+
+
 def test_dropout_train_and_eval():
     d = nn.Dropout(0.25, rng=np.random.default_rng(0))
     x = np.ones((200, 100), np.float32)
