@@ -389,9 +389,26 @@ def test_workspace_release_and_empty_cache():
 
 
 @pytest.mark.parametrize("nthreads", [1, 2, 3, 8])
-@pytest.mark.parametrize("ntasks", [0, 1, 2, 7, 1000])
+@pytest.mark.parametrize("ntasks", [0, 1, 2, 7, 1000, 65534, 65535, 70001])
 def test_parallel_for_runs_every_task_once(ntasks, nthreads):
+    """Up to 65,534 tasks the claim word counts the caller's tasks from the front and the
+    workers' from the back in two 16-bit halves; from 65,535 on it counts from the front in 32
+    bits: both ways every task runs once."""
     assert simdnn._core._parallel_check(ntasks, nthreads) == ntasks * (ntasks + 1) // 2
+
+
+@pytest.mark.parametrize("nthreads", [2, 3])
+def test_caller_runs_the_first_tasks_and_workers_the_last(nthreads):
+    """The caller claims tasks from the front, the workers from the back, so on two threads the
+    caller's share of every call is a prefix and the worker's the rest: ops split alike keep their
+    data on one core. Tasks of 300 us give a woken worker time to join (it must in some call)."""
+    joined = 0
+    for _ in range(10):
+        by = simdnn._core._claim_order(16, nthreads, 300)
+        k = by.count(0)
+        assert by == [0] * k + [1] * (16 - k), by
+        joined += k < 16
+    assert joined > 0
 
 
 @pytest.mark.parametrize("nthreads", [2, 3, 8])

@@ -179,6 +179,25 @@ void bind_runtime(py::module_& m) {
         return sum.load();
       },
       py::arg("ntasks"), py::arg("nthreads"), py::arg("raise_at") = -1, py::arg("repeat") = 1);
+  // Test hook for the claim order: one call of ntasks tasks on nthreads threads, each task
+  // sleeping task_us; returns per task 1 when a pool worker ran it, 0 when the caller did.
+  m.def(
+      "_claim_order",
+      [](int64_t ntasks, int nthreads, int64_t task_us) {
+        if (ntasks < 0 || task_us < 0) value_error("_claim_order: ntasks and task_us must be >= 0");
+        std::vector<std::atomic<int>> by(static_cast<size_t>(ntasks));
+        {
+          py::gil_scoped_release release;
+          parallel_for(ntasks, nthreads, [&](int64_t t) {
+            by[static_cast<size_t>(t)].store(in_pool_worker() ? 1 : 0);
+            if (task_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(task_us));
+          });
+        }
+        py::list out;
+        for (auto& v : by) out.append(v.load());
+        return out;
+      },
+      py::arg("ntasks"), py::arg("nthreads"), py::arg("task_us"));
   // Test hook for the stall back-off: a call of 8 tasks where the first task a pool worker runs
   // sleeps stall_us (a worker preempted mid-task), and the caller's first task waits (up to 5 s)
   // until a worker has started one; then at once a call of 8 empty tasks. Returns the change in

@@ -438,18 +438,39 @@ int leave_to_neighbours(Pool& p, int nthreads, int64_t now) {
   return nthreads;
 }
 
-// Claims the next task of job g; false when the job is over or another job is published.
-bool claim_task(Pool& p, uint32_t g, int64_t* task) {
+// Claims a task of job g; false when the job is over or another job is published. The claim word
+// is gen << 32 | the tasks claimed. When the job has fewer than kTwoEnded tasks, its low half is
+// rear << 16 | front: the caller claims from the front (tasks 0, 1, ...) and the workers from the
+// back (ntasks - 1, ntasks - 2, ...) until the two meet. With two threads the caller then runs the
+// first tasks of every call and the worker the last ones, so an op that reads what the previous op
+// wrote (a ReLU after a convolution over the same images, split alike) finds most of it in its
+// own core's cache; from one counter the two threads took tasks in whatever order they woke, and
+// half of the data crossed cores on average. LeNet's training step (batch 64, 2 threads, Intel
+// Xeon VM): 5.91-6.08 ms -> 5.56-5.77 ms; the MLP step even (0.74-0.87 ms both). Larger jobs
+// count in all 32 bits, from the front only.
+constexpr int64_t kTwoEnded = 0xffff;
+bool claim_task(Pool& p, uint32_t g, int64_t* task, bool from_back) {
   uint64_t c = p.claim.load(std::memory_order_acquire);
   for (;;) {
     if (static_cast<uint32_t>(c >> 32) != g) return false;
-    const int64_t idx = static_cast<int64_t>(c & 0xffffffffu);
     // Acquire: a worker still in job g that reads the next job's (larger) ntasks also sees that
     // job's claim word, stored before it, so the CAS below fails instead of claiming a task of
     // the next job under job g's name (which ran a task twice and left the caller waiting for a
     // count it had passed: the hang of a CI run).
-    if (idx >= p.ntasks.load(std::memory_order_acquire)) return false;
-    if (p.claim.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel)) {
+    const int64_t n = p.ntasks.load(std::memory_order_acquire);
+    int64_t idx;
+    uint64_t step = 1;
+    if (n < kTwoEnded) {
+      const int64_t front = static_cast<int64_t>(c & 0xffffu);
+      const int64_t rear = static_cast<int64_t>((c >> 16) & 0xffffu);
+      if (front + rear >= n) return false;
+      idx = from_back ? n - 1 - rear : front;
+      if (from_back) step = uint64_t{1} << 16;
+    } else {
+      idx = static_cast<int64_t>(c & 0xffffffffu);
+      if (idx >= n) return false;
+    }
+    if (p.claim.compare_exchange_weak(c, c + step, std::memory_order_acq_rel)) {
       *task = idx;
       return true;
     }
@@ -525,7 +546,7 @@ void worker_main(Pool* pp, uint32_t seen) {
     if (fp_control() != fp) set_fp_control(fp);
     int64_t task;
     bool ran = false;
-    while (claim_task(p, g, &task)) {
+    while (claim_task(p, g, &task, /*from_back=*/true)) {
       run_task(p, task);
       ran = true;
     }
@@ -711,7 +732,7 @@ void parallel_run(int64_t ntasks, int nthreads, TaskFn fn, const void* ctx) {
     p.wake_cv.notify_all();
   }
   int64_t task;
-  while (claim_task(p, g, &task)) run_task(p, task);
+  while (claim_task(p, g, &task, /*from_back=*/false)) run_task(p, task);
   // Wait only for the tasks that workers started.
   if (p.done.load(std::memory_order_acquire) != ntasks) {
     const int64_t t_wait = now_ns();
