@@ -6,9 +6,9 @@ The ISAs come from ``simdnn.cpu_info()["available"]`` of the simdnn that this Py
 installed wheel, not the source tree: run it from a directory where ``python/`` is not
 importable). Each run is a fresh process, so every path of the one binary is selected the way a
 user selects it, at import. The tests that force every ISA themselves (the isa and each_isa
-fixtures) and the large-tensor tests run in the first run only. Prints one summary line per ISA
-and exits non-zero if any run failed. tools/build_wheels.sh and the cibuildwheel test-command both
-use it.
+fixtures, the large-tensor tests among them) run in the first run only. Prints one summary line
+per ISA and exits non-zero if any run failed. tools/build_wheels.sh and the cibuildwheel
+test-command both use it.
 """
 
 from __future__ import annotations
@@ -46,16 +46,11 @@ def main(argv: list[str]) -> int:
     # Widest first: the tests on the isa fixture set each ISA themselves, so only the first run
     # needs them; the later runs deselect them (--no-isa-matrix, tests/conftest.py) and run the
     # rest, which take the forced ISA from SIMDNN_ISA. The whole suite runs fastest on the widest
-    # ISA (CI, 2 cores: 170 s with scalar as the default, 119 s with AVX-512). The later runs also
-    # leave out the large-tensor tests (marker large) unless the arguments choose markers: the
-    # GEMM ones cover every ISA in the first run (the each_isa fixture), and the convolution and
-    # max-pooling ones spend their time faulting in 8-11 GB (on the CI VM 74-180 s a test, against
-    # about a second in the kernels), which the first run, the README's `pytest` and the sanitizer
-    # build already pay.
-    marks = any(a == "-m" or a.startswith("-m") for a in argv)
+    # ISA (CI, 2 cores: 170 s with scalar as the default, 119 s with AVX-512). The large-tensor
+    # tests loop over every ISA themselves (the each_isa fixture), so they too run in the first
+    # run only.
     for i, isa in enumerate(reversed(isas)):
-        later = ["--no-isa-matrix", *argv] + ([] if marks else ["-m", "not large"])
-        args = argv if i == 0 else later
+        args = argv if i == 0 else ["--no-isa-matrix", *argv]
         print(f"--- SIMDNN_ISA={isa} pytest {' '.join(args)}", flush=True)
         env = {**os.environ, "SIMDNN_ISA": isa}
         proc = subprocess.Popen(
