@@ -134,6 +134,12 @@ OPS: list[tuple[str, Fn, list[Callable[[np.random.Generator], np.ndarray]]]] = [
      [lambda r: r.standard_normal((3, 2)), lambda r: r.standard_normal((3, 2))]),
     ("linear", F.linear, [lambda r: r.standard_normal((5, 7)), lambda r: r.standard_normal((7, 3)),
                           lambda r: r.standard_normal(3)]),
+    # Pre-activations at least 1.75 from ReLU's kink: x in [0.5, 1.5], the weights of columns
+    # 0 and 2 positive and of column 1 negative (an inactive unit, whose gradients are zero).
+    ("linear-relu", lambda x, w, b: F.linear(x, w, b, "relu"),
+     [lambda r: r.uniform(0.5, 1.5, (5, 7)),
+      lambda r: r.uniform(0.5, 1.0, (7, 3)) * np.array([1.0, -1.0, 1.0]),
+      lambda r: 0.1 * r.standard_normal(3)]),
     ("conv2d", lambda x, w, b: F.conv2d(x, w, b, 1, 1),
      [lambda r: r.standard_normal((2, 3, 6, 5)), lambda r: r.standard_normal((4, 3, 3, 3)),
       lambda r: r.standard_normal(4)]),
@@ -191,43 +197,50 @@ def test_op_native_and_numpy_backends_agree(name, fn, makers, dtype):
     check_backends(fn, [make(rng) for make in makers], dtype)
 
 
+@pytest.mark.parametrize("activation", [None, "relu"])
 @pytest.mark.parametrize("backend", ["native", "numpy"])
-def test_linear_adds_the_bias_inside_the_gemm(backend, monkeypatch):
-    """The bias rides in the GEMM's C (beta=1): one gemm call on a fresh array holding the
-    broadcast bias and no separate pass adding it; the bias is untouched, the gradients as
-    before."""
+def test_linear_adds_bias_and_relu_in_the_gemm(backend, activation, monkeypatch):
+    """The bias and the ReLU are the GEMM's epilogue: one gemm call, no c, no separate pass or
+    relu call; backward is one bias_backward call (the gate and db) and the two products. The
+    bias is untouched, the results and gradients those of the unfused formulas."""
     surface = simdnn.ops if backend == "native" else simdnn.reference
-    real_gemm, real_matmul = surface.gemm, surface.matmul
-    seen: list[tuple[np.ndarray | None, dict]] = []
+    calls: list[tuple[str, dict]] = []
+    for name in ("gemm", "matmul", "relu", "relu_backward", "bias_backward"):
+        real = getattr(surface, name)
 
-    def gemm(a, b, c=None, **kwargs):
-        seen.append((None if c is None else c.copy(), kwargs))
-        return real_gemm(a, b, c, **kwargs)
+        def spy(*args, _real=real, _name=name, **kwargs):
+            calls.append((_name, kwargs))
+            return _real(*args, **kwargs)
 
-    def matmul(*args, **kwargs):
-        seen.append((None, {"matmul": True}))
-        return real_matmul(*args, **kwargs)
-
-    monkeypatch.setattr(surface, "gemm", gemm)
-    monkeypatch.setattr(surface, "matmul", matmul)
+        monkeypatch.setattr(surface, name, spy)
     rng = np.random.default_rng(5)
     x, w, b = (Tensor(rng.standard_normal(s), requires_grad=True) for s in [(5, 7), (7, 3), (3,)])
     bias_before = b.data.copy()
     with simdnn.use_backend(backend):
-        y = F.linear(x, w, b)
-        forward = list(seen)
+        y = F.linear(x, w, b, activation)
+        forward = list(calls)
         g = rng.standard_normal(y.shape)
         (y * g).sum().backward()
-    assert len(forward) == 1, forward
-    c_in, kwargs = forward[0]
-    assert kwargs.get("beta") == 1.0, kwargs
-    np.testing.assert_array_equal(c_in, np.broadcast_to(bias_before, (5, 3)))
+    backward = [name for name, _ in calls[len(forward) :]]
+    assert [name for name, _ in forward] == ["gemm"], forward
+    assert forward[0][1]["relu"] is (activation == "relu")
+    assert "c" not in forward[0][1]
+    np.testing.assert_array_equal(forward[0][1]["bias"], bias_before)
+    assert sorted(backward) == ["bias_backward", "gemm", "gemm"], backward
     assert not np.shares_memory(y.data, b.data)
     np.testing.assert_array_equal(b.data, bias_before)
-    np.testing.assert_allclose(y.data, x.data @ w.data + b.data, rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(x.grad, g @ w.data.T, rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(w.grad, x.data.T @ g, rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(b.grad, g.sum(axis=0), rtol=1e-13, atol=1e-13)
+    pre = x.data @ w.data + b.data
+    gate = pre > 0 if activation else np.ones_like(pre, bool)
+    np.testing.assert_allclose(y.data, np.where(gate, pre, 0), rtol=1e-13, atol=1e-13)
+    gp = g * gate
+    np.testing.assert_allclose(x.grad, gp @ w.data.T, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(w.grad, x.data.T @ gp, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(b.grad, gp.sum(axis=0), rtol=1e-13, atol=1e-13)
+
+
+def test_linear_rejects_an_unknown_activation():
+    with pytest.raises(ValueError, match="linear: activation must be None or 'relu', got 'tanh'"):
+        F.linear(np.ones((2, 3)), np.ones((3, 4)), None, "tanh")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -282,11 +295,17 @@ def composite_models() -> dict[str, tuple[nn.Module, tuple[int, ...], str]]:
     rng = np.random.default_rng(0)
     relu = nn.ReLU()
     twice = nn.Linear(6, 6, rng=rng)
+    twice_relu = nn.Linear(6, 6, rng=rng)  # fused with its ReLU, both times
     return {
         "relu-object-reused": (
             nn.Sequential(nn.Linear(4, 8, rng=rng), relu, nn.Linear(8, 8, rng=rng), relu,
                           nn.Linear(8, 3, rng=rng)),
             (16, 4), "ce",
+        ),
+        "linear-relu-applied-twice": (
+            nn.Sequential(nn.Linear(4, 6, rng=rng), nn.ReLU(), twice_relu, nn.ReLU(), twice_relu,
+                          nn.ReLU(), nn.Linear(6, 3, rng=rng)),
+            (8, 4), "ce",
         ),
         "linear-applied-twice": (
             nn.Sequential(nn.Linear(4, 6, rng=rng), nn.Tanh(), twice, nn.Tanh(), twice,
@@ -400,8 +419,8 @@ def test_gradcheck_flags_a_slightly_wrong_rule_on_the_readme_example(monkeypatch
     gradient off by 0.1% reads 5e-4 or more (0.001 / 2.001), fifty times the tests' limit."""
     real = F.linear
 
-    def off(x, weight, bias=None):
-        out = real(x, weight, bias)
+    def off(x, weight, bias=None, activation=None):
+        out = real(x, weight, bias, activation)
         return simdnn.autograd.record(out.data, (out,), lambda g, needs: (g * 1.001,), "off")
 
     monkeypatch.setattr(F, "linear", off)

@@ -221,6 +221,60 @@ def test_relu_before_other_layers_keeps_its_place(monkeypatch):
     np.testing.assert_array_equal(y.data, want.data)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_linear_then_relu_runs_as_one_op_with_the_same_results(dtype, monkeypatch):
+    """Sequential runs each Linear -> ReLU as F.linear(..., activation="relu") (no separate
+    ReLU), a Linear before anything else (here a Tanh, and the last layer) without it; output
+    and gradients agree with the layers called one by one, up to the rounding of the bias added
+    after the product instead of before it; summary() lists the layers as written."""
+    from simdnn import functional
+
+    rng = np.random.default_rng(3)
+    model = nn.Sequential(
+        nn.Linear(13, 33, rng=rng), nn.ReLU(), nn.Linear(33, 17, rng=rng), nn.Tanh(),
+        nn.Linear(17, 29, rng=rng), nn.ReLU(), nn.Linear(29, 5, rng=rng),
+    ).astype(dtype)  # fmt: skip
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            layer.bias.data[...] = rng.standard_normal(layer.bias.shape)
+    x = rng.standard_normal((11, 13)).astype(dtype)
+    g = rng.standard_normal((11, 5)).astype(dtype)
+    results = []
+    for fused in (True, False):
+        seen: list[object] = []
+        linear, relu = functional.linear, functional.relu
+
+        def spy_linear(*a, seen=seen, linear=linear):
+            seen.append(a[3:])
+            return linear(*a)
+
+        def spy_relu(t, seen=seen, relu=relu):
+            seen.append("relu")
+            return relu(t)
+
+        monkeypatch.setattr(functional, "linear", spy_linear)
+        monkeypatch.setattr(functional, "relu", spy_relu)
+        model.zero_grad()
+        xt = Tensor(x, requires_grad=True)
+        if fused:
+            y = model(xt)
+        else:
+            y = xt
+            for layer in model:
+                y = layer(y)
+        (y * g).sum().backward()
+        monkeypatch.undo()
+        want = [("relu",), (None,), ("relu",), (None,)] if fused else [
+            (None,), "relu", (None,), (None,), "relu", (None,)]  # fmt: skip
+        assert seen == want
+        results.append([y.data, xt.grad] + [p.grad.copy() for p in model.parameters()])
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    rows = [line.split()[1] for line in model.summary((13,)).splitlines()[2:9]]
+    assert rows == ["Linear", "ReLU", "Linear", "Tanh", "Linear", "ReLU", "Linear"], rows
+
+
 def test_dropout_train_and_eval():
     d = nn.Dropout(0.25, rng=np.random.default_rng(0))
     x = np.ones((200, 100), np.float32)

@@ -17,6 +17,8 @@ EXPECTED_OPS = {
     "avg_pool_backward",
     "relu",
     "relu_backward",
+    "bias_backward",
+    "softmax_cross_entropy",
     "sgd",
     "adam",
     "batch_norm_forward",

@@ -1,4 +1,5 @@
-// Elementwise glue: relu, relu_backward, and the in-place optimiser updates.
+// Elementwise glue: relu, relu_backward, bias_backward, softmax_cross_entropy, and the in-place
+// optimiser updates.
 #include "elementwise/elementwise.h"
 
 #include <cmath>
@@ -77,6 +78,93 @@ py::array relu_backward(const py::object& dy_obj, const py::object& x_obj) {
     f(n, cdata<T>(dy), cdata<T>(x), mdata<T>(dx), nt);
   });
   return dx;
+}
+
+// dy (M, N) [, y (M, N)] -> (dx, db): dx = dy * (y > 0) (dy itself without y), db (N,) its column
+// sums, written into `db` when given (added to it with accumulate; NumPy's out= semantics).
+py::tuple bias_backward(const py::object& dy_obj, const py::object& y_obj, const py::object& db_obj,
+                        bool accumulate) {
+  const char* fn = "bias_backward";
+  py::array dy = as_contiguous_float_array(dy_obj, fn, "dy");
+  require_ndim(dy, 2, fn, "dy");
+  const int64_t m = dy.shape(0), n = dy.shape(1);
+  py::array y, dx = dy;
+  if (!y_obj.is_none()) {
+    y = as_contiguous_float_array(y_obj, fn, "y");
+    require_like(y, "y", dy, "dy", fn);
+    dx = new_array(dy, {m, n});
+  }
+  if (accumulate && db_obj.is_none()) {
+    value_error(std::string(fn) + ": accumulate=True needs 'db', the array to add to");
+  }
+  py::array db = db_obj.is_none() ? new_array(dy, {n})
+                                  : output_array(db_obj, dy.dtype(), {n}, fn, "db", "dy's");
+  // A db that is not C-contiguous or shares memory with dy or y: summed aside (from a copy of
+  // it when accumulating), then copied in.
+  bool direct = true;
+  if (!db_obj.is_none()) {
+    direct = y_obj.is_none() ? direct_output(db, {&dy}) : direct_output(db, {&dy, &y});
+  }
+  py::array sums = db;
+  if (!direct) {
+    sums = accumulate ? py::array(numpy().attr("array")(db, py::arg("order") = "C"))
+                      : new_array(dy, {n});
+  }
+  const int nt = get_num_threads();
+  dispatch_dtype(dy, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    auto f = kernels().get<T>().bias_backward;
+    const T* yp = y_obj.is_none() ? nullptr : cdata<T>(y);
+    T* dxp = y_obj.is_none() ? nullptr : mdata<T>(dx);
+    py::gil_scoped_release r;
+    KernelCallScope workspace_scope;
+    f(m, n, cdata<T>(dy), yp, dxp, mdata<T>(sums), accumulate, nt);
+  });
+  if (!direct) numpy().attr("copyto")(db, sums);
+  return py::make_tuple(dx, db);
+}
+
+// logits (N, D), labels (N,) integers in [0, D) -> (loss, a 0-d array of the logits' dtype; grad
+// (N, D) of the mean loss). simdnn._opspec.cross_entropy_labels raises the same errors.
+py::tuple softmax_cross_entropy(const py::object& logits_obj, const py::object& labels_obj) {
+  const char* fn = "softmax_cross_entropy";
+  py::array x = as_contiguous_float_array(logits_obj, fn, "logits");
+  require_ndim(x, 2, fn, "logits");
+  const int64_t n = x.shape(0), d = x.shape(1);
+  py::array given = numpy().attr("asarray")(labels_obj);
+  const char kind = given.dtype().kind();
+  if (kind != 'i' && kind != 'u') {
+    type_error(std::string(fn) + ": 'labels' must be integers (class indices), got dtype " +
+               dtype_str(given));
+  }
+  if (given.ndim() != 1) {
+    value_error(std::string(fn) + ": 'labels' must be 1-D (N,), got shape " + shape_str(given));
+  }
+  if (given.shape(0) != n) {
+    value_error(std::string(fn) + ": " + std::to_string(n) + " rows of logits but " +
+                std::to_string(given.shape(0)) + " labels; they must match");
+  }
+  // int64 whatever the integer type (a uint64 label past 2^63 wraps negative: refused below).
+  py::array_t<int64_t, py::array::c_style | py::array::forcecast> labels(given);
+  const int64_t* t = labels.data();
+  for (int64_t i = 0; i < n; ++i) {
+    if (t[i] < 0 || t[i] >= d) {
+      const std::string classes = std::to_string(d);
+      value_error(std::string(fn) + ": labels must be in [0, " + classes + ") for " + classes +
+                  " classes, found " + py::str(given[py::int_(i)]).cast<std::string>());
+    }
+  }
+  py::array grad = new_array(x, {n, d});
+  double loss = 0;
+  const int nt = get_num_threads();
+  dispatch_dtype(x, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    auto f = kernels().get<T>().softmax_cross_entropy;
+    py::gil_scoped_release r;
+    KernelCallScope workspace_scope;
+    f(n, d, cdata<T>(x), t, mdata<T>(grad), &loss, nt);
+  });
+  return py::make_tuple(numpy().attr("asarray")(loss, x.dtype()), grad);
 }
 
 // The updates take one array or lists of arrays (every parameter of a model in one call: the
@@ -208,6 +296,9 @@ void adam_update(const py::object& p_obj, const py::object& g_obj, const py::obj
 void bind_elementwise(py::module_& m) {
   m.def("relu", &relu, py::arg("x"));
   m.def("relu_backward", &relu_backward, py::arg("dy"), py::arg("x"));
+  m.def("bias_backward", &bias_backward, py::arg("dy"), py::arg("y") = py::none(),
+        py::arg("db") = py::none(), py::arg("accumulate") = false);
+  m.def("softmax_cross_entropy", &softmax_cross_entropy, py::arg("logits"), py::arg("labels"));
   m.def("sgd_update", &sgd_update, py::arg("param"), py::arg("grad"), py::arg("velocity"),
         py::arg("lr"), py::arg("momentum"), py::arg("nesterov"), py::arg("weight_decay"));
   m.def("adam_update", &adam_update, py::arg("param"), py::arg("grad"), py::arg("exp_avg"),

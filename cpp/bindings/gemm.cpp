@@ -31,8 +31,15 @@ MatView view2d(const py::array& a, bool trans) {
   return v;
 }
 
+// The epilogue of gemm.h: a per-column bias (null: none) and ReLU.
+struct Epilogue {
+  const void* bias = nullptr;
+  bool relu = false;
+};
+
 template <typename T>
-void run_gemm(const MatView& a, const MatView& b, T alpha, T beta, T* c, int64_t rs_c) {
+void run_gemm(const MatView& a, const MatView& b, T alpha, T beta, T* c, int64_t rs_c,
+              const Epilogue& epi) {
   GemmArgs<T> g;
   g.m = a.rows;
   g.n = b.cols;
@@ -47,6 +54,8 @@ void run_gemm(const MatView& a, const MatView& b, T alpha, T beta, T* c, int64_t
   g.beta = beta;
   g.c = c;
   g.rs_c = rs_c;
+  g.bias = static_cast<const T*>(epi.bias);
+  g.relu = epi.relu;
   g.nthreads = get_num_threads();
   auto f = kernels().get<T>().gemm;
   py::gil_scoped_release release;
@@ -56,10 +65,10 @@ void run_gemm(const MatView& a, const MatView& b, T alpha, T beta, T* c, int64_t
 
 // c (M x N, unit column stride, row stride rs_c) = alpha * a . b + beta * c.
 void dispatch_gemm(const py::array& like, const MatView& a, const MatView& b, double alpha,
-                   double beta, void* c, int64_t rs_c) {
+                   double beta, void* c, int64_t rs_c, const Epilogue& epi = {}) {
   dispatch_dtype(like, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    run_gemm<T>(a, b, static_cast<T>(alpha), static_cast<T>(beta), static_cast<T*>(c), rs_c);
+    run_gemm<T>(a, b, static_cast<T>(alpha), static_cast<T>(beta), static_cast<T*>(c), rs_c, epi);
   });
 }
 
@@ -122,16 +131,29 @@ void check_output(const py::array& out, const py::array& like, int64_t m, int64_
 }
 
 py::array gemm(const py::object& a_obj, const py::object& b_obj, const py::object& c_obj,
-               double alpha, double beta, bool trans_a, bool trans_b) {
+               double alpha, double beta, bool trans_a, bool trans_b, const py::object& bias_obj,
+               bool relu) {
   const char* fn = "gemm";
   py::array a = as_float_array(a_obj, fn, "a");
   py::array b = as_float_array(b_obj, fn, "b");
   check_gemm_operands(a, b, trans_a, trans_b, fn);
   const MatView va = view2d(a, trans_a), vb = view2d(b, trans_b);
   const int64_t m = va.rows, n = vb.cols;
+  Epilogue epi;
+  epi.relu = relu;
+  py::array bias;
+  if (!bias_obj.is_none()) {
+    bias = as_contiguous_float_array(bias_obj, fn, "bias");
+    require_same_dtype(a, "a", bias, "bias", fn);
+    if (bias.ndim() != 1 || bias.shape(0) != n) {
+      value_error(std::string(fn) + ": 'bias' has shape " + shape_str(bias) + "; expected (" +
+                  std::to_string(n) + ",), one value per column of the result");
+    }
+    epi.bias = bias.data();
+  }
   if (c_obj.is_none()) {
     py::array c = new_matrix(a, m, n);
-    if (m > 0 && n > 0) dispatch_gemm(a, va, vb, alpha, 0.0, c.mutable_data(), n);
+    if (m > 0 && n > 0) dispatch_gemm(a, va, vb, alpha, 0.0, c.mutable_data(), n, epi);
     return c;
   }
   if (!py::isinstance<py::array>(c_obj)) {
@@ -141,13 +163,13 @@ py::array gemm(const py::object& a_obj, const py::object& b_obj, const py::objec
   py::array c = py::reinterpret_borrow<py::array>(c_obj);
   check_output(c, a, m, n, fn, "c", true);
   if (m == 0 || n == 0) return c;
-  if (may_overlap(c, a) || may_overlap(c, b)) {
+  if (may_overlap(c, a) || may_overlap(c, b) || (epi.bias && may_overlap(c, bias))) {
     // c aliases an input: compute into a copy of c, then write back.
     py::array tmp = numpy().attr("array")(c, py::arg("copy") = true, py::arg("order") = "C");
-    dispatch_gemm(a, va, vb, alpha, beta, tmp.mutable_data(), n);
+    dispatch_gemm(a, va, vb, alpha, beta, tmp.mutable_data(), n, epi);
     numpy().attr("copyto")(c, tmp);
   } else {
-    dispatch_gemm(a, va, vb, alpha, beta, c.mutable_data(), n);
+    dispatch_gemm(a, va, vb, alpha, beta, c.mutable_data(), n, epi);
   }
   return c;
 }
@@ -262,7 +284,7 @@ void bind_gemm(py::module_& m) {
   m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("out") = py::none());
   m.def("gemm", &gemm, py::arg("a"), py::arg("b"), py::arg("c") = py::none(),
         py::arg("alpha") = 1.0, py::arg("beta") = 0.0, py::arg("trans_a") = false,
-        py::arg("trans_b") = false);
+        py::arg("trans_b") = false, py::arg("bias") = py::none(), py::arg("relu") = false);
   m.def("ukernels", &list_ukernels);
   m.def("run_ukernel", &run_ukernel, py::arg("index"), py::arg("a"), py::arg("b"), py::arg("c"),
         py::arg("alpha"), py::arg("beta"));

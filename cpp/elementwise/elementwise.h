@@ -1,5 +1,6 @@
-// Elementwise kernels of training: ReLU forward/backward and the fused optimiser updates.
-// All arrays are contiguous, of n elements. Large arrays are split between threads.
+// Elementwise kernels of training: ReLU forward/backward, the bias gradient and the fused
+// optimiser updates. All arrays are contiguous, of n elements (the bias gradient: M x N). Large
+// arrays are split between threads.
 #pragma once
 
 #include <cmath>
@@ -13,6 +14,23 @@ using ReluFn = void (*)(int64_t n, const T* x, T* y, int nthreads);
 // dx = dy * (x > 0 ? 1 : 0): NaN and Inf in dy propagate (IEEE), a NaN x counts as inactive.
 template <typename T>
 using ReluBackwardFn = void (*)(int64_t n, const T* dy, const T* x, T* dx, int nthreads);
+
+// The bias gradient of a Linear layer, and its fused ReLU's gate (gemm.h's epilogue), in one pass
+// over dy. Shape: dy, y, dx (M, N) contiguous rows; db (N,).
+//   y given (the layer's output after its ReLU): dx = dy * (y > 0 ? 1 : 0), as relu_backward;
+//   db = (accumulate ? db : 0) + the column sums of dx (of dy when y is null; dx is not written).
+// dx may be dy itself.
+template <typename T>
+using BiasBackwardFn = void (*)(int64_t m, int64_t n, const T* dy, const T* y, T* dx, T* db,
+                                bool accumulate, int nthreads);
+
+// Softmax cross-entropy of logits x (N, D) against class labels (N,) in [0, D), averaged over
+// the batch: *loss = mean(logsumexp(x_i) - x_i[t_i]) (summed in double), and its gradient with
+// respect to x, grad (N, D) = (softmax(x_i) - onehot(t_i)) / N, in the same pass. Labels are
+// checked by the caller.
+template <typename T>
+using SoftmaxCrossEntropyFn = void (*)(int64_t n, int64_t d, const T* x, const int64_t* labels,
+                                       T* grad, double* loss, int nthreads);
 
 struct SgdParams {
   double lr = 0.01, momentum = 0.0, weight_decay = 0.0;

@@ -1,6 +1,12 @@
 // GEMM entry point shared by all ISAs.
 //
-//   C[M, N] = alpha * A[M, K] . B[K, N] + beta * C[M, N]
+//   C[M, N] = act(alpha * A[M, K] . B[K, N] + beta * C[M, N] + bias[N])
+//
+// The epilogue (bias, a per-column vector of N, added to every row; act, the identity or ReLU
+// max(0, v) that keeps NaN) is applied to each tile while it is still in L1, after its last
+// K block: a Linear layer followed by a ReLU then writes its output once, where a separate bias
+// pass and ReLU call read it twice more (on two threads, from the other core's cache half the
+// time).
 //
 // Shapes: M rows of A and C, N columns of B and C, K the reduction. Strides are in elements and
 // may be anything, negative included: A(i, p) = a[i*rs_a + p*cs_a], B(p, j) = b[p*rs_b + j*cs_b].
@@ -23,6 +29,8 @@ struct GemmArgs {
   T beta = T(0);
   T* c = nullptr;
   int64_t rs_c = 0;
+  const T* bias = nullptr;  // N elements, contiguous; nullptr: none
+  bool relu = false;
   int nthreads = 1;
 };
 

@@ -377,6 +377,22 @@ struct MatrixC {
   T* at(int64_t i, int64_t v) const { return c + i * ldc + v * NR; }
 };
 
+// The epilogue of gemm.h on an mm x nn tile of C (row stride rs_c) whose first column is that of
+// `bias`: c = act(c + bias[j]). Plain loops, vectorised by the compiler under this ISA's flags.
+// `c < 0 ? 0 : c` keeps NaN and -0.0 as the relu kernel's max(0, c) does.
+template <typename T>
+static void epilogue_tile(T* c, int64_t rs_c, int64_t mm, int64_t nn, const T* bias, bool relu) {
+  for (int64_t i = 0; i < mm; ++i) {
+    T* row = c + i * rs_c;
+    if (bias != nullptr) {
+      for (int64_t j = 0; j < nn; ++j) row[j] += bias[j];
+    }
+    if (relu) {
+      for (int64_t j = 0; j < nn; ++j) row[j] = row[j] < T(0) ? T(0) : row[j];
+    }
+  }
+}
+
 // Whether a policy can be read where it lies (optional members: A `const T* in_place(int64_t*
 // ld)`, the rows' base or null; B `int64_t in_place(int64_t* ld)`, how many leading reduction rows
 // can, with `const T* at(int64_t p, int64_t v)` the first element of row p of panel v).
@@ -388,11 +404,12 @@ struct has_in_place<
     : std::true_type {};
 
 // C = alpha * A . B + beta * C over the policies' rows, K and column panels, on up to nthreads
-// threads (see choose_grid). bl: the blocking for this K.
+// threads (see choose_grid). bl: the blocking for this K. bias and relu: gemm.h's epilogue, on
+// each tile after its last K block; only for a C whose panel v starts at column v * NR (MatrixC).
 template <class UK, class APol, class BPol, class CPol>
 static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
-                        typename UK::T alpha, typename UK::T beta, int nthreads,
-                        bool b_transposed) {
+                        typename UK::T alpha, typename UK::T beta, int nthreads, bool b_transposed,
+                        const typename UK::T* bias = nullptr, bool relu = false) {
   using T = typename UK::T;
   constexpr int MR = UK::MR, NR = UK::NR;
   const int64_t m = A.rows(), panels = C.panels();
@@ -502,6 +519,7 @@ static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
         const bool direct = pc < kin;
         if (!direct) B.pack(bpack, pc, kc, jc, je);
         const T beta_pc = pc == 0 ? beta : T(1);
+        const bool epilogue = pc + kc == k && (bias != nullptr || relu);
         for (int64_t ir = rows.r0; ir < rows.r1; ir += MR) {
           const int64_t mm = min64(MR, rows.r1 - ir);
           // Row layout: rows rs apart, k contiguous; column layout: k steps cs apart, MR rows
@@ -512,15 +530,22 @@ static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
               a_direct ? a_direct + ir * rs : rows.apack + (ir - rows.r0) / MR * panel_elems;
           const T* ap = panel + pc * cs;
           for (int64_t v = jc; v < je; ++v) {
+            bool done = false;
             if constexpr (has_in_place<BPol>::value) {
               if (direct) {
                 UK::run(kc, ap, rs, cs, B.at(pc, v), ldb, C.at(ir, v), C.rs(), mm, C.width(v),
                         alpha, beta_pc);
-                continue;
+                done = true;
               }
             }
-            UK::run(kc, ap, rs, cs, bpack + (v - jc) * kc * NR, NR, C.at(ir, v), C.rs(), mm,
-                    C.width(v), alpha, beta_pc);
+            if (!done) {
+              UK::run(kc, ap, rs, cs, bpack + (v - jc) * kc * NR, NR, C.at(ir, v), C.rs(), mm,
+                      C.width(v), alpha, beta_pc);
+            }
+            if (epilogue) {
+              epilogue_tile(C.at(ir, v), C.rs(), mm, C.width(v), bias ? bias + v * NR : nullptr,
+                            relu);
+            }
           }
         }
       }
@@ -563,7 +588,7 @@ static void gemm_blocked(const GemmArgs<typename UK::T>& g) {
   const MatrixA<T, UK::MR> A{g.a, g.m, g.k, g.rs_a, g.cs_a};
   const MatrixB<typename UK::V, UK::NR> B{g.b, g.n, g.rs_b, g.cs_b};
   const MatrixC<T, UK::NR> C{g.c, g.n, g.rs_c};
-  gemm_engine<UK>(A, B, C, g.k, g.alpha, g.beta, g.nthreads, g.cs_b != 1);
+  gemm_engine<UK>(A, B, C, g.k, g.alpha, g.beta, g.nthreads, g.cs_b != 1, g.bias, g.relu);
 }
 
 // C = beta * C for K == 0 (alpha * A . B is an empty sum).
@@ -582,16 +607,18 @@ static void scale_c(const GemmArgs<T>& g) {
 template <class UK>
 static void gemm(const GemmArgs<typename UK::T>& g) {
   if (g.m <= 0 || g.n <= 0) return;
+  // The blocked engine applies the epilogue tile by tile; the other paths (at most 64^3
+  // multiply-adds, or at most kGemvMaxM rows) in one pass over C afterwards.
   if (g.k <= 0) {
     scale_c(g);
-    return;
-  }
-  if (g.m <= kGemvMaxM && gemv<typename UK::V>(g)) return;
-  if (g.m * g.n * g.k <= kSmallMnk) {
+  } else if (g.m > kGemvMaxM || !gemv<typename UK::V>(g)) {
+    if (g.m * g.n * g.k > kSmallMnk) {
+      gemm_blocked<UK>(g);
+      return;
+    }
     gemm_small<UK>(g);
-  } else {
-    gemm_blocked<UK>(g);
   }
+  if (g.bias != nullptr || g.relu) epilogue_tile(g.c, g.rs_c, g.m, g.n, g.bias, g.relu);
 }
 
 }  // namespace simdnn::gemm_detail

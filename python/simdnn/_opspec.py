@@ -257,6 +257,31 @@ def gemm_args(
     return alpha, beta, bool(trans_a), bool(trans_b)  # type: ignore[return-value]
 
 
+def bias_backward_args(db: object, accumulate: object) -> bool:
+    """The checked ``accumulate`` of bias_backward: it needs a ``db`` to add to."""
+    if accumulate and db is None:
+        raise ValueError("bias_backward: accumulate=True needs 'db', the array to add to")
+    return bool(accumulate)
+
+
+def cross_entropy_labels(logits: np.ndarray, labels: object) -> np.ndarray:
+    """softmax_cross_entropy's labels as an integer array, checked against the logits (N, D) with
+    the bindings' errors: integers, 1-D, N of them, each in [0, D)."""
+    fn = "softmax_cross_entropy"
+    t = np.asarray(labels)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"{fn}: 'labels' must be integers (class indices), got dtype {t.dtype}")
+    if t.ndim != 1:
+        raise ValueError(f"{fn}: 'labels' must be 1-D (N,), got shape {t.shape}")
+    n, d = logits.shape
+    if len(t) != n:
+        raise ValueError(f"{fn}: {n} rows of logits but {len(t)} labels; they must match")
+    bad = (t < 0) | (t >= d)
+    if bad.any():
+        raise ValueError(f"{fn}: labels must be in [0, {d}) for {d} classes, found {t[bad][0]}")
+    return t
+
+
 def sgd_args(
     lr: object, momentum: object, nesterov: object, weight_decay: object
 ) -> tuple[float, float, bool, float]:
@@ -348,6 +373,16 @@ def _gemm_shape(
     return ((m, n),)
 
 
+def _bias_backward_shape(dy: np.ndarray, *_: object, **__: object) -> tuple[tuple[int, ...], ...]:
+    return dy.shape, (dy.shape[1],)
+
+
+def _softmax_cross_entropy_shape(
+    logits: np.ndarray, *_: object, **__: object
+) -> tuple[tuple[int, ...], ...]:
+    return (), logits.shape
+
+
 def _matmul_shape(a: np.ndarray, b: np.ndarray, out: object = None) -> tuple[tuple[int, ...]]:
     return ((a.shape[0], b.shape[1]),)
 
@@ -436,6 +471,8 @@ SPECS: dict[str, OpSpec] = {
         OpSpec("avg_pool2d_backward", _avg_pool2d_backward_shape),
         OpSpec("relu", _like_first),
         OpSpec("relu_backward", _like_first),
+        OpSpec("bias_backward", _bias_backward_shape),
+        OpSpec("softmax_cross_entropy", _softmax_cross_entropy_shape),
         OpSpec("sgd_update", None),
         OpSpec("adam_update", None),
         OpSpec("batch_norm", _batch_norm_shape),

@@ -99,32 +99,48 @@ def match_dtype(x: Any, weight: Any, fn: str) -> Any:
 # Dense layer: y = x . W + b, with W of shape (D_in, D_out).
 
 
-def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
+def linear(x: Any, weight: Any, bias: Any = None, activation: str | None = None) -> Tensor:
     """Shape: x (N, D_in), weight (D_in, D_out), bias (D_out,) -> (N, D_out).
 
-    The bias rides in the GEMM's C: the output starts as the bias broadcast over its rows and
-    the GEMM adds X . W to it (beta 1), so y is written once instead of a second pass adding b.
+    activation: None, or "relu" for relu(x . W + b) as one op (what Sequential runs for a Linear
+    followed by a ReLU): the bias and the ReLU are the GEMM's epilogue, applied to each tile of y
+    while it is in cache, so y is written once instead of being read again by a bias pass and a
+    ReLU call.
 
-    Backward: dX = dY . W^T (only when x needs it), dW = X^T . dY written by the GEMM straight
-    into weight.grad (beta 0 overwrites after zero_grad, 1 accumulates), db = column sums of dY.
+    Backward: the ReLU's gate and db (the column sums of dY) in one pass (ops.bias_backward),
+    then dX = dY . W^T (only when x needs it) and dW = X^T . dY, written by the GEMM straight into
+    weight.grad (beta 0 overwrites after zero_grad, 1 accumulates); db likewise into bias.grad.
     """
+    if activation not in (None, "relu"):
+        raise ValueError(f"linear: activation must be None or 'relu', got {activation!r}")
+    relu_after = activation == "relu"
     ops = backend_ops()
     xv, wv = as_array(x), as_array(weight)
-    if bias is not None and xv.ndim == wv.ndim == 2:
-        # A fresh C-contiguous C (gemm's contract): never a view of the bias, which the GEMM
-        # would otherwise overwrite.
-        y = np.empty((xv.shape[0], wv.shape[1]), np.result_type(xv, wv))
-        y[...] = as_array(bias)
-        ops.gemm(xv, wv, y, beta=1.0)
+    if xv.ndim == wv.ndim == 2:
+        y = ops.gemm(xv, wv, bias=None if bias is None else as_array(bias), relu=relu_after)
     else:
-        # No bias, or operands that are not matrices: matmul names the error (NumPy's twin
-        # broadcasts them as np.matmul does).
+        # Operands that are not matrices: matmul names the error (NumPy's twin broadcasts them as
+        # np.matmul does).
         y = ops.matmul(xv, wv)
         if bias is not None:
             y += as_array(bias)
+        if relu_after:
+            y = ops.relu(y)
+    if relu_after and _kinks.log is not None:
+        _kinks.log.append(y > 0)
 
     def rule(g: Array, needs: tuple[bool, ...]) -> tuple[Array | None, ...]:
         gx = gw = gb = None
+        if needs[2]:
+            sink = grad_sink(bias)
+            if sink is None:
+                g, gb = ops.bias_backward(g, y if relu_after else None)
+            else:
+                g, _ = ops.bias_backward(
+                    g, y if relu_after else None, sink[0], accumulate=sink[1] != 0.0
+                )
+        elif relu_after:
+            g = ops.relu_backward(g, y)
         if needs[0]:
             gx = ops.gemm(g, wv, trans_b=True)
         if needs[1]:
@@ -133,18 +149,9 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
                 ops.gemm(xv, g, sink[0], beta=sink[1], trans_a=True)
             else:
                 gw = ops.gemm(xv, g, trans_a=True)
-        if needs[2]:
-            sink = grad_sink(bias)
-            if sink is None:
-                gb = g.sum(axis=0)
-            elif sink[1] == 0.0:
-                np.sum(g, axis=0, out=sink[0])
-            else:
-                buf = sink[0]
-                buf += g.sum(axis=0)
         return gx, gw, gb
 
-    return record(y, (x, weight, bias), rule, "linear")
+    return record(y, (x, weight, bias), rule, "linear_relu" if relu_after else "linear")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -499,8 +506,8 @@ def _check_same_length(fn: str, pred: Array, target: Array) -> None:
 
 def cross_entropy(logits: Any, target: Any) -> Tensor:
     """Softmax cross-entropy from logits and integer class labels, averaged over the batch:
-    log-sum-exp minus the true class's logit. Gradient (softmax(logits) - one_hot) / N, in one
-    fused rule (no separate softmax node).
+    log-sum-exp minus the true class's logit. Its gradient (softmax(logits) - one_hot) / N is
+    computed with the loss, in one pass (ops.softmax_cross_entropy; no separate softmax node).
 
     Shape: logits (N, D), target (N,) integers in [0, D) -> one-element tensor.
     """
@@ -514,22 +521,11 @@ def cross_entropy(logits: Any, target: Any) -> Tensor:
     if t.ndim != 1:
         raise ValueError(f"{fn}: labels must be 1-D (N,), got shape {t.shape}")
     _check_same_length(fn, lv, t)
-    classes = lv.shape[1]
-    if t.size and (t.min() < 0 or t.max() >= classes):
-        bad = t[(t < 0) | (t >= classes)]
-        raise ValueError(
-            f"{fn}: labels must be in [0, {classes}) for {classes} classes, found {bad[0]}"
-        )
-    logp = _log_softmax(lv, 1)
-    rows = np.arange(len(t))
-    n = max(len(t), 1)
-    value = np.asarray(-logp[rows, t].sum() / n, dtype=lv.dtype)
+    # The loss and its gradient in one native pass (the op checks the labels' range).
+    value, grad = backend_ops().softmax_cross_entropy(lv, t)
 
     def rule(g: Array, needs: tuple[bool, ...]) -> tuple[Array]:
-        grad = np.exp(logp)
-        grad[rows, t] -= 1
-        grad *= g / lv.dtype.type(n)
-        return (grad,)
+        return (grad * g,)
 
     return record(value, (logits,), rule, "cross_entropy")
 

@@ -22,6 +22,7 @@ from ._opspec import CONV_ALGORITHMS as _CONV_ALGORITHMS
 from ._opspec import IntPair
 from ._opspec import adam_args as _adam_args
 from ._opspec import batch_norm_args as _batch_norm_args
+from ._opspec import bias_backward_args as _bias_backward_args
 from ._opspec import conv_algorithm_arg as _conv_algorithm_arg
 from ._opspec import gemm_args as _gemm_args
 from ._opspec import sgd_args as _sgd_args
@@ -32,6 +33,7 @@ __all__ = [
     "avg_pool2d_backward",
     "batch_norm",
     "batch_norm_backward",
+    "bias_backward",
     "conv2d",
     "conv2d_backward_data",
     "conv2d_backward_weights",
@@ -42,6 +44,7 @@ __all__ = [
     "relu",
     "relu_backward",
     "sgd_update",
+    "softmax_cross_entropy",
 ]
 
 
@@ -68,15 +71,21 @@ def gemm(
     beta: float = 0.0,
     trans_a: bool = False,
     trans_b: bool = False,
+    bias: np.ndarray | None = None,
+    relu: bool = False,
 ) -> np.ndarray:
-    """General matrix multiply: ``alpha * op(a) @ op(b) + beta * c``.
+    """General matrix multiply: ``act(alpha * op(a) @ op(b) + beta * c + bias)``.
 
     ``op(x)`` is ``x.T`` when the matching ``trans_*`` flag is set; the transpose is handled while
-    packing and never materialised.
+    packing and never materialised. ``bias`` (one value per column, added to every row) and
+    ``act`` (ReLU when ``relu`` is true, else the identity; NaN stays NaN) are applied to each
+    tile of the result while it is in cache, so a Linear layer and its ReLU write their output
+    once.
 
     Shape:
         - op(a): (M, K)
         - op(b): (K, N)
+        - bias: (N,), the inputs' dtype
         - c, result: (M, N)
 
     When ``c`` is given it must be C-contiguous, of shape (M, N) and of the inputs' dtype; the
@@ -85,7 +94,7 @@ def gemm(
     then irrelevant).
     """
     alpha, beta, trans_a, trans_b = _gemm_args(alpha, beta, trans_a, trans_b)
-    return _core.gemm(a, b, c, alpha, beta, trans_a, trans_b)
+    return _core.gemm(a, b, c, alpha, beta, trans_a, trans_b, bias, bool(relu))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -280,8 +289,9 @@ def avg_pool2d_backward(
 
 
 # ------------------------------------------------------------------------------------------------
-# Elementwise kernels of training: ReLU and the fused optimiser updates (one pass over the
-# parameter, its gradient and its state instead of NumPy's several passes with temporaries).
+# Elementwise kernels of training: ReLU, the bias gradient and the fused optimiser updates (one
+# pass over the parameter, its gradient and its state instead of NumPy's several passes with
+# temporaries).
 
 
 def relu(x: np.ndarray) -> np.ndarray:
@@ -294,6 +304,44 @@ def relu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
     arithmetic says (PyTorch's select would zero them where x <= 0); a NaN x counts as
     inactive. Shape: dy and x of the same shape; result of that shape."""
     return _core.relu_backward(dy, x)
+
+
+def bias_backward(
+    dy: np.ndarray,
+    y: np.ndarray | None = None,
+    db: np.ndarray | None = None,
+    *,
+    accumulate: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The backward pass of a bias added to every row, and of a ReLU fused after it (gemm's
+    ``bias`` and ``relu``), in one pass over ``dy``.
+
+    Returns ``(dx, db)``: ``dx = dy * (y > 0)`` when ``y``, the ReLU's output, is given (as
+    :func:`relu_backward`), else ``dy`` itself; ``db`` the column sums of ``dx``. ``db``, when
+    given, receives them (any strides; NumPy's ``out=``) and is returned; with ``accumulate`` they
+    are added to it instead (a gradient accumulated over several uses).
+
+    Shape:
+        - dy, y, dx: (M, N)
+        - db: (N,), dy's dtype
+    """
+    accumulate = _bias_backward_args(db, accumulate)
+    return _core.bias_backward(dy, y, db, accumulate)
+
+
+def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax cross-entropy averaged over the batch, and its gradient, in one pass over the
+    logits: ``loss = mean(logsumexp(logits[i]) - logits[i, labels[i]])`` (summed in float64) and
+    ``grad = (softmax(logits) - onehot(labels)) / N``, the gradient of ``loss`` with respect to
+    ``logits`` (scale it by the loss's own gradient). NaN or +Inf in a row make its loss and
+    gradient NaN, as the NumPy formulation does.
+
+    Shape:
+        - logits, grad: (N, D)
+        - labels: (N,), integers in [0, D)
+        - loss: (), the logits' dtype
+    """
+    return _core.softmax_cross_entropy(logits, labels)
 
 
 def sgd_update(

@@ -18,12 +18,14 @@ from ._opspec import (
     IntPair,
     adam_args,
     batch_norm_args,
+    bias_backward_args,
     check_output,
     check_pool_outputs,
     conv2d_output_shape,
     conv_algorithm_arg,
     conv_args,
     conv_out_size,
+    cross_entropy_labels,
     gemm_args,
     int_pair,
     sgd_args,
@@ -37,6 +39,7 @@ __all__ = [
     "avg_pool2d_backward",
     "batch_norm",
     "batch_norm_backward",
+    "bias_backward",
     "conv2d",
     "conv2d_backward_data",
     "conv2d_backward_weights",
@@ -47,6 +50,7 @@ __all__ = [
     "relu",
     "relu_backward",
     "sgd_update",
+    "softmax_cross_entropy",
 ]
 
 # Beyond the twins of simdnn.ops (the list above, simdnn._opspec.NAMES): the Winograd F(4x4, 3x3)
@@ -75,9 +79,31 @@ def gemm(
     beta: float = 0.0,
     trans_a: bool = False,
     trans_b: bool = False,
+    bias: np.ndarray | None = None,
+    relu: bool = False,
 ) -> np.ndarray:
-    """``alpha * op(a) @ op(b) + beta * c``. Shape: op(a) (M, K), op(b) (K, N), c (M, N)."""
+    """``act(alpha * op(a) @ op(b) + beta * c + bias)``, act ReLU when ``relu``. Shape: op(a)
+    (M, K), op(b) (K, N), bias (N,), c (M, N)."""
     alpha, beta, trans_a, trans_b = gemm_args(alpha, beta, trans_a, trans_b)
+    if bias is not None and c is not None and np.may_share_memory(bias, c):
+        bias = bias.copy()  # read before c is written, as the kernel does
+    out = _gemm(a, b, c, alpha, beta, trans_a, trans_b)
+    if bias is not None:
+        out += bias
+    if relu:
+        np.maximum(out, out.dtype.type(0), out=out)  # np.maximum keeps NaN
+    return out
+
+
+def _gemm(
+    a: np.ndarray,
+    b: np.ndarray,
+    c: np.ndarray | None,
+    alpha: float,
+    beta: float,
+    trans_a: bool,
+    trans_b: bool,
+) -> np.ndarray:
     opa = a.T if trans_a else a
     opb = b.T if trans_b else b
     if (
@@ -749,8 +775,50 @@ def relu(x: np.ndarray) -> np.ndarray:
 def relu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
     """dy * (x > 0): 7x faster than np.where(x > 0, dy, 0) or a masked copy on 737K elements
     (0.4 ms against 2.8 and 3.7 ms). Inf * 0 is NaN by IEEE rules, not a warning here."""
+    return _gated(dy, x)
+
+
+def _gated(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         return dy * (x > 0)
+
+
+def bias_backward(
+    dy: np.ndarray,
+    y: np.ndarray | None = None,
+    db: np.ndarray | None = None,
+    *,
+    accumulate: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(dy * (y > 0) or dy, its column sums), the sums into (or, accumulate, added to) db.
+    Shape: dy, y (M, N); db (N,)."""
+    accumulate = bias_backward_args(db, accumulate)
+    dx = dy if y is None else _gated(dy, y)
+    sums = dx.sum(axis=0)
+    if db is None:
+        return dx, sums
+    check_output(db, dx.dtype, sums.shape, "bias_backward", "db", "dy's")
+    if accumulate:
+        db += sums
+    else:
+        db[...] = sums
+    return dx, db
+
+
+def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean(logsumexp - logits[labels]), (softmax - onehot) / N). Shape: logits (N, D), labels
+    (N,) -> (), (N, D)."""
+    t = cross_entropy_labels(logits, labels)
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    s = e.sum(axis=1, keepdims=True)
+    rows = np.arange(len(t))
+    n = max(len(t), 1)
+    loss = (np.log(s[:, 0].astype(np.float64)) - z[rows, t]).sum() / n
+    grad = e / s
+    grad[rows, t] -= 1
+    grad *= logits.dtype.type(1 / n)
+    return np.asarray(loss, logits.dtype), grad
 
 
 def _listed(*args: object) -> list[tuple[object, ...]]:

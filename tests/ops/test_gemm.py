@@ -126,6 +126,69 @@ def test_gemm_transposes_alpha_beta(isa, dtype, rng, shape, trans_a, trans_b):
     assert_gemm_close(twin, want, bound)
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_gemm_bias_and_relu_epilogue(isa, dtype, rng, shape):
+    """bias and relu on every path of the driver: GEMV (M <= 4), the small unpacked product, the
+    blocked engine with one or several K blocks (K 1031 and 1100 against KC 256-512), edge tiles;
+    without c, with c and beta, and transposed. ReLU is 1-Lipschitz, so the product's bound holds
+    after it."""
+    m, k, n = shape
+    a, b, bias = make(rng, (m, k), dtype), make(rng, (k, n), dtype), make(rng, (n,), dtype)
+    bound = gemm_error_bound(a, b, dtype) + 2 * np.finfo(dtype).eps * (np.abs(bias) + 1)
+    pre = oracle(a, b) + bias.astype(np.float64)
+    got = ops.gemm(a, b, bias=bias, relu=True)
+    assert got.dtype == dtype
+    assert_gemm_close(got, np.maximum(pre, 0), bound)
+    assert_gemm_close(reference.gemm(a, b, bias=bias, relu=True), np.maximum(pre, 0), bound)
+    # bias alone, into c with alpha and beta, A and B transposed.
+    c0 = make(rng, (m, n), dtype)
+    c = c0.copy()
+    out = ops.gemm(a.T.copy(), b.T.copy(), c, alpha=-0.5, beta=2.0, trans_a=True, trans_b=True,
+                   bias=bias)  # fmt: skip
+    assert out is c
+    want = -0.5 * oracle(a, b) + 2.0 * c0.astype(np.float64) + bias.astype(np.float64)
+    assert_gemm_close(out, want, 0.5 * bound + 4 * np.finfo(dtype).eps * (np.abs(want) + 1))
+    # relu alone.
+    assert_gemm_close(ops.gemm(a, b, relu=True), np.maximum(oracle(a, b), 0), bound)
+
+
+def test_gemm_epilogue_keeps_nan(isa, dtype):
+    """relu keeps NaN (as ops.relu and np.maximum do); a NaN bias reaches its whole column; with
+    K == 0 the epilogue still runs, on beta * c."""
+    a = np.ones((6, 3), dtype)
+    a[1, 2] = np.nan
+    bias = np.array([0.0, -3.0, -np.inf, np.nan, np.inf], dtype)
+    got = ops.gemm(a, np.ones((3, 5), dtype), bias=bias, relu=True)
+    want = reference.gemm(a, np.ones((3, 5), dtype), bias=bias, relu=True)
+    assert_same_classes(got, want, "epilogue")
+    assert np.isnan(got[1]).all()
+    assert np.isnan(got[:, 3]).all()
+    np.testing.assert_array_equal(got[0], [3, 0, 0, np.nan, np.inf])
+    c = np.full((2, 3), -1.0, dtype)
+    out = ops.gemm(np.ones((2, 0), dtype), np.ones((0, 3), dtype), c, beta=2.0,
+                   bias=np.array([1.0, 3.0, 1.0], dtype), relu=True)  # fmt: skip
+    np.testing.assert_array_equal(out, [[0, 1, 0], [0, 1, 0]])
+
+
+def test_gemm_bias_errors_and_aliasing():
+    a, b = np.ones((4, 5), np.float32), np.ones((5, 6), np.float32)
+    with pytest.raises(ValueError, match=r"gemm: 'bias' has shape \(5,\); expected \(6,\)"):
+        ops.gemm(a, b, bias=np.ones(5, np.float32))
+    with pytest.raises(ValueError, match=r"'bias' has shape \(1, 6\)"):
+        ops.gemm(a, b, bias=np.ones((1, 6), np.float32))
+    with pytest.raises(TypeError, match="gemm: 'a' is float32 but 'bias' is float64"):
+        ops.gemm(a, b, bias=np.ones(6))
+    # A strided bias is read as its values; a c that holds the bias is computed aside.
+    big = np.arange(12, dtype=np.float32)
+    np.testing.assert_array_equal(ops.gemm(a, b, bias=big[::2]), 5 + big[::2][None, :].repeat(4, 0))
+    for surface in (ops, reference):
+        c = np.zeros((4, 6), np.float32)
+        c[0] = np.arange(6)
+        surface.gemm(a, b, c, beta=1.0, bias=c[0])
+        np.testing.assert_array_equal(c[0], 5 + 2 * np.arange(6))
+        np.testing.assert_array_equal(c[1:], 5 + np.arange(6)[None, :].repeat(3, 0))
+
+
 def test_gemm_beta_zero_does_not_read_c(isa, dtype, rng):
     a, b = make(rng, (37, 29), dtype), make(rng, (29, 41), dtype)
     c = np.full((37, 41), np.nan, dtype)

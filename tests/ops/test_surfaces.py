@@ -125,6 +125,11 @@ def _calls() -> dict[str, Callable[[], tuple[tuple[Any, ...], dict[str, Any]]]]:
         "avg_pool2d_backward": lambda: ((_x(*py), x), {**pool, "count_include_pad": False}),
         "relu": lambda: ((_x(3, 4),), {}),
         "relu_backward": lambda: ((_x(3, 4), _x(3, 4)), {}),
+        "bias_backward": lambda: (
+            (_x(3, 4), _x(3, 4)),
+            {"db": np.zeros(4, F32), "accumulate": True},
+        ),
+        "softmax_cross_entropy": lambda: ((_x(3, 4),), {"labels": np.array([0, 3, 1])}),
         "sgd_update": lambda: ((_x(7), _x(7), np.zeros(7, F32)), {"lr": 0.1, "momentum": 0.9}),
         "adam_update": lambda: (
             (_x(7), _x(7), np.zeros(7, F32), np.zeros(7, F32)),
@@ -260,6 +265,24 @@ def _bad_outputs() -> dict[str, list[tuple[str, object]]]:
             ("out", np.zeros(y[1:], F32)),
             ("out", np.zeros((*y[:3], y[3] + 1), F32)),
             ("out", _read_only(y, F32)),
+        ],
+        "bias_backward": [
+            ("db", [0.0] * 4),
+            ("db", None),  # accumulate=True without db
+            ("db", np.zeros(4, np.float64)),
+            ("db", np.zeros(4, np.dtype(">f4"))),
+            ("db", np.zeros(5, F32)),
+            ("db", np.zeros((1, 4), F32)),
+            ("db", _read_only((4,), F32)),
+        ],
+        "softmax_cross_entropy": [
+            ("labels", np.array([0.0, 3.0, 1.0])),
+            ("labels", np.array([True, False, True])),
+            ("labels", np.array([[0, 3, 1]])),
+            ("labels", np.array([0, 3])),
+            ("labels", np.array([0, 4, 1])),
+            ("labels", np.array([0, -1, 1], np.int8)),
+            ("labels", np.array([0, 2**63, 1], np.uint64)),
         ],
         "max_pool2d": [
             ("out", np.zeros(py, F32)),

@@ -149,9 +149,14 @@ class Linear(Module):
         self.bias = Parameter(_filled((self.out_features,), dt, 0)) if has_bias else None
 
     def forward(self, x: Any) -> Tensor:
+        return self._forward(x, None)
+
+    def _forward(self, x: Any, activation: str | None) -> Tensor:
+        """forward, with F.linear's fused activation (Sequential's Linear + ReLU)."""
         _check_input(self, x, f"(N, {self.in_features})",
                      lambda s: len(s) == 2 and s[1] == self.in_features)  # fmt: skip
-        return F.linear(F.match_dtype(x, self.weight, "Linear"), self.weight, self.bias)
+        x = F.match_dtype(x, self.weight, "Linear")
+        return F.linear(x, self.weight, self.bias, activation)
 
     def output_shape(self, input_shape: Shape) -> Shape:
         return (input_shape[0], self.out_features)

@@ -467,7 +467,11 @@ class Sequential(Module):
     ReLU: max commutes with the monotone ReLU, so the output and every gradient are the same
     (values, NaN and infinities; only the sign of a zero output may differ), and the ReLU and its
     backward pass touch the pooled tensor, a quarter of the elements for 2x2 windows, instead of
-    the full one. summary() and direct calls of the layers see the order as written.
+    the full one. A :class:`Linear` directly followed by a :class:`ReLU` runs as one op
+    (``functional.linear(..., activation="relu")``): the bias and the ReLU are the GEMM's epilogue
+    and their backward passes one pass over the gradient, with the same results up to rounding
+    (the bias is added after the product, not before). summary() and direct calls of the layers
+    see the layers as written.
 
     Shape:
         - Input: whatever the first layer takes.
@@ -497,22 +501,21 @@ class Sequential(Module):
         return self
 
     def forward(self, x: Any) -> Any:
-        from .layers import MaxPool2d, ReLU
+        from .layers import Linear, MaxPool2d, ReLU
 
         layers = list(self._modules.values())
         # Not while summary() traces the calls: its rows show the layers as written.
-        reorder = _trace.calls is None
+        rewrite = _trace.calls is None
         i = 0
         while i < len(layers):
             layer = layers[i]
-            if (
-                reorder
-                and type(layer) is ReLU
-                and i + 1 < len(layers)
-                and type(layers[i + 1]) is MaxPool2d
-            ):
+            after = type(layers[i + 1]) if rewrite and i + 1 < len(layers) else None
+            if after is MaxPool2d and type(layer) is ReLU:
                 # relu(max_pool(x)) == max_pool(relu(x)): the class docstring says why.
                 x = layer(layers[i + 1](x))
+                i += 2
+            elif after is ReLU and type(layer) is Linear:
+                x = layer._forward(x, "relu")
                 i += 2
             else:
                 x = layer(x)
