@@ -179,14 +179,6 @@ std::vector<py::object> as_list(const py::object& obj) {
   return out;
 }
 
-template <typename T>
-struct SgdJob {
-  T* p;
-  const T* g;
-  T* v;
-  int64_t n;
-};
-
 void sgd_update(const py::object& p_obj, const py::object& g_obj, const py::object& v_obj,
                 double lr, double momentum, bool nesterov, double weight_decay) {
   const char* fn = "sgd_update";
@@ -229,17 +221,10 @@ void sgd_update(const py::object& p_obj, const py::object& g_obj, const py::obje
   KernelCallScope workspace_scope;
   for_each_dtype([&](auto tag) {
     using T = typename decltype(tag)::type;
-    auto f = kt.get<T>().sgd;
-    for (const auto& j : std::get<std::vector<SgdJob<T>>>(jobs)) f(j.n, j.p, j.g, j.v, s, nt);
+    const auto& list = std::get<std::vector<SgdJob<T>>>(jobs);
+    if (!list.empty()) kt.get<T>().sgd(list.data(), static_cast<int64_t>(list.size()), s, nt);
   });
 }
-
-template <typename T>
-struct AdamJob {
-  T *p, *m, *v;
-  const T* g;
-  int64_t n;
-};
 
 void adam_update(const py::object& p_obj, const py::object& g_obj, const py::object& m_obj,
                  const py::object& v_obj, double lr, double beta1, double beta2, double eps,
@@ -273,7 +258,7 @@ void adam_update(const py::object& p_obj, const py::object& g_obj, const py::obj
     dispatch_dtype(p, [&](auto tag) {
       using T = typename decltype(tag)::type;
       std::get<std::vector<AdamJob<T>>>(jobs).push_back(
-          {mdata<T>(p), mdata<T>(m), mdata<T>(v), cdata<T>(g), static_cast<int64_t>(p.size())});
+          {mdata<T>(p), cdata<T>(g), mdata<T>(m), mdata<T>(v), static_cast<int64_t>(p.size())});
     });
     keep.push_back(p);
     keep.push_back(g);
@@ -286,8 +271,8 @@ void adam_update(const py::object& p_obj, const py::object& g_obj, const py::obj
   KernelCallScope workspace_scope;
   for_each_dtype([&](auto tag) {
     using T = typename decltype(tag)::type;
-    auto f = kt.get<T>().adam;
-    for (const auto& j : std::get<std::vector<AdamJob<T>>>(jobs)) f(j.n, j.p, j.g, j.m, j.v, a, nt);
+    const auto& list = std::get<std::vector<AdamJob<T>>>(jobs);
+    if (!list.empty()) kt.get<T>().adam(list.data(), static_cast<int64_t>(list.size()), a, nt);
   });
 }
 

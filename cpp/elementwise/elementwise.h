@@ -36,11 +36,34 @@ struct SgdParams {
   double lr = 0.01, momentum = 0.0, weight_decay = 0.0;
   bool nesterov = false;
 };
+// One parameter of an update: n elements of p, its gradient g and its state (v; Adam's m and v),
+// each contiguous. The updates take every parameter of a model at once and split their elements
+// between the threads as one flat range, in one parallel region: per parameter, an MLP's
+// 256 x 256 weight (65,536 elements, one grain) ran on one thread beside its 784 x 256 neighbour
+// split in two, and each parameter paid its own fork and join. SGD with momentum over that MLP's
+// 269,322 float32 parameters, 2 threads, Intel Xeon VM (Emerald Rapids class), best of 5 x 500
+// calls: 68-82 us per parameter, 57 us as one range.
+template <typename T>
+struct SgdJob {
+  T* p;
+  const T* g;
+  T* v;  // null without momentum
+  int64_t n;
+};
+template <typename T>
+struct AdamJob {
+  T* p;
+  const T* g;
+  T *m, *v;
+  int64_t n;
+};
+
 // In place, PyTorch's rule (velocity starts at zero, so the first step sets it to g):
 //   g' = g + wd * p;  v = momentum * v + g';  p -= lr * (nesterov ? g' + momentum * v : v)
 // (without momentum v is not touched: p -= lr * g').
 template <typename T>
-using SgdUpdateFn = void (*)(int64_t n, T* p, const T* g, T* v, const SgdParams& s, int nthreads);
+using SgdUpdateFn = void (*)(const SgdJob<T>* jobs, int64_t count, const SgdParams& s,
+                             int nthreads);
 
 struct AdamParams {
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
@@ -55,7 +78,7 @@ static inline void adam_set_step(AdamParams* a, int64_t step) {
 // In place: g' = g + wd * p; m = b1 m + (1 - b1) g'; v = b2 v + (1 - b2) g'^2;
 //           p -= (lr / bias1) * m / (sqrt(v / bias2) + eps)
 template <typename T>
-using AdamUpdateFn = void (*)(int64_t n, T* p, const T* g, T* m, T* v, const AdamParams& a,
+using AdamUpdateFn = void (*)(const AdamJob<T>* jobs, int64_t count, const AdamParams& a,
                               int nthreads);
 
 }  // namespace simdnn

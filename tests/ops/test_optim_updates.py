@@ -71,6 +71,41 @@ def test_adam_update_matches_twin(isa, dtype, rng, weight_decay, n):
         np.testing.assert_allclose(v, v2, rtol=tol, atol=tol)
 
 
+# Parameters of mixed sizes updated in one call: the threads split their concatenation, so ranges
+# start and end inside arrays, at offsets that are no multiple of a vector, and cover several
+# small arrays at once.
+MIXED = [1, 200_001, 63, 70_000, 5, 17, 65_536]
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_update_of_many_parameters_at_once(isa, dtype, rng, momentum):
+    ps = [rng.standard_normal(n).astype(dtype) for n in MIXED]
+    gs = [rng.standard_normal(n).astype(dtype) for n in MIXED]
+    vs = [rng.standard_normal(n).astype(dtype) for n in MIXED] if momentum else None
+    want_p = [p.copy() for p in ps]
+    want_v = None if vs is None else [v.copy() for v in vs]
+    kw = {"lr": 0.1, "momentum": momentum, "weight_decay": 0.01}
+    ops.sgd_update(ps, gs, vs, **kw)
+    reference.sgd_update(want_p, gs, want_v, **kw)
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    for got, want in zip(ps + (vs or []), want_p + (want_v or [])):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_adam_update_of_many_parameters_at_once(isa, dtype, rng):
+    ps = [rng.standard_normal(n).astype(dtype) for n in MIXED]
+    gs = [rng.standard_normal(n).astype(dtype) for n in MIXED]
+    ms = [rng.standard_normal(n).astype(dtype) for n in MIXED]
+    vs = [np.abs(rng.standard_normal(n)).astype(dtype) for n in MIXED]
+    want = [[a.copy() for a in arrays] for arrays in (ps, ms, vs)]
+    kw = {"lr": 1e-2, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8, "weight_decay": 0.05, "step": 3}
+    ops.adam_update(ps, gs, ms, vs, **kw)
+    reference.adam_update(want[0], gs, want[1], want[2], **kw)
+    tol = 2e-6 if dtype == np.float32 else 1e-13
+    for got, w in zip(ps + ms + vs, want[0] + want[1] + want[2]):
+        np.testing.assert_allclose(got, w, rtol=tol, atol=tol)
+
+
 def test_update_bad_input():
     p = np.zeros(8, np.float32)
     with pytest.raises(ValueError, match="C-contiguous"):
