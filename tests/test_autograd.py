@@ -238,6 +238,17 @@ def test_linear_adds_bias_and_relu_in_the_gemm(backend, activation, monkeypatch)
     np.testing.assert_allclose(b.grad, gp.sum(axis=0), rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize("backend", ["native", "numpy"])
+def test_linear_casts_a_bias_of_another_dtype(backend):
+    """A float64 bias on a float32 layer is cast to the product's dtype on both backends (it was
+    before the bias moved into the GEMM's epilogue, whose kernel takes one dtype)."""
+    x, w = np.ones((2, 3), np.float32), np.ones((3, 4), np.float32)
+    with simdnn.use_backend(backend):
+        y = F.linear(x, w, np.arange(4.0), "relu")
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y.data, 3 + np.arange(4)[None, :].repeat(2, 0))
+
+
 def test_linear_rejects_an_unknown_activation():
     with pytest.raises(ValueError, match="linear: activation must be None or 'relu', got 'tanh'"):
         F.linear(np.ones((2, 3)), np.ones((3, 4)), None, "tanh")

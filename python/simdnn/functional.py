@@ -117,7 +117,10 @@ def linear(x: Any, weight: Any, bias: Any = None, activation: str | None = None)
     ops = backend_ops()
     xv, wv = as_array(x), as_array(weight)
     if xv.ndim == wv.ndim == 2:
-        y = ops.gemm(xv, wv, bias=None if bias is None else as_array(bias), relu=relu_after)
+        bv = None if bias is None else as_array(bias)
+        if bv is not None and bv.dtype != xv.dtype:
+            bv = bv.astype(np.result_type(xv, wv))  # as the bias's add would cast it
+        y = ops.gemm(xv, wv, bias=bv, relu=relu_after)
     else:
         # Operands that are not matrices: matmul names the error (NumPy's twin broadcasts them as
         # np.matmul does).
