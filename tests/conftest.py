@@ -50,6 +50,17 @@ simdnn._core._set_thread_cap(max(8, simdnn.cpu_info()["thread_cap"]))
 DTYPES = [np.float32, np.float64]
 
 
+# The whole-program test files: the README's blocks, the demo's training, the deep lab, the MPI
+# jobs and the benchmark's quick rows. They drive the same kernels as the op tests, through the
+# Python layers, on realistic sizes, and take most of a run on a narrow ISA (an Emerald Rapids
+# class Xeon VM, 2 cores, 2026-12-02: 157 of the 205 s that the scalar run's tests took, 101 of
+# 140 s on AVX2), while the op, layer and autograd tests check every kernel on every ISA against
+# its twin.
+WHOLE_PROGRAM_FILES = frozenset(
+    {"test_readme.py", "test_training.py", "test_distributed.py", "test_bench.py", "test_deep.py"}
+)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--no-isa-matrix",
@@ -58,16 +69,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "set the ISA themselves, so a run with SIMDNN_ISA forced repeats them unchanged "
         "(tools/test_each_isa.py passes it to every run after the first)",
     )
+    parser.addoption(
+        "--no-whole-programs",
+        action="store_true",
+        help="deselect the whole-program test files (README blocks, demo, deep lab, MPI jobs, "
+        "bench), which run once on the default ISA in a full run (tools/test_each_isa.py passes "
+        "it to every run after the first, tools/build_wheels.sh to the build without OpenMP)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not config.getoption("--no-isa-matrix"):
+    no_matrix = config.getoption("--no-isa-matrix")
+    no_programs = config.getoption("--no-whole-programs")
+    if not (no_matrix or no_programs):
         return
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []
     for item in items:
         names = getattr(item, "fixturenames", ())
-        (drop if "isa" in names or "each_isa" in names else keep).append(item)
+        matrix = "isa" in names or "each_isa" in names
+        program = item.path.name in WHOLE_PROGRAM_FILES
+        (drop if (no_matrix and matrix) or (no_programs and program) else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

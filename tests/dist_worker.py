@@ -4,7 +4,9 @@ Modes (first argument):
     equality OUT   train every CASE with fit(distributed=True); each rank writes OUT/rank{r}.npz
     single OUT     without mpiexec: fit(distributed=True) and fit() on every CASE, both written
     raise          rank 1 raises in the middle of training
-    exit           rank 1 exits (status 0) in the middle of training
+    exit [ABORT]   rank 1 exits (status 0) in the middle of training; ABORT, if given, makes
+                   rank 0's MPI_Abort return at once ("returns") or never ("hangs"), so that
+                   only the watchdog's own exit can end the job
     raise_before_init  rank 1 raises before it joins the job (rank 0 waits in init)
     exit_before_init   rank 1 exits (status 0) before it joins the job
     batchnorm OUT  train a BatchNorm model; each rank writes OUT/rank{r}.npz
@@ -208,6 +210,11 @@ def main(argv: list[str]) -> int:
         np.savez(os.path.join(argv[1], f"rank{rank}.npz"), **arrays)
         return 0
     if mode in ("raise", "exit"):
+        if len(argv) > 1:
+            # What MPICH allows (pmodels/mpich#7716): an MPI_Abort that returns before the launcher
+            # kills the job, or that the kill never follows.
+            stand_ins = {"returns": lambda comm: None, "hangs": lambda comm: time.sleep(3600)}
+            distributed._mpi_abort = stand_ins[argv[1]]
 
         class Fail(simdnn.Callback):
             def on_epoch_end(self, epoch: int, logs: dict[str, float], model: Any) -> bool:

@@ -178,8 +178,13 @@ def test_rank_that_raises_ends_the_job(tmp_path):
 
 
 @needs_mpi
-def test_rank_that_exits_early_is_caught_by_the_watchdog():
-    rc, log, _ = launch(["exit"], ranks=2, env={"SIMDNN_DIST_TIMEOUT": str(DEADLINE)})
+@pytest.mark.parametrize("abort", [None, "returns", "hangs"])
+def test_rank_that_exits_early_is_caught_by_the_watchdog(abort):
+    """abort: None, MPI_Abort as it is; "returns" or "hangs", rank 0's MPI_Abort made to return
+    at once or never (both allowed by MPICH, pmodels/mpich#7716): the watchdog's own exit must end
+    the job then, at once or ABORT_GRACE_S (3 s) later."""
+    args = ["exit"] if abort is None else ["exit", abort]
+    rc, log, _ = launch(args, ranks=2, env={"SIMDNN_DIST_TIMEOUT": str(DEADLINE)})
     assert rc != 0, log
     # Without the marker, rank 1 never reached the exit: a start-up slow enough to trip the
     # watchdog, not the case under test.

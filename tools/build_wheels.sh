@@ -2,26 +2,27 @@
 # Builds simdnn's release artefacts and proves them, in one command (CI runs it after the README
 # jobs):
 #
-#   1. `python -m build`: the sdist, and a wheel compiled from that sdist with GCC and -Werror (the
-#      GCC warning check; users' builds never get -Werror).
+#   1. `python -m build --sdist`: the sdist; then, in a fresh venv, `pip wheel` on the unpacked
+#      sdist (the users' fallback build, from the sdist alone) compiles the wheel with GCC and
+#      -Werror (the GCC warning check; users' builds never get -Werror). One compile serves both
+#      checks: until 2026-12-02 `python -m build` compiled a wheel from the sdist and a later step
+#      compiled it again with `pip wheel`, 150-180 s each on the CI VM.
 #   2. The sdist holds every file git tracks (tests and benchmarks included).
 #   3. `auditwheel repair`: a manylinux wheel at the lowest tag this toolchain can honestly reach,
 #      with the OpenMP runtime (libgomp) vendored (the kernels run on simdnn's own thread pool;
 #      libgomp is linked so that threadpoolctl's OpenMP limits reach them, docs/runtime.md).
 #   4. The repaired wheel, installed binary-only (no compiler involved) into a fresh venv, passes
 #      the test suite once per ISA this CPU has (SIMDNN_ISA forced; the tests that force every
-#      ISA themselves run only once), from a directory where the source tree is not importable:
+#      ISA themselves, and the whole-program files, run only in the first, widest run: see
+#      tools/test_each_isa.py), from a directory where the source tree is not importable:
 #      every dispatch path of the one binary. Less the large-tensor tests (marker large): they
 #      check the kernels' 64-bit indexing on every ISA in the README's `pytest` (ci:test), from
 #      the same sources, and most of their time is the first touch of 8-11 GB.
-#   5. The sdist, unpacked, builds a wheel with `pip wheel` in a fresh venv (the users' fallback
-#      build), which imports and passes a subset of the tests: the runtime and micro-kernel files,
-#      which touch every ISA; the full suite already ran in step 4 on a binary of the same sources.
-#   6. Clang (Debian's clang 14) compiles the extension with -Werror without OpenMP, as Apple's
+#   5. Clang (Debian's clang 14) compiles the extension with -Werror without OpenMP, as Apple's
 #      clang builds the macOS wheels, and that build passes the test suite (less its large-tensor
 #      tests); with OpenMP it compiles only the files that -fopenmp reaches (the bindings and
 #      cpp/common: the per-ISA kernel objects get no OpenMP flag, so they compile the same).
-#   7. Debian's aarch64 cross g++ compiles the kernels with -Werror (only the scalar ISA exists
+#   6. Debian's aarch64 cross g++ compiles the kernels with -Werror (only the scalar ISA exists
 #      there) and a C++ smoke program checks their GEMM under qemu-aarch64.
 #
 # Usage: bash tools/build_wheels.sh   (from anywhere; PYTHON=python3.X picks the interpreter)
@@ -119,14 +120,20 @@ print(re.search(r"(?m)^version = \"([^\"]+)\"", open("pyproject.toml").read()).g
 note "simdnn $VERSION, Python $("$PYTHON" -c 'import platform; print(platform.python_version())') ($PYTHON)"
 
 # ------------------------------------------------------------------------------------------------
-step "1. sdist and wheel (python -m build; the wheel is compiled from the sdist with GCC -Werror)"
-rm -rf "$WORK/raw"
-mkdir -p "$WORK/raw" dist
+step "1. the sdist (python -m build), and the wheel from it (pip wheel, fresh venv, GCC -Werror)"
+rm -rf "$WORK/raw" "$WORK/sdist-src" "$WORK/venv-sdist"
+mkdir -p "$WORK/raw" "$WORK/sdist-src" dist
 rm -f dist/simdnn-*
-"$TOOLS/bin/python" -m build --outdir "$WORK/raw" -C cmake.define.SIMDNN_WERROR=ON "$ROOT"
+"$TOOLS/bin/python" -m build --sdist --outdir "$WORK/raw" "$ROOT"
 SDIST=$WORK/raw/simdnn-$VERSION.tar.gz
-RAW_WHEEL=$(ls "$WORK"/raw/simdnn-"$VERSION"-*.whl)
 cp "$SDIST" dist/
+tar -xzf "$SDIST" -C "$WORK/sdist-src"
+SRC=$WORK/sdist-src/simdnn-$VERSION
+"$PYTHON" -m venv "$WORK/venv-sdist"
+"$WORK/venv-sdist/bin/python" -m pip wheel -q --disable-pip-version-check --no-deps \
+  -C cmake.define.SIMDNN_WERROR=ON -w "$WORK/raw" "$SRC"
+RAW_WHEEL=$(ls "$WORK"/raw/simdnn-"$VERSION"-*.whl)
+SUMMARY+=("sdist:    the unpacked sdist built the wheel with pip wheel in a fresh venv")
 SUMMARY+=("GCC:      $(g++ -dumpfullversion) compiled the wheel with -Werror: no warnings")
 
 # ------------------------------------------------------------------------------------------------
@@ -145,7 +152,7 @@ if missing:
 print(f"--- {len(tracked)} tracked files, all in the sdist ({len(names)} entries)")
 EOF
 else
-  note "not a git checkout; skipped (step 5 still builds the sdist from itself)"
+  note "not a git checkout; skipped (step 1 still built the wheel from the sdist)"
 fi
 
 # ------------------------------------------------------------------------------------------------
@@ -238,32 +245,10 @@ ISA_RESULTS=$(sed -n '/^--- per-ISA results/,$p' "$WORK/test-wheel.log" | tail -
 while read -r line; do SUMMARY+=("tests:    SIMDNN_ISA=$line"); done <<<"$ISA_RESULTS"
 
 # ------------------------------------------------------------------------------------------------
-step "5. the sdist builds from itself in a fresh venv (pip wheel), imports, passes tests"
-rm -rf "$WORK/sdist-src" "$WORK/sdist-wheel" "$WORK/venv-sdist"
-mkdir -p "$WORK/sdist-src"
-tar -xzf "$SDIST" -C "$WORK/sdist-src"
-SRC=$WORK/sdist-src/simdnn-$VERSION
-"$PYTHON" -m venv "$WORK/venv-sdist"
-"$WORK/venv-sdist/bin/python" -m pip wheel -q --disable-pip-version-check --no-deps \
-  -w "$WORK/sdist-wheel" "$SRC"
-"$WORK/venv-sdist/bin/python" -m pip install -q --disable-pip-version-check \
-  "$(ls "$WORK"/sdist-wheel/simdnn-"$VERSION"-*.whl)[test]"
-(
-  # The sdist root: python/ is a plain folder there, not on the path.
-  cd "$SRC"
-  "$WORK/venv-sdist/bin/python" -c \
-    'import simdnn; print("--- import simdnn:", simdnn.__file__); print(simdnn.cpu_info())'
-  "$WORK/venv-sdist/bin/python" -m pytest -q -p no:cacheprovider \
-    tests/test_runtime.py tests/test_ukernels.py
-) | tee "$WORK/test-sdist.log"
-SDIST_RESULT=$(grep -E '^[0-9]+ passed' "$WORK/test-sdist.log" | tail -1)
-SUMMARY+=("sdist:    pip wheel from the unpacked sdist; runtime + ukernel tests: $SDIST_RESULT")
-
-# ------------------------------------------------------------------------------------------------
-step "6. clang -Werror with OpenMP: the files -fopenmp reaches, with $(clang++ --version | head -1)"
+step "5. clang -Werror with OpenMP: the files -fopenmp reaches, with $(clang++ --version | head -1)"
 # Only the _core target's own sources (the bindings and cpp/common, where parallel.cpp holds the
 # OpenMP code) are compiled with -fopenmp; the per-ISA kernel objects, most of the compile time,
-# get no OpenMP flag and are compiled by clang -Werror in 6b.
+# get no OpenMP flag and are compiled by clang -Werror in 5b.
 configure "$WORK/clang" -DCMAKE_CXX_COMPILER=clang++ -DSIMDNN_WERROR=ON \
   -DPython_EXECUTABLE="$TOOLS/bin/python" \
   -Dpybind11_DIR="$("$TOOLS/bin/python" -m pybind11 --cmakedir)"
@@ -277,7 +262,7 @@ ninja -C "$WORK/clang" -j "$JOBS" "${omp_objects[@]}"
 SUMMARY+=("clang:    $(clang++ -dumpversion) -fopenmp -Werror: ${#omp_objects[@]} files, no warnings")
 
 # ------------------------------------------------------------------------------------------------
-step "6b. clang without OpenMP (what the macOS wheels are): builds, passes the test suite (not large)"
+step "5b. clang without OpenMP (what the macOS wheels are): builds, passes the test suite (not large)"
 # Apple's clang has no OpenMP; the kernels run on simdnn's own thread pool either way (only
 # threadpoolctl cannot limit them; pyproject's cibuildwheel section says why). This is that
 # configuration on Linux, with -Werror too.
@@ -303,20 +288,19 @@ print("--- import simdnn:", where, "(no OpenMP)")'
   # first touch of 8-9 GB, which on this VM takes 1 to 40 s per test from run to run (1 x 65536 .
   # 65536 x 1 into a 2**31-element C: 1.0-40.1 s, NumPy's hugepage advice on or off): 169 of this
   # run's 267 s in one measurement.
-  # And without the files that test the Python layer through whole programs (the README's
-  # blocks, the demo, MPI jobs, the benchmark command, the deep lab): step 4 ran them on a binary
-  # of the same sources on every ISA, and they were 100-150 s of this step's test run on a VM
-  # where the wheel stage outgrew its 1500 s limit (2026-12-02). The kernels (on every ISA, the
-  # isa fixture), the thread pool without OpenMP and the autograd and layer tests all run.
+  # And without the whole-program files (the README's blocks, the demo, MPI jobs, the benchmark
+  # command, the deep lab; --no-whole-programs, tests/conftest.py): step 4 ran them on a binary of
+  # the same sources, and they were 100-150 s of this step's test run on a VM where the wheel
+  # stage outgrew its 1500 s limit (2026-12-02). The kernels (on every ISA, the isa fixture), the
+  # thread pool without OpenMP and the autograd and layer tests all run.
   PYTHONPATH=$WORK/test-noomp/pkg "$WORK/venv-wheel/bin/python" -m pytest -q -p no:cacheprovider \
-    --durations=10 -m "not large" --ignore=tests/test_readme.py --ignore=tests/test_training.py \
-    --ignore=tests/test_distributed.py --ignore=tests/test_bench.py --ignore=tests/test_deep.py
+    --durations=10 -m "not large" --no-whole-programs
 ) | tee "$WORK/test-noomp.log"
 NOOMP_RESULT=$(grep -E '^[0-9]+ passed' "$WORK/test-noomp.log" | tail -1)
 SUMMARY+=("clang:    without OpenMP (the macOS configuration): $NOOMP_RESULT")
 
 # ------------------------------------------------------------------------------------------------
-step "7. aarch64 cross-compile (scalar ISA) with -Werror, smoke program under qemu"
+step "6. aarch64 cross-compile (scalar ISA) with -Werror, smoke program under qemu"
 configure "$WORK/aarch64" -DCMAKE_TOOLCHAIN_FILE="$ROOT/tools/aarch64-linux-gnu.cmake" \
   -DSIMDNN_BUILD_PYTHON=OFF -DSIMDNN_WERROR=ON
 cmake --build "$WORK/aarch64" -j "$JOBS"
@@ -331,9 +315,9 @@ fi
 # ------------------------------------------------------------------------------------------------
 step "done in $(($(date +%s) - T0)) s"
 printf '%s\n' "${SUMMARY[@]}"
-# One closing line for the whole run: the wheel's per-ISA runs, the sdist's and the no-OpenMP
-# build's, added up.
-echo "$ISA_RESULTS $SDIST_RESULT $NOOMP_RESULT" | "$PYTHON" -c '
+# One closing line for the whole run: the wheel's per-ISA runs and the no-OpenMP build's, added
+# up.
+echo "$ISA_RESULTS $NOOMP_RESULT" | "$PYTHON" -c '
 import re, sys
 text = sys.stdin.read()
 passed, failed = (sum(map(int, re.findall(r"(\d+) " + w, text))) for w in ("passed", "failed"))

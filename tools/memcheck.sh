@@ -6,7 +6,11 @@
 #
 # Usage: bash tools/memcheck.sh [pytest arguments...]   (from anywhere; PYTHON=python3.X picks the
 # interpreter). Without arguments it runs the subset below. Scratch in build/memcheck/ (venv,
-# one XML report per process, log).
+# one XML report per process, log). With SIMDNN_WHEEL=path/to/simdnn-*.whl it tests that wheel,
+# installed binary-only, instead of building (CI passes the manylinux wheel of tools/build_wheels.sh:
+# the artefact users get, and a compile of 150-210 s saved on the CI VM). That wheel is stripped,
+# so a report names simdnn's frames by library only; run the script without SIMDNN_WHEEL for a
+# RelWithDebInfo build whose reports carry function, file and line.
 # About 7 minutes on 2 cores: 2 to build, 5 for the ~560 tests (valgrind runs Python and the kernels
 # 20-50x slower: the whole suite would take hours, and adding the random-shape reference comparisons
 # of tests/ops/test_conv2d.py, test_gemm.py and test_pool2d.py, ~430 more tests, 19 minutes; they
@@ -61,13 +65,18 @@ if [ "$#" = 0 ]; then
       and not (($racing) and avx2)"
 fi
 
-step "building simdnn (release build, with debug info for readable stacks)"
 rm -rf "$WORK"
 mkdir -p "$WORK/xml"
 "$PYTHON" -m venv "$WORK/venv"
-"$WORK/venv/bin/python" -m pip install -q --disable-pip-version-check \
-  -C "cmake.build-type=RelWithDebInfo" -C "build-dir=$WORK/build" "$ROOT[test]"
-
+if [ -n "${SIMDNN_WHEEL:-}" ]; then
+  step "installing $SIMDNN_WHEEL (binary only, no build)"
+  "$WORK/venv/bin/python" -m pip install -q --disable-pip-version-check --only-binary=:all: \
+    "$(realpath "$SIMDNN_WHEEL")[test]"
+else
+  step "building simdnn (release build, with debug info for readable stacks)"
+  "$WORK/venv/bin/python" -m pip install -q --disable-pip-version-check \
+    -C "cmake.build-type=RelWithDebInfo" -C "build-dir=$WORK/build" "$ROOT[test]"
+fi
 step "pytest under valgrind memcheck: $*"
 export PYTHONMALLOC=malloc HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
 set +e

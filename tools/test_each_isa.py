@@ -48,9 +48,11 @@ def main(argv: list[str]) -> int:
     # rest, which take the forced ISA from SIMDNN_ISA. The whole suite runs fastest on the widest
     # ISA (CI, 2 cores: 170 s with scalar as the default, 119 s with AVX-512). The large-tensor
     # tests loop over every ISA themselves (the each_isa fixture), so they too run in the first
-    # run only.
+    # run only. So do the whole-program files (README blocks, demo, deep lab, MPI jobs, bench):
+    # they run the kernels that the op tests check on every ISA, and took 157 of the 205 s of
+    # the scalar run's tests on a 2-core Xeon VM (--no-whole-programs, tests/conftest.py).
     for i, isa in enumerate(reversed(isas)):
-        args = argv if i == 0 else ["--no-isa-matrix", *argv]
+        args = argv if i == 0 else ["--no-isa-matrix", "--no-whole-programs", *argv]
         print(f"--- SIMDNN_ISA={isa} pytest {' '.join(args)}", flush=True)
         env = {**os.environ, "SIMDNN_ISA": isa}
         proc = subprocess.Popen(

@@ -30,6 +30,7 @@ imports mpi4py until it is used, and the compiled extension does not depend on M
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import math
 import os
@@ -38,7 +39,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -80,6 +81,33 @@ DEFAULT_TIMEOUT = 300.0
 INSTALL_HINT = 'pip install mpi4py mpich (or pip install ".[distributed]" in a clone of simdnn)'
 # The exit status of a job that the watchdog or an unhandled exception aborted.
 ABORT_CODE = 1
+# Seconds that MPI_Abort gets to end the job before this rank ends itself (_abort_job). The
+# launcher's kill normally lands well within a second (the watchdog tests end 5.6-6.8 s after
+# rank 1 exits, 5 s of it the deadline); 3 s keeps a fallback exit inside those tests' 10 s slack.
+ABORT_GRACE_S = 3.0
+
+
+def _mpi_abort(comm: Any) -> None:
+    """MPI_Abort on `comm` (a function of its own so that the tests can make it return or hang)."""
+    comm.Abort(ABORT_CODE)
+
+
+def _abort_job(comm: Any) -> NoReturn:
+    """End the whole job from this rank: MPI_Abort, and this process's own exit if that has not
+    ended it. MPI_Abort asks the launcher to kill every rank, and MPICH documents a gap before the
+    kill in which MPI_Abort can even return (pmodels/mpich#7716). Once (MPICH 5.0.2, a loaded
+    2-core VM, 2026-12-02) a watchdog test's job outlived its 300 s limit after rank 0's abort
+    message; 30 runs after it ended in 6-7 s. This rank's exit with a non-zero status makes the
+    launcher end the others (mpiexec's default cleanup)."""
+    for stream in (sys.stdout, sys.stderr):
+        # A closed or broken stream must not stop the abort.
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    fallback = threading.Timer(ABORT_GRACE_S, os._exit, (ABORT_CODE,))
+    fallback.daemon = True
+    fallback.start()
+    _mpi_abort(comm)
+    os._exit(ABORT_CODE)
 
 
 def _mpi() -> Any:
@@ -131,9 +159,7 @@ class _Watchdog:
                     f"{self._what}: another rank has exited early, crashed or hangs. Aborting "
                     f"the job (set {TIMEOUT_ENV} to change the deadline, 0 to wait forever).\n"
                 )
-                sys.stderr.flush()
-                self.comm.Abort(ABORT_CODE)
-                return
+                _abort_job(self.comm)
 
 
 class _Job:
@@ -214,8 +240,7 @@ class _Job:
             sys.stderr.write(
                 f"simdnn.distributed: rank {rank} raised {exc_type.__name__}; aborting the job\n"
             )
-            sys.stderr.flush()
-            comm.Abort(ABORT_CODE)
+            _abort_job(comm)
 
         sys.excepthook = hook
 
