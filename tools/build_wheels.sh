@@ -30,11 +30,11 @@
 # again rebuilds every artefact, venv and build directory from scratch (only the tools venv is
 # kept), so it gives the same answer each time. Missing system
 # packages are installed with apt-get (root or sudo, Debian 12), Python tools with pip into
-# build/wheels/tools-venv. 835-1254 s on 2 cores (an Intel Xeon VM, CI of 2026-12-01 and -02)
-# with the system packages already installed: the compiles of the extension (GCC, the sdist's,
-# clang without OpenMP, aarch64; 60-100 s each) and the test-suite runs (step 4: 362 + 99 + 156 s
-# for three ISAs on 2026-12-02, the first with the large-tensor tests, 74-138 s each there; 6b:
-# about 200 s).
+# build/wheels/tools-venv. 784 s on 2 cores (an Emerald Rapids class Xeon VM, CI of 2026-12-02,
+# with the system packages already installed): step 1 157 s (the one GCC compile), step 4 295 s
+# (the AVX-512 run 162 s, the AVX2 and scalar runs without the whole programs 41 and 52 s), step
+# 5b 254 s (clang's compile and an 84 s test run), the aarch64 compile 31 s. The same VM took
+# 1122 s before one compile and the later runs' whole programs were dropped.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

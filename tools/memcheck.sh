@@ -11,10 +11,11 @@
 # the artefact users get, and a compile of 150-210 s saved on the CI VM). That wheel is stripped,
 # so a report names simdnn's frames by library only; run the script without SIMDNN_WHEEL for a
 # RelWithDebInfo build whose reports carry function, file and line.
-# About 7 minutes on 2 cores: 2 to build, 5 for the ~560 tests (valgrind runs Python and the kernels
-# 20-50x slower: the whole suite would take hours, and adding the random-shape reference comparisons
-# of tests/ops/test_conv2d.py, test_gemm.py and test_pool2d.py, ~430 more tests, 19 minutes; they
-# ran clean).
+# About 7 minutes on 2 cores: 2 to build, 5 for the ~560 tests (13 minutes on a slower VM in CI of
+# 2026-12-02, with SIMDNN_WHEEL: 30 s to install, 10 for the 601 tests, 2 for valgrind's exit and
+# the reports). Valgrind runs Python and the kernels 20-50x slower: the whole suite would take
+# hours, and adding the random-shape reference comparisons of tests/ops/test_conv2d.py,
+# test_gemm.py and test_pool2d.py, ~430 more tests, 19 minutes (they ran clean).
 #
 # The subset: every micro-kernel on every tile shape, the regression tests (marker regression), the
 # non-finite tests (marker nonfinite: every op on every path: packed and small GEMMs, implicit-GEMM,
