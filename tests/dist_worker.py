@@ -6,7 +6,9 @@ Modes (first argument):
     raise          rank 1 raises in the middle of training
     exit [ABORT]   rank 1 exits (status 0) in the middle of training; ABORT, if given, makes
                    rank 0's MPI_Abort return at once ("returns") or never ("hangs"), so that
-                   only the watchdog's own exit can end the job
+                   only the watchdog's own exit can end the job; "stuck" is "hangs" with the
+                   faulthandler timer of that exit cancelled too (as if no thread of the rank
+                   could run): only the kernel's alarm is left
     raise_before_init  rank 1 raises before it joins the job (rank 0 waits in init)
     exit_before_init   rank 1 exits (status 0) before it joins the job
     batchnorm OUT  train a BatchNorm model; each rank writes OUT/rank{r}.npz
@@ -17,11 +19,15 @@ The failing rank of raise, exit, raise_before_init and exit_before_init prints
 ``WAITS_AT=...`` as it enters init): the test times the end of the job from there, not from the
 launch, which a loaded machine may slow down by any amount.
 The test process computes the single-process references with :func:`run_case` itself.
+Every rank prints all its threads' stacks on SIGUSR1 (faulthandler): the test sends it to a job
+that outlives its limit before killing it, so that a hang leaves a record of where each rank was.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
 import sys
 import time
 import warnings
@@ -213,7 +219,15 @@ def main(argv: list[str]) -> int:
         if len(argv) > 1:
             # What MPICH allows (pmodels/mpich#7716): an MPI_Abort that returns before the launcher
             # kills the job, or that the kill never follows.
-            stand_ins = {"returns": lambda comm: None, "hangs": lambda comm: time.sleep(3600)}
+            def stuck(comm: Any) -> None:
+                faulthandler.cancel_dump_traceback_later()
+                time.sleep(3600)
+
+            stand_ins = {
+                "returns": lambda comm: None,
+                "hangs": lambda comm: time.sleep(3600),
+                "stuck": stuck,
+            }
             distributed._mpi_abort = stand_ins[argv[1]]
 
         class Fail(simdnn.Callback):
@@ -329,4 +343,5 @@ def api_checks(rank: int, size: int, out: str) -> None:
 
 
 if __name__ == "__main__":
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     sys.exit(main(sys.argv[1:]))

@@ -8,6 +8,7 @@ skipped only when mpi4py is not installed. This process never joins an MPI job i
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -69,10 +70,50 @@ def launch(
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        processes = snapshot_and_dump_stacks(proc.pid)
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
-        pytest.fail(f"{' '.join(cmd)} still ran after {timeout} s (killed):\n{out}\n{err}")
+        pytest.fail(
+            f"{' '.join(cmd)} still ran after {timeout} s (killed). Its processes then:\n"
+            f"{processes}\nIts output (with the stacks of the workers still alive):\n{out}\n{err}"
+        )
     return proc.returncode, out + err, time.perf_counter() - t0
+
+
+def snapshot_and_dump_stacks(root: int) -> str:
+    """Before a hung job is killed: `ps` of the launcher and its descendants (which process
+    lives, in what state and kernel wait; the launcher's proxy may start a session of its own),
+    and SIGUSR1 to each worker still alive, whose faulthandler then prints every thread's stack
+    into the job's output (a hang once outlived 300 s in CI, and the log showed only the last
+    messages). Linux's ps; whatever fails here only shortens the report."""
+    try:
+        ps = subprocess.run(
+            ["ps", "-e", "-o", "pid,ppid,stat,wchan:32,etimes,args"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"(ps failed: {err})"
+    lines = ps.splitlines()
+    rows = [(int(f[0]), int(f[1]), line) for line in lines[1:] if (f := line.split())[1].isdigit()]
+    family, grew = {root}, True
+    while grew:
+        grew = False
+        for pid, ppid, _ in rows:
+            if ppid in family and pid not in family:
+                family.add(pid)
+                grew = True
+    mine = [(pid, line) for pid, _, line in rows if pid in family]
+    for pid, line in mine:
+        # The ranks themselves (mpiexec's command line names the worker too, and it would
+        # forward the signal to every rank). A rank past its Python finalisation (in
+        # MPI_Finalize) has no handler left and dies of it, after the ps above recorded it.
+        if pid != root and line.split()[5:6] == [sys.executable]:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGUSR1)
+    time.sleep(2)  # the stacks reach mpiexec's output through its proxy
+    return "\n".join([lines[0], *(line for _, line in mine)])
 
 
 @pytest.fixture
@@ -178,11 +219,12 @@ def test_rank_that_raises_ends_the_job(tmp_path):
 
 
 @needs_mpi
-@pytest.mark.parametrize("abort", [None, "returns", "hangs"])
+@pytest.mark.parametrize("abort", [None, "returns", "hangs", "stuck"])
 def test_rank_that_exits_early_is_caught_by_the_watchdog(abort):
     """abort: None, MPI_Abort as it is; "returns" or "hangs", rank 0's MPI_Abort made to return
     at once or never (both allowed by MPICH, pmodels/mpich#7716): the watchdog's own exit must end
-    the job then, at once or ABORT_GRACE_S (3 s) later."""
+    the job then, at once or ABORT_GRACE_S (3 s) later, by faulthandler's timer (which prints
+    the stacks); "stuck", that timer cancelled as well: the kernel's alarm, 2 s after it."""
     args = ["exit"] if abort is None else ["exit", abort]
     rc, log, _ = launch(args, ranks=2, env={"SIMDNN_DIST_TIMEOUT": str(DEADLINE)})
     assert rc != 0, log
@@ -193,6 +235,10 @@ def test_rank_that_exits_early_is_caught_by_the_watchdog(abort):
     # No lower bound: rank 0 may have started waiting before rank 1 printed its marker.
     after = seconds_since(log, "FAILS_AT")
     assert after < DEADLINE + SLACK, f"the job ended {after:.1f} s after rank 1 exited"
+    # Which exit ended it: faulthandler's timer prints the stacks of the rank that could not
+    # abort; MPI_Abort and an immediate exit come before it, the alarm after its cancellation.
+    timer_fired = "Timeout (0:00:03)!" in log and "_abort_job" in log
+    assert timer_fired == (abort == "hangs"), log
 
 
 @needs_mpi

@@ -34,6 +34,7 @@ import contextlib
 import faulthandler
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -98,14 +99,22 @@ def _abort_job(comm: Any) -> NoReturn:
     kill in which MPI_Abort can even return (pmodels/mpich#7716). Once (MPICH 5.0.2, a loaded
     2-core VM, 2026-12-02) a watchdog test's job outlived its 300 s limit after rank 0's abort
     message; 30 runs after it ended in 6-7 s. This rank's exit with a non-zero status makes the
-    launcher end the others (mpiexec's default cleanup)."""
+    launcher end the others (mpiexec's default cleanup).
+
+    The fallback exit needs neither the GIL nor a Python thread. A threading.Timer calling
+    os._exit (the first form of this fallback) once did not end a rank whose MPI_Abort never
+    returned (the CI's ASan run, 2026-12-02; 24 repeats here ended in 8.6-8.8 s), so:
+    faulthandler's timer, a C thread, prints every thread's stack (the record of where the rank
+    was) and calls _exit after ABORT_GRACE_S; and where SIGALRM has its default action, the
+    kernel's alarm ends the process 2 s later even if no thread of it can run."""
     for stream in (sys.stdout, sys.stderr):
         # A closed or broken stream must not stop the abort.
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
-    fallback = threading.Timer(ABORT_GRACE_S, os._exit, (ABORT_CODE,))
-    fallback.daemon = True
-    fallback.start()
+    # Replaces any earlier faulthandler timer (the join's is cancelled by now): the process ends.
+    faulthandler.dump_traceback_later(ABORT_GRACE_S, exit=True, file=_stderr_for_faulthandler())
+    if hasattr(signal, "alarm") and signal.getsignal(signal.SIGALRM) == signal.SIG_DFL:
+        signal.alarm(math.ceil(ABORT_GRACE_S) + 2)
     _mpi_abort(comm)
     os._exit(ABORT_CODE)
 
