@@ -6,9 +6,10 @@ Modes (first argument):
     raise          rank 1 raises in the middle of training
     exit [ABORT]   rank 1 exits (status 0) in the middle of training; ABORT, if given, makes
                    rank 0's MPI_Abort return at once ("returns") or never ("hangs"), so that
-                   only the watchdog's own exit can end the job; "stuck" is "hangs" with the
-                   faulthandler timer of that exit cancelled too (as if no thread of the rank
-                   could run): only the kernel's alarm is left
+                   only the rank's own death can end the job; "stuck" is "hangs" with the stack
+                   dump before that death cancelled (the kill does not wait for it). Each
+                   stand-in first makes the launcher reap rank 0 before it sees its PMI
+                   connection close (hold_pmi_connection)
     raise_before_init  rank 1 raises before it joins the job (rank 0 waits in init)
     exit_before_init   rank 1 exits (status 0) before it joins the job
     batchnorm OUT  train a BatchNorm model; each rank writes OUT/rank{r}.npz
@@ -28,6 +29,7 @@ from __future__ import annotations
 import faulthandler
 import os
 import signal
+import subprocess
 import sys
 import time
 import warnings
@@ -166,6 +168,41 @@ def flat(result: dict[str, np.ndarray], case: str) -> dict[str, np.ndarray]:
     return {f"{case}/{k}": v for k, v in result.items()}
 
 
+# The child of hold_pmi_connection: once its parent (argv[1]) is gone, it closes its copies of
+# the rank's stdout and stderr (an event that wakes the launcher, which then reaps the rank), and
+# 1 s later the rank's PMI connection with its own exit.
+PMI_HOLDER = """
+import os, sys, time
+while os.getppid() == int(sys.argv[1]):
+    time.sleep(0.02)
+time.sleep(0.2)
+print("PMI_HOLDER: rank 0 is gone", flush=True)
+os.close(1)
+os.close(2)
+time.sleep(1.0)
+os._exit(0)
+"""
+
+
+def hold_pmi_connection() -> None:
+    """Makes MPICH's launcher see this rank's end in the order that hung a CI job: a child holds
+    the rank's PMI connection (PMI_FD) open until 1 s after the rank is gone, and wakes the
+    launcher before that, so that the launcher reaps the rank before it sees that connection
+    close. After an exit with a status it then ends no other rank (Hydra's proxy, MPICH 5.0.2);
+    after a death by a signal it kills them all. Prints PMI_HOLDER=started, or =none without
+    MPICH's PMI_FD (another launcher)."""
+    fd = os.environ.get("PMI_FD")
+    if fd is None:
+        print("PMI_HOLDER=none", flush=True)
+        return
+    subprocess.Popen(
+        [sys.executable, "-c", PMI_HOLDER, str(os.getpid())],
+        stdin=subprocess.DEVNULL,
+        pass_fds=(int(fd),),
+    )
+    print("PMI_HOLDER=started", flush=True)
+
+
 def main(argv: list[str]) -> int:
     mode = argv[0]
     if mode == "single":
@@ -218,17 +255,15 @@ def main(argv: list[str]) -> int:
     if mode in ("raise", "exit"):
         if len(argv) > 1:
             # What MPICH allows (pmodels/mpich#7716): an MPI_Abort that returns before the launcher
-            # kills the job, or that the kill never follows.
-            def stuck(comm: Any) -> None:
-                faulthandler.cancel_dump_traceback_later()
-                time.sleep(3600)
+            # kills the job, or that the kill never follows; each in the launcher's harder order.
+            def stand_in(comm: Any) -> None:
+                hold_pmi_connection()
+                if argv[1] == "stuck":
+                    faulthandler.cancel_dump_traceback_later()
+                if argv[1] != "returns":
+                    time.sleep(3600)
 
-            stand_ins = {
-                "returns": lambda comm: None,
-                "hangs": lambda comm: time.sleep(3600),
-                "stuck": stuck,
-            }
-            distributed._mpi_abort = stand_ins[argv[1]]
+            distributed._mpi_abort = stand_in
 
         class Fail(simdnn.Callback):
             def on_epoch_end(self, epoch: int, logs: dict[str, float], model: Any) -> bool:

@@ -222,9 +222,11 @@ def test_rank_that_raises_ends_the_job(tmp_path):
 @pytest.mark.parametrize("abort", [None, "returns", "hangs", "stuck"])
 def test_rank_that_exits_early_is_caught_by_the_watchdog(abort):
     """abort: None, MPI_Abort as it is; "returns" or "hangs", rank 0's MPI_Abort made to return
-    at once or never (both allowed by MPICH, pmodels/mpich#7716): the watchdog's own exit must end
-    the job then, at once or ABORT_GRACE_S (3 s) later, by faulthandler's timer (which prints
-    the stacks); "stuck", that timer cancelled as well: the kernel's alarm, 2 s after it."""
+    at once or never (both allowed by MPICH, pmodels/mpich#7716): rank 0's own death must end
+    the job then, at once or ABORT_GRACE_S + DUMP_TO_KILL_S later (its stacks printed first);
+    "stuck", the stack dump cancelled: the kill alone. In the three, the launcher is made to reap
+    rank 0 before it sees rank 0's PMI connection close (dist_worker.hold_pmi_connection), the
+    order in which an exit with a status (the fallback before) left rank 1 running for ever."""
     args = ["exit"] if abort is None else ["exit", abort]
     rc, log, _ = launch(args, ranks=2, env={"SIMDNN_DIST_TIMEOUT": str(DEADLINE)})
     assert rc != 0, log
@@ -235,10 +237,78 @@ def test_rank_that_exits_early_is_caught_by_the_watchdog(abort):
     # No lower bound: rank 0 may have started waiting before rank 1 printed its marker.
     after = seconds_since(log, "FAILS_AT")
     assert after < DEADLINE + SLACK, f"the job ended {after:.1f} s after rank 1 exited"
-    # Which exit ended it: faulthandler's timer prints the stacks of the rank that could not
-    # abort; MPI_Abort and an immediate exit come before it, the alarm after its cancellation.
-    timer_fired = "Timeout (0:00:03)!" in log and "_abort_job" in log
-    assert timer_fired == (abort == "hangs"), log
+    # Which end it was: the stack dump is printed only by the rank whose MPI_Abort never
+    # returned; MPI_Abort itself and the kill after a returning one come before it.
+    dumped = "Timeout (0:00:03)!" in log and "_abort_job" in log
+    assert dumped == (abort == "hangs"), log
+    if abort is not None and "PMI_HOLDER=started" in log:  # MPICH's launcher
+        # The holder outlived rank 0 (the order was as meant), and rank 0 died of a signal.
+        assert "PMI_HOLDER: rank 0 is gone" in log, log
+        assert "(signal 9)" in log, log
+
+
+def run_python(code: str, timeout: float = 60.0) -> tuple[int, str, float]:
+    """`code` in a Python process of its own: (exit status, stdout and stderr, seconds)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    return proc.returncode, proc.stdout + proc.stderr, time.perf_counter() - t0
+
+
+DEATH = """
+import sys, time
+from simdnn import _core, distributed
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
+def test_die_after_prints_the_stacks_then_kills_and_cancel_stops_both():
+    """_die_after, the last resort of a rank that must end the job (an init past its deadline,
+    an MPI_Abort that has not ended the job): the stacks at `seconds`, SIGKILL DUMP_TO_KILL_S
+    later (a death by a signal, which MPICH's launcher always answers by killing the other
+    ranks); _cancel_death stops both, and arming again replaces the earlier death."""
+    rc, log, took = run_python(
+        DEATH
+        + """
+distributed._die_after(0.2)
+distributed._cancel_death()
+time.sleep(1.5)
+print("alive after the cancelled death", flush=True)
+distributed._die_after(60)
+distributed._die_after(0.2)
+time.sleep(30)
+print("not reached", flush=True)
+"""
+    )
+    assert rc == -signal.SIGKILL, log
+    assert "alive after the cancelled death" in log, log
+    assert "not reached" not in log, log
+    assert log.count("Timeout (0:00:00.200000)!") == 1, log  # faulthandler's dump, once
+    assert took < 20, f"the death came {took:.1f} s after the start"
+
+
+def test_die_after_falls_back_to_an_exit_when_no_thread_can_start():
+    """Where the OS refuses the kill's thread, faulthandler's timer (its exit status) is all that
+    is left: the stacks, then exit status 1."""
+    rc, log, _ = run_python(
+        DEATH
+        + """
+_core._kill_self_after = lambda seconds: False
+distributed._die_after(0.2)
+time.sleep(30)
+print("not reached", flush=True)
+"""
+    )
+    assert rc == 1, log
+    assert "Timeout (0:00:00.200000)!" in log, log
+    assert "not reached" not in log, log
+
+
+@pytest.mark.parametrize("seconds", [-1.0, float("nan"), float("inf"), 2e9])
+def test_kill_self_after_rejects_bad_seconds(seconds):
+    with pytest.raises(ValueError, match=r"seconds must be in \[0, 1e9\]"):
+        simdnn._core._kill_self_after(seconds)
 
 
 @needs_mpi

@@ -9,6 +9,7 @@
 #include "bindings/common.h"
 #include "common/cpu.h"
 #include "common/parallel.h"
+#include "common/process.h"
 #include "dispatch.h"
 
 namespace simdnn::bind {
@@ -255,6 +256,19 @@ void bind_runtime(py::module_& m) {
     if (n < 1) value_error("_set_thread_cap: n must be >= 1");
     set_thread_cap(n);
   });
+  // simdnn.distributed's last resort: a rank that must end the job dies (common/process.h).
+  m.def(
+      "_kill_self_after",
+      [](double seconds) {
+        // The upper bound keeps the sleep's conversion to nanoseconds inside int64.
+        if (!(seconds >= 0 && seconds <= 1e9)) {
+          value_error("_kill_self_after: seconds must be in [0, 1e9], got " +
+                      std::to_string(seconds));
+        }
+        return kill_self_after(seconds);
+      },
+      py::arg("seconds"));
+  m.def("_cancel_kill_self", &cancel_kill_self);
   m.def("_set_flush_denormal", [](bool on) { return set_flush_denormal(on); }, py::arg("mode"));
   m.def("_get_flush_denormal", &flush_denormal);
   m.def("get_num_threads", &get_num_threads);

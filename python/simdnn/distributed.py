@@ -82,10 +82,35 @@ DEFAULT_TIMEOUT = 300.0
 INSTALL_HINT = 'pip install mpi4py mpich (or pip install ".[distributed]" in a clone of simdnn)'
 # The exit status of a job that the watchdog or an unhandled exception aborted.
 ABORT_CODE = 1
-# Seconds that MPI_Abort gets to end the job before this rank ends itself (_abort_job). The
+# Seconds that MPI_Abort gets to end the job before this rank's own fallback (_abort_job). The
 # launcher's kill normally lands well within a second (the watchdog tests end 5.6-6.8 s after
-# rank 1 exits, 5 s of it the deadline); 3 s keeps a fallback exit inside those tests' 10 s slack.
+# rank 1 exits, 5 s of it the deadline); 3 s keeps the fallback inside those tests' 10 s slack.
 ABORT_GRACE_S = 3.0
+# Seconds from the stack dump of a rank that must end the job to its kill (_die_after): time for
+# the dump, a few kilobytes, to reach the launcher's output before the process is gone.
+DUMP_TO_KILL_S = 0.5
+
+
+def _die_after(seconds: float) -> None:
+    """This process prints every thread's stack (faulthandler's timer) in `seconds` and dies of
+    SIGKILL DUMP_TO_KILL_S later, unless _cancel_death() comes first.
+
+    Both come from C threads (faulthandler's, and simdnn's own in _core), which need neither the
+    GIL nor a Python thread: MPI_Init holds the GIL, an MPI_Abort that never returns may too, and
+    a Python signal handler runs only when the main thread gets the GIL. A death by a signal, not
+    an exit status: MPICH's launcher (Hydra) kills every other rank when one dies of a signal,
+    but when a rank exits with a status it may reap the rank before it sees its PMI connection
+    close, and then it ends no other rank (MPICH 5.0.2's proxy; a CI job hung so past 300 s,
+    with rank 0 gone and rank 1 left waiting in MPI_Finalize). faulthandler's own exit is such a
+    status (_exit(1)), so it is used only where the OS refused simdnn's thread."""
+    faulthandler.dump_traceback_later(seconds, exit=False, file=_stderr_for_faulthandler())
+    if not _core._kill_self_after(seconds + DUMP_TO_KILL_S):
+        faulthandler.dump_traceback_later(seconds, exit=True, file=_stderr_for_faulthandler())
+
+
+def _cancel_death() -> None:
+    faulthandler.cancel_dump_traceback_later()
+    _core._cancel_kill_self()
 
 
 def _mpi_abort(comm: Any) -> None:
@@ -94,29 +119,21 @@ def _mpi_abort(comm: Any) -> None:
 
 
 def _abort_job(comm: Any) -> NoReturn:
-    """End the whole job from this rank: MPI_Abort, and this process's own exit if that has not
-    ended it. MPI_Abort asks the launcher to kill every rank, and MPICH documents a gap before the
-    kill in which MPI_Abort can even return (pmodels/mpich#7716). Once (MPICH 5.0.2, a loaded
-    2-core VM, 2026-12-02) a watchdog test's job outlived its 300 s limit after rank 0's abort
-    message; 30 runs after it ended in 6-7 s. This rank's exit with a non-zero status makes the
-    launcher end the others (mpiexec's default cleanup).
-
-    The fallback exit needs neither the GIL nor a Python thread. A threading.Timer calling
-    os._exit (the first form of this fallback) once did not end a rank whose MPI_Abort never
-    returned (the CI's ASan run, 2026-12-02; 24 repeats here ended in 8.6-8.8 s), so:
-    faulthandler's timer, a C thread, prints every thread's stack (the record of where the rank
-    was) and calls _exit after ABORT_GRACE_S; and where SIGALRM has its default action, the
-    kernel's alarm ends the process 2 s later even if no thread of it can run."""
+    """End the whole job from this rank: MPI_Abort, and this process's death by SIGKILL if that
+    has not ended the job. MPI_Abort asks the launcher to kill every rank, and MPICH documents a
+    gap before the kill in which MPI_Abort can even return (pmodels/mpich#7716), or the kill may
+    never come. So this rank dies of SIGKILL at once when MPI_Abort returns, and otherwise
+    ABORT_GRACE_S + DUMP_TO_KILL_S after calling it, its stacks printed first (_die_after): a
+    death by a signal, which the launcher answers by killing the other ranks."""
     for stream in (sys.stdout, sys.stderr):
         # A closed or broken stream must not stop the abort.
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
-    # Replaces any earlier faulthandler timer (the join's is cancelled by now): the process ends.
-    faulthandler.dump_traceback_later(ABORT_GRACE_S, exit=True, file=_stderr_for_faulthandler())
-    if hasattr(signal, "alarm") and signal.getsignal(signal.SIGALRM) == signal.SIG_DFL:
-        signal.alarm(math.ceil(ABORT_GRACE_S) + 2)
+    # Replaces any earlier timer (the join's is cancelled by now): the process ends.
+    _die_after(ABORT_GRACE_S)
     _mpi_abort(comm)
-    os._exit(ABORT_CODE)
+    os.kill(os.getpid(), signal.SIGKILL)
+    os._exit(ABORT_CODE)  # not reached: a platform without SIGKILL has no MPI wheel either
 
 
 def _mpi() -> Any:
@@ -179,11 +196,11 @@ class _Job:
         # Joining waits for every rank: a rank that raised or exited before its init leaves the
         # others in MPI_Init (or the collectives below) forever, and the launcher does not end
         # the job for it. The _Watchdog thread cannot help there (it starts after, and MPI_Init
-        # holds the GIL), so faulthandler's timer, a C thread, covers the join: past the
-        # deadline it prints the stacks and exits with status 1, which ends the job. It is the
-        # process's one such timer, so an earlier dump_traceback_later is replaced.
+        # holds the GIL), so C threads cover the join (_die_after): past the deadline this rank
+        # prints its stacks and dies of SIGKILL 0.5 s later, which ends the job. It replaces
+        # an earlier dump_traceback_later (faulthandler has one timer).
         if timeout > 0:
-            faulthandler.dump_traceback_later(timeout, exit=True, file=_stderr_for_faulthandler())
+            _die_after(timeout)
         try:
             MPI = _mpi()
             self.MPI = MPI
@@ -199,7 +216,7 @@ class _Job:
             self.threads_set_by = self._set_threads(threads)
         finally:
             if timeout > 0:
-                faulthandler.cancel_dump_traceback_later()
+                _cancel_death()
         self.watchdog = _Watchdog(self.comm, timeout, self.rank) if timeout > 0 else None
         if self.size > 1:
             self._abort_on_exception()
