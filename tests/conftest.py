@@ -76,12 +76,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "bench), which run once on the default ISA in a full run (tools/test_each_isa.py passes "
         "it to every run after the first, tools/build_wheels.sh to the build without OpenMP)",
     )
+    parser.addoption(
+        "--shard",
+        metavar="I/N",
+        default=None,
+        help="keep every N-th of the selected tests, from the I-th (0 <= I < N), so that N "
+        "processes share a run (tools/memcheck.sh runs one valgrind process per core)",
+    )
 
 
+def _shard(config: pytest.Config) -> tuple[int, int] | None:
+    """--shard I/N as (I, N); UsageError unless 0 <= I < N."""
+    value = config.getoption("--shard")
+    if value is None:
+        return None
+    part, _, total = value.partition("/")
+    if not (part.isdigit() and total.isdigit() and int(part) < int(total)):
+        raise pytest.UsageError(f"--shard: expected I/N with 0 <= I < N, got {value!r}")
+    return int(part), int(total)
+
+
+# Last, after -m and -k have deselected theirs: the shards split what is left, evenly.
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     no_matrix = config.getoption("--no-isa-matrix")
     no_programs = config.getoption("--no-whole-programs")
-    if not (no_matrix or no_programs):
+    shard = _shard(config)
+    if not (no_matrix or no_programs or shard):
         return
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []
@@ -90,6 +111,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         matrix = "isa" in names or "each_isa" in names
         program = item.path.name in WHOLE_PROGRAM_FILES
         (drop if (no_matrix and matrix) or (no_programs and program) else keep).append(item)
+    if shard:
+        # Interleaved, not in blocks: neighbouring tests (one op's file, one ISA's cases) cost
+        # alike, so every shard gets a like share of each file.
+        part, total = shard
+        drop += [item for i, item in enumerate(keep) if i % total != part]
+        keep = keep[part::total]
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

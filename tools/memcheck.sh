@@ -5,15 +5,18 @@
 # reads it), an invalid free, or memory allocated by simdnn and definitely or indirectly lost.
 #
 # Usage: bash tools/memcheck.sh [pytest arguments...]   (from anywhere; PYTHON=python3.X picks the
-# interpreter). Without arguments it runs the subset below. Scratch in build/memcheck/ (venv,
-# one XML report per process, log). With SIMDNN_WHEEL=path/to/simdnn-*.whl it tests that wheel,
+# interpreter, MEMCHECK_SHARDS=N the number of valgrind processes, one per core by default). Without
+# arguments it runs the subset below. Scratch in build/memcheck/ (venv, one XML report per process,
+# one log per shard). With SIMDNN_WHEEL=path/to/simdnn-*.whl it tests that wheel,
 # installed binary-only, instead of building (CI passes the manylinux wheel of tools/build_wheels.sh:
 # the artefact users get, and a compile of 150-210 s saved on the CI VM). That wheel is stripped,
 # so a report names simdnn's frames by library only; run the script without SIMDNN_WHEEL for a
 # RelWithDebInfo build whose reports carry function, file and line.
 # About 7 minutes on 2 cores: 2 to build, 5 for the ~560 tests (13 minutes on a slower VM in CI of
 # 2026-12-02, with SIMDNN_WHEEL: 30 s to install, 10 for the 601 tests, 2 for valgrind's exit and
-# the reports). Valgrind runs Python and the kernels 20-50x slower: the whole suite would take
+# the reports; 12 minutes in CI of 2026-12-03, of which 10 for the tests in one process, and 8
+# minutes with them in two, --shard, shards of 244 and 357 tests, 5.3 minutes each by pytest's
+# clock). Valgrind runs Python and the kernels 20-50x slower: the whole suite would take
 # hours, and adding the random-shape reference comparisons of tests/ops/test_conv2d.py,
 # test_gemm.py and test_pool2d.py, ~430 more tests, 19 minutes (they ran clean).
 #
@@ -41,9 +44,14 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=tools/shards.sh
+source tools/shards.sh
 ROOT=$PWD
 WORK=$ROOT/build/memcheck
 PYTHON=$("${PYTHON:-python3}" -c "import sys; print(sys.executable)")
+# valgrind runs a process's threads one at a time, on one core: the subset is split between
+# SHARDS processes (pytest --shard, tests/conftest.py), one per core by default.
+SHARDS=${MEMCHECK_SHARDS:-$(nproc 2>/dev/null || echo 1)}
 T0=$(date +%s)
 step() { printf '\n=== [%4d s] %s\n' "$(($(date +%s) - T0))" "$*"; }
 
@@ -78,15 +86,14 @@ else
   "$WORK/venv/bin/python" -m pip install -q --disable-pip-version-check \
     -C "cmake.build-type=RelWithDebInfo" -C "build-dir=$WORK/build" "$ROOT[test]"
 fi
-step "pytest under valgrind memcheck: $*"
+step "pytest under valgrind memcheck, $SHARDS processes (--shard): $*"
 export PYTHONMALLOC=malloc HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
-set +e
-valgrind --tool=memcheck --error-limit=no --track-origins=yes --num-callers=40 \
+status=0
+run_shards "$SHARDS" "$WORK/pytest" \
+  valgrind --tool=memcheck --error-limit=no --track-origins=yes --num-callers=40 \
   --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
   --xml=yes --xml-file="$WORK/xml/vg.%p.xml" \
-  "$WORK/venv/bin/python" -m pytest -q -p no:cacheprovider --durations=10 "$@" 2>&1 | tee "$WORK/pytest.log"
-status=${PIPESTATUS[0]}
-set -e
+  "$WORK/venv/bin/python" -m pytest -q -p no:cacheprovider --durations=5 "$@" || status=$?
 
 step "reading the reports"
 set +e
@@ -129,7 +136,7 @@ sys.exit(1 if ours else 0)
 EOF
 reports=$?
 set -e
-step "done: pytest exit status $status (log: $WORK/pytest.log)"
+step "done: pytest exit status $status (logs: $WORK/pytest.*.log)"
 if [ "$status" != 0 ] || [ "$reports" != 0 ]; then
   exit 1
 fi
