@@ -34,14 +34,22 @@
 # with the system packages already installed): step 1 157 s (the one GCC compile), step 4 295 s
 # (the AVX-512 run 162 s, the AVX2 and scalar runs without the whole programs 41 and 52 s), step
 # 5b 254 s (clang's compile and an 84 s test run), the aarch64 compile 31 s. The same VM took
-# 1122 s before one compile and the later runs' whole programs were dropped.
+# 1122 s before one compile and the later runs' whole programs were dropped. CI of 2026-12-03
+# there, one test process per run: 799 s (step 4 353 s: AVX-512 171, AVX2 51, scalar 67 s; step 5b
+# 98 s of tests); steps 4 and 5b now split each run between one process per core
+# (WHEEL_TEST_SHARDS, default nproc).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=tools/shards.sh
+source tools/shards.sh
 ROOT=$PWD
 WORK=$ROOT/build/wheels
 PYTHON=$("${PYTHON:-python3}" -c "import sys; print(sys.executable)")
 JOBS=$(nproc 2>/dev/null || echo 2)
+# Test processes per run in steps 4 and 5b (pytest --shard, tests/conftest.py): most tests are
+# short and single-threaded, so one process leaves a core idle much of the time.
+SHARDS=${WHEEL_TEST_SHARDS:-$JOBS}
 T0=$(date +%s)
 declare -a SUMMARY=()
 
@@ -236,8 +244,8 @@ if not where.startswith(os.path.realpath(sys.argv[1]) + os.sep):
 print("--- import simdnn:", where)
 print("--- cpu_info():", simdnn.cpu_info())
 EOF
-  "$WORK/venv-wheel/bin/python" "$ROOT/tools/test_each_isa.py" -q -p no:cacheprovider \
-    --durations=10 -m "not large"
+  "$WORK/venv-wheel/bin/python" "$ROOT/tools/test_each_isa.py" --shards "$SHARDS" -q \
+    -p no:cacheprovider --durations=10 -m "not large"
 ) | tee "$WORK/test-wheel.log"
 grep -q '^OpenMP runtime: .*/simdnn\.libs/libgomp' "$WORK/test-wheel.log" ||
   fail "the tests did not run on the vendored libgomp"
@@ -293,10 +301,17 @@ print("--- import simdnn:", where, "(no OpenMP)")'
   # the same sources, and they were 100-150 s of this step's test run on a VM where the wheel
   # stage outgrew its 1500 s limit (2026-12-02). The kernels (on every ISA, the isa fixture), the
   # thread pool without OpenMP and the autograd and layer tests all run.
-  PYTHONPATH=$WORK/test-noomp/pkg "$WORK/venv-wheel/bin/python" -m pytest -q -p no:cacheprovider \
-    --durations=10 -m "not large" --no-whole-programs
+  PYTHONPATH=$WORK/test-noomp/pkg run_shards "$SHARDS" "$WORK/test-noomp" \
+    "$WORK/venv-wheel/bin/python" -m pytest -q -p no:cacheprovider --durations=10 -m "not large" \
+    --no-whole-programs
 ) | tee "$WORK/test-noomp.log"
-NOOMP_RESULT=$(grep -E '^[0-9]+ passed' "$WORK/test-noomp.log" | tail -1)
+# One line for the shards together: their passed, skipped and failed counts added up.
+NOOMP_RESULT=$(grep -E '^[0-9]+ passed' "$WORK/test-noomp.log" | "$PYTHON" -c '
+import re, sys
+text = sys.stdin.read()
+counts = {w: sum(map(int, re.findall(r"(\d+) " + w, text))) for w in ("passed", "skipped", "failed")}
+print(", ".join(f"{n} {w}" for w, n in counts.items() if n or w == "passed"))
+')
 SUMMARY+=("clang:    without OpenMP (the macOS configuration): $NOOMP_RESULT")
 
 # ------------------------------------------------------------------------------------------------
