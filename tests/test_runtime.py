@@ -20,6 +20,18 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def cpu_family() -> int | None:
+    """The CPU family as Linux reports it (/proc/cpuinfo), or None where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("cpu family"):
+                    return int(line.split(":")[1])
+    except OSError:
+        pass
+    return None
+
+
 def test_cpu_info_keys():
     info = simdnn.cpu_info()
     assert info["isa"] in info["available"]
@@ -32,6 +44,13 @@ def test_cpu_info_keys():
     assert info["vendor"] in ("Intel", "AMD", "unknown")
     # Intel's L1 stride prefetcher follows strides up to 2 KiB; elsewhere no limit is known.
     assert info["stride_prefetch_bytes"] == (2048 if info["vendor"] == "Intel" else None)
+    # AMD Zen 4 (family 25 with AVX-512) packs a B whose rows span more than 3.5 MiB.
+    family = cpu_family()
+    if family is None:  # not Linux: the family is not known here
+        assert info["in_place_span_bytes"] in (None, 3670016)
+    else:
+        zen4 = info["vendor"] == "AMD" and family == 25 and "avx512" in info["available"]
+        assert info["in_place_span_bytes"] == (3670016 if zen4 else None)
     for dt in ("float32", "float64"):
         blk = info["gemm_blocking"][dt]
         assert blk["kc"] > 0

@@ -60,6 +60,11 @@ py::dict cpu_info_dict() {
   } else {
     d["stride_prefetch_bytes"] = cpu.stride_prefetch_bytes;
   }
+  if (cpu.in_place_span_bytes == INT64_MAX) {
+    d["in_place_span_bytes"] = py::none();
+  } else {
+    d["in_place_span_bytes"] = cpu.in_place_span_bytes;
+  }
   const KernelTable& kt = kernels();
   py::dict blocking;
   blocking["float32"] = blocking_dict(kt.get<float>().gemm_blocking);

@@ -84,7 +84,17 @@ void probe_isas(CpuInfo* info) {
     info->vendor = "Intel";
     info->stride_prefetch_bytes = 2048;
   }
-  if (std::strcmp(vendor, "AuthenticAMD") == 0) info->vendor = "AMD";
+  if (std::strcmp(vendor, "AuthenticAMD") == 0) {
+    info->vendor = "AMD";
+    // Family: the base family, plus the extended one where the base reads 0xf (AMD's manual,
+    // CPUID Fn0000_0001_EAX). 0x19 is Zen 3 and Zen 4; of the two only Zen 4 has AVX-512. Zen 3
+    // is not measured, so it keeps the default.
+    const unsigned base = (l1.a >> 8) & 0xf;
+    const unsigned family = base == 0xf ? base + ((l1.a >> 20) & 0xff) : base;
+    if (family == 0x19 && info->supported[static_cast<int>(Isa::avx512)]) {
+      info->in_place_span_bytes = int64_t(7) << 19;  // 3.5 MiB
+    }
+  }
 }
 
 // Deterministic cache parameters: leaf 4 (Intel) or 0x8000001D (AMD). Each sub-leaf describes one

@@ -24,6 +24,11 @@ struct CpuInfo {
   // optimization reference manual), no known limit elsewhere. A GEMM reads a row-major B in place
   // only within it (gemm_driver.h, MatrixB::in_place).
   int64_t stride_prefetch_bytes = INT64_MAX;
+  // The most bytes that the rows of a row-major B read in place by a GEMM may span (K times the
+  // row stride); a longer B is packed. 3.5 MiB on AMD Zen 4 (family 0x19 with AVX-512), where a B
+  // of 4 MB or more read in place ran 10-30% slower than packed; no limit elsewhere (the Zen 5
+  // measurements are in gemm_driver.h, MatrixB::in_place).
+  int64_t in_place_span_bytes = INT64_MAX;
 };
 
 // Detected once (thread-safe static initialisation) and immutable afterwards.

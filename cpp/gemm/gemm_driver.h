@@ -336,7 +336,7 @@ template <class V, int NR>
 struct MatrixB {
   using T = typename V::T;
   const T* b;
-  int64_t n, rs, cs;
+  int64_t n, rs, cs, k;
   void pack(T* dst, int64_t pc, int64_t kc, int64_t v0, int64_t v1) const {
     const int64_t j0 = v0 * NR, j1 = min64(n, v1 * NR);
     pack_b<V, NR>(b + pc * rs + j0 * cs, rs, cs, kc, j1 - j0, dst);
@@ -359,10 +359,27 @@ struct MatrixB {
   // (393-398 -> 437-439 on 2 threads; in_place_pays), hence no limit there. The convolutions'
   // image planes (Im2colB::in_place) follow the same rule since they are packed in row groups;
   // packed panel by panel, they had lost more of the benchmark's sweep rows than they won.
+  // On AMD Zen 4 (EPYC, family 0x19 model 0x11, 32 KiB L1d, 1 MiB L2) what decides is how far
+  // the rows span in all, K times the stride (CpuInfo::in_place_span_bytes, 3.5 MiB there).
+  // GFLOP/s, float32, in place -> packed, median of 6 alternating blocks in one process, 1 thread
+  // | 2 threads:
+  //  - spans of 4 MB or more: 128 x 4096 . 4096 x 1000 (16 MB) 62.7 -> 78.7 | 112.5 -> 127.7;
+  //    64 x 4096 . 4096 x 1000 83.6 -> 104.1 (2 threads); 128 x 2048 . 2048 x 1000 62.9 -> 78.8 |
+  //    116.4 -> 153.8; 64 x 1000 . 1000 x 1000 60.9 -> 77.8 | 131.1 -> 166.9; 128 x 1000 . 1000 x
+  //    1000 79.0 -> 88.9 | 152.1 -> 156.7; 256 x 2048 . 2048 x 520 75.4 -> 83.5 | 165.9 -> 170.9;
+  //    64 x 4096 . 4096 x 520 49.1 -> 64.8 | 146.2 -> 138.6; 64 x 2048 . 2048 x 600 69.8 -> 79.7 |
+  //    186.3 -> 163.0 (the two losses, on 2 threads only);
+  //  - spans under 3.5 MiB, in place kept: 64 x 784 . 784 x 1000 (3.1 MB) 87.0 -> 83.2 | 193.4 ->
+  //    176.8; 64 x 1400 . 1400 x 600 (3.4 MB) 91.0 -> 79.9 (1 thread); 64 x 880 . 880 x 1000 (3.5
+  //    MB) 91.8 -> 92.6 | 180.3 -> 172.8; 64 x 784 . 784 x 600 98.9 -> 92.3 (1 thread).
+  // The stride alone does not decide there: with Intel's 2 KiB limit the last four would be packed.
+  // Why the span matters (TLB reach, the prefetchers, L2 ways) was not established.
   int64_t in_place(int64_t* ld) const {
     *ld = rs;
-    const bool near = rs * static_cast<int64_t>(sizeof(T)) <= cpu_info().stride_prefetch_bytes;
-    return cs == 1 && near ? INT64_MAX : 0;
+    const int64_t bytes = sizeof(T);
+    const bool near = rs * bytes <= cpu_info().stride_prefetch_bytes;
+    const bool short_span = k * rs * bytes <= cpu_info().in_place_span_bytes;
+    return cs == 1 && near && short_span ? INT64_MAX : 0;
   }
   const T* at(int64_t p, int64_t v) const { return b + p * rs + v * NR; }
 };
@@ -586,7 +603,7 @@ template <class UK>
 static void gemm_blocked(const GemmArgs<typename UK::T>& g) {
   using T = typename UK::T;
   const MatrixA<T, UK::MR> A{g.a, g.m, g.k, g.rs_a, g.cs_a};
-  const MatrixB<typename UK::V, UK::NR> B{g.b, g.n, g.rs_b, g.cs_b};
+  const MatrixB<typename UK::V, UK::NR> B{g.b, g.n, g.rs_b, g.cs_b, g.k};
   const MatrixC<T, UK::NR> C{g.c, g.n, g.rs_c};
   gemm_engine<UK>(A, B, C, g.k, g.alpha, g.beta, g.nthreads, g.cs_b != 1, g.bias, g.relu);
 }

@@ -24,7 +24,9 @@ def cpu_info() -> dict[str, Any]:
     - ``vendor`` (``"Intel"``, ``"AMD"`` or ``"unknown"``) and ``stride_prefetch_bytes``: the
       largest stride the L1 stride prefetcher follows (2048 on Intel, ``None`` where no limit is
       known); a matrix product reads a row-major right operand without copying it only when its
-      rows are at most this far apart;
+      rows are at most this far apart; ``in_place_span_bytes``: how far such an operand's rows
+      may span in all (rows times stride) to be read without copying (3670016, 3.5 MiB, on AMD
+      Zen 4; ``None`` where there is no such limit);
     - ``threading``: ``"simdnn"``, the library's own thread pool, which every kernel uses;
       ``pool_threads``: the worker threads it holds now (the calling thread is the other one);
       ``thread_cap``: the most threads any setting gives (the CPUs this process may run on: its
