@@ -46,11 +46,15 @@ def test_cpu_info_keys():
     assert info["stride_prefetch_bytes"] == (2048 if info["vendor"] == "Intel" else None)
     # AMD Zen 4 (family 25 with AVX-512) packs a B whose rows span more than 3.5 MiB.
     family = cpu_family()
+    # Intel and Zen 4 pack the far planes of 1x1 convolutions (over 2 KiB).
     if family is None:  # not Linux: the family is not known here
         assert info["in_place_span_bytes"] in (None, 3670016)
+        assert info["pointwise_plane_bytes"] in (None, 2048)
     else:
         zen4 = info["vendor"] == "AMD" and family == 25 and "avx512" in info["available"]
         assert info["in_place_span_bytes"] == (3670016 if zen4 else None)
+        far = zen4 or info["vendor"] == "Intel"
+        assert info["pointwise_plane_bytes"] == (2048 if far else None)
     for dt in ("float32", "float64"):
         blk = info["gemm_blocking"][dt]
         assert blk["kc"] > 0

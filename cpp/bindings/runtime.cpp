@@ -65,6 +65,11 @@ py::dict cpu_info_dict() {
   } else {
     d["in_place_span_bytes"] = cpu.in_place_span_bytes;
   }
+  if (cpu.pointwise_plane_bytes == INT64_MAX) {
+    d["pointwise_plane_bytes"] = py::none();
+  } else {
+    d["pointwise_plane_bytes"] = cpu.pointwise_plane_bytes;
+  }
   const KernelTable& kt = kernels();
   py::dict blocking;
   blocking["float32"] = blocking_dict(kt.get<float>().gemm_blocking);

@@ -83,6 +83,7 @@ void probe_isas(CpuInfo* info) {
   if (std::strcmp(vendor, "GenuineIntel") == 0) {
     info->vendor = "Intel";
     info->stride_prefetch_bytes = 2048;
+    info->pointwise_plane_bytes = 2048;
   }
   if (std::strcmp(vendor, "AuthenticAMD") == 0) {
     info->vendor = "AMD";
@@ -93,6 +94,7 @@ void probe_isas(CpuInfo* info) {
     const unsigned family = base == 0xf ? base + ((l1.a >> 20) & 0xff) : base;
     if (family == 0x19 && info->supported[static_cast<int>(Isa::avx512)]) {
       info->in_place_span_bytes = int64_t(7) << 19;  // 3.5 MiB
+      info->pointwise_plane_bytes = 2048;
     }
   }
 }

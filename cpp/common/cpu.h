@@ -29,6 +29,10 @@ struct CpuInfo {
   // of 4 MB or more read in place ran 10-30% slower than packed; no limit elsewhere (the Zen 5
   // measurements are in gemm_driver.h, MatrixB::in_place).
   int64_t in_place_span_bytes = INT64_MAX;
+  // The largest plane in bytes that a pointwise convolution's GEMM reads in place; farther planes
+  // are packed in row groups (conv/gemm_policies.h, Im2colB::in_place). 2 KiB on Intel (its
+  // stride prefetcher's reach) and on AMD Zen 4 (measured there); no limit elsewhere (Zen 5).
+  int64_t pointwise_plane_bytes = INT64_MAX;
 };
 
 // Detected once (thread-safe static initialisation) and immutable afterwards.

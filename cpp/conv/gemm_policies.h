@@ -71,8 +71,8 @@ struct Im2colB {
   }
   // 1x1, stride 1, no padding: im2col is the input itself, a C x PQ matrix per image, read in
   // place (the engine's in_place_pays) where its rows, the image's planes, lie no further apart
-  // than the L1 stride prefetcher follows (CpuInfo::stride_prefetch_bytes, 2 KiB on Intel, no
-  // limit on AMD), as MatrixB::in_place; the bias row, if any, is packed. AMD EPYC Zen 5, 2
+  // than CpuInfo::pointwise_plane_bytes (2 KiB on Intel, as its stride prefetcher's reach, and on
+  // AMD Zen 4; no limit on Zen 5); the bias row, if any, is packed. AMD EPYC Zen 5, 2
   // threads, packed -> in place: 1x1 128->128 28x28 N16 forward (inputs out of cache) 1.20-1.32
   // -> 1.04-1.08 ms; sweep rows 384->16 112x112 N2 forward 2.23-3.06 -> 1.99-2.03 ms, backward-data
   // (the flipped convolution, also pointwise) of 24->256 56x56 N8 2.12 -> 1.21-1.28 ms and of
@@ -83,10 +83,16 @@ struct Im2colB {
   // and 138-142 us packed, in cache; or unless A has a single row panel, which reads each element
   // of B once, so that packing adds a copy and saves nothing: forward 256->3 56x56 N2 took
   // 189-198 us in place and 266-299 us packed.
+  // On an AMD EPYC Zen 4 VM (2 threads) the Intel rule won, in place -> packed: 1x1 128->128 28x28
+  // N16 forward 3.38-3.68 -> 2.51-2.69 ms and backward-data 3.11-3.32 -> 2.64-2.78 ms (two
+  // alternating runs); in one sweep each, forward 384->16 112x112 N2 10.19 -> 4.31 ms, 256->3 56x56
+  // N2 163 -> 118 us, grouped 384->24 g8 56x56 N16 8.22 -> 6.39 ms (backward-data 11.94 -> 9.76),
+  // backward-data 24->256 56x56 N8 6.70 -> 3.02 ms; lost: backward-data 384->16 112x112 N2 6.66 ->
+  // 7.90 ms; planes of 2 KiB or less and every other row within the sweep's noise.
   int64_t in_place(int64_t* ld) const {
     *ld = g.h * g.w;
     const int64_t bytes = sizeof(T);
-    const bool near = g.h * g.w * bytes <= cpu_info().stride_prefetch_bytes;
+    const bool near = g.h * g.w * bytes <= cpu_info().pointwise_plane_bytes;
     const bool short_tile = g.rows() * NR * bytes <= cpu_info().l1d / 4;
     return pointwise() && (near || short_tile || one_row_panel) ? g.rows() : 0;
   }

@@ -26,7 +26,9 @@ def cpu_info() -> dict[str, Any]:
       known); a matrix product reads a row-major right operand without copying it only when its
       rows are at most this far apart; ``in_place_span_bytes``: how far such an operand's rows
       may span in all (rows times stride) to be read without copying (3670016, 3.5 MiB, on AMD
-      Zen 4; ``None`` where there is no such limit);
+      Zen 4; ``None`` where there is no such limit); ``pointwise_plane_bytes``: the largest
+      image plane a 1x1 convolution reads without copying (2048 on Intel and AMD Zen 4, ``None``
+      elsewhere);
     - ``threading``: ``"simdnn"``, the library's own thread pool, which every kernel uses;
       ``pool_threads``: the worker threads it holds now (the calling thread is the other one);
       ``thread_cap``: the most threads any setting gives (the CPUs this process may run on: its
