@@ -75,7 +75,7 @@ void conv_forward(const Conv2d& cv_in, const T* x, const T* w, const T* b, T* y)
     return;
   }
   // Winograd where chosen; a result that is not all finite is recomputed below (winograd.h).
-  if (use_winograd(cv, false) && winograd_forward(cv, x, w, b, y)) return;
+  if (use_winograd(cv, WinogradPass::forward) && winograd_forward(cv, x, w, b, y)) return;
   if (direct_forward_eligible<T>(cv)) {
     direct_forward(cv, x, w, b, y);
     return;
@@ -97,7 +97,8 @@ void conv_backward_data(const Conv2d& cv_in, const T* dy, const T* w, T* dx) {
     for (int64_t i = 0; i < x_size; ++i) dx[i] = T(0);
     return;
   }
-  if (use_winograd(cv, true) && winograd_backward_data(cv, dy, w, dx)) return;
+  if (use_winograd(cv, WinogradPass::backward_data) && winograd_backward_data(cv, dy, w, dx))
+    return;
   switch (backward_data_strategy(cv, w)) {
     case BackwardData::depthwise:
       depthwise_backward_data(cv, dy, w, dx);
@@ -143,7 +144,9 @@ void conv_backward_weights(const Conv2d& cv_in, const T* x, const T* dy, T* dw, 
     depthwise_backward_weights(cv, x, dy, dw, db);
     return;
   }
-  if (use_winograd(cv, false) && winograd_backward_weights(cv, x, dy, dw, db)) return;
+  if (use_winograd(cv, WinogradPass::backward_weights) &&
+      winograd_backward_weights(cv, x, dy, dw, db))
+    return;
   using UK = typename UkernelFor<T>::type;
   using V = typename UK::V;
   constexpr int NR = UK::NR;

@@ -92,18 +92,30 @@ int64_t point_stride(int64_t elems) {
 //   N1 64->64 56x56      1.1 / 1.1 / 1.1       N16 3->64 32x32             0.2 / 0.3 / 0.4
 // So: at least 32 channels in and out and C x K >= 4096 (64 x 64), and T x min(C, K) >= 8192.
 // Accuracy bounds it from above: the float32 error grows with the channel sums (README,
-// "Convolution algorithms"): at most 8.5x the direct method's up to 256 channels, 13-14x at 512,
-// so wider layers stay direct, within the 10x the library promises for its automatic choice.
-static inline bool winograd_profitable(const Conv2d& cv) {
-  constexpr int64_t kMinChannels = 32, kMinChannelPairs = 4096, kMaxChannels = 256;
+// "Convolution algorithms"), and the library promises at most 10x the direct method's error for
+// its automatic choice. The largest error over the output's largest magnitude, Winograd against
+// direct, N2 layers, seeds 1-5, AVX-512 on an AMD EPYC Zen 4 VM (whose direct path is the most
+// accurate measured: 3.7-4.3e-7 at 256 channels against 5.3e-7 on Zen 5, 6.3e-7 with AVX2):
+//   forward        128->128 28x28  5.3-8.6x   192->192 14x14  7.3-8.6x    256->256 14x14  9.7-13.1x
+//   backward-data  128->128 28x28  5.9-7.7x   192->192 14x14  8.2-10.4x   256->256 14x14  9.1-10.9x
+//   backward-weights at 256 channels 2.5x (seed 7), 512 channels 5.7x (README, Zen 5).
+// So the forward and backward-data passes take Winograd up to 128 channels and backward-weights up
+// to 256; wider layers stay direct. (Up to 256 for every pass before: Zen 5 measured 7.2x and 8.5x
+// at 256 channels with seed 7 only.)
+enum class WinogradPass { forward, backward_data, backward_weights };
+
+static inline bool winograd_profitable(const Conv2d& cv, WinogradPass pass) {
+  constexpr int64_t kMinChannels = 32, kMinChannelPairs = 4096;
+  const int64_t max_channels = pass == WinogradPass::backward_weights ? 256 : 128;
   constexpr int64_t kMinTileChannels = 8192;
   const int64_t tiles = cv.n * ceil_div(cv.p, wino::kM) * ceil_div(cv.q, wino::kM);
   return cv.c >= kMinChannels && cv.k >= kMinChannels && cv.c * cv.k >= kMinChannelPairs &&
-         cv.c <= kMaxChannels && cv.k <= kMaxChannels &&
+         cv.c <= max_channels && cv.k <= max_channels &&
          tiles * min64(cv.c, cv.k) >= kMinTileChannels;
 }
 
-static inline bool use_winograd(const Conv2d& cv, bool backward_data) {
+static inline bool use_winograd(const Conv2d& cv, WinogradPass pass) {
+  const bool backward_data = pass == WinogradPass::backward_data;
   switch (cv.algorithm) {
     case ConvAlgorithm::direct:
       return false;
@@ -112,7 +124,7 @@ static inline bool use_winograd(const Conv2d& cv, bool backward_data) {
     case ConvAlgorithm::automatic:
       break;
   }
-  return winograd_eligible(cv, backward_data) && winograd_profitable(cv);
+  return winograd_eligible(cv, backward_data) && winograd_profitable(cv, pass);
 }
 
 // ------------------------------------------------------------------------------------------------
