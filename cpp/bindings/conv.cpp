@@ -98,12 +98,15 @@ Conv2d geometry(const std::vector<int64_t>& xs, const std::vector<int64_t>& ws, 
   return cv;
 }
 
-// algorithm: "auto", "direct" or "winograd"; "winograd" only where it can compute the layer.
+// algorithm: "auto", "direct", "winograd" or "winograd_2x2"; the Winograd ones only where they can
+// compute the layer.
 void set_algorithm(Conv2d& cv, const py::handle& algorithm, const char* fn,
                    bool backward_data = false) {
   const std::string f(fn);
   if (!py::isinstance<py::str>(algorithm)) {
-    type_error(f + ": algorithm must be a str ('auto', 'direct' or 'winograd'), got " +
+    type_error(f +
+               ": algorithm must be a str ('auto', 'direct', 'winograd' or "
+               "'winograd_2x2'), got " +
                py::repr(algorithm).cast<std::string>());
   }
   const std::string name = algorithm.cast<std::string>();
@@ -111,21 +114,21 @@ void set_algorithm(Conv2d& cv, const py::handle& algorithm, const char* fn,
     cv.algorithm = ConvAlgorithm::automatic;
   } else if (name == "direct") {
     cv.algorithm = ConvAlgorithm::direct;
-  } else if (name == "winograd") {
+  } else if (name == "winograd" || name == "winograd_2x2") {
     if (!winograd_eligible(cv, backward_data)) {
       auto pair = [](int64_t a, int64_t b) {
         return "(" + std::to_string(a) + ", " + std::to_string(b) + ")";
       };
-      value_error(f +
-                  ": algorithm='winograd' needs a 3x3 kernel, stride 1, dilation 1, groups=1 "
+      value_error(f + ": algorithm='" + name +
+                  "' needs a 3x3 kernel, stride 1, dilation 1, groups=1 "
                   "and padding at most 2; got kernel " +
                   pair(cv.r, cv.s) + ", stride " + pair(cv.sh, cv.sw) + ", dilation " +
                   pair(cv.dh, cv.dw) + ", groups=" + std::to_string(cv.groups) + ", padding " +
                   pair(cv.ph, cv.pw));
     }
-    cv.algorithm = ConvAlgorithm::winograd;
+    cv.algorithm = name == "winograd" ? ConvAlgorithm::winograd : ConvAlgorithm::winograd_2x2;
   } else {
-    value_error(f + ": algorithm must be 'auto', 'direct' or 'winograd', got " +
+    value_error(f + ": algorithm must be 'auto', 'direct', 'winograd' or 'winograd_2x2', got " +
                 py::repr(algorithm).cast<std::string>());
   }
 }

@@ -75,7 +75,8 @@ void conv_forward(const Conv2d& cv_in, const T* x, const T* w, const T* b, T* y)
     return;
   }
   // Winograd where chosen; a result that is not all finite is recomputed below (winograd.h).
-  if (use_winograd(cv, WinogradPass::forward) && winograd_forward(cv, x, w, b, y)) return;
+  const WinogradTile tile = winograd_tile(cv, WinogradPass::forward);
+  if (tile != WinogradTile::none && winograd_forward(tile, cv, x, w, b, y)) return;
   if (direct_forward_eligible<T>(cv)) {
     direct_forward(cv, x, w, b, y);
     return;
@@ -97,8 +98,8 @@ void conv_backward_data(const Conv2d& cv_in, const T* dy, const T* w, T* dx) {
     for (int64_t i = 0; i < x_size; ++i) dx[i] = T(0);
     return;
   }
-  if (use_winograd(cv, WinogradPass::backward_data) && winograd_backward_data(cv, dy, w, dx))
-    return;
+  const WinogradTile tile = winograd_tile(cv, WinogradPass::backward_data);
+  if (tile != WinogradTile::none && winograd_backward_data(tile, cv, dy, w, dx)) return;
   switch (backward_data_strategy(cv, w)) {
     case BackwardData::depthwise:
       depthwise_backward_data(cv, dy, w, dx);
@@ -144,9 +145,8 @@ void conv_backward_weights(const Conv2d& cv_in, const T* x, const T* dy, T* dw, 
     depthwise_backward_weights(cv, x, dy, dw, db);
     return;
   }
-  if (use_winograd(cv, WinogradPass::backward_weights) &&
-      winograd_backward_weights(cv, x, dy, dw, db))
-    return;
+  const WinogradTile tile = winograd_tile(cv, WinogradPass::backward_weights);
+  if (tile != WinogradTile::none && winograd_backward_weights(tile, cv, x, dy, dw, db)) return;
   using UK = typename UkernelFor<T>::type;
   using V = typename UK::V;
   constexpr int NR = UK::NR;

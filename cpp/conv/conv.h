@@ -9,10 +9,11 @@
 
 namespace simdnn {
 
-// Which algorithm computes a convolution: automatic picks per layer (Winograd F(4x4, 3x3) for
-// eligible 3x3 layers with enough channels, conv/winograd.h), direct forces the exact methods,
-// winograd forces Winograd (the bindings refuse it for a layer it cannot compute).
-enum class ConvAlgorithm : int { automatic = 0, direct = 1, winograd = 2 };
+// Which algorithm computes a convolution: automatic picks per layer (Winograd for eligible 3x3
+// layers with enough channels, F(4x4, 3x3) or, on wider layers, F(2x2, 3x3): conv/winograd.h),
+// direct forces the exact methods, winograd forces Winograd F(4x4, 3x3) and winograd_2x2
+// Winograd F(2x2, 3x3) (the bindings refuse both for a layer they cannot compute).
+enum class ConvAlgorithm : int { automatic = 0, direct = 1, winograd = 2, winograd_2x2 = 3 };
 
 struct Conv2d {
   int64_t n = 0, c = 0, h = 0, w = 0;  // input
@@ -26,7 +27,7 @@ struct Conv2d {
   ConvAlgorithm algorithm = ConvAlgorithm::automatic;
 };
 
-// Whether Winograd F(4x4, 3x3) can compute this layer: a 3x3 kernel, stride 1, no dilation, one
+// Whether Winograd (either tile) can compute this layer: a 3x3 kernel, stride 1, no dilation, one
 // group; for backward-data also padding at most 2 (it convolves dY with padding 2 - pad). The
 // bindings check it for algorithm=winograd; static, so that each ISA's copy stays its own (no
 // linker merging of code built with wide-ISA flags).

@@ -1,7 +1,8 @@
-// Winograd F(4x4, 3x3) convolution (Lavin & Gray, "Fast Algorithms for Convolutional Neural
-// Networks", 2016) for stride-1, undilated, ungrouped 3x3 layers: forward and both backward
-// passes. For the per-ISA convolution files; the shape legend is conv.cpp's, and
-// T = N * TH * TW tiles, TH = ceil(P/4), TW = ceil(Q/4).
+// Winograd F(4x4, 3x3) and F(2x2, 3x3) convolution (Lavin & Gray, "Fast Algorithms for
+// Convolutional Neural Networks", 2016) for stride-1, undilated, ungrouped 3x3 layers: forward and
+// both backward passes. For the per-ISA convolution files; the shape legend is conv.cpp's, and
+// T = N * TH * TW tiles, TH = ceil(P/4), TW = ceil(Q/4). Described below for F(4x4); F(2x2) (the
+// tile structs F4x4 and F2x2) is the same with 2x2 output tiles from 4x4 patches, 16 points.
 //
 // Each 4x4 output tile is y = AT [ sum over c of U[k, c] (.) V[c] ] AT^T, where U = G g G^T is the
 // 6x6 transform of the 3x3 filter g and V = BT d BT^T that of the 6x6 input patch d. The 36 points
@@ -46,9 +47,6 @@ namespace simdnn::SIMDNN_ISA_NS {
 namespace {
 
 namespace wino {
-constexpr int64_t kM = 4;        // output tile
-constexpr int64_t kAlpha = 6;    // input tile, m + r - 1
-constexpr int64_t kPoints = 36;  // alpha^2 GEMMs
 // V and M of the images transformed at once (by one thread, where chunks are tasks) stay within
 // kChunkBytes, so that they pass from the transforms to the GEMMs and on through the caches instead
 // of memory, but a chunk has at least kMinChunkTiles tiles, the GEMMs' N. Measured on Zen 5 (2
@@ -79,6 +77,214 @@ int64_t point_stride(int64_t elems) {
 }  // namespace wino
 
 // ------------------------------------------------------------------------------------------------
+// The tiles: F(4x4, 3x3) (m = 4, alpha = 6, 36 points) and F(2x2, 3x3) (m = 2, alpha = 4, 16
+// points). Each tile type names its sizes and its five 1-D transforms: G (3 -> alpha, filters),
+// G^T (alpha -> 3, filter gradients), BT (alpha -> alpha, inputs), AT (alpha -> m, outputs) and
+// AT^T (m -> alpha, dY in backward-weights).
+// ------------------------------------------------------------------------------------------------
+// Filter transforms (once per call)
+
+// The 1-D filter transform G (3 -> 6): [1 0 0; 1/3 1/3 1/3; -1/3 1/3 -1/3;
+// -16/15 -8/15 -4/15; 1/15 -2/15 4/15; 0 0 1].
+template <class V>
+inline void f4_g(const typename V::V* g, typename V::V* o) {
+  using T = typename V::T;
+  const auto s02 = V::add(g[0], g[2]);
+  const auto third = V::set1(T(1.0 / 3)), fifteenth = V::set1(T(1.0 / 15));
+  o[0] = g[0];
+  o[1] = V::mul(third, V::add(s02, g[1]));
+  o[2] = V::mul(third, V::sub(g[1], s02));
+  // -(16 g0 + 8 g1 + 4 g2) / 15 and (g0 - 2 g1 + 4 g2) / 15
+  o[3] =
+      V::mul(V::set1(T(-4.0 / 15)), V::fma(V::set1(T(4)), g[0], V::fma(V::set1(T(2)), g[1], g[2])));
+  o[4] = V::mul(fifteenth, V::fma(V::set1(T(4)), g[2], V::fnma(V::set1(T(2)), g[1], g[0])));
+  o[5] = g[2];
+}
+
+// G^T (6 -> 3), the transpose of g3 (backward-weights).
+template <class V>
+inline void f4_gt(const typename V::V* d, typename V::V* o) {
+  using T = typename V::T;
+  const auto third = V::set1(T(1.0 / 3));
+  const auto s12 = V::add(d[1], d[2]), d12 = V::sub(d[1], d[2]);
+  o[0] = V::fma(third, d12,
+                V::fma(V::set1(T(-16.0 / 15)), d[3], V::fma(V::set1(T(1.0 / 15)), d[4], d[0])));
+  o[1] =
+      V::fma(third, s12, V::fma(V::set1(T(-8.0 / 15)), d[3], V::mul(V::set1(T(-2.0 / 15)), d[4])));
+  o[2] = V::fma(third, d12, V::fma(V::set1(T(4.0 / 15)), V::sub(d[4], d[3]), d[5]));
+}
+// ------------------------------------------------------------------------------------------------
+// Data transforms, vectorised along the tiles of a tile row
+
+// Four stride-4 phases of 4W contiguous elements: q_o[j] = p[4j + o].
+template <class V>
+inline void load4(const typename V::T* p, typename V::V& q0, typename V::V& q1, typename V::V& q2,
+                  typename V::V& q3) {
+  typename V::V e0, o0, e1, o1;
+  V::load2(p, e0, o0);
+  V::load2(p + 2 * V::W, e1, o1);
+  V::deinterleave(e0, e1, q0, q2);
+  V::deinterleave(o0, o1, q1, q3);
+}
+
+// The 1-D transforms. BT (6 -> 6), the input's:
+//   [1 -3/2 -2 3/2 1 0; 0 -1 1/2 5/2 1 0; 0 1 -5/2 1/2 1 0; 0 -2 -1 2 1 0; 0 1/2 -1 -1/2 1 0;
+//    0 1 -3/2 -2 3/2 1]
+template <class V>
+inline void f4_bt(const typename V::V* d, typename V::V* o) {
+  using T = typename V::T;
+  const auto half = V::set1(T(0.5)), c15 = V::set1(T(1.5)), c2 = V::set1(T(2)),
+             c25 = V::set1(T(2.5));
+  const auto d31 = V::sub(d[3], d[1]), d42 = V::sub(d[4], d[2]);
+  o[0] = V::fma(c15, d31, V::fnma(c2, d[2], V::add(d[0], d[4])));
+  o[1] = V::fma(c25, d[3], V::fma(half, d[2], V::sub(d[4], d[1])));
+  o[2] = V::fma(half, d[3], V::fnma(c25, d[2], V::add(d[4], d[1])));
+  o[3] = V::fma(c2, d31, d42);
+  o[4] = V::fnma(half, d31, d42);
+  o[5] = V::fma(c15, d42, V::fnma(c2, d[3], V::add(d[1], d[5])));
+}
+
+// AT (6 -> 4), the output's: [1 1 1 1 1 0; 0 1 -1 1/2 -2 0; 0 1 1 1/4 4 0; 0 1 -1 1/8 -8 1].
+template <class V>
+inline void f4_at(const typename V::V* m, typename V::V* o) {
+  using T = typename V::T;
+  const auto s12 = V::add(m[1], m[2]), d12 = V::sub(m[1], m[2]);
+  o[0] = V::add(V::add(m[0], s12), V::add(m[3], m[4]));
+  o[1] = V::fma(V::set1(T(0.5)), m[3], V::fnma(V::set1(T(2)), m[4], d12));
+  o[2] = V::fma(V::set1(T(0.25)), m[3], V::fma(V::set1(T(4)), m[4], s12));
+  o[3] = V::fma(V::set1(T(0.125)), m[3], V::fnma(V::set1(T(8)), m[4], V::add(d12, m[5])));
+}
+
+// AT^T (4 -> 6), dY's in backward-weights: the transpose of at6.
+template <class V>
+inline void f4_att(const typename V::V* d, typename V::V* o) {
+  using T = typename V::T;
+  const auto s02 = V::add(d[0], d[2]), s13 = V::add(d[1], d[3]);
+  o[0] = d[0];
+  o[1] = V::add(s02, s13);
+  o[2] = V::sub(s02, s13);
+  // d0 + d1/2 + d2/4 + d3/8 and d0 - 2 d1 + 4 d2 - 8 d3
+  o[3] = V::fma(V::set1(T(0.5)), V::fma(V::set1(T(0.5)), V::fma(V::set1(T(0.5)), d[3], d[2]), d[1]),
+                d[0]);
+  o[4] = V::fnma(V::set1(T(2)), V::fnma(V::set1(T(2)), V::fnma(V::set1(T(2)), d[3], d[2]), d[1]),
+                 d[0]);
+  o[5] = d[3];
+}
+
+// F(2x2, 3x3) (Lavin & Gray; points 0, 1, -1 and infinity): 16 GEMMs of C*K*T multiply-adds
+// replace 9*4 = 36 per tile, 2.25x fewer FMAs than direct convolution against F(4x4)'s 4x, but
+// its transforms hold only 0, +-1 and 1/2, so its float32 error stays near direct convolution's
+// at any channel count (README, "Convolution algorithms"), where F(4x4)'s grows past 10x of it
+// beyond 128 channels. G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
+template <class V>
+inline void f2_g(const typename V::V* g, typename V::V* o) {
+  using T = typename V::T;
+  const auto half = V::set1(T(0.5));
+  const auto s02 = V::add(g[0], g[2]);
+  o[0] = g[0];
+  o[1] = V::mul(half, V::add(s02, g[1]));
+  o[2] = V::mul(half, V::sub(s02, g[1]));
+  o[3] = g[2];
+}
+
+// G^T (4 -> 3): [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1].
+template <class V>
+inline void f2_gt(const typename V::V* d, typename V::V* o) {
+  using T = typename V::T;
+  const auto half = V::set1(T(0.5));
+  const auto s12 = V::add(d[1], d[2]);
+  o[0] = V::fma(half, s12, d[0]);
+  o[1] = V::mul(half, V::sub(d[1], d[2]));
+  o[2] = V::fma(half, s12, d[3]);
+}
+
+// BT (4 -> 4): [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
+template <class V>
+inline void f2_bt(const typename V::V* d, typename V::V* o) {
+  o[0] = V::sub(d[0], d[2]);
+  o[1] = V::add(d[1], d[2]);
+  o[2] = V::sub(d[2], d[1]);
+  o[3] = V::sub(d[1], d[3]);
+}
+
+// AT (4 -> 2): [1 1 1 0; 0 1 -1 -1].
+template <class V>
+inline void f2_at(const typename V::V* m, typename V::V* o) {
+  o[0] = V::add(V::add(m[0], m[1]), m[2]);
+  o[1] = V::sub(V::sub(m[1], m[2]), m[3]);
+}
+
+// AT^T (2 -> 4): the transpose of f2_at.
+template <class V>
+inline void f2_att(const typename V::V* d, typename V::V* o) {
+  o[0] = d[0];
+  o[1] = V::add(d[0], d[1]);
+  o[2] = V::sub(d[0], d[1]);
+  o[3] = V::sub(V::zero(), d[1]);
+}
+
+// The two tiles. kM: output tile; kAlpha: input tile, m + r - 1; kPoints: alpha^2 GEMMs. Column 1
+// of both ATs is all ones, so point (1, 1) of a tile's dM is the sum of its dY values (db).
+struct F4x4 {
+  static constexpr int64_t kM = 4, kAlpha = 6, kPoints = 36;
+  template <class V>
+  static void g(const typename V::V* i, typename V::V* o) {
+    f4_g<V>(i, o);
+  }
+  template <class V>
+  static void gt(const typename V::V* i, typename V::V* o) {
+    f4_gt<V>(i, o);
+  }
+  template <class V>
+  static void bt(const typename V::V* i, typename V::V* o) {
+    f4_bt<V>(i, o);
+  }
+  template <class V>
+  static void at(const typename V::V* i, typename V::V* o) {
+    f4_at<V>(i, o);
+  }
+  template <class V>
+  static void att(const typename V::V* i, typename V::V* o) {
+    f4_att<V>(i, o);
+  }
+};
+
+struct F2x2 {
+  static constexpr int64_t kM = 2, kAlpha = 4, kPoints = 16;
+  template <class V>
+  static void g(const typename V::V* i, typename V::V* o) {
+    f2_g<V>(i, o);
+  }
+  template <class V>
+  static void gt(const typename V::V* i, typename V::V* o) {
+    f2_gt<V>(i, o);
+  }
+  template <class V>
+  static void bt(const typename V::V* i, typename V::V* o) {
+    f2_bt<V>(i, o);
+  }
+  template <class V>
+  static void at(const typename V::V* i, typename V::V* o) {
+    f2_at<V>(i, o);
+  }
+  template <class V>
+  static void att(const typename V::V* i, typename V::V* o) {
+    f2_att<V>(i, o);
+  }
+};
+
+// The M stride-M phases of M * W contiguous elements: q[o][j] = p[M j + o] (M = 2 or 4).
+template <class V, int64_t M>
+inline void load_phases(const typename V::T* p, typename V::V* q) {
+  if constexpr (M == 4) {
+    load4<V>(p, q[0], q[1], q[2], q[3]);
+  } else {
+    static_assert(M == 2, "tiles of 2 or 4 outputs");
+    V::load2(p, q[0], q[1]);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
 // Choice (winograd_eligible, the geometry it needs, is in conv.h for the bindings)
 
 // Whether `automatic` takes Winograd. Each tile costs about 2 x 100 adds per input and output
@@ -99,73 +305,64 @@ int64_t point_stride(int64_t elems) {
 //   forward        128->128 28x28  5.3-8.6x   192->192 14x14  7.3-8.6x    256->256 14x14  9.7-13.1x
 //   backward-data  128->128 28x28  5.9-7.7x   192->192 14x14  8.2-10.4x   256->256 14x14  9.1-10.9x
 //   backward-weights at 256 channels 2.5x (seed 7), 512 channels 5.7x (README, Zen 5).
-// So the forward and backward-data passes take Winograd up to 128 channels and backward-weights up
-// to 256; wider layers stay direct. (Up to 256 for every pass before: Zen 5 measured 7.2x and 8.5x
-// at 256 channels with seed 7 only.)
+// So the forward and backward-data passes take F(4x4) up to 128 channels and backward-weights up
+// to 256. Wider layers take F(2x2, 3x3), whose float32 error is near the direct method's at any
+// width (same runs, F(2x2) against direct, forward / backward-data / backward-weights):
+//   AVX-512  192: 1.04-1.48x / 1.16-1.53x / 0.65-0.84x   256: 1.40-1.60x / 1.28-1.72x / 0.65-0.78x
+//            512 (7x7): 1.42-1.48x / 1.33-1.56x / 0.84-1.03x
+//   AVX2     256: 0.99-1.09x / 0.79-1.21x / 0.65-0.78x   512: 1.36-1.47x / 1.46-1.83x / 0.84-1.03x
+// and 2.25x fewer multiply-adds than direct. Zen 4, 2 threads, float32, ms, forward /
+// backward-data / backward-weights, direct -> F(2x2) (F(4x4) in brackets, outside its bound):
+//   N16 256->256 14x14   19.3 / 19.8 / 18.7  ->  12.9 / 12.5 / (F(4x4) 11.1)   [9.8 / 9.7]
+//   N4 256->256 56x56    76.6 / 73.2 / 79.3  ->  39.4 / 38.7 / 47.3
+//   N8 512->512 7x7      12.9 / 14.6 / 11.3  ->   9.3 / 10.1 / 9.5             [bwd-w 39.6]
+//   N16 64->256 28x28    19.2 / 20.8 / 35.6  ->  14.3 / 18.1 / 14.9
+//   N2 256->256 14x14     2.8 /  3.3 /  2.7  ->   2.0 /  2.0 / 1.8
+//   N1 512->512 14x14     5.6 /  8.4 /  5.8  ->   7.5 /  7.9 / 6.6   (49 tiles: GEMMs too narrow)
+// so F(2x2) also needs kMinF2Tiles tiles of 2x2. (Before F(2x2), wider layers stayed direct.)
 enum class WinogradPass { forward, backward_data, backward_weights };
+enum class WinogradTile { none, f4x4, f2x2 };
 
-static inline bool winograd_profitable(const Conv2d& cv, WinogradPass pass) {
+static inline WinogradTile winograd_profitable(const Conv2d& cv, WinogradPass pass) {
   constexpr int64_t kMinChannels = 32, kMinChannelPairs = 4096;
-  const int64_t max_channels = pass == WinogradPass::backward_weights ? 256 : 128;
-  constexpr int64_t kMinTileChannels = 8192;
-  const int64_t tiles = cv.n * ceil_div(cv.p, wino::kM) * ceil_div(cv.q, wino::kM);
-  return cv.c >= kMinChannels && cv.k >= kMinChannels && cv.c * cv.k >= kMinChannelPairs &&
-         cv.c <= max_channels && cv.k <= max_channels &&
-         tiles * min64(cv.c, cv.k) >= kMinTileChannels;
+  const int64_t f4_max_channels = pass == WinogradPass::backward_weights ? 256 : 128;
+  constexpr int64_t kMinTileChannels = 8192, kMinF2Tiles = 64;
+  // Counted in 4x4 tiles for both tile sizes: the bound is on the work, not the GEMMs' N.
+  const int64_t tiles = cv.n * ceil_div(cv.p, int64_t(4)) * ceil_div(cv.q, int64_t(4));
+  if (cv.c < kMinChannels || cv.k < kMinChannels || cv.c * cv.k < kMinChannelPairs ||
+      tiles * min64(cv.c, cv.k) < kMinTileChannels) {
+    return WinogradTile::none;
+  }
+  if (max64(cv.c, cv.k) <= f4_max_channels) return WinogradTile::f4x4;
+  const int64_t tiles2 = cv.n * ceil_div(cv.p, int64_t(2)) * ceil_div(cv.q, int64_t(2));
+  return tiles2 >= kMinF2Tiles ? WinogradTile::f2x2 : WinogradTile::none;
 }
 
-static inline bool use_winograd(const Conv2d& cv, WinogradPass pass) {
-  const bool backward_data = pass == WinogradPass::backward_data;
+// The tile a pass runs, or none (direct).
+static inline WinogradTile winograd_tile(const Conv2d& cv, WinogradPass pass) {
+  if (!winograd_eligible(cv, pass == WinogradPass::backward_data)) return WinogradTile::none;
   switch (cv.algorithm) {
     case ConvAlgorithm::direct:
-      return false;
+      return WinogradTile::none;
     case ConvAlgorithm::winograd:
-      return winograd_eligible(cv, backward_data);
+      return WinogradTile::f4x4;
+    case ConvAlgorithm::winograd_2x2:
+      return WinogradTile::f2x2;
     case ConvAlgorithm::automatic:
       break;
   }
-  return winograd_eligible(cv, backward_data) && winograd_profitable(cv, pass);
+  return winograd_profitable(cv, pass);
 }
 
 // ------------------------------------------------------------------------------------------------
 // Filter transforms (once per call)
-
-// The 1-D filter transform G (3 -> 6): [1 0 0; 1/3 1/3 1/3; -1/3 1/3 -1/3;
-// -16/15 -8/15 -4/15; 1/15 -2/15 4/15; 0 0 1].
-template <class V>
-inline void g3(const typename V::V* g, typename V::V* o) {
-  using T = typename V::T;
-  const auto s02 = V::add(g[0], g[2]);
-  const auto third = V::set1(T(1.0 / 3)), fifteenth = V::set1(T(1.0 / 15));
-  o[0] = g[0];
-  o[1] = V::mul(third, V::add(s02, g[1]));
-  o[2] = V::mul(third, V::sub(g[1], s02));
-  // -(16 g0 + 8 g1 + 4 g2) / 15 and (g0 - 2 g1 + 4 g2) / 15
-  o[3] =
-      V::mul(V::set1(T(-4.0 / 15)), V::fma(V::set1(T(4)), g[0], V::fma(V::set1(T(2)), g[1], g[2])));
-  o[4] = V::mul(fifteenth, V::fma(V::set1(T(4)), g[2], V::fnma(V::set1(T(2)), g[1], g[0])));
-  o[5] = g[2];
-}
-
-// G^T (6 -> 3), the transpose of g3 (backward-weights).
-template <class V>
-inline void gt6(const typename V::V* d, typename V::V* o) {
-  using T = typename V::T;
-  const auto third = V::set1(T(1.0 / 3));
-  const auto s12 = V::add(d[1], d[2]), d12 = V::sub(d[1], d[2]);
-  o[0] = V::fma(third, d12,
-                V::fma(V::set1(T(-16.0 / 15)), d[3], V::fma(V::set1(T(1.0 / 15)), d[4], d[0])));
-  o[1] =
-      V::fma(third, s12, V::fma(V::set1(T(-8.0 / 15)), d[3], V::mul(V::set1(T(-2.0 / 15)), d[4])));
-  o[2] = V::fma(third, d12, V::fma(V::set1(T(4.0 / 15)), V::sub(d[4], d[3]), d[5]));
-}
 
 // u[xi * plane + i * cols + j] = (G g G^T)[xi] for the rows x cols filters g: forward, rows = K,
 // cols = C, g = w[k, c]; flipped (backward-data), rows = C, cols = K, g = w[k, c] rotated by 180
 // degrees. Vectorised along j (u's contiguous index) over a transposed copy of row i's filters;
 // 65,536 filters (256 -> 256) took 2.5 ms on two threads in scalar double, about a quarter of the
 // layer.
-template <class V>
+template <class F, class V>
 void winograd_filters(const typename V::T* w, int64_t k, int64_t c, bool flipped, typename V::T* u,
                       int64_t plane, int nthreads) {
   using T = typename V::T;
@@ -183,17 +380,18 @@ void winograd_filters(const typename V::T* w, int64_t k, int64_t c, bool flipped
       }
       for (int64_t j = 0; j < cols; j += W) {
         const int live = static_cast<int>(min64(W, cols - j));
-        R cols3[3][6];  // (G g) column s, for s = 0..2
+        constexpr int A = F::kAlpha;
+        R cols3[3][A];  // (G g) column s, for s = 0..2
         for (int s = 0; s < 3; ++s) {
           R g[3];
           for (int r = 0; r < 3; ++r) g[r] = V::load(gt + (r * 3 + s) * ldt + j);
-          g3<V>(g, cols3[s]);
+          F::template g<V>(g, cols3[s]);
         }
-        for (int a = 0; a < 6; ++a) {
-          R g[3] = {cols3[0][a], cols3[1][a], cols3[2][a]}, o[6];
-          g3<V>(g, o);
-          for (int b = 0; b < 6; ++b) {
-            T* dst = u + (a * 6 + b) * plane + i * cols + j;
+        for (int a = 0; a < A; ++a) {
+          R g[3] = {cols3[0][a], cols3[1][a], cols3[2][a]}, o[A];
+          F::template g<V>(g, o);
+          for (int b = 0; b < A; ++b) {
+            T* dst = u + (a * A + b) * plane + i * cols + j;
             if (live == W) {
               V::store(dst, o[b]);
             } else {
@@ -208,7 +406,7 @@ void winograd_filters(const typename V::T* w, int64_t k, int64_t c, bool flipped
 
 // dw[k, c] = G^T dU[k, c] G, from du[xi * plane + k * C + c]: vectorised along c, through a [9][C]
 // scratch.
-template <class V>
+template <class F, class V>
 void winograd_filters_backward(const typename V::T* du, int64_t k, int64_t c, int64_t plane,
                                typename V::T* dw, int nthreads) {
   using T = typename V::T;
@@ -220,19 +418,20 @@ void winograd_filters_backward(const typename V::T* du, int64_t k, int64_t c, in
     for (int64_t i = k0; i < k1; ++i) {
       for (int64_t j = 0; j < c; j += W) {
         const int live = static_cast<int>(min64(W, c - j));
-        R rows3[3][6];  // (G^T dU) row r, for r = 0..2
-        for (int b = 0; b < 6; ++b) {
-          R d[6], o[3];
-          for (int a = 0; a < 6; ++a) {
-            const T* src = du + (a * 6 + b) * plane + i * c + j;
+        constexpr int A = F::kAlpha;
+        R rows3[3][A];  // (G^T dU) row r, for r = 0..2
+        for (int b = 0; b < A; ++b) {
+          R d[A], o[3];
+          for (int a = 0; a < A; ++a) {
+            const T* src = du + (a * A + b) * plane + i * c + j;
             d[a] = live == W ? V::load(src) : V::loadn(src, live);
           }
-          gt6<V>(d, o);
+          F::template gt<V>(d, o);
           for (int r = 0; r < 3; ++r) rows3[r][b] = o[r];
         }
         for (int r = 0; r < 3; ++r) {
           R o[3];
-          gt6<V>(rows3[r], o);
+          F::template gt<V>(rows3[r], o);
           for (int s = 0; s < 3; ++s) V::store(gt + (r * 3 + s) * ldt + j, o[s]);
         }
       }
@@ -241,64 +440,6 @@ void winograd_filters_backward(const typename V::T* du, int64_t k, int64_t c, in
       }
     }
   });
-}
-
-// ------------------------------------------------------------------------------------------------
-// Data transforms, vectorised along the tiles of a tile row
-
-// Four stride-4 phases of 4W contiguous elements: q_o[j] = p[4j + o].
-template <class V>
-inline void load4(const typename V::T* p, typename V::V& q0, typename V::V& q1, typename V::V& q2,
-                  typename V::V& q3) {
-  typename V::V e0, o0, e1, o1;
-  V::load2(p, e0, o0);
-  V::load2(p + 2 * V::W, e1, o1);
-  V::deinterleave(e0, e1, q0, q2);
-  V::deinterleave(o0, o1, q1, q3);
-}
-
-// The 1-D transforms. BT (6 -> 6), the input's:
-//   [1 -3/2 -2 3/2 1 0; 0 -1 1/2 5/2 1 0; 0 1 -5/2 1/2 1 0; 0 -2 -1 2 1 0; 0 1/2 -1 -1/2 1 0;
-//    0 1 -3/2 -2 3/2 1]
-template <class V>
-inline void bt6(const typename V::V* d, typename V::V* o) {
-  using T = typename V::T;
-  const auto half = V::set1(T(0.5)), c15 = V::set1(T(1.5)), c2 = V::set1(T(2)),
-             c25 = V::set1(T(2.5));
-  const auto d31 = V::sub(d[3], d[1]), d42 = V::sub(d[4], d[2]);
-  o[0] = V::fma(c15, d31, V::fnma(c2, d[2], V::add(d[0], d[4])));
-  o[1] = V::fma(c25, d[3], V::fma(half, d[2], V::sub(d[4], d[1])));
-  o[2] = V::fma(half, d[3], V::fnma(c25, d[2], V::add(d[4], d[1])));
-  o[3] = V::fma(c2, d31, d42);
-  o[4] = V::fnma(half, d31, d42);
-  o[5] = V::fma(c15, d42, V::fnma(c2, d[3], V::add(d[1], d[5])));
-}
-
-// AT (6 -> 4), the output's: [1 1 1 1 1 0; 0 1 -1 1/2 -2 0; 0 1 1 1/4 4 0; 0 1 -1 1/8 -8 1].
-template <class V>
-inline void at6(const typename V::V* m, typename V::V* o) {
-  using T = typename V::T;
-  const auto s12 = V::add(m[1], m[2]), d12 = V::sub(m[1], m[2]);
-  o[0] = V::add(V::add(m[0], s12), V::add(m[3], m[4]));
-  o[1] = V::fma(V::set1(T(0.5)), m[3], V::fnma(V::set1(T(2)), m[4], d12));
-  o[2] = V::fma(V::set1(T(0.25)), m[3], V::fma(V::set1(T(4)), m[4], s12));
-  o[3] = V::fma(V::set1(T(0.125)), m[3], V::fnma(V::set1(T(8)), m[4], V::add(d12, m[5])));
-}
-
-// AT^T (4 -> 6), dY's in backward-weights: the transpose of at6.
-template <class V>
-inline void att4(const typename V::V* d, typename V::V* o) {
-  using T = typename V::T;
-  const auto s02 = V::add(d[0], d[2]), s13 = V::add(d[1], d[3]);
-  o[0] = d[0];
-  o[1] = V::add(s02, s13);
-  o[2] = V::sub(s02, s13);
-  // d0 + d1/2 + d2/4 + d3/8 and d0 - 2 d1 + 4 d2 - 8 d3
-  o[3] = V::fma(V::set1(T(0.5)), V::fma(V::set1(T(0.5)), V::fma(V::set1(T(0.5)), d[3], d[2]), d[1]),
-                d[0]);
-  o[4] = V::fnma(V::set1(T(2)), V::fnma(V::set1(T(2)), V::fnma(V::set1(T(2)), d[3], d[2]), d[1]),
-                 d[0]);
-  o[5] = d[3];
 }
 
 // Tiles per block of a transform task: the block's vertical results and flattened phase rows (up
@@ -322,26 +463,28 @@ inline int64_t block_images(int64_t per) { return max64(1, kBlockTiles / per); }
 // and per tile row that made the transform as slow as the GEMMs (2 ms for 128 channels of 28x28,
 // batch 16, on Zen 5). Full vectors everywhere but at the plane's edges; a copy's spill past its
 // row lands where the next row's copy overwrites it.
-template <class V, int RowsIn, class F>
+template <class Tile, class V, int RowsIn, class F>
 void transform_block(const typename V::T* planes, int64_t plane_stride, int64_t readable,
                      int64_t nimg_blk, int64_t h, int64_t w, int64_t row0, int64_t pw, int64_t th,
                      int64_t tw, bool second, typename V::T* out, int64_t ld, const F& fn) {
   using T = typename V::T;
   using R = typename V::V;
   constexpr int W = V::W;
+  constexpr int64_t M = Tile::kM;
+  constexpr int A = static_cast<int>(Tile::kAlpha);
   const int64_t per = th * tw, tiles = nimg_blk * per;
-  const int64_t wb = round_up(4 * tw + 4, W);  // tv row: columns up to 4 TW + 3
+  const int64_t wb = round_up(M * tw + M, W);  // tv row: columns up to M TW + M - 1
   const int64_t nrows = nimg_blk * th;
-  const int64_t srows = 4 * th + RowsIn - 4;  // staged rows per plane
-  // Copies spill up to W past 4 * tiles; the six rows apart by an odd number of lines.
-  const int64_t flat = wino::point_stride<T>(round_up(4 * tiles + W, W) + 4 * W);
+  const int64_t srows = M * th + RowsIn - M;  // staged rows per plane
+  // Copies spill up to W past M * tiles; the alpha rows apart by an odd number of lines.
+  const int64_t flat = wino::point_stride<T>(round_up(M * tiles + W, W) + M * W);
   const int nf = second ? 2 : 1;
   T* stage = static_cast<T*>(workspace(
-      WorkspaceSlot::pack_aux, (nimg_blk * srows * wb + W + nrows * 6 * wb + W + 6 * nf * flat) *
+      WorkspaceSlot::pack_aux, (nimg_blk * srows * wb + W + nrows * A * wb + W + A * nf * flat) *
                                    static_cast<int64_t>(sizeof(T))));
   T* tv = stage + nimg_blk * srows * wb + W;
-  T* f0 = tv + nrows * 6 * wb + W;
-  T* f1 = f0 + 6 * flat;
+  T* f0 = tv + nrows * A * wb + W;
+  T* f1 = f0 + A * flat;
   // Stage: each plane's rows row0 .. row0 + srows - 1, zero-padded, `pw` zeros on the left, in
   // rows of wb. Whole-vector loads and stores: masked loads cost about 25 cycles each on Zen 5,
   // and read at the left and right edge of every row they made the vertical pass 5x slower. A
@@ -372,27 +515,27 @@ void transform_block(const typename V::T* planes, int64_t plane_stride, int64_t 
   // Vertical.
   for (int64_t row = 0; row < nrows; ++row) {
     const int64_t n = row / th, ti = row % th;
-    const T* src = stage + (n * srows + ti * wino::kM) * wb;
-    T* t = tv + row * 6 * wb;
+    const T* src = stage + (n * srows + ti * M) * wb;
+    T* t = tv + row * A * wb;
     for (int64_t x0 = 0; x0 < wb; x0 += W) {
-      R d[RowsIn], o[6];
+      R d[RowsIn], o[A];
       for (int rr = 0; rr < RowsIn; ++rr) d[rr] = V::load(src + rr * wb + x0);
       fn(d, o);
-      for (int a = 0; a < 6; ++a) V::store(t + a * wb + x0, o[a]);
+      for (int a = 0; a < A; ++a) V::store(t + a * wb + x0, o[a]);
     }
   }
   // Flatten.
-  const int64_t len = round_up(4 * tw, W);
+  const int64_t len = round_up(M * tw, W);
   for (int64_t row = 0; row < nrows; ++row) {
-    const T* t = tv + row * 6 * wb;
+    const T* t = tv + row * A * wb;
     const int64_t l = row * tw;
-    for (int a = 0; a < 6; ++a) {
+    for (int a = 0; a < A; ++a) {
       for (int64_t x = 0; x < len; x += W) {
-        V::store(f0 + a * flat + 4 * l + x, V::load(t + a * wb + x));
+        V::store(f0 + a * flat + M * l + x, V::load(t + a * wb + x));
       }
       if (second) {
         for (int64_t x = 0; x < len; x += W) {
-          V::store(f1 + a * flat + 4 * l + x, V::load(t + a * wb + 4 + x));
+          V::store(f1 + a * flat + M * l + x, V::load(t + a * wb + M + x));
         }
       }
     }
@@ -401,13 +544,13 @@ void transform_block(const typename V::T* planes, int64_t plane_stride, int64_t 
   // or stale ones: their results are not stored).
   for (int64_t l0 = 0; l0 < tiles; l0 += W) {
     const int live = static_cast<int>(min64(W, tiles - l0));
-    for (int a = 0; a < 6; ++a) {
-      R d[6], o[6], unused0, unused1;
-      load4<V>(f0 + a * flat + 4 * l0, d[0], d[1], d[2], d[3]);
-      if (second) load4<V>(f1 + a * flat + 4 * l0, d[4], d[5], unused0, unused1);
+    for (int a = 0; a < A; ++a) {
+      R d[2 * M], o[A];  // alpha <= 2 M: F(4x4) leaves the second load's last two phases unused
+      load_phases<V, M>(f0 + a * flat + M * l0, d);
+      if (second) load_phases<V, M>(f1 + a * flat + M * l0, d + M);
       fn(d, o);
-      for (int b = 0; b < 6; ++b) {
-        T* q = out + (a * 6 + b) * ld + l0;
+      for (int b = 0; b < A; ++b) {
+        T* q = out + (a * A + b) * ld + l0;
         if (live == W) {
           V::store(q, o[b]);
         } else {
@@ -421,7 +564,7 @@ void transform_block(const typename V::T* planes, int64_t plane_stride, int64_t 
 // out[xi * ld + c * T + t] = (BT d BT^T)[xi] for the 6x6 patches of the chunk's planes (h x w, C
 // channels) with zero padding (ph, pw); t = n * TH*TW + ti * TW + tj. One task per channel and
 // block.
-template <class V>
+template <class F, class V>
 void winograd_input(const typename V::T* src, int64_t nimg, int64_t c, int64_t h, int64_t w,
                     int64_t ph, int64_t pw, int64_t th, int64_t tw, typename V::T* out, int64_t ld,
                     int nthreads) {
@@ -430,15 +573,16 @@ void winograd_input(const typename V::T* src, int64_t nimg, int64_t c, int64_t h
   parallel_for(c * nblk, nthreads, [&](int64_t task) {
     const int64_t ch = task / nblk, n0 = (task % nblk) * bimg, n1 = min64(nimg, n0 + bimg);
     const int64_t first = (n0 * c + ch) * h * w;
-    transform_block<V, 6>(src + first, c * h * w, nimg * c * h * w - first, n1 - n0, h, w, -ph, pw,
-                          th, tw, true, out + ch * ttot + n0 * per, ld,
-                          [](const typename V::V* d, typename V::V* o) { bt6<V>(d, o); });
+    transform_block<F, V, F::kAlpha>(
+        src + first, c * h * w, nimg * c * h * w - first, n1 - n0, h, w, -ph, pw, th, tw, true,
+        out + ch * ttot + n0 * per, ld,
+        [](const typename V::V* d, typename V::V* o) { F::template bt<V>(d, o); });
   });
 }
 
 // out[xi * ld + k * T + t] = (AT^T dY AT)[xi] for the 4x4 tiles of dY planes (P x Q), zero beyond P
 // and Q.
-template <class V>
+template <class F, class V>
 void winograd_grad_input(const typename V::T* dy, int64_t nimg, int64_t k, int64_t p, int64_t q,
                          int64_t th, int64_t tw, typename V::T* out, int64_t ld, int nthreads) {
   const int64_t per = th * tw, ttot = nimg * per;
@@ -446,9 +590,10 @@ void winograd_grad_input(const typename V::T* dy, int64_t nimg, int64_t k, int64
   parallel_for(k * nblk, nthreads, [&](int64_t task) {
     const int64_t ch = task / nblk, n0 = (task % nblk) * bimg, n1 = min64(nimg, n0 + bimg);
     const int64_t first = (n0 * k + ch) * p * q;
-    transform_block<V, 4>(dy + first, k * p * q, nimg * k * p * q - first, n1 - n0, p, q, 0, 0, th,
-                          tw, false, out + ch * ttot + n0 * per, ld,
-                          [](const typename V::V* d, typename V::V* o) { att4<V>(d, o); });
+    transform_block<F, V, F::kM>(
+        dy + first, k * p * q, nimg * k * p * q - first, n1 - n0, p, q, 0, 0, th, tw, false,
+        out + ch * ttot + n0 * per, ld,
+        [](const typename V::V* d, typename V::V* o) { F::template att<V>(d, o); });
   });
 }
 
@@ -456,46 +601,51 @@ void winograd_grad_input(const typename V::T* dy, int64_t nimg, int64_t k, int64
 // P x Q; m[xi * ld + k * T + t]. Per task (a channel, a block of images): W tiles at a time, the
 // 4x4 results are interleaved into four flattened output rows (row i of tile l at 4l), then each
 // tile row's stretch is copied into the plane.
-template <class V>
+template <class F, class V>
 void winograd_output(const typename V::T* m, int64_t ld, int64_t nimg, int64_t k, int64_t p,
                      int64_t q, int64_t th, int64_t tw, const typename V::T* bias, typename V::T* y,
                      int nthreads) {
   using T = typename V::T;
   using R = typename V::V;
   constexpr int W = V::W;
+  constexpr int M = static_cast<int>(F::kM), A = static_cast<int>(F::kAlpha);
   const int64_t per = th * tw, ttot = nimg * per;
   const int64_t bimg = block_images(per), nblk = ceil_div(nimg, bimg);
-  const int64_t flat = 4 * round_up(bimg * per, W) + W;  // row copies read up to W - 1 past
+  const int64_t flat = M * round_up(bimg * per, W) + W;  // row copies read up to W - 1 past
   parallel_for(k * nblk, nthreads, [&](int64_t task) {
     const int64_t ch = task / nblk, n0 = (task % nblk) * bimg, n1 = min64(nimg, n0 + bimg);
     T* f = static_cast<T*>(
-        workspace(WorkspaceSlot::pack_aux, 4 * flat * static_cast<int64_t>(sizeof(T))));
+        workspace(WorkspaceSlot::pack_aux, M * flat * static_cast<int64_t>(sizeof(T))));
     const int64_t tiles = (n1 - n0) * per;
     const T* src = m + ch * ttot + n0 * per;
     const R b = V::set1(bias != nullptr ? bias[ch] : T(0));
     for (int64_t l0 = 0; l0 < tiles; l0 += W) {
       const int live = static_cast<int>(min64(W, tiles - l0));
       // Vertical first: s[i][b] = sum over a of AT[i][a] * M[a][b], column by column.
-      R s[4][6];
-      for (int bb = 0; bb < 6; ++bb) {
-        R col[6], o[4];
-        for (int a = 0; a < 6; ++a) {
-          const T* at = src + (a * 6 + bb) * ld + l0;
+      R s[M][A];
+      for (int bb = 0; bb < A; ++bb) {
+        R col[A], o[M];
+        for (int a = 0; a < A; ++a) {
+          const T* at = src + (a * A + bb) * ld + l0;
           col[a] = live == W ? V::load(at) : V::loadn(at, live);
         }
-        at6<V>(col, o);
-        for (int i = 0; i < 4; ++i) s[i][bb] = o[i];
+        F::template at<V>(col, o);
+        for (int i = 0; i < M; ++i) s[i][bb] = o[i];
       }
-      for (int i = 0; i < 4; ++i) {
-        R o[4];
-        at6<V>(s[i], o);
-        R lo02, hi02, lo13, hi13, z[4];
-        V::interleave(V::add(o[0], b), V::add(o[2], b), lo02, hi02);
-        V::interleave(V::add(o[1], b), V::add(o[3], b), lo13, hi13);
-        V::interleave(lo02, lo13, z[0], z[1]);
-        V::interleave(hi02, hi13, z[2], z[3]);
-        T* row = f + i * flat + 4 * l0;
-        for (int v = 0; v < 4; ++v) V::store(row + v * W, z[v]);
+      for (int i = 0; i < M; ++i) {
+        R o[M], z[M];
+        F::template at<V>(s[i], o);
+        if constexpr (M == 4) {
+          R lo02, hi02, lo13, hi13;
+          V::interleave(V::add(o[0], b), V::add(o[2], b), lo02, hi02);
+          V::interleave(V::add(o[1], b), V::add(o[3], b), lo13, hi13);
+          V::interleave(lo02, lo13, z[0], z[1]);
+          V::interleave(hi02, hi13, z[2], z[3]);
+        } else {
+          V::interleave(V::add(o[0], b), V::add(o[1], b), z[0], z[1]);
+        }
+        T* row = f + i * flat + M * l0;
+        for (int v = 0; v < M; ++v) V::store(row + v * W, z[v]);
       }
     }
     // Rows in order, each copied in whole vectors whose spill the next rows overwrite; exactly
@@ -505,11 +655,11 @@ void winograd_output(const typename V::T* m, int64_t ld, int64_t nimg, int64_t k
       T* plane = y + (n * k + ch) * p * q;
       for (int64_t ti = 0; ti < th; ++ti) {
         const int64_t l = (n - n0) * per + ti * tw;
-        const int64_t rows = min64(4, p - ti * wino::kM);
+        const int64_t rows = min64(M, p - ti * M);
         for (int64_t i = 0; i < rows; ++i) {
-          const T* from = f + i * flat + 4 * l;
-          T* to = plane + (ti * wino::kM + i) * q;
-          if ((ti * wino::kM + i) * q + len > p * q) {
+          const T* from = f + i * flat + M * l;
+          T* to = plane + (ti * M + i) * q;
+          if ((ti * M + i) * q + len > p * q) {
             copy_run<V>(from, to, q);
           } else {
             for (int64_t x = 0; x < len; x += W) V::store(to + x, V::load(from + x));
@@ -527,9 +677,10 @@ void winograd_output(const typename V::T* m, int64_t ld, int64_t nimg, int64_t k
 // split evenly, and a single-threaded GEMM needs no barrier inside. The GEMM's scratch is in its
 // own slots (gemm_pack, gemm_shared), never in the op_scratch that holds U, V and M.
 template <typename T>
-void winograd_gemms(GemmArgs<T> g, int64_t a_step, int64_t b_step, int64_t c_step, int nthreads) {
+void winograd_gemms(GemmArgs<T> g, int64_t points, int64_t a_step, int64_t b_step, int64_t c_step,
+                    int nthreads) {
   using UK = typename UkernelFor<T>::type;
-  parallel_for(wino::kPoints, nthreads, [&](int64_t xi) {
+  parallel_for(points, nthreads, [&](int64_t xi) {
     GemmArgs<T> a = g;
     a.a += xi * a_step;
     a.b += xi * b_step;
@@ -545,16 +696,16 @@ void winograd_gemms(GemmArgs<T> g, int64_t a_step, int64_t b_step, int64_t c_ste
 // v and m are null here.
 template <typename T>
 struct WinogradBuffers {
-  int64_t chunk, u_stride, v_stride, m_stride;
+  int64_t points, chunk, u_stride, v_stride, m_stride;
   T *u, *v, *m;
   T* db_part;  // u_per_task: nthreads rows of cout partial bias sums, else null
   bool tasks;
 
   // With tasks: the calling thread's V (returned) and M (in *task_m), from its task_data slot.
   T* task_v(T** task_m) const {
-    T* tv = static_cast<T*>(workspace(WorkspaceSlot::task_data,
-                                      wino::kPoints * (v_stride + m_stride) * int64_t(sizeof(T))));
-    *task_m = tv + wino::kPoints * v_stride;
+    T* tv = static_cast<T*>(
+        workspace(WorkspaceSlot::task_data, points * (v_stride + m_stride) * int64_t(sizeof(T))));
+    *task_m = tv + points * v_stride;
     return tv;
   }
 };
@@ -578,11 +729,12 @@ struct WinogradBuffers {
 // where the L2 rule below applies: chunks of one image (1.2 MB) everywhere ran 64->64 32x32 N32
 // forward in 3.74-3.85 ms but 64->64 56x56 N4 in 2.27 and backward-weights of the former in
 // 5.38-5.52, so one-image chunks are taken only where they fit in L2, forward and backward-data.
-template <typename T>
+template <class F, typename T>
 WinogradBuffers<T> winograd_buffers(int64_t n, int64_t cin, int64_t cout, int64_t per, int nthreads,
                                     bool allow_tasks, bool u_per_task = false) {
-  const int64_t per_image = wino::kPoints * (cin + cout) * per * static_cast<int64_t>(sizeof(T));
+  const int64_t per_image = F::kPoints * (cin + cout) * per * static_cast<int64_t>(sizeof(T));
   WinogradBuffers<T> b;
+  b.points = F::kPoints;
   b.chunk = max64(1, min64(n, max64(wino::kChunkBytes / max64(1, per_image),
                                     ceil_div(wino::kMinChunkTiles, per))));
   b.tasks = allow_tasks && nthreads > 1 && n >= nthreads;
@@ -595,7 +747,7 @@ WinogradBuffers<T> winograd_buffers(int64_t n, int64_t cin, int64_t cout, int64_
   // Backward-weights keeps the larger chunks: each chunk adds into all of dU, and one-image chunks
   // took its 64->64 32x32 N32 from 4.89-5.24 to 5.38-5.52 ms.
   if (b.tasks && !u_per_task) {
-    const int64_t u_bytes = wino::kPoints * cin * cout * static_cast<int64_t>(sizeof(T));
+    const int64_t u_bytes = F::kPoints * cin * cout * static_cast<int64_t>(sizeof(T));
     const int64_t fit = (cpu_info().l2 - u_bytes) / max64(1, per_image);
     if (fit >= 1 && fit * per >= wino::kL2ChunkMinTiles) b.chunk = min64(b.chunk, fit);
   }
@@ -609,24 +761,24 @@ WinogradBuffers<T> winograd_buffers(int64_t n, int64_t cin, int64_t cout, int64_
   const int64_t u_copies = b.tasks && u_per_task ? nthreads : 1;
   const int64_t db_elems = u_copies > 1 ? round_up(nthreads * cout, 16) : 0;
   const int64_t total =
-      wino::kPoints * (u_copies * b.u_stride + (b.tasks ? 0 : b.v_stride + b.m_stride)) + db_elems;
+      F::kPoints * (u_copies * b.u_stride + (b.tasks ? 0 : b.v_stride + b.m_stride)) + db_elems;
   b.u = static_cast<T*>(
       workspace(WorkspaceSlot::op_scratch, total * static_cast<int64_t>(sizeof(T))));
-  b.v = b.tasks ? nullptr : b.u + wino::kPoints * b.u_stride;
-  b.m = b.tasks ? nullptr : b.v + wino::kPoints * b.v_stride;
+  b.v = b.tasks ? nullptr : b.u + F::kPoints * b.u_stride;
+  b.m = b.tasks ? nullptr : b.v + F::kPoints * b.v_stride;
   b.db_part = db_elems > 0 ? b.u + total - db_elems : nullptr;
   return b;
 }
 
 // One chunk of nimg images: V (in v) from src, the 36 GEMMs into m, y from m, on `nthreads`.
-template <typename T>
+template <class F, typename T>
 void winograd_chunk(const T* src, int64_t nimg, int64_t cin, int64_t hin, int64_t win, int64_t ph,
                     int64_t pw, const WinogradBuffers<T>& bf, T* v, T* m, int64_t cout,
                     const T* bias, T* dst, int64_t ho, int64_t wo, int nthreads) {
   using V = typename VecOf<T>::type;
-  const int64_t th = ceil_div(ho, wino::kM), tw = ceil_div(wo, wino::kM);
+  const int64_t th = ceil_div(ho, F::kM), tw = ceil_div(wo, F::kM);
   const int64_t ttot = nimg * th * tw;
-  winograd_input<V>(src, nimg, cin, hin, win, ph, pw, th, tw, v, bf.v_stride, nthreads);
+  winograd_input<F, V>(src, nimg, cin, hin, win, ph, pw, th, tw, v, bf.v_stride, nthreads);
   GemmArgs<T> g;
   g.m = cout;
   g.n = ttot;
@@ -639,14 +791,14 @@ void winograd_chunk(const T* src, int64_t nimg, int64_t cin, int64_t hin, int64_
   g.cs_b = 1;
   g.c = m;
   g.rs_c = ttot;
-  winograd_gemms(g, bf.u_stride, bf.v_stride, bf.m_stride, nthreads);
-  winograd_output<V>(m, bf.m_stride, nimg, cout, ho, wo, th, tw, bias, dst, nthreads);
+  winograd_gemms(g, F::kPoints, bf.u_stride, bf.v_stride, bf.m_stride, nthreads);
+  winograd_output<F, V>(m, bf.m_stride, nimg, cout, ho, wo, th, tw, bias, dst, nthreads);
 }
 
 // dst (N, cout, ho, wo) = the stride-1 3x3 convolution of src (N, cin, hin, win) with the
 // transformed filters in bf.u (u[xi][cout][cin]) and padding (ph, pw) [+ bias];
 // ho = hin + 2 ph - 2.
-template <typename T>
+template <class F, typename T>
 void winograd_conv(const T* src, int64_t n, int64_t cin, int64_t hin, int64_t win, int64_t ph,
                    int64_t pw, const WinogradBuffers<T>& bf, int64_t cout, const T* bias, T* dst,
                    int64_t ho, int64_t wo, int nthreads) {
@@ -656,51 +808,52 @@ void winograd_conv(const T* src, int64_t n, int64_t cin, int64_t hin, int64_t wi
       const int64_t n0 = task * bf.chunk, nimg = min64(bf.chunk, n - n0);
       T* m = nullptr;
       T* v = bf.task_v(&m);
-      winograd_chunk(src + n0 * in_img, nimg, cin, hin, win, ph, pw, bf, v, m, cout, bias,
-                     dst + n0 * out_img, ho, wo, 1);
+      winograd_chunk<F>(src + n0 * in_img, nimg, cin, hin, win, ph, pw, bf, v, m, cout, bias,
+                        dst + n0 * out_img, ho, wo, 1);
     });
     return;
   }
   for (int64_t n0 = 0; n0 < n; n0 += bf.chunk) {
-    winograd_chunk(src + n0 * in_img, min64(bf.chunk, n - n0), cin, hin, win, ph, pw, bf, bf.v,
-                   bf.m, cout, bias, dst + n0 * out_img, ho, wo, nthreads);
+    winograd_chunk<F>(src + n0 * in_img, min64(bf.chunk, n - n0), cin, hin, win, ph, pw, bf, bf.v,
+                      bf.m, cout, bias, dst + n0 * out_img, ho, wo, nthreads);
   }
 }
 
 // Forward: false (y unspecified) when the result is not all finite; the caller then runs direct.
-template <typename T>
+template <class F, typename T>
 bool winograd_forward(const Conv2d& cv, const T* x, const T* w, const T* b, T* y) {
   using V = typename VecOf<T>::type;
-  const int64_t per = ceil_div(cv.p, wino::kM) * ceil_div(cv.q, wino::kM);
-  const WinogradBuffers<T> bf = winograd_buffers<T>(cv.n, cv.c, cv.k, per, cv.nthreads, true);
-  winograd_filters<V>(w, cv.k, cv.c, false, bf.u, bf.u_stride, cv.nthreads);
-  winograd_conv(x, cv.n, cv.c, cv.h, cv.w, cv.ph, cv.pw, bf, cv.k, b, y, cv.p, cv.q, cv.nthreads);
+  const int64_t per = ceil_div(cv.p, F::kM) * ceil_div(cv.q, F::kM);
+  const WinogradBuffers<T> bf = winograd_buffers<F, T>(cv.n, cv.c, cv.k, per, cv.nthreads, true);
+  winograd_filters<F, V>(w, cv.k, cv.c, false, bf.u, bf.u_stride, cv.nthreads);
+  winograd_conv<F>(x, cv.n, cv.c, cv.h, cv.w, cv.ph, cv.pw, bf, cv.k, b, y, cv.p, cv.q,
+                   cv.nthreads);
   return all_finite(y, cv.n * cv.k * cv.p * cv.q);
 }
 
 // Backward-data: the forward Winograd of dY with the flipped filters and padding 2 - pad.
-template <typename T>
+template <class F, typename T>
 bool winograd_backward_data(const Conv2d& cv, const T* dy, const T* w, T* dx) {
   using V = typename VecOf<T>::type;
-  const int64_t per = ceil_div(cv.h, wino::kM) * ceil_div(cv.w, wino::kM);
-  const WinogradBuffers<T> bf = winograd_buffers<T>(cv.n, cv.k, cv.c, per, cv.nthreads, true);
-  winograd_filters<V>(w, cv.k, cv.c, true, bf.u, bf.u_stride, cv.nthreads);
-  winograd_conv(dy, cv.n, cv.k, cv.p, cv.q, 2 - cv.ph, 2 - cv.pw, bf, cv.c,
-                static_cast<const T*>(nullptr), dx, cv.h, cv.w, cv.nthreads);
+  const int64_t per = ceil_div(cv.h, F::kM) * ceil_div(cv.w, F::kM);
+  const WinogradBuffers<T> bf = winograd_buffers<F, T>(cv.n, cv.k, cv.c, per, cv.nthreads, true);
+  winograd_filters<F, V>(w, cv.k, cv.c, true, bf.u, bf.u_stride, cv.nthreads);
+  winograd_conv<F>(dy, cv.n, cv.k, cv.p, cv.q, 2 - cv.ph, 2 - cv.pw, bf, cv.c,
+                   static_cast<const T*>(nullptr), dx, cv.h, cv.w, cv.nthreads);
   return all_finite(dx, cv.n * cv.c * cv.h * cv.w);
 }
 
 // One chunk of backward-weights: V of x and dM of dy (in v and m), then du[xi] (+)= dM[xi] .
 // V[xi]^T (beta 0 for the first chunk of du), and db += the tile sums of dM at xi = (1, 1).
-template <typename T>
+template <class F, typename T>
 void winograd_weights_chunk(const Conv2d& cv, const T* x, const T* dy, int64_t nimg,
                             const WinogradBuffers<T>& bf, T* v, T* m, T* du, bool first, T* db,
                             int nthreads) {
   using V = typename VecOf<T>::type;
-  const int64_t th = ceil_div(cv.p, wino::kM), tw = ceil_div(cv.q, wino::kM);
+  const int64_t th = ceil_div(cv.p, F::kM), tw = ceil_div(cv.q, F::kM);
   const int64_t ttot = nimg * th * tw;
-  winograd_input<V>(x, nimg, cv.c, cv.h, cv.w, cv.ph, cv.pw, th, tw, v, bf.v_stride, nthreads);
-  winograd_grad_input<V>(dy, nimg, cv.k, cv.p, cv.q, th, tw, m, bf.m_stride, nthreads);
+  winograd_input<F, V>(x, nimg, cv.c, cv.h, cv.w, cv.ph, cv.pw, th, tw, v, bf.v_stride, nthreads);
+  winograd_grad_input<F, V>(dy, nimg, cv.k, cv.p, cv.q, th, tw, m, bf.m_stride, nthreads);
   GemmArgs<T> g;
   g.m = cv.k;
   g.n = cv.c;
@@ -714,9 +867,9 @@ void winograd_weights_chunk(const Conv2d& cv, const T* x, const T* dy, int64_t n
   g.c = du;
   g.rs_c = cv.c;
   g.beta = first ? T(0) : T(1);
-  winograd_gemms(g, bf.m_stride, bf.v_stride, bf.u_stride, nthreads);
+  winograd_gemms(g, F::kPoints, bf.m_stride, bf.v_stride, bf.u_stride, nthreads);
   if (db != nullptr) {
-    const T* sums = m + (1 * 6 + 1) * bf.m_stride;
+    const T* sums = m + (1 * F::kAlpha + 1) * bf.m_stride;
     for (int64_t k = 0; k < cv.k; ++k) {
       T acc = T(0);
       for (int64_t t = 0; t < ttot; ++t) acc += sums[k * ttot + t];
@@ -729,18 +882,19 @@ void winograd_weights_chunk(const Conv2d& cv, const T* x, const T* dy, int64_t n
 // sum over tiles of dM at xi = (1, 1) (AT's column 1, the point 1, is all ones, so that point of a
 // tile is the sum of its 16 dY values). With tasks (winograd_buffers), thread t sums chunks t,
 // t + threads, ... into a dU and db of its own, added in thread order at the end.
-template <typename T>
+template <class F, typename T>
 bool winograd_backward_weights(const Conv2d& cv, const T* x, const T* dy, T* dw, T* db) {
   using V = typename VecOf<T>::type;
-  const int64_t per = ceil_div(cv.p, wino::kM) * ceil_div(cv.q, wino::kM);
-  const WinogradBuffers<T> bf = winograd_buffers<T>(cv.n, cv.c, cv.k, per, cv.nthreads, true, true);
+  const int64_t per = ceil_div(cv.p, F::kM) * ceil_div(cv.q, F::kM);
+  const WinogradBuffers<T> bf =
+      winograd_buffers<F, T>(cv.n, cv.c, cv.k, per, cv.nthreads, true, true);
   const int64_t x_img = cv.c * cv.h * cv.w, dy_img = cv.k * cv.p * cv.q;
   if (db != nullptr) {
     for (int64_t k = 0; k < cv.k; ++k) db[k] = T(0);
   }
   if (bf.tasks) {
     const int nt = cv.nthreads;
-    const int64_t chunks = ceil_div(cv.n, bf.chunk), u_size = wino::kPoints * bf.u_stride;
+    const int64_t chunks = ceil_div(cv.n, bf.chunk), u_size = F::kPoints * bf.u_stride;
     T* db_part = bf.db_part;  // not pack_aux: the transforms take that slot
     for (int64_t i = 0; i < nt * cv.k; ++i) db_part[i] = T(0);
     parallel_for(nt, nt, [&](int64_t t) {
@@ -750,12 +904,13 @@ bool winograd_backward_weights(const Conv2d& cv, const T* x, const T* dy, T* dw,
       bool first = true;
       for (int64_t j = t; j < chunks; j += nt, first = false) {
         const int64_t n0 = j * bf.chunk;
-        winograd_weights_chunk(cv, x + n0 * x_img, dy + n0 * dy_img, min64(bf.chunk, cv.n - n0), bf,
-                               v, m, du, first, db != nullptr ? db_part + t * cv.k : nullptr, 1);
+        winograd_weights_chunk<F>(cv, x + n0 * x_img, dy + n0 * dy_img, min64(bf.chunk, cv.n - n0),
+                                  bf, v, m, du, first, db != nullptr ? db_part + t * cv.k : nullptr,
+                                  1);
       }
       if (first) std::memset(du, 0, u_size * sizeof(T));  // no chunk: adds nothing
     });
-    parallel_for(wino::kPoints, nt, [&](int64_t xi) {
+    parallel_for(F::kPoints, nt, [&](int64_t xi) {
       T* d0 = bf.u + xi * bf.u_stride;
       for (int t = 1; t < nt; ++t) {
         const T* dt = d0 + t * u_size;
@@ -769,12 +924,33 @@ bool winograd_backward_weights(const Conv2d& cv, const T* x, const T* dy, T* dw,
     }
   } else {
     for (int64_t n0 = 0; n0 < cv.n; n0 += bf.chunk) {
-      winograd_weights_chunk(cv, x + n0 * x_img, dy + n0 * dy_img, min64(bf.chunk, cv.n - n0), bf,
-                             bf.v, bf.m, bf.u, n0 == 0, db, cv.nthreads);
+      winograd_weights_chunk<F>(cv, x + n0 * x_img, dy + n0 * dy_img, min64(bf.chunk, cv.n - n0),
+                                bf, bf.v, bf.m, bf.u, n0 == 0, db, cv.nthreads);
     }
   }
-  winograd_filters_backward<V>(bf.u, cv.k, cv.c, bf.u_stride, dw, cv.nthreads);
+  winograd_filters_backward<F, V>(bf.u, cv.k, cv.c, bf.u_stride, dw, cv.nthreads);
   return all_finite(dw, cv.k * cv.c * 9) && (db == nullptr || all_finite(db, cv.k));
+}
+
+// The passes for a tile chosen at run time (winograd_tile; not none).
+template <typename T>
+bool winograd_forward(WinogradTile tile, const Conv2d& cv, const T* x, const T* w, const T* b,
+                      T* y) {
+  return tile == WinogradTile::f2x2 ? winograd_forward<F2x2>(cv, x, w, b, y)
+                                    : winograd_forward<F4x4>(cv, x, w, b, y);
+}
+
+template <typename T>
+bool winograd_backward_data(WinogradTile tile, const Conv2d& cv, const T* dy, const T* w, T* dx) {
+  return tile == WinogradTile::f2x2 ? winograd_backward_data<F2x2>(cv, dy, w, dx)
+                                    : winograd_backward_data<F4x4>(cv, dy, w, dx);
+}
+
+template <typename T>
+bool winograd_backward_weights(WinogradTile tile, const Conv2d& cv, const T* x, const T* dy, T* dw,
+                               T* db) {
+  return tile == WinogradTile::f2x2 ? winograd_backward_weights<F2x2>(cv, x, dy, dw, db)
+                                    : winograd_backward_weights<F4x4>(cv, x, dy, dw, db);
 }
 
 }  // namespace

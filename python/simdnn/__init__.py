@@ -15,7 +15,8 @@ package is a thin layer over it.
   under ``mpiexec``); mpi4py is imported only when it is used.
 - :func:`use_backend`: run the same model on the native kernels or on the NumPy twins.
 - :class:`conv_algorithm` / :func:`get_conv_algorithm`: the convolution algorithm ("auto",
-  "direct" or "winograd") of the layers that name none, per thread, as a context manager.
+  "direct", "winograd" or "winograd_2x2") of the layers that name none, per thread, as a
+  context manager.
 - :func:`cpu_info`, :func:`set_num_threads`, :func:`set_isa`: what runs, and on how many threads;
   :func:`set_flush_denormal`: denormals flushed to zero in the kernels (off by default).
 

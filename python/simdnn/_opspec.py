@@ -145,9 +145,11 @@ def conv_args(
 
 # The convolution algorithms of conv2d and its two backward passes: "auto" lets the native code
 # choose (Winograd for eligible layers with enough channels, else direct), "direct" is the exact
-# implicit-GEMM path, "winograd" forces Winograd F(4x4, 3x3) (ValueError where not eligible).
-CONV_ALGORITHMS: tuple[str, ...] = ("auto", "direct", "winograd")
-_ALGORITHM_LIST = "'auto', 'direct' or 'winograd'"
+# implicit-GEMM path, "winograd" forces Winograd F(4x4, 3x3) and "winograd_2x2" Winograd F(2x2,
+# 3x3) (ValueError where not eligible; both need the same geometry).
+CONV_ALGORITHMS: tuple[str, ...] = ("auto", "direct", "winograd", "winograd_2x2")
+WINOGRAD_ALGORITHMS: tuple[str, ...] = ("winograd", "winograd_2x2")
+_ALGORITHM_LIST = "'auto', 'direct', 'winograd' or 'winograd_2x2'"
 
 
 def conv_algorithm_arg(value: object, fn: str, name: str = "algorithm") -> str:
@@ -167,10 +169,12 @@ def winograd_ineligibility(
     dilation: tuple[int, int],
     groups: int,
     backward_data: bool = False,
+    algorithm: str = "winograd",
 ) -> str | None:
-    """Why Winograd F(4x4, 3x3) cannot run this (checked) geometry, or None when it can: it
-    needs a 3x3 kernel, stride 1, dilation 1 and groups 1, and for backward-data (the forward
-    algorithm with padding 2 - padding) a padding of at most 2."""
+    """Why Winograd (``algorithm``, either tile: the geometry is the same) cannot run this
+    (checked) geometry, or None when it can: it needs a 3x3 kernel, stride 1, dilation 1 and
+    groups 1, and for backward-data (the forward algorithm with padding 2 - padding) a padding of
+    at most 2."""
     r, s = w_shape[-2], w_shape[-1]
     reasons = []
     if (r, s) != (3, 3):
@@ -188,7 +192,7 @@ def winograd_ineligibility(
     need = "a 3x3 kernel, stride 1, dilation 1 and groups 1"
     if backward_data:
         need += " (and padding <= 2 for backward-data)"
-    return f"algorithm='winograd' needs {need}, got {', '.join(reasons)}"
+    return f"algorithm={algorithm!r} needs {need}, got {', '.join(reasons)}"
 
 
 def winograd_eligible(

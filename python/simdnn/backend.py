@@ -11,7 +11,7 @@ The choice is per thread, so overlapping blocks in two threads never leak into e
 thread that never chose uses the process default, :func:`set_default_backend`.
 
 :class:`conv_algorithm` chooses, the same way, the algorithm of the convolutions ("auto",
-"direct" or "winograd") for the layers and functional calls that name none.
+"direct", "winograd" or "winograd_2x2") for the layers and functional calls that name none.
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ _conv_algorithm: contextvars.ContextVar[str] = contextvars.ContextVar(
 
 def get_conv_algorithm() -> str:
     """The convolution algorithm the calling context's layers use when they name none:
-    ``"auto"`` (the default), ``"direct"`` or ``"winograd"`` (see :class:`conv_algorithm`)."""
+    ``"auto"`` (the default), ``"direct"``, ``"winograd"`` or ``"winograd_2x2"`` (see
+    :class:`conv_algorithm`)."""
     return _conv_algorithm.get()
 
 
@@ -101,12 +102,14 @@ class conv_algorithm:
         with simdnn.conv_algorithm("direct"):
             y = model(x)  # every convolution on the exact direct path
 
-    ``"auto"`` (the default) lets the native code choose: Winograd F(4x4, 3x3) for 3x3, stride
-    1, dilation 1, groups 1 layers with enough channels, else direct. ``"direct"`` forces the
-    exact path. ``"winograd"`` runs Winograd wherever the geometry allows it and direct
-    elsewhere (an explicit ``algorithm="winograd"`` on a layer or call is strict instead: a
-    ValueError where it cannot run). The algorithm is fixed when the forward pass runs: the
-    backward pass of a tape recorded inside the block uses it even after the block has ended.
+    ``"auto"`` (the default) lets the native code choose: Winograd for 3x3, stride 1, dilation
+    1, groups 1 layers with enough channels (F(4x4, 3x3), or F(2x2, 3x3) on layers too wide for
+    F(4x4)'s error bound), else direct. ``"direct"`` forces the exact path. ``"winograd"``
+    (F(4x4, 3x3)) and ``"winograd_2x2"`` (F(2x2, 3x3)) run that Winograd wherever the geometry
+    allows it and direct elsewhere (an explicit ``algorithm="winograd"`` on a layer or call is
+    strict instead: a ValueError where it cannot run). The algorithm is fixed when the forward
+    pass runs: the backward pass of a tape recorded inside the block uses it even after the
+    block has ended.
 
     The choice is a :mod:`contextvars` variable: per thread (a new thread starts at "auto") and
     per asyncio task.

@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from . import init as _init
-from ._opspec import IntPair, conv_algorithm_arg, conv_args, winograd_ineligibility
+from ._opspec import (
+    WINOGRAD_ALGORITHMS,
+    IntPair,
+    conv_algorithm_arg,
+    conv_args,
+    winograd_ineligibility,
+)
 from .autograd import Array, Tensor, add, as_array, grad_sink, record
 from .backend import backend_ops, get_conv_algorithm
 
@@ -165,14 +171,15 @@ def _conv_algorithms(
     algorithm: str | None, w_shape: tuple[int, ...], geometry: tuple[Any, ...], fn: str
 ) -> tuple[str, str, str]:
     """The algorithms of the (forward, backward-data, backward-weights) passes: an explicit
-    ``algorithm`` for all three (checked: "winograd" is strict, the op raises where it cannot
-    run); None takes the context's (:func:`simdnn.conv_algorithm`), where "winograd" means
-    "wherever the geometry allows it" and each pass that cannot run it runs "direct"."""
+    ``algorithm`` for all three (checked: "winograd" and "winograd_2x2" are strict, the op
+    raises where they cannot run); None takes the context's (:func:`simdnn.conv_algorithm`),
+    where they mean "wherever the geometry allows it" and each pass that cannot run it runs
+    "direct"."""
     if algorithm is not None:
         algorithm = conv_algorithm_arg(algorithm, fn)
         return algorithm, algorithm, algorithm
     chosen = get_conv_algorithm()
-    if chosen != "winograd":
+    if chosen not in WINOGRAD_ALGORITHMS:
         return chosen, chosen, chosen
     try:
         st, pad, dil, groups = conv_args(*geometry, fn)
@@ -181,7 +188,7 @@ def _conv_algorithms(
     if len(w_shape) != 4 or winograd_ineligibility(w_shape, st, pad, dil, groups) is not None:
         return "direct", "direct", "direct"
     bd_ok = winograd_ineligibility(w_shape, st, pad, dil, groups, backward_data=True) is None
-    return "winograd", "winograd" if bd_ok else "direct", "winograd"
+    return chosen, chosen if bd_ok else "direct", chosen
 
 
 def conv2d(
@@ -199,7 +206,8 @@ def conv2d(
     Backward: dX by the backward-data kernel (only when x needs it), dW and db together by the
     backward-weights kernel.
 
-    ``algorithm`` ("auto", "direct" or "winograd", see :func:`simdnn.ops.conv2d`) applies to the
+    ``algorithm`` ("auto", "direct", "winograd" or "winograd_2x2", see
+    :func:`simdnn.ops.conv2d`) applies to the
     forward pass and both backward passes; None (the default) takes the current
     :func:`simdnn.conv_algorithm`, read once, here: the backward passes use what the forward
     pass chose.
@@ -258,7 +266,8 @@ def conv1d(
 ) -> Tensor:
     """Shape: x (N, C, L), weight (K, C/groups, S), bias (K,) -> (N, K, Q), on the 2-D kernels
     with a height of 1. ``algorithm`` as in :func:`conv2d` (a 1 x S kernel never runs
-    Winograd: an explicit "winograd" is refused, the context's runs direct)."""
+    Winograd: an explicit "winograd" or "winograd_2x2" is refused, the context's runs
+    direct)."""
     fn = "conv1d"
     wshape = as_array(weight).shape
     if len(wshape) != 3:

@@ -100,7 +100,8 @@ def gemm(
 # ------------------------------------------------------------------------------------------------
 # Convolution (NCHW). stride, padding and dilation take an int or an (h, w) pair, as in PyTorch.
 # algorithm: "auto" (the native code chooses: Winograd F(4x4, 3x3) for eligible layers with
-# enough channels, else direct), "direct" (the exact implicit-GEMM path) or "winograd" (forced;
+# enough channels, F(2x2, 3x3) for the wider of them, else direct), "direct" (the exact
+# implicit-GEMM path), "winograd" or "winograd_2x2" (F(4x4, 3x3) or F(2x2, 3x3), forced;
 # ValueError unless the kernel is 3x3 with stride 1, dilation 1 and groups 1, and for
 # backward-data padding <= 2). The name is checked here (as by the twins), the geometry natively.
 
@@ -135,9 +136,9 @@ def conv2d(
           P = (H + 2 * padding[0] - dilation[0] * (R - 1) - 1) // stride[0] + 1, Q likewise.
         - out: (N, K, P, Q) or None
 
-    ``algorithm`` picks the implementation: "auto" (default), "direct" or "winograd" (see
-    above); a Winograd result that is not all finite is recomputed by the direct path, so NaN
-    and Inf land where the direct convolution puts them.
+    ``algorithm`` picks the implementation: "auto" (default), "direct", "winograd" or
+    "winograd_2x2" (see above); a Winograd result that is not all finite is recomputed by the
+    direct path, so NaN and Inf land where the direct convolution puts them.
 
     ``out``, when given, receives the result and is returned, as NumPy's ``out=``: an array of
     x's dtype (exactly: not byte-swapped) and the result's shape, any strides; it may share

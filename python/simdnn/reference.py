@@ -54,8 +54,12 @@ __all__ = [
 ]
 
 # Beyond the twins of simdnn.ops (the list above, simdnn._opspec.NAMES): the Winograd F(4x4, 3x3)
-# convolutions that algorithm="winograd" runs, and their transform matrices.
+# and F(2x2, 3x3) convolutions that algorithm="winograd" and "winograd_2x2" run, and their
+# transform matrices.
 __all__ += [
+    "WINOGRAD_2X2_AT",
+    "WINOGRAD_2X2_BT",
+    "WINOGRAD_2X2_G",
     "WINOGRAD_AT",
     "WINOGRAD_BT",
     "WINOGRAD_G",
@@ -224,13 +228,14 @@ def conv2d(
 
     Depthwise convolutions (groups == C == K) are one multiply-add of whole strided views per
     kernel tap: a matmul per single-channel group would be far slower. ``algorithm="winograd"``
-    runs :func:`conv2d_winograd` (ValueError where the geometry is not eligible); "auto" and
-    "direct" both run the exact direct convolution here.
+    runs :func:`conv2d_winograd` and "winograd_2x2" the same with ``tile=2`` (ValueError where
+    the geometry is not eligible); "auto" and "direct" both run the exact direct convolution
+    here.
     """
     st, pad, dil, groups = conv_args(stride, padding, dilation, groups, "conv2d")
-    winograd = conv_algorithm_arg(algorithm, "conv2d") == "winograd"
+    winograd = _WINOGRAD_TILES.get(conv_algorithm_arg(algorithm, "conv2d"), 0)
     if winograd:
-        _check_winograd(w.shape, st, pad, dil, groups, "conv2d")
+        _check_winograd(w.shape, st, pad, dil, groups, "conv2d", algorithm=algorithm)
     if out is not None:
         shape = conv2d_output_shape(x.shape, w.shape, st, pad, dil)
         check_output(out, x.dtype, shape, "conv2d", "out", "x's")
@@ -247,10 +252,10 @@ def _conv2d(
     pad: tuple[int, int],
     dil: tuple[int, int],
     groups: int,
-    winograd: bool,
+    winograd: int,
 ) -> np.ndarray:
     if winograd:
-        return conv2d_winograd(x, w, b, pad)
+        return conv2d_winograd(x, w, b, pad, tile=winograd)
     n = x.shape[0]
     k, cg, r, s = w.shape
     if _is_depthwise(x.shape[1], k, groups):
@@ -283,13 +288,17 @@ def conv2d_backward_data(
 ) -> np.ndarray:
     """Shape: dy (N, K, P, Q), w (K, C/groups, R, S) -> dx of x_shape (N, C, H, W).
 
-    ``algorithm="winograd"`` runs :func:`conv2d_winograd_backward_data`; "auto" and "direct"
-    the exact direct pass."""
+    ``algorithm="winograd"`` runs :func:`conv2d_winograd_backward_data` and "winograd_2x2" the
+    same with ``tile=2``; "auto" and "direct" the exact direct pass."""
     fn = "conv2d_backward_data"
     (sh, sw), (ph, pw), (dh, dw), groups = conv_args(stride, padding, dilation, groups, fn)
-    if conv_algorithm_arg(algorithm, fn) == "winograd":
-        _check_winograd(w.shape, (sh, sw), (ph, pw), (dh, dw), groups, fn, backward_data=True)
-        return conv2d_winograd_backward_data(dy, w, x_shape, (ph, pw))
+    tile = _WINOGRAD_TILES.get(conv_algorithm_arg(algorithm, fn), 0)
+    if tile:
+        _check_winograd(
+            w.shape, (sh, sw), (ph, pw), (dh, dw), groups, fn, backward_data=True,
+            algorithm=algorithm,
+        )  # fmt: skip
+        return conv2d_winograd_backward_data(dy, w, x_shape, (ph, pw), tile=tile)
     n, c, h, wd = x_shape
     k, cg, r, s = w.shape
     p, q = dy.shape[-2:]
@@ -325,13 +334,14 @@ def conv2d_backward_weights(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Shape: x (N, C, H, W), dy (N, K, P, Q) -> (dw of w_shape (K, C/groups, R, S), db (K,)).
 
-    ``algorithm="winograd"`` runs :func:`conv2d_winograd_backward_weights`; "auto" and
-    "direct" the exact direct pass."""
+    ``algorithm="winograd"`` runs :func:`conv2d_winograd_backward_weights` and "winograd_2x2"
+    the same with ``tile=2``; "auto" and "direct" the exact direct pass."""
     fn = "conv2d_backward_weights"
     st, pad, dil, groups = conv_args(stride, padding, dilation, groups, fn)
-    if conv_algorithm_arg(algorithm, fn) == "winograd":
-        _check_winograd(tuple(w_shape), st, pad, dil, groups, fn)
-        return conv2d_winograd_backward_weights(x, dy, w_shape, pad)
+    tile = _WINOGRAD_TILES.get(conv_algorithm_arg(algorithm, fn), 0)
+    if tile:
+        _check_winograd(tuple(w_shape), st, pad, dil, groups, fn, algorithm=algorithm)
+        return conv2d_winograd_backward_weights(x, dy, w_shape, pad, tile=tile)
     n = x.shape[0]
     k, cg, r, s = w_shape
     if _is_depthwise(x.shape[1], k, groups):
@@ -396,9 +406,33 @@ WINOGRAD_AT = np.array(
     ],
     dtype=np.float64,
 )
-for _m in (WINOGRAD_BT, WINOGRAD_G, WINOGRAD_AT):
+# F(2x2, 3x3) (Lavin & Gray; points 0, 1, -1 and infinity): each 2x2 output tile from a 4x4 input
+# patch with 16 multiplications per channel pair instead of 36 (2.25x fewer, against F(4x4)'s
+# 4x). Its matrices hold only 0, +-1 and 1/2, so its float32 error stays near direct
+# convolution's at any channel count, where F(4x4)'s grows past 10x of it beyond 128 channels
+# (README, "Convolution algorithms"). Same formulas as above with m = 2, alpha = 4.
+WINOGRAD_2X2_BT = np.array(
+    [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64
+)
+WINOGRAD_2X2_G = np.array(
+    [[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]], dtype=np.float64
+)
+WINOGRAD_2X2_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
+for _m in (WINOGRAD_BT, WINOGRAD_G, WINOGRAD_AT, WINOGRAD_2X2_BT, WINOGRAD_2X2_G, WINOGRAD_2X2_AT):
     _m.flags.writeable = False
 del _m
+
+# The output tile (m) of each Winograd algorithm name.
+_WINOGRAD_TILES = {"winograd": 4, "winograd_2x2": 2}
+
+
+def _winograd_matrices(tile: object, fn: str) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """(m, BT, G, AT) of F(m x m, 3x3) for ``tile`` = m, 4 or 2 (ValueError otherwise)."""
+    if tile.__class__ is not int or tile not in (4, 2):
+        raise ValueError(f"{fn}: tile must be 4 (F(4x4, 3x3)) or 2 (F(2x2, 3x3)), got {tile!r}")
+    if tile == 4:
+        return 4, WINOGRAD_BT, WINOGRAD_G, WINOGRAD_AT
+    return 2, WINOGRAD_2X2_BT, WINOGRAD_2X2_G, WINOGRAD_2X2_AT
 
 
 def _check_winograd(
@@ -409,8 +443,11 @@ def _check_winograd(
     groups: int,
     fn: str,
     backward_data: bool = False,
+    algorithm: str = "winograd",
 ) -> None:
-    reason = winograd_ineligibility(w_shape, stride, padding, dilation, groups, backward_data)
+    reason = winograd_ineligibility(
+        w_shape, stride, padding, dilation, groups, backward_data, algorithm
+    )
     if reason is not None:
         raise ValueError(f"{fn}: {reason}")
 
@@ -436,10 +473,10 @@ def _shape4(shape: object, name: str, fn: str) -> tuple[int, int, int, int]:
 
 
 def _winograd_geometry(
-    h: int, w: int, padding: object, fn: str
+    h: int, w: int, padding: object, fn: str, m: int
 ) -> tuple[tuple[int, int], int, int, int, int]:
     """((ph, pw), P, Q, tiles down, tiles across) of a 3x3 stride-1 convolution of an H x W
-    plane; ValueError when the padded plane is smaller than the kernel."""
+    plane in m x m output tiles; ValueError when the padded plane is smaller than the kernel."""
     ph, pw = int_pair(padding, "padding", fn, 0)
     p, q = h + 2 * ph - 2, w + 2 * pw - 2
     if p < 1 or q < 1:
@@ -447,29 +484,38 @@ def _winograd_geometry(
             f"{fn}: the input plane ({h}, {w}) with padding ({ph}, {pw}) is smaller than the "
             "3x3 kernel"
         )
-    return (ph, pw), p, q, -(-p // 4), -(-q // 4)
+    return (ph, pw), p, q, -(-p // m), -(-q // m)
 
 
-def _winograd_input(x: np.ndarray, padding: tuple[int, int], th: int, tw: int) -> np.ndarray:
-    """V = BT d BT^T of every 6x6 input patch: (N, C, H, W) -> (N, C, TH, TW, 6, 6)."""
+def _winograd_input(
+    x: np.ndarray, padding: tuple[int, int], th: int, tw: int, m: int, bt: np.ndarray
+) -> np.ndarray:
+    """V = BT d BT^T of every (m + 2) x (m + 2) input patch: (N, C, H, W) -> (N, C, TH, TW, a,
+    a), a = m + 2."""
     n, c, h, w = x.shape
     ph, pw = padding
-    # The zero-padded plane covering every tile's patch: 4 * tiles + 2 rows (columns); x fits in
-    # it whole since 4 * tiles >= P = H + 2 ph - 2.
-    xp = np.zeros((n, c, 4 * th + 2, 4 * tw + 2), x.dtype)
+    a = m + 2
+    # The zero-padded plane covering every tile's patch: m * tiles + 2 rows (columns); x fits in
+    # it whole since m * tiles >= P = H + 2 ph - 2.
+    xp = np.zeros((n, c, m * th + 2, m * tw + 2), x.dtype)
     xp[:, :, ph : ph + h, pw : pw + w] = x
     s_n, s_c, s_h, s_w = xp.strides
     d = as_strided(
-        xp, (n, c, th, tw, 6, 6), (s_n, s_c, 4 * s_h, 4 * s_w, s_h, s_w), writeable=False
+        xp, (n, c, th, tw, a, a), (s_n, s_c, m * s_h, m * s_w, s_h, s_w), writeable=False
     )
-    bt = WINOGRAD_BT.astype(x.dtype)
+    bt = bt.astype(x.dtype)
     return np.matmul(np.matmul(bt, d), bt.T)
 
 
 def conv2d_winograd(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, padding: IntPair = 1
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    padding: IntPair = 1,
+    tile: int = 4,
 ) -> np.ndarray:
-    """3x3 convolution (stride 1, dilation 1, groups 1) by Winograd F(4x4, 3x3), in x's dtype.
+    """3x3 convolution (stride 1, dilation 1, groups 1) by Winograd F(m x m, 3x3), m = ``tile``
+    (4, the default, or 2), in x's dtype.
 
     Shape:
         - x: (N, C, H, W)
@@ -477,11 +523,13 @@ def conv2d_winograd(
         - b: (K,) or None
         - result: (N, K, P, Q) with P = H + 2 * padding[0] - 2, Q = W + 2 * padding[1] - 2
 
-    Per image, ceil(P/4) x ceil(Q/4) tiles; for each, ``AT [sum_c (G w[k, c] G^T) *
-    (BT d BT^T)] AT^T`` with d its 6x6 zero-padded input patch, cropped to P x Q (the matrices are
-    :data:`WINOGRAD_BT`, :data:`WINOGRAD_G` and :data:`WINOGRAD_AT`).
+    Per image, ceil(P/m) x ceil(Q/m) tiles; for each, ``AT [sum_c (G w[k, c] G^T) *
+    (BT d BT^T)] AT^T`` with d its (m + 2) x (m + 2) zero-padded input patch, cropped to P x Q
+    (the matrices are :data:`WINOGRAD_BT`, :data:`WINOGRAD_G` and :data:`WINOGRAD_AT` for m = 4,
+    the ``WINOGRAD_2X2_`` ones for m = 2).
     """
     fn = "conv2d_winograd"
+    m, bt, g, at = _winograd_matrices(tile, fn)
     x, w = _float_array(x, "x", fn), _float_array(w, "w", fn)
     n, c, h, wd = x.shape
     k = w.shape[0]
@@ -492,17 +540,18 @@ def conv2d_winograd(
     if b is not None and (not isinstance(b, np.ndarray) or b.shape != (k,) or b.dtype != x.dtype):
         got = f"{b.dtype} {b.shape}" if isinstance(b, np.ndarray) else type(b).__name__
         raise ValueError(f"{fn}: b must be None or a ({k},) array of {x.dtype}, got {got}")
-    pad, p, q, th, tw = _winograd_geometry(h, wd, padding, fn)
-    g = WINOGRAD_G.astype(x.dtype)
-    at = WINOGRAD_AT.astype(x.dtype)
-    u = np.matmul(np.matmul(g, w), g.T)  # (K, C, 6, 6)
-    v = _winograd_input(x, pad, th, tw)  # (N, C, TH, TW, 6, 6)
-    # The channel sum: per tile position (a, b), (K, C) @ (C, N * TH * TW).
-    u36 = u.reshape(k, c, 36).transpose(2, 0, 1)
-    v36 = v.transpose(4, 5, 1, 0, 2, 3).reshape(36, c, n * th * tw)
-    m = np.matmul(u36, v36).reshape(6, 6, k, n, th, tw).transpose(3, 2, 4, 5, 0, 1)
-    tiles = np.matmul(np.matmul(at, m), at.T)  # (N, K, TH, TW, 4, 4)
-    y = tiles.transpose(0, 1, 2, 4, 3, 5).reshape(n, k, 4 * th, 4 * tw)[:, :, :p, :q]
+    pad, p, q, th, tw = _winograd_geometry(h, wd, padding, fn, m)
+    a = m + 2
+    g = g.astype(x.dtype)
+    at = at.astype(x.dtype)
+    u = np.matmul(np.matmul(g, w), g.T)  # (K, C, a, a)
+    v = _winograd_input(x, pad, th, tw, m, bt)  # (N, C, TH, TW, a, a)
+    # The channel sum: per tile position (i, j), (K, C) @ (C, N * TH * TW).
+    u_pts = u.reshape(k, c, a * a).transpose(2, 0, 1)
+    v_pts = v.transpose(4, 5, 1, 0, 2, 3).reshape(a * a, c, n * th * tw)
+    mm = np.matmul(u_pts, v_pts).reshape(a, a, k, n, th, tw).transpose(3, 2, 4, 5, 0, 1)
+    tiles = np.matmul(np.matmul(at, mm), at.T)  # (N, K, TH, TW, m, m)
+    y = tiles.transpose(0, 1, 2, 4, 3, 5).reshape(n, k, m * th, m * tw)[:, :, :p, :q]
     y = np.ascontiguousarray(y)
     if b is not None:
         y += b.reshape(1, k, 1, 1)
@@ -510,11 +559,15 @@ def conv2d_winograd(
 
 
 def conv2d_winograd_backward_data(
-    dy: np.ndarray, w: np.ndarray, x_shape: tuple[int, int, int, int], padding: IntPair = 1
+    dy: np.ndarray,
+    w: np.ndarray,
+    x_shape: tuple[int, int, int, int],
+    padding: IntPair = 1,
+    tile: int = 4,
 ) -> np.ndarray:
-    """Gradient of :func:`conv2d_winograd` with respect to x, by Winograd F(4x4, 3x3): the
-    forward algorithm on dy with the flipped, transposed filters ``w'[c, k] = w[k, c, ::-1, ::-1]``
-    and padding ``2 - padding`` (so padding must be at most 2).
+    """Gradient of :func:`conv2d_winograd` with respect to x, by Winograd F(m x m, 3x3), m =
+    ``tile``: the forward algorithm on dy with the flipped, transposed filters
+    ``w'[c, k] = w[k, c, ::-1, ::-1]`` and padding ``2 - padding`` (so padding must be at most 2).
 
     Shape:
         - dy: (N, K, P, Q) with P = H + 2 * padding[0] - 2, Q = W + 2 * padding[1] - 2
@@ -523,6 +576,7 @@ def conv2d_winograd_backward_data(
         - result: (N, C, H, W), in dy's dtype
     """
     fn = "conv2d_winograd_backward_data"
+    _winograd_matrices(tile, fn)
     dy, w = _float_array(dy, "dy", fn), _float_array(w, "w", fn)
     n, c, h, wd = _shape4(x_shape, "x_shape", fn)
     ph, pw = int_pair(padding, "padding", fn, 0)
@@ -539,16 +593,20 @@ def conv2d_winograd_backward_data(
     if w.dtype != dy.dtype:
         raise TypeError(f"{fn}: w is {w.dtype} but dy is {dy.dtype}; both must have one dtype")
     flipped = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
-    return conv2d_winograd(dy, flipped, None, (2 - ph, 2 - pw))
+    return conv2d_winograd(dy, flipped, None, (2 - ph, 2 - pw), tile=tile)
 
 
 def conv2d_winograd_backward_weights(
-    x: np.ndarray, dy: np.ndarray, w_shape: tuple[int, int, int, int], padding: IntPair = 1
+    x: np.ndarray,
+    dy: np.ndarray,
+    w_shape: tuple[int, int, int, int],
+    padding: IntPair = 1,
+    tile: int = 4,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gradients of :func:`conv2d_winograd` with respect to w and b, by the exact transpose of
-    the forward algorithm: per tile ``dM = AT^T dY AT`` (dY the 4x4 tile of dy, zero beyond
-    P x Q) and ``V = BT d BT^T``; ``dU[k, c] = sum over images and tiles of dM[k] * V[c]``;
-    ``dw[k, c] = G^T dU[k, c] G``; db is the sum of dy over N, P and Q.
+    the forward algorithm (F(m x m, 3x3), m = ``tile``): per tile ``dM = AT^T dY AT`` (dY the
+    m x m tile of dy, zero beyond P x Q) and ``V = BT d BT^T``; ``dU[k, c] = sum over images and
+    tiles of dM[k] * V[c]``; ``dw[k, c] = G^T dU[k, c] G``; db is the sum of dy over N, P and Q.
 
     Shape:
         - x: (N, C, H, W)
@@ -557,27 +615,29 @@ def conv2d_winograd_backward_weights(
         - result: (dw (K, C, 3, 3), db (K,)), in x's dtype
     """
     fn = "conv2d_winograd_backward_weights"
+    m, bt, g, at = _winograd_matrices(tile, fn)
     x, dy = _float_array(x, "x", fn), _float_array(dy, "dy", fn)
     k, c, r, s = _shape4(w_shape, "w_shape", fn)
     n, xc, h, wd = x.shape
     if (c, r, s) != (xc, 3, 3):
         raise ValueError(f"{fn}: w_shape must be (K, {xc}, 3, 3) for x {x.shape}, got {w_shape!r}")
-    pad, p, q, th, tw = _winograd_geometry(h, wd, padding, fn)
+    pad, p, q, th, tw = _winograd_geometry(h, wd, padding, fn, m)
     if dy.shape != (n, k, p, q):
         raise ValueError(f"{fn}: dy must have shape {(n, k, p, q)}, got {dy.shape}")
     if dy.dtype != x.dtype:
         raise TypeError(f"{fn}: dy is {dy.dtype} but x is {x.dtype}; both must have one dtype")
-    g = WINOGRAD_G.astype(x.dtype)
-    at = WINOGRAD_AT.astype(x.dtype)
-    v = _winograd_input(x, pad, th, tw)  # (N, C, TH, TW, 6, 6)
-    dyp = np.zeros((n, k, 4 * th, 4 * tw), x.dtype)
+    a = m + 2
+    g = g.astype(x.dtype)
+    at = at.astype(x.dtype)
+    v = _winograd_input(x, pad, th, tw, m, bt)  # (N, C, TH, TW, a, a)
+    dyp = np.zeros((n, k, m * th, m * tw), x.dtype)
     dyp[:, :, :p, :q] = dy
-    dy_tiles = dyp.reshape(n, k, th, 4, tw, 4).transpose(0, 1, 2, 4, 3, 5)
-    dm = np.matmul(np.matmul(at.T, dy_tiles), at)  # (N, K, TH, TW, 6, 6)
-    # The sum over images and tiles: per tile position (a, b), (K, N TH TW) @ (N TH TW, C).
-    dm36 = dm.transpose(4, 5, 1, 0, 2, 3).reshape(36, k, n * th * tw)
-    v36 = v.transpose(4, 5, 0, 2, 3, 1).reshape(36, n * th * tw, c)
-    du = np.matmul(dm36, v36).reshape(6, 6, k, c).transpose(2, 3, 0, 1)  # (K, C, 6, 6)
+    dy_tiles = dyp.reshape(n, k, th, m, tw, m).transpose(0, 1, 2, 4, 3, 5)
+    dm = np.matmul(np.matmul(at.T, dy_tiles), at)  # (N, K, TH, TW, a, a)
+    # The sum over images and tiles: per tile position (i, j), (K, N TH TW) @ (N TH TW, C).
+    dm_pts = dm.transpose(4, 5, 1, 0, 2, 3).reshape(a * a, k, n * th * tw)
+    v_pts = v.transpose(4, 5, 0, 2, 3, 1).reshape(a * a, n * th * tw, c)
+    du = np.matmul(dm_pts, v_pts).reshape(a, a, k, c).transpose(2, 3, 0, 1)  # (K, C, a, a)
     dw = np.ascontiguousarray(np.matmul(np.matmul(g.T, du), g))
     return dw, dy.sum(axis=(0, 2, 3))
 

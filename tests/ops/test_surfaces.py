@@ -19,6 +19,9 @@ NAMES = sorted(_opspec.SPECS)
 
 
 WINOGRAD_TWINS = [
+    "WINOGRAD_2X2_AT",
+    "WINOGRAD_2X2_BT",
+    "WINOGRAD_2X2_G",
     "WINOGRAD_AT",
     "WINOGRAD_BT",
     "WINOGRAD_G",

@@ -1,5 +1,6 @@
-"""Winograd F(4x4, 3x3) convolutions: the NumPy twins against the direct reference, the native
-kernels (algorithm="winograd") against the twins on every ISA, the choice between algorithms
+"""Winograd F(4x4, 3x3) and F(2x2, 3x3) convolutions: the NumPy twins against the direct
+reference, the native kernels (algorithm="winograd" and "winograd_2x2") against the twins on
+every ISA, the choice between algorithms
 (ops, functional, layers, simdnn.conv_algorithm), non-finite inputs, float32 accuracy and
 gradients through a model.
 
@@ -40,7 +41,10 @@ CASES = [
 ]
 
 
-ALGORITHMS = ("direct", "winograd", "auto")
+ALGORITHMS = ("direct", "winograd", "winograd_2x2", "auto")
+# The Winograd algorithms and their output tiles (the twins' `tile`).
+TILES = {"winograd": 4, "winograd_2x2": 2}
+winograd_algorithms = pytest.mark.parametrize("algorithm", list(TILES))
 
 
 def case_id(case: tuple) -> str:
@@ -76,28 +80,31 @@ def tolerance(dtype: type) -> float:
 # The NumPy twins against the direct reference, in float64.
 
 
+@pytest.mark.parametrize("tile", [4, 2])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_twins_match_the_direct_reference(rng, case, bias):
+def test_twins_match_the_direct_reference(rng, case, bias, tile):
     x, w, b, dy, padding = make(case, F64, rng)
     b = b if bias else None
-    y = reference.conv2d_winograd(x, w, b, padding)
+    y = reference.conv2d_winograd(x, w, b, padding, tile=tile)
     assert y.dtype == F64
     assert_near(y, reference.conv2d(x, w, b, padding=padding), 1e-10, "forward")
-    dx = reference.conv2d_winograd_backward_data(dy, w, x.shape, padding)
+    dx = reference.conv2d_winograd_backward_data(dy, w, x.shape, padding, tile=tile)
     want_dx = reference.conv2d_backward_data(dy, w, x.shape, padding=padding)
     assert_near(dx, want_dx, 1e-10, "backward-data")
-    dw, db = reference.conv2d_winograd_backward_weights(x, dy, w.shape, padding)
+    dw, db = reference.conv2d_winograd_backward_weights(x, dy, w.shape, padding, tile=tile)
     want_dw, want_db = reference.conv2d_backward_weights(x, dy, w.shape, padding=padding)
     assert_near(dw, want_dw, 1e-10, "backward-weights dw")
     assert_near(db, want_db, 1e-12, "backward-weights db")
 
 
-def test_twins_compute_in_the_input_dtype(rng):
+@pytest.mark.parametrize("tile", [4, 2])
+def test_twins_compute_in_the_input_dtype(rng, tile):
     x, w, b, dy, padding = make((2, 3, 4, 9, 6, 1), np.float32, rng)
-    assert reference.conv2d_winograd(x, w, b, padding).dtype == np.float32
-    assert reference.conv2d_winograd_backward_data(dy, w, x.shape, padding).dtype == np.float32
-    dw, db = reference.conv2d_winograd_backward_weights(x, dy, w.shape, padding)
+    assert reference.conv2d_winograd(x, w, b, padding, tile=tile).dtype == np.float32
+    dx = reference.conv2d_winograd_backward_data(dy, w, x.shape, padding, tile=tile)
+    assert dx.dtype == np.float32
+    dw, db = reference.conv2d_winograd_backward_weights(x, dy, w.shape, padding, tile=tile)
     assert dw.dtype == db.dtype == np.float32
 
 
@@ -120,6 +127,22 @@ def test_the_transform_matrices_interpolate_at_the_chosen_points():
     rng = np.random.default_rng(0)
     d, g3 = rng.standard_normal(6), rng.standard_normal(3)
     got = reference.WINOGRAD_AT @ ((reference.WINOGRAD_G @ g3) * (reference.WINOGRAD_BT @ d))
+    np.testing.assert_allclose(got, np.correlate(d, g3, "valid"), rtol=1e-12, atol=1e-12)
+
+
+def test_the_2x2_transform_matrices_interpolate_at_0_1_minus_1_and_infinity():
+    # AT's columns are the powers 0..1 of each finite point; the last, infinity, picks the
+    # leading coefficient with Lavin's sign (-1 here, as BT's last row is d1 - d3).
+    points = [0.0, 1.0, -1.0]
+    at = [[p**i for p in points] + [-1.0 if i == 1 else 0.0] for i in range(2)]
+    np.testing.assert_array_equal(reference.WINOGRAD_2X2_AT, at)
+    for m in (reference.WINOGRAD_2X2_BT, reference.WINOGRAD_2X2_G, reference.WINOGRAD_2X2_AT):
+        assert not m.flags.writeable
+    # F(2, 3) in one dimension: AT [(G g) * (BT d)] is the correlation of d with g.
+    rng = np.random.default_rng(0)
+    d, g3 = rng.standard_normal(4), rng.standard_normal(3)
+    bt, g, at_ = reference.WINOGRAD_2X2_BT, reference.WINOGRAD_2X2_G, reference.WINOGRAD_2X2_AT
+    got = at_ @ ((g @ g3) * (bt @ d))
     np.testing.assert_allclose(got, np.correlate(d, g3, "valid"), rtol=1e-12, atol=1e-12)
 
 
@@ -156,6 +179,14 @@ def _z(*shape: int, dtype: type = F64) -> np.ndarray:
          ValueError, "w_shape"),
         (lambda: reference.conv2d_winograd_backward_weights(_z(*X4), _z(2, 5, 6, 6), W4, 1),
          ValueError, "dy must have shape"),
+        (lambda: reference.conv2d_winograd(_z(*X4), _z(*W4), tile=3), ValueError,
+         "tile must be 4 .* or 2 .*, got 3"),
+        (lambda: reference.conv2d_winograd(_z(*X4), _z(*W4), tile=4.0), ValueError,
+         "tile must be"),
+        (lambda: reference.conv2d_winograd_backward_data(_z(*DY4), _z(*W4), X4, 1, tile=6),
+         ValueError, "tile must be"),
+        (lambda: reference.conv2d_winograd_backward_weights(_z(*X4), _z(*DY4), W4, 1, tile=1),
+         ValueError, "tile must be"),
     ],
 )  # fmt: skip
 def test_twins_name_the_bad_argument(call, exc, words):
@@ -165,34 +196,41 @@ def test_twins_name_the_bad_argument(call, exc, words):
 
 
 # ------------------------------------------------------------------------------------------------
-# The native kernels with algorithm="winograd" against the twins (every ISA, both dtypes).
+# The native kernels with algorithm="winograd" and "winograd_2x2" against the twins (every ISA,
+# both dtypes).
 
 
+@winograd_algorithms
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_native_forward_matches_the_twin(isa, dtype, rng, case, bias):
+def test_native_forward_matches_the_twin(isa, dtype, rng, case, bias, algorithm):
     x, w, b, _, padding = make(case, dtype, rng)
     b = b if bias else None
-    y = ops.conv2d(x, w, b, padding=padding, algorithm="winograd")
+    y = ops.conv2d(x, w, b, padding=padding, algorithm=algorithm)
     assert y.dtype == dtype
-    assert_near(y, reference.conv2d_winograd(x, w, b, padding), tolerance(dtype), "forward")
+    want = reference.conv2d_winograd(x, w, b, padding, tile=TILES[algorithm])
+    assert_near(y, want, tolerance(dtype), "forward")
 
 
+@winograd_algorithms
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_native_backward_data_matches_the_twin(isa, dtype, rng, case):
+def test_native_backward_data_matches_the_twin(isa, dtype, rng, case, algorithm):
     x, w, _, dy, padding = make(case, dtype, rng)
-    dx = ops.conv2d_backward_data(dy, w, x.shape, padding=padding, algorithm="winograd")
+    dx = ops.conv2d_backward_data(dy, w, x.shape, padding=padding, algorithm=algorithm)
     assert dx.dtype == dtype
-    want = reference.conv2d_winograd_backward_data(dy, w, x.shape, padding)
+    want = reference.conv2d_winograd_backward_data(dy, w, x.shape, padding, tile=TILES[algorithm])
     assert_near(dx, want, tolerance(dtype), "backward-data")
 
 
+@winograd_algorithms
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_native_backward_weights_matches_the_twin(isa, dtype, rng, case):
+def test_native_backward_weights_matches_the_twin(isa, dtype, rng, case, algorithm):
     x, w, _, dy, padding = make(case, dtype, rng)
-    dw, db = ops.conv2d_backward_weights(x, dy, w.shape, padding=padding, algorithm="winograd")
+    dw, db = ops.conv2d_backward_weights(x, dy, w.shape, padding=padding, algorithm=algorithm)
     assert dw.dtype == db.dtype == dtype
-    want_dw, want_db = reference.conv2d_winograd_backward_weights(x, dy, w.shape, padding)
+    want_dw, want_db = reference.conv2d_winograd_backward_weights(
+        x, dy, w.shape, padding, tile=TILES[algorithm]
+    )
     assert_near(dw, want_dw, tolerance(dtype), "backward-weights dw")
     assert_near(db, want_db, tolerance(dtype), "backward-weights db")
 
@@ -208,9 +246,10 @@ TASK_CASES = [
 ]
 
 
+@winograd_algorithms
 @pytest.mark.parametrize("threads", [1, 2, 3, 4])
 @pytest.mark.parametrize("case", TASK_CASES, ids=case_id)
-def test_chunks_as_tasks_on_any_thread_count(isa, dtype, rng, case, threads):
+def test_chunks_as_tasks_on_any_thread_count(isa, dtype, rng, case, threads, algorithm):
     """With a batch of at least one image per thread, each thread runs whole chunks (transforms
     and GEMMs) and backward-weights adds one partial dU and db per thread: on 3 and 4 threads
     a batch of 5 leaves a thread without a chunk, whose partial must add nothing."""
@@ -219,27 +258,31 @@ def test_chunks_as_tasks_on_any_thread_count(isa, dtype, rng, case, threads):
     simdnn._core._set_thread_cap(max(cap, threads))
     try:
         simdnn.set_num_threads(threads)
-        y = ops.conv2d(x, w, b, padding=padding, algorithm="winograd")
-        dx = ops.conv2d_backward_data(dy, w, x.shape, padding=padding, algorithm="winograd")
-        dw, db = ops.conv2d_backward_weights(x, dy, w.shape, padding=padding, algorithm="winograd")
+        y = ops.conv2d(x, w, b, padding=padding, algorithm=algorithm)
+        dx = ops.conv2d_backward_data(dy, w, x.shape, padding=padding, algorithm=algorithm)
+        dw, db = ops.conv2d_backward_weights(x, dy, w.shape, padding=padding, algorithm=algorithm)
     finally:
         simdnn._core._set_thread_cap(cap)
         simdnn.set_num_threads(before)
-    tol = tolerance(dtype)
-    assert_near(y, reference.conv2d_winograd(x, w, b, padding), tol, "forward")
-    want_dx = reference.conv2d_winograd_backward_data(dy, w, x.shape, padding)
+    tol, tile = tolerance(dtype), TILES[algorithm]
+    assert_near(y, reference.conv2d_winograd(x, w, b, padding, tile=tile), tol, "forward")
+    want_dx = reference.conv2d_winograd_backward_data(dy, w, x.shape, padding, tile=tile)
     assert_near(dx, want_dx, tol, "backward-data")
-    want_dw, want_db = reference.conv2d_winograd_backward_weights(x, dy, w.shape, padding)
+    want_dw, want_db = reference.conv2d_winograd_backward_weights(
+        x, dy, w.shape, padding, tile=tile
+    )
     assert_near(dw, want_dw, tol, "backward-weights dw")
     assert_near(db, want_db, tol, "backward-weights db")
 
 
 @pytest.mark.parametrize(
-    "case", [*CASES[::3], (2, 64, 64, 10, 9, 1), (1, 32, 48, 12, 12, 0)], ids=case_id
+    "case",
+    [*CASES[::3], (2, 64, 64, 10, 9, 1), (1, 32, 48, 12, 12, 0), (4, 136, 144, 18, 18, 1)],
+    ids=case_id,
 )
 def test_direct_winograd_and_auto_agree(isa, dtype, rng, case):
-    """The three algorithms are one convolution: each pass agrees within rounding, and "direct"
-    is the default path's exact result (auto may pick either)."""
+    """The four algorithms are one convolution: each pass agrees within rounding, and "direct"
+    is the default path's exact result (auto may pick any; the last case takes F(2x2))."""
     x, w, b, dy, padding = make(case, dtype, rng)
     tol = tolerance(dtype)
     ys = {a: ops.conv2d(x, w, b, padding=padding, algorithm=a) for a in ALGORITHMS}
@@ -251,7 +294,7 @@ def test_direct_winograd_and_auto_agree(isa, dtype, rng, case):
         a: ops.conv2d_backward_weights(x, dy, w.shape, padding=padding, algorithm=a)
         for a in ALGORITHMS
     }
-    for a in ("winograd", "auto"):
+    for a in ("winograd", "winograd_2x2", "auto"):
         assert_near(ys[a], ys["direct"], tol, f"forward {a}")
         assert_near(dxs[a], dxs["direct"], tol, f"backward-data {a}")
         assert_near(dws[a][0], dws["direct"][0], tol, f"backward-weights dw {a}")
@@ -285,29 +328,32 @@ def _ineligible_args(kernel: tuple[int, int], kw: dict[str, Any]):
 
 @pytest.mark.parametrize("surface", [ops, reference], ids=["ops", "reference"])
 @pytest.mark.parametrize(("name", "kernel", "kw"), INELIGIBLE, ids=[c[0] for c in INELIGIBLE])
-def test_winograd_refuses_an_ineligible_geometry(surface, name, kernel, kw):
+@winograd_algorithms
+def test_winograd_refuses_an_ineligible_geometry(surface, name, kernel, kw, algorithm):
     x, w, dy = _ineligible_args(kernel, kw)
-    with pytest.raises(ValueError, match=r"^conv2d: .*winograd"):
-        surface.conv2d(x, w, **kw, algorithm="winograd")
-    with pytest.raises(ValueError, match=r"^conv2d_backward_data: .*winograd"):
-        surface.conv2d_backward_data(dy, w, x.shape, **kw, algorithm="winograd")
-    with pytest.raises(ValueError, match=r"^conv2d_backward_weights: .*winograd"):
-        surface.conv2d_backward_weights(x, dy, w.shape, **kw, algorithm="winograd")
+    named = rf"algorithm='{algorithm}' needs"
+    with pytest.raises(ValueError, match=rf"^conv2d: {named}"):
+        surface.conv2d(x, w, **kw, algorithm=algorithm)
+    with pytest.raises(ValueError, match=rf"^conv2d_backward_data: {named}"):
+        surface.conv2d_backward_data(dy, w, x.shape, **kw, algorithm=algorithm)
+    with pytest.raises(ValueError, match=rf"^conv2d_backward_weights: {named}"):
+        surface.conv2d_backward_weights(x, dy, w.shape, **kw, algorithm=algorithm)
     for algorithm in ("direct", "auto"):  # the other two run it
         surface.conv2d(x, w, **kw, algorithm=algorithm)
 
 
 @pytest.mark.parametrize("surface", [ops, reference], ids=["ops", "reference"])
 @pytest.mark.parametrize("padding", [3, (0, 3), (4, 1)], ids=str)
-def test_winograd_backward_data_refuses_padding_above_2(surface, padding):
+@winograd_algorithms
+def test_winograd_backward_data_refuses_padding_above_2(surface, padding, algorithm):
     """Backward-data is the forward algorithm with padding 2 - padding: padding 3 cannot run
     it, though the forward pass and backward-weights can."""
     x = np.ones((1, 2, 6, 6), np.float32)
     w = np.ones((3, 2, 3, 3), np.float32)
-    y = surface.conv2d(x, w, padding=padding, algorithm="winograd")
-    with pytest.raises(ValueError, match=r"^conv2d_backward_data: .*winograd.*padding"):
-        surface.conv2d_backward_data(y, w, x.shape, padding=padding, algorithm="winograd")
-    surface.conv2d_backward_weights(x, y, w.shape, padding=padding, algorithm="winograd")
+    y = surface.conv2d(x, w, padding=padding, algorithm=algorithm)
+    with pytest.raises(ValueError, match=rf"^conv2d_backward_data: .*'{algorithm}'.*padding"):
+        surface.conv2d_backward_data(y, w, x.shape, padding=padding, algorithm=algorithm)
+    surface.conv2d_backward_weights(x, y, w.shape, padding=padding, algorithm=algorithm)
 
 
 BAD_NAMES = [
@@ -315,6 +361,8 @@ BAD_NAMES = [
     ("Winograd", ValueError),
     ("", ValueError),
     ("winograd ", ValueError),
+    ("winograd_4x4", ValueError),
+    ("winograd_2X2", ValueError),
     (None, TypeError),
     (1, TypeError),
     (b"winograd", TypeError),
@@ -342,7 +390,7 @@ def test_bad_algorithm_names_are_refused(surface, value, exc):
         msg = str(info.value)
         assert msg.startswith(f"{name}: algorithm must"), msg
         assert repr(value) in msg, msg
-        assert "'auto', 'direct' or 'winograd'" in msg, msg
+        assert "'auto', 'direct', 'winograd' or 'winograd_2x2'" in msg, msg
 
 
 @pytest.mark.parametrize(("value", "exc"), BAD_NAMES, ids=repr)
@@ -358,7 +406,7 @@ def test_bad_algorithm_names_are_refused_above_the_ops(value, exc):
     with pytest.raises(exc, match=r"^conv_algorithm: name must") as info:
         simdnn.conv_algorithm(value)
     assert repr(value) in str(info.value)
-    assert "'auto', 'direct' or 'winograd'" in str(info.value)
+    assert "'auto', 'direct', 'winograd' or 'winograd_2x2'" in str(info.value)
     assert simdnn.get_conv_algorithm() == "auto"  # a refused choice changes nothing
 
 
@@ -404,26 +452,33 @@ def test_non_finite_inputs_land_where_direct_puts_them(isa, dtype, rng, case, wh
 
 
 # ------------------------------------------------------------------------------------------------
-# float32 accuracy on the layers the automatic choice gives Winograd (forward and backward-data up
-# to 128 channels, backward-weights up to 256: winograd.h, winograd_profitable): its largest error
-# against a float64 direct reference within 10x that of the direct float32 path, for each such
-# pass. (It grows with the channel count: forward 9.7-13.1x at 256 channels on AMD Zen 4 with
-# AVX-512, which stay direct.)
+# float32 accuracy on the layers the automatic choice gives Winograd (F(4x4) for forward and
+# backward-data up to 128 channels, backward-weights up to 256; F(2x2) beyond: winograd.h,
+# winograd_profitable): its largest error against a float64 direct reference within 10x that of
+# the direct float32 path, for each such pass. (F(4x4)'s grows with the channel count: forward
+# 9.7-13.1x at 256 channels on AMD Zen 4 with AVX-512, which take F(2x2), 1.4-1.6x, instead.)
 
 PASSES = ("forward", "backward-data", "backward-weights")
-# (N, C = K, H = W), 3x3, padding 1, and the passes checked: those that "auto" runs as Winograd
-# at that channel count.
+# The algorithm, (N, C = K, H = W), 3x3, padding 1, and the passes checked: those that "auto"
+# runs with that algorithm at that channel count.
 LAYERS = [
-    ((2, 64, 16), PASSES),
-    ((2, 128, 28), PASSES),
-    ((2, 256, 14), ("backward-weights",)),
+    ("winograd", (2, 64, 16), PASSES),
+    ("winograd", (2, 128, 28), PASSES),
+    ("winograd", (2, 256, 14), ("backward-weights",)),
+    ("winograd_2x2", (2, 256, 14), PASSES),
+    ("winograd_2x2", (2, 512, 7), PASSES),
 ]
-# Layers with enough tiles for "auto" (tiles x channels >= 8192), and its Winograd passes there.
+F4, F2, DIRECT = "winograd", "winograd_2x2", "direct"
+# Layers with enough tiles for "auto" (4x4 tiles x channels >= 8192), and its algorithm for the
+# forward, backward-data and backward-weights passes there; one image of 14x14 has too few 2x2
+# tiles (49) for F(2x2)'s GEMMs.
 AUTO_LAYERS = [
-    ((8, 64, 16), PASSES),
-    ((2, 128, 28), PASSES),
-    ((4, 192, 14), ("backward-weights",)),
-    ((2, 256, 14), ("backward-weights",)),
+    ((8, 64, 16), (F4, F4, F4)),
+    ((2, 128, 28), (F4, F4, F4)),
+    ((4, 192, 14), (F2, F2, F4)),
+    ((2, 256, 14), (F2, F2, F4)),
+    ((2, 272, 14), (F2, F2, F2)),
+    ((1, 512, 14), (DIRECT, DIRECT, DIRECT)),
 ]
 
 
@@ -452,11 +507,11 @@ def layer_data(layer: tuple[int, int, int], seed: int = 7) -> tuple[np.ndarray, 
 
 
 @pytest.mark.parametrize(
-    ("layer", "passes"),
+    ("algorithm", "layer", "passes"),
     LAYERS,
-    ids=layer_ids(LAYERS),
+    ids=[f"{a}-{i}" for (a, _, _), i in zip(LAYERS, layer_ids([row[1:] for row in LAYERS]))],
 )
-def test_float32_winograd_error_is_within_10x_of_direct(isa, layer, passes):
+def test_float32_winograd_error_is_within_10x_of_direct(isa, algorithm, layer, passes):
     x, w, dy = layer_data(layer)
     want = {
         "forward": reference.conv2d(x, w, padding=1),
@@ -465,7 +520,7 @@ def test_float32_winograd_error_is_within_10x_of_direct(isa, layer, passes):
     }
     x32, w32, dy32 = (a.astype(np.float32) for a in (x, w, dy))
     direct = pass_results("direct", x32, w32, dy32)
-    winograd = pass_results("winograd", x32, w32, dy32)
+    winograd = pass_results(algorithm, x32, w32, dy32)
     ratios = {}
     for p in passes:
         scale = np.abs(want[p]).max()
@@ -477,20 +532,20 @@ def test_float32_winograd_error_is_within_10x_of_direct(isa, layer, passes):
 
 
 @pytest.mark.parametrize(
-    ("layer", "passes"),
+    ("layer", "chosen"),
     AUTO_LAYERS,
     ids=layer_ids(AUTO_LAYERS),
 )
-def test_auto_takes_winograd_only_for_the_passes_within_its_error_bound(isa, layer, passes):
-    """ "auto" gives exactly Winograd's result for the passes above and exactly the direct path's
-    for the others (forward and backward-data over 128 channels)."""
+def test_auto_takes_winograd_only_for_the_passes_within_its_error_bound(isa, layer, chosen):
+    """ "auto" gives exactly the result of the algorithm listed for each pass: F(4x4) within its
+    error bound, F(2x2) beyond it, direct where F(2x2) has too few tiles."""
     x, w, dy = (a.astype(np.float32) for a in layer_data(layer, seed=3))
     results = {a: pass_results(a, x, w, dy) for a in ALGORITHMS}
-    for p in PASSES:
-        # The two paths round differently, so the comparison below tells which one ran.
-        assert not np.array_equal(results["direct"][p], results["winograd"][p]), p
-        chosen = "winograd" if p in passes else "direct"
-        np.testing.assert_array_equal(results["auto"][p], results[chosen][p], err_msg=p)
+    for p, want in zip(PASSES, chosen):
+        # The three paths round differently, so the comparison below tells which one ran.
+        for a, b in ((F4, F2), (F4, DIRECT), (F2, DIRECT)):
+            assert not np.array_equal(results[a][p], results[b][p]), (p, a, b)
+        np.testing.assert_array_equal(results["auto"][p], results[want][p], err_msg=p)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -529,18 +584,19 @@ def small_model(rng: np.random.Generator, algorithm: str | None) -> nn.Module:
     )
 
 
+@winograd_algorithms
 @pytest.mark.parametrize("how", ["layer", "context"])
-def test_gradcheck_of_a_model_forced_to_winograd(monkeypatch, how):
+def test_gradcheck_of_a_model_forced_to_winograd(monkeypatch, how, algorithm):
     rng = np.random.default_rng(3)
-    model = small_model(rng, "winograd" if how == "layer" else None).astype(np.float64)
+    model = small_model(rng, algorithm if how == "layer" else None).astype(np.float64)
     x, y = rng.standard_normal((3, 2, 5, 5)), rng.integers(0, 3, 3)
     spy = Spy(monkeypatch)
     if how == "layer":
         result = simdnn.gradcheck(model, nn.CrossEntropyLoss(), x, y, entries=12)
     else:
-        with simdnn.conv_algorithm("winograd"):
+        with simdnn.conv_algorithm(algorithm):
             result = simdnn.gradcheck(model, nn.CrossEntropyLoss(), x, y, entries=12)
-    assert spy.algorithms() == {"winograd"}
+    assert spy.algorithms() == {algorithm}
     assert {name for name, _ in spy.calls} == {
         "conv2d",
         "conv2d_backward_data",
@@ -581,7 +637,8 @@ def test_explicit_choices_beat_the_context(monkeypatch, rng):
     assert [a for _, a in spy.calls] == ["direct", "auto", "winograd", "winograd", "auto"]
 
 
-def test_context_winograd_runs_direct_where_winograd_cannot(monkeypatch, rng):
+@winograd_algorithms
+def test_context_winograd_runs_direct_where_winograd_cannot(monkeypatch, rng, algorithm):
     """Under conv_algorithm("winograd") every layer runs: those Winograd cannot run take the
     direct path (pass by pass: padding 3 runs backward-data direct), where an explicit
     algorithm="winograd" is refused."""
@@ -594,22 +651,22 @@ def test_context_winograd_runs_direct_where_winograd_cannot(monkeypatch, rng):
         "conv1d": nn.Conv1d(2, 2, 3, padding=1, rng=rng),
     }
     want = {
-        "3x3": ["winograd"] * 3,
+        "3x3": [algorithm] * 3,
         "5x5": ["direct"] * 3,
         "stride-2": ["direct"] * 3,
         "groups-2": ["direct"] * 3,
-        "padding-3": ["winograd", "direct", "winograd"],
+        "padding-3": [algorithm, "direct", algorithm],
         "conv1d": ["direct"] * 3,
     }
     for name, layer in layers.items():
         spy = Spy(monkeypatch)
         shape = (2, 2, 8) if name == "conv1d" else (2, 2, 8, 8)
         x = simdnn.Tensor(rng.standard_normal(shape).astype(np.float32), requires_grad=True)
-        with simdnn.conv_algorithm("winograd"):
+        with simdnn.conv_algorithm(algorithm):
             layer(x).sum().backward()
         assert [a for _, a in spy.calls] == want[name], name
-    with pytest.raises(ValueError, match=r"^conv2d: .*winograd"):
-        F.conv2d(np.ones((1, 2, 8, 8)), np.ones((2, 2, 5, 5)), algorithm="winograd")
+    with pytest.raises(ValueError, match=rf"^conv2d: algorithm='{algorithm}'"):
+        F.conv2d(np.ones((1, 2, 8, 8)), np.ones((2, 2, 5, 5)), algorithm=algorithm)
 
 
 @pytest.mark.parametrize(
@@ -623,9 +680,10 @@ def test_context_winograd_runs_direct_where_winograd_cannot(monkeypatch, rng):
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
-def test_a_layer_forced_to_winograd_must_be_able_to_run_it(kw, words):
-    with pytest.raises(ValueError, match=rf"^Conv2d: algorithm='winograd' needs .*{words}"):
-        nn.Conv2d(4, 4, algorithm="winograd", **kw)
+@winograd_algorithms
+def test_a_layer_forced_to_winograd_must_be_able_to_run_it(kw, words, algorithm):
+    with pytest.raises(ValueError, match=rf"^Conv2d: algorithm='{algorithm}' needs .*{words}"):
+        nn.Conv2d(4, 4, algorithm=algorithm, **kw)
     nn.Conv2d(4, 4, algorithm="direct", **kw)
 
 
@@ -650,16 +708,18 @@ def test_the_layer_setting_is_configuration_not_state(tmp_path, rng):
     assert forced.astype(np.float64).algorithm == "winograd"
 
 
-def test_the_numpy_backend_runs_the_winograd_twin(rng):
+@winograd_algorithms
+def test_the_numpy_backend_runs_the_winograd_twin(rng, algorithm):
     x = rng.standard_normal((2, 3, 7, 5))
-    layer = nn.Conv2d(3, 4, 3, padding=1, rng=rng, algorithm="winograd").astype(np.float64)
+    layer = nn.Conv2d(3, 4, 3, padding=1, rng=rng, algorithm=algorithm).astype(np.float64)
     w, b = layer.weight.data, layer.bias.data
     with simdnn.use_backend("numpy"):
         y = layer(x).numpy()
         with simdnn.conv_algorithm("direct"):
             z = nn.Conv2d.forward(layer, x).numpy()
-    np.testing.assert_array_equal(y, reference.conv2d_winograd(x, w, b, 1))
-    np.testing.assert_array_equal(z, reference.conv2d_winograd(x, w, b, 1))  # the layer's own
+    want = reference.conv2d_winograd(x, w, b, 1, tile=TILES[algorithm])
+    np.testing.assert_array_equal(y, want)
+    np.testing.assert_array_equal(z, want)  # the layer's own
     assert_near(y, reference.conv2d(x, w, b, padding=1), 1e-12)
 
 

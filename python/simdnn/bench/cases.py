@@ -11,8 +11,9 @@ The rows:
   dX = dY . W^T, dW = X^T . dY); a 128 x 4096 . 4096 x 1000 classifier; batch-1 inference
   1 x 4096 . 4096 x 4096 with B plain and transposed (GEMVs, rated in GB/s: they stream B).
 - Convolution, forward, backward-data and backward-weights each: LeNet's two layers (1 -> 20 and
-  20 -> 50, 5x5, batch 64), 3x3 padding 1 with 64, 128 and 256 channels (Winograd under "auto",
-  except forward and backward-data at 256 channels; and again forced "direct"), a stride-2 3x3
+  20 -> 50, 5x5, batch 64), 3x3 padding 1 with 64, 128 and 256 channels (Winograd under "auto":
+  F(4x4, 3x3), except forward and backward-data at 256 channels, which take F(2x2, 3x3); and
+  again forced "direct"), a stride-2 3x3
   down-sampling, a 1x1 and a depthwise 3x3.
 - Pooling: max and average, 2x2/s2 and 3x3/s2 padding 1, forward and backward, on 64x64x32x32.
 - Training steps (forward + backward + SGD update) on synthetic MNIST-shaped batches of 64: an

@@ -17,7 +17,13 @@ import numpy.typing as npt
 
 from .. import functional as F
 from .. import init
-from .._opspec import IntPair, conv_algorithm_arg, conv_out_size, winograd_ineligibility
+from .._opspec import (
+    WINOGRAD_ALGORITHMS,
+    IntPair,
+    conv_algorithm_arg,
+    conv_out_size,
+    winograd_ineligibility,
+)
 from ..autograd import Tensor, as_array
 from .module import Module, Parameter, Shape, is_meta, meta_array
 
@@ -180,8 +186,9 @@ class Conv2d(Module):
         groups convolved separately (groups = C = K is a depthwise convolution). bias: learn b.
         init: weight initialiser (default "kaiming_uniform", He, for ReLU nets).
         algorithm: the convolution algorithm of the forward and both backward passes, "auto",
-            "direct" or "winograd" (Winograd F(4x4, 3x3): 3x3 kernels, stride 1, dilation 1,
-            groups 1 and padding <= 2, else a ValueError here); None (the default) follows
+            "direct", "winograd" (Winograd F(4x4, 3x3)) or "winograd_2x2" (F(2x2, 3x3), more
+            accurate on wide layers; both need 3x3 kernels, stride 1, dilation 1, groups 1 and
+            padding <= 2, else a ValueError here); None (the default) follows
             :func:`simdnn.conv_algorithm`. A setting, not a parameter: saved with the
             architecture, not in the state dict.
 
@@ -237,10 +244,16 @@ class Conv2d(Module):
         )
         if algorithm is not None:
             algorithm = conv_algorithm_arg(algorithm, name)
-            if algorithm == "winograd":
+            if algorithm in WINOGRAD_ALGORITHMS:
                 shape4 = (out_channels, in_channels // groups, *self.kernel_size)
                 reason = winograd_ineligibility(
-                    shape4, self.stride, self.padding, self.dilation, groups, backward_data=True
+                    shape4,
+                    self.stride,
+                    self.padding,
+                    self.dilation,
+                    groups,
+                    backward_data=True,
+                    algorithm=algorithm,
                 )
                 if reason is not None:
                     raise ValueError(f"{name}: {reason}")
