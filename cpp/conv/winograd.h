@@ -78,41 +78,147 @@ int64_t point_stride(int64_t elems) {
 
 // ------------------------------------------------------------------------------------------------
 // The tiles: F(4x4, 3x3) (m = 4, alpha = 6, 36 points) and F(2x2, 3x3) (m = 2, alpha = 4, 16
-// points). Each tile type names its sizes and its five 1-D transforms: G (3 -> alpha, filters),
-// G^T (alpha -> 3, filter gradients), BT (alpha -> alpha, inputs), AT (alpha -> m, outputs) and
-// AT^T (m -> alpha, dY in backward-weights).
-// ------------------------------------------------------------------------------------------------
-// Filter transforms (once per call)
+// points). Each tile type names its sizes (kM: output tile; kAlpha: input tile, m + r - 1;
+// kPoints: alpha^2 GEMMs) and its five 1-D transforms: G (3 -> alpha, filters), G^T (alpha -> 3,
+// filter gradients), BT (alpha -> alpha, inputs), AT (alpha -> m, outputs) and AT^T (m -> alpha,
+// dY in backward-weights). Column 1 of both ATs is all ones, so point (1, 1) of a tile's dM is the
+// sum of its dY values (db).
 
-// The 1-D filter transform G (3 -> 6): [1 0 0; 1/3 1/3 1/3; -1/3 1/3 -1/3;
-// -16/15 -8/15 -4/15; 1/15 -2/15 4/15; 0 0 1].
-template <class V>
-inline void f4_g(const typename V::V* g, typename V::V* o) {
-  using T = typename V::T;
-  const auto s02 = V::add(g[0], g[2]);
-  const auto third = V::set1(T(1.0 / 3)), fifteenth = V::set1(T(1.0 / 15));
-  o[0] = g[0];
-  o[1] = V::mul(third, V::add(s02, g[1]));
-  o[2] = V::mul(third, V::sub(g[1], s02));
-  // -(16 g0 + 8 g1 + 4 g2) / 15 and (g0 - 2 g1 + 4 g2) / 15
-  o[3] =
-      V::mul(V::set1(T(-4.0 / 15)), V::fma(V::set1(T(4)), g[0], V::fma(V::set1(T(2)), g[1], g[2])));
-  o[4] = V::mul(fifteenth, V::fma(V::set1(T(4)), g[2], V::fnma(V::set1(T(2)), g[1], g[0])));
-  o[5] = g[2];
-}
+struct F4x4 {
+  static constexpr int64_t kM = 4, kAlpha = 6, kPoints = 36;
 
-// G^T (6 -> 3), the transpose of g3 (backward-weights).
-template <class V>
-inline void f4_gt(const typename V::V* d, typename V::V* o) {
-  using T = typename V::T;
-  const auto third = V::set1(T(1.0 / 3));
-  const auto s12 = V::add(d[1], d[2]), d12 = V::sub(d[1], d[2]);
-  o[0] = V::fma(third, d12,
-                V::fma(V::set1(T(-16.0 / 15)), d[3], V::fma(V::set1(T(1.0 / 15)), d[4], d[0])));
-  o[1] =
-      V::fma(third, s12, V::fma(V::set1(T(-8.0 / 15)), d[3], V::mul(V::set1(T(-2.0 / 15)), d[4])));
-  o[2] = V::fma(third, d12, V::fma(V::set1(T(4.0 / 15)), V::sub(d[4], d[3]), d[5]));
-}
+  // G (3 -> 6), the filters': [1 0 0; 1/3 1/3 1/3; -1/3 1/3 -1/3;
+  // -16/15 -8/15 -4/15; 1/15 -2/15 4/15; 0 0 1].
+  template <class V>
+  static void g(const typename V::V* f, typename V::V* o) {
+    using T = typename V::T;
+    const auto s02 = V::add(f[0], f[2]);
+    const auto third = V::set1(T(1.0 / 3)), fifteenth = V::set1(T(1.0 / 15));
+    o[0] = f[0];
+    o[1] = V::mul(third, V::add(s02, f[1]));
+    o[2] = V::mul(third, V::sub(f[1], s02));
+    // -(16 g0 + 8 g1 + 4 g2) / 15 and (g0 - 2 g1 + 4 g2) / 15
+    o[3] = V::mul(V::set1(T(-4.0 / 15)),
+                  V::fma(V::set1(T(4)), f[0], V::fma(V::set1(T(2)), f[1], f[2])));
+    o[4] = V::mul(fifteenth, V::fma(V::set1(T(4)), f[2], V::fnma(V::set1(T(2)), f[1], f[0])));
+    o[5] = f[2];
+  }
+
+  // G^T (6 -> 3), the transpose of g (backward-weights).
+  template <class V>
+  static void gt(const typename V::V* d, typename V::V* o) {
+    using T = typename V::T;
+    const auto third = V::set1(T(1.0 / 3));
+    const auto s12 = V::add(d[1], d[2]), d12 = V::sub(d[1], d[2]);
+    o[0] = V::fma(third, d12,
+                  V::fma(V::set1(T(-16.0 / 15)), d[3], V::fma(V::set1(T(1.0 / 15)), d[4], d[0])));
+    o[1] = V::fma(third, s12,
+                  V::fma(V::set1(T(-8.0 / 15)), d[3], V::mul(V::set1(T(-2.0 / 15)), d[4])));
+    o[2] = V::fma(third, d12, V::fma(V::set1(T(4.0 / 15)), V::sub(d[4], d[3]), d[5]));
+  }
+
+  // BT (6 -> 6), the input's:
+  //   [1 -3/2 -2 3/2 1 0; 0 -1 1/2 5/2 1 0; 0 1 -5/2 1/2 1 0; 0 -2 -1 2 1 0; 0 1/2 -1 -1/2 1 0;
+  //    0 1 -3/2 -2 3/2 1]
+  template <class V>
+  static void bt(const typename V::V* d, typename V::V* o) {
+    using T = typename V::T;
+    const auto half = V::set1(T(0.5)), c15 = V::set1(T(1.5)), c2 = V::set1(T(2)),
+               c25 = V::set1(T(2.5));
+    const auto d31 = V::sub(d[3], d[1]), d42 = V::sub(d[4], d[2]);
+    o[0] = V::fma(c15, d31, V::fnma(c2, d[2], V::add(d[0], d[4])));
+    o[1] = V::fma(c25, d[3], V::fma(half, d[2], V::sub(d[4], d[1])));
+    o[2] = V::fma(half, d[3], V::fnma(c25, d[2], V::add(d[4], d[1])));
+    o[3] = V::fma(c2, d31, d42);
+    o[4] = V::fnma(half, d31, d42);
+    o[5] = V::fma(c15, d42, V::fnma(c2, d[3], V::add(d[1], d[5])));
+  }
+
+  // AT (6 -> 4), the output's: [1 1 1 1 1 0; 0 1 -1 1/2 -2 0; 0 1 1 1/4 4 0; 0 1 -1 1/8 -8 1].
+  template <class V>
+  static void at(const typename V::V* m, typename V::V* o) {
+    using T = typename V::T;
+    const auto s12 = V::add(m[1], m[2]), d12 = V::sub(m[1], m[2]);
+    o[0] = V::add(V::add(m[0], s12), V::add(m[3], m[4]));
+    o[1] = V::fma(V::set1(T(0.5)), m[3], V::fnma(V::set1(T(2)), m[4], d12));
+    o[2] = V::fma(V::set1(T(0.25)), m[3], V::fma(V::set1(T(4)), m[4], s12));
+    o[3] = V::fma(V::set1(T(0.125)), m[3], V::fnma(V::set1(T(8)), m[4], V::add(d12, m[5])));
+  }
+
+  // AT^T (4 -> 6), dY's in backward-weights: the transpose of at.
+  template <class V>
+  static void att(const typename V::V* d, typename V::V* o) {
+    using T = typename V::T;
+    const auto s02 = V::add(d[0], d[2]), s13 = V::add(d[1], d[3]);
+    o[0] = d[0];
+    o[1] = V::add(s02, s13);
+    o[2] = V::sub(s02, s13);
+    // d0 + d1/2 + d2/4 + d3/8 and d0 - 2 d1 + 4 d2 - 8 d3
+    o[3] = V::fma(V::set1(T(0.5)),
+                  V::fma(V::set1(T(0.5)), V::fma(V::set1(T(0.5)), d[3], d[2]), d[1]), d[0]);
+    o[4] = V::fnma(V::set1(T(2)), V::fnma(V::set1(T(2)), V::fnma(V::set1(T(2)), d[3], d[2]), d[1]),
+                   d[0]);
+    o[5] = d[3];
+  }
+};
+
+// F(2x2, 3x3) (Lavin & Gray; points 0, 1, -1 and infinity): 16 GEMMs of C*K*T multiply-adds
+// replace 9*4 = 36 per tile, 2.25x fewer FMAs than direct convolution against F(4x4)'s 4x, but
+// its transforms hold only 0, +-1 and 1/2, so its float32 error stays near direct convolution's
+// at any channel count (README, "Convolution algorithms"), where F(4x4)'s grows past 10x of it
+// beyond 128 channels.
+struct F2x2 {
+  static constexpr int64_t kM = 2, kAlpha = 4, kPoints = 16;
+
+  // G (3 -> 4): [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
+  template <class V>
+  static void g(const typename V::V* f, typename V::V* o) {
+    using T = typename V::T;
+    const auto half = V::set1(T(0.5));
+    const auto s02 = V::add(f[0], f[2]);
+    o[0] = f[0];
+    o[1] = V::mul(half, V::add(s02, f[1]));
+    o[2] = V::mul(half, V::sub(s02, f[1]));
+    o[3] = f[2];
+  }
+
+  // G^T (4 -> 3): [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1].
+  template <class V>
+  static void gt(const typename V::V* d, typename V::V* o) {
+    using T = typename V::T;
+    const auto half = V::set1(T(0.5));
+    const auto s12 = V::add(d[1], d[2]);
+    o[0] = V::fma(half, s12, d[0]);
+    o[1] = V::mul(half, V::sub(d[1], d[2]));
+    o[2] = V::fma(half, s12, d[3]);
+  }
+
+  // BT (4 -> 4): [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
+  template <class V>
+  static void bt(const typename V::V* d, typename V::V* o) {
+    o[0] = V::sub(d[0], d[2]);
+    o[1] = V::add(d[1], d[2]);
+    o[2] = V::sub(d[2], d[1]);
+    o[3] = V::sub(d[1], d[3]);
+  }
+
+  // AT (4 -> 2): [1 1 1 0; 0 1 -1 -1].
+  template <class V>
+  static void at(const typename V::V* m, typename V::V* o) {
+    o[0] = V::add(V::add(m[0], m[1]), m[2]);
+    o[1] = V::sub(V::sub(m[1], m[2]), m[3]);
+  }
+
+  // AT^T (2 -> 4): the transpose of at.
+  template <class V>
+  static void att(const typename V::V* d, typename V::V* o) {
+    o[0] = d[0];
+    o[1] = V::add(d[0], d[1]);
+    o[2] = V::sub(d[0], d[1]);
+    o[3] = V::sub(V::zero(), d[1]);
+  }
+};
+
 // ------------------------------------------------------------------------------------------------
 // Data transforms, vectorised along the tiles of a tile row
 
@@ -126,152 +232,6 @@ inline void load4(const typename V::T* p, typename V::V& q0, typename V::V& q1, 
   V::deinterleave(e0, e1, q0, q2);
   V::deinterleave(o0, o1, q1, q3);
 }
-
-// The 1-D transforms. BT (6 -> 6), the input's:
-//   [1 -3/2 -2 3/2 1 0; 0 -1 1/2 5/2 1 0; 0 1 -5/2 1/2 1 0; 0 -2 -1 2 1 0; 0 1/2 -1 -1/2 1 0;
-//    0 1 -3/2 -2 3/2 1]
-template <class V>
-inline void f4_bt(const typename V::V* d, typename V::V* o) {
-  using T = typename V::T;
-  const auto half = V::set1(T(0.5)), c15 = V::set1(T(1.5)), c2 = V::set1(T(2)),
-             c25 = V::set1(T(2.5));
-  const auto d31 = V::sub(d[3], d[1]), d42 = V::sub(d[4], d[2]);
-  o[0] = V::fma(c15, d31, V::fnma(c2, d[2], V::add(d[0], d[4])));
-  o[1] = V::fma(c25, d[3], V::fma(half, d[2], V::sub(d[4], d[1])));
-  o[2] = V::fma(half, d[3], V::fnma(c25, d[2], V::add(d[4], d[1])));
-  o[3] = V::fma(c2, d31, d42);
-  o[4] = V::fnma(half, d31, d42);
-  o[5] = V::fma(c15, d42, V::fnma(c2, d[3], V::add(d[1], d[5])));
-}
-
-// AT (6 -> 4), the output's: [1 1 1 1 1 0; 0 1 -1 1/2 -2 0; 0 1 1 1/4 4 0; 0 1 -1 1/8 -8 1].
-template <class V>
-inline void f4_at(const typename V::V* m, typename V::V* o) {
-  using T = typename V::T;
-  const auto s12 = V::add(m[1], m[2]), d12 = V::sub(m[1], m[2]);
-  o[0] = V::add(V::add(m[0], s12), V::add(m[3], m[4]));
-  o[1] = V::fma(V::set1(T(0.5)), m[3], V::fnma(V::set1(T(2)), m[4], d12));
-  o[2] = V::fma(V::set1(T(0.25)), m[3], V::fma(V::set1(T(4)), m[4], s12));
-  o[3] = V::fma(V::set1(T(0.125)), m[3], V::fnma(V::set1(T(8)), m[4], V::add(d12, m[5])));
-}
-
-// AT^T (4 -> 6), dY's in backward-weights: the transpose of at6.
-template <class V>
-inline void f4_att(const typename V::V* d, typename V::V* o) {
-  using T = typename V::T;
-  const auto s02 = V::add(d[0], d[2]), s13 = V::add(d[1], d[3]);
-  o[0] = d[0];
-  o[1] = V::add(s02, s13);
-  o[2] = V::sub(s02, s13);
-  // d0 + d1/2 + d2/4 + d3/8 and d0 - 2 d1 + 4 d2 - 8 d3
-  o[3] = V::fma(V::set1(T(0.5)), V::fma(V::set1(T(0.5)), V::fma(V::set1(T(0.5)), d[3], d[2]), d[1]),
-                d[0]);
-  o[4] = V::fnma(V::set1(T(2)), V::fnma(V::set1(T(2)), V::fnma(V::set1(T(2)), d[3], d[2]), d[1]),
-                 d[0]);
-  o[5] = d[3];
-}
-
-// F(2x2, 3x3) (Lavin & Gray; points 0, 1, -1 and infinity): 16 GEMMs of C*K*T multiply-adds
-// replace 9*4 = 36 per tile, 2.25x fewer FMAs than direct convolution against F(4x4)'s 4x, but
-// its transforms hold only 0, +-1 and 1/2, so its float32 error stays near direct convolution's
-// at any channel count (README, "Convolution algorithms"), where F(4x4)'s grows past 10x of it
-// beyond 128 channels. G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
-template <class V>
-inline void f2_g(const typename V::V* g, typename V::V* o) {
-  using T = typename V::T;
-  const auto half = V::set1(T(0.5));
-  const auto s02 = V::add(g[0], g[2]);
-  o[0] = g[0];
-  o[1] = V::mul(half, V::add(s02, g[1]));
-  o[2] = V::mul(half, V::sub(s02, g[1]));
-  o[3] = g[2];
-}
-
-// G^T (4 -> 3): [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1].
-template <class V>
-inline void f2_gt(const typename V::V* d, typename V::V* o) {
-  using T = typename V::T;
-  const auto half = V::set1(T(0.5));
-  const auto s12 = V::add(d[1], d[2]);
-  o[0] = V::fma(half, s12, d[0]);
-  o[1] = V::mul(half, V::sub(d[1], d[2]));
-  o[2] = V::fma(half, s12, d[3]);
-}
-
-// BT (4 -> 4): [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
-template <class V>
-inline void f2_bt(const typename V::V* d, typename V::V* o) {
-  o[0] = V::sub(d[0], d[2]);
-  o[1] = V::add(d[1], d[2]);
-  o[2] = V::sub(d[2], d[1]);
-  o[3] = V::sub(d[1], d[3]);
-}
-
-// AT (4 -> 2): [1 1 1 0; 0 1 -1 -1].
-template <class V>
-inline void f2_at(const typename V::V* m, typename V::V* o) {
-  o[0] = V::add(V::add(m[0], m[1]), m[2]);
-  o[1] = V::sub(V::sub(m[1], m[2]), m[3]);
-}
-
-// AT^T (2 -> 4): the transpose of f2_at.
-template <class V>
-inline void f2_att(const typename V::V* d, typename V::V* o) {
-  o[0] = d[0];
-  o[1] = V::add(d[0], d[1]);
-  o[2] = V::sub(d[0], d[1]);
-  o[3] = V::sub(V::zero(), d[1]);
-}
-
-// The two tiles. kM: output tile; kAlpha: input tile, m + r - 1; kPoints: alpha^2 GEMMs. Column 1
-// of both ATs is all ones, so point (1, 1) of a tile's dM is the sum of its dY values (db).
-struct F4x4 {
-  static constexpr int64_t kM = 4, kAlpha = 6, kPoints = 36;
-  template <class V>
-  static void g(const typename V::V* i, typename V::V* o) {
-    f4_g<V>(i, o);
-  }
-  template <class V>
-  static void gt(const typename V::V* i, typename V::V* o) {
-    f4_gt<V>(i, o);
-  }
-  template <class V>
-  static void bt(const typename V::V* i, typename V::V* o) {
-    f4_bt<V>(i, o);
-  }
-  template <class V>
-  static void at(const typename V::V* i, typename V::V* o) {
-    f4_at<V>(i, o);
-  }
-  template <class V>
-  static void att(const typename V::V* i, typename V::V* o) {
-    f4_att<V>(i, o);
-  }
-};
-
-struct F2x2 {
-  static constexpr int64_t kM = 2, kAlpha = 4, kPoints = 16;
-  template <class V>
-  static void g(const typename V::V* i, typename V::V* o) {
-    f2_g<V>(i, o);
-  }
-  template <class V>
-  static void gt(const typename V::V* i, typename V::V* o) {
-    f2_gt<V>(i, o);
-  }
-  template <class V>
-  static void bt(const typename V::V* i, typename V::V* o) {
-    f2_bt<V>(i, o);
-  }
-  template <class V>
-  static void at(const typename V::V* i, typename V::V* o) {
-    f2_at<V>(i, o);
-  }
-  template <class V>
-  static void att(const typename V::V* i, typename V::V* o) {
-    f2_att<V>(i, o);
-  }
-};
 
 // The M stride-M phases of M * W contiguous elements: q[o][j] = p[M j + o] (M = 2 or 4).
 template <class V, int64_t M>
