@@ -50,11 +50,14 @@ def test_cpu_info_keys():
     if family is None:  # not Linux: the family is not known here
         assert info["in_place_span_bytes"] in (None, 3670016)
         assert info["pointwise_plane_bytes"] in (None, 2048)
+        assert info["winograd_chunk_tasks"] in (True, False)
     else:
         zen4 = info["vendor"] == "AMD" and family == 25 and "avx512" in info["available"]
         assert info["in_place_span_bytes"] == (3670016 if zen4 else None)
         far = zen4 or info["vendor"] == "Intel"
         assert info["pointwise_plane_bytes"] == (2048 if far else None)
+        # Zen 4 runs a Winograd chunk's phases over all threads, the others chunks as tasks.
+        assert info["winograd_chunk_tasks"] is (not zen4)
     for dt in ("float32", "float64"):
         blk = info["gemm_blocking"][dt]
         assert blk["kc"] > 0

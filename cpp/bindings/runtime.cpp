@@ -70,6 +70,7 @@ py::dict cpu_info_dict() {
   } else {
     d["pointwise_plane_bytes"] = cpu.pointwise_plane_bytes;
   }
+  d["winograd_chunk_tasks"] = cpu.winograd_chunk_tasks;
   const KernelTable& kt = kernels();
   py::dict blocking;
   blocking["float32"] = blocking_dict(kt.get<float>().gemm_blocking);
@@ -266,6 +267,17 @@ void bind_runtime(py::module_& m) {
     if (n < 1) value_error("_set_thread_cap: n must be >= 1");
     set_thread_cap(n);
   });
+  // Tests: force Winograd's chunk schedule (True: tasks, False: phases, None: the CPU's own).
+  m.def(
+      "_set_winograd_chunk_tasks",
+      [](const py::object& tasks) {
+        if (!tasks.is_none() && !py::isinstance<py::bool_>(tasks)) {
+          type_error("_set_winograd_chunk_tasks: tasks must be True, False or None, got " +
+                     std::string(py::str(tasks.get_type().attr("__name__"))));
+        }
+        set_winograd_chunk_tasks(tasks.is_none() ? -1 : (tasks.cast<bool>() ? 1 : 0));
+      },
+      py::arg("tasks"));
   // simdnn.distributed's last resort: a rank that must end the job dies (common/process.h).
   m.def(
       "_kill_self_after",

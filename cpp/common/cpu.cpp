@@ -1,6 +1,7 @@
 // CPUID/XGETBV probing and cache-size detection. Compiled with the baseline flags only.
 #include "common/cpu.h"
 
+#include <atomic>
 #include <cstring>
 
 #if defined(__linux__) || defined(__APPLE__)
@@ -95,6 +96,7 @@ void probe_isas(CpuInfo* info) {
     if (family == 0x19 && info->supported[static_cast<int>(Isa::avx512)]) {
       info->in_place_span_bytes = int64_t(7) << 19;  // 3.5 MiB
       info->pointwise_plane_bytes = 2048;
+      info->winograd_chunk_tasks = false;
     }
   }
 }
@@ -170,6 +172,19 @@ const CpuInfo& cpu_info() {
 bool isa_available(Isa isa) {
   const int i = static_cast<int>(isa);
   return cpu_info().compiled[i] && cpu_info().supported[i];
+}
+
+namespace {
+std::atomic<int> g_winograd_chunk_tasks{-1};
+}  // namespace
+
+bool winograd_chunk_tasks() {
+  const int mode = g_winograd_chunk_tasks.load(std::memory_order_relaxed);
+  return mode < 0 ? cpu_info().winograd_chunk_tasks : mode != 0;
+}
+
+void set_winograd_chunk_tasks(int mode) {
+  g_winograd_chunk_tasks.store(mode < 0 ? -1 : (mode != 0 ? 1 : 0), std::memory_order_relaxed);
 }
 
 }  // namespace simdnn

@@ -33,6 +33,12 @@ struct CpuInfo {
   // are packed in row groups (conv/gemm_policies.h, Im2colB::in_place). 2 KiB on Intel (its
   // stride prefetcher's reach) and on AMD Zen 4 (measured there); no limit elsewhere (Zen 5).
   int64_t pointwise_plane_bytes = INT64_MAX;
+  // Whether a Winograd convolution whose batch gives each thread an image runs each chunk of
+  // images as one thread's task, transforms and GEMMs in that core's caches, or runs each phase of
+  // a chunk over all threads (conv/winograd.h, winograd_buffers). Tasks measured faster on Intel;
+  // phases on AMD Zen 4 (family 0x19 with AVX-512), where tasks ran 1.1-1.5x slower; Zen 5 is not
+  // measured and keeps the default.
+  bool winograd_chunk_tasks = true;
 };
 
 // Detected once (thread-safe static initialisation) and immutable afterwards.
@@ -40,5 +46,10 @@ const CpuInfo& cpu_info();
 
 // compiled && supported.
 bool isa_available(Isa isa);
+
+// cpu_info().winograd_chunk_tasks, unless a test forced a schedule: set_winograd_chunk_tasks(1)
+// forces tasks, 0 phases, -1 returns to the CPU's own (so that every machine tests both).
+bool winograd_chunk_tasks();
+void set_winograd_chunk_tasks(int mode);
 
 }  // namespace simdnn

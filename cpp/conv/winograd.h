@@ -685,6 +685,20 @@ struct WinogradBuffers {
 //   256->256 14x14 N16    7.11-7.49 / 7.36-8.04 / 7.24-7.27  ->  5.48-5.68 / 5.64-5.91 / 5.94-6.02
 //   64->64 56x56 N4       2.34-2.46 / 2.35-2.42 / 2.37-2.43  ->  1.80 / 1.85 / 1.81-1.82
 //   64->64 8x8 N16, 128->128 7x7 N16 (one chunk of 4 and 6 images a thread): even.
+// On an AMD EPYC Zen 4 VM (1 MiB L2, 32 MiB L3 shared by the cores) the phases won instead, so
+// there CpuInfo::winograd_chunk_tasks is false. 2 threads, float32, ms, median of 5 alternating
+// rounds in one process, tasks -> phases, forward / backward-data / backward-weights:
+//   64->64 32x32 N32, F(4x4)     7.04 / 6.79 / 8.31   ->  5.98 / 5.49 / 6.19
+//   128->128 28x28 N16, F(4x4)  11.40 / 10.66 / 12.41  ->  8.89 / 9.58 / 9.59
+//   256->256 14x14 N16          13.34 / 13.00 (F(2x2)) / 12.22 (F(4x4))  ->  12.11 / 11.95 / 11.37
+//   512->512 7x7 N8, F(2x2)     10.37 / 10.59 / 11.44  ->  7.77 / 8.51 / 9.51
+//   64->64 56x56 N16, F(4x4)    12.59 / 12.00 / 14.03  ->  8.43 / 8.49 / 10.18
+//   256->256 14x14 N2           1.88 / 1.79 / 2.46     ->  1.46 / 1.49 / 2.14
+//   backward-weights 256->256 56x56 N4 (F(2x2)) 47.8 -> 47.7 and 64->64 8x8 N16 0.31 -> 0.32:
+//   even; F(4x4) forced on 512->512 7x7 N8 38.8-45.7 -> 8.0-9.7 (two 37.7 MB partial dUs).
+// Tasks hold twice the data at once (each thread a chunk of V and M, and its own dU), and here
+// the L3 that catches it is shared with other tenants; a line the other core wrote comes from the
+// shared L3 instead of across a mesh. (Both are likely causes, not measured apart.)
 // The chunk size is kChunkBytes per thread (2 MiB and 8 MiB measured even or slower), except
 // where the L2 rule below applies: chunks of one image (1.2 MB) everywhere ran 64->64 32x32 N32
 // forward in 3.74-3.85 ms but 64->64 56x56 N4 in 2.27 and backward-weights of the former in
@@ -697,7 +711,7 @@ WinogradBuffers<T> winograd_buffers(int64_t n, int64_t cin, int64_t cout, int64_
   b.points = F::kPoints;
   b.chunk = max64(1, min64(n, max64(wino::kChunkBytes / max64(1, per_image),
                                     ceil_div(wino::kMinChunkTiles, per))));
-  b.tasks = allow_tasks && nthreads > 1 && n >= nthreads;
+  b.tasks = allow_tasks && winograd_chunk_tasks() && nthreads > 1 && n >= nthreads;
   // Forward and backward-data tasks: chunks small enough to stay in the core's L2 beside U, where
   // that still gives the GEMMs kL2ChunkMinTiles tiles. Intel Xeon (2 MiB L2), 2 threads, float32,
   // forward / backward-data ms, two alternating runs: 64->64 32x32 N32 (one image of 1.2 MB a

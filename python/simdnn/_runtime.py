@@ -28,7 +28,9 @@ def cpu_info() -> dict[str, Any]:
       may span in all (rows times stride) to be read without copying (3670016, 3.5 MiB, on AMD
       Zen 4; ``None`` where there is no such limit); ``pointwise_plane_bytes``: the largest
       image plane a 1x1 convolution reads without copying (2048 on Intel and AMD Zen 4, ``None``
-      elsewhere);
+      elsewhere); ``winograd_chunk_tasks``: whether a Winograd convolution with an image per
+      thread gives each thread whole chunks of images (``True``), or splits each phase of a
+      chunk over all threads (``False``, on AMD Zen 4, where that measured faster);
     - ``threading``: ``"simdnn"``, the library's own thread pool, which every kernel uses;
       ``pool_threads``: the worker threads it holds now (the calling thread is the other one);
       ``thread_cap``: the most threads any setting gives (the CPUs this process may run on: its

@@ -247,21 +247,26 @@ TASK_CASES = [
 
 
 @winograd_algorithms
+@pytest.mark.parametrize("schedule", ["tasks", "phases"])
 @pytest.mark.parametrize("threads", [1, 2, 3, 4])
 @pytest.mark.parametrize("case", TASK_CASES, ids=case_id)
-def test_chunks_as_tasks_on_any_thread_count(isa, dtype, rng, case, threads, algorithm):
-    """With a batch of at least one image per thread, each thread runs whole chunks (transforms
-    and GEMMs) and backward-weights adds one partial dU and db per thread: on 3 and 4 threads
-    a batch of 5 leaves a thread without a chunk, whose partial must add nothing."""
+def test_chunks_on_any_thread_count(isa, dtype, rng, case, threads, schedule, algorithm):
+    """Both chunk schedules, whichever this CPU uses (cpu_info()["winograd_chunk_tasks"]). As
+    tasks, with a batch of at least one image per thread, each thread runs whole chunks
+    (transforms and GEMMs) and backward-weights adds one partial dU and db per thread: on 3 and
+    4 threads a batch of 5 leaves a thread without a chunk, whose partial must add nothing. As
+    phases, each transform and the GEMMs of a chunk are split over all threads."""
     x, w, b, dy, padding = make(case, dtype, rng)
     cap, before = simdnn.cpu_info()["thread_cap"], simdnn.get_num_threads()
     simdnn._core._set_thread_cap(max(cap, threads))
+    simdnn._core._set_winograd_chunk_tasks(schedule == "tasks")
     try:
         simdnn.set_num_threads(threads)
         y = ops.conv2d(x, w, b, padding=padding, algorithm=algorithm)
         dx = ops.conv2d_backward_data(dy, w, x.shape, padding=padding, algorithm=algorithm)
         dw, db = ops.conv2d_backward_weights(x, dy, w.shape, padding=padding, algorithm=algorithm)
     finally:
+        simdnn._core._set_winograd_chunk_tasks(None)
         simdnn._core._set_thread_cap(cap)
         simdnn.set_num_threads(before)
     tol, tile = tolerance(dtype), TILES[algorithm]
