@@ -148,7 +148,9 @@ def conv_args(
 # implicit-GEMM path, "winograd" forces Winograd F(4x4, 3x3) and "winograd_2x2" Winograd F(2x2,
 # 3x3) (ValueError where not eligible; both need the same geometry).
 CONV_ALGORITHMS: tuple[str, ...] = ("auto", "direct", "winograd", "winograd_2x2")
-WINOGRAD_ALGORITHMS: tuple[str, ...] = ("winograd", "winograd_2x2")
+# The output tile (m of F(m x m, 3x3)) of each Winograd algorithm name.
+WINOGRAD_TILES: dict[str, int] = {"winograd": 4, "winograd_2x2": 2}
+WINOGRAD_ALGORITHMS: tuple[str, ...] = tuple(WINOGRAD_TILES)
 _ALGORITHM_LIST = "'auto', 'direct', 'winograd' or 'winograd_2x2'"
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ._opspec import (
+    WINOGRAD_TILES,
     IntPair,
     adam_args,
     batch_norm_args,
@@ -233,7 +234,7 @@ def conv2d(
     here.
     """
     st, pad, dil, groups = conv_args(stride, padding, dilation, groups, "conv2d")
-    winograd = _WINOGRAD_TILES.get(conv_algorithm_arg(algorithm, "conv2d"), 0)
+    winograd = WINOGRAD_TILES.get(conv_algorithm_arg(algorithm, "conv2d"), 0)
     if winograd:
         _check_winograd(w.shape, st, pad, dil, groups, "conv2d", algorithm=algorithm)
     if out is not None:
@@ -292,7 +293,7 @@ def conv2d_backward_data(
     same with ``tile=2``; "auto" and "direct" the exact direct pass."""
     fn = "conv2d_backward_data"
     (sh, sw), (ph, pw), (dh, dw), groups = conv_args(stride, padding, dilation, groups, fn)
-    tile = _WINOGRAD_TILES.get(conv_algorithm_arg(algorithm, fn), 0)
+    tile = WINOGRAD_TILES.get(conv_algorithm_arg(algorithm, fn), 0)
     if tile:
         _check_winograd(
             w.shape, (sh, sw), (ph, pw), (dh, dw), groups, fn, backward_data=True,
@@ -338,7 +339,7 @@ def conv2d_backward_weights(
     the same with ``tile=2``; "auto" and "direct" the exact direct pass."""
     fn = "conv2d_backward_weights"
     st, pad, dil, groups = conv_args(stride, padding, dilation, groups, fn)
-    tile = _WINOGRAD_TILES.get(conv_algorithm_arg(algorithm, fn), 0)
+    tile = WINOGRAD_TILES.get(conv_algorithm_arg(algorithm, fn), 0)
     if tile:
         _check_winograd(tuple(w_shape), st, pad, dil, groups, fn, algorithm=algorithm)
         return conv2d_winograd_backward_weights(x, dy, w_shape, pad, tile=tile)
@@ -421,9 +422,6 @@ WINOGRAD_2X2_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
 for _m in (WINOGRAD_BT, WINOGRAD_G, WINOGRAD_AT, WINOGRAD_2X2_BT, WINOGRAD_2X2_G, WINOGRAD_2X2_AT):
     _m.flags.writeable = False
 del _m
-
-# The output tile (m) of each Winograd algorithm name.
-_WINOGRAD_TILES = {"winograd": 4, "winograd_2x2": 2}
 
 
 def _winograd_matrices(tile: object, fn: str) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
