@@ -257,43 +257,59 @@ inline void load_phases(const typename V::T* p, typename V::V* q) {
 //   N16 64->64 56x56     1.3 / 1.3 / 1.3       N1 128->128 28x28 (T = 49)  0.8 / 0.9 / 0.7
 //   N1 64->64 56x56      1.1 / 1.1 / 1.1       N16 3->64 32x32             0.2 / 0.3 / 0.4
 // So: at least 32 channels in and out and C x K >= 4096 (64 x 64), and T x min(C, K) >= 8192.
-// Accuracy bounds it from above: the float32 error grows with the channel sums (README,
-// "Convolution algorithms"), and the library promises at most 10x the direct method's error for
-// its automatic choice. The largest error over the output's largest magnitude, Winograd against
-// direct, N2 layers, seeds 1-5, AVX-512 on an AMD EPYC Zen 4 VM (whose direct path is the most
-// accurate measured: 3.7-4.3e-7 at 256 channels against 5.3e-7 on Zen 5, 6.3e-7 with AVX2):
-//   forward        128->128 28x28  5.3-8.6x   192->192 14x14  7.3-8.6x    256->256 14x14  9.7-13.1x
-//   backward-data  128->128 28x28  5.9-7.7x   192->192 14x14  8.2-10.4x   256->256 14x14  9.1-10.9x
-//   backward-weights at 256 channels 2.5x (seed 7), 512 channels 5.7x (README, Zen 5).
-// So the forward and backward-data passes take F(4x4) up to 128 channels and backward-weights up
-// to 256. Wider layers take F(2x2, 3x3), whose float32 error is near the direct method's at any
-// width (same runs, F(2x2) against direct, forward / backward-data / backward-weights):
-//   AVX-512  192: 1.04-1.48x / 1.16-1.53x / 0.65-0.84x   256: 1.40-1.60x / 1.28-1.72x / 0.65-0.78x
-//            512 (7x7): 1.42-1.48x / 1.33-1.56x / 0.84-1.03x
-//   AVX2     256: 0.99-1.09x / 0.79-1.21x / 0.65-0.78x   512: 1.36-1.47x / 1.46-1.83x / 0.84-1.03x
-// and 2.25x fewer multiply-adds than direct. Zen 4, 2 threads, float32, ms, forward /
-// backward-data / backward-weights, direct -> F(2x2) (F(4x4) in brackets, outside its bound):
-//   N16 256->256 14x14   19.3 / 19.8 / 18.7  ->  12.9 / 12.5 / (F(4x4) 11.1)   [9.8 / 9.7]
-//   N4 256->256 56x56    76.6 / 73.2 / 79.3  ->  39.4 / 38.7 / 47.3
-//   N8 512->512 7x7      12.9 / 14.6 / 11.3  ->   9.3 / 10.1 / 9.5             [bwd-w 39.6]
-//   N16 64->256 28x28    19.2 / 20.8 / 35.6  ->  14.3 / 18.1 / 14.9
-//   N2 256->256 14x14     2.8 /  3.3 /  2.7  ->   2.0 /  2.0 / 1.8
-//   N1 512->512 14x14     5.6 /  8.4 /  5.8  ->   7.5 /  7.9 / 6.6   (49 tiles: GEMMs too narrow)
-// so F(2x2) also needs kMinF2Tiles tiles of 2x2. (Before F(2x2), wider layers stayed direct.)
+// Accuracy bounds the choice too: the library promises at most 10x the direct method's float32
+// error for it. Winograd's error comes from the GEMMs' running sums over the channels, whose
+// terms the output transform then weights by up to 8 x 8 (F(4x4)); the transforms' own rounding
+// is negligible (a NumPy model with every stage but the GEMMs in float64 kept it all). Summed
+// in one run of C terms, F(4x4)'s error grew past the bound (the largest error over the output's
+// largest magnitude, against the direct method's, N2 layers, seeds 1-5, AVX-512, AMD EPYC Zen 4
+// VM, forward / backward-data): 128->128 28x28 5.3-8.6x / 5.9-7.7x, 192->192 14x14 7.3-8.6x /
+// 8.2-10.4x, 256->256 14x14 9.7-13.1x / 9.1-10.9x, 512->512 7x7 9.0-10.4x / 8.4-10.7x; so wider
+// layers ran F(2x2), or direct. In runs of kWinogradSumDepth terms, each run's sum then added to
+// M, it stays within 6.3x at any width (same runs; AVX2 and scalar in brackets):
+//   128: 3.9-5.5x / 3.6-5.8x (2.3-3.2x)   192: 3.7-5.5x / 3.8-6.3x (2.3-3.5x)
+//   256: 3.8-5.1x / 3.7-4.7x (2.2-3.7x)   384: 4.1-6.0x / 4.5-5.2x (2.4-3.7x)
+//   512 (7x7): 4.0-4.9x / 4.3-4.7x (1.9-3.5x)
+// and F(2x2)'s at 0.55-0.91x (F(2x2) 0.83-1.72x in one run). Backward-weights sums over tiles, in
+// chunks, and stays at 2.0-5.0x without it. Runs of 32 terms gave 2.4-5.2x; 64 cost F(4x4)'s
+// 256->256 14x14 N16 about 1% (10.29 -> 10.41 ms forward, 11.10 -> 11.06 backward-data) and
+// 128->128 28x28 N16 about 5% (7.78 -> 8.21, 7.94 -> 8.46), 2 threads, medians of alternating runs.
+//
+// Layers over 128 channels take F(4x4) where the batch has at least kMinF4WideTiles of its
+// tiles, else F(2x2), which needs kMinF2Tiles tiles of 2x2: with few tiles F(4x4)'s GEMMs stream
+// 36 C x K blocks of U for a narrow N, and F(2x2) has 2.25x the tiles and 16 such blocks. Zen 4,
+// 2 threads, float32, ms, direct / F(4x4) / F(2x2), forward | backward-data | backward-weights
+// (F(4x4) tiles in brackets):
+//   N16 256->256 14x14 (256)  19.2 / 9.8 / 11.7 | 19.8 / 9.7 / 10.7 | 18.9 / 10.4 / 11.6
+//   N4 256->256 14x14 (64)     5.2 / 4.0 / 4.2  |  5.5 / 2.6 / 3.4  |  5.0 / 2.8 / 3.0
+//   N4 256->256 56x56 (784)   74.1 / 29.3 / 41.1 | 73.9 / 28.9 / 41.3 | 76.0 / 28.0 / 47.3
+//   N16 512->512 7x7 (64)     23.7 / 12.8 / 15.3 | 25.2 / 12.5 / 14.2 | 20.3 / 11.4 / 14.1
+//   N4 384->384 14x14 (64)    11.1 / 7.8 / 8.3  | 12.1 / 7.4 / 7.8  | 10.9 / 6.5 / 6.6
+//   N16 64->256 28x28 (784)   18.9 / 9.1 / 10.8 | 18.9 / 9.0 / 11.3 | 19.4 / 8.7 / 11.6
+//   N2 256->256 14x14 (32)     2.5 / 1.4 / 1.5  |  2.8 / 1.4 / 1.6  |  2.5 / 1.3 / 1.3
+//   N8 512->512 7x7 (32)      12.1 / 9.5 / 7.7  | 13.6 / 9.1 / 8.2  | 10.8 / 7.8 / 7.8
+//   N2 512->512 14x14 (32)    10.2 / 9.0 / 7.3  | 11.5 / 9.1 / 7.0  |  9.7 / 7.1 / 6.1
+//   N2 384->384 14x14 (32)     5.5 / 5.6 / 3.8  |  7.0 / 5.8 / 5.1  |  6.1 / 5.2 / 4.6
+//   N1 512->512 14x14 (16)     5.2 / 7.3 / 4.3  |  7.2 / 9.0 / 5.3  |  5.8 / 7.2 / 4.0
+// (The last one has 49 tiles of 2x2 and runs direct: on the Zen 5 and an earlier Zen 4 run F(2x2)
+// measured 7.5 / 7.9 / 6.6 there, against 5.6 / 8.4 / 5.8 direct.)
 enum class WinogradPass { forward, backward_data, backward_weights };
 enum class WinogradTile { none, f4x4, f2x2 };
 
-static inline WinogradTile winograd_profitable(const Conv2d& cv, WinogradPass pass) {
-  constexpr int64_t kMinChannels = 32, kMinChannelPairs = 4096;
-  const int64_t f4_max_channels = pass == WinogradPass::backward_weights ? 256 : 128;
-  constexpr int64_t kMinTileChannels = 8192, kMinF2Tiles = 64;
+// The terms of each running sum in the forward and backward-data GEMMs (above).
+constexpr int64_t kWinogradSumDepth = 64;
+
+// The same rule for every pass.
+static inline WinogradTile winograd_profitable(const Conv2d& cv) {
+  constexpr int64_t kMinChannels = 32, kMinChannelPairs = 4096, kMinTileChannels = 8192;
+  constexpr int64_t kNarrowChannels = 128, kMinF4WideTiles = 64, kMinF2Tiles = 64;
   // Counted in 4x4 tiles for both tile sizes: the bound is on the work, not the GEMMs' N.
   const int64_t tiles = cv.n * ceil_div(cv.p, int64_t(4)) * ceil_div(cv.q, int64_t(4));
   if (cv.c < kMinChannels || cv.k < kMinChannels || cv.c * cv.k < kMinChannelPairs ||
       tiles * min64(cv.c, cv.k) < kMinTileChannels) {
     return WinogradTile::none;
   }
-  if (max64(cv.c, cv.k) <= f4_max_channels) return WinogradTile::f4x4;
+  if (max64(cv.c, cv.k) <= kNarrowChannels || tiles >= kMinF4WideTiles) return WinogradTile::f4x4;
   const int64_t tiles2 = cv.n * ceil_div(cv.p, int64_t(2)) * ceil_div(cv.q, int64_t(2));
   return tiles2 >= kMinF2Tiles ? WinogradTile::f2x2 : WinogradTile::none;
 }
@@ -311,7 +327,7 @@ static inline WinogradTile winograd_tile(const Conv2d& cv, WinogradPass pass) {
     case ConvAlgorithm::automatic:
       break;
   }
-  return winograd_profitable(cv, pass);
+  return winograd_profitable(cv);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -765,6 +781,7 @@ void winograd_chunk(const T* src, int64_t nimg, int64_t cin, int64_t hin, int64_
   g.cs_b = 1;
   g.c = m;
   g.rs_c = ttot;
+  g.kc_max = kWinogradSumDepth;  // the error bound (winograd_profitable)
   winograd_gemms(g, F::kPoints, bf.u_stride, bf.v_stride, bf.m_stride, nthreads);
   winograd_output<F, V>(m, bf.m_stride, nimg, cout, ho, wo, th, tw, bias, dst, nthreads);
 }

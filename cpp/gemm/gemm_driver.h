@@ -51,13 +51,15 @@ constexpr int64_t kMinMnkPerThread = grain::kGemmMacs;
 //    micro-panels and C tiles passing through). 2 MiB L2, KC = 512, fp32: NC = 512.
 //  - MC: rows of A packed at once (all of K): a 4 MiB budget, which stays in L3 on any recent x86
 //    core.
-static inline GemmBlocking make_blocking(int64_t mr, int64_t nr, int64_t bytes, int64_t k) {
+static inline GemmBlocking make_blocking(int64_t mr, int64_t nr, int64_t bytes, int64_t k,
+                                         int64_t kc_max = 0) {
   const CpuInfo& cpu = cpu_info();
   GemmBlocking bl{};
   bl.mr = mr;
   bl.nr = nr;
   int64_t kc = round_down(cpu.l1d / 2 / (mr * bytes), 16);
   kc = max64(64, min64(kc, 1024));
+  if (kc_max > 0) kc = min64(kc, kc_max);  // GemmArgs::kc_max
   // Split K evenly so that the last panel is not a sliver (K = 600 with KC = 512 becomes 2 x 300).
   if (k > 0) kc = round_up(ceil_div(k, ceil_div(k, kc)), 8);
   bl.kc = kc;
@@ -289,10 +291,17 @@ static void gemm_small(const GemmArgs<typename UK::T>& g) {
       rs_b = g.n;
     }
   }
-  for (int64_t i = 0; i < g.m; i += MR) {
-    for (int64_t j = 0; j < g.n; j += NR) {
-      UK::run(g.k, a + i * rs_a, rs_a, cs_a, b + j, rs_b, g.c + i * g.rs_c + j, g.rs_c,
-              min64(MR, g.m - i), min64(NR, g.n - j), g.alpha, g.beta);
+  // In K blocks of at most kc_max terms where that is set (each block's sum added to C).
+  const int64_t kb = g.kc_max > 0 ? g.kc_max : g.k;
+  for (int64_t p = 0; p < g.k; p += kb) {
+    const int64_t kk = min64(kb, g.k - p);
+    const T beta = p == 0 ? g.beta : T(1);
+    for (int64_t i = 0; i < g.m; i += MR) {
+      for (int64_t j = 0; j < g.n; j += NR) {
+        UK::run(kk, a + i * rs_a + p * cs_a, rs_a, cs_a, b + j + p * rs_b, rs_b,
+                g.c + i * g.rs_c + j, g.rs_c, min64(MR, g.m - i), min64(NR, g.n - j), g.alpha,
+                beta);
+      }
     }
   }
 }
@@ -426,12 +435,13 @@ struct has_in_place<
 template <class UK, class APol, class BPol, class CPol>
 static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
                         typename UK::T alpha, typename UK::T beta, int nthreads, bool b_transposed,
-                        const typename UK::T* bias = nullptr, bool relu = false) {
+                        const typename UK::T* bias = nullptr, bool relu = false,
+                        int64_t sum_depth = 0) {
   using T = typename UK::T;
   constexpr int MR = UK::MR, NR = UK::NR;
   const int64_t m = A.rows(), panels = C.panels();
   if (m <= 0 || panels <= 0) return;
-  const GemmBlocking bl = make_blocking(MR, NR, sizeof(T), k);
+  const GemmBlocking bl = make_blocking(MR, NR, sizeof(T), k, sum_depth);
   const int64_t kc_max = bl.kc;
   // B's reduction rows [0, kin) are read in place; K blocks do not straddle kin.
   int64_t kin = 0, ldb = 0;
@@ -605,7 +615,7 @@ static void gemm_blocked(const GemmArgs<typename UK::T>& g) {
   const MatrixA<T, UK::MR> A{g.a, g.m, g.k, g.rs_a, g.cs_a};
   const MatrixB<typename UK::V, UK::NR> B{g.b, g.n, g.rs_b, g.cs_b, g.k};
   const MatrixC<T, UK::NR> C{g.c, g.n, g.rs_c};
-  gemm_engine<UK>(A, B, C, g.k, g.alpha, g.beta, g.nthreads, g.cs_b != 1, g.bias, g.relu);
+  gemm_engine<UK>(A, B, C, g.k, g.alpha, g.beta, g.nthreads, g.cs_b != 1, g.bias, g.relu, g.kc_max);
 }
 
 // C = beta * C for K == 0 (alpha * A . B is an empty sum).
@@ -628,7 +638,7 @@ static void gemm(const GemmArgs<typename UK::T>& g) {
   // multiply-adds, or at most kGemvMaxM rows) in one pass over C afterwards.
   if (g.k <= 0) {
     scale_c(g);
-  } else if (g.m > kGemvMaxM || !gemv<typename UK::V>(g)) {
+  } else if (g.m > kGemvMaxM || g.kc_max > 0 || !gemv<typename UK::V>(g)) {
     if (g.m * g.n * g.k > kSmallMnk) {
       gemm_blocked<UK>(g);
       return;

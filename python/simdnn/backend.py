@@ -102,14 +102,13 @@ class conv_algorithm:
         with simdnn.conv_algorithm("direct"):
             y = model(x)  # every convolution on the exact direct path
 
-    ``"auto"`` (the default) lets the native code choose: Winograd for 3x3, stride 1, dilation
-    1, groups 1 layers with enough channels (F(4x4, 3x3), or F(2x2, 3x3) on layers too wide for
-    F(4x4)'s error bound), else direct. ``"direct"`` forces the exact path. ``"winograd"``
-    (F(4x4, 3x3)) and ``"winograd_2x2"`` (F(2x2, 3x3)) run that Winograd wherever the geometry
-    allows it and direct elsewhere (an explicit ``algorithm="winograd"`` on a layer or call is
-    strict instead: a ValueError where it cannot run). The algorithm is fixed when the forward
-    pass runs: the backward pass of a tape recorded inside the block uses it even after the
-    block has ended.
+    ``"auto"`` (the default) lets the native code choose: Winograd for 3x3, stride 1, dilation 1,
+    groups 1 layers with enough channels (F(4x4, 3x3), or F(2x2, 3x3) on layers over 128 channels
+    with too few 4x4 tiles), else direct. ``"direct"`` forces the exact path. ``"winograd"`` (F(4x4,
+    3x3)) and ``"winograd_2x2"`` (F(2x2, 3x3)) run that Winograd wherever the geometry allows it and
+    direct elsewhere (an explicit ``algorithm="winograd"`` on a layer or call is strict instead: a
+    ValueError where it cannot run). The algorithm is fixed when the forward pass runs: the backward
+    pass of a tape recorded inside the block uses it even after the block has ended.
 
     The choice is a :mod:`contextvars` variable: per thread (a new thread starts at "auto") and
     per asyncio task.

@@ -99,11 +99,11 @@ def gemm(
 
 # ------------------------------------------------------------------------------------------------
 # Convolution (NCHW). stride, padding and dilation take an int or an (h, w) pair, as in PyTorch.
-# algorithm: "auto" (the native code chooses: Winograd F(4x4, 3x3) for eligible layers with
-# enough channels, F(2x2, 3x3) for the wider of them, else direct), "direct" (the exact
-# implicit-GEMM path), "winograd" or "winograd_2x2" (F(4x4, 3x3) or F(2x2, 3x3), forced;
-# ValueError unless the kernel is 3x3 with stride 1, dilation 1 and groups 1, and for
-# backward-data padding <= 2). The name is checked here (as by the twins), the geometry natively.
+# algorithm: "auto" (the native code chooses: Winograd F(4x4, 3x3) for eligible layers with enough
+# channels and tiles, F(2x2, 3x3) for wide layers with fewer tiles, else direct), "direct" (the
+# exact implicit-GEMM path), "winograd" or "winograd_2x2" (F(4x4, 3x3) or F(2x2, 3x3), forced;
+# ValueError unless the kernel is 3x3 with stride 1, dilation 1 and groups 1, and for backward-data
+# padding <= 2). The name is checked here (as by the twins), the geometry natively.
 
 
 def _algorithm(value: object, fn: str) -> str:

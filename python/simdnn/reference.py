@@ -410,8 +410,9 @@ WINOGRAD_AT = np.array(
 # F(2x2, 3x3) (Lavin & Gray; points 0, 1, -1 and infinity): each 2x2 output tile from a 4x4 input
 # patch with 16 multiplications per channel pair instead of 36 (2.25x fewer, against F(4x4)'s
 # 4x). Its matrices hold only 0, +-1 and 1/2, so its float32 error stays near direct
-# convolution's at any channel count, where F(4x4)'s grows past 10x of it beyond 128 channels
-# (README, "Convolution algorithms"). Same formulas as above with m = 2, alpha = 4.
+# convolution's at any channel count, where F(4x4)'s is 2-6x it (with the native GEMMs' channel
+# sums in runs of 64; README, "Convolution algorithms"). Same formulas as above with m = 2,
+# alpha = 4.
 WINOGRAD_2X2_BT = np.array(
     [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64
 )

@@ -222,6 +222,25 @@ def test_native_backward_data_matches_the_twin(isa, dtype, rng, case, algorithm)
     assert_near(dx, want, tolerance(dtype), "backward-data")
 
 
+# Channel sums of more than 64 terms, which the forward and backward-data GEMMs add in runs of at
+# most 64 (winograd.h, kWinogradSumDepth): the first on the small-GEMM path (70 x 4 tiles x 72
+# multiply-adds a point), the second through the blocked engine (runs of 48, 48 and 40), with odd
+# channel counts on both sides.
+SUM_RUN_CASES = [(1, 72, 70, 6, 6, 1), (2, 136, 130, 9, 11, 1)]
+
+
+@winograd_algorithms
+@pytest.mark.parametrize("case", SUM_RUN_CASES, ids=case_id)
+def test_native_sums_over_many_channels_match_the_twin(isa, dtype, rng, case, algorithm):
+    x, w, b, dy, padding = make(case, dtype, rng)
+    tile = TILES[algorithm]
+    y = ops.conv2d(x, w, b, padding=padding, algorithm=algorithm)
+    assert_near(y, reference.conv2d_winograd(x, w, b, padding, tile=tile), tolerance(dtype), "y")
+    dx = ops.conv2d_backward_data(dy, w, x.shape, padding=padding, algorithm=algorithm)
+    want_dx = reference.conv2d_winograd_backward_data(dy, w, x.shape, padding, tile=tile)
+    assert_near(dx, want_dx, tolerance(dtype), "backward-data")
+
+
 @winograd_algorithms
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_native_backward_weights_matches_the_twin(isa, dtype, rng, case, algorithm):
@@ -282,12 +301,19 @@ def test_chunks_on_any_thread_count(isa, dtype, rng, case, threads, schedule, al
 
 @pytest.mark.parametrize(
     "case",
-    [*CASES[::3], (2, 64, 64, 10, 9, 1), (1, 32, 48, 12, 12, 0), (4, 136, 144, 18, 18, 1)],
+    [
+        *CASES[::3],
+        (2, 64, 64, 10, 9, 1),
+        (1, 32, 48, 12, 12, 0),
+        (4, 136, 144, 18, 18, 1),
+        (2, 176, 168, 18, 18, 1),
+    ],
     ids=case_id,
 )
 def test_direct_winograd_and_auto_agree(isa, dtype, rng, case):
     """The four algorithms are one convolution: each pass agrees within rounding, and "direct"
-    is the default path's exact result (auto may pick any; the last case takes F(2x2))."""
+    is the default path's exact result (auto may pick any; the last two cases take F(4x4) and
+    F(2x2): over 128 channels with 100 and 50 tiles of 4x4)."""
     x, w, b, dy, padding = make(case, dtype, rng)
     tol = tolerance(dtype)
     ys = {a: ops.conv2d(x, w, b, padding=padding, algorithm=a) for a in ALGORITHMS}
@@ -457,31 +483,32 @@ def test_non_finite_inputs_land_where_direct_puts_them(isa, dtype, rng, case, wh
 
 
 # ------------------------------------------------------------------------------------------------
-# float32 accuracy on the layers the automatic choice gives Winograd (F(4x4) for forward and
-# backward-data up to 128 channels, backward-weights up to 256; F(2x2) beyond: winograd.h,
-# winograd_profitable): its largest error against a float64 direct reference within 10x that of
-# the direct float32 path, for each such pass. (F(4x4)'s grows with the channel count: forward
-# 9.7-13.1x at 256 channels on AMD Zen 4 with AVX-512, which take F(2x2), 1.4-1.6x, instead.)
+# float32 accuracy on the layers the automatic choice gives Winograd (winograd.h,
+# winograd_profitable: F(4x4) for any width with enough tiles, else F(2x2) over 128 channels): its
+# largest error against a float64 direct reference within 10x that of the direct float32 path,
+# for each pass. (F(4x4)'s forward GEMMs summed over all channels in one run read 9.7-13.1x at 256
+# channels on AMD Zen 4 with AVX-512; summed in runs of 64 terms, 3.8-5.1x.)
 
 PASSES = ("forward", "backward-data", "backward-weights")
-# The algorithm, (N, C = K, H = W), 3x3, padding 1, and the passes checked: those that "auto"
-# runs with that algorithm at that channel count.
+# The algorithm, (N, C = K, H = W), 3x3, padding 1, and the passes checked.
 LAYERS = [
     ("winograd", (2, 64, 16), PASSES),
     ("winograd", (2, 128, 28), PASSES),
-    ("winograd", (2, 256, 14), ("backward-weights",)),
+    ("winograd", (2, 256, 14), PASSES),
+    ("winograd", (2, 512, 7), PASSES),
     ("winograd_2x2", (2, 256, 14), PASSES),
     ("winograd_2x2", (2, 512, 7), PASSES),
 ]
 F4, F2, DIRECT = "winograd", "winograd_2x2", "direct"
 # Layers with enough tiles for "auto" (4x4 tiles x channels >= 8192), and its algorithm for the
-# forward, backward-data and backward-weights passes there; one image of 14x14 has too few 2x2
-# tiles (49) for F(2x2)'s GEMMs.
+# forward, backward-data and backward-weights passes there: over 128 channels F(4x4) needs 64 of
+# its tiles (the N4 layers) and F(2x2) 64 of its own (one image of 14x14 has 49: direct).
 AUTO_LAYERS = [
     ((8, 64, 16), (F4, F4, F4)),
     ((2, 128, 28), (F4, F4, F4)),
-    ((4, 192, 14), (F2, F2, F4)),
-    ((2, 256, 14), (F2, F2, F4)),
+    ((4, 192, 14), (F4, F4, F4)),
+    ((4, 256, 14), (F4, F4, F4)),
+    ((2, 256, 14), (F2, F2, F2)),
     ((2, 272, 14), (F2, F2, F2)),
     ((1, 512, 14), (DIRECT, DIRECT, DIRECT)),
 ]
@@ -541,9 +568,10 @@ def test_float32_winograd_error_is_within_10x_of_direct(isa, algorithm, layer, p
     AUTO_LAYERS,
     ids=layer_ids(AUTO_LAYERS),
 )
-def test_auto_takes_winograd_only_for_the_passes_within_its_error_bound(isa, layer, chosen):
-    """ "auto" gives exactly the result of the algorithm listed for each pass: F(4x4) within its
-    error bound, F(2x2) beyond it, direct where F(2x2) has too few tiles."""
+def test_auto_takes_the_tile_the_layer_has_work_for(isa, layer, chosen):
+    """ "auto" gives exactly the result of the algorithm listed for each pass: F(4x4) where the
+    batch has enough of its tiles, F(2x2) on wide layers with fewer, direct where F(2x2) has too
+    few too."""
     x, w, dy = (a.astype(np.float32) for a in layer_data(layer, seed=3))
     results = {a: pass_results(a, x, w, dy) for a in ALGORITHMS}
     for p, want in zip(PASSES, chosen):

