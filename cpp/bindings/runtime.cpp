@@ -273,7 +273,7 @@ void bind_runtime(py::module_& m) {
       [](const py::object& tasks) {
         if (!tasks.is_none() && !py::isinstance<py::bool_>(tasks)) {
           type_error("_set_winograd_chunk_tasks: tasks must be True, False or None, got " +
-                     std::string(py::str(tasks.get_type().attr("__name__"))));
+                     std::string(py::repr(tasks)));
         }
         set_winograd_chunk_tasks(tasks.is_none() ? -1 : (tasks.cast<bool>() ? 1 : 0));
       },
