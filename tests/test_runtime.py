@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -62,6 +63,15 @@ def test_cpu_info_keys():
         blk = info["gemm_blocking"][dt]
         assert blk["kc"] > 0
         assert blk["nc"] % blk["nr"] == 0
+
+
+@pytest.mark.parametrize("value", [1, 0, "tasks", 1.0])
+def test_winograd_schedule_hook_refuses_anything_but_a_bool_or_none(value):
+    """The tests' schedule switch takes True, False or None, and names what it got otherwise
+    (an int is refused too, though Python would treat 1 as true)."""
+    with pytest.raises(TypeError, match=r"True, False or None, got " + re.escape(repr(value))):
+        simdnn._core._set_winograd_chunk_tasks(value)
+    simdnn._core._set_winograd_chunk_tasks(None)
 
 
 def test_best_isa_is_the_default():

@@ -165,8 +165,8 @@ struct F4x4 {
 // F(2x2, 3x3) (Lavin & Gray; points 0, 1, -1 and infinity): 16 GEMMs of C*K*T multiply-adds
 // replace 9*4 = 36 per tile, 2.25x fewer FMAs than direct convolution against F(4x4)'s 4x, but
 // its transforms hold only 0, +-1 and 1/2, so its float32 error stays near direct convolution's
-// at any channel count (README, "Convolution algorithms"), where F(4x4)'s grows past 10x of it
-// beyond 128 channels.
+// at any channel count, where F(4x4)'s is 2-6x it (README, "Convolution algorithms"); "auto"
+// takes it for wide layers with too few 4x4 tiles (winograd_profitable).
 struct F2x2 {
   static constexpr int64_t kM = 2, kAlpha = 4, kPoints = 16;
 
@@ -781,7 +781,7 @@ void winograd_chunk(const T* src, int64_t nimg, int64_t cin, int64_t hin, int64_
   g.cs_b = 1;
   g.c = m;
   g.rs_c = ttot;
-  g.kc_max = kWinogradSumDepth;  // the error bound (winograd_profitable)
+  g.sum_depth = kWinogradSumDepth;  // the error bound (winograd_profitable)
   winograd_gemms(g, F::kPoints, bf.u_stride, bf.v_stride, bf.m_stride, nthreads);
   winograd_output<F, V>(m, bf.m_stride, nimg, cout, ho, wo, th, tw, bias, dst, nthreads);
 }

@@ -32,10 +32,10 @@ struct GemmArgs {
   const T* bias = nullptr;  // N elements, contiguous; nullptr: none
   bool relu = false;
   int nthreads = 1;
-  // > 0: the reduction is summed in blocks of at most this many terms, each block's sum then
-  // added to C (the cache blocking's own K blocks are larger). Fewer terms per running sum
-  // round less: Winograd's GEMMs use it (conv/winograd.h, kWinogradSumDepth).
-  int64_t kc_max = 0;
+  // > 0: the reduction is summed in runs of at most this many terms, each run's sum then added
+  // to C (the cache blocking's own K blocks are larger). Fewer terms per running sum round less:
+  // Winograd's GEMMs use it (conv/winograd.h, kWinogradSumDepth).
+  int64_t sum_depth = 0;
 };
 
 template <typename T>

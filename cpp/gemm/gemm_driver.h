@@ -52,14 +52,14 @@ constexpr int64_t kMinMnkPerThread = grain::kGemmMacs;
 //  - MC: rows of A packed at once (all of K): a 4 MiB budget, which stays in L3 on any recent x86
 //    core.
 static inline GemmBlocking make_blocking(int64_t mr, int64_t nr, int64_t bytes, int64_t k,
-                                         int64_t kc_max = 0) {
+                                         int64_t sum_depth = 0) {
   const CpuInfo& cpu = cpu_info();
   GemmBlocking bl{};
   bl.mr = mr;
   bl.nr = nr;
   int64_t kc = round_down(cpu.l1d / 2 / (mr * bytes), 16);
   kc = max64(64, min64(kc, 1024));
-  if (kc_max > 0) kc = min64(kc, kc_max);  // GemmArgs::kc_max
+  if (sum_depth > 0) kc = min64(kc, sum_depth);  // GemmArgs::sum_depth
   // Split K evenly so that the last panel is not a sliver (K = 600 with KC = 512 becomes 2 x 300).
   if (k > 0) kc = round_up(ceil_div(k, ceil_div(k, kc)), 8);
   bl.kc = kc;
@@ -291,8 +291,8 @@ static void gemm_small(const GemmArgs<typename UK::T>& g) {
       rs_b = g.n;
     }
   }
-  // In K blocks of at most kc_max terms where that is set (each block's sum added to C).
-  const int64_t kb = g.kc_max > 0 ? g.kc_max : g.k;
+  // In runs of at most sum_depth terms where that is set (each run's sum added to C).
+  const int64_t kb = g.sum_depth > 0 ? g.sum_depth : g.k;
   for (int64_t p = 0; p < g.k; p += kb) {
     const int64_t kk = min64(kb, g.k - p);
     const T beta = p == 0 ? g.beta : T(1);
@@ -615,7 +615,8 @@ static void gemm_blocked(const GemmArgs<typename UK::T>& g) {
   const MatrixA<T, UK::MR> A{g.a, g.m, g.k, g.rs_a, g.cs_a};
   const MatrixB<typename UK::V, UK::NR> B{g.b, g.n, g.rs_b, g.cs_b, g.k};
   const MatrixC<T, UK::NR> C{g.c, g.n, g.rs_c};
-  gemm_engine<UK>(A, B, C, g.k, g.alpha, g.beta, g.nthreads, g.cs_b != 1, g.bias, g.relu, g.kc_max);
+  gemm_engine<UK>(A, B, C, g.k, g.alpha, g.beta, g.nthreads, g.cs_b != 1, g.bias, g.relu,
+                  g.sum_depth);
 }
 
 // C = beta * C for K == 0 (alpha * A . B is an empty sum).
@@ -638,7 +639,7 @@ static void gemm(const GemmArgs<typename UK::T>& g) {
   // multiply-adds, or at most kGemvMaxM rows) in one pass over C afterwards.
   if (g.k <= 0) {
     scale_c(g);
-  } else if (g.m > kGemvMaxM || g.kc_max > 0 || !gemv<typename UK::V>(g)) {
+  } else if (g.m > kGemvMaxM || g.sum_depth > 0 || !gemv<typename UK::V>(g)) {
     if (g.m * g.n * g.k > kSmallMnk) {
       gemm_blocked<UK>(g);
       return;
