@@ -74,6 +74,14 @@ def test_winograd_schedule_hook_refuses_anything_but_a_bool_or_none(value):
     simdnn._core._set_winograd_chunk_tasks(None)
 
 
+@pytest.mark.parametrize("value", [1, 0, "wide", 1.0])
+def test_lanes_form_hook_refuses_anything_but_a_bool_or_none(value):
+    """The same for the tests' switch of the wide-row filters-in-lanes forward."""
+    with pytest.raises(TypeError, match=r"True, False or None, got " + re.escape(repr(value))):
+        simdnn._core._set_conv_lanes_wide(value)
+    simdnn._core._set_conv_lanes_wide(None)
+
+
 def test_best_isa_is_the_default():
     out = run_python("import simdnn; print(simdnn.get_isa())", SIMDNN_ISA="")
     assert out.returncode == 0, out.stderr

@@ -148,6 +148,21 @@ py::list kernel_registry() {
   return out;
 }
 
+// A tests' switch `name(arg)`: True -> set(1), False -> set(0), None -> set(-1) (the library's
+// own choice); anything else, an int included, is a TypeError naming what it got.
+void def_test_switch(py::module_& m, const char* name, const char* arg, void (*set)(int)) {
+  const std::string prefix = std::string(name) + ": " + arg + " must be True, False or None, got ";
+  m.def(
+      name,
+      [prefix, set](const py::object& value) {
+        if (!value.is_none() && !py::isinstance<py::bool_>(value)) {
+          type_error(prefix + std::string(py::repr(value)));
+        }
+        set(value.is_none() ? -1 : (value.cast<bool>() ? 1 : 0));
+      },
+      py::arg(arg));
+}
+
 }  // namespace
 
 std::string available_isas() { return available_list(); }
@@ -268,16 +283,10 @@ void bind_runtime(py::module_& m) {
     set_thread_cap(n);
   });
   // Tests: force Winograd's chunk schedule (True: tasks, False: phases, None: the CPU's own).
-  m.def(
-      "_set_winograd_chunk_tasks",
-      [](const py::object& tasks) {
-        if (!tasks.is_none() && !py::isinstance<py::bool_>(tasks)) {
-          type_error("_set_winograd_chunk_tasks: tasks must be True, False or None, got " +
-                     std::string(py::repr(tasks)));
-        }
-        set_winograd_chunk_tasks(tasks.is_none() ? -1 : (tasks.cast<bool>() ? 1 : 0));
-      },
-      py::arg("tasks"));
+  def_test_switch(m, "_set_winograd_chunk_tasks", "tasks", set_winograd_chunk_tasks);
+  // Tests: force the wide-row form of the filters-in-lanes forward (True: wherever it can run,
+  // False: never, None: conv/direct.h's rule).
+  def_test_switch(m, "_set_conv_lanes_wide", "wide", set_conv_lanes_wide_mode);
   // simdnn.distributed's last resort: a rank that must end the job dies (common/process.h).
   m.def(
       "_kill_self_after",

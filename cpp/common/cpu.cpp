@@ -176,6 +176,7 @@ bool isa_available(Isa isa) {
 
 namespace {
 std::atomic<int> g_winograd_chunk_tasks{-1};
+std::atomic<int> g_conv_lanes_wide{-1};
 }  // namespace
 
 bool winograd_chunk_tasks() {
@@ -185,6 +186,12 @@ bool winograd_chunk_tasks() {
 
 void set_winograd_chunk_tasks(int mode) {
   g_winograd_chunk_tasks.store(mode < 0 ? -1 : (mode != 0 ? 1 : 0), std::memory_order_relaxed);
+}
+
+int conv_lanes_wide_mode() { return g_conv_lanes_wide.load(std::memory_order_relaxed); }
+
+void set_conv_lanes_wide_mode(int mode) {
+  g_conv_lanes_wide.store(mode < 0 ? -1 : (mode != 0 ? 1 : 0), std::memory_order_relaxed);
 }
 
 }  // namespace simdnn

@@ -52,4 +52,9 @@ bool isa_available(Isa isa);
 bool winograd_chunk_tasks();
 void set_winograd_chunk_tasks(int mode);
 
+// Tests: -1 (the default) lets conv/direct.h's rule (lanes_wide_pays) choose the wide-row form of
+// the filters-in-lanes forward; 1 forces it wherever it can run, 0 never takes it.
+int conv_lanes_wide_mode();
+void set_conv_lanes_wide_mode(int mode);
+
 }  // namespace simdnn

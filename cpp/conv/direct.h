@@ -9,7 +9,10 @@
 // threads: 64->3 7x7 14x14 N16 0.57x -> 1.23x, 96->3 3x3 112x112 N2 0.42x -> 1.66x, 32->8 g2 5x5/s2
 // 28x28 N16 0.29x -> 1.36x, 128->8 5x5/s2 56x56 N1 0.32x -> 1.82x).
 // Here a block of KB filters and NQ vectors of one output row keeps KB x NQ accumulators over
-// the C/G x R x S taps: each tap is KB weight broadcasts and NQ loads.
+// the C/G x R x S taps: each tap is KB weight broadcasts and NQ loads. With the filters in the
+// vector lanes instead (one or two vectors of filters, an input broadcast per pixel and tap), the
+// forward serves rows under half a vector with up to 64 filters, and longer rows where the
+// filters fill their vectors (lanes_wide_pays).
 //
 // Backward-weights of layers with few reduction rows (C/groups * R * S <= 32, such as
 // LeNet's first layer, 1 -> 20 5x5).
@@ -29,6 +32,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "common/compiler.h"
 #include "common/cpu.h"
@@ -106,10 +110,57 @@ constexpr int direct_forward_budget() {
   return sizeof(typename V::V) >= 64 ? 24 : 12;
 }
 
+// The filters-in-lanes form on rows of at least half a vector (wide rows): each task computes over
+// NQ-pixel runs of a row (direct_forward_budget / 2: 12 with 32 registers, 6 with 16; two blocks
+// of KB x NQ accumulators), the columns past the last whole run in strips of NQ rows. Against
+// the implicit GEMM it saves the im2col packing, which feeds only K/G FMAs per packed element:
+// with 32 filters, and at stride 2, the packing took 26% of 3x3/s2 p0 192->32 28x28 N4's forward
+// samples against 47% for the micro-kernels. Where it pays, on an AMD EPYC Zen 4 VM (2 threads,
+// float32, forward, GEMM (or, for 16 filters, the row form below) -> wide lanes, medians of 5
+// alternating blocks in one process), N8 28x28 p1 unless given:
+//  - 16 filters: 3x3 16->16 179 -> 167 us, /s2 80 -> 59 us; 64->16 698 -> 684, /s2 313 -> 224 us;
+//    192->16 2088 -> 2035, /s2 988 -> 667 us;
+//  - 32 filters: 16->32 377 -> 303, /s2 115 -> 90 us; 64->32 1400 -> 1244, /s2 423 -> 378 us;
+//    192->32 3872 -> 3781, /s2 1273 -> 1131 us; 3x3/s2 p0 192->32 N4 585-636 -> 488-574 us;
+//    5x5 p2 32->32 2147 -> 1635 us, /s2 634 -> 471 us; 7x7/s2 p3 64->32 56x56 N4 5118 -> 3192 us;
+//    16 32->32 14x14 380 -> 335 us;
+//  - 48 and 64 filters from 16 or 32 channels: 3x3 16->48 517 -> 456, /s2 150 -> 129 us; 16->64
+//    649 -> 589, /s2 190 -> 175 us; 4x4/s2 p2 32->64 N8 753-755 -> 648-673 us;
+// and where it does not:
+//  - filters that fill their last vector partly: 24 filters lost 0.81-0.85x at stride 1 (64->24
+//    1011 -> 1248 us) and gained 0.99-1.11x at stride 2;
+//  - 48 or 64 filters from 64 or 192 channels: 0.98-1.04x; 128 filters: 0.93-0.95x (3x3/s2
+//    64->128 32x32 N16 3287-3664 -> 3552-3870 us): each task of two blocks broadcasts the input
+//    again;
+//  - fewer tasks than twice the threads: 2 256->32 14x14 390 -> 448 us, 1 128->32 28x28 444 ->
+//    598 us, 1 128->64 /s2 220 -> 259 us (one image leaves a thread idle);
+//  - rows shorter than NQ, which leave only strips: 4x4 p2 16->128 7x7 N16 (8-pixel rows) 342
+//    -> 735 us, LeNet's 20->50 5x5 12x12 N64 1074 -> 2704 us.
+// The image's padded planes and the pixel-major results are the task's workspace (up to
+// kLanesWideMaxBytes; 7x7/s2 p3 64->32 56x56 takes 1.35 MB). Intel was not measured: the loop is
+// the narrow form's, measured there, and its loads (a broadcast per two FMAs) fit two load ports.
+constexpr int64_t kLanesWideMaxBytes = int64_t(2) << 20;
+
+template <typename T>
+bool lanes_wide_pays(const Conv2d& cv) {
+  using V = typename VecOf<T>::type;
+  constexpr int64_t W = V::W, NQ = direct_forward_budget<V>() / 2;
+  if (W == 1 || 2 * cv.q < W) return false;  // no lanes, or the narrow form's rows
+  if (const int mode = conv_lanes_wide_mode(); mode >= 0) return mode == 1;
+  const int64_t cg = cv.c / cv.groups, kg = cv.k / cv.groups;
+  const int64_t hp = (cv.p - 1) * cv.sh + (cv.r - 1) * cv.dh + 1;
+  const int64_t wp = (cv.q - 1) * cv.sw + (cv.s - 1) * cv.dw + 1;
+  const int64_t tasks = cv.n * cv.groups * ceil_div(kg / W, 2);
+  const bool filters = kg % W == 0 && (kg <= 2 * W || (cg <= 32 && kg <= 4 * W));
+  return cv.r * cv.s >= 2 && cv.q >= NQ && filters && tasks >= 2 * cv.nthreads &&
+         (cv.c * hp * wp + 2 * cv.p * cv.q * W) * static_cast<int64_t>(sizeof(T)) <=
+             kLanesWideMaxBytes;
+}
+
 // NP output rows x NQ pixels from (p, q0) of KB filter blocks of one group: acc = bias + sum over
 // (c, r, s) of w[:, c, r, s] . x[c, p * sh + r * dh, q * sw + s * dw] (pad: the padded planes of
 // the group, cg of them; block b's weights at wt + b * wstep, its results at yt + b * ystep).
-template <class V, int KB, int NP, int NQ>
+template <class V, int KB, int NP, int NQ, int SW = 0>
 inline void lanes_block(const Conv2d& cv, const typename V::T* pad, int64_t cg, int64_t plane,
                         int64_t wp, const typename V::T* wt, int64_t wstep,
                         const typename V::V* bias, typename V::T* yt, int64_t ystep, int64_t p,
@@ -131,7 +182,7 @@ inline void lanes_block(const Conv2d& cv, const typename V::T* pad, int64_t cg, 
         const typename V::T* src = row + s * cv.dw;
         for (int i = 0; i < NP; ++i)
           for (int j = 0; j < NQ; ++j) {
-            const R xv = V::set1(src[i * row_step + j * cv.sw]);
+            const R xv = V::set1(src[i * row_step + j * (SW > 0 ? SW : cv.sw)]);
             for (int b = 0; b < KB; ++b) acc[b][i][j] = V::fma(t[b], xv, acc[b][i][j]);
           }
       }
@@ -141,6 +192,39 @@ inline void lanes_block(const Conv2d& cv, const typename V::T* pad, int64_t cg, 
     for (int i = 0; i < NP; ++i)
       for (int j = 0; j < NQ; ++j)
         V::store(yt + b * ystep + ((p + i) * cv.q + q0 + j) * W, acc[b][i][j]);
+}
+
+// A whole plane of wide rows (lanes_wide_pays) for KB blocks: runs of NQ pixels of a row, then
+// the columns past the last whole run in strips of NQ rows by one column. Strides 1 and 2 are
+// compiled in, so that the run's broadcasts are fixed offsets from one pointer: with the stride
+// read at run time GCC kept part of the 12 pixel addresses on the stack, and 3x3/s2 p0 192->32
+// 28x28 N4 ran at 1.11x the implicit GEMM instead of 1.20x (AMD EPYC Zen 4, 2 threads, float32).
+template <class V, int KB>
+void lanes_wide_plane(const Conv2d& cv, const typename V::T* gpad, int64_t cg, int64_t plane,
+                      int64_t wp, const typename V::T* wk, int64_t wstep, const typename V::V* bias,
+                      typename V::T* yt, int64_t ystep) {
+  constexpr int NQ = direct_forward_budget<V>() / 2;
+  const int64_t qm = cv.q / NQ * NQ;
+  auto runs = [&](auto swc) {
+    constexpr int SW = decltype(swc)::value;
+    for (int64_t p = 0; p < cv.p; ++p)
+      for (int64_t q0 = 0; q0 < qm; q0 += NQ)
+        lanes_block<V, KB, 1, NQ, SW>(cv, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep, p, q0);
+  };
+  if (cv.sw == 1) {
+    runs(std::integral_constant<int, 1>{});
+  } else if (cv.sw == 2) {
+    runs(std::integral_constant<int, 2>{});
+  } else {
+    runs(std::integral_constant<int, 0>{});
+  }
+  for (int64_t q0 = qm; q0 < cv.q; ++q0) {
+    int64_t p = 0;
+    for (; p + NQ <= cv.p; p += NQ)
+      lanes_block<V, KB, NQ, 1>(cv, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep, p, q0);
+    for (; p < cv.p; ++p)
+      lanes_block<V, KB, 1, 1>(cv, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep, p, q0);
+  }
 }
 
 template <typename T>
@@ -208,25 +292,34 @@ void direct_forward_lanes(const Conv2d& cv, const T* x, const T* w, const T* b, 
       // Rows per block: one block keeps at least 12 accumulators where the plane allows (2 FMA
       // pipes of latency 4 want 8 chains; each tap's weight vector is loaded once per block);
       // two blocks fill the accumulator budget.
-      with_width<7>(cv.q, [&](auto nq) {
-        constexpr int NQ = decltype(nq)::value;
+      if (2 * cv.q >= V::W) {
         if (nb == 1) {
-          constexpr int NP = NQ >= 6 ? 3 : NQ >= 4 ? 4 : NQ >= 2 ? 6 : 12;
-          int64_t p = 0;
-          for (; p + NP <= cv.p; p += NP)
-            lanes_block<V, 1, NP, NQ>(cv, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep, p, 0);
-          for (; p < cv.p; ++p)
-            lanes_block<V, 1, 1, NQ>(cv, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep, p, 0);
+          lanes_wide_plane<V, 1>(cv, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep);
         } else {
-          constexpr int NP =
-              direct_forward_budget<V>() / (2 * NQ) > 1 ? direct_forward_budget<V>() / (2 * NQ) : 1;
-          int64_t p = 0;
-          for (; p + NP <= cv.p; p += NP)
-            lanes_block<V, 2, NP, NQ>(cv, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep, p, 0);
-          for (; p < cv.p; ++p)
-            lanes_block<V, 2, 1, NQ>(cv, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep, p, 0);
+          lanes_wide_plane<V, 2>(cv, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep);
         }
-      });
+      } else {
+        with_width<7>(cv.q, [&](auto nq) {
+          constexpr int NQ = decltype(nq)::value;
+          if (nb == 1) {
+            constexpr int NP = NQ >= 6 ? 3 : NQ >= 4 ? 4 : NQ >= 2 ? 6 : 12;
+            int64_t p = 0;
+            for (; p + NP <= cv.p; p += NP)
+              lanes_block<V, 1, NP, NQ>(cv, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep, p, 0);
+            for (; p < cv.p; ++p)
+              lanes_block<V, 1, 1, NQ>(cv, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep, p, 0);
+          } else {
+            constexpr int NP = direct_forward_budget<V>() / (2 * NQ) > 1
+                                   ? direct_forward_budget<V>() / (2 * NQ)
+                                   : 1;
+            int64_t p = 0;
+            for (; p + NP <= cv.p; p += NP)
+              lanes_block<V, 2, NP, NQ>(cv, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep, p, 0);
+            for (; p < cv.p; ++p)
+              lanes_block<V, 2, 1, NQ>(cv, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep, p, 0);
+          }
+        });
+      }
       // Back to planes: W pixels x W filters transposed per step.
       for (int64_t blk = 0; blk < nb; ++blk) {
         const int64_t kb = kb0 + blk;
@@ -266,6 +359,7 @@ bool direct_forward_eligible(const Conv2d& cv) {
     return cv.groups > 1 && kg <= kDirectForwardMaxFilters;
   }
   if (2 * cv.q < V::W) return direct_lanes_eligible<T>(cv);
+  if (lanes_wide_pays<T>(cv)) return true;
   if (kg > kDirectForwardEligibleFilters) return false;
   if (cv.r * cv.s >= 2) return true;
   // 1x1 layers: their GEMM needs no im2col (it packs plain rows), and direct lost on dense ones
@@ -562,7 +656,7 @@ void direct_forward(const Conv2d& cv, const T* x, const T* w, const T* b, T* y) 
     direct_forward_pointwise(cv, x, w, b, y);
     return;
   }
-  if (2 * cv.q < V::W) {
+  if (2 * cv.q < V::W || lanes_wide_pays<T>(cv)) {
     direct_forward_lanes(cv, x, w, b, y);
     return;
   }

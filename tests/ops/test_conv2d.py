@@ -384,6 +384,54 @@ def test_thread_counts(isa, rng, threads):
         np.testing.assert_array_equal(runs[nt][2][0], runs[nt][3][0])
 
 
+# The filters-in-lanes forward on wide rows (direct_forward_lanes, forced): runs of NQ pixels of
+# a row (12 on AVX-512, 6 on AVX2) and strips of NQ rows for the columns past the last run; one
+# block of W filters, two, and three (a task of two and one of one, the last partial); strides
+# 1 and 2 (compiled in) and 3, padding, dilation, groups; rows of exactly one run and of runs
+# plus a column; and, as backward-data's flipped convolution, both passes.
+LANES_WIDE_CASES = [
+    (2, 5, 17, 13, 37, 3, 2, 1, 1, 1, 1),
+    (3, 7, 30, 29, 16, 5, 5, 2, 2, 1, 1),
+    (1, 3, 9, 40, 50, 3, 3, 1, 1, 1, 1),
+    (2, 6, 20, 31, 12, 3, 3, 3, 1, 1, 2),
+    (2, 4, 16, 28, 32, 3, 3, (1, 2), 2, 2, 1),
+    (4, 24, 27, 27, 32, 3, 3, 2, 0, 1, 1),
+    (1, 2, 12, 12, 8, 1, 1, 1, 0, 1, 1),
+    (2, 3, 7, 14, 5, 2, 2, 1, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("case", LANES_WIDE_CASES, ids=case_id)
+def test_lanes_forward_on_wide_rows(isa, dtype, rng, threads, case):
+    """Forced wide lanes against the twin on 1-3 threads, same bits on each (every output is one
+    task's), and backward-data (the flipped convolution where it is one) likewise. Where lanes
+    exist (not scalar), forcing the form must change the bits of a layer that otherwise takes the
+    implicit GEMM (more than 24 filters a group), which adds the bias last: the hook reached the
+    kernel."""
+    x, w, b, kw = setup(case, dtype, rng)
+    y0 = ops.conv2d(x, w, b, **kw)
+    dy = rng.standard_normal(y0.shape).astype(dtype)
+    runs = []
+    simdnn._core._set_conv_lanes_wide(True)
+    try:
+        for nt in (1, 2, 3):
+            simdnn.set_num_threads(nt)
+            runs.append((ops.conv2d(x, w, b, **kw), ops.conv2d_backward_data(dy, w, x.shape, **kw)))
+        simdnn._core._set_conv_lanes_wide(False)
+        never = ops.conv2d(x, w, b, **kw)
+    finally:
+        simdnn._core._set_conv_lanes_wide(None)
+    k_r_s = w.shape[1] * w.shape[2] * w.shape[3]
+    assert_close(runs[0][0], reference.conv2d(x, w, b, **kw), dtype, scale=k_r_s**0.5)
+    want_dx = reference.conv2d_backward_data(dy, w, x.shape, **kw)
+    assert_close(runs[0][1], want_dx, dtype, scale=10)
+    for y, dx in runs[1:]:
+        np.testing.assert_array_equal(y, runs[0][0])
+        np.testing.assert_array_equal(dx, runs[0][1])
+    if isa != "scalar" and w.shape[0] // kw["groups"] > 24:
+        assert not np.array_equal(never, runs[0][0])
+
+
 @pytest.mark.parametrize(
     "case",
     [
