@@ -110,14 +110,14 @@ constexpr int direct_forward_budget() {
   return sizeof(typename V::V) >= 64 ? 24 : 12;
 }
 
-// The filters-in-lanes form on rows of at least half a vector (wide rows): each task computes over
-// NQ-pixel runs of a row (direct_forward_budget / 2: 12 with 32 registers, 6 with 16; two blocks
-// of KB x NQ accumulators), the columns past the last whole run in strips of NQ rows. Against
-// the implicit GEMM it saves the im2col packing, which feeds only K/G FMAs per packed element:
-// with 32 filters, and at stride 2, the packing took 26% of 3x3/s2 p0 192->32 28x28 N4's forward
-// samples against 47% for the micro-kernels. Where it pays, on an AMD EPYC Zen 4 VM (2 threads,
-// float32, forward, GEMM (or, for 16 filters, the row form below) -> wide lanes, medians of 5
-// alternating blocks in one process), N8 28x28 p1 unless given:
+// The filters-in-lanes form on rows of at least half a vector (wide rows): each task computes its
+// blocks over runs of pixels of a row, the columns past the last whole run in strips of rows
+// (lanes_wide_plane). Against the implicit GEMM it saves the im2col packing, which feeds only
+// K/G FMAs per packed element: with 32 filters, and at stride 2, the packing took 26% of 3x3/s2
+// p0 192->32 28x28 N4's forward samples against 47% for the micro-kernels. Where it pays, with
+// tasks of two blocks (runs of 12 pixels), on an AMD EPYC Zen 4 VM (2 threads, float32, forward,
+// GEMM (or, for 16 filters, the row form below) -> wide lanes, medians of 5 alternating blocks
+// in one process), N8 28x28 p1 unless given:
 //  - 16 filters: 3x3 16->16 179 -> 167 us, /s2 80 -> 59 us; 64->16 698 -> 684, /s2 313 -> 224 us;
 //    192->16 2088 -> 2035, /s2 988 -> 667 us;
 //  - 32 filters: 16->32 377 -> 303, /s2 115 -> 90 us; 64->32 1400 -> 1244, /s2 423 -> 378 us;
@@ -131,7 +131,9 @@ constexpr int direct_forward_budget() {
 //    1011 -> 1248 us) and gained 0.99-1.11x at stride 2;
 //  - 48 or 64 filters from 64 or 192 channels: 0.98-1.04x; 128 filters: 0.93-0.95x (3x3/s2
 //    64->128 32x32 N16 3287-3664 -> 3552-3870 us): each task of two blocks broadcasts the input
-//    again;
+//    again. Tasks of four blocks (lanes_blocks_per_task, AVX-512) win there, and so take up to 8
+//    vectors of filters from any number of channels, where a task's weights fit in half the L2:
+//    3x3 384->96 14x14 N2 (884 KB a task) ran 1084 -> 1123 us;
 //  - fewer tasks than twice the threads: 2 256->32 14x14 390 -> 448 us, 1 128->32 28x28 444 ->
 //    598 us, 1 128->64 /s2 220 -> 259 us (one image leaves a thread idle);
 //  - rows shorter than NQ, which leave only strips: 4x4 p2 16->128 7x7 N16 (8-pixel rows) 342
@@ -140,6 +142,20 @@ constexpr int direct_forward_budget() {
 // kLanesWideMaxBytes; 7x7/s2 p3 64->32 56x56 takes 1.35 MB). Intel was not measured: the loop is
 // the narrow form's, measured there, and its loads (a broadcast per two FMAs) fit two load ports.
 constexpr int64_t kLanesWideMaxBytes = int64_t(2) << 20;
+
+// Filter blocks per task of direct_forward_lanes: two, or on wide rows with 32 registers four,
+// each of KB x NQ = 4 x 6 accumulators, so that a broadcast input feeds 64 filters (float32) and
+// the input is broadcast once per 4 blocks. Against the implicit GEMM (the "direct" algorithm
+// forced), AMD EPYC Zen 4 VM, 2 threads, float32, medians of 5 alternating blocks, tasks of two
+// blocks (taken only where the rule then took them) -> four, forward | backward-data (flipped):
+// 3x3 64->64 28x28 N8 2486 -> 2284 | 2580 -> 2321 us, 56x56 N8 10273 -> 8943 | 10335 -> 9008 us,
+// 192->64 28x28 N8 7772 -> 7392 | 7363 -> 7104 us, /s2 2224 -> 2102 us, 128->128 /s2 28x28 N8
+// 2609 -> 2377 us, 64->128 4671 -> 4470 us | even, 3x3/s2 64->128 32x32 N16 3169 -> 3139 us, 7x7/s2
+// p3 24->96 28x28 N4 1147 -> 900 us; 32->64 4x4/s2 (two blocks a task before) 647 -> 629 us.
+template <class V>
+int64_t lanes_blocks_per_task(const Conv2d& cv) {
+  return direct_forward_budget<V>() >= 24 && 2 * cv.q >= V::W ? 4 : 2;
+}
 
 template <typename T>
 bool lanes_wide_pays(const Conv2d& cv) {
@@ -150,11 +166,14 @@ bool lanes_wide_pays(const Conv2d& cv) {
   const int64_t cg = cv.c / cv.groups, kg = cv.k / cv.groups;
   const int64_t hp = (cv.p - 1) * cv.sh + (cv.r - 1) * cv.dh + 1;
   const int64_t wp = (cv.q - 1) * cv.sw + (cv.s - 1) * cv.dw + 1;
-  const int64_t tasks = cv.n * cv.groups * ceil_div(kg / W, 2);
-  const bool filters = kg % W == 0 && (kg <= 2 * W || (cg <= 32 && kg <= 4 * W));
+  const int64_t per_task = lanes_blocks_per_task<V>(cv), bytes = sizeof(T);
+  const int64_t tasks = cv.n * cv.groups * ceil_div(kg / W, per_task);
+  // A task's weights, C/G x R x S vectors of each of its blocks, stay in half the L2.
+  const bool in_l2 = cg * cv.r * cv.s * min64(kg, per_task * W) * bytes <= cpu_info().l2 / 2;
+  const bool filters = kg % W == 0 && (per_task == 4 ? kg <= 8 * W && in_l2
+                                                     : kg <= 2 * W || (cg <= 32 && kg <= 4 * W));
   return cv.r * cv.s >= 2 && cv.q >= NQ && filters && tasks >= 2 * cv.nthreads &&
-         (cv.c * hp * wp + 2 * cv.p * cv.q * W) * static_cast<int64_t>(sizeof(T)) <=
-             kLanesWideMaxBytes;
+         (cv.c * hp * wp + per_task * cv.p * cv.q * W) * bytes <= kLanesWideMaxBytes;
 }
 
 // NP output rows x NQ pixels from (p, q0) of KB filter blocks of one group: acc = bias + sum over
@@ -203,7 +222,7 @@ template <class V, int KB>
 void lanes_wide_plane(const Conv2d& cv, const typename V::T* gpad, int64_t cg, int64_t plane,
                       int64_t wp, const typename V::T* wk, int64_t wstep, const typename V::V* bias,
                       typename V::T* yt, int64_t ystep) {
-  constexpr int NQ = direct_forward_budget<V>() / 2;
+  constexpr int NQ = direct_forward_budget<V>() / (KB > 2 ? KB : 2);
   const int64_t qm = cv.q / NQ * NQ;
   auto runs = [&](auto swc) {
     constexpr int SW = decltype(swc)::value;
@@ -240,7 +259,8 @@ void direct_forward_lanes(const Conv2d& cv, const T* x, const T* w, const T* b, 
   // computes two blocks of a group where it has them (each broadcast input then feeds two FMAs:
   // the single-block loop issues a load per FMA, the limit on cores with two load ports).
   const int64_t kbg = ceil_div(kg, W), kblocks = cv.groups * kbg;
-  const int64_t tasks_g = ceil_div(kbg, 2), units = cv.n * cv.groups * tasks_g;
+  const int64_t per_task = lanes_blocks_per_task<V>(cv);
+  const int64_t tasks_g = ceil_div(kbg, per_task), units = cv.n * cv.groups * tasks_g;
   // Padded rows i / columns j whose source row i - ph / column j - pw is in the plane.
   const int64_t i0 = min64(hp, cv.ph), i1 = max64(i0, min64(hp, cv.h + cv.ph));
   const int64_t j0 = min64(wp, cv.pw), j1 = max64(j0, min64(wp, cv.w + cv.pw));
@@ -261,12 +281,13 @@ void direct_forward_lanes(const Conv2d& cv, const T* x, const T* w, const T* b, 
   parallel_ranges(units, 1, 1, nt, [&](int64_t u0, int64_t u1) {
     T* pad = static_cast<T*>(
         workspace(WorkspaceSlot::pack_aux,
-                  static_cast<size_t>(round_up(cv.c * plane, 16) + 2 * pq * W) * sizeof(T)));
+                  static_cast<size_t>(round_up(cv.c * plane, 16) + per_task * pq * W) * sizeof(T)));
     T* yt = pad + round_up(cv.c * plane, 16);
     int64_t padded = -1;  // the image in `pad`
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t n = u / (cv.groups * tasks_g), grp = u / tasks_g % cv.groups;
-      const int64_t kb0 = grp * kbg + u % tasks_g * 2, nb = min64(2, (grp + 1) * kbg - kb0);
+      const int64_t kb0 = grp * kbg + u % tasks_g * per_task;
+      const int64_t nb = min64(per_task, (grp + 1) * kbg - kb0);
       if (n != padded) {
         for (int64_t c = 0; c < cv.c; ++c) {
           T* d = pad + c * plane;
@@ -287,7 +308,9 @@ void direct_forward_lanes(const Conv2d& cv, const T* x, const T* w, const T* b, 
       }
       const T* wk = wt + kb0 * (crs + 1) * W;
       const int64_t wstep = (crs + 1) * W, ystep = pq * W;
-      const R bias[2] = {V::load(wk + crs * W), V::load(wk + (nb - 1) * wstep + crs * W)};
+      R bias[4];
+      for (int64_t blk = 0; blk < 4; ++blk)
+        bias[blk] = V::load(wk + min64(blk, nb - 1) * wstep + crs * W);
       const T* gpad = pad + grp * cg * plane;  // the planes of the group
       // Rows per block: one block keeps at least 12 accumulators where the plane allows (2 FMA
       // pipes of latency 4 want 8 chains; each tap's weight vector is loaded once per block);
@@ -295,8 +318,12 @@ void direct_forward_lanes(const Conv2d& cv, const T* x, const T* w, const T* b, 
       if (2 * cv.q >= V::W) {
         if (nb == 1) {
           lanes_wide_plane<V, 1>(cv, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep);
-        } else {
+        } else if (nb == 2) {
           lanes_wide_plane<V, 2>(cv, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep);
+        } else if (nb == 3) {
+          lanes_wide_plane<V, 3>(cv, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep);
+        } else {
+          lanes_wide_plane<V, 4>(cv, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep);
         }
       } else {
         with_width<7>(cv.q, [&](auto nq) {
@@ -600,6 +627,60 @@ void direct_forward_flat(const Conv2d& cv, const T* x, const T* w, const T* b, T
 // full vector load there could run past the end of x.
 constexpr int64_t kPointwiseTaskPixels = 512;
 
+// y[k, 0:len) = bias[k] + sum over c of w[k, c] * x[c, 0:len) for kb <= kDirectForwardMaxFilters
+// filters, len a multiple of W: channel by channel, two at a time, through y (which stays in L1:
+// at most 8 x 512 pixels), so that each input plane is read as one sequential run.
+template <class V>
+void pointwise_accumulate(int64_t kb, int64_t cg, const typename V::T* x, int64_t plane,
+                          const typename V::T* w, const typename V::T* bias, typename V::T* y,
+                          int64_t ld_y, int64_t len) {
+  using T = typename V::T;
+  using R = typename V::V;
+  constexpr int W = V::W;
+  for (int64_t k = 0; k < kb; ++k) {
+    const R b = V::set1(bias != nullptr ? bias[k] : T(0));
+    for (int64_t j = 0; j < len; j += W) V::store(y + k * ld_y + j, b);
+  }
+  int64_t c = 0;
+  for (; c + 2 <= cg; c += 2) {
+    const T* x0 = x + c * plane;
+    const T* x1 = x0 + plane;
+    R w0[kDirectForwardMaxFilters], w1[kDirectForwardMaxFilters];
+    for (int64_t k = 0; k < kb; ++k) {
+      w0[k] = V::set1(w[k * cg + c]);
+      w1[k] = V::set1(w[k * cg + c + 1]);
+    }
+    for (int64_t j = 0; j < len; j += W) {
+      const R a = V::load(x0 + j), bv = V::load(x1 + j);
+      for (int64_t k = 0; k < kb; ++k) {
+        T* o = y + k * ld_y + j;
+        V::store(o, V::fma(w1[k], bv, V::fma(w0[k], a, V::load(o))));
+      }
+    }
+  }
+  for (; c < cg; ++c) {
+    const T* x0 = x + c * plane;
+    R w0[kDirectForwardMaxFilters];
+    for (int64_t k = 0; k < kb; ++k) w0[k] = V::set1(w[k * cg + c]);
+    for (int64_t j = 0; j < len; j += W) {
+      const R a = V::load(x0 + j);
+      for (int64_t k = 0; k < kb; ++k) {
+        T* o = y + k * ld_y + j;
+        V::store(o, V::fma(w0[k], a, V::load(o)));
+      }
+    }
+  }
+}
+// Inputs from this size on take pointwise_accumulate; smaller ones, read from cache, the register
+// blocks (direct_forward_row), which keep y out of the loop. AMD EPYC Zen 4 VM, 2 threads,
+// float32, medians of 7 alternating blocks over 3 rotated inputs, register blocks -> through y:
+// grouped 1x1 384->24 g8 56x56 N16 (77 MB) 7161 -> 4663 us, N4 1409 -> 1106 us; 384->16 g8
+// 112x112 N2 2325 -> 2152 us; 128->16 g4 56x56 N8 (12.8 MB) 948 -> 703 us; 256->32 g8 28x28 N16
+// 937 -> 872 us; but at 6.4 MB 128->16 g4 56x56 N4 351-356 -> 269-274 us against 256->32 g8 28x28
+// N8 150 -> 188 us and 64->8 g2 112x112 N2 277-280 -> 268-299 us, and at 3.2 MB 64->8 g4 56x56 N8
+// 154 -> 160 us.
+constexpr int64_t kPointwiseAccumulateBytes = int64_t(8) << 20;
+
 template <typename T>
 void direct_forward_pointwise(const Conv2d& cv, const T* x, const T* w, const T* b, T* y) {
   using V = typename VecOf<T>::type;
@@ -607,6 +688,8 @@ void direct_forward_pointwise(const Conv2d& cv, const T* x, const T* w, const T*
   const int64_t pq = cv.p * cv.q, cg = cv.c / cv.groups, kg = cv.k / cv.groups;
   const int64_t whole = pq - pq % W, vecs = whole / W;
   const int64_t runs = max64(1, ceil_div(pq, kPointwiseTaskPixels)), tasks = cv.n * runs;
+  const bool through_y =
+      cv.n * cv.c * pq * static_cast<int64_t>(sizeof(T)) >= kPointwiseAccumulateBytes;
   const int nt = static_cast<int>(min64(cv.nthreads, tasks));
   const PadPlane pp{};  // one row (p = 0): its pitch is never used
   const int64_t off = 0;
@@ -636,6 +719,12 @@ void direct_forward_pointwise(const Conv2d& cv, const T* x, const T* w, const T*
           const T* src = part == 0 ? x + (n * cv.c + grp * cg) * pq + qa : tail + grp * cg * W;
           for (int64_t k0 = 0; k0 < kg; k0 += kDirectForwardMaxFilters) {
             const int64_t kk = grp * kg + k0;
+            if (part == 0 && through_y) {
+              pointwise_accumulate<V>(min64(kg - k0, kDirectForwardMaxFilters), cg, src, pq,
+                                      w + kk * cg, b != nullptr ? b + kk : nullptr,
+                                      y + (n * cv.k + kk) * pq + q0, pq, qb - qa);
+              continue;
+            }
             direct_forward_row_kb<V>(min64(kg - k0, kDirectForwardMaxFilters), row, pp, src, plane,
                                      &off, w + kk * cg, cg, b != nullptr ? b + kk : nullptr,
                                      y + (n * cv.k + kk) * pq + q0, pq, 0);

@@ -385,11 +385,13 @@ def test_thread_counts(isa, rng, threads):
 
 
 # The filters-in-lanes forward on wide rows (direct_forward_lanes, forced): runs of NQ pixels of
-# a row (12 on AVX-512, 6 on AVX2) and strips of NQ rows for the columns past the last run; one
-# block of W filters, two, and three (a task of two and one of one, the last partial); strides
-# 1 and 2 (compiled in) and 3, padding, dilation, groups; rows of exactly one run and of runs
-# plus a column; and, as backward-data's flipped convolution, both passes.
+# a row and strips of NQ rows for the columns past the last run; tasks of one to four blocks of W
+# filters (AVX-512: up to four a task, runs of 6 pixels for three and four, 12 for one and two;
+# AVX2: up to two, runs of 6), the last block partial, and 100 filters in tasks of four and
+# three; strides 1 and 2 (compiled in) and 3, padding, dilation, groups; rows of exactly one run
+# and of runs plus a column; and, as backward-data's flipped convolution, both passes.
 LANES_WIDE_CASES = [
+    (1, 6, 14, 30, 100, 3, 3, 1, 1, 1, 1),
     (2, 5, 17, 13, 37, 3, 2, 1, 1, 1, 1),
     (3, 7, 30, 29, 16, 5, 5, 2, 2, 1, 1),
     (1, 3, 9, 40, 50, 3, 3, 1, 1, 1, 1),
@@ -430,6 +432,22 @@ def test_lanes_forward_on_wide_rows(isa, dtype, rng, threads, case):
         np.testing.assert_array_equal(dx, runs[0][1])
     if isa != "scalar" and w.shape[0] // kw["groups"] > 24:
         assert not np.array_equal(never, runs[0][0])
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_grouped_pointwise_input_past_8_mib(isa, dtype, rng, bias):
+    """Grouped 1x1 layers whose input is 8 MiB or more sum their channels through y, two at a
+    time (an odd 15 a group here, so one alone at the end), in the order of the register blocks
+    that smaller inputs take: the twin's answer, with a plane of P*Q = 23707 pixels whose last
+    11 are not a whole vector."""
+    x = rng.standard_normal((2, 45, 157, 151)).astype(dtype)
+    assert x.nbytes >= 8 << 20
+    w = rng.standard_normal((15, 15, 1, 1)).astype(dtype)
+    b = rng.standard_normal(15).astype(dtype) if bias else None
+    y = ops.conv2d(x, w, b, groups=3)
+    assert_close(y, reference.conv2d(x, w, b, groups=3), dtype, scale=15**0.5)
+    small = ops.conv2d(x[:1, :, :50], w, b, groups=3)
+    np.testing.assert_array_equal(y[:1, :, :50], small)
 
 
 @pytest.mark.parametrize(
