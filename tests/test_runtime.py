@@ -52,6 +52,7 @@ def test_cpu_info_keys():
         assert info["in_place_span_bytes"] in (None, 3670016)
         assert info["pointwise_plane_bytes"] in (None, 2048)
         assert info["winograd_chunk_tasks"] in (True, False)
+        assert info["winograd_narrow_tile_channels"] in (2048, 8192)
     else:
         zen4 = info["vendor"] == "AMD" and family == 25 and "avx512" in info["available"]
         assert info["in_place_span_bytes"] == (3670016 if zen4 else None)
@@ -59,6 +60,8 @@ def test_cpu_info_keys():
         assert info["pointwise_plane_bytes"] == (2048 if far else None)
         # Zen 4 runs a Winograd chunk's phases over all threads, the others chunks as tasks.
         assert info["winograd_chunk_tasks"] is (not zen4)
+        # Zen 4 takes Winograd for narrow layers from 2048 tiles x channels, the others 8192.
+        assert info["winograd_narrow_tile_channels"] == (2048 if zen4 else 8192)
     for dt in ("float32", "float64"):
         blk = info["gemm_blocking"][dt]
         assert blk["kc"] > 0

@@ -71,6 +71,7 @@ py::dict cpu_info_dict() {
     d["pointwise_plane_bytes"] = cpu.pointwise_plane_bytes;
   }
   d["winograd_chunk_tasks"] = cpu.winograd_chunk_tasks;
+  d["winograd_narrow_tile_channels"] = cpu.winograd_narrow_tile_channels;
   const KernelTable& kt = kernels();
   py::dict blocking;
   blocking["float32"] = blocking_dict(kt.get<float>().gemm_blocking);

@@ -97,6 +97,7 @@ void probe_isas(CpuInfo* info) {
       info->in_place_span_bytes = int64_t(7) << 19;  // 3.5 MiB
       info->pointwise_plane_bytes = 2048;
       info->winograd_chunk_tasks = false;
+      info->winograd_narrow_tile_channels = 2048;
     }
   }
 }

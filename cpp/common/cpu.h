@@ -39,6 +39,11 @@ struct CpuInfo {
   // phases on AMD Zen 4 (family 0x19 with AVX-512), where tasks ran 1.1-1.5x slower; Zen 5 is not
   // measured and keeps the default.
   bool winograd_chunk_tasks = true;
+  // The least tiles x min(C, K) (4x4 tiles of the batch) at which "auto" takes Winograd for a
+  // layer of at most 128 channels (conv/winograd.h, winograd_profitable): 8192 where measured on
+  // Zen 5 (N1 128->128 28x28, 6272, ran 0.7-0.9x the direct path there), 2048 on AMD Zen 4, where
+  // the same layer ran F(4x4) 2.1x faster.
+  int64_t winograd_narrow_tile_channels = 8192;
 };
 
 // Detected once (thread-safe static initialisation) and immutable afterwards.

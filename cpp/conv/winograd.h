@@ -31,6 +31,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "common/cpu.h"
 #include "common/int_math.h"
 #include "common/parallel.h"
 #include "conv/conv.h"
@@ -257,6 +258,21 @@ inline void load_phases(const typename V::T* p, typename V::V* q) {
 //   N16 64->64 56x56     1.3 / 1.3 / 1.3       N1 128->128 28x28 (T = 49)  0.8 / 0.9 / 0.7
 //   N1 64->64 56x56      1.1 / 1.1 / 1.1       N16 3->64 32x32             0.2 / 0.3 / 0.4
 // So: at least 32 channels in and out and C x K >= 4096 (64 x 64), and T x min(C, K) >= 8192.
+// On an AMD EPYC Zen 4 VM (2 threads, float32, medians of 5 alternating blocks, ms, direct /
+// F(4x4), forward | backward-data | backward-weights) narrow layers won below that, two runs each
+// where given:
+//   N1 128->128 28x28 (6272)  1.35-1.57 / 0.61-0.83 | 1.41-1.68 / 0.63-0.83 | 1.40-1.65 / 0.52-1.28
+//   N1 96->96 28x28 (4704)    0.75 / 0.40 | 0.86 / 0.41 | 0.81 / 0.29
+//   N2 128->128 14x14 (4096)  0.72 / 0.40 | 0.81 / 0.41 | 0.76 / 0.40
+//   N1 64->64 32x32 (4096)    0.50 / 0.18 | 0.70 / 0.45 | 0.59 / 0.51
+//   N1 64->64 28x28 (3136)    0.36 / 0.21 | 0.41 / 0.21 | 0.42 / 0.22
+//   N2 64->64 14x14 (2048)    0.19 / 0.15 | 0.24 / 0.14 | 0.22 / 0.17
+//   N1 128->128 14x14 (2048)  0.37 / 0.25 | 0.79 / 0.68 | 0.58 / 0.80 (the one loss)
+//   N1 64->64 14x14 (1024)    0.11 / 0.21 | 0.15 / 0.09 | 0.16 / 0.12
+// so there layers of at most 128 channels take F(4x4) from 2048 (CpuInfo::
+// winograd_narrow_tile_channels). Wider layers with few tiles measured mixed there (N1 256->256
+// 14x14: F(4x4) 2.72-3.06 against 1.47-1.71 direct forward, F(2x2) 1.30-2.26 against 2.10-3.17
+// backward-data) and keep the bound.
 // Accuracy bounds the choice too: the library promises at most 10x the direct method's float32
 // error for it. Winograd's error comes from the GEMMs' running sums over the channels, whose
 // terms the output transform then weights by up to 8 x 8 (F(4x4)); the transforms' own rounding
@@ -305,11 +321,14 @@ static inline WinogradTile winograd_profitable(const Conv2d& cv) {
   constexpr int64_t kNarrowChannels = 128, kMinF4WideTiles = 64, kMinF2Tiles = 64;
   // Counted in 4x4 tiles for both tile sizes: the bound is on the work, not the GEMMs' N.
   const int64_t tiles = cv.n * ceil_div(cv.p, int64_t(4)) * ceil_div(cv.q, int64_t(4));
+  const bool narrow = max64(cv.c, cv.k) <= kNarrowChannels;
+  const int64_t min_tile_channels =
+      narrow ? cpu_info().winograd_narrow_tile_channels : kMinTileChannels;
   if (cv.c < kMinChannels || cv.k < kMinChannels || cv.c * cv.k < kMinChannelPairs ||
-      tiles * min64(cv.c, cv.k) < kMinTileChannels) {
+      tiles * min64(cv.c, cv.k) < min_tile_channels) {
     return WinogradTile::none;
   }
-  if (max64(cv.c, cv.k) <= kNarrowChannels || tiles >= kMinF4WideTiles) return WinogradTile::f4x4;
+  if (narrow || tiles >= kMinF4WideTiles) return WinogradTile::f4x4;
   const int64_t tiles2 = cv.n * ceil_div(cv.p, int64_t(2)) * ceil_div(cv.q, int64_t(2));
   return tiles2 >= kMinF2Tiles ? WinogradTile::f2x2 : WinogradTile::none;
 }

@@ -31,6 +31,9 @@ def cpu_info() -> dict[str, Any]:
       elsewhere); ``winograd_chunk_tasks``: whether a Winograd convolution with an image per
       thread gives each thread whole chunks of images (``True``), or splits each phase of a
       chunk over all threads (``False``, on AMD Zen 4, where that measured faster);
+      ``winograd_narrow_tile_channels``: the least 4x4 tiles of the batch times min(C, K) at
+      which ``"auto"`` takes Winograd for a layer of at most 128 channels (2048 on AMD Zen 4,
+      8192 elsewhere);
     - ``threading``: ``"simdnn"``, the library's own thread pool, which every kernel uses;
       ``pool_threads``: the worker threads it holds now (the calling thread is the other one);
       ``thread_cap``: the most threads any setting gives (the CPUs this process may run on: its
