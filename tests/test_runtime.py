@@ -68,21 +68,18 @@ def test_cpu_info_keys():
         assert blk["nc"] % blk["nr"] == 0
 
 
-@pytest.mark.parametrize("value", [1, 0, "tasks", 1.0])
-def test_winograd_schedule_hook_refuses_anything_but_a_bool_or_none(value):
-    """The tests' schedule switch takes True, False or None, and names what it got otherwise
-    (an int is refused too, though Python would treat 1 as true)."""
+@pytest.mark.parametrize(
+    "hook", ["_set_winograd_chunk_tasks", "_set_conv_lanes_wide", "_set_gemm_swap"]
+)
+@pytest.mark.parametrize("value", [1, 0, "on", 1.0])
+def test_test_switches_refuse_anything_but_a_bool_or_none(hook, value):
+    """The tests' switches (Winograd's chunk schedule, the wide-row filters-in-lanes forward, the
+    transposed GEMM) take True, False or None, and name what they got otherwise (an int is refused
+    too, though Python would treat 1 as true)."""
+    switch = getattr(simdnn._core, hook)
     with pytest.raises(TypeError, match=r"True, False or None, got " + re.escape(repr(value))):
-        simdnn._core._set_winograd_chunk_tasks(value)
-    simdnn._core._set_winograd_chunk_tasks(None)
-
-
-@pytest.mark.parametrize("value", [1, 0, "wide", 1.0])
-def test_lanes_form_hook_refuses_anything_but_a_bool_or_none(value):
-    """The same for the tests' switch of the wide-row filters-in-lanes forward."""
-    with pytest.raises(TypeError, match=r"True, False or None, got " + re.escape(repr(value))):
-        simdnn._core._set_conv_lanes_wide(value)
-    simdnn._core._set_conv_lanes_wide(None)
+        switch(value)
+    switch(None)
 
 
 def test_best_isa_is_the_default():

@@ -288,6 +288,9 @@ void bind_runtime(py::module_& m) {
   // Tests: force the wide-row form of the filters-in-lanes forward (True: wherever it can run,
   // False: never, None: conv/direct.h's rule).
   def_test_switch(m, "_set_conv_lanes_wide", "wide", set_conv_lanes_wide_mode);
+  // Tests: force a product with a transposed B to be computed transposed (True: wherever it can
+  // run, False: never, None: gemm_driver.h's rule).
+  def_test_switch(m, "_set_gemm_swap", "swap", set_gemm_swap_mode);
   // simdnn.distributed's last resort: a rank that must end the job dies (common/process.h).
   m.def(
       "_kill_self_after",

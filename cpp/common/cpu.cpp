@@ -178,6 +178,7 @@ bool isa_available(Isa isa) {
 namespace {
 std::atomic<int> g_winograd_chunk_tasks{-1};
 std::atomic<int> g_conv_lanes_wide{-1};
+std::atomic<int> g_gemm_swap{-1};
 }  // namespace
 
 bool winograd_chunk_tasks() {
@@ -193,6 +194,12 @@ int conv_lanes_wide_mode() { return g_conv_lanes_wide.load(std::memory_order_rel
 
 void set_conv_lanes_wide_mode(int mode) {
   g_conv_lanes_wide.store(mode < 0 ? -1 : (mode != 0 ? 1 : 0), std::memory_order_relaxed);
+}
+
+int gemm_swap_mode() { return g_gemm_swap.load(std::memory_order_relaxed); }
+
+void set_gemm_swap_mode(int mode) {
+  g_gemm_swap.store(mode < 0 ? -1 : (mode != 0 ? 1 : 0), std::memory_order_relaxed);
 }
 
 }  // namespace simdnn

@@ -62,4 +62,9 @@ void set_winograd_chunk_tasks(int mode);
 int conv_lanes_wide_mode();
 void set_conv_lanes_wide_mode(int mode);
 
+// Tests: -1 (the default) lets gemm_driver.h's rule (swap_pays) choose whether a product with a
+// transposed B is computed transposed; 1 forces it wherever it can run, 0 never takes it.
+int gemm_swap_mode();
+void set_gemm_swap_mode(int mode);
+
 }  // namespace simdnn

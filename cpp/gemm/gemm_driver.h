@@ -632,6 +632,113 @@ static void scale_c(const GemmArgs<T>& g) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// A transposed B and few rows of C: the product computed transposed, C^T = B^T . A^T.
+//
+// A Linear layer's input gradient dX = dY . W^T has a B with unit row stride (the transpose of a
+// row-major W, N x K), which the engine must transpose while packing it: each of its N x K
+// elements is read and written once more per call, and the few row panels of a training batch
+// (64 rows: 6 of 12) cannot amortise that. Transposed, the same product reads W itself as a
+// row-layout A in place (no copy), packs A^T as the small B (M x K elements), and leaves C^T in
+// a scratch matrix that W x W register transposes (W the vector width) turn into C (M x N
+// elements, once).
+// Same bits as the direct form: each element of C is the same fused multiply-adds in the same
+// order over the same K blocks (the blocking depends on K alone), and with beta != 0, C^T is
+// first copied into the scratch so that beta meets the same partial sums. The bias and ReLU
+// epilogue runs on C after the copy back, as the engine's does on each tile: c = act(c + bias).
+//
+// swap_pays: transposed when the two extra passes over M x (K + N) elements are at most half
+// the transposed pack of N x K they remove, 2 M (K + N) <= N K. GFLOP/s, float32, AMD EPYC Zen 4
+// VM, operands rotated among up to 8 copies (B from L3, as in the benchmark), medians of 5-7
+// alternating blocks in one process, direct -> transposed, 1 thread | 2 threads:
+//  - taken: 64 x 256 . 256 x 784 (the MLP's dX) 90 -> 100 | 170 -> 176; 64 x 500 . 500 x 800
+//    (LeNet's fc1 dX) 89 -> 101 | 142 -> 165; 32 x 512 . 512 x 512 75 -> 99 | 126 -> 149;
+//    16 x 1024 . 1024 x 1024 55 -> 77 | 96 -> 153; 128 x 1000 . 1000 x 4096 91 -> 99 | 175 -> 199;
+//    64 x 784 . 784 x 256 83 -> 91 | 180 -> 191; at the bound, 64 x 256 . 256 x 256 95 -> 99 |
+//    164 -> 166;
+//  - left direct (within a factor 2 of the bound): 100 x 300 . 300 x 500 95 -> 92 | 156 -> 168
+//    in one run, 89 -> 87 | 178 -> 166 in another; 48 x 64 . 64 x 1024 85 -> 79 | 142 -> 115;
+//    128 x 256 . 256 x 512 92 -> 96 | 162 -> 158.
+// The copy back alone measured about 10 us for 64 x 784 (on one thread; split over two, no
+// faster: 144 -> 146 us for the whole product).
+template <typename T>
+static bool swap_pays(const GemmArgs<T>& g) {
+  if (g.rs_b != 1 || g.cs_b == 1 || g.sum_depth > 0) return false;
+  if (const int mode = gemm_swap_mode(); mode >= 0) return mode == 1;
+  return 2 * g.m * (g.k + g.n) <= g.n * g.k;
+}
+
+// dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols, through W x W register transposes.
+template <class V>
+static void transpose_block(const typename V::T* src, int64_t lds, int64_t rows, int64_t cols,
+                            typename V::T* dst, int64_t ldd) {
+  using R = typename V::V;
+  constexpr int W = V::W;
+  for (int64_t i0 = 0; i0 < rows; i0 += W) {
+    const int ni = static_cast<int>(min64(W, rows - i0));
+    for (int64_t j0 = 0; j0 < cols; j0 += W) {
+      const int nj = static_cast<int>(min64(W, cols - j0));
+      R r[W];
+      for (int i = 0; i < W; ++i) {
+        const typename V::T* s = src + (i0 + i) * lds + j0;
+        r[i] = i >= ni ? V::zero() : (nj == W ? V::load(s) : V::loadn(s, nj));
+      }
+      V::transpose(r);
+      for (int j = 0; j < nj; ++j) {
+        typename V::T* d = dst + (j0 + j) * ldd + i0;
+        if (ni == W) {
+          V::store(d, r[j]);
+        } else {
+          V::storen(d, r[j], ni);
+        }
+      }
+    }
+  }
+}
+
+// Elements a transposing task is given at least: below that, one thread copies alone. 64 x 784
+// (50176 elements, one task) measured 144 us for the whole product against 146 us in two tasks
+// (a wake-up of the other thread costs about what copying 2^15 floats does).
+constexpr int64_t kTransposeTaskElems = int64_t(1) << 15;
+
+template <class UK>
+static void gemm_swapped(const GemmArgs<typename UK::T>& g) {
+  using T = typename UK::T;
+  using V = typename UK::V;
+  constexpr int W = V::W;
+  // C^T is N x M in the scratch, rows ldt apart: a whole number of vectors, and not a multiple of
+  // 4 KiB (whose rows would share L1 sets, as in_place_pays says of operands).
+  int64_t ldt = round_up(g.m, W);
+  if ((ldt * static_cast<int64_t>(sizeof(T))) % 4096 == 0) ldt += W;
+  T* t = static_cast<T*>(workspace(WorkspaceSlot::gemm_shared, g.n * ldt * sizeof(T)));
+  // The copies run over column bands of C (rows of C^T), whole vectors each, one task per thread.
+  const int64_t units = ceil_div(g.n, W);
+  const int64_t tasks = min64(min64(g.nthreads, units), max64(1, g.m * g.n / kTransposeTaskElems));
+  auto band = [&](int64_t task, int64_t* j0, int64_t* j1) {
+    *j0 = min64(g.n, task * units / tasks * W);
+    *j1 = min64(g.n, (task + 1) * units / tasks * W);
+  };
+  if (g.beta != T(0)) {
+    parallel_for(tasks, static_cast<int>(tasks), [&](int64_t task) {
+      int64_t j0, j1;
+      band(task, &j0, &j1);
+      transpose_block<V>(g.c + j0, g.rs_c, g.m, j1 - j0, t + j0 * ldt, ldt);
+    });
+  }
+  const MatrixA<T, UK::MR> A{g.b, g.n, g.k, g.cs_b, g.rs_b};  // B^T: row layout (rs_b == 1)
+  const MatrixB<V, UK::NR> B{g.a, g.m, g.cs_a, g.rs_a, g.k};  // A^T
+  const MatrixC<T, UK::NR> C{t, g.m, ldt};
+  gemm_engine<UK>(A, B, C, g.k, g.alpha, g.beta, g.nthreads, g.rs_a != 1);
+  parallel_for(tasks, static_cast<int>(tasks), [&](int64_t task) {
+    int64_t j0, j1;
+    band(task, &j0, &j1);
+    transpose_block<V>(t + j0 * ldt, ldt, j1 - j0, g.m, g.c + j0, g.rs_c);
+    if (g.bias != nullptr || g.relu) {
+      epilogue_tile(g.c + j0, g.rs_c, g.m, j1 - j0, g.bias ? g.bias + j0 : nullptr, g.relu);
+    }
+  });
+}
+
 template <class UK>
 static void gemm(const GemmArgs<typename UK::T>& g) {
   if (g.m <= 0 || g.n <= 0) return;
@@ -641,7 +748,11 @@ static void gemm(const GemmArgs<typename UK::T>& g) {
     scale_c(g);
   } else if (g.m > kGemvMaxM || g.sum_depth > 0 || !gemv<typename UK::V>(g)) {
     if (g.m * g.n * g.k > kSmallMnk) {
-      gemm_blocked<UK>(g);
+      if (swap_pays(g)) {
+        gemm_swapped<UK>(g);
+      } else {
+        gemm_blocked<UK>(g);
+      }
       return;
     }
     gemm_small<UK>(g);

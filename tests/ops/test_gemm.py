@@ -510,6 +510,84 @@ def test_array_likes_are_accepted():
     assert got.dtype == np.float64
 
 
+# Products with a transposed B that the driver may compute transposed (gemm_driver.h swap_pays):
+# the MLP's dX shape, primes, several K blocks (K 1031 against KC 256-512), M and N on both sides
+# of every tile, and C^T rows of 4 KiB (M = 1024 float32, 512 float64: the scratch is padded).
+SWAP_SHAPES = [
+    (64, 256, 784),
+    (5, 1031, 67),
+    (13, 300, 97),
+    (37, 61, 300),
+    (97, 89, 193),
+    (100, 300, 500),
+    (512, 40, 24),
+    (1024, 40, 24),
+]
+
+
+@pytest.mark.parametrize("shape", SWAP_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_transposed_product_has_the_same_bits(isa, dtype, rng, threads, shape):
+    """C^T = B^T . A^T computed in place of C = A . B^T (forced on and off through the tests'
+    switch): close to the float64 oracle, and the same bits either way on 1-3 threads, with A row
+    major or transposed, alpha and beta into C, and the bias and ReLU epilogue."""
+    m, k, n = shape
+    b = make(rng, (n, k), dtype)
+    bias = make(rng, (n,), dtype)
+    c0 = make(rng, (m, n), dtype)
+    for trans_a in (False, True):
+        a = make(rng, (k, m) if trans_a else (m, k), dtype)
+        opa = a.T if trans_a else a
+        want = oracle(opa, b.T)
+        bound = gemm_error_bound(opa, b.T, dtype)
+        runs = {}
+        try:
+            for swap in (True, False):
+                _core._set_gemm_swap(swap)
+                for nt in (1, 2, 3):
+                    simdnn.set_num_threads(nt)
+                    c = c0.copy()
+                    ops.gemm(a, b, c, alpha=-0.75, beta=1.5, trans_a=trans_a, trans_b=True)
+                    runs[swap, nt] = (
+                        ops.gemm(a, b, trans_a=trans_a, trans_b=True),
+                        c,
+                        ops.gemm(a, b, trans_a=trans_a, trans_b=True, bias=bias, relu=True),
+                    )
+        finally:
+            _core._set_gemm_swap(None)
+        plain, into_c, epilogue = runs[True, 1]
+        assert_gemm_close(plain, want, bound)
+        with_c = -0.75 * want + 1.5 * c0.astype(np.float64)
+        assert_gemm_close(
+            into_c, with_c, 0.75 * bound + 4 * np.finfo(dtype).eps * (np.abs(with_c) + 1)
+        )
+        pre = want + bias.astype(np.float64)
+        assert_gemm_close(
+            epilogue, np.maximum(pre, 0), bound + 2 * np.finfo(dtype).eps * (np.abs(bias) + 1)
+        )
+        for key, outs in runs.items():
+            for got, first in zip(outs, runs[True, 1]):
+                np.testing.assert_array_equal(got, first, err_msg=str(key))
+
+
+def test_transposed_product_switch_reaches_the_driver(isa, dtype, rng, threads):
+    """Forced on, the product keeps only C^T (N x M) in its workspace; forced off, it packs B^T
+    (K x N, in KC x NC blocks): the switch decides which path runs. A is transposed so that,
+    transposed, neither operand is packed (both are read in place)."""
+    simdnn.set_num_threads(1)
+    m, k, n = 8, 500, 512  # rows of B of 2000 or 4000 bytes: read in place (in_place_pays)
+    a, b = make(rng, (k, m), dtype), make(rng, (n, k), dtype)
+    held = {}
+    try:
+        for swap in (True, False):
+            _core._set_gemm_swap(swap)
+            simdnn.empty_cache()
+            ops.gemm(a, b, trans_a=True, trans_b=True)
+            held[swap] = simdnn.cpu_info()["workspace_bytes"]
+    finally:
+        _core._set_gemm_swap(None)
+    assert 0 < 4 * held[True] <= held[False], held
+
+
 @pytest.mark.parametrize("trans_a", [False, True])
 def test_many_packed_a_blocks(isa, dtype, rng, threads, trans_a):
     """A packed in several blocks per row group (huge inputs do this; here the budget is shrunk)
