@@ -446,6 +446,14 @@ struct has_in_place<
     P, std::void_t<decltype(std::declval<const P&>().in_place(static_cast<int64_t*>(nullptr)))>>
     : std::true_type {};
 
+// Whether a C policy finishes each tile after its last K block (optional member `void
+// finish(int64_t ir, int64_t mm, int64_t v)`: gemm_swapped's copy back).
+template <class P, class = void>
+struct has_finish : std::false_type {};
+template <class P>
+struct has_finish<P, std::void_t<decltype(std::declval<const P&>().finish(0, 0, 0))>>
+    : std::true_type {};
+
 // C = alpha * A . B + beta * C over the policies' rows, K and column panels, on up to nthreads
 // threads (see choose_grid). bl: the blocking for this K. bias and relu: gemm.h's epilogue, on
 // each tile after its last K block; only for a C whose panel v starts at column v * NR (MatrixC).
@@ -590,6 +598,9 @@ static void gemm_engine(const APol& A, const BPol& B, const CPol& C, int64_t k,
               epilogue_tile(C.at(ir, v), C.rs(), mm, C.width(v), bias ? bias + v * NR : nullptr,
                             relu);
             }
+            if constexpr (has_finish<CPol>::value) {
+              if (pc + kc == k) C.finish(ir, mm, v);
+            }
           }
         }
       }
@@ -657,8 +668,8 @@ static void scale_c(const GemmArgs<T>& g) {
 // elements is read and written once more per call, and the few row panels of a training batch
 // (64 rows: 6 of 12) cannot amortise that. Transposed, the same product reads W itself as a
 // row-layout A in place (no copy), packs A^T as the small B (M x K elements), and leaves C^T in
-// a scratch matrix that W x W register transposes (W the vector width) turn into C (M x N
-// elements, once).
+// a scratch matrix, each tile of which W x W register transposes (W the vector width) copy into C
+// after its last K block (TransposedC).
 // Same bits as the direct form: each element of C is the same fused multiply-adds in the same
 // order over the same K blocks (the blocking depends on K alone), and with beta != 0, C^T is
 // first copied into the scratch so that beta meets the same partial sums. The bias and ReLU
@@ -667,17 +678,17 @@ static void scale_c(const GemmArgs<T>& g) {
 // swap_pays: transposed when the two extra passes over M x (K + N) elements are at most half
 // the transposed pack of N x K they remove, 2 M (K + N) <= N K. GFLOP/s, float32, AMD EPYC Zen 4
 // VM, operands rotated among up to 8 copies (B from L3, as in the benchmark), medians of 5-7
-// alternating blocks in one process, direct -> transposed, 1 thread | 2 threads:
-//  - taken: 64 x 256 . 256 x 784 (the MLP's dX) 90 -> 100 | 170 -> 176; 64 x 500 . 500 x 800
-//    (LeNet's fc1 dX) 89 -> 101 | 142 -> 165; 32 x 512 . 512 x 512 75 -> 99 | 126 -> 149;
-//    16 x 1024 . 1024 x 1024 55 -> 77 | 96 -> 153; 128 x 1000 . 1000 x 4096 91 -> 99 | 175 -> 199;
-//    64 x 784 . 784 x 256 83 -> 91 | 180 -> 191; at the bound, 64 x 256 . 256 x 256 95 -> 99 |
-//    164 -> 166;
-//  - left direct (within a factor 2 of the bound): 100 x 300 . 300 x 500 95 -> 92 | 156 -> 168
-//    in one run, 89 -> 87 | 178 -> 166 in another; 48 x 64 . 64 x 1024 85 -> 79 | 142 -> 115;
-//    128 x 256 . 256 x 512 92 -> 96 | 162 -> 158.
-// The copy back alone measured about 10 us for 64 x 784 (on one thread; split over two, no
-// faster: 144 -> 146 us for the whole product).
+// alternating blocks in one process, direct -> transposed, 1 thread | 2 threads, two runs (the
+// first with the copy back as a pass of its own after the product):
+//  - taken: 64 x 256 . 256 x 784 (the MLP's dX) 90 -> 100 | 170 -> 176, then 90 -> 98 | 162 ->
+//    185; 64 x 500 . 500 x 800 (LeNet's fc1 dX) 89 -> 101 | 142 -> 165, 84 -> 100 | 116 -> 182;
+//    32 x 512 . 512 x 512 75 -> 99 | 126 -> 149, 75 -> 96 | 125 -> 165; 128 x 1000 . 1000 x
+//    4096 91 -> 99 | 175 -> 199, 87 -> 94 | 165 -> 187; 64 x 784 . 784 x 256 83 -> 91 | 180 ->
+//    191, 87 -> 98 | 121 -> 159; 16 x 1024 . 1024 x 1024 55 -> 77 | 96 -> 153; at the bound,
+//    64 x 256 . 256 x 256 95 -> 99 | 164 -> 166, 94 -> 98 | 134 -> 145;
+//  - left direct (within a factor 2 of the bound; first version): 100 x 300 . 300 x 500 95 -> 92
+//    | 156 -> 168 in one run, 89 -> 87 | 178 -> 166 in another; 48 x 64 . 64 x 1024 85 -> 79 |
+//    142 -> 115; 128 x 256 . 256 x 512 92 -> 96 | 162 -> 158.
 template <typename T>
 static bool swap_pays(const GemmArgs<T>& g) {
   if (g.rs_b != 1 || g.cs_b == 1 || g.sum_depth > 0) return false;
@@ -713,10 +724,31 @@ static void transpose_block(const typename V::T* src, int64_t lds, int64_t rows,
   }
 }
 
-// Elements a transposing task is given at least: below that, one thread copies alone. 64 x 784
-// (50176 elements, one task) measured 144 us for the whole product against 146 us in two tasks
-// (a wake-up of the other thread costs about what copying 2^15 floats does).
-constexpr int64_t kTransposeTaskElems = int64_t(1) << 15;
+// C^T, the result of gemm_swapped's engine, in a scratch matrix; each tile, after its last K block,
+// copied transposed into C (and the epilogue applied there) by the thread that computed it, while
+// it is in that core's L1. As a separate pass after the product, the copy back of 64 x 784 took
+// about 10 us of the 144 us of 64 x 256 . 256 x 784 on 2 threads (AMD EPYC Zen 4 VM).
+template <class V, int NR>
+struct TransposedC {
+  using T = typename V::T;
+  MatrixC<T, NR> t;  // C^T: N x M, rows t.ldc apart
+  T* c;
+  int64_t rs_c;
+  const T* bias;  // C's, per column (a row of C^T)
+  bool relu;
+  int64_t panels() const { return t.panels(); }
+  int width(int64_t v) const { return t.width(v); }
+  int64_t rs() const { return t.rs(); }
+  T* at(int64_t i, int64_t v) const { return t.at(i, v); }
+  // Rows [ir, ir + mm) of C^T by panel v: C's columns ir... of its rows v * NR...
+  void finish(int64_t ir, int64_t mm, int64_t v) const {
+    T* dst = c + v * NR * rs_c + ir;
+    transpose_block<V>(t.at(ir, v), t.rs(), mm, width(v), dst, rs_c);
+    if (bias != nullptr || relu) {
+      epilogue_tile(dst, rs_c, width(v), mm, bias != nullptr ? bias + ir : nullptr, relu);
+    }
+  }
+};
 
 template <class UK>
 static void gemm_swapped(const GemmArgs<typename UK::T>& g) {
@@ -728,32 +760,21 @@ static void gemm_swapped(const GemmArgs<typename UK::T>& g) {
   int64_t ldt = round_up(g.m, W);
   if ((ldt * static_cast<int64_t>(sizeof(T))) % 4096 == 0) ldt += W;
   T* t = static_cast<T*>(workspace(WorkspaceSlot::gemm_shared, g.n * ldt * sizeof(T)));
-  // The copies run over column bands of C (rows of C^T), whole vectors each, one task per thread.
-  const int64_t units = ceil_div(g.n, W);
-  const int64_t tasks = min64(min64(g.nthreads, units), max64(1, g.m * g.n / kTransposeTaskElems));
-  auto band = [&](int64_t task, int64_t* j0, int64_t* j1) {
-    *j0 = min64(g.n, task * units / tasks * W);
-    *j1 = min64(g.n, (task + 1) * units / tasks * W);
-  };
+  // With beta, C^T starts as C's copy, in bands of whole vectors of C's columns, one per thread
+  // (a band of at least 2^15 elements: below that one thread copies alone).
   if (g.beta != T(0)) {
+    const int64_t units = ceil_div(g.n, W);
+    const int64_t tasks = min64(min64(g.nthreads, units), max64(1, g.m * g.n >> 15));
     parallel_for(tasks, static_cast<int>(tasks), [&](int64_t task) {
-      int64_t j0, j1;
-      band(task, &j0, &j1);
+      const int64_t j0 = min64(g.n, task * units / tasks * W);
+      const int64_t j1 = min64(g.n, (task + 1) * units / tasks * W);
       transpose_block<V>(g.c + j0, g.rs_c, g.m, j1 - j0, t + j0 * ldt, ldt);
     });
   }
   const MatrixA<T, UK::MR> A{g.b, g.n, g.k, g.cs_b, g.rs_b};  // B^T: row layout (rs_b == 1)
   const MatrixB<V, UK::NR> B{g.a, g.m, g.cs_a, g.rs_a, g.k};  // A^T
-  const MatrixC<T, UK::NR> C{t, g.m, ldt};
+  const TransposedC<V, UK::NR> C{{t, g.m, ldt}, g.c, g.rs_c, g.bias, g.relu};
   gemm_engine<UK>(A, B, C, g.k, g.alpha, g.beta, g.nthreads, g.rs_a != 1);
-  parallel_for(tasks, static_cast<int>(tasks), [&](int64_t task) {
-    int64_t j0, j1;
-    band(task, &j0, &j1);
-    transpose_block<V>(t + j0 * ldt, ldt, j1 - j0, g.m, g.c + j0, g.rs_c);
-    if (g.bias != nullptr || g.relu) {
-      epilogue_tile(g.c + j0, g.rs_c, g.m, j1 - j0, g.bias ? g.bias + j0 : nullptr, g.relu);
-    }
-  });
 }
 
 template <class UK>
