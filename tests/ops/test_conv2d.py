@@ -389,7 +389,9 @@ def test_thread_counts(isa, rng, threads):
 # filters (AVX-512: up to four a task, runs of 6 pixels for three and four, 12 for one and two;
 # AVX2: up to two, runs of 6), the last block partial, and 100 filters in tasks of four and
 # three; strides 1 and 2 (compiled in) and 3, padding, dilation, groups; rows of exactly one run
-# and of runs plus a column; and, as backward-data's flipped convolution, both passes.
+# and of runs plus a column, and strips past the last whole one (23 rows: 5 left of runs of 6,
+# 11 of 12); a padded 1x1 layer (the unpadded one takes the pointwise form); and, as
+# backward-data's flipped convolution, both passes.
 LANES_WIDE_CASES = [
     (1, 6, 14, 30, 100, 3, 3, 1, 1, 1, 1),
     (2, 5, 17, 13, 37, 3, 2, 1, 1, 1, 1),
@@ -398,8 +400,9 @@ LANES_WIDE_CASES = [
     (2, 6, 20, 31, 12, 3, 3, 3, 1, 1, 2),
     (2, 4, 16, 28, 32, 3, 3, (1, 2), 2, 2, 1),
     (4, 24, 27, 27, 32, 3, 3, 2, 0, 1, 1),
-    (1, 2, 12, 12, 8, 1, 1, 1, 0, 1, 1),
+    (1, 2, 12, 12, 8, 1, 1, 1, 1, 1, 1),
     (2, 3, 7, 14, 5, 2, 2, 1, 1, 1, 1),
+    (1, 3, 23, 17, 64, 3, 3, 1, 1, 1, 1),
 ]
 
 
