@@ -27,6 +27,12 @@ struct Conv2d {
   ConvAlgorithm algorithm = ConvAlgorithm::automatic;
 };
 
+// Rows (or columns) of the zero-padded input that `out` outputs reach: the extent of the padded
+// planes the direct, depthwise and filters-in-lanes kernels read.
+static inline int64_t padded_extent(int64_t out, int64_t stride, int64_t taps, int64_t dilation) {
+  return (out - 1) * stride + (taps - 1) * dilation + 1;
+}
+
 // Whether Winograd (either tile) can compute this layer: a 3x3 kernel, stride 1, no dilation, one
 // group; for backward-data also padding at most 2 (it convolves dY with padding 2 - pad). The
 // bindings check it for algorithm=winograd; static, so that each ISA's copy stays its own (no

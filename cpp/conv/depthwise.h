@@ -42,9 +42,9 @@ struct PadPlane {
 static inline PadPlane pad_plane_geometry(const Im2col& g, int64_t extra) {
   PadPlane pp;
   pp.h_lo = -g.ph;
-  pp.hp = (g.p - 1) * g.sh + (g.r - 1) * g.dh + 1;
+  pp.hp = padded_extent(g.p, g.sh, g.r, g.dh);
   pp.w_lo = -g.pw;
-  pp.wp = (g.q - 1) * g.sw + (g.s - 1) * g.dw + 1;
+  pp.wp = padded_extent(g.q, g.sw, g.s, g.dw);
   pp.sw = g.sw;
   pp.phw = ceil_div(pp.wp, g.sw) + extra;
   pp.ld = pp.sw * pp.phw;
@@ -245,8 +245,8 @@ struct DwcGeometry {
 };
 
 static inline DwcGeometry dwc_geometry(const Im2col& g) {
-  return DwcGeometry{-g.ph, -g.pw, (g.p - 1) * g.sh + (g.r - 1) * g.dh + 1,
-                     (g.q - 1) * g.sw + (g.s - 1) * g.dw + 1};
+  return DwcGeometry{-g.ph, -g.pw, padded_extent(g.p, g.sh, g.r, g.dh),
+                     padded_extent(g.q, g.sw, g.s, g.dw)};
 }
 
 // When the channel form is taken (both forms measured on depthwise layers, float32, AMD EPYC Zen 5,
@@ -770,8 +770,8 @@ void depthwise_backward_data(const Conv2d& cv, const T* dy, const T* w, T* dx) {
   }
   // Weights that are not all finite: each real dy term scattered into a padded dx plane covering
   // every position a tap can reach (only real terms, so an Inf tap gives Inf, not NaN).
-  const int64_t hp = (cv.p - 1) * cv.sh + (cv.r - 1) * cv.dh + 1;
-  const int64_t wp = (cv.q - 1) * cv.sw + (cv.s - 1) * cv.dw + 1;
+  const int64_t hp = padded_extent(cv.p, cv.sh, cv.r, cv.dh);
+  const int64_t wp = padded_extent(cv.q, cv.sw, cv.s, cv.dw);
   parallel_ranges(planes, 1, 1, nt, [&](int64_t i0, int64_t i1) {
     T* buf = static_cast<T*>(workspace(WorkspaceSlot::op_scratch, hp * wp * sizeof(T)));
     for (int64_t i = i0; i < i1; ++i) {

@@ -98,8 +98,8 @@ constexpr int64_t kLanesMaxBytes = int64_t(512) << 10;
 template <typename T>
 bool direct_lanes_eligible(const Conv2d& cv) {
   using V = typename VecOf<T>::type;
-  const int64_t hp = (cv.p - 1) * cv.sh + (cv.r - 1) * cv.dh + 1;
-  const int64_t wp = (cv.q - 1) * cv.sw + (cv.s - 1) * cv.dw + 1;
+  const int64_t hp = padded_extent(cv.p, cv.sh, cv.r, cv.dh);
+  const int64_t wp = padded_extent(cv.q, cv.sw, cv.s, cv.dw);
   return V::W > 1 && cv.k / cv.groups <= kLanesMaxFilters && cv.r * cv.s >= 2 && 2 * cv.q < V::W &&
          (cv.c * hp * wp + cv.p * cv.q * V::W) * static_cast<int64_t>(sizeof(T)) <= kLanesMaxBytes;
 }
@@ -164,8 +164,8 @@ bool lanes_wide_pays(const Conv2d& cv) {
   if (W == 1 || 2 * cv.q < W) return false;  // no lanes, or the narrow form's rows
   if (const int mode = conv_lanes_wide_mode(); mode >= 0) return mode == 1;
   const int64_t cg = cv.c / cv.groups, kg = cv.k / cv.groups;
-  const int64_t hp = (cv.p - 1) * cv.sh + (cv.r - 1) * cv.dh + 1;
-  const int64_t wp = (cv.q - 1) * cv.sw + (cv.s - 1) * cv.dw + 1;
+  const int64_t hp = padded_extent(cv.p, cv.sh, cv.r, cv.dh);
+  const int64_t wp = padded_extent(cv.q, cv.sw, cv.s, cv.dw);
   const int64_t per_task = lanes_blocks_per_task<V>(cv), bytes = sizeof(T);
   const int64_t tasks = cv.n * cv.groups * ceil_div(kg / W, per_task);
   // A task's weights, C/G x R x S vectors of each of its blocks, stay in half the L2.
@@ -261,8 +261,8 @@ void direct_forward_lanes(const Conv2d& cv, const T* x, const T* w, const T* b, 
   using V = typename VecOf<T>::type;
   using R = typename V::V;
   constexpr int W = V::W;
-  const int64_t hp = (cv.p - 1) * cv.sh + (cv.r - 1) * cv.dh + 1;
-  const int64_t wp = (cv.q - 1) * cv.sw + (cv.s - 1) * cv.dw + 1;
+  const int64_t hp = padded_extent(cv.p, cv.sh, cv.r, cv.dh);
+  const int64_t wp = padded_extent(cv.q, cv.sw, cv.s, cv.dw);
   const int64_t cg = cv.c / cv.groups, kg = cv.k / cv.groups;
   const int64_t plane = hp * wp, pq = cv.p * cv.q, crs = cg * cv.r * cv.s;
   // Filter blocks never straddle two groups: kbg blocks a group, the last one partial. A task

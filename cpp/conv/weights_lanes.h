@@ -49,8 +49,8 @@ struct LanesWeightsGeometry {
 
 inline LanesWeightsGeometry lanes_weights_geometry(const Conv2d& cv, int64_t w) {
   LanesWeightsGeometry lg;
-  lg.hp = (cv.p - 1) * cv.sh + (cv.r - 1) * cv.dh + 1;
-  lg.wp = (cv.q - 1) * cv.sw + (cv.s - 1) * cv.dw + 1;
+  lg.hp = padded_extent(cv.p, cv.sh, cv.r, cv.dh);
+  lg.wp = padded_extent(cv.q, cv.sw, cv.s, cv.dw);
   lg.cgp = round_up(cv.c / cv.groups, w);
   return lg;
 }
