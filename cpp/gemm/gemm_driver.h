@@ -59,7 +59,6 @@ static inline GemmBlocking make_blocking(int64_t mr, int64_t nr, int64_t bytes, 
   bl.mr = mr;
   bl.nr = nr;
   int64_t kc = round_down(cpu.l1d / 2 / (mr * bytes), 16);
-  if (getenv("KCHACK")) kc = atoi(getenv("KCHACK"));
   kc = max64(64, min64(kc, 1024));
   if (sum_depth > 0) kc = min64(kc, sum_depth);  // GemmArgs::sum_depth
   // Split K evenly so that the last panel is not a sliver (K = 600 with KC = 512 becomes 2 x 300).
@@ -169,15 +168,6 @@ constexpr int64_t kColumnAInPlaceMaxPanels = 2;
 // Reduction rows that a B read in place must have when packed rows follow them (see gemm_engine).
 constexpr int64_t kInPlaceMinRowsBeforeTail = 64;
 
-// Packs B[pc : pc+kc, jc : jc+nc] into NR-wide micro-panels: panel q holds columns
-// jc + q*NR ... as kc rows of NR contiguous elements. Columns past nc in the last panel are left
-// as they are or zero: the micro-kernel masks them.
-//  - Row-major B (unit column stride): a memcpy per row of each panel.
-//  - Transposed B (unit row stride: each column of B is contiguous in k, as W^T in dX = dY.W^T):
-//    W x W blocks are loaded along k, transposed in registers (V::transpose) and stored as W rows.
-//    Element by element, this pack took about as long as the micro-kernels that used it for
-//    64 x 256 . 256 x 784.
-//  - Anything else: element by element.
 // Rows ahead whose segments the row-major pack prefetches. Each row's segment (NC columns, 1.5
 // KiB for NC = 384 float32) lies in another page, where the hardware prefetchers start cold: the
 // pack of 128 x 4096 . 4096 x 1000 (B from L3) took 15% of the product's time, its samples on the
@@ -188,6 +178,15 @@ constexpr int64_t kInPlaceMinRowsBeforeTail = 64;
 // within the noise of 4 (separate runs).
 constexpr int64_t kPackPrefetchRows = 4;
 
+// Packs B[pc : pc+kc, jc : jc+nc] into NR-wide micro-panels: panel q holds columns
+// jc + q*NR ... as kc rows of NR contiguous elements. Columns past nc in the last panel are left
+// as they are or zero: the micro-kernel masks them.
+//  - Row-major B (unit column stride): a memcpy per row of each panel.
+//  - Transposed B (unit row stride: each column of B is contiguous in k, as W^T in dX = dY.W^T):
+//    W x W blocks are loaded along k, transposed in registers (V::transpose) and stored as W rows.
+//    Element by element, this pack took about as long as the micro-kernels that used it for
+//    64 x 256 . 256 x 784.
+//  - Anything else: element by element.
 template <class V, int NR>
 static void pack_b(const typename V::T* b, int64_t rs_b, int64_t cs_b, int64_t kc, int64_t nc,
                    typename V::T* dst) {
