@@ -151,15 +151,15 @@ py::list kernel_registry() {
 
 // A tests' switch `name(arg)`: True -> set(1), False -> set(0), None -> set(-1) (the library's
 // own choice); anything else, an int included, is a TypeError naming what it got.
-void def_test_switch(py::module_& m, const char* name, const char* arg, void (*set)(int)) {
+void def_test_switch(py::module_& m, const char* name, const char* arg, TestSwitch sw) {
   const std::string prefix = std::string(name) + ": " + arg + " must be True, False or None, got ";
   m.def(
       name,
-      [prefix, set](const py::object& value) {
+      [prefix, sw](const py::object& value) {
         if (!value.is_none() && !py::isinstance<py::bool_>(value)) {
           type_error(prefix + std::string(py::repr(value)));
         }
-        set(value.is_none() ? -1 : (value.cast<bool>() ? 1 : 0));
+        set_test_switch(sw, value.is_none() ? -1 : (value.cast<bool>() ? 1 : 0));
       },
       py::arg(arg));
 }
@@ -284,13 +284,13 @@ void bind_runtime(py::module_& m) {
     set_thread_cap(n);
   });
   // Tests: force Winograd's chunk schedule (True: tasks, False: phases, None: the CPU's own).
-  def_test_switch(m, "_set_winograd_chunk_tasks", "tasks", set_winograd_chunk_tasks);
+  def_test_switch(m, "_set_winograd_chunk_tasks", "tasks", TestSwitch::kWinogradChunkTasks);
   // Tests: force the wide-row form of the filters-in-lanes forward (True: wherever it can run,
   // False: never, None: conv/direct.h's rule).
-  def_test_switch(m, "_set_conv_lanes_wide", "wide", set_conv_lanes_wide_mode);
+  def_test_switch(m, "_set_conv_lanes_wide", "wide", TestSwitch::kConvLanesWide);
   // Tests: force a product with a transposed B to be computed transposed (True: wherever it can
   // run, False: never, None: gemm_driver.h's rule).
-  def_test_switch(m, "_set_gemm_swap", "swap", set_gemm_swap_mode);
+  def_test_switch(m, "_set_gemm_swap", "swap", TestSwitch::kGemmSwap);
   // simdnn.distributed's last resort: a rank that must end the job dies (common/process.h).
   m.def(
       "_kill_self_after",

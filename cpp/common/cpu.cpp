@@ -176,30 +176,23 @@ bool isa_available(Isa isa) {
 }
 
 namespace {
-std::atomic<int> g_winograd_chunk_tasks{-1};
-std::atomic<int> g_conv_lanes_wide{-1};
-std::atomic<int> g_gemm_swap{-1};
+// Relaxed: a switch is set by a test between calls, never while a kernel reads it.
+std::atomic<int> g_test_switches[static_cast<int>(TestSwitch::kCount)] = {-1, -1, -1};
+static_assert(static_cast<int>(TestSwitch::kCount) == 3, "one initialiser per switch");
 }  // namespace
 
+int test_switch(TestSwitch s) {
+  return g_test_switches[static_cast<int>(s)].load(std::memory_order_relaxed);
+}
+
+void set_test_switch(TestSwitch s, int mode) {
+  g_test_switches[static_cast<int>(s)].store(mode < 0 ? -1 : (mode != 0 ? 1 : 0),
+                                             std::memory_order_relaxed);
+}
+
 bool winograd_chunk_tasks() {
-  const int mode = g_winograd_chunk_tasks.load(std::memory_order_relaxed);
+  const int mode = test_switch(TestSwitch::kWinogradChunkTasks);
   return mode < 0 ? cpu_info().winograd_chunk_tasks : mode != 0;
-}
-
-void set_winograd_chunk_tasks(int mode) {
-  g_winograd_chunk_tasks.store(mode < 0 ? -1 : (mode != 0 ? 1 : 0), std::memory_order_relaxed);
-}
-
-int conv_lanes_wide_mode() { return g_conv_lanes_wide.load(std::memory_order_relaxed); }
-
-void set_conv_lanes_wide_mode(int mode) {
-  g_conv_lanes_wide.store(mode < 0 ? -1 : (mode != 0 ? 1 : 0), std::memory_order_relaxed);
-}
-
-int gemm_swap_mode() { return g_gemm_swap.load(std::memory_order_relaxed); }
-
-void set_gemm_swap_mode(int mode) {
-  g_gemm_swap.store(mode < 0 ? -1 : (mode != 0 ? 1 : 0), std::memory_order_relaxed);
 }
 
 }  // namespace simdnn

@@ -52,19 +52,22 @@ const CpuInfo& cpu_info();
 // compiled && supported.
 bool isa_available(Isa isa);
 
-// cpu_info().winograd_chunk_tasks, unless a test forced a schedule: set_winograd_chunk_tasks(1)
-// forces tasks, 0 phases, -1 returns to the CPU's own (so that every machine tests both).
+// Switches that let the tests reach every path a rule chooses between, on any machine. Each holds
+// -1 (the default: the rule chooses), 1 (forced on wherever the path can run) or 0 (never taken).
+enum class TestSwitch : int {
+  kWinogradChunkTasks,  // Winograd's chunk schedule: 1 tasks, 0 phases, -1 the CPU's own
+  kConvLanesWide,       // the wide-row form of the filters-in-lanes forward (direct.h's
+                        // lanes_wide_pays)
+  kGemmSwap,            // a product with a transposed B computed transposed (gemm_driver.h's
+                        // swap_pays)
+  kCount,
+};
+int test_switch(TestSwitch s);
+// mode < 0 stores -1, any other value 1 or 0 (its truth).
+void set_test_switch(TestSwitch s, int mode);
+
+// cpu_info().winograd_chunk_tasks, unless a test forced a schedule
+// (TestSwitch::kWinogradChunkTasks).
 bool winograd_chunk_tasks();
-void set_winograd_chunk_tasks(int mode);
-
-// Tests: -1 (the default) lets conv/direct.h's rule (lanes_wide_pays) choose the wide-row form of
-// the filters-in-lanes forward; 1 forces it wherever it can run, 0 never takes it.
-int conv_lanes_wide_mode();
-void set_conv_lanes_wide_mode(int mode);
-
-// Tests: -1 (the default) lets gemm_driver.h's rule (swap_pays) choose whether a product with a
-// transposed B is computed transposed; 1 forces it wherever it can run, 0 never takes it.
-int gemm_swap_mode();
-void set_gemm_swap_mode(int mode);
 
 }  // namespace simdnn

@@ -41,6 +41,7 @@
 #include "conv/conv.h"
 #include "conv/depthwise.h"
 #include "simd/simd.h"
+#include "simd/transpose.h"
 
 #ifndef SIMDNN_ISA_NS
 #error "compile with -DSIMDNN_ISA_NS=<isa>"
@@ -162,7 +163,7 @@ bool lanes_wide_pays(const Conv2d& cv) {
   using V = typename VecOf<T>::type;
   constexpr int64_t W = V::W, NQ = direct_forward_budget<V>() / 2;
   if (W == 1 || 2 * cv.q < W) return false;  // no lanes, or the narrow form's rows
-  if (const int mode = conv_lanes_wide_mode(); mode >= 0) return mode == 1;
+  if (const int mode = test_switch(TestSwitch::kConvLanesWide); mode >= 0) return mode == 1;
   const int64_t cg = cv.c / cv.groups, kg = cv.k / cv.groups;
   const int64_t hp = padded_extent(cv.p, cv.sh, cv.r, cv.dh);
   const int64_t wp = padded_extent(cv.q, cv.sw, cv.s, cv.dw);
@@ -357,25 +358,12 @@ void direct_forward_lanes(const Conv2d& cv, const T* x, const T* w, const T* b, 
           }
         });
       }
-      // Back to planes: W pixels x W filters transposed per step.
+      // Back to planes: the block's pq x W (pixels x filters) transposed into lk planes.
       for (int64_t blk = 0; blk < nb; ++blk) {
         const int64_t kb = kb0 + blk;
         const int lk = static_cast<int>(min64(W, kg - kb % kbg * W));
         T* ys = y + (n * cv.k + grp * kg + kb % kbg * W) * pq;
-        const T* yb = yt + blk * ystep;
-        for (int64_t e = 0; e < pq; e += W) {
-          const int cnt = static_cast<int>(min64(W, pq - e));
-          R v[W];
-          for (int k = 0; k < W; ++k) v[k] = k < cnt ? V::load(yb + (e + k) * W) : V::zero();
-          V::transpose(v);
-          for (int l = 0; l < lk; ++l) {
-            if (cnt == W) {
-              V::store(ys + l * pq + e, v[l]);
-            } else {
-              V::storen(ys + l * pq + e, v[l], cnt);
-            }
-          }
-        }
+        transpose_block<V>(yt + blk * ystep, W, pq, lk, ys, pq);
       }
     }
   });

@@ -32,6 +32,7 @@
 #include "common/parallel.h"
 #include "gemm/gemm.h"
 #include "gemm/gemv.h"
+#include "simd/transpose.h"
 
 namespace simdnn::gemm_detail {
 
@@ -691,36 +692,8 @@ static void scale_c(const GemmArgs<T>& g) {
 template <typename T>
 static bool swap_pays(const GemmArgs<T>& g) {
   if (g.rs_b != 1 || g.cs_b == 1 || g.sum_depth > 0) return false;
-  if (const int mode = gemm_swap_mode(); mode >= 0) return mode == 1;
+  if (const int mode = test_switch(TestSwitch::kGemmSwap); mode >= 0) return mode == 1;
   return 2 * g.m * (g.k + g.n) <= g.n * g.k;
-}
-
-// dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols, through W x W register transposes.
-template <class V>
-static void transpose_block(const typename V::T* src, int64_t lds, int64_t rows, int64_t cols,
-                            typename V::T* dst, int64_t ldd) {
-  using R = typename V::V;
-  constexpr int W = V::W;
-  for (int64_t i0 = 0; i0 < rows; i0 += W) {
-    const int ni = static_cast<int>(min64(W, rows - i0));
-    for (int64_t j0 = 0; j0 < cols; j0 += W) {
-      const int nj = static_cast<int>(min64(W, cols - j0));
-      R r[W];
-      for (int i = 0; i < W; ++i) {
-        const typename V::T* s = src + (i0 + i) * lds + j0;
-        r[i] = i >= ni ? V::zero() : (nj == W ? V::load(s) : V::loadn(s, nj));
-      }
-      V::transpose(r);
-      for (int j = 0; j < nj; ++j) {
-        typename V::T* d = dst + (j0 + j) * ldd + i0;
-        if (ni == W) {
-          V::store(d, r[j]);
-        } else {
-          V::storen(d, r[j], ni);
-        }
-      }
-    }
-  }
 }
 
 // C^T, the result of gemm_swapped's engine, in a scratch matrix; each tile, after its last K block,
