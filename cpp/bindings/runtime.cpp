@@ -291,6 +291,9 @@ void bind_runtime(py::module_& m) {
   // Tests: force a product with a transposed B to be computed transposed (True: wherever it can
   // run, False: never, None: gemm_driver.h's rule).
   def_test_switch(m, "_set_gemm_swap", "swap", TestSwitch::kGemmSwap);
+  // Tests: force a forward implicit GEMM's column panels across images (True: wherever they can
+  // run, False: never, None: gemm_policies.h's rule).
+  def_test_switch(m, "_set_conv_span_images", "span", TestSwitch::kConvSpanImages);
   // simdnn.distributed's last resort: a rank that must end the job dies (common/process.h).
   m.def(
       "_kill_self_after",

@@ -177,8 +177,8 @@ bool isa_available(Isa isa) {
 
 namespace {
 // Relaxed: a switch is set by a test between calls, never while a kernel reads it.
-std::atomic<int> g_test_switches[static_cast<int>(TestSwitch::kCount)] = {-1, -1, -1};
-static_assert(static_cast<int>(TestSwitch::kCount) == 3, "one initialiser per switch");
+std::atomic<int> g_test_switches[static_cast<int>(TestSwitch::kCount)] = {-1, -1, -1, -1};
+static_assert(static_cast<int>(TestSwitch::kCount) == 4, "one initialiser per switch");
 }  // namespace
 
 int test_switch(TestSwitch s) {

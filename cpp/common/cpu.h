@@ -60,6 +60,8 @@ enum class TestSwitch : int {
                         // lanes_wide_pays)
   kGemmSwap,            // a product with a transposed B computed transposed (gemm_driver.h's
                         // swap_pays)
+  kConvSpanImages,      // a forward implicit GEMM's column panels across images
+                        // (gemm_policies.h's span_images)
   kCount,
 };
 int test_switch(TestSwitch s);

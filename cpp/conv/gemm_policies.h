@@ -41,9 +41,24 @@ constexpr int64_t kVecTableEntries = 1024;
 // 749 us). A table is as large as its layer needs: a 7x7 AVX-512 block takes about 100 KiB.
 constexpr int64_t kVecTableBytesTB = int64_t(1) << 20;
 
-// B = im2col, columns = the output pixels of n_img images, NR-wide panels per image
-// (ppi panels per image). Reduction row t = (c, r, s), plus a row of ones at t = rows() when the
-// bias is fused.
+// Where panel v's pixels start: image img, pixel j0 of its plane, and how many (width) the panel
+// holds, from that image on (past the plane: the next image's first ones).
+struct PanelPlace {
+  int64_t img, j0, width;
+};
+static inline PanelPlace panel_place(int64_t v, int64_t nr, int64_t pq, int64_t ppi, bool span,
+                                     int64_t n_img) {
+  if (span) {
+    const int64_t u0 = v * nr;
+    return PanelPlace{u0 / pq, u0 % pq, min64(nr, n_img * pq - u0)};
+  }
+  const int64_t j0 = (v % ppi) * nr;
+  return PanelPlace{v / ppi, j0, min64(nr, pq - j0)};
+}
+
+// B = im2col, columns = the output pixels of n_img images: NR-wide panels per image (ppi panels
+// per image), or across images (span). Reduction row t = (c, r, s), plus a row of ones at
+// t = rows() when the bias is fused.
 template <class V, int NR>
 struct Im2colB {
   using T = typename V::T;
@@ -53,6 +68,43 @@ struct Im2colB {
   bool ones_row;
   int64_t n_img;       // images from src on: the elements that may be read
   bool one_row_panel;  // A has at most MR rows: each B element is read once
+  bool span = false;   // panels across images (span_pays); never with pointwise()
+  PanelPlace place(int64_t v) const { return panel_place(v, NR, g.p * g.q, ppi, span, n_img); }
+
+  // Where an image's planes of the group fit in half the L1, the panels of a block are packed in
+  // order of their place in the image (v % ppi), so that each place's tables are built once for
+  // all the images of the block (pack).
+  bool by_place() const {
+    return 2 * g.cg * g.h * g.w * static_cast<int64_t>(sizeof(T)) <= cpu_info().l1d;
+  }
+
+  // Whether the column panels run across images (span): the pixels of all n_img images as one row
+  // of n_img * PQ columns, so that only the last panel is partial, instead of NR-wide panels per
+  // image whose last holds PQ mod NR pixels and costs the micro-kernel a whole panel. A panel
+  // across two images is packed from both (the tables take the next image's pixels one image's
+  // planes on) and its tile of C computed into a scratch, then copied to the two images (ImageC).
+  // Only where each panel touches at most two images (PQ >= NR); never for the pointwise layers
+  // read in place. Panels across images have no period of ppi, so each builds its own tables:
+  // where the layer would share them (by_place), only if the columns saved are worth more than
+  // the builds, m x C/G x (waste: the per-image panels' unused share) >= kSpanMinWork (a table
+  // costs some cycles per lane and tap, the micro-kernel 1/32 of a cycle per lane, tap, channel
+  // and filter). AMD EPYC Zen 4 VM, 2 threads, float32, medians of 7 alternating blocks, per
+  // image -> across: 3x3 p1 C->K 7x7 N4 (49 pixels, waste 23%) C=16 K=64 32.3 -> 32.4 us, K=256
+  // 109 -> 99 us, K=512 202 -> 177 us; C=64 K=256 390 -> 334 us, K=512 755 -> 631 us; 9x9 (81
+  // pixels, 16%) C=16 K=64 46 -> 53 us, K=256 161 -> 161 us, K=512 310 -> 288 us, C=48 K=256 446
+  // -> 425 us; grouped 3x3 p2 16->128 g4 7x7 N16 (C/G = 4, 32 filters a group) 105 -> 164 us.
+  // Layers whose planes exceed half the L1 build tables per panel either way: 3x3 256->256 14x14
+  // N16 forward 21.0 -> 20.3 ms, backward-data 22.6 -> 20.7 ms; 3x3 p0 384->96 14x14 N2 1.43 ->
+  // 1.33 ms; 2x2 p1 192->192 14x14 N2 backward-data 0.90 -> 0.82 ms.
+  // TestSwitch::kConvSpanImages forces it wherever it can run, or never.
+  static constexpr int64_t kSpanMinWork = 1024;
+  bool span_pays(int64_t m) const {
+    const int64_t pq = g.p * g.q;
+    if (pointwise() || n_img < 2 || pq < NR) return false;
+    if (const int mode = test_switch(TestSwitch::kConvSpanImages); mode >= 0) return mode == 1;
+    if (pq % NR == 0) return false;
+    return !by_place() || m * g.cg * (ppi * NR - pq) >= kSpanMinWork * ppi * NR;
+  }
 
   // One segment for one tap (r, s), stride 1: where its in-bounds run starts in the plane
   // (-1: the whole segment falls on padding rows) and which part of it is in bounds.
@@ -139,22 +191,26 @@ struct Im2colB {
       pack_pointwise(dst, pc, kc, v0, v1);
       return;
     }
-    const int64_t plane = g.h * g.w, pq = g.p * g.q, rs = g.r * g.s, rows = g.rows();
+    const int64_t plane = g.h * g.w, rs = g.r * g.s, rows = g.rows();
     Run runs[kMaxRuns];
-    // Where an image's planes of the group fit in half the L1, the panels go in order of their
-    // place in the image (v % ppi), so that each place's table is built once for all the images
-    // of the block (each panel still goes to its own slot of dst); else image by image, each
-    // image's planes read while in L1. Intel Xeon, 2 threads, two alternating runs, image order
-    // -> place order: LeNet's 20->50 5x5 12x12 N64 forward (12 KB an image) 0.836 -> 0.759 ms,
-    // 3x3 p2 16->128 g4 7x7 N4 44 -> 32 us, backward-data (flipped) of 7x7 64->3 14x14 N16 0.366
-    // -> 0.266 ms; but 5x5/s2 p2 32->8 g2 28x28 N16 (50 KB) 0.311 -> 0.353 ms and grouped 1x1
-    // 384->24 g8 56x56 N16 (600 KB) 2.24 -> 2.44 ms (a later run read the 5x5/s2 row as slow in
-    // image order: part of those two is this machine's drift, but no gain was seen there).
-    const bool by_place = 2 * g.cg * plane * static_cast<int64_t>(sizeof(T)) <= cpu_info().l1d;
+    // Where an image's planes of the group fit in half the L1 (by_place), the panels go in order of
+    // their place in the image (v % ppi), so that each place's table is built once for all the
+    // images of the block (each panel still goes to its own slot of dst); else image by image, each
+    // image's planes read while in L1. Intel Xeon, 2 threads, two alternating runs, image order ->
+    // place order: LeNet's 20->50 5x5 12x12 N64 forward (12 KB an image) 0.836 -> 0.759 ms, 3x3 p2
+    // 16->128 g4 7x7 N4 44 -> 32 us, backward-data (flipped) of 7x7 64->3 14x14 N16 0.366 -> 0.266
+    // ms; but 5x5/s2 p2 32->8 g2 28x28 N16 (50 KB) 0.311 -> 0.353 ms and grouped 1x1 384->24 g8
+    // 56x56 N16 (600 KB) 2.24 -> 2.44 ms (a later run read the 5x5/s2 row as slow in image order:
+    // part of those two is this machine's drift, but no gain was seen there).
+    // Panels across images have no period of ppi: each builds its own tables (span_pays).
+    const bool by_place = !span && this->by_place();
     const int64_t places = by_place ? min64(ppi, v1 - v0) : v1 - v0;
     const int64_t step = by_place ? ppi : v1 - v0;
+    // The next image's planes, for a panel that runs into it.
+    const int64_t img_stride = g.c_total * plane;
     for (int64_t ph = 0; ph < places; ++ph) {
-      const int64_t j0 = ((v0 + ph) % ppi) * NR, width = min64(NR, pq - j0);
+      const PanelPlace at0 = place(v0 + ph);
+      const int64_t j0 = at0.j0, width = at0.width;
       // The window form (im2col.h) wherever it applies, the vector form wherever its table fits
       // and no vector spans more than VecTable::kEntries segments; else segment by segment, from a
       // table of runs for stride 1. Tables only where a block reuses each entry (C/groups >= 2
@@ -162,10 +218,10 @@ struct Im2colB {
       // saved.
       constexpr int NVEC = NR / V::W;
       WindowTable<V, NVEC> wt;
-      if (kc >= 2 * rs && wt.build(g, j0, width)) {
+      if (kc >= 2 * rs && wt.build(g, j0, width, img_stride)) {
         const int64_t t1 = min64(pc + kc, rows);
         for (int64_t v = v0 + ph; v < v1; v += step) {
-          const T* img = src + (v / ppi) * g.c_total * plane + g.c0 * plane;
+          const T* img = src + place(v).img * img_stride + g.c0 * plane;
           T* d = dst + (v - v0) * kc * NR;
           wt.pack(img, img - src, n_img * g.c_total * plane, pc, t1, plane, d);
           for (int64_t t = t1; t < pc + kc; ++t) {  // the bias row
@@ -175,18 +231,18 @@ struct Im2colB {
         continue;
       }
       Segment seg[NR];
-      const int nseg = segments(g, j0, width, seg);
+      const int64_t nseg = range_segments(g, j0, width, seg);
       alignas(
           typename VecTable<V>::Entry) unsigned char vt_store[VecTable<V>::bytes(kVecTableEntries)];
       VecTable<V> vt(vt_store, kVecTableEntries);
-      const bool vec = kc >= 2 * rs && vt.build(g, 0, seg, nseg, NVEC);
+      const bool vec = kc >= 2 * rs && vt.build(g, img_stride, seg, nseg, NVEC);
       const int nvec = static_cast<int>(ceil_div(width, V::W));
       const int64_t readable = n_img * g.c_total * plane;  // from src
       const bool tabulated = !vec && g.sw == 1 && rs * nseg <= kMaxRuns && kc >= 2 * rs;
       if (tabulated) {
         for (int64_t tap = 0; tap < rs; ++tap) {
           const int64_t r = tap / g.s, s = tap % g.s;
-          for (int i = 0; i < nseg; ++i) {
+          for (int64_t i = 0; i < nseg; ++i) {
             const Segment& sg = seg[i];
             const int64_t hi = sg.p * g.sh - g.ph + r * g.dh;
             const int64_t w0 = sg.q - g.pw + s * g.dw;
@@ -196,13 +252,14 @@ struct Im2colB {
             } else {
               const int64_t lo = min64(sg.len, max64(0, -w0));
               const int64_t hj = max64(lo, min64(sg.len, g.w - w0));
-              run = Run{hi * g.w + w0 + lo, static_cast<int32_t>(lo), static_cast<int32_t>(hj)};
+              run = Run{sg.img * img_stride + hi * g.w + w0 + lo, static_cast<int32_t>(lo),
+                        static_cast<int32_t>(hj)};
             }
           }
         }
       }
       for (int64_t v = v0 + ph; v < v1; v += step) {
-        const T* img = src + (v / ppi) * g.c_total * plane + g.c0 * plane;
+        const T* img = src + place(v).img * img_stride + g.c0 * plane;
         T* d = dst + (v - v0) * kc * NR;
         // (c, r, s) of reduction row pc, then stepped along.
         int64_t c = pc / rs, r = (pc / g.s) % g.r, s = pc % g.s;
@@ -216,7 +273,7 @@ struct Im2colB {
             vt.row(pl, (img - src) + c * plane, readable, r * g.s + s, nvec, g.sw, d);
           } else if (tabulated) {
             const Run* tr = runs + (r * g.s + s) * nseg;
-            for (int i = 0; i < nseg; ++i) {
+            for (int64_t i = 0; i < nseg; ++i) {
               T* out = d + seg[i].off;
               const int64_t len = seg[i].len;
               if (tr[i].src < 0) {
@@ -228,7 +285,9 @@ struct Im2colB {
               if (tr[i].hi < len) zero_run<V>(out + tr[i].hi, len - tr[i].hi);
             }
           } else {
-            for (int i = 0; i < nseg; ++i) gather_segment<V>(g, pl, r, s, seg[i], d + seg[i].off);
+            for (int64_t i = 0; i < nseg; ++i) {
+              gather_segment<V>(g, pl + seg[i].img * img_stride, r, s, seg[i], d + seg[i].off);
+            }
           }
           if (++s == g.s) {
             s = 0;
@@ -243,18 +302,46 @@ struct Im2colB {
   }
 };
 
-// C = an NCHW output: rows are the group's channels, columns the pixels of n_img images.
+// C = an NCHW output: rows are the group's channels, columns the pixels of n_img images, in the
+// panels of Im2colB. A panel across two images (span) is computed into `scratch` with the same
+// row stride PQ (panels side by side, spb = PQ / NR of them per band of m rows), and each of its
+// tiles copied to its two images by the thread that computed it, after its last K block (finish).
 template <typename T, int NR>
 struct ImageC {
   T* y;             // image 0, channel 0
   int64_t k_total;  // channels per image
   int64_t k0;       // this group's first channel
   int64_t pq, ppi, n_img;
-  int64_t panels() const { return n_img * ppi; }
-  int width(int64_t v) const { return static_cast<int>(min64(NR, pq - (v % ppi) * NR)); }
+  bool span = false;
+  T* scratch = nullptr;  // span: (n_img - 1) / spb + 1 bands of m x PQ
+  int64_t m = 0, spb = 1;
+
+  // Scratch elements for m rows of panels across images (span), 0 without.
+  static int64_t scratch_elems(int64_t m_rows, int64_t pq, int64_t n_img) {
+    return ceil_div(n_img - 1, pq / NR) * m_rows * pq;
+  }
+  int64_t panels() const { return span ? ceil_div(n_img * pq, NR) : n_img * ppi; }
+  PanelPlace place(int64_t v) const { return panel_place(v, NR, pq, ppi, span, n_img); }
+  int width(int64_t v) const { return static_cast<int>(place(v).width); }
   int64_t rs() const { return pq; }
   T* at(int64_t i, int64_t v) const {
-    return y + (v / ppi) * k_total * pq + (k0 + i) * pq + (v % ppi) * NR;
+    const PanelPlace pl = place(v);
+    if (pl.j0 + pl.width > pq) {  // across images: panel pl.img's slot of the scratch
+      return scratch + (pl.img / spb * m + i) * pq + pl.img % spb * NR;
+    }
+    return y + pl.img * k_total * pq + (k0 + i) * pq + pl.j0;
+  }
+  void finish(int64_t ir, int64_t mm, int64_t v) const {
+    if (!span) return;
+    const PanelPlace pl = place(v);
+    if (pl.j0 + pl.width <= pq) return;
+    const int64_t first = pq - pl.j0;  // columns in image pl.img, then the next image's
+    for (int64_t i = ir; i < ir + mm; ++i) {
+      const T* t = at(i, v);
+      T* row = y + pl.img * k_total * pq + (k0 + i) * pq;
+      std::memcpy(row + pl.j0, t, first * sizeof(T));
+      std::memcpy(row + k_total * pq, t + first, (pl.width - first) * sizeof(T));
+    }
   }
 };
 
@@ -283,8 +370,15 @@ void implicit_gemm(const Im2col& g, int64_t n_img, const T* src, const T* filter
   const int64_t pq = g.p * g.q, ppi = ceil_div(pq, NR);
   const int64_t kred = g.rows() + (bias != nullptr ? 1 : 0);
   const FilterA<T, MR> A{filters, bias, m, g.rows()};
-  const Im2colB<typename UK::V, NR> B{src, g, ppi, bias != nullptr, n_img, m <= MR};
-  const ImageC<T, NR> C{out, k_total, k0, pq, ppi, n_img};
+  Im2colB<typename UK::V, NR> B{src, g, ppi, bias != nullptr, n_img, m <= MR};
+  ImageC<T, NR> C{out, k_total, k0, pq, ppi, n_img};
+  if (B.span_pays(m)) {
+    B.span = C.span = true;
+    C.m = m;
+    C.spb = pq / NR;
+    C.scratch = static_cast<T*>(workspace(WorkspaceSlot::gemm_shared,
+                                          ImageC<T, NR>::scratch_elems(m, pq, n_img) * sizeof(T)));
+  }
   // Gathering im2col costs more per element than copying a matrix row: model it as a transposed
   // B in the thread grid.
   gemm_detail::gemm_engine<UK>(A, B, C, kred, T(1), T(0), nthreads, true);

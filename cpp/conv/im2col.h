@@ -37,18 +37,6 @@ struct Segment {
   int64_t img = 0;  // image of the segment (backward-weights ranges span images)
 };
 
-// Splits the pixels [j0, j0 + width) of a P x Q output plane into row segments.
-static inline int segments(const Im2col& g, int64_t j0, int64_t width, Segment* seg) {
-  int n = 0;
-  for (int64_t pix = j0; pix < j0 + width;) {
-    const int64_t p = pix / g.q, q = pix % g.q;
-    const int64_t len = min64(g.q - q, j0 + width - pix);
-    seg[n++] = Segment{p, q, len, pix - j0};
-    pix += len;
-  }
-  return n;
-}
-
 // d[0, len) = src[0, len) and d[0, len) = 0, a vector at a time with a masked tail: im2col
 // segments are often shorter than a vector (LeNet's 8-pixel rows), where a scalar loop with its
 // bounds spent more cycles per element than the micro-kernel's FMAs on it.
@@ -292,7 +280,7 @@ struct HasPermute2<V, std::void_t<decltype(V::kPermute2)>> : std::true_type {
 // form); one-window layers even.
 template <class V, int NV, bool = HasPermute2<V>::value>
 struct WindowTable {  // without the permute (AVX2, scalar): never built
-  bool build(const Im2col&, int64_t, int64_t) { return false; }
+  bool build(const Im2col&, int64_t, int64_t, int64_t) { return false; }
   void pack(const typename V::T*, int64_t, int64_t, int64_t, int64_t, int64_t,
             typename V::T*) const {}
 };
@@ -314,9 +302,11 @@ struct WindowTable<V, NV, true> {
   bool two = false;        // some vector has a second window
   const Im2col* g = nullptr;
 
-  // Tabulates the pixels [j0, j0 + width) of a P x Q plane (width <= NV * W). False where a
-  // vector's bases need more than two windows of 2W, or the kernel has more than kMaxTaps taps.
-  bool build(const Im2col& geo, int64_t j0, int64_t width) {
+  // Tabulates the pixels [j0, j0 + width) of a P x Q plane (width <= NV * W); pixels past the
+  // plane's last are the next image's first, img_stride elements on (a panel across two images).
+  // False where a vector's bases need more than two windows of 2W, or the kernel has more than
+  // kMaxTaps taps.
+  bool build(const Im2col& geo, int64_t j0, int64_t width, int64_t img_stride) {
     g = &geo;
     const int64_t taps = geo.r * geo.s;
     if (taps > kMaxTaps) return false;
@@ -336,10 +326,11 @@ struct WindowTable<V, NV, true> {
       alignas(64) int32_t ix[2][W] = {};
       int64_t b[W];
       for (int l = 0; l < n; ++l) {
-        const int64_t pix = j0 + jv * W + l, p = pix / geo.q, q = pix % geo.q;
+        const int64_t pix = j0 + jv * W + l, img = pix / (geo.p * geo.q);
+        const int64_t p = pix / geo.q - img * geo.p, q = pix % geo.q;
         row0[jv * W + l] = p * geo.sh;
         col0[jv * W + l] = q * geo.sw;
-        b[l] = p * geo.sh * geo.w + q * geo.sw;
+        b[l] = img * img_stride + p * geo.sh * geo.w + q * geo.sw;
       }
       // Window 0 from the least base; lanes 2W or more past it go to window 1, from the least of
       // theirs (with padding, a row's bases may pass the next row's).

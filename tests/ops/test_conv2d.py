@@ -437,6 +437,70 @@ def test_lanes_forward_on_wide_rows(isa, dtype, rng, threads, case):
         assert not np.array_equal(never, runs[0][0])
 
 
+# Column panels across images in the forward's implicit GEMM (span_images, forced on and off):
+# planes of 49, 196, 132 (stride 2), 81 (two groups: the second group's channels start past 0),
+# 64 (a multiple of every NR: the rule leaves it per image, forcing reaches it; 1x1 padded, not
+# pointwise), 56 and 100 pixels; 2-9 images, so that panels across images fill one or several
+# bands of the scratch; 630 reduction rows (K blocks added up in the scratch); a dilated layer;
+# and backward-data, the flipped convolution where it is one.
+SPAN_CASES = [
+    (3, 5, 7, 7, 70, 3, 3, 1, 1, 1, 1),
+    (4, 16, 14, 14, 30, 3, 3, 1, 1, 1, 1),
+    (3, 6, 23, 21, 26, 3, 3, 2, 1, 1, 1),
+    (3, 8, 9, 9, 52, 3, 3, 1, 1, 1, 2),
+    (5, 4, 6, 6, 33, 1, 1, 1, 1, 1, 1),
+    (9, 3, 6, 7, 25, 2, 2, 1, 1, 1, 1),
+    (2, 70, 9, 9, 30, 3, 3, 1, 1, 1, 1),
+    (3, 4, 14, 14, 27, 3, 3, 1, 2, 2, 1),
+]
+
+
+@pytest.mark.parametrize("case", SPAN_CASES, ids=case_id)
+def test_panels_across_images(isa, dtype, rng, threads, case):
+    """Panels across images and per image give the same bits (each output is the same FMAs in the
+    same order), on 1-3 threads, forward and backward-data, and the twin's answer."""
+    x, w, b, kw = setup(case, dtype, rng)
+    dy = rng.standard_normal(reference.conv2d(x, w, b, **kw).shape).astype(dtype)
+    runs = {}
+    try:
+        for span in (True, False):
+            simdnn._core._set_conv_span_images(span)
+            for nt in (1, 2, 3):
+                simdnn.set_num_threads(nt)
+                runs[span, nt] = (
+                    ops.conv2d(x, w, b, algorithm="direct", **kw),
+                    ops.conv2d_backward_data(dy, w, x.shape, algorithm="direct", **kw),
+                )
+    finally:
+        simdnn._core._set_conv_span_images(None)
+    k_r_s = w.shape[1] * w.shape[2] * w.shape[3]
+    assert_close(runs[True, 1][0], reference.conv2d(x, w, b, **kw), dtype, scale=k_r_s**0.5)
+    want_dx = reference.conv2d_backward_data(dy, w, x.shape, **kw)
+    assert_close(runs[True, 1][1], want_dx, dtype, scale=10)
+    for key, (y, dx) in runs.items():
+        np.testing.assert_array_equal(y, runs[True, 1][0], err_msg=str(key))
+        np.testing.assert_array_equal(dx, runs[True, 1][1], err_msg=str(key))
+
+
+def test_panels_across_images_switch_reaches_the_gemm(isa, dtype, rng):
+    """Forced on, the forward holds a scratch for the panels across images (of 66 filters x 100
+    pixels, 17 images: 150 KiB for float32 with 32-wide panels) beside its packs; forced off, no
+    scratch, and at most a few panels more of packed B: the switch decides which path runs, which
+    the equal bits above cannot show."""
+    simdnn.set_num_threads(1)
+    x, w, b, kw = setup((17, 5, 10, 10, 66, 3, 3, 1, 1, 1, 1), dtype, rng)
+    held = {}
+    try:
+        for span in (True, False):
+            simdnn._core._set_conv_span_images(span)
+            simdnn.empty_cache()
+            ops.conv2d(x, w, b, algorithm="direct", **kw)
+            held[span] = simdnn.cpu_info()["workspace_bytes"]
+    finally:
+        simdnn._core._set_conv_span_images(None)
+    assert held[True] > held[False], held
+
+
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 def test_grouped_pointwise_input_past_8_mib(isa, dtype, rng, bias):
     """Grouped 1x1 layers whose input is 8 MiB or more sum their channels through y, two at a
