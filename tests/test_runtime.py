@@ -69,13 +69,19 @@ def test_cpu_info_keys():
 
 
 @pytest.mark.parametrize(
-    "hook", ["_set_winograd_chunk_tasks", "_set_conv_lanes_wide", "_set_gemm_swap"]
+    "hook",
+    [
+        "_set_winograd_chunk_tasks",
+        "_set_conv_lanes_wide",
+        "_set_gemm_swap",
+        "_set_conv_span_images",
+    ],
 )
 @pytest.mark.parametrize("value", [1, 0, "on", 1.0])
 def test_test_switches_refuse_anything_but_a_bool_or_none(hook, value):
     """The tests' switches (Winograd's chunk schedule, the wide-row filters-in-lanes forward, the
-    transposed GEMM) take True, False or None, and name what they got otherwise (an int is refused
-    too, though Python would treat 1 as true)."""
+    transposed GEMM, the implicit GEMM's panels across images) take True, False or None, and name
+    what they got otherwise (an int is refused too, though Python would treat 1 as true)."""
     switch = getattr(simdnn._core, hook)
     with pytest.raises(TypeError, match=r"True, False or None, got " + re.escape(repr(value))):
         switch(value)
