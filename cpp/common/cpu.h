@@ -61,7 +61,7 @@ enum class TestSwitch : int {
   kGemmSwap,            // a product with a transposed B computed transposed (gemm_driver.h's
                         // swap_pays)
   kConvSpanImages,      // a forward implicit GEMM's column panels across images
-                        // (gemm_policies.h's span_images)
+                        // (gemm_policies.h's Im2colB::span_pays)
   kCount,
 };
 int test_switch(TestSwitch s);

@@ -313,10 +313,11 @@ struct ImageC {
   int64_t k0;       // this group's first channel
   int64_t pq, ppi, n_img;
   bool span = false;
-  T* scratch = nullptr;  // span: (n_img - 1) / spb + 1 bands of m x PQ
+  T* scratch = nullptr;  // span: ceil((n_img - 1) / spb) bands of m x PQ
   int64_t m = 0, spb = 1;
 
-  // Scratch elements for m rows of panels across images (span), 0 without.
+  // Scratch elements for the panels across images of m rows (span): the n_img - 1 panels that
+  // start in images 0 to n_img - 2, spb = PQ / NR of them side by side per band of m x PQ.
   static int64_t scratch_elems(int64_t m_rows, int64_t pq, int64_t n_img) {
     return ceil_div(n_img - 1, pq / NR) * m_rows * pq;
   }
