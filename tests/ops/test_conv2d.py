@@ -174,6 +174,18 @@ CASES = [
     (3, 6, 14, 14, 3, 7, 7, 1, 0, 1, 1),
     (2, 16, 12, 22, 6, 3, 3, 1, 0, (1, 2), 2),
 ]
+# Kernel rows that read only padding rows, which the direct forward's row and flat forms skip
+# (live_taps): the flat form with dilated rows and padding 5, so that the first and last output
+# rows reach no image row (their outputs are the bias); the row form at stride 2 with padding 3
+# (the first output row reaches none), and dilated 3 with padding 4 at the top only; the
+# filters-in-lanes form on 5-pixel rows with padding 3 (two rows reaching no image row).
+DEAD_ROW_CASES = [
+    (2, 8, 10, 10, 5, 3, 3, 1, (5, 1), (2, 1), 1),
+    (2, 3, 11, 20, 7, 3, 3, 2, (3, 1), 1, 1),
+    (2, 4, 9, 18, 6, 3, 3, 1, (4, 0), (3, 1), 1),
+    (2, 5, 4, 5, 9, 3, 3, 1, (3, 1), 1, 1),
+]
+CASES += DEAD_ROW_CASES
 
 
 def random_cases(count: int, seed: int) -> list[tuple]:
@@ -1157,6 +1169,7 @@ CONV_CASES = [
     (1, 2, 7, 7, 3, 5, 5, 3, 2, 1, 1),
     (2, 6, 11, 9, 6, 3, 3, 2, 1, 1, 6),  # depthwise, stride 2
     (1, 4, 13, 14, 4, 5, 5, (2, 3), 2, (1, 2), 4),  # depthwise, strides 2 and 3, dilated
+    (2, 8, 10, 10, 5, 3, 3, 1, (5, 1), (2, 1), 1),  # flat form, kernel rows on padding only
 ]
 
 
@@ -1199,6 +1212,24 @@ def test_depthwise_strided_backward_data_non_finite_dy(isa, dtype, rng, stride):
     (dy64, w64) = as64(dy, w)
     want = reference.conv2d_backward_data(dy64, w64, x_shape, **conv)
     assert_same_classes(dx, want, "conv2d_backward_data")
+
+
+@pytest.mark.nonfinite
+@pytest.mark.usefixtures("quiet_numpy")
+@pytest.mark.parametrize("case", DEAD_ROW_CASES, ids=str)
+def test_dead_kernel_rows_keep_non_finite_inputs(isa, dtype, rng, case):
+    """With finite weights the direct forward skips kernel rows that read only padding; NaN and
+    Inf in the image (its first and last rows included) must still land where the twin puts
+    them."""
+    n, c, h, w, k, r, s, stride, padding, dilation, groups = case
+    conv = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
+    x = sprinkle(rng, (n, c, h, w), dtype)
+    x[:, :, 0, 0], x[:, :, -1, -1] = np.inf, np.nan
+    wt = rng.standard_normal((k, c // groups, r, s)).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype)
+    y = ops.conv2d(x, wt, b, **conv)
+    x64, w64, b64 = as64(x, wt, b)
+    assert_same_classes(y, reference.conv2d(x64, w64, b64, **conv), "conv2d")
 
 
 @pytest.mark.nonfinite
