@@ -187,9 +187,11 @@ bool lanes_wide_pays(const Conv2d& cv) {
 // convolution); the GEMM's panels mix rows and keep every tap. AMD EPYC Zen 4 VM, 2 threads,
 // float32 forward, all taps -> live taps, medians of 4-6 alternating runs of two builds:
 //  - flat form: 4x4 p3 16->24 14x14 N32 (32% of its taps on padding, 18% on padding rows)
-//    722-803 -> 613-697 us (five runs); 5x5 p3 24->8 7x7 N16 116-121 -> 92-103 us;
-//  - filters in lanes: 4x4 p2 128->16 7x7 N16 600 -> 540 us; 3x3 p1 64->16 7x7 N8 72-81 -> 64-66
-//    us; 3x3 p1 64->64 7x7 N16 439 -> 398 us; 7x7 p3 24->64 7x7 N2 128 -> 120 us;
+//    722-803 -> 613-697 us (five runs); 5x5 p3 24->8 7x7 N16 116-121 -> 92-103 us; 4x4 p2
+//    128->16 7x7 N16 600 -> 540 us;
+//  - filters in lanes: 3x3 p1 64->16 7x7 N8 72-81 -> 64-66 us; 3x3 p1 64->64 7x7 N16 439 -> 398
+//    us; 7x7 p3 24->64 7x7 N2 128 -> 120 us; 7x7/s2 p1 32->64 g4 7x7 N16 89 -> 62 us;
+//  - row form: 5x5/s2 p2 32->8 g2 28x28 N16 323 -> 278 us;
 //  - unpadded layers even: 3x3 p0 64->16 7x7 N8 38.0 -> 38.9 us, 3x3/s2 p0 192->32 28x28 N4
 //    522 -> 521 us.
 struct TapRange {
