@@ -174,7 +174,7 @@ CASES = [
     (3, 6, 14, 14, 3, 7, 7, 1, 0, 1, 1),
     (2, 16, 12, 22, 6, 3, 3, 1, 0, (1, 2), 2),
 ]
-# Kernel rows that read only padding rows, which the direct forward's row and flat forms skip
+# Kernel rows that read only padding rows, which the direct forward's row, flat and lanes forms skip
 # (live_taps): the flat form with dilated rows and padding 5, so that the first and last output
 # rows reach no image row (their outputs are the bias); the row form at stride 2 with padding 3
 # (the first output row reaches none), and dilated 3 with padding 4 at the top only; the
