@@ -313,8 +313,9 @@ struct ImageC {
   int64_t k0;       // this group's first channel
   int64_t pq, ppi, n_img;
   bool span = false;
-  T* scratch = nullptr;  // span: ceil((n_img - 1) / spb) bands of m x PQ
-  int64_t m = 0, spb = 1;
+  T* scratch = nullptr;  // span: ceil((n_img - 1) / spb()) bands of m x PQ
+  int64_t m = 0;
+  int64_t spb() const { return pq / NR; }  // straddling panels per band
 
   // Scratch elements for the panels across images of m rows (span): the n_img - 1 panels that
   // start in images 0 to n_img - 2, spb = PQ / NR of them side by side per band of m x PQ.
@@ -328,7 +329,7 @@ struct ImageC {
   T* at(int64_t i, int64_t v) const {
     const PanelPlace pl = place(v);
     if (pl.j0 + pl.width > pq) {  // across images: panel pl.img's slot of the scratch
-      return scratch + (pl.img / spb * m + i) * pq + pl.img % spb * NR;
+      return scratch + (pl.img / spb() * m + i) * pq + pl.img % spb() * NR;
     }
     return y + pl.img * k_total * pq + (k0 + i) * pq + pl.j0;
   }
@@ -376,7 +377,6 @@ void implicit_gemm(const Im2col& g, int64_t n_img, const T* src, const T* filter
   if (B.span_pays(m)) {
     B.span = C.span = true;
     C.m = m;
-    C.spb = pq / NR;
     C.scratch = static_cast<T*>(workspace(WorkspaceSlot::gemm_shared,
                                           ImageC<T, NR>::scratch_elems(m, pq, n_img) * sizeof(T)));
   }
