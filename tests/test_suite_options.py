@@ -28,7 +28,8 @@ def collected(*options: str) -> dict[str, set[str]]:
     assert out.returncode == 0, out.stdout + out.stderr
     ids: dict[str, set[str]] = {f: set() for f in FILES}
     for line in out.stdout.splitlines():
-        m = re.match(r"(?:.*/)?tests/(\S+\.py)::(\S+)$", line.strip())
+        # The id runs to the end of the line: parametrised ids may hold spaces.
+        m = re.match(r"(?:.*/)?tests/(\S+?\.py)::(.+)$", line.strip())
         if m:
             ids[m[1]].add(m[2])
     return ids
