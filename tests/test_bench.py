@@ -32,10 +32,13 @@ def test_bench_quick_rows(tmp_path, capsys):
     rows = {r["group"]: r for r in data["results"]}
     assert set(rows) == {"gemm", "max_pool2d"}
     for row in rows.values():
-        assert row["vs_numpy"] > 0
-        assert 0 < row["of_peak"] < 5
-        assert 0 < row["scaling"] < 2
-        assert row["native_1_rate"] > 0
+        # Ratios of timings: only their sign and how each is derived are checked, not their size.
+        # A quick run's 1-thread and all-thread timings on a loaded machine (CI runs shards side
+        # by side) once read 2.23 for the parallel efficiency of 2 threads.
+        assert row["vs_numpy"] == pytest.approx(row["numpy_s"] / row["native_s"])
+        assert row["of_peak"] == pytest.approx(row["native_rate"] / row["peak"])
+        assert row["scaling"] == pytest.approx(row["native_1_s"] / row["native_s"] / row["threads"])
+        assert all(row[k] > 0 for k in ("vs_numpy", "of_peak", "scaling", "native_1_rate"))
     assert rows["gemm"]["unit"] == "GFLOP/s"
     assert rows["max_pool2d"]["unit"] == "GB/s"
     assert data["limits"]["fma_gflops_n"] > 0
