@@ -1,5 +1,6 @@
-// Pooling over small planes: 2x2 windows, stride 2, no padding, on output rows shorter than two
-// vectors (LeNet's 24x24 and 8x8 maps give rows of 12 and 4 outputs). The row loops of
+// Pooling over flattened rows: 2x2 windows, stride 2, no padding; forward on output rows shorter
+// than two vectors (LeNet's 24x24 and 8x8 maps give rows of 12 and 4 outputs), backward on rows of
+// up to kCompactElems / 2 outputs (compact_backward_eligible says why). The row loops of
 // forward.h and backward.h handle such a row as one partial vector with its own bounds, copies
 // and masked stores: LeNet's two max pools (64x20x24x24 and 64x50x8x8, forward and backward) took
 // 0.53 ms of its 4.7 ms training step, 0.21 ms this way (AMD EPYC Zen 5, 2 threads; figures at
@@ -36,15 +37,38 @@ namespace {
 // input rows they were copied from.
 constexpr int64_t kCompactElems = 2048;
 
-// Whether the compact path takes this geometry. Rows of 2W outputs and more are left to the row
-// loops, whose full vectors need no bounds. Measured on the AMD EPYC Zen 5 project machine, 2
-// threads, float32 max pooling, forward / backward, row loops -> compact path:
+// Whether the compact path takes this geometry: 2x2/s2 windows without padding (floor mode), on
+// rows whose 2Q scratch elements fit a chunk.
+template <class V>
+bool compact_fits(const Pool2d& pl) {
+  return pl.r == 2 && pl.s == 2 && pl.sh == 2 && pl.sw == 2 && pl.ph == 0 && pl.pw == 0 &&
+         pl.p >= 1 && pl.q >= 1 && 2 * pl.q <= kCompactElems && 2 * pl.p <= pl.h &&
+         2 * pl.q <= pl.w;
+}
+
+// Forward: rows of 2W outputs and more are left to the row loops, whose full vectors need no
+// bounds. Measured on the AMD EPYC Zen 5 project machine, 2 threads, float32 max pooling, forward
+// / backward, row loops -> compact path:
 //   64x20x24x24 (Q = 12)  159 / 135 us -> 68 / 69 us
 //   64x50x8x8   (Q = 4)   130 / 102 us -> 36 / 35 us
+// On longer rows the row loops stay ahead forward: AMD EPYC Zen 3, AVX2, 2 threads, 8 MB planes,
+// medians of 6 alternating blocks, row loops / compact: float32 average 2x2 on 64x64 planes
+// 254 / 310 us, on 112x112 171 / 215 us, max 280 / 294 us; float64 max on 32x32 778 / 1002 us.
 template <class V>
 bool compact_eligible(const Pool2d& pl) {
-  return pl.r == 2 && pl.s == 2 && pl.sh == 2 && pl.sw == 2 && pl.ph == 0 && pl.pw == 0 &&
-         pl.p >= 1 && pl.q >= 1 && pl.q < 2 * V::W && 2 * pl.p <= pl.h && 2 * pl.q <= pl.w;
+  return compact_fits<V>(pl) && pl.q < 2 * V::W;
+}
+
+// Backward: every row that fits. The row loops' generic backward block (a window-row walk and
+// edge checks per 2W columns) is slower than the compact interleave at every row length
+// measured: the same Zen 3 runs, row loops -> compact, float32 max / average backward on 32x32
+// planes (Q = 16, two AVX2 vectors) 1320 -> 787 / 996 -> 512 us, 64x64 847 -> 508 / 669 -> 302
+// us, 112x112 588 -> 351 / 480 -> 215 us; float64 on 16x16 2188 -> 1467 / 1582 -> 1066 us and
+// on 56x56 1062 -> 771 / 887 -> 482 us; the scalar path on 32x32 float32 6057 -> 2036 / 2582 ->
+// 526 us. (AVX-512 rows of 2W and more were not measured: no AVX-512 on that machine.)
+template <class V>
+bool compact_backward_eligible(const Pool2d& pl) {
+  return compact_fits<V>(pl);
 }
 
 // d[0, len) = s[0, len) a whole vector at a time: the lanes past len land in d[len, len + W),

@@ -75,11 +75,15 @@ EDGE_CASES: list[Case] = [
     ((1, 1, 90, 21), 3, 1, 1),
     # 2x2/s2 without padding on rows of fewer than two vectors: flattened across rows and planes
     # (compact.h). LeNet's maps, odd H and W (a row and a column no window covers), one output a
-    # row and plane, rows of 30 outputs (AVX-512 float32 compact, AVX2 the row loops).
+    # row and plane, rows of 30 outputs (forward: AVX-512 float32 compact, AVX2 the row loops).
     ((3, 5, 24, 24), 2, 2, 0),
     ((2, 3, 9, 7), 2, None, 0),
     ((4, 3, 3, 2), 2, 2, 0),
     ((1, 2, 2, 61), 2, 2, 0),
+    # Backward takes the compact path on any row whose 2Q scratch elements fit one chunk (2048):
+    # Q = 1024 does, one row a chunk; Q = 1025 is left to the row loops.
+    ((1, 2, 5, 2049), 2, None, 0),
+    ((1, 1, 4, 2050), 2, 2, 0),
 ]
 
 
