@@ -139,6 +139,25 @@ constexpr int direct_forward_budget() {
 //    598 us, 1 128->64 /s2 220 -> 259 us (one image leaves a thread idle);
 //  - rows shorter than NQ, which leave only strips: 4x4 p2 16->128 7x7 N16 (8-pixel rows) 342
 //    -> 735 us, LeNet's 20->50 5x5 12x12 N64 1074 -> 2704 us.
+// With AVX2's 16 registers a task takes two blocks of 8 filters. There, up to 8 vectors of filters
+// (64 in float32) from any number of channels: on an AMD EPYC Zen 3 VM (AVX2, 2 threads, float32,
+// medians of 6 alternating blocks in one process, the "direct" algorithm, N8 28x28 p1 unless
+// given), GEMM or row form -> wide lanes, forward:
+//  - 32 filters: 3x3/s2 p0 192->32 N4 1323 -> 943 us; 64->32 2356 -> 1704, /s2 618 -> 474 us;
+//    256->32 14x14 2365 -> 1708 us; 384->32 14x14 3530 -> 2853 us; 7x7/s2 p3 64->32 56x56 N4
+//    6446 -> 4008 us;
+//  - 48 and 64 filters: 64->48 2782 -> 2478, 128->48 5638 -> 5176 us; 16->64 877 -> 741, 48->64
+//    2558 -> 2293 us, 128->64 14x14 1730 -> 1571 us, 4x4/s2 p2 32->64 N8 977 -> 759 us; 3x3
+//    64->64 32x32 N32 18552 -> 17926 us; but /s2 128->64 1815 -> 1863 us;
+// backward-data, the flipped convolution: 64->32 (32->64 flipped) 1738 -> 1491 us, 64->64 32x32
+// N32 and 128->64 14x14 even (17755 -> 17851, 1571 -> 1595 us). Past 64 filters it loses or ties:
+// 128->128 N16 24895 -> 27345 us, /s2 64->128 32x32 N16 3921 -> 4790 us, 48->96 3469 -> 3448 us,
+// backward-data of 256->32 14x14 (32->256 flipped) 1451 -> 1627 us; it wins on some layers of
+// few channels and large kernels (7x7/s2 p3 24->96 28x28 N4 1316 -> 1087 us, 5x5 p2 32->128 8537 ->
+// 7110 us) that the rule leaves out. The rule before (up to 16 filters, or 32 from at most 32
+// channels) came from the AVX-512 tasks of two blocks on Zen 4. Intel's AVX2 cores are not
+// measured.
+//
 // The image's padded planes and the pixel-major results are the task's workspace (up to
 // kLanesWideMaxBytes; 7x7/s2 p3 64->32 56x56 takes 1.35 MB). Intel was not measured: the loop is
 // the narrow form's, measured there, and its loads (a broadcast per two FMAs) fit two load ports.
@@ -171,8 +190,7 @@ bool lanes_wide_pays(const Conv2d& cv) {
   const int64_t tasks = cv.n * cv.groups * ceil_div(kg / W, per_task);
   // A task's weights, C/G x R x S vectors of each of its blocks, stay in half the L2.
   const bool in_l2 = cg * cv.r * cv.s * min64(kg, per_task * W) * bytes <= cpu_info().l2 / 2;
-  const bool filters = kg % W == 0 && (per_task == 4 ? kg <= 8 * W && in_l2
-                                                     : kg <= 2 * W || (cg <= 32 && kg <= 4 * W));
+  const bool filters = kg % W == 0 && kg <= 8 * W && (per_task == 2 || in_l2);
   return cv.r * cv.s >= 2 && cv.q >= NQ && filters && tasks >= 2 * cv.nthreads &&
          (cv.c * hp * wp + per_task * cv.p * cv.q * W) * bytes <= kLanesWideMaxBytes;
 }
