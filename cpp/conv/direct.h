@@ -152,9 +152,12 @@ constexpr int direct_forward_budget() {
 // backward-data, the flipped convolution: 64->32 (32->64 flipped) 1738 -> 1491 us, 64->64 32x32
 // N32 and 128->64 14x14 even (17755 -> 17851, 1571 -> 1595 us). Past 64 filters it loses or ties:
 // 128->128 N16 24895 -> 27345 us, /s2 64->128 32x32 N16 3921 -> 4790 us, 48->96 3469 -> 3448 us,
-// backward-data of 256->32 14x14 (32->256 flipped) 1451 -> 1627 us; it wins on some layers of
-// few channels and large kernels (7x7/s2 p3 24->96 28x28 N4 1316 -> 1087 us, 5x5 p2 32->128 8537 ->
-// 7110 us) that the rule leaves out. The rule before (up to 16 filters, or 32 from at most 32
+// backward-data of 256->32 14x14 (32->256 flipped) 1451 -> 1627 us; except from at most 32 channels
+// with kernels of 16 taps or more, up to 16 vectors (128 filters): 7x7/s2 p3 24->96 28x28 N4 1291
+// -> 1071 us, 3->96 56x56 N8 1362 -> 964 us, 5x5 p2 16->96 3215 -> 2643 us, 32->128 8537 -> 7110
+// us, /s2 24->128 1619 -> 1416 us, 7x7 p3 32->128 14x14 4142 -> 3298 us, 4x4 p2 16->128 7x7 N16
+// 447 -> 397 us (against 3x3 32->128 even: 2957 -> 2892 us). 512 filters read 1.15x and 0.63x in
+// two runs (7x7 p3 24->512 7x7 N2). The rule before (up to 16 filters, or 32 from at most 32
 // channels) came from the AVX-512 tasks of two blocks on Zen 4. Intel's AVX2 cores are not
 // measured.
 //
@@ -190,7 +193,10 @@ bool lanes_wide_pays(const Conv2d& cv) {
   const int64_t tasks = cv.n * cv.groups * ceil_div(kg / W, per_task);
   // A task's weights, C/G x R x S vectors of each of its blocks, stay in half the L2.
   const bool in_l2 = cg * cv.r * cv.s * min64(kg, per_task * W) * bytes <= cpu_info().l2 / 2;
-  const bool filters = kg % W == 0 && kg <= 8 * W && (per_task == 2 || in_l2);
+  const bool filters =
+      kg % W == 0 &&
+      (per_task == 4 ? kg <= 8 * W && in_l2
+                     : kg <= 8 * W || (kg <= 16 * W && cg <= 32 && cv.r * cv.s >= 16));
   return cv.r * cv.s >= 2 && cv.q >= NQ && filters && tasks >= 2 * cv.nthreads &&
          (cv.c * hp * wp + per_task * cv.p * cv.q * W) * bytes <= kLanesWideMaxBytes;
 }
