@@ -45,7 +45,7 @@ def test_cpu_info_keys():
     assert info["vendor"] in ("Intel", "AMD", "unknown")
     # Intel's L1 stride prefetcher follows strides up to 2 KiB; elsewhere no limit is known.
     assert info["stride_prefetch_bytes"] == (2048 if info["vendor"] == "Intel" else None)
-    # AMD Zen 4 (family 25 with AVX-512) packs a B whose rows span more than 3.5 MiB.
+    # AMD family 25 (Zen 3, and Zen 4 with AVX-512) packs a B whose rows span more than 3.5 MiB.
     family = cpu_family()
     # Intel and Zen 4 pack the far planes of 1x1 convolutions (over 2 KiB).
     if family is None:  # not Linux: the family is not known here
@@ -54,14 +54,15 @@ def test_cpu_info_keys():
         assert info["winograd_chunk_tasks"] in (True, False)
         assert info["winograd_narrow_tile_channels"] in (2048, 8192)
     else:
-        zen4 = info["vendor"] == "AMD" and family == 25 and "avx512" in info["available"]
-        assert info["in_place_span_bytes"] == (3670016 if zen4 else None)
+        zen3_4 = info["vendor"] == "AMD" and family == 25
+        zen4 = zen3_4 and "avx512" in info["available"]
+        assert info["in_place_span_bytes"] == (3670016 if zen3_4 else None)
         far = zen4 or info["vendor"] == "Intel"
         assert info["pointwise_plane_bytes"] == (2048 if far else None)
         # Zen 4 runs a Winograd chunk's phases over all threads, the others chunks as tasks.
         assert info["winograd_chunk_tasks"] is (not zen4)
-        # Zen 4 takes Winograd for narrow layers from 2048 tiles x channels, the others 8192.
-        assert info["winograd_narrow_tile_channels"] == (2048 if zen4 else 8192)
+        # Zen 3 and 4 take Winograd for narrow layers from 2048 tiles x channels, the others 8192.
+        assert info["winograd_narrow_tile_channels"] == (2048 if zen3_4 else 8192)
     for dt in ("float32", "float64"):
         blk = info["gemm_blocking"][dt]
         assert blk["kc"] > 0

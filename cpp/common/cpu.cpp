@@ -89,15 +89,19 @@ void probe_isas(CpuInfo* info) {
   if (std::strcmp(vendor, "AuthenticAMD") == 0) {
     info->vendor = "AMD";
     // Family: the base family, plus the extended one where the base reads 0xf (AMD's manual,
-    // CPUID Fn0000_0001_EAX). 0x19 is Zen 3 and Zen 4; of the two only Zen 4 has AVX-512. Zen 3
-    // is not measured, so it keeps the default.
+    // CPUID Fn0000_0001_EAX). 0x19 is Zen 3 and Zen 4; of the two only Zen 4 has AVX-512. The
+    // in-place span and the narrow Winograd threshold were measured on both (cpu.h); the
+    // pointwise plane and the Winograd schedule on Zen 4 only, where they differ from Zen 3's
+    // defaults (Zen 3 ran Winograd's chunk tasks 1.2-1.4x faster than its phases, cpu.h).
     const unsigned base = (l1.a >> 8) & 0xf;
     const unsigned family = base == 0xf ? base + ((l1.a >> 20) & 0xff) : base;
-    if (family == 0x19 && info->supported[static_cast<int>(Isa::avx512)]) {
+    if (family == 0x19) {
       info->in_place_span_bytes = int64_t(7) << 19;  // 3.5 MiB
-      info->pointwise_plane_bytes = 2048;
-      info->winograd_chunk_tasks = false;
       info->winograd_narrow_tile_channels = 2048;
+      if (info->supported[static_cast<int>(Isa::avx512)]) {
+        info->pointwise_plane_bytes = 2048;
+        info->winograd_chunk_tasks = false;
+      }
     }
   }
 }

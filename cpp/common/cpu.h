@@ -25,9 +25,12 @@ struct CpuInfo {
   // only within it (gemm_driver.h, MatrixB::in_place).
   int64_t stride_prefetch_bytes = INT64_MAX;
   // The most bytes that the rows of a row-major B read in place by a GEMM may span (K times the
-  // row stride); a longer B is packed. 3.5 MiB on AMD Zen 4 (family 0x19 with AVX-512), where a B
-  // of 4 MB or more read in place ran 10-30% slower than packed; no limit elsewhere (the Zen 5
-  // measurements are in gemm_driver.h, MatrixB::in_place).
+  // row stride); a longer B is packed. 3.5 MiB on AMD family 0x19: on Zen 4 a B of 4 MB or more
+  // read in place ran 10-30% slower than packed; on a Zen 3 VM (AVX2, float32, GFLOP/s in place
+  // -> packed, medians of 6 alternating runs, 2 threads | 1 thread) 128 x 4096 . 4096 x 1000
+  // 141.6 -> 163.1 | 70.2 -> 86.7, 128 x 2048 . 2048 x 1000 147.4 -> 164.7 | 75.4 -> 87.4, 64 x
+  // 2048 . 2048 x 600 149.0 -> 162.3 | 75.4 -> 85.9, 64 x 1000 . 1000 x 1000 even (168.3 ->
+  // 166.5). No limit elsewhere (the Zen 5 measurements are in gemm_driver.h, MatrixB::in_place).
   int64_t in_place_span_bytes = INT64_MAX;
   // The largest plane in bytes that a pointwise convolution's GEMM reads in place; farther planes
   // are packed in row groups (conv/gemm_policies.h, Im2colB::in_place). 2 KiB on Intel (its
@@ -35,14 +38,18 @@ struct CpuInfo {
   int64_t pointwise_plane_bytes = INT64_MAX;
   // Whether a Winograd convolution whose batch gives each thread an image runs each chunk of
   // images as one thread's task, transforms and GEMMs in that core's caches, or runs each phase of
-  // a chunk over all threads (conv/winograd.h, winograd_buffers). Tasks measured faster on Intel;
-  // phases on AMD Zen 4 (family 0x19 with AVX-512), where tasks ran 1.1-1.5x slower; Zen 5 is not
-  // measured and keeps the default.
+  // a chunk over all threads (conv/winograd.h, winograd_buffers). Tasks measured faster on Intel
+  // and on an AMD Zen 3 VM (phases 1.20-1.40x slower on 3x3 64->64 32x32 N32 and 128->128 28x28
+  // N16 in all three passes, 0.94-1.03x on 256->256 14x14 N16); phases on AMD Zen 4 (family 0x19
+  // with AVX-512), where tasks ran 1.1-1.5x slower; Zen 5 is not measured and keeps the default.
   bool winograd_chunk_tasks = true;
   // The least tiles x min(C, K) (4x4 tiles of the batch) at which "auto" takes Winograd for a
   // layer of at most 128 channels (conv/winograd.h, winograd_profitable): 8192 where measured on
-  // Zen 5 (N1 128->128 28x28, 6272, ran 0.7-0.9x the direct path there), 2048 on AMD Zen 4, where
-  // the same layer ran F(4x4) 2.1x faster.
+  // Zen 5 (N1 128->128 28x28, 6272, ran 0.7-0.9x the direct path there), 2048 on AMD family 0x19:
+  // on Zen 4 the same layer ran F(4x4) 2.1x faster; on a Zen 3 VM (2 threads, float32, direct ->
+  // Winograd) 1496 -> 692 us forward, 1555 -> 701 backward-data, 1538 -> 546 backward-weights, N1
+  // 64->64 28x28 (3136) 475 -> 271 us, N1 128->128 14x14 (2048) 455 -> 411 us, while below 2048 it
+  // lost (N1 128->128 12x12, 1152: 334 -> 552 us; N1 128->128 8x8 153 -> 464 us).
   int64_t winograd_narrow_tile_channels = 8192;
 };
 

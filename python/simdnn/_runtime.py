@@ -26,14 +26,14 @@ def cpu_info() -> dict[str, Any]:
       known); a matrix product reads a row-major right operand without copying it only when its
       rows are at most this far apart; ``in_place_span_bytes``: how far such an operand's rows
       may span in all (rows times stride) to be read without copying (3670016, 3.5 MiB, on AMD
-      Zen 4; ``None`` where there is no such limit); ``pointwise_plane_bytes``: the largest
-      image plane a 1x1 convolution reads without copying (2048 on Intel and AMD Zen 4, ``None``
-      elsewhere); ``winograd_chunk_tasks``: whether a Winograd convolution with an image per
-      thread gives each thread whole chunks of images (``True``), or splits each phase of a
-      chunk over all threads (``False``, on AMD Zen 4, where that measured faster);
+      Zen 3 and Zen 4; ``None`` where there is no such limit); ``pointwise_plane_bytes``: the
+      largest image plane a 1x1 convolution reads without copying (2048 on Intel and AMD Zen 4,
+      ``None`` elsewhere); ``winograd_chunk_tasks``: whether a Winograd convolution with an
+      image per thread gives each thread whole chunks of images (``True``), or splits each phase
+      of a chunk over all threads (``False``, on AMD Zen 4, where that measured faster);
       ``winograd_narrow_tile_channels``: the least 4x4 tiles of the batch times min(C, K) at
-      which ``"auto"`` takes Winograd for a layer of at most 128 channels (2048 on AMD Zen 4,
-      8192 elsewhere);
+      which ``"auto"`` takes Winograd for a layer of at most 128 channels (2048 on AMD Zen 3 and
+      Zen 4, 8192 elsewhere);
     - ``threading``: ``"simdnn"``, the library's own thread pool, which every kernel uses;
       ``pool_threads``: the worker threads it holds now (the calling thread is the other one);
       ``thread_cap``: the most threads any setting gives (the CPUs this process may run on: its

@@ -72,7 +72,7 @@ EDGE_SHAPES = [
     (70, 200, 1024),
     (40, 512, 70),
     (40, 1024, 70),
-    # B rows of 3.6 KB spanning 4 MB in float32 (packed on AMD Zen 4: CpuInfo's
+    # B rows of 3.6 KB spanning 4 MB in float32 (packed on AMD Zen 3 and 4: CpuInfo's
     # in_place_span_bytes) and 2.1 MB (read in place everywhere but on Intel)
     (13, 1100, 900),
     (29, 600, 900),

@@ -512,7 +512,7 @@ AUTO_LAYERS = [
     ((2, 272, 14), (F2, F2, F2)),
     ((1, 512, 14), (DIRECT, DIRECT, DIRECT)),
     # Narrow layers with few tiles: 49 x 128 = 6272 and 8 x 64 = 512 tiles x channels, under the
-    # bound of most CPUs (8192) and on either side of AMD Zen 4's (2048).
+    # bound of most CPUs (8192) and on either side of AMD Zen 3 and Zen 4's (2048).
     (
         (1, 128, 28),
         (F4,) * 3 if simdnn.cpu_info()["winograd_narrow_tile_channels"] <= 6272 else (DIRECT,) * 3,
