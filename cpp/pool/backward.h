@@ -203,7 +203,11 @@ void clean_columns(const Geom& g, int64_t qv_lo, int64_t qv_hi, int64_t* lo, int
 // The terms of the 3 taps of a window row come from one load of dy (and of the indices); the
 // neighbouring window's term is a lane shifted in. Measured on a 64x64x32x32 float32 3x3/s2
 // padding 1 pool, one Zen 5 core: max 2.87 ms -> 1.03 ms, average 3.05 ms -> 0.81 ms against the
-// generic loops above (2 threads: 1.1 -> 0.5 ms, 1.05 -> 0.39 ms).
+// generic loops above (2 threads: 1.1 -> 0.5 ms, 1.05 -> 0.39 ms). That lane comes from the
+// neighbouring block's sums (shift_down_from, shift_up_from), not from a scalar term per window
+// row and block; with the byte compares (MaxBwd::terms3) and the count in a register (below), on
+// one AMD EPYC Zen 3 core (AVX2), 64x64x32x32 float32: max 2991-3051 -> 2301-2486 us, average
+// 2493-2649 -> 2000-2129 us; padding 0 on 33x33, max 5012-5044 -> 3399-3571 us.
 
 // Input rows [ha, hb) of one plane; returns the index matches (max pooling). A tap that lands in
 // the padding columns (tap 0 of window 0, tap 2 of the last window when pw == 1 and W is odd) is
@@ -245,37 +249,58 @@ int64_t s2k3_bwd_rows(const Geom& g, const typename Op::Plane& plane, const BwdT
         found -= gone;
       }
     }
-    for (int64_t b = 0; b < nb; ++b) {
-      const int64_t q0 = b * W;
-      R even = V::zero(), odd = V::zero();
-      for (int i = 0; i < nw; ++i) {
-        const Op op = Op::at(plane, g, wp[i]);
-        R t[3];
-        if (q0 + W <= g.q) {
-          found += op.template terms3<kInside>(g, q0, wk[i], tl, t);
-        } else if (wp[i] * g.q + q0 + W <= tl.avail) {
-          found += op.template terms3<kOver>(g, q0, wk[i], tl, t);
-        } else {
-          found += op.template terms3<kCopy>(g, q0, wk[i], tl, t);
-        }
-        int64_t unused = 0;
-        if (PW == 1) {
-          const int64_t qn = q0 + W;  // tap 0 of window j + 1 for the last lane
-          const T tn = qn < g.q ? op.scalar(g, qn, wk[i], &unused) : T(0);
-          even = V::add(even, t[1]);
-          odd = V::add(odd, V::add(t[2], V::shift_down(t[0], tn)));
-        } else {
-          const T tn = q0 > 0 ? op.scalar(g, q0 - 1, wk[i] + 2, &unused) : T(0);
-          even = V::add(even, V::add(t[0], V::shift_up(t[2], tn)));
-          odd = V::add(odd, t[1]);
-        }
-      }
+    const auto store = [&](int64_t q0, R even, R odd) {
       const int64_t cnt = g.w - 2 * q0;
       if (cnt >= 2 * W) {
         V::store2(dxr + 2 * q0, even, odd);
       } else {
         V::store2n(dxr + 2 * q0, even, odd, static_cast<int>(cnt));
       }
+    };
+    const Op op0 = Op::at(plane, g, wp[0]), op1 = Op::at(plane, g, wp[nw - 1]);
+    // The terms of each tap summed over the window rows; the neighbouring window's term comes
+    // from the neighbouring block's sums: PW 1 takes tap 0 of the next block's lane 0, so each
+    // block is stored one block late; PW 0 tap 2 of the previous block's last lane. The number
+    // of window rows is a compile-time constant (NW), so that the loop keeps its sums and its
+    // count in registers: with a loop over them the count lived on the stack, and its chain of
+    // memory adds took 15% of the samples (Zen 3).
+    const auto row = [&](auto nw_c) {
+      constexpr int NW = decltype(nw_c)::value;
+      int row_found = 0;
+      const auto add_terms = [&](auto read, const Op& op, int64_t q0, int64_t k, R ts[3]) {
+        R t[3];
+        row_found += op.template terms3<decltype(read)::value>(g, q0, k, tl, t);
+        for (int s = 0; s < 3; ++s) ts[s] = V::add(ts[s], t[s]);
+      };
+      const auto any_read = [&](const Op& op, int64_t p, int64_t q0, int64_t k, R ts[3]) {
+        if (q0 + W <= g.q) {
+          add_terms(std::integral_constant<int, kInside>(), op, q0, k, ts);
+        } else if (p * g.q + q0 + W <= tl.avail) {
+          add_terms(std::integral_constant<int, kOver>(), op, q0, k, ts);
+        } else {
+          add_terms(std::integral_constant<int, kCopy>(), op, q0, k, ts);
+        }
+      };
+      R tp[3] = {V::zero(), V::zero(), V::zero()};  // the sums of the previous block
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t q0 = b * W;
+        R ts[3] = {V::zero(), V::zero(), V::zero()};
+        any_read(op0, wp[0], q0, wk[0], ts);
+        if constexpr (NW == 2) any_read(op1, wp[1], q0, wk[1], ts);
+        if (PW == 1) {
+          if (b > 0) store(q0 - W, tp[1], V::add(tp[2], V::shift_down_from(tp[0], ts[0])));
+        } else {
+          store(q0, V::add(ts[0], V::shift_up_from(ts[2], tp[2])), ts[1]);
+        }
+        for (int s = 0; s < 3; ++s) tp[s] = ts[s];
+      }
+      if (PW == 1) store((nb - 1) * W, tp[1], V::add(tp[2], V::shift_down_from(tp[0], V::zero())));
+      found += row_found;
+    };
+    if (nw == 2) {
+      row(std::integral_constant<int, 2>());
+    } else {
+      row(std::integral_constant<int, 1>());
     }
   }
   return found;

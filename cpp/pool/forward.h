@@ -243,10 +243,11 @@ struct S2k3Last {
 
 // The taps of input row `row` for the W windows from output column base / 2 into st: taps 0, 1, 2
 // at columns base + 2i - PW + s, window positions k0, k0 + 1, k0 + 2; kFirst: the first tap
-// starts st.
+// starts st. Op::kNanCheck: the lanes that hold a NaN tap are or-ed into nan (the element shifted
+// in from the left, PW 1, is the previous block's last odd lane: seen there).
 template <class V, class Op, int PW, int kRead, bool kFirst>
 inline void s2k3_taps(typename Op::State& st, const typename V::T* row, int64_t w, int64_t base,
-                      const S2k3Last<V>& last, int64_t k0) {
+                      const S2k3Last<V>& last, int64_t k0, typename V::M& nan) {
   constexpr int W = V::W;
   typename V::V e, o;
   if (kRead == kCopy) {
@@ -262,22 +263,27 @@ inline void s2k3_taps(typename Op::State& st, const typename V::T* row, int64_t 
   // PW 1: columns 2q - 1, 2q, 2q + 1 (the odd lanes shifted up are the first tap); PW 0: 2q,
   // 2q + 1, 2q + 2 (the even lanes shifted down are the third).
   const typename V::V t0 = PW == 1 ? V::shift_up(o, base > 0 ? row[base - 1] : Op::fill()) : e;
+  const typename V::V t2 =
+      PW == 1 ? o : V::shift_down(e, base + 2 * W < w ? row[base + 2 * W] : Op::fill());
+  if constexpr (Op::kNanCheck) {
+    nan = V::mask_or(nan, V::unord(e, o));
+    if (PW == 0) nan = V::mask_or(nan, V::unord(t2, t2));  // the element from the right
+  }
   if (kFirst) {
     Op::first(st, t0, k0);
   } else {
     Op::next(st, t0, k0);
   }
   Op::next(st, PW == 1 ? e : o, k0 + 1);
-  Op::next(st, PW == 1 ? o : V::shift_down(e, base + 2 * W < w ? row[base + 2 * W] : Op::fill()),
-           k0 + 2);
+  Op::next(st, t2, k0 + 2);
 }
 
 // The reduction along one input row (its own first tap starts it).
 template <class V, class Op, int PW, int kRead>
 inline typename Op::State s2k3_hrow(const typename V::T* row, int64_t w, int64_t base,
-                                    const S2k3Last<V>& last, int64_t k0) {
+                                    const S2k3Last<V>& last, int64_t k0, typename V::M& nan) {
   typename Op::State h;
-  s2k3_taps<V, Op, PW, kRead, true>(h, row, w, base, last, k0);
+  s2k3_taps<V, Op, PW, kRead, true>(h, row, w, base, last, k0, nan);
   return h;
 }
 
@@ -286,22 +292,26 @@ inline typename Op::State s2k3_hrow(const typename V::T* row, int64_t w, int64_t
 template <class V, class Op, int PW>
 inline typename Op::State s2k3_hrow_any(const typename V::T* row, int64_t w, int64_t base,
                                         bool inside, const typename V::T* x_end,
-                                        const S2k3Last<V>& last, int64_t k0) {
-  if (inside) return s2k3_hrow<V, Op, PW, kInside>(row, w, base, last, k0);
-  if (x_end - (row + base) >= 2 * V::W) return s2k3_hrow<V, Op, PW, kOver>(row, w, base, last, k0);
-  return s2k3_hrow<V, Op, PW, kCopy>(row, w, base, last, k0);
+                                        const S2k3Last<V>& last, int64_t k0, typename V::M& nan) {
+  if (inside) return s2k3_hrow<V, Op, PW, kInside>(row, w, base, last, k0, nan);
+  if (x_end - (row + base) >= 2 * V::W) {
+    return s2k3_hrow<V, Op, PW, kOver>(row, w, base, last, k0, nan);
+  }
+  return s2k3_hrow<V, Op, PW, kCopy>(row, w, base, last, k0, nan);
 }
 
 // Output rows [pa, pb) of one plane; x_end: the end of the input. carry: one row result per block
 // of W outputs (window row 2 of the last output row, positions 6..8); tail: the scratch row of
-// copy_tail (at its origin).
+// copy_tail (at its origin). Returns whether an input of these windows was NaN (Op::kNanCheck;
+// false otherwise).
 template <class V, class Op, int PW>
-void s2k3_rows(const Geom& g, bool include_pad, const ColTables<typename V::T>& tab,
+bool s2k3_rows(const Geom& g, bool include_pad, const ColTables<typename V::T>& tab,
                const typename V::T* x, const typename V::T* x_end, const typename Op::Out& out,
                int64_t pa, int64_t pb, typename Op::State* carry, typename V::T* tail) {
   using T = typename V::T;
   using State = typename Op::State;
   constexpr int W = V::W;
+  typename V::M nan{};
   const int64_t nb = ceil_div(g.q, W);
   const int64_t last_base = 2 * (nb - 1) * W;
   const int64_t last_len = g.w - last_base;  // columns of the row from last_base
@@ -325,10 +335,10 @@ void s2k3_rows(const Geom& g, bool include_pad, const ColTables<typename V::T>& 
         constexpr int kRead = decltype(read)::value;
         const int64_t q0 = b * W, base = 2 * q0;
         State st;
-        s2k3_taps<V, Op, PW, kRead, true>(st, row0, g.w, base, last, 3 * c.rs.r0);
+        s2k3_taps<V, Op, PW, kRead, true>(st, row0, g.w, base, last, 3 * c.rs.r0, nan);
         for (int64_t r = c.rs.r0 + 1; r < c.rs.r1; ++r) {
-          s2k3_taps<V, Op, PW, kRead, false>(st, row0 + (r - c.rs.r0) * g.w, g.w, base, last,
-                                             3 * r);
+          s2k3_taps<V, Op, PW, kRead, false>(st, row0 + (r - c.rs.r0) * g.w, g.w, base, last, 3 * r,
+                                             nan);
         }
         Op::store(out, off + q0, st, c, q0, n, q0 < g.qi_lo || q0 + n > g.qi_hi);
       };
@@ -351,13 +361,13 @@ void s2k3_rows(const Geom& g, bool include_pad, const ColTables<typename V::T>& 
       const auto block = [&](auto read, int64_t b, int n) {
         constexpr int kRead = decltype(read)::value;
         const int64_t q0 = b * W, base = 2 * q0;
-        const State h1 = s2k3_hrow<V, Op, PW, kRead>(r1, g.w, base, last, 3);
-        const State h2 = s2k3_hrow<V, Op, PW, kRead>(r2, g.w, base, last, 6);
+        const State h1 = s2k3_hrow<V, Op, PW, kRead>(r1, g.w, base, last, 3, nan);
+        const State h2 = s2k3_hrow<V, Op, PW, kRead>(r2, g.w, base, last, 6, nan);
         State st;
         Op::vfirst(st, carry[b], -6);
         Op::vnext(st, h1);
         Op::vnext(st, h2);
-        carry[b] = h2;
+        Op::keep(carry[b], h2);
         Op::store(out, off + q0, st, c, q0, n, q0 < g.qi_lo || q0 + n > g.qi_hi);
       };
       for (int64_t b = 0; b + 1 < nb; ++b) block(Inside(), b, W);
@@ -378,18 +388,20 @@ void s2k3_rows(const Geom& g, bool include_pad, const ColTables<typename V::T>& 
       if (p > pa && c.rs.r0 == 0) {
         Op::vfirst(st, carry[b], -6);
       } else {
-        Op::vfirst(st, s2k3_hrow_any<V, Op, PW>(row0, g.w, base, inside, x_end, last, 3 * c.rs.r0),
+        Op::vfirst(st,
+                   s2k3_hrow_any<V, Op, PW>(row0, g.w, base, inside, x_end, last, 3 * c.rs.r0, nan),
                    0);
       }
       for (int64_t r = c.rs.r0 + 1; r < c.rs.r1; ++r) {
         const State h = s2k3_hrow_any<V, Op, PW>(row0 + (r - c.rs.r0) * g.w, g.w, base, inside,
-                                                 x_end, last, 3 * r);
+                                                 x_end, last, 3 * r, nan);
         Op::vnext(st, h);
-        if (r == 2) carry[b] = h;
+        if (r == 2) Op::keep(carry[b], h);
       }
       Op::store(out, off + q0, st, c, q0, n, q0 < g.qi_lo || q0 + n > g.qi_hi);
     }
   }
+  return V::count(nan) > 0;
 }
 
 // All planes: picks the unrolled 2x2/s2 and 3x3/s2 bodies, then the generic ones by stride.
@@ -422,13 +434,23 @@ void fwd_planes(const Pool2d& pl, bool include_pad, const typename V::T* x, void
     const int64_t nb = ceil_div(g.q, V::W);
     const size_t bytes =
         static_cast<size_t>(nb) * sizeof(State) + static_cast<size_t>(kTailLen<V>) * sizeof(T);
-    auto rows3 = g.pw == 1 ? s2k3_rows<V, Op, 1> : s2k3_rows<V, Op, 0>;
+    // Op::Fast first (max: NaN ignored, NaN inputs noted); a task that saw a NaN is computed
+    // again with Op's full rule, from its first row (no carry crosses tasks).
+    using Fast = typename Op::Fast;
+    static_assert(std::is_same_v<typename Fast::State, State> &&
+                  std::is_same_v<typename Fast::Out, typename Op::Out>);
+    auto fast = g.pw == 1 ? s2k3_rows<V, Fast, 1> : s2k3_rows<V, Fast, 0>;
+    auto full = g.pw == 1 ? s2k3_rows<V, Op, 1> : s2k3_rows<V, Op, 0>;
     parallel_tasks(sp, [&](int64_t plane, int64_t b) -> int64_t {
       State* carry = static_cast<State*>(workspace(WorkspaceSlot::pack_aux, bytes));
       T* tail = reinterpret_cast<T*>(carry + nb) + V::W;
-      rows3(g, include_pad, tab, x + plane * g.h * g.w, x + planes * g.h * g.w,
-            Op::out_at(y, idx, plane * g.p * g.q), block_begin(g.p, sp.blocks, b),
-            block_begin(g.p, sp.blocks, b + 1), carry, tail);
+      const int64_t pa = block_begin(g.p, sp.blocks, b), pb = block_begin(g.p, sp.blocks, b + 1);
+      const T* xp = x + plane * g.h * g.w;
+      const T* x_end = x + planes * g.h * g.w;
+      const typename Op::Out out = Op::out_at(y, idx, plane * g.p * g.q);
+      if (fast(g, include_pad, tab, xp, x_end, out, pa, pb, carry, tail)) {
+        full(g, include_pad, tab, xp, x_end, out, pa, pb, carry, tail);
+      }
       return 0;
     });
     return;

@@ -74,6 +74,8 @@ struct F32 {
   static M gt(V a, V b) {
     return _mm256_cmp_ps(a, b, _CMP_GT_OQ);
   }  // ordered: false where either is NaN
+  static M unord(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_UNORD_Q); }  // a or b is NaN
+  static M mask_or(M a, M b) { return _mm256_or_ps(a, b); }
   // m ? b : a, lane by lane.
   static V blend(M m, V a, V b) { return _mm256_blendv_ps(a, b, m); }
   static int count(M m) { return popcount(static_cast<unsigned>(_mm256_movemask_ps(m))); }
@@ -155,6 +157,16 @@ struct F32 {
     const V t = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 0));
     return _mm256_blend_ps(t, set1(in), 0x80);
   }
+  // The same with the lane shifted in taken from a neighbouring vector: shift_down_from gives
+  // [v1, ..., v(W-1), next0], shift_up_from [prev(W-1), v0, ..., v(W-2)].
+  static V shift_down_from(V v, V next) {
+    const V t = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 0));
+    return _mm256_blend_ps(t, _mm256_broadcastss_ps(_mm256_castps256_ps128(next)), 0x80);
+  }
+  static V shift_up_from(V v, V prev) {
+    const V t = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(7, 0, 1, 2, 3, 4, 5, 6));
+    return _mm256_blend_ps(t, _mm256_permutevar8x32_ps(prev, _mm256_set1_epi32(7)), 0x01);
+  }
   // W uint8 indices p[0..W) (all inside) as lanes.
   static V load_u8(const uint8_t* p) {
     long long bytes;
@@ -176,6 +188,18 @@ struct F32 {
         _mm_cmpeq_epi8(_mm_cvtsi64_si128(bytes), _mm_set1_epi8(static_cast<char>(k)));
     return _mm256_castsi256_ps(_mm256_and_si256(_mm256_cvtepi8_epi32(eq), range_mask(lo, hi)));
   }
+  // The lanes of W uint8 indices p[0..W) (all inside) equal to k0, k0 + 1 and k0 + 2 (k0 < 254):
+  // one subtract, then a byte compare and a widening each, never float lanes.
+  static void eq3_u8(const uint8_t* p, int64_t k0, M m[3]) {
+    long long bytes;
+    std::memcpy(&bytes, p, 8);
+    const __m128i d = _mm_sub_epi8(_mm_cvtsi64_si128(bytes), _mm_set1_epi8(static_cast<char>(k0)));
+    for (int s = 0; s < 3; ++s) {
+      m[s] = _mm256_castsi256_ps(
+          _mm256_cvtepi8_epi32(_mm_cmpeq_epi8(d, _mm_set1_epi8(static_cast<char>(s)))));
+    }
+  }
+  static M mask_and(M a, M b) { return _mm256_and_ps(a, b); }
   static M eq_i32r(const int32_t* p, int lo, int hi, int64_t k) {
     const __m256i m = range_mask(lo, hi);
     const __m256i eq =
@@ -237,6 +261,8 @@ struct F64 {
   static M gt(V a, V b) {
     return _mm256_cmp_pd(a, b, _CMP_GT_OQ);
   }  // ordered: false where either is NaN
+  static M unord(V a, V b) { return _mm256_cmp_pd(a, b, _CMP_UNORD_Q); }  // a or b is NaN
+  static M mask_or(M a, M b) { return _mm256_or_pd(a, b); }
   static V blend(M m, V a, V b) { return _mm256_blendv_pd(a, b, m); }
   static int count(M m) { return popcount(static_cast<unsigned>(_mm256_movemask_pd(m))); }
   static V div(V a, V b) { return _mm256_div_pd(a, b); }
@@ -302,6 +328,14 @@ struct F64 {
   static V shift_down(V v, T in) {
     return _mm256_blend_pd(_mm256_permute4x64_pd(v, _MM_SHUFFLE(0, 3, 2, 1)), set1(in), 0x8);
   }
+  static V shift_down_from(V v, V next) {
+    return _mm256_blend_pd(_mm256_permute4x64_pd(v, _MM_SHUFFLE(0, 3, 2, 1)),
+                           _mm256_broadcastsd_pd(_mm256_castpd256_pd128(next)), 0x8);
+  }
+  static V shift_up_from(V v, V prev) {
+    return _mm256_blend_pd(_mm256_permute4x64_pd(v, _MM_SHUFFLE(2, 1, 0, 3)),
+                           _mm256_permute4x64_pd(prev, _MM_SHUFFLE(3, 3, 3, 3)), 0x1);
+  }
   static V load_u8(const uint8_t* p) {
     int bytes;
     std::memcpy(&bytes, p, 4);
@@ -321,6 +355,16 @@ struct F64 {
         _mm_cmpeq_epi8(_mm_cvtsi32_si128(bytes), _mm_set1_epi8(static_cast<char>(k)));
     return _mm256_castsi256_pd(_mm256_and_si256(_mm256_cvtepi8_epi64(eq), range_mask(lo, hi)));
   }
+  static void eq3_u8(const uint8_t* p, int64_t k0, M m[3]) {
+    int bytes;
+    std::memcpy(&bytes, p, 4);
+    const __m128i d = _mm_sub_epi8(_mm_cvtsi32_si128(bytes), _mm_set1_epi8(static_cast<char>(k0)));
+    for (int s = 0; s < 3; ++s) {
+      m[s] = _mm256_castsi256_pd(
+          _mm256_cvtepi8_epi64(_mm_cmpeq_epi8(d, _mm_set1_epi8(static_cast<char>(s)))));
+    }
+  }
+  static M mask_and(M a, M b) { return _mm256_and_pd(a, b); }
   static M eq_i32r(const int32_t* p, int lo, int hi, int64_t k) {
     const __m128i eq = _mm_cmpeq_epi32(_mm_maskload_epi32(p, range_mask32(lo, hi)),
                                        _mm_set1_epi32(static_cast<int>(k)));

@@ -89,6 +89,8 @@ struct F32 {
   static M gt(V a, V b) {
     return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ);
   }  // ordered: false where either is NaN
+  static M unord(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q); }  // a or b is NaN
+  static M mask_or(M a, M b) { return static_cast<M>(a | b); }
   // m ? b : a, lane by lane.
   static V blend(M m, V a, V b) { return _mm512_mask_blend_ps(m, a, b); }
   static int count(M m) { return popcount(static_cast<unsigned>(m)); }
@@ -184,6 +186,16 @@ struct F32 {
     return _mm512_castsi512_ps(_mm512_maskz_alignr_epi32(0xffff, _mm512_castps_si512(set1(in)),
                                                          _mm512_castps_si512(v), 1));
   }
+  // The same with the lane shifted in taken from a neighbouring vector: shift_down_from gives
+  // [v1, ..., v(W-1), next0], shift_up_from [prev(W-1), v0, ..., v(W-2)].
+  static V shift_down_from(V v, V next) {
+    return _mm512_castsi512_ps(
+        _mm512_maskz_alignr_epi32(0xffff, _mm512_castps_si512(next), _mm512_castps_si512(v), 1));
+  }
+  static V shift_up_from(V v, V prev) {
+    return _mm512_castsi512_ps(
+        _mm512_maskz_alignr_epi32(0xffff, _mm512_castps_si512(v), _mm512_castps_si512(prev), 15));
+  }
   // W uint8 indices p[0..W) (all inside) as lanes.
   static V load_u8(const uint8_t* p) {  // mask forms: see store_u8n
     return _mm512_maskz_cvtepi32_ps(
@@ -196,6 +208,13 @@ struct F32 {
     return _mm_mask_cmpeq_epi8_mask(m, _mm_maskz_loadu_epi8(m, p),
                                     _mm_set1_epi8(static_cast<char>(k)));
   }
+  // The lanes of W uint8 indices p[0..W) (all inside) equal to k0, k0 + 1 and k0 + 2 (k0 < 254).
+  static void eq3_u8(const uint8_t* p, int64_t k0, M m[3]) {
+    const __m128i d = _mm_sub_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)),
+                                   _mm_set1_epi8(static_cast<char>(k0)));
+    for (int s = 0; s < 3; ++s) m[s] = _mm_cmpeq_epi8_mask(d, _mm_set1_epi8(static_cast<char>(s)));
+  }
+  static M mask_and(M a, M b) { return static_cast<M>(a & b); }
   static M eq_i32r(const int32_t* p, int lo, int hi, int64_t k) {
     const M m = range_mask(lo, hi);
     return _mm512_mask_cmpeq_epi32_mask(m, _mm512_maskz_loadu_epi32(m, p),
@@ -268,6 +287,8 @@ struct F64 {
   static M gt(V a, V b) {
     return _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ);
   }  // ordered: false where either is NaN
+  static M unord(V a, V b) { return _mm512_cmp_pd_mask(a, b, _CMP_UNORD_Q); }  // a or b is NaN
+  static M mask_or(M a, M b) { return static_cast<M>(a | b); }
   static V blend(M m, V a, V b) { return _mm512_mask_blend_pd(m, a, b); }
   static int count(M m) { return popcount(static_cast<unsigned>(m)); }
   static V div(V a, V b) { return _mm512_div_pd(a, b); }
@@ -339,6 +360,14 @@ struct F64 {
     return _mm512_castsi512_pd(
         _mm512_maskz_alignr_epi64(0xff, _mm512_castpd_si512(set1(in)), _mm512_castpd_si512(v), 1));
   }
+  static V shift_down_from(V v, V next) {
+    return _mm512_castsi512_pd(
+        _mm512_maskz_alignr_epi64(0xff, _mm512_castpd_si512(next), _mm512_castpd_si512(v), 1));
+  }
+  static V shift_up_from(V v, V prev) {
+    return _mm512_castsi512_pd(
+        _mm512_maskz_alignr_epi64(0xff, _mm512_castpd_si512(v), _mm512_castpd_si512(prev), 7));
+  }
   static V load_u8(const uint8_t* p) {
     return _mm512_maskz_cvtepi32_pd(
         0xff,
@@ -349,6 +378,14 @@ struct F64 {
     return static_cast<M>(_mm_mask_cmpeq_epi8_mask(m, _mm_maskz_loadu_epi8(m, p),
                                                    _mm_set1_epi8(static_cast<char>(k))));
   }
+  static void eq3_u8(const uint8_t* p, int64_t k0, M m[3]) {
+    const __m128i d = _mm_sub_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)),
+                                   _mm_set1_epi8(static_cast<char>(k0)));
+    for (int s = 0; s < 3; ++s) {
+      m[s] = static_cast<M>(_mm_cmpeq_epi8_mask(d, _mm_set1_epi8(static_cast<char>(s))));
+    }
+  }
+  static M mask_and(M a, M b) { return static_cast<M>(a & b); }
   static M eq_i32r(const int32_t* p, int lo, int hi, int64_t k) {
     const M m = range_mask(lo, hi);
     return _mm256_mask_cmpeq_epi32_mask(m, _mm256_maskz_loadu_epi32(m, p),

@@ -36,6 +36,8 @@ struct Lane1 {
   static M gt_or_nan(V a, V b) { return a > b || a != a; }
   static M eq(V a, V b) { return a == b; }
   static M gt(V a, V b) { return a > b; }  // ordered: false where either is NaN
+  static M unord(V a, V b) { return a != a || b != b; }
+  static M mask_or(M a, M b) { return a || b; }
   static V blend(M m, V a, V b) { return m ? b : a; }
   static int count(M m) { return m ? 1 : 0; }
   static V div(V a, V b) { return a / b; }
@@ -77,10 +79,16 @@ struct Lane1 {
   static V in_register(V v) { return v; }
   static V shift_up(V, T in) { return in; }  // the one lane is the one shifted in
   static V shift_down(V, T in) { return in; }
+  static V shift_down_from(V, V next) { return next; }
+  static V shift_up_from(V, V prev) { return prev; }
   static V load_u8(const uint8_t* p) { return static_cast<T>(*p); }
   static M eq_u8r(const uint8_t* p, int lo, int hi, int64_t k) {
     return lo <= 0 && 0 < hi && *p == k;
   }
+  static void eq3_u8(const uint8_t* p, int64_t k0, M m[3]) {
+    for (int s = 0; s < 3; ++s) m[s] = *p == k0 + s;
+  }
+  static M mask_and(M a, M b) { return a && b; }
   static M eq_i32r(const int32_t* p, int lo, int hi, int64_t k) {
     return lo <= 0 && 0 < hi && *p == k;
   }

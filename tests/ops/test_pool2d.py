@@ -354,6 +354,23 @@ def test_nan_wins_and_the_last_nan_is_reported(isa, dtype):
     assert dx[0, 0, 1, 1] == 0
 
 
+@pytest.mark.parametrize("padding", [0, 1])
+@pytest.mark.parametrize("w", [9, 17, 18, 33, 34, 65])
+def test_3x3_s2_notices_a_nan_at_every_position(isa, dtype, rng, padding, w):
+    # The 3x3/s2 path compares without the NaN rule and computes a plane again when one of its
+    # inputs was NaN: plane i holds one NaN at position i, so a NaN the check misses (the
+    # element shifted in at a block's edge, the last block of a row, the last row) gives a
+    # plane that differs from the twin. Widths put 1, 2 and 4 vector blocks in a row for 4, 8
+    # and 16 lanes.
+    h = 7
+    x = np.repeat(rng.standard_normal((1, 1, h, w)).astype(dtype), h * w, axis=0)
+    x.reshape(h * w, h * w)[np.arange(h * w), np.arange(h * w)] = np.nan
+    y, idx = ops.max_pool2d(x, 3, 2, padding)
+    y_ref, idx_ref = reference.max_pool2d(x, 3, 2, padding)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(idx, idx_ref)
+
+
 @pytest.mark.parametrize("shape", [(3, 4, 8, 8), (2, 3, 13, 25), (1, 1, 2, 2)])
 def test_short_rows_keep_tie_and_nan_rules(isa, dtype, rng, shape):
     # Small integers (ties in most windows), zeros as after a ReLU, NaN and -inf, on the 2x2/s2
