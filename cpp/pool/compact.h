@@ -39,7 +39,6 @@ constexpr int64_t kCompactElems = 2048;
 
 // Whether the compact path takes this geometry: 2x2/s2 windows without padding (floor mode), on
 // rows whose 2Q scratch elements fit a chunk.
-template <class V>
 bool compact_fits(const Pool2d& pl) {
   return pl.r == 2 && pl.s == 2 && pl.sh == 2 && pl.sw == 2 && pl.ph == 0 && pl.pw == 0 &&
          pl.p >= 1 && pl.q >= 1 && 2 * pl.q <= kCompactElems && 2 * pl.p <= pl.h &&
@@ -56,7 +55,7 @@ bool compact_fits(const Pool2d& pl) {
 // 254 / 310 us, on 112x112 171 / 215 us, max 280 / 294 us; float64 max on 32x32 778 / 1002 us.
 template <class V>
 bool compact_eligible(const Pool2d& pl) {
-  return compact_fits<V>(pl) && pl.q < 2 * V::W;
+  return compact_fits(pl) && pl.q < 2 * V::W;
 }
 
 // Backward: every row that fits. The row loops' generic backward block (a window-row walk and
@@ -68,7 +67,7 @@ bool compact_eligible(const Pool2d& pl) {
 // 526 us. (AVX-512 rows of 2W and more were not measured: no AVX-512 on that machine.)
 template <class V>
 bool compact_backward_eligible(const Pool2d& pl) {
-  return compact_fits<V>(pl);
+  return compact_fits(pl);
 }
 
 // d[0, len) = s[0, len) a whole vector at a time: the lanes past len land in d[len, len + W),
