@@ -181,7 +181,7 @@ struct MaxBwd {
   template <int kRead>
   int terms3(const Geom& g, int64_t q0, int64_t k0, const BwdTail<V>& tl, R t[3]) const {
     if constexpr (std::is_same_v<I, uint8_t>) {
-      // The indices compared as bytes (eq3_u8) and the matches counted once: the three taps'
+      // The indices compared as bytes (eq_u8_run) and the matches counted once: the three taps'
       // masks are disjoint. Against indices converted to float lanes, a float compare and a
       // count per tap, on one AMD EPYC Zen 3 core, 16x64 planes: padding 1 on 32x32 3-5% faster
       // (float64 848-857 -> 817-827 us, float32 560-569 -> 539-551 us), padding 0 on 33x33
@@ -193,10 +193,10 @@ struct MaxBwd {
         d = V::in_register(V::load(tl.dy));
         uint8_t* ti = static_cast<uint8_t*>(tl.idx);
         for (int64_t q = q0; q < g.q; ++q) ti[q - q0] = idx[q];
-        V::eq3_u8(ti, k0, m);
+        V::template eq_u8_run<3>(ti, k0, m);
       } else {
         d = V::in_register(V::load(dy + q0));  // not 3 masked loads
-        V::eq3_u8(idx + q0, k0, m);
+        V::template eq_u8_run<3>(idx + q0, k0, m);
         if (kRead == kOver) {
           for (int s = 0; s < 3; ++s) m[s] = V::mask_and(m[s], tl.valid);  // the rest: no tap
         }

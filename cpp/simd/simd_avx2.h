@@ -188,13 +188,14 @@ struct F32 {
         _mm_cmpeq_epi8(_mm_cvtsi64_si128(bytes), _mm_set1_epi8(static_cast<char>(k)));
     return _mm256_castsi256_ps(_mm256_and_si256(_mm256_cvtepi8_epi32(eq), range_mask(lo, hi)));
   }
-  // The lanes of W uint8 indices p[0..W) (all inside) equal to k0, k0 + 1 and k0 + 2 (k0 < 254):
-  // one subtract, then a byte compare and a widening each, never float lanes.
-  static void eq3_u8(const uint8_t* p, int64_t k0, M m[3]) {
+  // The lanes of W uint8 indices p[0..W) (all inside) equal to k0, k0 + 1, ..., k0 + N - 1
+  // (k0 + N <= 256): one subtract, then a byte compare and a widening each, never float lanes.
+  template <int N>
+  static void eq_u8_run(const uint8_t* p, int64_t k0, M m[N]) {
     long long bytes;
     std::memcpy(&bytes, p, 8);
     const __m128i d = _mm_sub_epi8(_mm_cvtsi64_si128(bytes), _mm_set1_epi8(static_cast<char>(k0)));
-    for (int s = 0; s < 3; ++s) {
+    for (int s = 0; s < N; ++s) {
       m[s] = _mm256_castsi256_ps(
           _mm256_cvtepi8_epi32(_mm_cmpeq_epi8(d, _mm_set1_epi8(static_cast<char>(s)))));
     }
@@ -355,11 +356,12 @@ struct F64 {
         _mm_cmpeq_epi8(_mm_cvtsi32_si128(bytes), _mm_set1_epi8(static_cast<char>(k)));
     return _mm256_castsi256_pd(_mm256_and_si256(_mm256_cvtepi8_epi64(eq), range_mask(lo, hi)));
   }
-  static void eq3_u8(const uint8_t* p, int64_t k0, M m[3]) {
+  template <int N>
+  static void eq_u8_run(const uint8_t* p, int64_t k0, M m[N]) {
     int bytes;
     std::memcpy(&bytes, p, 4);
     const __m128i d = _mm_sub_epi8(_mm_cvtsi32_si128(bytes), _mm_set1_epi8(static_cast<char>(k0)));
-    for (int s = 0; s < 3; ++s) {
+    for (int s = 0; s < N; ++s) {
       m[s] = _mm256_castsi256_pd(
           _mm256_cvtepi8_epi64(_mm_cmpeq_epi8(d, _mm_set1_epi8(static_cast<char>(s)))));
     }

@@ -208,11 +208,12 @@ struct F32 {
     return _mm_mask_cmpeq_epi8_mask(m, _mm_maskz_loadu_epi8(m, p),
                                     _mm_set1_epi8(static_cast<char>(k)));
   }
-  // The lanes of W uint8 indices p[0..W) (all inside) equal to k0, k0 + 1 and k0 + 2 (k0 < 254).
-  static void eq3_u8(const uint8_t* p, int64_t k0, M m[3]) {
+  // The lanes of W uint8 indices p[0..W) (all inside) equal to k0, ..., k0 + N - 1 (k0 + N <= 256).
+  template <int N>
+  static void eq_u8_run(const uint8_t* p, int64_t k0, M m[N]) {
     const __m128i d = _mm_sub_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)),
                                    _mm_set1_epi8(static_cast<char>(k0)));
-    for (int s = 0; s < 3; ++s) m[s] = _mm_cmpeq_epi8_mask(d, _mm_set1_epi8(static_cast<char>(s)));
+    for (int s = 0; s < N; ++s) m[s] = _mm_cmpeq_epi8_mask(d, _mm_set1_epi8(static_cast<char>(s)));
   }
   static M mask_and(M a, M b) { return static_cast<M>(a & b); }
   static M eq_i32r(const int32_t* p, int lo, int hi, int64_t k) {
@@ -378,10 +379,11 @@ struct F64 {
     return static_cast<M>(_mm_mask_cmpeq_epi8_mask(m, _mm_maskz_loadu_epi8(m, p),
                                                    _mm_set1_epi8(static_cast<char>(k))));
   }
-  static void eq3_u8(const uint8_t* p, int64_t k0, M m[3]) {
+  template <int N>
+  static void eq_u8_run(const uint8_t* p, int64_t k0, M m[N]) {
     const __m128i d = _mm_sub_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)),
                                    _mm_set1_epi8(static_cast<char>(k0)));
-    for (int s = 0; s < 3; ++s) {
+    for (int s = 0; s < N; ++s) {
       m[s] = static_cast<M>(_mm_cmpeq_epi8_mask(d, _mm_set1_epi8(static_cast<char>(s))));
     }
   }

@@ -85,8 +85,9 @@ struct Lane1 {
   static M eq_u8r(const uint8_t* p, int lo, int hi, int64_t k) {
     return lo <= 0 && 0 < hi && *p == k;
   }
-  static void eq3_u8(const uint8_t* p, int64_t k0, M m[3]) {
-    for (int s = 0; s < 3; ++s) m[s] = *p == k0 + s;
+  template <int N>
+  static void eq_u8_run(const uint8_t* p, int64_t k0, M m[N]) {
+    for (int s = 0; s < N; ++s) m[s] = *p == k0 + s;
   }
   static M mask_and(M a, M b) { return a && b; }
   static M eq_i32r(const int32_t* p, int lo, int hi, int64_t k) {

@@ -80,6 +80,9 @@ EDGE_CASES: list[Case] = [
     ((2, 3, 9, 7), 2, None, 0),
     ((4, 3, 3, 2), 2, 2, 0),
     ((1, 2, 2, 61), 2, 2, 0),
+    # Backward rows of whole vectors of every ISA (Q = 16) store straight into dx; odd H and W.
+    ((2, 3, 33, 32), 2, 2, 0),
+    ((1, 2, 6, 33), 2, None, 0),
     # Backward takes the compact path on any row whose 2Q scratch elements fit one chunk (2048):
     # Q = 1024 does, one row a chunk; Q = 1025 is left to the row loops.
     ((1, 2, 5, 2049), 2, None, 0),
@@ -371,7 +374,7 @@ def test_3x3_s2_notices_a_nan_at_every_position(isa, dtype, rng, padding, w):
     np.testing.assert_array_equal(idx, idx_ref)
 
 
-@pytest.mark.parametrize("shape", [(3, 4, 8, 8), (2, 3, 13, 25), (1, 1, 2, 2)])
+@pytest.mark.parametrize("shape", [(3, 4, 8, 8), (2, 3, 13, 25), (1, 1, 2, 2), (2, 3, 32, 32)])
 def test_short_rows_keep_tie_and_nan_rules(isa, dtype, rng, shape):
     # Small integers (ties in most windows), zeros as after a ReLU, NaN and -inf, on the 2x2/s2
     # planes that run flattened across rows: the same values and indices as the twin, and each
@@ -539,6 +542,7 @@ def test_windows_beyond_float_index_lanes(isa, dtype):
         ((4, 9, 33, 35), 3, 1, 1),  # whole planes
         ((2, 3, 64, 50), 5, 3, 2),
         ((8, 20, 24, 25), 2, None, 0),  # 2x2/s2 on short rows: ranges of rows across planes
+        ((4, 6, 33, 32), 2, None, 0),  # 2x2/s2 backward on rows of whole vectors
     ],
     ids=case_id,
 )
