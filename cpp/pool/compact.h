@@ -1,17 +1,18 @@
 // Pooling over flattened rows: 2x2 windows, stride 2, no padding; forward on output rows shorter
-// than two vectors (LeNet's 24x24 and 8x8 maps give rows of 12 and 4 outputs), backward on rows of
-// up to kCompactElems / 2 outputs (compact_backward_eligible says why). The row loops of
-// forward.h and backward.h handle such a row as one partial vector with its own bounds, copies
-// and masked stores: LeNet's two max pools (64x20x24x24 and 64x50x8x8, forward and backward) took
-// 0.53 ms of its 4.7 ms training step, 0.21 ms this way (AMD EPYC Zen 5, 2 threads; figures at
-// compact_eligible).
+// than two vectors (LeNet's 24x24 and 8x8 maps give rows of 12 and 4 outputs) or of whole vectors,
+// backward on rows of up to kCompactElems / 2 outputs (compact_eligible and
+// compact_backward_eligible say why). The row loops of forward.h and backward.h handle a short
+// row as one partial vector with its own bounds, copies and masked stores: LeNet's two max pools
+// (64x20x24x24 and 64x50x8x8, forward and backward) took 0.53 ms of its 4.7 ms training step,
+// 0.21 ms this way (AMD EPYC Zen 5, 2 threads; figures at compact_eligible).
 //
 // Here the output rows of a chunk (across planes) are one flat run of outputs: the two input
 // rows of every window row are first copied side by side into scratch rows of 2Q elements,
 //   top[m][j] = x[2p][j], bot[m][j] = x[2p + 1][j]   for output row m = (plane, p), j < 2Q,
 // so that output o of the chunk (row m = o / Q, column q = o % Q) reads top[2o], top[2o + 1],
 // bot[2o] and bot[2o + 1]: two deinterleaving loads give the four taps of W outputs, in the
-// window order of the row loops (so the same results, ties and NaN included). The backward pass
+// window order of the row loops (so the same results, ties and NaN included); where every vector
+// lies in one output row, the same loads come straight from the x rows. The backward pass
 // runs the same map the other way: dy and the indices in flat vectors, interleaved into the
 // scratch rows, copied out to the dx rows (with the columns and rows no window covers zeroed);
 // where every vector lies in one output row, interleaved straight into the dx rows.
@@ -46,17 +47,24 @@ bool compact_fits(const Pool2d& pl) {
          2 * pl.q <= pl.w;
 }
 
-// Forward: rows of 2W outputs and more are left to the row loops, whose full vectors need no
-// bounds. Measured on the AMD EPYC Zen 5 project machine, 2 threads, float32 max pooling, forward
-// / backward, row loops -> compact path:
+// Forward: rows shorter than 2W outputs, and rows of whole vectors (Q a multiple of W), which
+// read the x rows where they lie (no scratch copy); other rows of 2W outputs and more are left to
+// the row loops, whose full vectors need no bounds. Measured on the AMD EPYC Zen 5 project
+// machine, 2 threads, float32 max pooling, forward / backward, row loops -> compact path:
 //   64x20x24x24 (Q = 12)  159 / 135 us -> 68 / 69 us
 //   64x50x8x8   (Q = 4)   130 / 102 us -> 36 / 35 us
-// On longer rows the row loops stay ahead forward: AMD EPYC Zen 3, AVX2, 2 threads, 8 MB planes,
-// medians of 6 alternating blocks, row loops / compact: float32 average 2x2 on 64x64 planes
-// 254 / 310 us, on 112x112 171 / 215 us, max 280 / 294 us; float64 max on 32x32 778 / 1002 us.
+// On longer rows the row loops stay ahead of the scratch copy: AMD EPYC Zen 3, AVX2, 2 threads,
+// 8 MB planes, medians of 6 alternating blocks, row loops / compact: float32 average 2x2 on 64x64
+// planes 254 / 310 us, on 112x112 171 / 215 us, max 280 / 294 us; float64 max on 32x32 778 /
+// 1002 us. Read in place, rows of whole vectors are faster than the row loops (whose window-row
+// loop is not unrolled and converts each tap's index to a float lane): the same Zen 3, medians of
+// 7 blocks, alternating processes, 2 threads, row loops -> in place, float32 max / average on
+// 64x64x32x32 770-851 -> 469-551 / 604-802 -> 360-532 us, 64x16x64x64 703-888 -> 460-548 /
+// 480-793 -> 319-397 us, 16x16x112x112 454-534 -> 304-306 / 293-316 -> 195-223 us; float64
+// 64x64x32x32 1960-3158 -> 1404-1470 / 1400-1586 -> 1219-1329 us.
 template <class V>
 bool compact_eligible(const Pool2d& pl) {
-  return compact_fits(pl) && pl.q < 2 * V::W;
+  return compact_fits(pl) && (pl.q < 2 * V::W || pl.q % V::W == 0);
 }
 
 // Backward: every row that fits. The row loops' generic backward block (a window-row walk and
@@ -162,6 +170,35 @@ void compact_forward(const Pool2d& pl, const typename V::T* x, void* y, void* id
   constexpr int W = V::W;
   const int64_t q = pl.q, q2 = 2 * q, w = pl.w, h = pl.h;
   const T* x_end = x + pl.n * pl.c * h * w;
+  const typename Op::Out out = Op::out_at(y, idx, 0);
+  // The n <= W outputs from flat index o, from the 2W-element runs t (top row) and b (bottom).
+  const auto windows = [out](const T* t, const T* b, int64_t o, int n) {
+    typename V::V tl, tr, bl, br;
+    V::load2(t, tl, tr);
+    V::load2(b, bl, br);
+    typename Op::State st;
+    Op::first(st, tl, 0);
+    Op::next(st, tr, 1);
+    Op::next(st, bl, 2);
+    Op::next(st, br, 3);
+    if constexpr (Op::kIndex) {
+      store_n<V>(out.y + o, st.best, n);
+      store_idx<V>(out.idx + o, st.idx, n);
+    } else {
+      store_n<V>(out.y + o, V::div(st.sum, V::set1(T(4))), n);
+    }
+  };
+  if (q % W == 0) {  // every vector in one output row: read straight from the x rows
+    compact_split(pl, [&](int64_t m0, int64_t m1) {
+      PlaneRow pr(pl, m0);
+      for (int64_t m = m0; m < m1; ++m, pr.next(pl)) {
+        const T* src = x + (pr.plane * h + 2 * pr.p) * w;
+        for (int64_t j = 0; j < q; j += W) windows(src + 2 * j, src + w + 2 * j, m * q + j, W);
+      }
+      return int64_t(0);
+    });
+    return;
+  }
   compact_rows<V>(pl, [&](int64_t c0, int64_t c1, T* top, T* bot) -> int64_t {
     PlaneRow pr(pl, c0);
     for (int64_t m = c0; m < c1; ++m, pr.next(pl)) {
@@ -172,23 +209,8 @@ void compact_forward(const Pool2d& pl, const typename V::T* x, void* y, void* id
       copy_spill<V>(src + w, b, q2, x_end, b + q2 + W);
     }
     const int64_t n_out = (c1 - c0) * q;
-    const typename Op::Out out = Op::out_at(y, idx, c0 * q);
     for (int64_t o = 0; o < n_out; o += W) {
-      typename V::V tl, tr, bl, br;
-      V::load2(top + 2 * o, tl, tr);
-      V::load2(bot + 2 * o, bl, br);
-      typename Op::State st;
-      Op::first(st, tl, 0);
-      Op::next(st, tr, 1);
-      Op::next(st, bl, 2);
-      Op::next(st, br, 3);
-      const int n = static_cast<int>(min64(W, n_out - o));
-      if constexpr (Op::kIndex) {
-        store_n<V>(out.y + o, st.best, n);
-        store_idx<V>(out.idx + o, st.idx, n);
-      } else {
-        store_n<V>(out.y + o, V::div(st.sum, V::set1(T(4))), n);
-      }
+      windows(top + 2 * o, bot + 2 * o, c0 * q + o, static_cast<int>(min64(W, n_out - o)));
     }
     return 0;
   });

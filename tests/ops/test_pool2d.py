@@ -80,7 +80,8 @@ EDGE_CASES: list[Case] = [
     ((2, 3, 9, 7), 2, None, 0),
     ((4, 3, 3, 2), 2, 2, 0),
     ((1, 2, 2, 61), 2, 2, 0),
-    # Backward rows of whole vectors of every ISA (Q = 16) store straight into dx; odd H and W.
+    # Rows of whole vectors of every ISA (Q = 16): forward reads x, backward writes dx in place;
+    # odd H and W.
     ((2, 3, 33, 32), 2, 2, 0),
     ((1, 2, 6, 33), 2, None, 0),
     # Backward takes the compact path on any row whose 2Q scratch elements fit one chunk (2048):
@@ -542,7 +543,7 @@ def test_windows_beyond_float_index_lanes(isa, dtype):
         ((4, 9, 33, 35), 3, 1, 1),  # whole planes
         ((2, 3, 64, 50), 5, 3, 2),
         ((8, 20, 24, 25), 2, None, 0),  # 2x2/s2 on short rows: ranges of rows across planes
-        ((4, 6, 33, 32), 2, None, 0),  # 2x2/s2 backward on rows of whole vectors
+        ((4, 6, 33, 32), 2, None, 0),  # 2x2/s2 on rows of whole vectors
     ],
     ids=case_id,
 )
