@@ -143,7 +143,7 @@ struct AvgBwd {
 template <typename T>
 void avg_forward(const Pool2d& pl, bool count_include_pad, const T* x, T* y) {
   using V = typename VecOf<T>::type;
-  if (compact_eligible<V>(pl)) {
+  if (compact_fits(pl)) {
     compact_forward<V, AvgOp<V>>(pl, x, y, nullptr);  // no padding: the divisor is 4 either way
     return;
   }
@@ -154,7 +154,7 @@ void avg_forward(const Pool2d& pl, bool count_include_pad, const T* x, T* y) {
 template <typename T>
 void avg_backward(const Pool2d& pl, bool count_include_pad, const T* dy, T* dx) {
   using V = typename VecOf<T>::type;
-  if (compact_backward_eligible<V>(pl)) {
+  if (compact_fits(pl)) {
     compact_backward<V, void>(pl, dy, nullptr, dx);
     return;
   }

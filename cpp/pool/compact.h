@@ -1,21 +1,20 @@
-// Pooling over flattened rows: 2x2 windows, stride 2, no padding; forward on output rows shorter
-// than two vectors (LeNet's 24x24 and 8x8 maps give rows of 12 and 4 outputs) or of whole vectors,
-// backward on rows of up to kCompactElems / 2 outputs (compact_eligible and
-// compact_backward_eligible say why). The row loops of forward.h and backward.h handle a short
-// row as one partial vector with its own bounds, copies and masked stores: LeNet's two max pools
-// (64x20x24x24 and 64x50x8x8, forward and backward) took 0.53 ms of its 4.7 ms training step,
-// 0.21 ms this way (AMD EPYC Zen 5, 2 threads; figures at compact_eligible).
+// Pooling over flattened rows: 2x2 windows, stride 2, no padding (floor mode), forward and
+// backward, on rows of up to kCompactElems / 2 outputs (compact_fits; compact_in_place gives the
+// measurements). The row loops of forward.h and backward.h handle a short row as one partial
+// vector with its own bounds, copies and masked stores: LeNet's two max pools (64x20x24x24 and
+// 64x50x8x8, forward and backward) took 0.53 ms of its 4.7 ms training step, 0.21 ms this way
+// (AMD EPYC Zen 5, 2 threads).
 //
 // Here the output rows of a chunk (across planes) are one flat run of outputs: the two input
 // rows of every window row are first copied side by side into scratch rows of 2Q elements,
 //   top[m][j] = x[2p][j], bot[m][j] = x[2p + 1][j]   for output row m = (plane, p), j < 2Q,
 // so that output o of the chunk (row m = o / Q, column q = o % Q) reads top[2o], top[2o + 1],
 // bot[2o] and bot[2o + 1]: two deinterleaving loads give the four taps of W outputs, in the
-// window order of the row loops (so the same results, ties and NaN included); where every vector
-// lies in one output row, the same loads come straight from the x rows. The backward pass
-// runs the same map the other way: dy and the indices in flat vectors, interleaved into the
-// scratch rows, copied out to the dx rows (with the columns and rows no window covers zeroed);
-// where every vector lies in one output row, interleaved straight into the dx rows.
+// window order of the row loops (so the same results, ties and NaN included); on rows of whole
+// vectors or of 2W outputs and more, the same loads come straight from the x rows. The backward
+// pass runs the same map the other way: dy and the indices in flat vectors, interleaved into the
+// scratch rows, copied out to the dx rows (with the columns and rows no window covers zeroed), or
+// on those rows interleaved straight into the dx rows.
 #pragma once
 
 #include <atomic>
@@ -47,36 +46,38 @@ bool compact_fits(const Pool2d& pl) {
          2 * pl.q <= pl.w;
 }
 
-// Forward: rows shorter than 2W outputs, and rows of whole vectors (Q a multiple of W), which
-// read the x rows where they lie (no scratch copy); other rows of 2W outputs and more are left to
-// the row loops, whose full vectors need no bounds. Measured on the AMD EPYC Zen 5 project
-// machine, 2 threads, float32 max pooling, forward / backward, row loops -> compact path:
-//   64x20x24x24 (Q = 12)  159 / 135 us -> 68 / 69 us
-//   64x50x8x8   (Q = 4)   130 / 102 us -> 36 / 35 us
-// On longer rows the row loops stay ahead of the scratch copy: AMD EPYC Zen 3, AVX2, 2 threads,
-// 8 MB planes, medians of 6 alternating blocks, row loops / compact: float32 average 2x2 on 64x64
-// planes 254 / 310 us, on 112x112 171 / 215 us, max 280 / 294 us; float64 max on 32x32 778 /
-// 1002 us. Read in place, rows of whole vectors are faster than the row loops (whose window-row
-// loop is not unrolled and converts each tap's index to a float lane): the same Zen 3, medians of
-// 7 blocks, alternating processes, 2 threads, row loops -> in place, float32 max / average on
-// 64x64x32x32 770-851 -> 469-551 / 604-802 -> 360-532 us, 64x16x64x64 703-888 -> 460-548 /
-// 480-793 -> 319-397 us, 16x16x112x112 454-534 -> 304-306 / 293-316 -> 195-223 us; float64
-// 64x64x32x32 1960-3158 -> 1404-1470 / 1400-1586 -> 1219-1329 us.
+// Whether the rows are read (forward) and written (backward) where they lie rather than through
+// the scratch rows: rows of whole vectors, and rows of 2W outputs and more, whose last vector is
+// the row's last W outputs over the lanes of the one before it (stored again, the same values),
+// so that no load or store is masked. Rows shorter than 2W outputs and not of whole vectors go
+// through the scratch rows, where a vector may straddle two output rows.
+//
+// Every geometry that compact_fits takes, forward and backward, takes this path. Measured:
+//  - Through the scratch rows against the row loops of forward.h and backward.h (a partial vector
+//    per row, each with its bounds and masked stores), AMD EPYC Zen 5, 2 threads, float32 max
+//    pooling forward / backward: 64x20x24x24 (Q = 12) 159 / 135 us -> 68 / 69 us, 64x50x8x8
+//    (Q = 4) 130 / 102 us -> 36 / 35 us. On longer rows the scratch copy lost to the row loops
+//    forward (AMD EPYC Zen 3, 2 threads, float32 average on 64x64 planes 254 / 310 us) and won
+//    backward (the same Zen 3, float32 max / average backward on 32x32 planes 1320 -> 787 / 996
+//    -> 512 us, 64x64 847 -> 508 / 669 -> 302 us; the scalar path on 32x32 6057 -> 2036 / 2582
+//    -> 526 us).
+//  - In place on rows of whole vectors, against the row loops forward (whose window-row loop is
+//    not unrolled and converts each tap's index to a float lane): the same Zen 3, medians of 7
+//    blocks, alternating processes, 2 threads, float32 max / average, 64x64x32x32 770-851 ->
+//    469-551 / 604-802 -> 360-532 us, 16x16x112x112 454-534 -> 304-306 / 293-316 -> 195-223 us;
+//    float64 64x64x32x32 1960-3158 -> 1404-1470 / 1400-1586 -> 1219-1329 us. Backward: see
+//    compact_backward.
+//  - In place with an overlapping last vector, against the row loops forward and the scratch rows
+//    backward, the same Zen 3, one core, max forward / average forward / max backward / average
+//    backward: float32 8x64x56x56 (Q = 28) 845-874 -> 323-326 / 630-647 -> 202-210 / 525-539 ->
+//    337-343 / 393-421 -> 256-277 us, 16x64x40x40 (Q = 20) 961-996 -> 355-359 / 798-904 ->
+//    222-381 / 580-634 -> 367-384 / 439-449 -> 287-292 us; float64 16x64x28x28 (Q = 14)
+//    784-821 -> 333-353 / 631-634 -> 203-219 / 557-585 -> 353-373 / 403-425 -> 254-263 us.
+//    Masked loads and stores for the last vector instead lost backward (max 525-654 -> 912-1048
+//    us at Q = 28): they cost about 25 cycles each on AMD.
 template <class V>
-bool compact_eligible(const Pool2d& pl) {
-  return compact_fits(pl) && (pl.q < 2 * V::W || pl.q % V::W == 0);
-}
-
-// Backward: every row that fits. The row loops' generic backward block (a window-row walk and
-// edge checks per 2W columns) is slower than the compact interleave at every row length
-// measured: the same Zen 3 runs, row loops -> compact, float32 max / average backward on 32x32
-// planes (Q = 16, two AVX2 vectors) 1320 -> 787 / 996 -> 512 us, 64x64 847 -> 508 / 669 -> 302
-// us, 112x112 588 -> 351 / 480 -> 215 us; float64 on 16x16 2188 -> 1467 / 1582 -> 1066 us and
-// on 56x56 1062 -> 771 / 887 -> 482 us; the scalar path on 32x32 float32 6057 -> 2036 / 2582 ->
-// 526 us. (AVX-512 rows of 2W and more were not measured: no AVX-512 on that machine.)
-template <class V>
-bool compact_backward_eligible(const Pool2d& pl) {
-  return compact_fits(pl);
+bool compact_in_place(const Pool2d& pl) {
+  return pl.q % V::W == 0 || pl.q >= 2 * V::W;
 }
 
 // d[0, len) = s[0, len) a whole vector at a time: the lanes past len land in d[len, len + W),
@@ -188,12 +189,17 @@ void compact_forward(const Pool2d& pl, const typename V::T* x, void* y, void* id
       store_n<V>(out.y + o, V::div(st.sum, V::set1(T(4))), n);
     }
   };
-  if (q % W == 0) {  // every vector in one output row: read straight from the x rows
+  if (compact_in_place<V>(pl)) {  // straight from the x rows
     compact_split(pl, [&](int64_t m0, int64_t m1) {
       PlaneRow pr(pl, m0);
       for (int64_t m = m0; m < m1; ++m, pr.next(pl)) {
         const T* src = x + (pr.plane * h + 2 * pr.p) * w;
-        for (int64_t j = 0; j < q; j += W) windows(src + 2 * j, src + w + 2 * j, m * q + j, W);
+        for (int64_t j = 0; j < q; j += W) {
+          // A partial last vector is the row's last W outputs, over the previous vector's last
+          // lanes (the same values stored again): no masked loads or stores.
+          const int64_t jj = j + W <= q ? j : q - W;
+          windows(src + 2 * jj, src + w + 2 * jj, m * q + jj, W);
+        }
       }
       return int64_t(0);
     });
@@ -218,10 +224,10 @@ void compact_forward(const Pool2d& pl, const typename V::T* x, void* y, void* id
 
 // Backward. I: the index type for max pooling (dx gets dy at the recorded tap), void for average
 // pooling (dx gets dy / 4 at every tap). Returns the number of indices that matched a tap.
-// Rows of whole vectors (Q a multiple of W, as the 32x32 and 64x64 maps of a ConvNet give) store
-// the taps straight into the dx rows; other rows go through the scratch rows, whose vectors may
-// straddle two output rows. For full vectors of uint8 indices, one load and four byte compares
-// (eq_u8_run) and one count of the disjoint matches. Against the scratch interleave with a
+// Rows that compact_in_place takes store the taps straight into the dx rows; other rows go
+// through the scratch rows. Rows of whole vectors (Q a multiple of W, as the 32x32 and 64x64 maps
+// of a ConvNet give) straight, and for full vectors of uint8 indices, one load and four byte
+// compares (eq_u8_run) and one count of the disjoint matches. Against the scratch interleave with a
 // compare and a count per tap, float32, AMD EPYC Zen 3 (AVX2), medians of 7 blocks, alternating
 // processes, one core | 2 threads: 64x64x32x32 max 2318-2364 -> 1010-1095 | 944-998 -> 393-467
 // us, average 1720-1914 -> 979-1115 | 587-766 -> 358-465 us; 16x16x112x112 max 1235-1623 ->
@@ -238,7 +244,8 @@ int64_t compact_backward(const Pool2d& pl, const typename V::T* dy, const I* idx
   // The four taps of the n <= W outputs from flat index o (dy at its tap, or dy / 4); returns the
   // index matches. Captured by value: the vector stores may alias anything, and through
   // references every step reloaded dy and idx (10% of the average backward on 24x24 maps).
-  const auto taps = [dy, idx](int64_t o, int n, R tap[4]) -> int {
+  // Lanes [0, skip) are not counted.
+  const auto taps = [dy, idx](int64_t o, int n, R tap[4], int skip = 0) -> int {
     const R g = n == W ? V::load(dy + o) : V::loadn(dy + o, n);
     if constexpr (std::is_void_v<I>) {
       tap[0] = tap[1] = tap[2] = tap[3] = V::div(g, V::set1(T(4)));
@@ -257,7 +264,8 @@ int64_t compact_backward(const Pool2d& pl, const typename V::T* dy, const I* idx
       }
       for (int k = 0; k < 4; ++k) tap[k] = V::mask_add(V::zero(), hit[k], g);
       // An index matches one tap at most: the masks are disjoint.
-      return V::count(V::mask_or(V::mask_or(hit[0], hit[1]), V::mask_or(hit[2], hit[3])));
+      const typename V::M any = V::mask_or(V::mask_or(hit[0], hit[1]), V::mask_or(hit[2], hit[3]));
+      return V::count(any) - (skip > 0 ? V::count(V::mask_and(any, V::first_n(skip))) : 0);
     }
   };
   // What no window covers: a last column of dx rows 2p and 2p + 1 (odd W), and after a plane's
@@ -268,7 +276,7 @@ int64_t compact_backward(const Pool2d& pl, const typename V::T* dy, const I* idx
       for (int64_t i = 2 * pl.p * w; i < h * w; ++i) plane_dx[i] = T(0);
     }
   };
-  if (q % W == 0) {
+  if (compact_in_place<V>(pl)) {
     return compact_split(pl, [&](int64_t m0, int64_t m1) {
       int64_t matches = 0;
       PlaneRow pr(pl, m0);  // output row m = (plane, p), advanced without a division
@@ -276,10 +284,13 @@ int64_t compact_backward(const Pool2d& pl, const typename V::T* dy, const I* idx
         T* const plane_dx = dx + pr.plane * h * w;
         T* const top = plane_dx + 2 * pr.p * w;
         for (int64_t j = 0; j < q; j += W) {
+          // A partial last vector: the row's last W outputs, whose lanes over the previous
+          // vector store the same values again and are not counted again.
+          const int64_t jj = j + W <= q ? j : q - W;
           R tap[4];
-          matches += taps(m * q + j, W, tap);
-          V::store2(top + 2 * j, tap[0], tap[1]);
-          V::store2(top + w + 2 * j, tap[2], tap[3]);
+          matches += taps(m * q + jj, W, tap, static_cast<int>(j - jj));
+          V::store2(top + 2 * jj, tap[0], tap[1]);
+          V::store2(top + w + 2 * jj, tap[2], tap[3]);
         }
         zero_uncovered(top, plane_dx, pr.p);
       }

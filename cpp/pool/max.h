@@ -236,7 +236,7 @@ struct MaxBwd {
 template <typename T>
 void max_forward(const Pool2d& pl, const T* x, T* y, void* idx) {
   using V = typename VecOf<T>::type;
-  if (compact_eligible<V>(pl)) {
+  if (compact_fits(pl)) {
     compact_forward<V, MaxOp<V, uint8_t>>(pl, x, y, idx);  // 4 window positions: uint8 indices
     return;
   }
@@ -252,8 +252,7 @@ template <typename T, typename I>
 int64_t max_backward_t(const Pool2d& pl, const T* dy, const I* idx, T* dx) {
   using V = typename VecOf<T>::type;
   const Geom g = make_geom(pl);
-  if (compact_backward_eligible<V>(pl))
-    return pl.n * pl.c * g.p * g.q - compact_backward<V>(pl, dy, idx, dx);
+  if (compact_fits(pl)) return pl.n * pl.c * g.p * g.q - compact_backward<V>(pl, dy, idx, dx);
   const typename MaxBwd<V, I>::Plane plane{dy, idx};
   const int64_t matches = bwd_planes<V, MaxBwd<V, I>>(pl, plane, 0, g.q, true, dx);
   return pl.n * pl.c * g.p * g.q - matches;

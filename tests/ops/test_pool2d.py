@@ -375,7 +375,10 @@ def test_3x3_s2_notices_a_nan_at_every_position(isa, dtype, rng, padding, w):
     np.testing.assert_array_equal(idx, idx_ref)
 
 
-@pytest.mark.parametrize("shape", [(3, 4, 8, 8), (2, 3, 13, 25), (1, 1, 2, 2), (2, 3, 32, 32)])
+@pytest.mark.parametrize(
+    "shape",
+    [(3, 4, 8, 8), (2, 3, 13, 25), (1, 1, 2, 2), (2, 3, 32, 32), (2, 3, 8, 40), (1, 2, 4, 70)],
+)
 def test_short_rows_keep_tie_and_nan_rules(isa, dtype, rng, shape):
     # Small integers (ties in most windows), zeros as after a ReLU, NaN and -inf, on the 2x2/s2
     # planes that run flattened across rows: the same values and indices as the twin, and each
@@ -396,6 +399,25 @@ def test_short_rows_keep_tie_and_nan_rules(isa, dtype, rng, shape):
     bad.flat[-1] = 4  # past the last of the 4 window positions
     with pytest.raises(ValueError, match="indices out of range"):
         ops.max_pool2d_backward(dy, bad, shape, 2)
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 4, 70), (2, 1, 6, 41)])
+def test_2x2_bad_index_found_at_every_position(isa, dtype, rng, shape):
+    # Rows of 35 and 20 outputs: whole vectors and a last one that overlaps the vector before it
+    # (its lanes over it are stored again, not counted again), on every ISA. A bad index at any
+    # position of the first plane's rows, overlap included, is reported; the good ones are not.
+    x = rng.standard_normal(shape).astype(dtype)
+    y, idx = ops.max_pool2d(x, 2)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    np.testing.assert_array_equal(
+        ops.max_pool2d_backward(dy, idx, shape, 2),
+        reference.max_pool2d_backward(dy, idx, shape, 2),
+    )
+    for pos in range(2 * y.shape[3]):
+        bad = idx.copy()
+        bad.reshape(-1)[pos] = 4 + pos % 200
+        with pytest.raises(ValueError, match="indices out of range"):
+            ops.max_pool2d_backward(dy, bad, shape, 2)
 
 
 @pytest.mark.parametrize(("k", "s", "p"), [(3, 2, 1), (2, 1, 1), (5, 2, 2), ((3, 4), 3, (1, 2))])
