@@ -29,7 +29,8 @@ struct AvgOp {
   using T = typename V::T;
   using R = typename V::V;
   static constexpr bool kIndex = false;
-  using Fast = AvgOp;  // no NaN rule to skip (MaxOp)
+  static constexpr bool kS2k3 = true;  // on every ISA (see MaxOp::kS2k3)
+  using Fast = AvgOp;                  // no NaN rule to skip (MaxOp)
   static constexpr bool kNanCheck = false;
   // The 3x3/s2 path adds the taps one by one in window order, as the generic loops and the NumPy
   // twin do (the same bits); sums of row sums differed in the last bit (0.2% of the outputs of
@@ -81,6 +82,7 @@ struct AvgBwd {
   using T = typename V::T;
   using R = typename V::V;
   static constexpr bool kDirect = false;
+  static constexpr bool kS2k3 = true;
   struct Plane {
     const T* dy;
     bool include_pad;

@@ -328,28 +328,30 @@ int64_t bwd_planes(const Pool2d& pl, const typename Op::Plane& plane0, int64_t q
   }
   const int64_t plane_out = g.p * g.q;
   const Split sp = make_split(planes, g.h, planes * g.h * g.w, pl.nthreads);
-  if (vec && s2k3_fits(g)) {
-    using T = typename V::T;
-    constexpr int64_t L = kTailLen<V>;
-    // One block a row at most reads past Q (the last: the column pairs are Q + 1 at most), with
-    // fill_from windows of its own (0 when it lies past Q).
-    const int64_t nb = ceil_div(ceil_div(g.w, 2), V::W), fill_from = g.q - (nb - 1) * V::W;
-    auto rows3 = g.pw == 1 ? s2k3_bwd_rows<V, Op, 1> : s2k3_bwd_rows<V, Op, 0>;
-    return parallel_tasks(sp, [&](int64_t i, int64_t b) -> int64_t {
-      T* buf = static_cast<T*>(
-          workspace(WorkspaceSlot::pack_aux, static_cast<size_t>(2 * L + V::W) * sizeof(T)));
-      const BwdTail<V> tl{buf + V::W, buf + L + V::W, buf + 2 * L,
-                          V::first_n(static_cast<int>(fill_from)), (planes - i) * plane_out};
-      if (fill_from < V::W) {  // the fill past the end of dy's rows, once: copies stop before it
-        for (int64_t k = fill_from; k < V::W; ++k) {
-          tl.dy[k] = T(0);
-          tl.cols[k] = T(1);
+  if constexpr (Op::kS2k3) {  // (which ops the 3x3/s2 path serves: Op::kS2k3)
+    if (vec && s2k3_fits(g)) {
+      using T = typename V::T;
+      constexpr int64_t L = kTailLen<V>;
+      // One block a row at most reads past Q (the last: the column pairs are Q + 1 at most), with
+      // fill_from windows of its own (0 when it lies past Q).
+      const int64_t nb = ceil_div(ceil_div(g.w, 2), V::W), fill_from = g.q - (nb - 1) * V::W;
+      auto rows3 = g.pw == 1 ? s2k3_bwd_rows<V, Op, 1> : s2k3_bwd_rows<V, Op, 0>;
+      return parallel_tasks(sp, [&](int64_t i, int64_t b) -> int64_t {
+        T* buf = static_cast<T*>(
+            workspace(WorkspaceSlot::pack_aux, static_cast<size_t>(2 * L + V::W) * sizeof(T)));
+        const BwdTail<V> tl{buf + V::W, buf + L + V::W, buf + 2 * L,
+                            V::first_n(static_cast<int>(fill_from)), (planes - i) * plane_out};
+        if (fill_from < V::W) {  // the fill past the end of dy's rows, once: copies stop before it
+          for (int64_t k = fill_from; k < V::W; ++k) {
+            tl.dy[k] = T(0);
+            tl.cols[k] = T(1);
+          }
+          std::memset(tl.idx, 255, static_cast<size_t>(V::W) * sizeof(T));
         }
-        std::memset(tl.idx, 255, static_cast<size_t>(V::W) * sizeof(T));
-      }
-      return rows3(g, plane0.at_offset(i * plane_out), tl, dx + i * g.h * g.w,
-                   block_begin(g.h, sp.blocks, b), block_begin(g.h, sp.blocks, b + 1));
-    });
+        return rows3(g, plane0.at_offset(i * plane_out), tl, dx + i * g.h * g.w,
+                     block_begin(g.h, sp.blocks, b), block_begin(g.h, sp.blocks, b + 1));
+      });
+    }
   }
   return parallel_tasks(sp, [&](int64_t i, int64_t b) -> int64_t {
     return rows(g, plane0.at_offset(i * plane_out), vec, iv_lo, iv_hi, dx + i * g.h * g.w,

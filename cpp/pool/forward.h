@@ -426,34 +426,33 @@ void fwd_planes(const Pool2d& pl, bool include_pad, const typename V::T* x, void
   }
   const ColTables<T> tab = make_col_tables<T>(g);
   const Split sp = make_split(planes, g.p, planes * g.h * g.w, pl.nthreads);
-  // Not for max pooling on 1-lane "vectors" (the scalar ISA): there it took 11.2 ms against
-  // 10.8 ms for the generic loops (64x64x32x32 float32, 3x3/s2 padding 1, 2 threads; a branch
-  // on every compare either way), while average pooling took 0.73 ms against 1.5 ms.
-  if (vec && s2k3_fits(g) && (V::W > 1 || !Op::kIndex)) {
-    using State = typename Op::State;
-    const int64_t nb = ceil_div(g.q, V::W);
-    const size_t bytes =
-        static_cast<size_t>(nb) * sizeof(State) + static_cast<size_t>(kTailLen<V>) * sizeof(T);
-    // Op::Fast first (max: NaN ignored, NaN inputs noted); a task that saw a NaN is computed
-    // again with Op's full rule, from its first row (no carry crosses tasks).
-    using Fast = typename Op::Fast;
-    static_assert(std::is_same_v<typename Fast::State, State> &&
-                  std::is_same_v<typename Fast::Out, typename Op::Out>);
-    auto fast = g.pw == 1 ? s2k3_rows<V, Fast, 1> : s2k3_rows<V, Fast, 0>;
-    auto full = g.pw == 1 ? s2k3_rows<V, Op, 1> : s2k3_rows<V, Op, 0>;
-    parallel_tasks(sp, [&](int64_t plane, int64_t b) -> int64_t {
-      State* carry = static_cast<State*>(workspace(WorkspaceSlot::pack_aux, bytes));
-      T* tail = reinterpret_cast<T*>(carry + nb) + V::W;
-      const int64_t pa = block_begin(g.p, sp.blocks, b), pb = block_begin(g.p, sp.blocks, b + 1);
-      const T* xp = x + plane * g.h * g.w;
-      const T* x_end = x + planes * g.h * g.w;
-      const typename Op::Out out = Op::out_at(y, idx, plane * g.p * g.q);
-      if (fast(g, include_pad, tab, xp, x_end, out, pa, pb, carry, tail)) {
-        full(g, include_pad, tab, xp, x_end, out, pa, pb, carry, tail);
-      }
-      return 0;
-    });
-    return;
+  if constexpr (Op::kS2k3) {  // (Op::kS2k3: which ops the 3x3/s2 path serves, and why)
+    if (vec && s2k3_fits(g)) {
+      using State = typename Op::State;
+      const int64_t nb = ceil_div(g.q, V::W);
+      const size_t bytes =
+          static_cast<size_t>(nb) * sizeof(State) + static_cast<size_t>(kTailLen<V>) * sizeof(T);
+      // Op::Fast first (max: NaN ignored, NaN inputs noted); a task that saw a NaN is computed
+      // again with Op's full rule, from its first row (no carry crosses tasks).
+      using Fast = typename Op::Fast;
+      static_assert(std::is_same_v<typename Fast::State, State> &&
+                    std::is_same_v<typename Fast::Out, typename Op::Out>);
+      auto fast = g.pw == 1 ? s2k3_rows<V, Fast, 1> : s2k3_rows<V, Fast, 0>;
+      auto full = g.pw == 1 ? s2k3_rows<V, Op, 1> : s2k3_rows<V, Op, 0>;
+      parallel_tasks(sp, [&](int64_t plane, int64_t b) -> int64_t {
+        State* carry = static_cast<State*>(workspace(WorkspaceSlot::pack_aux, bytes));
+        T* tail = reinterpret_cast<T*>(carry + nb) + V::W;
+        const int64_t pa = block_begin(g.p, sp.blocks, b), pb = block_begin(g.p, sp.blocks, b + 1);
+        const T* xp = x + plane * g.h * g.w;
+        const T* x_end = x + planes * g.h * g.w;
+        const typename Op::Out out = Op::out_at(y, idx, plane * g.p * g.q);
+        if (fast(g, include_pad, tab, xp, x_end, out, pa, pb, carry, tail)) {
+          full(g, include_pad, tab, xp, x_end, out, pa, pb, carry, tail);
+        }
+        return 0;
+      });
+      return;
+    }
   }
   // Padded rows (R of them) for the vector paths of strides 1 and 2, in the task's thread's
   // scratch (pack_aux: op_scratch holds the calling thread's column tables). Windows over 64 rows

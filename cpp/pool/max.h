@@ -52,6 +52,11 @@ struct MaxOp {
   static constexpr bool kNanCheck = kOrdered;
   // The 3x3/s2 path combines whole window rows and reuses the row shared by two windows.
   static constexpr bool kShareRows = true;
+  // The 3x3/s2 path (forward.h) takes uint8 indices only: 9 window positions always give them
+  // (pool_index_is_u8). Not on 1-lane "vectors" (the scalar ISA): there it took 11.2 ms against
+  // 10.8 ms for the generic loops (64x64x32x32 float32, 3x3/s2 padding 1, 2 threads; a branch
+  // on every compare either way), while average pooling took 0.73 ms against 1.5 ms.
+  static constexpr bool kS2k3 = V::W > 1 && std::is_same_v<I, uint8_t>;
   static typename V::M gt(R a, R b) {
     if constexpr (kOrdered) {
       return V::gt(a, b);
@@ -138,6 +143,8 @@ struct MaxBwd {
   using R = typename V::V;
   // The terms of all window rows go straight into one sum (no per-row divisor).
   static constexpr bool kDirect = true;
+  // The 3x3/s2 path (backward.h) takes uint8 indices only: 9 window positions always give them.
+  static constexpr bool kS2k3 = std::is_same_v<I, uint8_t>;
   struct Plane {
     const T* dy;
     const I* idx;
@@ -166,63 +173,34 @@ struct MaxBwd {
   R finish(R v) const {
     return v;
   }
-  static R load_idx(const I* p) {
-    if constexpr (std::is_same_v<I, uint8_t>) {
-      return V::load_u8(p);
-    } else {  // int32 indices: windows over 256 positions, never 3x3 (kept for completeness)
-      T lanes[V::W];
-      for (int i = 0; i < V::W; ++i) lanes[i] = static_cast<T>(p[i]);
-      return V::load(lanes);
-    }
-  }
   // The 3x3/s2 path (backward.h): the terms of taps k0, k0 + 1, k0 + 2 of windows q0 .. q0 + W - 1
   // (dy where the index is that tap, 0 elsewhere); lanes past Q (kOver, kCopy: see S2k3Read) are
   // no tap. Returns the index matches.
   template <int kRead>
   int terms3(const Geom& g, int64_t q0, int64_t k0, const BwdTail<V>& tl, R t[3]) const {
-    if constexpr (std::is_same_v<I, uint8_t>) {
-      // The indices compared as bytes (eq_u8_run) and the matches counted once: the three taps'
-      // masks are disjoint. Against indices converted to float lanes, a float compare and a
-      // count per tap, on one AMD EPYC Zen 3 core, 16x64 planes: padding 1 on 32x32 3-5% faster
-      // (float64 848-857 -> 817-827 us, float32 560-569 -> 539-551 us), padding 0 on 33x33
-      // even (float64 1033-1040 vs 1047-1084 us).
-      R d;
-      typename V::M m[3];
-      if (kRead == kCopy) {
-        copy_tail<V>(dy, g.q, q0, tl.dy);
-        d = V::in_register(V::load(tl.dy));
-        uint8_t* ti = static_cast<uint8_t*>(tl.idx);
-        for (int64_t q = q0; q < g.q; ++q) ti[q - q0] = idx[q];
-        V::template eq_u8_run<3>(ti, k0, m);
-      } else {
-        d = V::in_register(V::load(dy + q0));  // not 3 masked loads
-        V::template eq_u8_run<3>(idx + q0, k0, m);
-        if (kRead == kOver) {
-          for (int s = 0; s < 3; ++s) m[s] = V::mask_and(m[s], tl.valid);  // the rest: no tap
-        }
-      }
-      for (int s = 0; s < 3; ++s) t[s] = V::keep(d, m[s]);
-      return V::count(V::mask_or(V::mask_or(m[0], m[1]), m[2]));
-    }
-    R d, k;
+    static_assert(kS2k3);
+    // The indices compared as bytes (eq_u8_run) and the matches counted once: the three taps'
+    // masks are disjoint. Against indices converted to float lanes, a float compare and a
+    // count per tap, on one AMD EPYC Zen 3 core, 16x64 planes: padding 1 on 32x32 3-5% faster
+    // (float64 848-857 -> 817-827 us, float32 560-569 -> 539-551 us), padding 0 on 33x33
+    // even (float64 1033-1040 vs 1047-1084 us).
+    R d;
+    typename V::M m[3];
     if (kRead == kCopy) {
       copy_tail<V>(dy, g.q, q0, tl.dy);
       d = V::in_register(V::load(tl.dy));
-      I* ti = static_cast<I*>(tl.idx);
+      uint8_t* ti = static_cast<uint8_t*>(tl.idx);
       for (int64_t q = q0; q < g.q; ++q) ti[q - q0] = idx[q];
-      k = load_idx(ti);
+      V::template eq_u8_run<3>(ti, k0, m);
     } else {
       d = V::in_register(V::load(dy + q0));  // not 3 masked loads
-      k = load_idx(idx + q0);
-      if (kRead == kOver) k = V::blend(tl.valid, V::set1(T(255)), k);  // no tap
+      V::template eq_u8_run<3>(idx + q0, k0, m);
+      if (kRead == kOver) {
+        for (int s = 0; s < 3; ++s) m[s] = V::mask_and(m[s], tl.valid);  // the rest: no tap
+      }
     }
-    int found = 0;
-    for (int s = 0; s < 3; ++s) {
-      const typename V::M m = V::eq(k, V::set1(static_cast<T>(k0 + s)));
-      t[s] = V::blend(m, V::zero(), d);
-      found += V::count(m);
-    }
-    return found;
+    for (int s = 0; s < 3; ++s) t[s] = V::keep(d, m[s]);
+    return V::count(V::mask_or(V::mask_or(m[0], m[1]), m[2]));
   }
   // The term of window q at position k, scalar; counts a match.
   T scalar(const Geom&, int64_t q, int64_t k, int64_t* matches) const {
@@ -252,7 +230,9 @@ template <typename T, typename I>
 int64_t max_backward_t(const Pool2d& pl, const T* dy, const I* idx, T* dx) {
   using V = typename VecOf<T>::type;
   const Geom g = make_geom(pl);
-  if (compact_fits(pl)) return pl.n * pl.c * g.p * g.q - compact_backward<V>(pl, dy, idx, dx);
+  if constexpr (std::is_same_v<I, uint8_t>) {  // 2x2 windows: always uint8 indices
+    if (compact_fits(pl)) return pl.n * pl.c * g.p * g.q - compact_backward<V>(pl, dy, idx, dx);
+  }
   const typename MaxBwd<V, I>::Plane plane{dy, idx};
   const int64_t matches = bwd_planes<V, MaxBwd<V, I>>(pl, plane, 0, g.q, true, dx);
   return pl.n * pl.c * g.p * g.q - matches;

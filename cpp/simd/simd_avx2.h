@@ -167,12 +167,6 @@ struct F32 {
     const V t = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(7, 0, 1, 2, 3, 4, 5, 6));
     return _mm256_blend_ps(t, _mm256_permutevar8x32_ps(prev, _mm256_set1_epi32(7)), 0x01);
   }
-  // W uint8 indices p[0..W) (all inside) as lanes.
-  static V load_u8(const uint8_t* p) {
-    long long bytes;
-    std::memcpy(&bytes, p, 8);
-    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(bytes)));
-  }
   // Index lanes (max-pool positions as integers): the lanes i in [lo, hi) where p[i] == k.
   static M eq_u8r(const uint8_t* p, int lo, int hi, int64_t k) {
     lo = lo < 0 ? 0 : lo;
@@ -336,11 +330,6 @@ struct F64 {
   static V shift_up_from(V v, V prev) {
     return _mm256_blend_pd(_mm256_permute4x64_pd(v, _MM_SHUFFLE(2, 1, 0, 3)),
                            _mm256_permute4x64_pd(prev, _MM_SHUFFLE(3, 3, 3, 3)), 0x1);
-  }
-  static V load_u8(const uint8_t* p) {
-    int bytes;
-    std::memcpy(&bytes, p, 4);
-    return _mm256_cvtepi32_pd(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(bytes)));
   }
   static M eq_u8r(const uint8_t* p, int lo, int hi, int64_t k) {
     lo = lo < 0 ? 0 : lo;

@@ -196,12 +196,6 @@ struct F32 {
     return _mm512_castsi512_ps(
         _mm512_maskz_alignr_epi32(0xffff, _mm512_castps_si512(v), _mm512_castps_si512(prev), 15));
   }
-  // W uint8 indices p[0..W) (all inside) as lanes.
-  static V load_u8(const uint8_t* p) {  // mask forms: see store_u8n
-    return _mm512_maskz_cvtepi32_ps(
-        0xffff,
-        _mm512_maskz_cvtepu8_epi32(0xffff, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-  }
   // Index lanes (max-pool positions as integers): the lanes i in [lo, hi) where p[i] == k.
   static M eq_u8r(const uint8_t* p, int lo, int hi, int64_t k) {
     const M m = range_mask(lo, hi);
@@ -368,11 +362,6 @@ struct F64 {
   static V shift_up_from(V v, V prev) {
     return _mm512_castsi512_pd(
         _mm512_maskz_alignr_epi64(0xff, _mm512_castpd_si512(v), _mm512_castpd_si512(prev), 7));
-  }
-  static V load_u8(const uint8_t* p) {
-    return _mm512_maskz_cvtepi32_pd(
-        0xff,
-        _mm256_maskz_cvtepu8_epi32(0xff, _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
   static M eq_u8r(const uint8_t* p, int lo, int hi, int64_t k) {
     const M m = range_mask(lo, hi);

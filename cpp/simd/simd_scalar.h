@@ -81,7 +81,6 @@ struct Lane1 {
   static V shift_down(V, T in) { return in; }
   static V shift_down_from(V, V next) { return next; }
   static V shift_up_from(V, V prev) { return prev; }
-  static V load_u8(const uint8_t* p) { return static_cast<T>(*p); }
   static M eq_u8r(const uint8_t* p, int lo, int hi, int64_t k) {
     return lo <= 0 && 0 < hi && *p == k;
   }
