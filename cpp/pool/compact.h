@@ -10,8 +10,8 @@
 //   top[m][j] = x[2p][j], bot[m][j] = x[2p + 1][j]   for output row m = (plane, p), j < 2Q,
 // so that output o of the chunk (row m = o / Q, column q = o % Q) reads top[2o], top[2o + 1],
 // bot[2o] and bot[2o + 1]: two deinterleaving loads give the four taps of W outputs, in the
-// window order of the row loops (so the same results, ties and NaN included); on rows of whole
-// vectors or of 2W outputs and more, the same loads come straight from the x rows. The backward
+// window order of the row loops (so the same results, ties and NaN included); on rows of W
+// outputs and more, the same loads come straight from the x rows. The backward
 // pass runs the same map the other way: dy and the indices in flat vectors, interleaved into the
 // scratch rows, copied out to the dx rows (with the columns and rows no window covers zeroed), or
 // on those rows interleaved straight into the dx rows.
@@ -47,10 +47,10 @@ bool compact_fits(const Pool2d& pl) {
 }
 
 // Whether the rows are read (forward) and written (backward) where they lie rather than through
-// the scratch rows: rows of whole vectors, and rows of 2W outputs and more, whose last vector is
-// the row's last W outputs over the lanes of the one before it (stored again, the same values),
-// so that no load or store is masked. Rows shorter than 2W outputs and not of whole vectors go
-// through the scratch rows, where a vector may straddle two output rows.
+// the scratch rows: rows of W outputs and more. A partial last vector is the row's last W
+// outputs, over lanes of the one before it (stored again, the same values), so that no load or
+// store is masked. Rows shorter than W outputs go through the scratch rows, where a vector may
+// straddle two output rows.
 //
 // Every geometry that compact_fits takes, forward and backward, takes this path. Measured:
 //  - Through the scratch rows against the row loops of forward.h and backward.h (a partial vector
@@ -75,9 +75,15 @@ bool compact_fits(const Pool2d& pl) {
 //    784-821 -> 333-353 / 631-634 -> 203-219 / 557-585 -> 353-373 / 403-425 -> 254-263 us.
 //    Masked loads and stores for the last vector instead lost backward (max 525-654 -> 912-1048
 //    us at Q = 28): they cost about 25 cycles each on AMD.
+//  - In place with an overlapping last vector against the scratch rows, rows of W to 2W outputs,
+//    the same Zen 3, one core, the same four: float32 64x20x24x24 (Q = 12, LeNet's first pool)
+//    271-293 -> 176-181 / 227-241 -> 112-122 / 299-313 -> 194-218 / 232-244 -> 159-168 us,
+//    32x32x20x20 (Q = 10: 6 of 8 lanes again) 169-183 -> 118-134 / 147-158 -> 78-82 / 192-199
+//    -> 136-139 / 155-163 -> 106-110 us, 64x16x28x28 (Q = 14) 300-312 -> 168-195 / 248-280 ->
+//    106-129 / 332-349 -> 195-205 / 263-271 -> 159-167 us.
 template <class V>
 bool compact_in_place(const Pool2d& pl) {
-  return pl.q % V::W == 0 || pl.q >= 2 * V::W;
+  return pl.q >= V::W;
 }
 
 // d[0, len) = s[0, len) a whole vector at a time: the lanes past len land in d[len, len + W),

@@ -73,9 +73,9 @@ EDGE_CASES: list[Case] = [
     # with edge and partial blocks: the copies are made again part-way down the plane.
     ((1, 1, 150, 37), 3, 2, 1),
     ((1, 1, 90, 21), 3, 1, 1),
-    # 2x2/s2 without padding on rows of fewer than two vectors: flattened across rows and planes
-    # (compact.h). LeNet's maps, odd H and W (a row and a column no window covers), one output a
-    # row and plane, rows of 30 outputs (forward: AVX-512 float32 compact, AVX2 the row loops).
+    # 2x2/s2 without padding (compact.h): rows of fewer than W outputs flattened across rows and
+    # planes, longer ones in place with an overlapping last vector. LeNet's maps, odd H and W (a
+    # row and a column no window covers), one output a row and plane, rows of 30 outputs.
     ((3, 5, 24, 24), 2, 2, 0),
     ((2, 3, 9, 7), 2, None, 0),
     ((4, 3, 3, 2), 2, 2, 0),
@@ -401,10 +401,10 @@ def test_short_rows_keep_tie_and_nan_rules(isa, dtype, rng, shape):
         ops.max_pool2d_backward(dy, bad, shape, 2)
 
 
-@pytest.mark.parametrize("shape", [(1, 2, 4, 70), (2, 1, 6, 41)])
+@pytest.mark.parametrize("shape", [(1, 2, 4, 70), (2, 1, 6, 41), (2, 1, 4, 26)])
 def test_2x2_bad_index_found_at_every_position(isa, dtype, rng, shape):
-    # Rows of 35 and 20 outputs: whole vectors and a last one that overlaps the vector before it
-    # (its lanes over it are stored again, not counted again), on every ISA. A bad index at any
+    # Rows of 35, 20 and 13 outputs: whole vectors and a last one that overlaps the vector before
+    # it (its lanes over it are stored again, not counted again), on every ISA. A bad index at any
     # position of the first plane's rows, overlap included, is reported; the good ones are not.
     x = rng.standard_normal(shape).astype(dtype)
     y, idx = ops.max_pool2d(x, 2)
