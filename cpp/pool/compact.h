@@ -11,10 +11,10 @@
 // so that output o of the chunk (row m = o / Q, column q = o % Q) reads top[2o], top[2o + 1],
 // bot[2o] and bot[2o + 1]: two deinterleaving loads give the four taps of W outputs, in the
 // window order of the row loops (so the same results, ties and NaN included); on rows of W
-// outputs and more, the same loads come straight from the x rows. The backward
-// pass runs the same map the other way: dy and the indices in flat vectors, interleaved into the
-// scratch rows, copied out to the dx rows (with the columns and rows no window covers zeroed), or
-// on those rows interleaved straight into the dx rows.
+// outputs and more, the same loads come straight from the x rows. The backward pass runs the
+// same map the other way: dy and the indices in flat vectors, interleaved into the scratch rows,
+// copied out to the dx rows (with the columns and rows no window covers zeroed), or on those
+// rows interleaved straight into the dx rows.
 #pragma once
 
 #include <atomic>
@@ -230,16 +230,16 @@ void compact_forward(const Pool2d& pl, const typename V::T* x, void* y, void* id
 
 // Backward. I: the index type for max pooling (dx gets dy at the recorded tap), void for average
 // pooling (dx gets dy / 4 at every tap). Returns the number of indices that matched a tap.
-// Rows that compact_in_place takes store the taps straight into the dx rows; other rows go
-// through the scratch rows. Rows of whole vectors (Q a multiple of W, as the 32x32 and 64x64 maps
-// of a ConvNet give) straight, and for full vectors of uint8 indices, one load and four byte
-// compares (eq_u8_run) and one count of the disjoint matches. Against the scratch interleave with a
-// compare and a count per tap, float32, AMD EPYC Zen 3 (AVX2), medians of 7 blocks, alternating
-// processes, one core | 2 threads: 64x64x32x32 max 2318-2364 -> 1010-1095 | 944-998 -> 393-467
-// us, average 1720-1914 -> 979-1115 | 587-766 -> 358-465 us; 16x16x112x112 max 1235-1623 ->
-// 523-632 | 587-618 -> 262-283 us; float64 64x64x32x32 max 8608-8754 -> 6208-6706 us (one core);
-// through the scratch rows (LeNet's maps), max 64x20x24x24 342-352 -> 301-305 us, 64x50x8x8
-// 140-142 -> 122 us, average even.
+// Rows that compact_in_place takes store the taps straight into the dx rows, the others go
+// through the scratch rows; full vectors of uint8 indices take one load and four byte compares
+// (eq_u8_run) and one count of the disjoint matches. Against the scratch interleave with a
+// compare and a count per tap, on rows of whole vectors, float32, AMD EPYC Zen 3 (AVX2), medians
+// of 7 blocks, alternating processes, one core | 2 threads: 64x64x32x32 max 2318-2364 ->
+// 1010-1095 | 944-998 -> 393-467 us, average 1720-1914 -> 979-1115 | 587-766 -> 358-465 us;
+// 16x16x112x112 max 1235-1623 -> 523-632 | 587-618 -> 262-283 us; float64 64x64x32x32 max
+// 8608-8754 -> 6208-6706 us (one core). Through the scratch rows, the compares and the count
+// alone: max 64x20x24x24 (before it went in place) 342-352 -> 301-305 us, 64x50x8x8 140-142 ->
+// 122 us, average even.
 template <class V, typename I>
 int64_t compact_backward(const Pool2d& pl, const typename V::T* dy, const I* idx,
                          typename V::T* dx) {
