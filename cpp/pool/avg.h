@@ -134,6 +134,21 @@ struct AvgBwd {
     t[0] = t[1] = t[2] = d;
     return 0;
   }
+  // The scatter path (strides of 3 and more, backward.h): dy / divisor of each window of row p
+  // added at each of its in-bounds taps in dx rows [ha, hb).
+  int64_t scatter(const Geom& g, int64_t p, const TapTable&, T* dx, int64_t ha, int64_t hb) const {
+    const RowSpan rs = row_span(g, p);
+    const int64_t r0 = max64(rs.r0, ha - rs.ih0), r1 = min64(rs.r1, hb - rs.ih0);
+    for (int64_t q = 0; r0 < r1 && q < g.q; ++q) {
+      const ColSpan cs = col_span(g, q);
+      const T t = scalar(g, q, 0, nullptr);
+      for (int64_t r = r0; r < r1; ++r) {
+        T* d = dx + (rs.ih0 + r) * g.w;
+        for (int64_t s = cs.iw0 + cs.s0; s < cs.iw0 + cs.s1; ++s) d[s] += t;
+      }
+    }
+    return 0;
+  }
   T scalar(const Geom& g, int64_t q, int64_t, int64_t*) const {
     const ColSpan cs = col_span(g, q);
     return dy[q] / (include_pad ? static_cast<T>(g.r * g.s) : rows * static_cast<T>(cs.s1 - cs.s0));
@@ -164,7 +179,7 @@ void avg_backward(const Pool2d& pl, bool count_include_pad, const T* dy, T* dx) 
   const typename AvgBwd<V>::Plane plane{dy, count_include_pad, make_col_tables<T>(g)};
   // Without the padding in the divisor, clean blocks hold only windows spanning S columns.
   bwd_planes<V, AvgBwd<V>>(pl, plane, count_include_pad ? 0 : g.qi_lo,
-                           count_include_pad ? g.q : g.qi_hi, true, dx);
+                           count_include_pad ? g.q : g.qi_hi, dx);
 }
 
 }  // namespace

@@ -202,6 +202,25 @@ struct MaxBwd {
     for (int s = 0; s < 3; ++s) t[s] = V::keep(d, m[s]);
     return V::count(V::mask_or(V::mask_or(m[0], m[1]), m[2]));
   }
+  // The scatter path (strides of 3 and more, backward.h): dy of each window of row p added at the
+  // tap its index names, where that tap lies in dx rows [ha, hb). An index out of range or into
+  // the padding is no match; a tap in another task's rows is matched there.
+  int64_t scatter(const Geom& g, int64_t p, const TapTable& taps, T* dx, int64_t ha,
+                  int64_t hb) const {
+    const int64_t ih0 = p * g.sh - g.ph, positions = g.r * g.s;
+    int64_t matches = 0;
+    for (int64_t q = 0; q < g.q; ++q) {
+      const int64_t k = static_cast<int64_t>(idx[q]);
+      if (k < 0 || k >= positions) continue;
+      int64_t r, s;
+      taps.at(g, k, &r, &s);
+      const int64_t ih = ih0 + r, iw = q * g.sw - g.pw + s;
+      if (ih < ha || ih >= hb || iw < 0 || iw >= g.w) continue;
+      dx[ih * g.w + iw] += dy[q];
+      ++matches;
+    }
+    return matches;
+  }
   // The term of window q at position k, scalar; counts a match.
   T scalar(const Geom&, int64_t q, int64_t k, int64_t* matches) const {
     if (static_cast<int64_t>(idx[q]) != k) return T(0);
@@ -234,7 +253,7 @@ int64_t max_backward_t(const Pool2d& pl, const T* dy, const I* idx, T* dx) {
     if (compact_fits(pl)) return pl.n * pl.c * g.p * g.q - compact_backward<V>(pl, dy, idx, dx);
   }
   const typename MaxBwd<V, I>::Plane plane{dy, idx};
-  const int64_t matches = bwd_planes<V, MaxBwd<V, I>>(pl, plane, 0, g.q, true, dx);
+  const int64_t matches = bwd_planes<V, MaxBwd<V, I>>(pl, plane, 0, g.q, dx);
   return pl.n * pl.c * g.p * g.q - matches;
 }
 

@@ -515,6 +515,36 @@ def test_3x3_stride2_bad_indices_are_counted(isa, dtype):
         ops.max_pool2d_backward(dy, idx, shape, 3, 2, 1)
 
 
+@pytest.mark.parametrize("nt", [1, 3])
+def test_stride3_bad_indices_are_counted_once(isa, dtype, threads, nt):
+    """The scattered backward (column strides of 3 and more): an index into the padding or past
+    the window is refused at any window row, and counted once however the rows are split between
+    tasks (on 2 threads and more this plane is cut into 16 row blocks, which the 4-row windows at
+    stride 3 straddle)."""
+    shape = (1, 1, 301, 110)  # 4x4 windows, stride 3, padding 2: P = 101, Q = 37
+    dy = np.ones((1, 1, 101, 37), dtype)
+    simdnn.set_num_threads(nt)
+    good = np.full(dy.shape, 10, np.uint8)  # row 2, column 2: inside every window
+    np.testing.assert_array_equal(
+        ops.max_pool2d_backward(dy, good, shape, 4, 3, 2),
+        reference.max_pool2d_backward(dy, good, shape, 4, 3, 2),
+    )
+    for p in range(101):
+        for q in [0, 1, 36]:
+            ih0, iw0 = 3 * p - 2, 3 * q - 2
+            into_padding = [
+                r * 4 + c
+                for r in range(4)
+                for c in range(4)
+                if not (0 <= ih0 + r < 301 and 0 <= iw0 + c < 110)
+            ]
+            for k in [*into_padding[:1], *into_padding[-1:], 16 + p]:
+                idx = good.copy()
+                idx[0, 0, p, q] = k
+                with pytest.raises(ValueError, match=f"1 of {dy.size} indices"):
+                    ops.max_pool2d_backward(dy, idx, shape, 4, 3, 2)
+
+
 def test_large_windows_use_int32_indices(isa, dtype, rng):
     shape = (1, 2, 20, 45)
     x = rng.standard_normal(shape).astype(dtype)
@@ -564,6 +594,9 @@ def test_windows_beyond_float_index_lanes(isa, dtype):
         ((3, 1, 130, 120), 2, None, 0),  # fewer planes than 8 per thread
         ((4, 9, 33, 35), 3, 1, 1),  # whole planes
         ((2, 3, 64, 50), 5, 3, 2),
+        # Column stride 3 (backward scattered): windows overlapping in rows and columns, one
+        # plane cut into row blocks whose windows reach across the cuts.
+        ((1, 1, 200, 301), (5, 4), 3, 2),
         ((8, 20, 24, 25), 2, None, 0),  # 2x2/s2 on short rows: ranges of rows across planes
         ((4, 6, 33, 32), 2, None, 0),  # 2x2/s2 on rows of whole vectors
     ],
