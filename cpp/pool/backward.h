@@ -298,6 +298,15 @@ int64_t s2k3_bwd_rows(const Geom& g, const typename Op::Plane& plane, const BwdT
 // then every window that reaches them adds its terms there (MaxBwd::scatter, AvgBwd::scatter):
 // still no atomics, and each dx element still sums its windows in one order, (p, q), whatever
 // the thread count and the split into row blocks.
+//
+// Max pooling is scattered as well wherever windows of more than 4 taps overlap (stride 1 or 2,
+// other than the 3x3/s2 path): the gather compares an index per tap that covers a dx element,
+// R * S / (sh * sw) of them, where the scatter costs one add per window. Same pool, 2 threads,
+// float32, 32x64x56x56 max backward, gathered -> scattered: 3x3/s1 p1 12.4-15.3 -> 9.4-9.7 ms,
+// 5x5/s1 p2 30.8-31.8 -> 9.7-10.4 ms, 4x4/s2 p1 12.5-12.9 -> 3.0-3.1 ms, 5x5/s2 p2 18.2-18.5 ->
+// 3.1-3.2 ms (PyTorch: 5.3, 6.1, 2.8, 2.7 ms); but 2x2/s1 on 8x64x112x112 5.7-7.0 -> 9.3-11.2 ms,
+// so 2x2 windows (4 taps) keep the gather. (Scattered, each window's add waits on the store of
+// the one before it when both chose the same input, as overlapping windows often do.)
 
 // Window position k -> (row r, column s) for windows of at most 256 taps (uint8 indices): a table
 // instead of a division per window.
@@ -376,7 +385,9 @@ int64_t bwd_planes(const Pool2d& pl, const typename Op::Plane& plane0, int64_t q
       });
     }
   }
-  if (g.sw > 2) {
+  // Max pooling is scattered too where windows of more than 4 taps overlap (Op::kScatterOverlap;
+  // scatter_rows says why).
+  if (g.sw > 2 || (Op::kScatterOverlap && g.r * g.s > 4 && g.r * g.s > g.sh * g.sw)) {
     const TapTable taps(g);
     return parallel_tasks(sp, [&](int64_t i, int64_t b) -> int64_t {
       return scatter_rows<V, Op>(g, plane0.at_offset(i * plane_out), taps, dx + i * g.h * g.w,

@@ -143,6 +143,8 @@ struct MaxBwd {
   using R = typename V::V;
   // The terms of all window rows go straight into one sum (no per-row divisor).
   static constexpr bool kDirect = true;
+  // Overlapping windows of more than 4 taps are scattered (one add per window), not gathered.
+  static constexpr bool kScatterOverlap = true;
   // The 3x3/s2 path (backward.h) takes uint8 indices only: 9 window positions always give them.
   static constexpr bool kS2k3 = std::is_same_v<I, uint8_t>;
   struct Plane {
@@ -202,9 +204,10 @@ struct MaxBwd {
     for (int s = 0; s < 3; ++s) t[s] = V::keep(d, m[s]);
     return V::count(V::mask_or(V::mask_or(m[0], m[1]), m[2]));
   }
-  // The scatter path (strides of 3 and more, backward.h): dy of each window of row p added at the
-  // tap its index names, where that tap lies in dx rows [ha, hb). An index out of range or into
-  // the padding is no match; a tap in another task's rows is matched there.
+  // The scatter path (backward.h: strides of 3 and more, and overlapping windows of more than 4
+  // taps): dy of each window of row p added at the tap its index names, where that tap lies in dx
+  // rows [ha, hb). An index out of range or into the padding is no match; a tap in another task's
+  // rows is matched there.
   int64_t scatter(const Geom& g, int64_t p, const TapTable& taps, T* dx, int64_t ha,
                   int64_t hb) const {
     const int64_t ih0 = p * g.sh - g.ph, positions = g.r * g.s;

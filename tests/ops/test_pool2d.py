@@ -516,33 +516,36 @@ def test_3x3_stride2_bad_indices_are_counted(isa, dtype):
 
 
 @pytest.mark.parametrize("nt", [1, 3])
-def test_stride3_bad_indices_are_counted_once(isa, dtype, threads, nt):
-    """The scattered backward (column strides of 3 and more): an index into the padding or past
-    the window is refused at any window row, and counted once however the rows are split between
-    tasks (on 2 threads and more this plane is cut into 16 row blocks, which the 4-row windows at
-    stride 3 straddle)."""
-    shape = (1, 1, 301, 110)  # 4x4 windows, stride 3, padding 2: P = 101, Q = 37
-    dy = np.ones((1, 1, 101, 37), dtype)
+@pytest.mark.parametrize(("k", "s", "p"), [(4, 3, 2), (5, 1, 2), (4, 2, 1)])
+def test_scattered_bad_indices_are_counted_once(isa, dtype, threads, nt, k, s, p):
+    """The scattered max backward (column strides of 3 and more; overlapping windows of more than
+    4 taps): an index into the padding or past the window is refused at any window row, and
+    counted once however the rows are split between tasks (on 2 threads and more this plane is
+    cut into 16 row blocks, which the windows straddle)."""
+    shape = (1, 1, 301, 110)
+    y_shape = ops.max_pool2d(np.zeros(shape, dtype), k, s, p)[0].shape
+    dy = np.ones(y_shape, dtype)
     simdnn.set_num_threads(nt)
-    good = np.full(dy.shape, 10, np.uint8)  # row 2, column 2: inside every window
+    center = p * k + p  # row p, column p: inside every window
+    good = np.full(dy.shape, center, np.uint8)
     np.testing.assert_array_equal(
-        ops.max_pool2d_backward(dy, good, shape, 4, 3, 2),
-        reference.max_pool2d_backward(dy, good, shape, 4, 3, 2),
+        ops.max_pool2d_backward(dy, good, shape, k, s, p),
+        reference.max_pool2d_backward(dy, good, shape, k, s, p),
     )
-    for p in range(101):
-        for q in [0, 1, 36]:
-            ih0, iw0 = 3 * p - 2, 3 * q - 2
+    for pi in range(y_shape[2]):
+        for qi in [0, 1, y_shape[3] - 1]:
+            ih0, iw0 = s * pi - p, s * qi - p
             into_padding = [
-                r * 4 + c
-                for r in range(4)
-                for c in range(4)
-                if not (0 <= ih0 + r < 301 and 0 <= iw0 + c < 110)
+                r * k + c
+                for r in range(k)
+                for c in range(k)
+                if not (0 <= ih0 + r < shape[2] and 0 <= iw0 + c < shape[3])
             ]
-            for k in [*into_padding[:1], *into_padding[-1:], 16 + p]:
+            for bad in [*into_padding[:1], *into_padding[-1:], k * k + pi % 200]:
                 idx = good.copy()
-                idx[0, 0, p, q] = k
+                idx[0, 0, pi, qi] = bad
                 with pytest.raises(ValueError, match=f"1 of {dy.size} indices"):
-                    ops.max_pool2d_backward(dy, idx, shape, 4, 3, 2)
+                    ops.max_pool2d_backward(dy, idx, shape, k, s, p)
 
 
 def test_large_windows_use_int32_indices(isa, dtype, rng):
@@ -597,6 +600,9 @@ def test_windows_beyond_float_index_lanes(isa, dtype):
         # Column stride 3 (backward scattered): windows overlapping in rows and columns, one
         # plane cut into row blocks whose windows reach across the cuts.
         ((1, 1, 200, 301), (5, 4), 3, 2),
+        # Max backward scattered at strides 1 and 2 (overlapping windows of more than 4 taps).
+        ((1, 1, 150, 97), 5, 1, 2),
+        ((2, 1, 120, 90), (4, 3), 2, 1),
         ((8, 20, 24, 25), 2, None, 0),  # 2x2/s2 on short rows: ranges of rows across planes
         ((4, 6, 33, 32), 2, None, 0),  # 2x2/s2 on rows of whole vectors
     ],
