@@ -9,7 +9,9 @@
 //   sw == 1   a plain vector load;
 //   sw == 2   a deinterleaving load of 2W contiguous inputs: the even lanes are tap s, the odd
 //             lanes tap s + 1 of the same W windows (no gathers: 2 loads + 2 permutes, 2 taps);
-//   otherwise (sw > 2) a strided gather for the whole clean blocks of max pooling, scalar windows
+//   sw == 3   a load of 3W contiguous inputs deinterleaved by 3: taps s, s + 1 and s + 2 of the
+//             same W windows (3 loads; on AVX2 2 blends and a permute per tap);
+//   otherwise (sw > 3) a strided gather for the whole clean blocks of max pooling, scalar windows
 //             for the rest and for average pooling (fwd_rows says why).
 // 2x2/s2 and 3x3/s2 windows (the ones CNNs use) get the tap loop unrolled at compile time.
 // Measured on a 64x64x32x32 float32 max pool 3x3/s2 padding 1 on one AVX-512 core: scalar edge
@@ -68,6 +70,30 @@ inline void fwd_row_taps(typename Op::State& st, const typename V::T* row, int64
       }
       if (pair) Op::next(st, o, k0 + s + 1);
     }
+  } else if (KSW == 3) {
+    // Tap triples (s, s + 1, s + 2) from one load of 3W elements, deinterleaved by 3; a last
+    // partial triple reads 3W - 1 or 3W - 2 of them, never past the last window's last tap.
+    for (int64_t s = 0; s < S; s += 3) {
+      const int taps = static_cast<int>(min64(3, S - s));
+      const int cnt = (kMode == kFull ? 3 * W : 3 * n) - (3 - taps);
+      const int64_t b = c0 + s;
+      R v[3];
+      if (kPad || (kMode == kFull && taps == 3)) {
+        V::load3(row + b, v[0], v[1], v[2]);
+      } else if (kMode != kEdge) {
+        V::load3n(row + b, cnt, v[0], v[1], v[2]);
+      } else {
+        V::load3r(shifted(row, b), clamp_int(-b, 0, cnt), clamp_int(g.w - b, 0, cnt), Op::fill(),
+                  v[0], v[1], v[2]);
+      }
+      for (int t = 0; t < taps; ++t) {
+        if (kFirst && s == 0 && t == 0) {
+          Op::first(st, v[0], k0);
+        } else {
+          Op::next(st, v[t], k0 + s + t);
+        }
+      }
+    }
   } else {
     for (int64_t s = 0; s < S; ++s) {
       const int64_t b = c0 + s;
@@ -125,7 +151,8 @@ struct PadRows {
 template <typename T>
 PadRows pad_rows_geometry(const Geom& g, int w_lanes) {
   PadRows pr;
-  pr.ld = round_up((g.q - 1) * g.sw + g.s + 2 * w_lanes, 16);  // a 2W load from the last block
+  // A 2W-element load (3W at column stride 3) from the last block.
+  pr.ld = round_up((g.q - 1) * g.sw + g.s + (g.sw == 3 ? 3 : 2) * w_lanes, 16);
   pr.chunk = max64(g.r, (int64_t(24) << 10) / (pr.ld * static_cast<int64_t>(sizeof(T))));
   return pr;
 }
@@ -151,14 +178,36 @@ void pad_row(const typename V::T* row, const Geom& g, int64_t ld, typename V::T 
   for (; k < ld; ++k) dst[k] = fill;
 }
 
+// Whether the partial last block of [va, vb) runs as the full block of the last W windows
+// instead (overlapping the block before it): W windows, all inside the input columns. Its loads
+// then are plain loads from x, without the copies or masked loads that a partial block needs.
+// One AMD EPYC Zen 3 core (AVX2, W = 8), 64x64x32x32 float32, copied -> overlapped, max |
+// average: 3x3/s3 (Q = 10) 3.2-3.6 -> 1.9-2.5 | 2.7-2.8 -> 1.3-2.3 ms; 5x5/s3 6.5-6.8 -> 5.3-5.9
+// | 4.1-5.0 -> 2.7-3.0 ms; 4x4/s2 (Q = 15) 6.1-8.4 -> 4.2-4.3 | 3.5-3.8 -> 2.5-2.7 ms; 3x3/s1
+// (Q = 30) 9.2-9.3 -> 7.9 | 5.7 -> 4.6 ms; 2x2/s1 6.4-6.5 -> 4.8 | 4.5-4.7 -> 3.4-3.5 ms; 5x5/s1
+// 20.7-21.0 -> 18.9-19.1 | 9.4-10.1 -> 8.4-8.5 ms.
+template <int W>
+inline bool tail_overlaps(const Geom& g, int64_t va, int64_t vb) {
+  return (vb - va) % W != 0 && vb - W >= va && vb - W >= g.qi_lo && vb <= g.qi_hi;
+}
+
 // The vector blocks [va, vb) of output row p; row0 is the first in-bounds window row, ld the row
 // stride (padded copies when kPad).
 template <class V, class Op, int KS, int KSW, bool kPad>
 void fwd_row_blocks(const Geom& g, const RowCtx<typename V::T>& c, const typename V::T* row0,
                     int64_t ld, const typename Op::Out& out, int64_t off, int64_t va, int64_t vb) {
   constexpr int W = V::W;
-  for (int64_t q0 = va; q0 < vb; q0 += W) {
-    const int n = static_cast<int>(min64(W, vb - q0));
+  const bool overlap = tail_overlaps<W>(g, va, vb);
+  for (int64_t b = va; b < vb; b += W) {
+    int n = static_cast<int>(min64(W, vb - b));
+    int64_t q0 = b;
+    if (n < W && overlap) {
+      // The last W windows instead: W - n of them again (the same values, lane by lane), and
+      // plain loads. (One call site per block kind: a separate kFull call for this case made GCC
+      // stop inlining MaxOp::store into the row loops, 3x3/s1 max 9.4 -> 11.2 ms.)
+      q0 = vb - W;
+      n = W;
+    }
     if (q0 < g.qi_lo || q0 + n > g.qi_hi) {
       fwd_block<V, Op, KS, KSW, kEdge, kPad>(g, c, row0, ld, out, off, q0, n);
     } else if (n == W) {
@@ -170,17 +219,19 @@ void fwd_row_blocks(const Geom& g, const RowCtx<typename V::T>& c, const typenam
 }
 
 // Output rows [pa, pb) of one plane. KS: window width when fixed at compile time (0: g.s); KSW:
-// 1, 2, or 0 for any stride (gathers). vec: whether the vector path may be used at all. pad:
+// 1, 2, 3, or 0 for any stride (gathers). vec: whether the vector path may be used at all. pad:
 // scratch for pad_rows_geometry's chunk of padded rows, or null (gathers, scalar windows).
 template <class V, class Op, int KS, int KSW>
 void fwd_rows(const Geom& g, bool include_pad, bool vec, const ColTables<typename V::T>& tab,
               const typename V::T* x, const typename Op::Out& out, int64_t pa, int64_t pb,
               typename V::T* pad) {
   using T = typename V::T;
-  // Vector blocks cover [va, vb): every column when edge blocks can be vectorised (sw 1 or 2);
-  // otherwise (sw > 2, gathers) the whole blocks of W interior windows for max pooling and none
+  // Vector blocks cover [va, vb): every column when edge blocks can be vectorised (sw 1 to 3);
+  // otherwise (sw > 3, gathers) the whole blocks of W interior windows for max pooling and none
   // for average pooling; the rest are scalar windows. Gathers against scalar windows, one AMD EPYC
-  // Zen 3 core, float32 kernel = stride, 64x64x32x32 3x3 | 32x512x7x7 7x7 | 64x64x32x32 4x4:
+  // Zen 3 core, float32 kernel = stride, 64x64x32x32 3x3 | 32x512x7x7 7x7 | 64x64x32x32 4x4
+  // (measured before stride 3 had its deinterleaving loads, which took 3x3/s3 to 1.9-2.5 ms max
+  // and 1.3-2.3 ms average):
   //  - average: 6.6-6.8 | 3.9-4.2 | 3.6-6.9 ms gathered, 3.4-4.3 | 0.85-1.2 | 3.1 ms scalar;
   //  - max, partial blocks (Q = 10: 8 + 2, Q = 1): 5.1-5.8 | 3.5-3.6 ms gathered, 4.6 | 2.1-2.8
   //    ms scalar; every window scalar (a branch per tap) took 14-15 | 2.1-2.5 | 13 ms.
@@ -192,11 +243,13 @@ void fwd_rows(const Geom& g, bool include_pad, bool vec, const ColTables<typenam
     va = g.qi_lo;
     vb = g.qi_lo + round_down(g.qi_hi - g.qi_lo, V::W);
   }
-  // Only rows with an edge or a partial block go through the copies: where every block is full
-  // and inside, plain loads from x are already what the copies would give, and the copies cost
+  // Only rows with an edge block, or a partial block that cannot overlap the one before it
+  // (tail_overlaps), go through the copies: where every block is full and inside, plain loads
+  // from x are already what the copies would give, and the copies cost
   // (64x64x33x33 3x3/s2: 1.04 ms direct, 1.9 ms copied, one core).
-  const bool padded = KSW != 0 && vec && pad != nullptr && va < vb &&
-                      (g.qi_lo > va || g.qi_hi < vb || (vb - va) % V::W != 0);
+  const bool padded =
+      KSW != 0 && vec && pad != nullptr && va < vb &&
+      (g.qi_lo > va || g.qi_hi < vb || ((vb - va) % V::W != 0 && !tail_overlaps<V::W>(g, va, vb)));
   const PadRows pr = pad_rows_geometry<T>(g, V::W);
   // Padded input rows [pad_lo, pad_hi) are in the scratch, row i at pad + (i - pad_lo) * ld.
   int64_t pad_lo = 0, pad_hi = 0;
@@ -423,7 +476,11 @@ void fwd_planes(const Pool2d& pl, bool include_pad, const typename V::T* x, void
   // row shorter than 2^31 elements implies).
   const bool vec = (!Op::kIndex || index_fits_lanes<T>(g.r * g.s)) && g.w < (int64_t(1) << 31);
   auto rows = fwd_rows<V, Op, 0, 0>;
-  if (g.sw == 2 && g.s == 2) {
+  if (g.sw == 3 && g.s == 3) {
+    rows = fwd_rows<V, Op, 3, 3>;
+  } else if (g.sw == 3) {
+    rows = fwd_rows<V, Op, 0, 3>;
+  } else if (g.sw == 2 && g.s == 2) {
     rows = fwd_rows<V, Op, 2, 2>;
   } else if (g.sw == 2 && g.s == 3) {
     rows = fwd_rows<V, Op, 3, 2>;
@@ -462,10 +519,10 @@ void fwd_planes(const Pool2d& pl, bool include_pad, const typename V::T* x, void
       return;
     }
   }
-  // Padded rows (R of them) for the vector paths of strides 1 and 2, in the task's thread's
+  // Padded rows (R of them) for the vector paths of strides 1 to 3, in the task's thread's
   // scratch (pack_aux: op_scratch holds the calling thread's column tables). Windows over 64 rows
   // keep the ranged loads instead of a large buffer.
-  const bool pad_ok = vec && (g.sw == 1 || g.sw == 2) && g.r <= 64;
+  const bool pad_ok = vec && g.sw <= 3 && g.r <= 64;
   const size_t pad_bytes = pad_ok ? static_cast<size_t>(pad_rows_geometry<T>(g, V::W).chunk *
                                                         pad_rows_geometry<T>(g, V::W).ld) *
                                         sizeof(T)

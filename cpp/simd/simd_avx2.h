@@ -113,6 +113,38 @@ struct F32 {
     even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
     odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), _MM_SHUFFLE(3, 1, 2, 0)));
   }
+  // Deinterleave 3W contiguous elements by 3: v0 = p[0], p[3], ..., v1 = p[1], p[4], ..., v2 =
+  // p[2], p[5], ... (the taps s, s + 1, s + 2 of W windows at column stride 3). load3n reads only
+  // the first n <= 3W elements (the rest are 0), load3r only elements [lo, hi) (the rest `fill`).
+  static void load3(const T* p, V& v0, V& v1, V& v2) {
+    deinterleave3(load(p), load(p + W), load(p + 2 * W), v0, v1, v2);
+  }
+  static void load3n(const T* p, int n, V& v0, V& v1, V& v2) {
+    deinterleave3(loadn(p, part(n, 0)), loadn(p + W, part(n, 1)), loadn(p + 2 * W, part(n, 2)), v0,
+                  v1, v2);
+  }
+  static void load3r(const T* p, int lo, int hi, T fill, V& v0, V& v1, V& v2) {
+    deinterleave3(loadr(p, lo, hi, fill), loadr(p + W, lo - W, hi - W, fill),
+                  loadr(p + 2 * W, lo - 2 * W, hi - 2 * W, fill), v0, v1, v2);
+  }
+  // How many of the first n elements fall in vector k (0..W).
+  static int part(int n, int k) {
+    const int m = n - k * W;
+    return m < 0 ? 0 : (m > W ? W : m);
+  }
+  static void deinterleave3(V a, V b, V c, V& v0, V& v1, V& v2) {
+    // Element 3j + t (j < 8) sits in lane (3j + t) % 8 of a, b or c, and those lanes differ for
+    // the 8 values of j (3 and 8 are coprime): two blends gather them into one vector, and one
+    // vpermps (index 3j + t, of which it reads the low 3 bits) puts them in order.
+    // t = 0: b gives lanes 1 4 7, c lanes 2 5; t = 1: b 2 5, c 0 3 6; t = 2: b 0 3 6, c 1 4 7.
+    const __m256i i0 = _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21);
+    const __m256i one = _mm256_set1_epi32(1);
+    v0 = _mm256_permutevar8x32_ps(_mm256_blend_ps(_mm256_blend_ps(a, b, 0x92), c, 0x24), i0);
+    v1 = _mm256_permutevar8x32_ps(_mm256_blend_ps(_mm256_blend_ps(a, b, 0x24), c, 0x49),
+                                  _mm256_add_epi32(i0, one));
+    v2 = _mm256_permutevar8x32_ps(_mm256_blend_ps(_mm256_blend_ps(a, b, 0x49), c, 0x92),
+                                  _mm256_add_epi32(i0, _mm256_add_epi32(one, one)));
+  }
   // Interleave and store 2W contiguous elements p[2i] = even[i], p[2i+1] = odd[i] (first n only).
   static void store2(T* p, V even, V odd) {
     V lo, hi;
@@ -288,6 +320,36 @@ struct F64 {
     // unpack gives 0 4 | 2 6 and 1 5 | 3 7; a 64-bit permute puts them in order.
     even = _mm256_permute4x64_pd(_mm256_unpacklo_pd(a, b), _MM_SHUFFLE(3, 1, 2, 0));
     odd = _mm256_permute4x64_pd(_mm256_unpackhi_pd(a, b), _MM_SHUFFLE(3, 1, 2, 0));
+  }
+  // Deinterleave 3W contiguous elements by 3: v0 = p[0], p[3], ..., v1 = p[1], p[4], ..., v2 =
+  // p[2], p[5], ... (the taps s, s + 1, s + 2 of W windows at column stride 3). load3n reads only
+  // the first n <= 3W elements (the rest are 0), load3r only elements [lo, hi) (the rest `fill`).
+  static void load3(const T* p, V& v0, V& v1, V& v2) {
+    deinterleave3(load(p), load(p + W), load(p + 2 * W), v0, v1, v2);
+  }
+  static void load3n(const T* p, int n, V& v0, V& v1, V& v2) {
+    deinterleave3(loadn(p, part(n, 0)), loadn(p + W, part(n, 1)), loadn(p + 2 * W, part(n, 2)), v0,
+                  v1, v2);
+  }
+  static void load3r(const T* p, int lo, int hi, T fill, V& v0, V& v1, V& v2) {
+    deinterleave3(loadr(p, lo, hi, fill), loadr(p + W, lo - W, hi - W, fill),
+                  loadr(p + 2 * W, lo - 2 * W, hi - 2 * W, fill), v0, v1, v2);
+  }
+  // How many of the first n elements fall in vector k (0..W).
+  static int part(int n, int k) {
+    const int m = n - k * W;
+    return m < 0 ? 0 : (m > W ? W : m);
+  }
+  static void deinterleave3(V a, V b, V c, V& v0, V& v1, V& v2) {
+    // As F32's with 4 lanes: element 3j + t sits in lane (3j + t) % 4 of a, b or c. t = 0: b gives
+    // lane 2, c lane 1, order 0 3 2 1; t = 1: b 0 3, c 2, order 1 0 3 2; t = 2: b 1, c 0 3, order
+    // 2 1 0 3.
+    v0 = _mm256_permute4x64_pd(_mm256_blend_pd(_mm256_blend_pd(a, b, 0x4), c, 0x2),
+                               _MM_SHUFFLE(1, 2, 3, 0));
+    v1 = _mm256_permute4x64_pd(_mm256_blend_pd(_mm256_blend_pd(a, b, 0x9), c, 0x4),
+                               _MM_SHUFFLE(2, 3, 0, 1));
+    v2 = _mm256_permute4x64_pd(_mm256_blend_pd(_mm256_blend_pd(a, b, 0x2), c, 0x9),
+                               _MM_SHUFFLE(3, 0, 1, 2));
   }
   static void store2(T* p, V even, V odd) {
     V lo, hi;

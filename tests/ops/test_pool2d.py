@@ -63,7 +63,8 @@ EDGE_CASES: list[Case] = [
     ((1, 1, 41, 71), 2, 2, 1),
     ((1, 1, 30, 67), 3, 2, 0),
     ((1, 1, 20, 100), 3, 1, 1),
-    ((1, 1, 12, 50), 4, 3, 2),  # stride 3: gathers
+    ((1, 1, 12, 50), 4, 3, 2),  # stride 3: a whole and a partial tap triple
+    ((1, 1, 150, 52), 3, 3, 1),  # stride 3, taller than one chunk of padded rows
     ((1, 1, 9, 40), (2, 5), (3, 4), (1, 2)),
     ((1, 1, 10, 37), (3, 4), None, (1, 2)),  # stride > kernel in neither; = kernel
     ((1, 1, 13, 45), (2, 2), (3, 3), 1),  # stride > kernel: gaps no window covers
@@ -497,6 +498,49 @@ def test_3x3_stride2_paths(isa, dtype, rng, h, w, padding, values):
                 reference.avg_pool2d_backward(dy, shape, 3, 2, padding, cip),
                 **tol(dtype),
             )
+
+
+# Rows for the column-blocked forward at strides 1-3: Q from 1 to beyond 2 vectors of every ISA,
+# so that full, partial and edge blocks meet; a partial last block whose W windows lie inside
+# the input runs as an overlapping full block, every other one through padded copies.
+VECTOR_STRIDE_WIDTHS = (1, 2, 5, 8, 13, 23, 24, 25, 47, 48, 49, 50, 73, 97, 100, 146)
+
+
+@pytest.mark.usefixtures("quiet_numpy")
+@pytest.mark.parametrize("values", ["normal", "ties", "nonfinite", "neginf"])
+@pytest.mark.parametrize("sw", [1, 2, 3])
+def test_column_strides_1_to_3_match_the_twin_exactly(isa, dtype, rng, sw, values):
+    # Windows 1-7 wide (stride 3: whole and partial tap triples), every padding up to half the
+    # window, and three row geometries: the same bits and indices as the twin, NaN, -inf and ties
+    # included.
+    for ks in range(1, 8):
+        for pw in range(ks // 2 + 1):
+            for w in VECTOR_STRIDE_WIDTHS:
+                if w + 2 * pw < ks:
+                    continue
+                for kr, sh, ph in ((3, 3, 1), (2, 1, 0)):
+                    shape = (2, 1, 5, w)
+                    if values == "nonfinite":
+                        x = sprinkle(rng, shape, dtype, 0.05)
+                    elif values == "neginf":
+                        x = np.full(shape, -np.inf, dtype)
+                        x.flat[rng.choice(x.size, max(1, x.size // 20), replace=False)] = 1.0
+                    else:
+                        x = rng.standard_normal(shape).astype(dtype)
+                        if values == "ties":
+                            x = np.round(x)
+                    args = ((kr, ks), (sh, sw), (ph, pw))
+                    y, idx = ops.max_pool2d(x, *args)
+                    y_ref, idx_ref = reference.max_pool2d(x, *args)
+                    np.testing.assert_array_equal(y, y_ref, err_msg=str((shape, args)))
+                    np.testing.assert_array_equal(idx, idx_ref, err_msg=str((shape, args)))
+                    if values == "normal":
+                        for cip in (True, False):
+                            np.testing.assert_array_equal(
+                                ops.avg_pool2d(x, *args, cip),
+                                reference.avg_pool2d(x, *args, cip),
+                                err_msg=str((shape, args, cip)),
+                            )
 
 
 def test_3x3_stride2_bad_indices_are_counted(isa, dtype):

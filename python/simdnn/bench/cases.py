@@ -282,31 +282,33 @@ def conv_cases() -> list[Case]:
 # Pooling
 
 
-def _pool_case(op: str, backward: bool, k: int, padding: int, shape: tuple[int, ...]) -> Case:
-    """One pooling row: op "max" or "avg", a k x k window with stride 2, float32 byte counts.
+def _pool_case(
+    op: str, backward: bool, k: int, stride: int, padding: int, shape: tuple[int, ...]
+) -> Case:
+    """One pooling row: op "max" or "avg", a k x k window, float32 byte counts.
 
     Float64 rows scale every byte by 2, the uint8 indices included, which overstates their rate
     by about 2%.
     """
     n, c, h, w = shape
-    p = conv_out_size(h, k, 2, padding)
-    q = conv_out_size(w, k, 2, padding)
+    p = conv_out_size(h, k, stride, padding)
+    q = conv_out_size(w, k, stride, padding)
     x_elems, y_elems = n * c * h * w, n * c * p * q
     idx_bytes = y_elems * (1 if k * k <= 256 else 4)
-    window = f"{k}x{k}/s2" + (f" p{padding}" if padding else "")
+    window = f"{k}x{k}/s{stride}" + (f" p{padding}" if padding else "")
     name = f"{window} {'x'.join(map(str, shape))}"
 
     def torch_pool_fwd(args: Args) -> tuple[Callable[..., Any], Args]:
         f = _torch().nn.functional
         x = _t(args[0])
         if op == "max":
-            return (lambda t: f.max_pool2d(t, k, 2, padding, return_indices=True)), (x,)
-        return (lambda t: f.avg_pool2d(t, k, 2, padding)), (x,)
+            return (lambda t: f.max_pool2d(t, k, stride, padding, return_indices=True)), (x,)
+        return (lambda t: f.avg_pool2d(t, k, stride, padding)), (x,)
 
     if not backward:
 
         def make(rng: np.random.Generator, dtype: np.dtype) -> Args:
-            return (rng.standard_normal(shape).astype(dtype), k, 2, padding)
+            return (rng.standard_normal(shape).astype(dtype), k, stride, padding)
 
         native = ops.max_pool2d if op == "max" else ops.avg_pool2d
         twin = reference.max_pool2d if op == "max" else reference.avg_pool2d
@@ -328,18 +330,18 @@ def _pool_case(op: str, backward: bool, k: int, padding: int, shape: tuple[int, 
 
         def make_max(rng: np.random.Generator, dtype: np.dtype) -> Args:
             x = rng.standard_normal(shape).astype(dtype)
-            _, idx = ops.max_pool2d(x, k, 2, padding)
+            _, idx = ops.max_pool2d(x, k, stride, padding)
             dy = rng.standard_normal(idx.shape).astype(dtype)
-            return (dy, idx, shape, k, 2, padding, x)
+            return (dy, idx, shape, k, stride, padding, x)
 
         def torch_max_bwd(args: Args) -> tuple[Callable[..., Any], Args]:
             torch = _torch()
             dy, x = _t(args[0]), _t(args[6])
-            _, t_idx = torch.nn.functional.max_pool2d(x, k, 2, padding, return_indices=True)
+            _, t_idx = torch.nn.functional.max_pool2d(x, k, stride, padding, return_indices=True)
             back = torch.ops.aten.max_pool2d_with_indices_backward
 
             def fn(g: Any, xt: Any, it: Any) -> Any:
-                return back(g, xt, [k, k], [2, 2], [padding, padding], [1, 1], False, it)
+                return back(g, xt, [k, k], [stride, stride], [padding, padding], [1, 1], False, it)
 
             return fn, (dy, x, t_idx)
 
@@ -359,14 +361,14 @@ def _pool_case(op: str, backward: bool, k: int, padding: int, shape: tuple[int, 
 
     def make_avg(rng: np.random.Generator, dtype: np.dtype) -> Args:
         dy = rng.standard_normal((n, c, p, q)).astype(dtype)
-        return (dy, shape, k, 2, padding, np.zeros(shape, dtype))
+        return (dy, shape, k, stride, padding, np.zeros(shape, dtype))
 
     def torch_avg_bwd(args: Args) -> tuple[Callable[..., Any], Args]:
         back = _torch().ops.aten.avg_pool2d_backward
         dy, x = _t(args[0]), _t(args[5])
 
         def fn(g: Any, xt: Any) -> Any:
-            return back(g, xt, [k, k], [2, 2], [padding, padding], False, True, None)
+            return back(g, xt, [k, k], [stride, stride], [padding, padding], False, True, None)
 
         return fn, (dy, x)
 
@@ -383,15 +385,17 @@ def _pool_case(op: str, backward: bool, k: int, padding: int, shape: tuple[int, 
 
 
 def pool_cases() -> list[Case]:
-    """Max and average pooling of a ConvNet's feature maps (batch 64, 64 channels, 32 x 32), the
-    2x2/s2 and 3x3/s2 padding 1 windows, forward and backward. Memory-bound: rated in GB/s of x,
-    y (and indices) moved."""
+    """Max and average pooling of a ConvNet's feature maps (batch 64, 64 channels, 32 x 32), forward
+    and backward: the 2x2/s2 and 3x3/s2 padding 1 windows, and 3x3/s3, the stride PyTorch's
+    ``MaxPool2d(3)`` defaults to (its windows tile the map without overlap, and a column stride of
+    3 takes other kernel paths than 1 and 2). Memory-bound: rated in GB/s of x, y (and indices)
+    moved."""
     shape = (64, 64, 32, 32)
     return [
-        _pool_case(op, backward, k, padding, shape)
+        _pool_case(op, backward, k, stride, padding, shape)
         for op in ("max", "avg")
         for backward in (False, True)
-        for k, padding in ((2, 0), (3, 1))
+        for k, stride, padding in ((2, 2, 0), (3, 2, 1), (3, 3, 0))
     ]
 
 
