@@ -82,8 +82,9 @@ struct AvgBwd {
   using T = typename V::T;
   using R = typename V::V;
   static constexpr bool kDirect = false;
-  // Gathered wherever sw <= 2: every tap adds a term, so a scatter saves no compares.
+  // Gathered wherever sw <= 3: every tap adds a term, so a scatter saves no compares.
   static constexpr bool kScatterOverlap = false;
+  static constexpr bool kGatherStride3 = true;
   static constexpr bool kS2k3 = true;
   struct Plane {
     const T* dy;

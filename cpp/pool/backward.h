@@ -8,20 +8,22 @@
 // run of p (ceil(R / sh) at most), those containing a column a short run of q; with sw == 2 the
 // even and odd input columns each see a fixed set of taps whose q run is contiguous, so dy and the
 // indices are read with plain vector loads at a shifted q and the two halves are interleaved on
-// store. When stride >= kernel (windows do not overlap, e.g. 2x2/s2) each dx element gets at most
-// one term and each row at most one window row: dx is written in one pass, pixels outside every
-// window get 0. Overlapping windows (3x3/s2) add their 2-4 terms in registers (columns) and into
-// the dx row just written, still in L1 (rows), plane by plane. Max pooling counts the indices
-// that matched a position as it goes: every valid index matches exactly once, so the bad ones
-// (out of range, or in the padding) are the rest, without a separate validation pass.
-// Column strides of 3 and more are the exception: no vector load reaches their windows' taps of
-// a dx column, so they are scattered instead (scatter_rows, below), still without atomics.
+// store (sw == 3: three phases, interleaved by 3). When stride >= kernel (windows do not overlap,
+// e.g. 2x2/s2) each dx element gets at most one term and each row at most one window row: dx is
+// written in one pass, pixels outside every window get 0. Overlapping windows (3x3/s2) add their
+// 2-4 terms in registers (columns) and into the dx row just written, still in L1 (rows), plane by
+// plane. Max pooling counts the indices that matched a position as it goes: every valid index
+// matches exactly once, so the bad ones (out of range, or in the padding) are the rest, without a
+// separate validation pass. The exceptions are scattered instead (scatter_rows, below), still
+// without atomics: column strides of 4 and more, whose taps of a dx column no vector load reaches;
+// max pooling at column stride 3; and max pooling's overlapping windows of more than 4 taps.
 #pragma once
 
 #include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "common/int_math.h"
 #include "common/parallel.h"
@@ -114,6 +116,50 @@ inline int64_t bwd_block(const typename Op::Plane& plane, const Geom& g, const W
     } else {
       V::store2n(dxr + iw0, even, odd, cnt);
     }
+  } else if (KSW == 3) {
+    // Column iw0 + 3j + t (iw0 a multiple of 3) takes tap s = 3m + k where t = (k - pw) mod 3,
+    // from window q = iw0 / 3 + j - m + (t + pw - k) / 3: per tap, one phase and a contiguous run
+    // of q. The sums are kept per k (u[k], k known at compile time, in registers) and rotated
+    // into phases on store.
+    const int rot = static_cast<int>(g.pw % 3);
+    int ph[3], nk[3];
+    int64_t qk[3];
+    for (int k = 0; k < 3; ++k) {
+      ph[k] = (k - rot + 3) % 3;
+      qk[k] = iw0 / 3 + (ph[k] + g.pw - k) / 3;
+      nk[k] = kMode == kFull ? W : (cnt - ph[k] + 2) / 3;
+    }
+    R u[3] = {V::zero(), V::zero(), V::zero()};
+    wr.for_each(g, [&](int64_t p, int64_t r) {
+      const Op op = Op::at(plane, g, p);
+      R e[3] = {V::zero(), V::zero(), V::zero()};
+      const auto tap = [&](auto kc, int64_t s0) {
+        constexpr int k = decltype(kc)::value;
+        if (s0 + k < S && nk[k] > 0) {
+          found += bwd_add<V, Op, kMode>(op, Op::kDirect ? u[k] : e[k], g, qk[k] - s0 / 3,
+                                         r * S + s0 + k, nk[k]);
+        }
+      };
+      for (int64_t s0 = 0; s0 < S; s0 += 3) {
+        tap(std::integral_constant<int, 0>(), s0);
+        tap(std::integral_constant<int, 1>(), s0);
+        tap(std::integral_constant<int, 2>(), s0);
+      }
+      if (!Op::kDirect) {
+        u[0] = V::add(u[0], op.template finish<kMode>(e[0]));
+        u[1] = V::add(u[1], op.template finish<kMode>(e[1]));
+        u[2] = V::add(u[2], op.template finish<kMode>(e[2]));
+      }
+    });
+    // Phase t holds u[(t + rot) % 3].
+    const R v0 = rot == 0 ? u[0] : (rot == 1 ? u[1] : u[2]);
+    const R v1 = rot == 0 ? u[1] : (rot == 1 ? u[2] : u[0]);
+    const R v2 = rot == 0 ? u[2] : (rot == 1 ? u[0] : u[1]);
+    if (kMode == kFull) {
+      store3<V>(dxr + iw0, v0, v1, v2);
+    } else {
+      store3n<V>(dxr + iw0, v0, v1, v2, cnt);
+    }
   } else {
     wr.for_each(g, [&](int64_t p, int64_t r) {
       const Op op = Op::at(plane, g, p);
@@ -146,8 +192,8 @@ template <class V, class Op, int KS, int KSW>
 int64_t bwd_rows(const Geom& g, const typename Op::Plane& plane, int64_t iv_lo, int64_t iv_hi,
                  typename V::T* dx, int64_t ha, int64_t hb) {
   using T = typename V::T;
-  static_assert(KSW == 1 || KSW == 2, "strides of 3 and more are scattered (scatter_rows)");
-  constexpr int64_t kStep = KSW == 2 ? 2 * V::W : V::W;
+  static_assert(KSW >= 1 && KSW <= 3, "strides of 4 and more are scattered (scatter_rows)");
+  constexpr int64_t kStep = KSW * V::W;
   int64_t matches = 0;
   WindowRows wr(g, ha);
   for (int64_t ih = ha; ih < hb; ++ih, wr.next_row(g)) {
@@ -299,6 +345,13 @@ int64_t s2k3_bwd_rows(const Geom& g, const typename Op::Plane& plane, const BwdT
 // still no atomics, and each dx element still sums its windows in one order, (p, q), whatever
 // the thread count and the split into row blocks.
 //
+// Average pooling at column stride 3 is gathered again since bwd_block reads its three phases
+// with plain loads (Op::kGatherStride3), max pooling is not: one Zen 3 core, float32, scattered
+// -> gathered, max | average: 64x64x32x32 3x3/s3 2.1-2.2 -> 8.1-8.2 | 6.2-6.3 -> 4.5 ms;
+// 64x64x33x33 3x3/s3 p1 2.8-3.3 -> 9.2-9.3 | 7.5-8.0 -> 5.5-5.6 ms; 16x64x56x56 5x5/s3 p2 1.7-1.9
+// -> 1.7-1.9 | 6.9-7.2 -> 4.5-4.7 ms; 64x64x32x32 2x2/s3 2.5 -> 5.0 | 5.4-5.6 -> 3.1 ms. (The max
+// gather compares an index per tap; its scatter adds one term per window.)
+//
 // Max pooling is scattered as well wherever windows of more than 4 taps overlap (stride 1 or 2,
 // other than the 3x3/s2 path): the gather compares an index per tap that covers a dx element,
 // R * S / (sh * sw) of them, where the scatter costs one add per window. Same pool, 2 threads,
@@ -351,7 +404,7 @@ int64_t scatter_rows(const Geom& g, const typename Op::Plane& plane, const TapTa
 }
 
 // All planes of a backward pass; returns the index matches. Picks the unrolled 2x2/s2 and 3x3/s2
-// bodies, then the generic ones by stride (sw > 2: scattered).
+// bodies, then the generic ones by stride (scattered: see scatter_rows).
 template <class V, class Op>
 int64_t bwd_planes(const Pool2d& pl, const typename Op::Plane& plane0, int64_t qv_lo, int64_t qv_hi,
                    typename V::T* dx) {
@@ -387,7 +440,8 @@ int64_t bwd_planes(const Pool2d& pl, const typename Op::Plane& plane0, int64_t q
   }
   // Max pooling is scattered too where windows of more than 4 taps overlap (Op::kScatterOverlap;
   // scatter_rows says why).
-  if (g.sw > 2 || (Op::kScatterOverlap && g.r * g.s > 4 && g.r * g.s > g.sh * g.sw)) {
+  if (g.sw > 3 || (g.sw == 3 && !Op::kGatherStride3) ||
+      (Op::kScatterOverlap && g.r * g.s > 4 && g.r * g.s > g.sh * g.sw)) {
     const TapTable taps(g);
     return parallel_tasks(sp, [&](int64_t i, int64_t b) -> int64_t {
       return scatter_rows<V, Op>(g, plane0.at_offset(i * plane_out), taps, dx + i * g.h * g.w,
@@ -404,6 +458,10 @@ int64_t bwd_planes(const Pool2d& pl, const typename Op::Plane& plane0, int64_t q
     rows = bwd_rows<V, Op, 3, 2>;
   } else if (g.sw == 2) {
     rows = bwd_rows<V, Op, 0, 2>;
+  } else if (g.sw == 3 && g.s == 3) {
+    rows = bwd_rows<V, Op, 3, 3>;
+  } else if (g.sw == 3) {
+    rows = bwd_rows<V, Op, 0, 3>;
   }
   return parallel_tasks(sp, [&](int64_t i, int64_t b) -> int64_t {
     return rows(g, plane0.at_offset(i * plane_out), iv_lo, iv_hi, dx + i * g.h * g.w,

@@ -79,11 +79,11 @@ inline void fwd_row_taps(typename Op::State& st, const typename V::T* row, int64
       const int64_t b = c0 + s;
       R v[3];
       if (kPad || (kMode == kFull && taps == 3)) {
-        V::load3(row + b, v[0], v[1], v[2]);
+        load3<V>(row + b, v[0], v[1], v[2]);
       } else if (kMode != kEdge) {
-        V::load3n(row + b, cnt, v[0], v[1], v[2]);
+        load3n<V>(row + b, cnt, v[0], v[1], v[2]);
       } else {
-        V::load3r(shifted(row, b), clamp_int(-b, 0, cnt), clamp_int(g.w - b, 0, cnt), Op::fill(),
+        load3r<V>(shifted(row, b), clamp_int(-b, 0, cnt), clamp_int(g.w - b, 0, cnt), Op::fill(),
                   v[0], v[1], v[2]);
       }
       for (int t = 0; t < taps; ++t) {

@@ -145,6 +145,8 @@ struct MaxBwd {
   static constexpr bool kDirect = true;
   // Overlapping windows of more than 4 taps are scattered (one add per window), not gathered.
   static constexpr bool kScatterOverlap = true;
+  // Column stride 3 scattered as well (backward.h says why).
+  static constexpr bool kGatherStride3 = false;
   // The 3x3/s2 path (backward.h) takes uint8 indices only: 9 window positions always give them.
   static constexpr bool kS2k3 = std::is_same_v<I, uint8_t>;
   struct Plane {

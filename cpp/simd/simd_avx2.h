@@ -113,25 +113,7 @@ struct F32 {
     even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
     odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), _MM_SHUFFLE(3, 1, 2, 0)));
   }
-  // Deinterleave 3W contiguous elements by 3: v0 = p[0], p[3], ..., v1 = p[1], p[4], ..., v2 =
-  // p[2], p[5], ... (the taps s, s + 1, s + 2 of W windows at column stride 3). load3n reads only
-  // the first n <= 3W elements (the rest are 0), load3r only elements [lo, hi) (the rest `fill`).
-  static void load3(const T* p, V& v0, V& v1, V& v2) {
-    deinterleave3(load(p), load(p + W), load(p + 2 * W), v0, v1, v2);
-  }
-  static void load3n(const T* p, int n, V& v0, V& v1, V& v2) {
-    deinterleave3(loadn(p, part(n, 0)), loadn(p + W, part(n, 1)), loadn(p + 2 * W, part(n, 2)), v0,
-                  v1, v2);
-  }
-  static void load3r(const T* p, int lo, int hi, T fill, V& v0, V& v1, V& v2) {
-    deinterleave3(loadr(p, lo, hi, fill), loadr(p + W, lo - W, hi - W, fill),
-                  loadr(p + 2 * W, lo - 2 * W, hi - 2 * W, fill), v0, v1, v2);
-  }
-  // How many of the first n elements fall in vector k (0..W).
-  static int part(int n, int k) {
-    const int m = n - k * W;
-    return m < 0 ? 0 : (m > W ? W : m);
-  }
+  // The 3W elements a:b:c by 3: vt[j] = element 3j + t (load3 in simd.h); interleave3 inverts it.
   static void deinterleave3(V a, V b, V c, V& v0, V& v1, V& v2) {
     // Element 3j + t (j < 8) sits in lane (3j + t) % 8 of a, b or c, and those lanes differ for
     // the 8 values of j (3 and 8 are coprime): two blends gather them into one vector, and one
@@ -144,6 +126,16 @@ struct F32 {
                                   _mm256_add_epi32(i0, one));
     v2 = _mm256_permutevar8x32_ps(_mm256_blend_ps(_mm256_blend_ps(a, b, 0x49), c, 0x92),
                                   _mm256_add_epi32(i0, _mm256_add_epi32(one, one)));
+  }
+  static void interleave3(V v0, V v1, V v2, V& a, V& b, V& c) {
+    // deinterleave3 backwards: vt's lane j goes to lane (3j + t) % 8 (vpermps, index 3 (i - t)
+    // mod 8 for lane i), then two blends pick each output lane's t.
+    const V m0 = _mm256_permutevar8x32_ps(v0, _mm256_setr_epi32(0, 3, 6, 1, 4, 7, 2, 5));
+    const V m1 = _mm256_permutevar8x32_ps(v1, _mm256_setr_epi32(5, 0, 3, 6, 1, 4, 7, 2));
+    const V m2 = _mm256_permutevar8x32_ps(v2, _mm256_setr_epi32(2, 5, 0, 3, 6, 1, 4, 7));
+    a = _mm256_blend_ps(_mm256_blend_ps(m0, m1, 0x92), m2, 0x24);
+    b = _mm256_blend_ps(_mm256_blend_ps(m0, m1, 0x24), m2, 0x49);
+    c = _mm256_blend_ps(_mm256_blend_ps(m0, m1, 0x49), m2, 0x92);
   }
   // Interleave and store 2W contiguous elements p[2i] = even[i], p[2i+1] = odd[i] (first n only).
   static void store2(T* p, V even, V odd) {
@@ -321,25 +313,6 @@ struct F64 {
     even = _mm256_permute4x64_pd(_mm256_unpacklo_pd(a, b), _MM_SHUFFLE(3, 1, 2, 0));
     odd = _mm256_permute4x64_pd(_mm256_unpackhi_pd(a, b), _MM_SHUFFLE(3, 1, 2, 0));
   }
-  // Deinterleave 3W contiguous elements by 3: v0 = p[0], p[3], ..., v1 = p[1], p[4], ..., v2 =
-  // p[2], p[5], ... (the taps s, s + 1, s + 2 of W windows at column stride 3). load3n reads only
-  // the first n <= 3W elements (the rest are 0), load3r only elements [lo, hi) (the rest `fill`).
-  static void load3(const T* p, V& v0, V& v1, V& v2) {
-    deinterleave3(load(p), load(p + W), load(p + 2 * W), v0, v1, v2);
-  }
-  static void load3n(const T* p, int n, V& v0, V& v1, V& v2) {
-    deinterleave3(loadn(p, part(n, 0)), loadn(p + W, part(n, 1)), loadn(p + 2 * W, part(n, 2)), v0,
-                  v1, v2);
-  }
-  static void load3r(const T* p, int lo, int hi, T fill, V& v0, V& v1, V& v2) {
-    deinterleave3(loadr(p, lo, hi, fill), loadr(p + W, lo - W, hi - W, fill),
-                  loadr(p + 2 * W, lo - 2 * W, hi - 2 * W, fill), v0, v1, v2);
-  }
-  // How many of the first n elements fall in vector k (0..W).
-  static int part(int n, int k) {
-    const int m = n - k * W;
-    return m < 0 ? 0 : (m > W ? W : m);
-  }
   static void deinterleave3(V a, V b, V c, V& v0, V& v1, V& v2) {
     // As F32's with 4 lanes: element 3j + t sits in lane (3j + t) % 4 of a, b or c. t = 0: b gives
     // lane 2, c lane 1, order 0 3 2 1; t = 1: b 0 3, c 2, order 1 0 3 2; t = 2: b 1, c 0 3, order
@@ -350,6 +323,15 @@ struct F64 {
                                _MM_SHUFFLE(2, 3, 0, 1));
     v2 = _mm256_permute4x64_pd(_mm256_blend_pd(_mm256_blend_pd(a, b, 0x2), c, 0x9),
                                _MM_SHUFFLE(3, 0, 1, 2));
+  }
+  static void interleave3(V v0, V v1, V v2, V& a, V& b, V& c) {
+    // As F32's with 4 lanes (the permutes are deinterleave3's: they are their own inverses).
+    const V m0 = _mm256_permute4x64_pd(v0, _MM_SHUFFLE(1, 2, 3, 0));
+    const V m1 = _mm256_permute4x64_pd(v1, _MM_SHUFFLE(2, 3, 0, 1));
+    const V m2 = _mm256_permute4x64_pd(v2, _MM_SHUFFLE(3, 0, 1, 2));
+    a = _mm256_blend_pd(_mm256_blend_pd(m0, m1, 0x2), m2, 0x4);
+    b = _mm256_blend_pd(_mm256_blend_pd(m0, m1, 0x9), m2, 0x2);
+    c = _mm256_blend_pd(_mm256_blend_pd(m0, m1, 0x4), m2, 0x9);
   }
   static void store2(T* p, V even, V odd) {
     V lo, hi;

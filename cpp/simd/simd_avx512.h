@@ -136,25 +136,7 @@ struct F32 {
     even = _mm512_permutex2var_ps(a, ie, b);
     odd = _mm512_permutex2var_ps(a, io, b);
   }
-  // Deinterleave 3W contiguous elements by 3: v0 = p[0], p[3], ..., v1 = p[1], p[4], ..., v2 =
-  // p[2], p[5], ... (the taps s, s + 1, s + 2 of W windows at column stride 3). load3n reads only
-  // the first n <= 3W elements (the rest are 0), load3r only elements [lo, hi) (the rest `fill`).
-  static void load3(const T* p, V& v0, V& v1, V& v2) {
-    deinterleave3(load(p), load(p + W), load(p + 2 * W), v0, v1, v2);
-  }
-  static void load3n(const T* p, int n, V& v0, V& v1, V& v2) {
-    deinterleave3(loadn(p, part(n, 0)), loadn(p + W, part(n, 1)), loadn(p + 2 * W, part(n, 2)), v0,
-                  v1, v2);
-  }
-  static void load3r(const T* p, int lo, int hi, T fill, V& v0, V& v1, V& v2) {
-    deinterleave3(loadr(p, lo, hi, fill), loadr(p + W, lo - W, hi - W, fill),
-                  loadr(p + 2 * W, lo - 2 * W, hi - 2 * W, fill), v0, v1, v2);
-  }
-  // How many of the first n elements fall in vector k (0..W).
-  static int part(int n, int k) {
-    const int m = n - k * W;
-    return m < 0 ? 0 : (m > W ? W : m);
-  }
+  // The 3W elements a:b:c by 3: vt[j] = element 3j + t (load3 in simd.h); interleave3 inverts it.
   static void deinterleave3(V a, V b, V c, V& v0, V& v1, V& v2) {
     // Lane j takes element e = 3j + t of a:b:c. vpermt2ps reads e's low 5 bits from a:b; the lanes
     // with e >= 32 then take c[e - 32] (vpermps reads the low 4 bits, and e - 32 = e mod 16).
@@ -165,6 +147,17 @@ struct F32 {
     v0 = _mm512_mask_permutexvar_ps(_mm512_permutex2var_ps(a, i0, b), 0xF800, i0, c);  // j >= 11
     v1 = _mm512_mask_permutexvar_ps(_mm512_permutex2var_ps(a, i1, b), 0xF800, i1, c);  // j >= 11
     v2 = _mm512_mask_permutexvar_ps(_mm512_permutex2var_ps(a, i2, b), 0xFC00, i2, c);  // j >= 10
+  }
+  static void interleave3(V v0, V v1, V v2, V& a, V& b, V& c) {
+    // Output element e = 3j + t is vt[j]: vpermt2ps takes v0[j] (index j) and v1[j] (16 + j),
+    // then the lanes with t = 2 take v2[j] (vpermps, index j).
+    const __m512i ia = _mm512_setr_epi32(0, 16, 0, 1, 17, 1, 2, 18, 2, 3, 19, 3, 4, 20, 4, 5);
+    const __m512i ib = _mm512_setr_epi32(21, 5, 6, 22, 6, 7, 23, 7, 8, 24, 8, 9, 25, 9, 10, 26);
+    const __m512i ic =
+        _mm512_setr_epi32(10, 11, 27, 11, 12, 28, 12, 13, 29, 13, 14, 30, 14, 15, 31, 15);
+    a = _mm512_mask_permutexvar_ps(_mm512_permutex2var_ps(v0, ia, v1), 0x4924, ia, v2);
+    b = _mm512_mask_permutexvar_ps(_mm512_permutex2var_ps(v0, ib, v1), 0x2492, ib, v2);
+    c = _mm512_mask_permutexvar_ps(_mm512_permutex2var_ps(v0, ic, v1), 0x9249, ic, v2);
   }
   // Interleave and store 2W contiguous elements p[2i] = even[i], p[2i+1] = odd[i] (first n only).
   static void store2(T* p, V even, V odd) {
@@ -349,25 +342,6 @@ struct F64 {
     even = _mm512_permutex2var_pd(a, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), b);
     odd = _mm512_permutex2var_pd(a, _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15), b);
   }
-  // Deinterleave 3W contiguous elements by 3: v0 = p[0], p[3], ..., v1 = p[1], p[4], ..., v2 =
-  // p[2], p[5], ... (the taps s, s + 1, s + 2 of W windows at column stride 3). load3n reads only
-  // the first n <= 3W elements (the rest are 0), load3r only elements [lo, hi) (the rest `fill`).
-  static void load3(const T* p, V& v0, V& v1, V& v2) {
-    deinterleave3(load(p), load(p + W), load(p + 2 * W), v0, v1, v2);
-  }
-  static void load3n(const T* p, int n, V& v0, V& v1, V& v2) {
-    deinterleave3(loadn(p, part(n, 0)), loadn(p + W, part(n, 1)), loadn(p + 2 * W, part(n, 2)), v0,
-                  v1, v2);
-  }
-  static void load3r(const T* p, int lo, int hi, T fill, V& v0, V& v1, V& v2) {
-    deinterleave3(loadr(p, lo, hi, fill), loadr(p + W, lo - W, hi - W, fill),
-                  loadr(p + 2 * W, lo - 2 * W, hi - 2 * W, fill), v0, v1, v2);
-  }
-  // How many of the first n elements fall in vector k (0..W).
-  static int part(int n, int k) {
-    const int m = n - k * W;
-    return m < 0 ? 0 : (m > W ? W : m);
-  }
   static void deinterleave3(V a, V b, V c, V& v0, V& v1, V& v2) {
     // As F32's with 8 lanes: e = 3j + t, low 4 bits from a:b, then c[e - 16] (low 3 bits) where
     // e >= 16.
@@ -377,6 +351,15 @@ struct F64 {
     v0 = _mm512_mask_permutexvar_pd(_mm512_permutex2var_pd(a, i0, b), 0xC0, i0, c);  // j >= 6
     v1 = _mm512_mask_permutexvar_pd(_mm512_permutex2var_pd(a, i1, b), 0xE0, i1, c);  // j >= 5
     v2 = _mm512_mask_permutexvar_pd(_mm512_permutex2var_pd(a, i2, b), 0xE0, i2, c);  // j >= 5
+  }
+  static void interleave3(V v0, V v1, V v2, V& a, V& b, V& c) {
+    // As F32's with 8 lanes: v0[j] is index j, v1[j] 8 + j, then v2[j] where t = 2.
+    const __m512i ia = _mm512_setr_epi64(0, 8, 0, 1, 9, 1, 2, 10);
+    const __m512i ib = _mm512_setr_epi64(2, 3, 11, 3, 4, 12, 4, 5);
+    const __m512i ic = _mm512_setr_epi64(13, 5, 6, 14, 6, 7, 15, 7);
+    a = _mm512_mask_permutexvar_pd(_mm512_permutex2var_pd(v0, ia, v1), 0x24, ia, v2);
+    b = _mm512_mask_permutexvar_pd(_mm512_permutex2var_pd(v0, ib, v1), 0x49, ib, v2);
+    c = _mm512_mask_permutexvar_pd(_mm512_permutex2var_pd(v0, ic, v1), 0x92, ic, v2);
   }
   static void store2(T* p, V even, V odd) {
     V lo, hi;

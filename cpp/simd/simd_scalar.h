@@ -58,20 +58,16 @@ struct Lane1 {
     even = lo <= 0 && 0 < hi ? p[0] : fill;
     odd = lo <= 1 && 1 < hi ? p[1] : fill;
   }
-  static void load3(const T* p, V& v0, V& v1, V& v2) {
-    v0 = p[0];
-    v1 = p[1];
-    v2 = p[2];
+  // Three elements by 3 (see load3 in simd.h): one lane each, as they are.
+  static void deinterleave3(V a, V b, V c, V& v0, V& v1, V& v2) {
+    v0 = a;
+    v1 = b;
+    v2 = c;
   }
-  static void load3n(const T* p, int n, V& v0, V& v1, V& v2) {
-    v0 = n > 0 ? p[0] : T(0);
-    v1 = n > 1 ? p[1] : T(0);
-    v2 = n > 2 ? p[2] : T(0);
-  }
-  static void load3r(const T* p, int lo, int hi, T fill, V& v0, V& v1, V& v2) {
-    v0 = lo <= 0 && 0 < hi ? p[0] : fill;
-    v1 = lo <= 1 && 1 < hi ? p[1] : fill;
-    v2 = lo <= 2 && 2 < hi ? p[2] : fill;
+  static void interleave3(V v0, V v1, V v2, V& a, V& b, V& c) {
+    a = v0;
+    b = v1;
+    c = v2;
   }
   static void store2(T* p, V even, V odd) {
     p[0] = even;

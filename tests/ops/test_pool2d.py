@@ -459,6 +459,19 @@ S2K3_SHAPES = [
 ]
 
 
+def pool_input(rng: np.random.Generator, shape: tuple[int, ...], dtype: type, values: str):
+    """x for the path tests: "normal", "ties" (rounded), "nonfinite" (NaN and +-inf sprinkled) or
+    "neginf" (mostly -inf: windows of -inf only report their first in-bounds position)."""
+    if values == "nonfinite":
+        return sprinkle(rng, shape, dtype, 0.05)
+    if values == "neginf":
+        x = np.full(shape, -np.inf, dtype)
+        x.flat[rng.choice(x.size, max(1, x.size // 20), replace=False)] = 1.0
+        return x
+    x = rng.standard_normal(shape).astype(dtype)
+    return np.round(x) if values == "ties" else x
+
+
 @pytest.mark.usefixtures("quiet_numpy")
 @pytest.mark.parametrize("values", ["normal", "ties", "nonfinite", "neginf"])
 @pytest.mark.parametrize(
@@ -468,15 +481,7 @@ S2K3_SHAPES = [
 )
 def test_3x3_stride2_paths(isa, dtype, rng, h, w, padding, values):
     shape = (2, 3, h, w)
-    if values == "nonfinite":
-        x = sprinkle(rng, shape, dtype, 0.05)
-    elif values == "neginf":  # windows of -inf only: their first in-bounds position
-        x = np.full(shape, -np.inf, dtype)
-        x.flat[rng.choice(x.size, max(1, x.size // 20), replace=False)] = 1.0
-    else:
-        x = rng.standard_normal(shape).astype(dtype)
-        if values == "ties":
-            x = np.round(x)
+    x = pool_input(rng, shape, dtype, values)
     y, idx = ops.max_pool2d(x, 3, 2, padding)
     y_ref, idx_ref = reference.max_pool2d(x, 3, 2, padding)
     np.testing.assert_array_equal(y, y_ref)
@@ -511,8 +516,8 @@ VECTOR_STRIDE_WIDTHS = (1, 2, 5, 8, 13, 23, 24, 25, 47, 48, 49, 50, 73, 97, 100,
 @pytest.mark.parametrize("sw", [1, 2, 3])
 def test_column_strides_1_to_3_match_the_twin_exactly(isa, dtype, rng, sw, values):
     # Windows 1-7 wide (stride 3: whole and partial tap triples), every padding up to half the
-    # window, and three row geometries: the same bits and indices as the twin, NaN, -inf and ties
-    # included.
+    # window, and two row geometries: the same bits and indices as the twin, NaN, -inf and ties
+    # included; the gradients within rounding.
     for ks in range(1, 8):
         for pw in range(ks // 2 + 1):
             for w in VECTOR_STRIDE_WIDTHS:
@@ -520,25 +525,32 @@ def test_column_strides_1_to_3_match_the_twin_exactly(isa, dtype, rng, sw, value
                     continue
                 for kr, sh, ph in ((3, 3, 1), (2, 1, 0)):
                     shape = (2, 1, 5, w)
-                    if values == "nonfinite":
-                        x = sprinkle(rng, shape, dtype, 0.05)
-                    elif values == "neginf":
-                        x = np.full(shape, -np.inf, dtype)
-                        x.flat[rng.choice(x.size, max(1, x.size // 20), replace=False)] = 1.0
-                    else:
-                        x = rng.standard_normal(shape).astype(dtype)
-                        if values == "ties":
-                            x = np.round(x)
+                    x = pool_input(rng, shape, dtype, values)
                     args = ((kr, ks), (sh, sw), (ph, pw))
                     y, idx = ops.max_pool2d(x, *args)
                     y_ref, idx_ref = reference.max_pool2d(x, *args)
                     np.testing.assert_array_equal(y, y_ref, err_msg=str((shape, args)))
                     np.testing.assert_array_equal(idx, idx_ref, err_msg=str((shape, args)))
                     if values == "normal":
+                        # And the gradients (stride 3: average gathered in three phases, max
+                        # scattered).
+                        dy = rng.standard_normal(y.shape).astype(dtype)
+                        np.testing.assert_allclose(
+                            ops.max_pool2d_backward(dy, idx, shape, *args),
+                            reference.max_pool2d_backward(dy, idx, shape, *args),
+                            **tol(dtype),
+                            err_msg=str((shape, args)),
+                        )
                         for cip in (True, False):
                             np.testing.assert_array_equal(
                                 ops.avg_pool2d(x, *args, cip),
                                 reference.avg_pool2d(x, *args, cip),
+                                err_msg=str((shape, args, cip)),
+                            )
+                            np.testing.assert_allclose(
+                                ops.avg_pool2d_backward(dy, shape, *args, cip),
+                                reference.avg_pool2d_backward(dy, shape, *args, cip),
+                                **tol(dtype),
                                 err_msg=str((shape, args, cip)),
                             )
 
