@@ -507,8 +507,9 @@ def test_3x3_stride2_paths(isa, dtype, rng, h, w, padding, values):
 
 # Rows for the column-blocked forward at strides 1-3: Q from 1 to beyond 2 vectors of every ISA,
 # so that full, partial and edge blocks meet; a partial last block whose W windows lie inside
-# the input runs as an overlapping full block, every other one through padded copies.
-VECTOR_STRIDE_WIDTHS = (1, 2, 5, 8, 13, 23, 24, 25, 47, 48, 49, 50, 73, 97, 100, 146)
+# the input runs as an overlapping full block, every other one through padded copies. (Nine
+# widths: under valgrind (tools/memcheck.sh) each non-finite case takes about 10 s.)
+VECTOR_STRIDE_WIDTHS = (1, 5, 8, 13, 24, 25, 49, 50, 100)
 
 
 @pytest.mark.usefixtures("quiet_numpy")
