@@ -83,8 +83,7 @@ struct AvgBwd {
   using R = typename V::V;
   static constexpr bool kDirect = false;
   // Gathered wherever sw <= 3: every tap adds a term, so a scatter saves no compares.
-  static constexpr bool kScatterOverlap = false;
-  static constexpr bool kGatherStride3 = true;
+  static constexpr bool kPrefersScatter = false;
   static constexpr bool kS2k3 = true;
   struct Plane {
     const T* dy;
@@ -116,8 +115,8 @@ struct AvgBwd {
   R finish(R v) const {
     return kMode == kEdge && !include_pad ? v : V::div(v, V::set1(div));
   }
-  // The 3x3/s2 path (backward.h): dy / divisor of windows q0 .. q0 + W - 1, the term of each of
-  // their taps (see MaxBwd::terms3).
+  // The 3x3/s2 and tiled paths (backward.h): dy / divisor of windows q0 .. q0 + W - 1, the term
+  // of each of their taps (see MaxBwd::terms3).
   template <int kRead>
   int terms3(const Geom& g, int64_t q0, int64_t, const BwdTail<V>& tl, R t[3]) const {
     R d, c = V::set1(T(1));

@@ -14,9 +14,11 @@
 // 2-4 terms in registers (columns) and into the dx row just written, still in L1 (rows), plane by
 // plane. Max pooling counts the indices that matched a position as it goes: every valid index
 // matches exactly once, so the bad ones (out of range, or in the padding) are the rest, without a
-// separate validation pass. The exceptions are scattered instead (scatter_rows, below), still
-// without atomics: column strides of 4 and more, whose taps of a dx column no vector load reaches;
-// max pooling at column stride 3; and max pooling's overlapping windows of more than 4 taps.
+// separate validation pass. 3-wide windows at column stride 3 that do not overlap (R <= sh)
+// write each dx row once (tiled3_bwd_rows, below). The exceptions are scattered instead
+// (scatter_rows, below), still without atomics: column strides of 4 and more, whose taps of a dx
+// column no vector load reaches; max pooling's other windows at column stride 3; and max
+// pooling's overlapping windows of more than 4 taps.
 #pragma once
 
 #include <atomic>
@@ -336,6 +338,79 @@ int64_t s2k3_bwd_rows(const Geom& g, const typename Op::Plane& plane, const BwdT
 }
 
 // ---------------------------------------------------------------------------------------------
+// Windows 3 wide at column stride 3 that do not overlap in rows either (R <= sh: MaxPool2d(3),
+// AvgPool2d(3), PyTorch's default stride being the kernel size): each dx element lies in one
+// window at most, so each dx row is written once, from one window row, with no sums. Window q
+// covers columns 3q - pw .. 3q - pw + 2, its taps k0 .. k0 + 2 (k0 = 3r, r the window row of dx
+// row ih), so W windows' terms (Op::terms3, as on the 3x3/s2 path) are stored interleaved by 3
+// (store3). The windows wholly inside the row, [qa, qb), go in vector blocks; when their count
+// is not a multiple of W, the last block is the row's last W of them, stored first with only its
+// own lanes (kOver: the other lanes 0 and not counted), which the block before it then
+// overwrites. The windows cut by the row's ends are scalar (Op::scalar); columns past the last
+// window are 0. Measured on an AMD EPYC Zen 3, float32, alternating processes, before (max
+// scattered, average gathered in three phases) -> after. One core, max | average: 64x64x32x32
+// 3x3/s3 1.9-2.2 -> 1.6-1.7 | 4.5-4.6 -> 1.4 ms, 64x64x33x33 3x3/s3 p1 2.4-2.7 -> 2.3-2.4 |
+// 5.5-5.6 -> 1.8-1.9 ms; max 16x64x56x56 1.3-1.5 -> 0.9 ms, 16x32x112x112 3.5-4.6 -> 2.0-2.2 ms.
+// Two threads: 64x64x32x32 0.83-1.02 -> 0.79-0.84 | 2.3-2.6 -> 0.70-0.85 ms, but max 64x64x33x33
+// p1 1.0-1.3 -> 1.15-1.22 ms. The overlapped last block costs a quarter of the average's time
+// on 32-wide rows (10 windows: 8 + 2); as its own 2 windows, storing only the vector they reach
+// (loads past the row's end where dy goes on), it saved 3% (1.36 -> 1.32 ms), and as scalar
+// windows it lost (max 1.6 -> 2.3 ms), so it stays overlapped.
+struct Tiled3 {
+  int64_t qa, qb;  // the windows wholly inside a row
+};
+inline Tiled3 tiled3_windows(const Geom& g) {
+  return {ceil_div(g.pw, 3), min64(g.q, (g.w + g.pw) / 3)};
+}
+// Whether the tiled path takes this geometry: at least one vector block of whole windows a row.
+template <class V>
+bool tiled3_fits(const Geom& g) {
+  const Tiled3 t = tiled3_windows(g);
+  return g.s == 3 && g.sw == 3 && g.r <= g.sh && t.qb - t.qa >= V::W;
+}
+
+// Input rows [ha, hb) of one plane; returns the index matches (max pooling).
+template <class V, class Op>
+int64_t tiled3_bwd_rows(const Geom& g, const typename Op::Plane& plane, const Tiled3& t,
+                        typename V::T* dx, int64_t ha, int64_t hb) {
+  using T = typename V::T;
+  constexpr int W = V::W;
+  const int64_t own = (t.qb - t.qa) % W;  // windows of the overlapped last block's own lanes
+  const BwdTail<V> tl{nullptr, nullptr, nullptr, V::lanes(W - static_cast<int>(own), W), 0};
+  const int64_t zero_from = min64(max64(3 * g.q - g.pw, 0), g.w);
+  int64_t found = 0;
+  WindowRows wr(g, ha);  // with R <= sh, the one window row (p_top, r_top) of row ih, if any
+  for (int64_t ih = ha; ih < hb; ++ih, wr.next_row(g)) {
+    T* dxr = dx + ih * g.w;
+    if (wr.p_top >= g.p || wr.r_top >= g.r) {  // a row no window reaches
+      std::memset(dxr, 0, static_cast<size_t>(g.w) * sizeof(T));
+      continue;
+    }
+    const Op op = Op::at(plane, g, wr.p_top);
+    const int64_t k0 = 3 * wr.r_top;
+    const auto block = [&](auto read, int64_t q0) {
+      typename V::V v[3];
+      found += op.template terms3<decltype(read)::value>(g, q0, k0, tl, v);
+      store3<V>(dxr + 3 * q0 - g.pw, v[0], v[1], v[2]);
+    };
+    if (own > 0) block(std::integral_constant<int, kOver>(), t.qb - W);
+    for (int64_t q0 = t.qa; q0 + W <= t.qb; q0 += W) {
+      block(std::integral_constant<int, kInside>(), q0);
+    }
+    const auto window = [&](int64_t q) {
+      for (int64_t s = 0; s < 3; ++s) {
+        const int64_t iw = 3 * q - g.pw + s;
+        if (iw >= 0 && iw < g.w) dxr[iw] = op.scalar(g, q, k0 + s, &found);
+      }
+    };
+    for (int64_t q = 0; q < t.qa; ++q) window(q);
+    for (int64_t q = t.qb; q < g.q; ++q) window(q);
+    for (int64_t iw = zero_from; iw < g.w; ++iw) dxr[iw] = T(0);
+  }
+  return found;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Column strides of 3 and more (MaxPool2d(3), MaxPool2d(4), AvgPool2d(7): PyTorch's default
 // stride is the kernel size): scattered, not gathered. With sw > 2 the taps of a dx column belong
 // to windows that no vector load reaches, and the gather took a scalar loop per dx element with
@@ -346,11 +421,12 @@ int64_t s2k3_bwd_rows(const Geom& g, const typename Op::Plane& plane, const BwdT
 // the thread count and the split into row blocks.
 //
 // Average pooling at column stride 3 is gathered again since bwd_block reads its three phases
-// with plain loads (Op::kGatherStride3), max pooling is not: one Zen 3 core, float32, scattered
-// -> gathered, max | average: 64x64x32x32 3x3/s3 2.1-2.2 -> 8.1-8.2 | 6.2-6.3 -> 4.5 ms;
-// 64x64x33x33 3x3/s3 p1 2.8-3.3 -> 9.2-9.3 | 7.5-8.0 -> 5.5-5.6 ms; 16x64x56x56 5x5/s3 p2 1.7-1.9
-// -> 1.7-1.9 | 6.9-7.2 -> 4.5-4.7 ms; 64x64x32x32 2x2/s3 2.5 -> 5.0 | 5.4-5.6 -> 3.1 ms. (The max
-// gather compares an index per tap; its scatter adds one term per window.)
+// with plain loads (Op::kPrefersScatter false), max pooling is not: one Zen 3 core, float32,
+// scattered -> gathered, max | average: 64x64x32x32 3x3/s3 2.1-2.2 -> 8.1-8.2 | 6.2-6.3 -> 4.5
+// ms; 64x64x33x33 3x3/s3 p1 2.8-3.3 -> 9.2-9.3 | 7.5-8.0 -> 5.5-5.6 ms; 16x64x56x56 5x5/s3 p2
+// 1.7-1.9 -> 1.7-1.9 | 6.9-7.2 -> 4.5-4.7 ms; 64x64x32x32 2x2/s3 2.5 -> 5.0 | 5.4-5.6 -> 3.1 ms.
+// (The max gather compares an index per tap; its scatter adds one term per window.) The 3x3/s3
+// windows have since taken the tiled path (tiled3_bwd_rows), both ops.
 //
 // Max pooling is scattered as well wherever windows of more than 4 taps overlap (stride 1 or 2,
 // other than the 3x3/s2 path): the gather compares an index per tap that covers a dx element,
@@ -404,7 +480,8 @@ int64_t scatter_rows(const Geom& g, const typename Op::Plane& plane, const TapTa
 }
 
 // All planes of a backward pass; returns the index matches. Picks the unrolled 2x2/s2 and 3x3/s2
-// bodies, then the generic ones by stride (scattered: see scatter_rows).
+// bodies and the tiled 3-wide windows at stride 3, then the generic ones by stride (scattered:
+// see scatter_rows).
 template <class V, class Op>
 int64_t bwd_planes(const Pool2d& pl, const typename Op::Plane& plane0, int64_t qv_lo, int64_t qv_hi,
                    typename V::T* dx) {
@@ -438,10 +515,20 @@ int64_t bwd_planes(const Pool2d& pl, const typename Op::Plane& plane0, int64_t q
       });
     }
   }
-  // Max pooling is scattered too where windows of more than 4 taps overlap (Op::kScatterOverlap;
-  // scatter_rows says why).
-  if (g.sw > 3 || (g.sw == 3 && !Op::kGatherStride3) ||
-      (Op::kScatterOverlap && g.r * g.s > 4 && g.r * g.s > g.sh * g.sw)) {
+  if constexpr (Op::kS2k3) {  // (terms3: max pooling with uint8 indices, average pooling)
+    if (tiled3_fits<V>(g)) {
+      const Tiled3 t = tiled3_windows(g);
+      return parallel_tasks(sp, [&](int64_t i, int64_t b) -> int64_t {
+        return tiled3_bwd_rows<V, Op>(g, plane0.at_offset(i * plane_out), t, dx + i * g.h * g.w,
+                                      block_begin(g.h, sp.blocks, b),
+                                      block_begin(g.h, sp.blocks, b + 1));
+      });
+    }
+  }
+  // Max pooling is scattered at column stride 3 and where windows of more than 4 taps overlap
+  // (Op::kPrefersScatter; scatter_rows says why).
+  if (g.sw > 3 || (g.sw == 3 && Op::kPrefersScatter) ||
+      (Op::kPrefersScatter && g.r * g.s > 4 && g.r * g.s > g.sh * g.sw)) {
     const TapTable taps(g);
     return parallel_tasks(sp, [&](int64_t i, int64_t b) -> int64_t {
       return scatter_rows<V, Op>(g, plane0.at_offset(i * plane_out), taps, dx + i * g.h * g.w,

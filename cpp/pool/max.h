@@ -143,10 +143,9 @@ struct MaxBwd {
   using R = typename V::V;
   // The terms of all window rows go straight into one sum (no per-row divisor).
   static constexpr bool kDirect = true;
-  // Overlapping windows of more than 4 taps are scattered (one add per window), not gathered.
-  static constexpr bool kScatterOverlap = true;
-  // Column stride 3 scattered as well (backward.h says why).
-  static constexpr bool kGatherStride3 = false;
+  // Scattered (one add per window), not gathered, at column stride 3 and where windows of more
+  // than 4 taps overlap (backward.h says why).
+  static constexpr bool kPrefersScatter = true;
   // The 3x3/s2 path (backward.h) takes uint8 indices only: 9 window positions always give them.
   static constexpr bool kS2k3 = std::is_same_v<I, uint8_t>;
   struct Plane {
@@ -177,9 +176,9 @@ struct MaxBwd {
   R finish(R v) const {
     return v;
   }
-  // The 3x3/s2 path (backward.h): the terms of taps k0, k0 + 1, k0 + 2 of windows q0 .. q0 + W - 1
-  // (dy where the index is that tap, 0 elsewhere); lanes past Q (kOver, kCopy: see S2k3Read) are
-  // no tap. Returns the index matches.
+  // The 3x3/s2 and tiled paths (backward.h): the terms of taps k0, k0 + 1, k0 + 2 of windows
+  // q0 .. q0 + W - 1 (dy where the index is that tap, 0 elsewhere); lanes past Q, or not the
+  // block's own (kOver, kCopy: see S2k3Read), are no tap. Returns the index matches.
   template <int kRead>
   int terms3(const Geom& g, int64_t q0, int64_t k0, const BwdTail<V>& tl, R t[3]) const {
     static_assert(kS2k3);

@@ -533,8 +533,8 @@ def test_column_strides_1_to_3_match_the_twin_exactly(isa, dtype, rng, sw, value
                     np.testing.assert_array_equal(y, y_ref, err_msg=str((shape, args)))
                     np.testing.assert_array_equal(idx, idx_ref, err_msg=str((shape, args)))
                     if values == "normal":
-                        # And the gradients (stride 3: average gathered in three phases, max
-                        # scattered).
+                        # And the gradients (stride 3: 3-wide windows tiled where they do not
+                        # overlap in rows, else average gathered in three phases, max scattered).
                         dy = rng.standard_normal(y.shape).astype(dtype)
                         np.testing.assert_allclose(
                             ops.max_pool2d_backward(dy, idx, shape, *args),
@@ -554,6 +554,72 @@ def test_column_strides_1_to_3_match_the_twin_exactly(isa, dtype, rng, sw, value
                                 **tol(dtype),
                                 err_msg=str((shape, args, cip)),
                             )
+
+
+# Rows for the tiled backward (3-wide windows at column stride 3 that do not overlap in rows):
+# vector blocks of W = 4, 8 and 16 windows whole and overlapped (Q a multiple of W or not),
+# windows cut by the padding at either end, columns past the last window, rows too short for a
+# vector block (which take the general paths).
+TILED3_WIDTHS = (3, 13, 24, 26, 29, 33, 48, 52, 53)
+
+
+@pytest.mark.usefixtures("quiet_numpy")
+@pytest.mark.parametrize("values", ["normal", "nonfinite"])
+def test_tiling_stride3_windows_backward_matches_the_twin_exactly(isa, dtype, rng, values):
+    # Each dx element lies in one window at most: the gradient is that window's term, with the
+    # twin's bits (dy, 0, or dy / divisor), NaN and inf in dy included. Rows that no window
+    # reaches: between window rows (R < sh) and below the last one (11 rows).
+    for kr, sh, ph in ((3, 3, 0), (3, 3, 1), (1, 3, 0), (2, 4, 1)):
+        for pw in (0, 1):
+            for w in TILED3_WIDTHS:
+                shape = (2, 1, 11, w)
+                args = ((kr, 3), (sh, 3), (ph, pw))
+                y, idx = ops.max_pool2d(pool_input(rng, shape, dtype, "normal"), *args)
+                dy = pool_input(rng, y.shape, dtype, values)
+                np.testing.assert_array_equal(
+                    ops.max_pool2d_backward(dy, idx, shape, *args),
+                    reference.max_pool2d_backward(dy, idx, shape, *args),
+                    err_msg=str((shape, args)),
+                )
+                for cip in (True, False):
+                    np.testing.assert_array_equal(
+                        ops.avg_pool2d_backward(dy, shape, *args, cip),
+                        reference.avg_pool2d_backward(dy, shape, *args, cip),
+                        err_msg=str((shape, args, cip)),
+                    )
+
+
+@pytest.mark.parametrize("nt", [1, 3])
+@pytest.mark.parametrize(("kr", "sh", "ph", "pw"), [(3, 3, 1, 1), (2, 4, 1, 0)])
+def test_tiling_stride3_bad_indices_are_counted_once(isa, dtype, threads, nt, kr, sh, ph, pw):
+    """The tiled max backward: an index into a padding row or column, or past the window, is
+    refused in every window column class (cut by the padding, in a whole vector block, in the
+    overlapped last block), counted once however the rows are split between tasks (on 2 threads
+    and more this plane is cut into row blocks)."""
+    shape = (1, 1, 301, 53)
+    y_shape = ops.max_pool2d(np.zeros(shape, dtype), (kr, 3), (sh, 3), (ph, pw))[0].shape
+    args = ((kr, 3), (sh, 3), (ph, pw))
+    dy = np.ones(y_shape, dtype)
+    simdnn.set_num_threads(nt)
+    good = np.full(dy.shape, 3 * ph + 1, np.uint8)  # row ph, middle column: inside every window
+    np.testing.assert_array_equal(
+        ops.max_pool2d_backward(dy, good, shape, *args),
+        reference.max_pool2d_backward(dy, good, shape, *args),
+    )
+    for pi in (0, 1, y_shape[2] // 2, y_shape[2] - 1):
+        for qi in (0, 1, 9, y_shape[3] - 2, y_shape[3] - 1):
+            ih0, iw0 = sh * pi - ph, 3 * qi - pw
+            into_padding = [
+                r * 3 + c
+                for r in range(kr)
+                for c in range(3)
+                if not (0 <= ih0 + r < shape[2] and 0 <= iw0 + c < shape[3])
+            ]
+            for bad in [*into_padding[:1], *into_padding[-1:], 3 * kr, 255]:
+                idx = good.copy()
+                idx[0, 0, pi, qi] = bad
+                with pytest.raises(ValueError, match=f"1 of {dy.size} indices"):
+                    ops.max_pool2d_backward(dy, idx, shape, *args)
 
 
 def test_3x3_stride2_bad_indices_are_counted(isa, dtype):
