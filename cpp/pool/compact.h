@@ -104,14 +104,10 @@ void copy_spill(const typename V::T* s, typename V::T* d, int64_t len, const typ
   }
 }
 
-// Lanes [0, n) where the window position at p equals k.
+// Lanes [0, n) where the window position at p equals k (2x2 windows: uint8 indices only).
 template <class V>
 typename V::M index_is(const uint8_t* p, int n, int64_t k) {
   return V::eq_u8r(p, 0, n, k);
-}
-template <class V>
-typename V::M index_is(const int32_t* p, int n, int64_t k) {
-  return V::eq_i32r(p, 0, n, k);
 }
 
 // Threads for `rows` output rows of 4Q input elements each (the row loops' rule: kPoolElems per
@@ -243,6 +239,7 @@ void compact_forward(const Pool2d& pl, const typename V::T* x, void* y, void* id
 template <class V, typename I>
 int64_t compact_backward(const Pool2d& pl, const typename V::T* dy, const I* idx,
                          typename V::T* dx) {
+  static_assert(std::is_void_v<I> || std::is_same_v<I, uint8_t>, "2x2 windows: uint8 indices");
   using T = typename V::T;
   using R = typename V::V;
   constexpr int W = V::W;
