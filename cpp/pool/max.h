@@ -143,10 +143,11 @@ struct MaxBwd {
   using R = typename V::V;
   // The terms of all window rows go straight into one sum (no per-row divisor).
   static constexpr bool kDirect = true;
-  // Scattered (one add per window), not gathered, at column stride 3 and where windows of more
-  // than 4 taps overlap (backward.h says why).
+  // Scattered (one add per window), not gathered, at column stride 3 (but for the tiled 3-wide
+  // windows) and where windows of more than 4 taps overlap (backward.h says why).
   static constexpr bool kPrefersScatter = true;
-  // The 3x3/s2 path (backward.h) takes uint8 indices only: 9 window positions always give them.
+  // The 3x3/s2 and tiled paths (backward.h, terms3) take uint8 indices only: 9 window positions
+  // always give them, and the tiled 3-wide windows up to 85 rows.
   static constexpr bool kS2k3 = std::is_same_v<I, uint8_t>;
   struct Plane {
     const T* dy;

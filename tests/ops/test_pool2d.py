@@ -505,6 +505,31 @@ def test_3x3_stride2_paths(isa, dtype, rng, h, w, padding, values):
             )
 
 
+def assert_pool_gradients(
+    dy: np.ndarray, idx: np.ndarray, shape: tuple[int, ...], args: tuple[Any, ...], **cmp: float
+) -> None:
+    """Max and average (both divisor rules) pooling gradients against the twin: the same bits
+    (NaN where the twin has NaN), or within assert_allclose's rtol / atol when given."""
+
+    def check(got: np.ndarray, want: np.ndarray, msg: str) -> None:
+        if cmp:
+            np.testing.assert_allclose(got, want, **cmp, err_msg=msg)
+        else:
+            np.testing.assert_array_equal(got, want, err_msg=msg)
+
+    check(
+        ops.max_pool2d_backward(dy, idx, shape, *args),
+        reference.max_pool2d_backward(dy, idx, shape, *args),
+        str((shape, args)),
+    )
+    for cip in (True, False):
+        check(
+            ops.avg_pool2d_backward(dy, shape, *args, cip),
+            reference.avg_pool2d_backward(dy, shape, *args, cip),
+            str((shape, args, cip)),
+        )
+
+
 # Rows for the column-blocked forward at strides 1-3: Q from 1 to beyond 2 vectors of every ISA,
 # so that full, partial and edge blocks meet; a partial last block whose W windows lie inside
 # the input runs as an overlapping full block, every other one through padded copies. (Nine
@@ -536,22 +561,11 @@ def test_column_strides_1_to_3_match_the_twin_exactly(isa, dtype, rng, sw, value
                         # And the gradients (stride 3: 3-wide windows tiled where they do not
                         # overlap in rows, else average gathered in three phases, max scattered).
                         dy = rng.standard_normal(y.shape).astype(dtype)
-                        np.testing.assert_allclose(
-                            ops.max_pool2d_backward(dy, idx, shape, *args),
-                            reference.max_pool2d_backward(dy, idx, shape, *args),
-                            **tol(dtype),
-                            err_msg=str((shape, args)),
-                        )
+                        assert_pool_gradients(dy, idx, shape, args, **tol(dtype))
                         for cip in (True, False):
                             np.testing.assert_array_equal(
                                 ops.avg_pool2d(x, *args, cip),
                                 reference.avg_pool2d(x, *args, cip),
-                                err_msg=str((shape, args, cip)),
-                            )
-                            np.testing.assert_allclose(
-                                ops.avg_pool2d_backward(dy, shape, *args, cip),
-                                reference.avg_pool2d_backward(dy, shape, *args, cip),
-                                **tol(dtype),
                                 err_msg=str((shape, args, cip)),
                             )
 
@@ -576,17 +590,7 @@ def test_tiling_stride3_windows_backward_matches_the_twin_exactly(isa, dtype, rn
                 args = ((kr, 3), (sh, 3), (ph, pw))
                 y, idx = ops.max_pool2d(pool_input(rng, shape, dtype, "normal"), *args)
                 dy = pool_input(rng, y.shape, dtype, values)
-                np.testing.assert_array_equal(
-                    ops.max_pool2d_backward(dy, idx, shape, *args),
-                    reference.max_pool2d_backward(dy, idx, shape, *args),
-                    err_msg=str((shape, args)),
-                )
-                for cip in (True, False):
-                    np.testing.assert_array_equal(
-                        ops.avg_pool2d_backward(dy, shape, *args, cip),
-                        reference.avg_pool2d_backward(dy, shape, *args, cip),
-                        err_msg=str((shape, args, cip)),
-                    )
+                assert_pool_gradients(dy, idx, shape, args)
 
 
 @pytest.mark.parametrize("nt", [1, 3])
