@@ -13,7 +13,7 @@
 // Map of this folder:
 //   geometry.h  window math, column tables, thread split, lane helpers
 //   forward.h   forward loops (vectorised along q; clean / edge blocks), generic over the reduction
-//   backward.h  backward loops (a gather over dx: no scatter, no atomics), generic over the terms
+//   backward.h  backward loops, generic over the terms: a gather over dx, or tiled, or scattered
 //   compact.h   2x2/s2 windows on short rows, flattened across rows and planes (LeNet's maps)
 //   max.h       MaxOp / MaxBwd and max_forward / max_backward
 //   avg.h       AvgOp / AvgBwd and avg_forward / avg_backward
