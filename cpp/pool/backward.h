@@ -362,10 +362,10 @@ struct Tiled3 {
 inline Tiled3 tiled3_windows(const Geom& g) {
   return {ceil_div(g.pw, 3), min64(g.q, (g.w + g.pw) / 3)};
 }
-// Whether the tiled path takes this geometry: at least one vector block of whole windows a row.
+// Whether the tiled path takes this geometry (t: its tiled3_windows): at least one vector block
+// of whole windows a row.
 template <class V>
-bool tiled3_fits(const Geom& g) {
-  const Tiled3 t = tiled3_windows(g);
+bool tiled3_fits(const Geom& g, const Tiled3& t) {
   return g.s == 3 && g.sw == 3 && g.r <= g.sh && t.qb - t.qa >= V::W;
 }
 
@@ -514,10 +514,8 @@ int64_t bwd_planes(const Pool2d& pl, const typename Op::Plane& plane0, int64_t q
                      block_begin(g.h, sp.blocks, b), block_begin(g.h, sp.blocks, b + 1));
       });
     }
-  }
-  if constexpr (Op::kS2k3) {  // (terms3: max pooling with uint8 indices, average pooling)
-    if (tiled3_fits<V>(g)) {
-      const Tiled3 t = tiled3_windows(g);
+    // The tiled 3-wide windows at stride 3 take terms3 as well.
+    if (const Tiled3 t = tiled3_windows(g); tiled3_fits<V>(g, t)) {
       return parallel_tasks(sp, [&](int64_t i, int64_t b) -> int64_t {
         return tiled3_bwd_rows<V, Op>(g, plane0.at_offset(i * plane_out), t, dx + i * g.h * g.w,
                                       block_begin(g.h, sp.blocks, b),

@@ -266,6 +266,10 @@ GRAD_CASES: list[Case] = [
     ((2, 1, 5, 6), 3, 1, 1),
     ((1, 1, 8, 9), (2, 3), (3, 2), (1, 1)),
     ((1, 1, 9, 11), 4, 3, 2),
+    # Tiled 3-wide windows at stride 3 (8 whole windows a row and more: every ISA's float64
+    # vector), a partial last block on 4 lanes, padding, rows between window rows.
+    ((1, 1, 7, 29), 3, 3, 1),
+    ((1, 1, 9, 26), (2, 3), (4, 3), (1, 0)),
 ]
 
 
