@@ -188,6 +188,25 @@ struct BwdTail {
   int64_t avail;        // elements of dy (and of the indices) from the plane's start on
 };
 
+// The scratch rows of a BwdTail in this thread's workspace, their fill set past fill_from
+// elements (the copies stop before it: copy_tail), for a block that may read past Q.
+template <class V>
+BwdTail<V> bwd_tail(int64_t fill_from, typename V::M valid, int64_t avail) {
+  using T = typename V::T;
+  constexpr int64_t L = kTailLen<V>;
+  T* buf = static_cast<T*>(
+      workspace(WorkspaceSlot::pack_aux, static_cast<size_t>(2 * L + V::W) * sizeof(T)));
+  const BwdTail<V> tl{buf + V::W, buf + L + V::W, buf + 2 * L, valid, avail};
+  if (fill_from < V::W) {
+    for (int64_t k = fill_from; k < V::W; ++k) {
+      tl.dy[k] = T(0);
+      tl.cols[k] = T(1);
+    }
+    std::memset(tl.idx, 255, static_cast<size_t>(V::W) * sizeof(T));
+  }
+  return tl;
+}
+
 // Input rows [ha, hb) of one plane (KSW 1 or 2): every column is in a vector block, clean inside
 // [iv_lo, iv_hi), edge outside. Returns the number of index matches (max pooling).
 template <class V, class Op, int KS, int KSW>
@@ -356,6 +375,17 @@ int64_t s2k3_bwd_rows(const Geom& g, const typename Op::Plane& plane, const BwdT
 // on 32-wide rows (10 windows: 8 + 2); as its own 2 windows, storing only the vector they reach
 // (loads past the row's end where dy goes on), it saved 3% (1.36 -> 1.32 ms), and as scalar
 // windows it lost (max 1.6 -> 2.3 ms), so it stays overlapped.
+// Rows of fewer whole windows than lanes (short rows: AVX-512's 16 float lanes against the 10
+// windows of a 32-wide map) are one masked block (tiled3_fits). On an Intel Xeon (AVX-512),
+// float32, one core, average pooling gathered in three phases -> one block a row: 64x64x32x32
+// 3x3/s3 2.90-2.92 -> 1.17-1.20 ms (2 threads 1.47 -> 0.59 ms), 64x64x33x33 p1 3.05-3.09 ->
+// 1.47-1.56 ms, 64x64x16x16 1.40-1.42 -> 0.54-0.55 ms, 64x64x8x8 0.56-0.58 -> 0.29 ms. Max
+// pooling's short rows stay scattered: there the block lost (64x64x32x32 0.97-1.04 -> 1.16-1.18
+// ms, 64x64x8x8 0.08 -> 0.26 ms). Its rows of at least W windows are tiled on every machine,
+// though on that Xeon the scatter was faster where they hold under 2W (AVX2 forced: 64x64x32x32
+// 0.98-1.03 against 1.38 ms, 64x64x33x33 p1 1.15-1.18 against 1.95-1.96 ms), and slower from 16
+// on (AVX-512: 64x64x48x48 6.4 against 4.6-5.4 ms; AVX2: 16x32x112x112 2.1 against 1.3 ms),
+// while the Zen 3 numbers above favour the tiled rows at 10 windows.
 struct Tiled3 {
   int64_t qa, qb;  // the windows wholly inside a row
 };
@@ -363,20 +393,25 @@ inline Tiled3 tiled3_windows(const Geom& g) {
   return {ceil_div(g.pw, 3), min64(g.q, (g.w + g.pw) / 3)};
 }
 // Whether the tiled path takes this geometry (t: its tiled3_windows): at least one vector block
-// of whole windows a row.
-template <class V>
+// of whole windows a row, or for average pooling one whole window. Rows of fewer than W of them
+// (a short row: 10 windows on a 32-wide map against AVX-512's 16 float lanes) are one block, read
+// past its windows (kOver, or kCopy at the end of dy) and stored with masks (store3n). Max
+// pooling's short rows stay scattered, which measured faster (see above).
+template <class V, class Op>
 bool tiled3_fits(const Geom& g, const Tiled3& t) {
-  return g.s == 3 && g.sw == 3 && g.r <= g.sh && t.qb - t.qa >= V::W;
+  return g.s == 3 && g.sw == 3 && g.r <= g.sh && t.qb - t.qa >= (Op::kPrefersScatter ? V::W : 1);
 }
 
-// Input rows [ha, hb) of one plane; returns the index matches (max pooling).
+// Input rows [ha, hb) of one plane; returns the index matches (max pooling). tl: a short row's
+// (bwd_tail), its valid lanes the first n; otherwise only valid, the overlapped block's lanes.
 template <class V, class Op>
 int64_t tiled3_bwd_rows(const Geom& g, const typename Op::Plane& plane, const Tiled3& t,
-                        typename V::T* dx, int64_t ha, int64_t hb) {
+                        const BwdTail<V>& tl, typename V::T* dx, int64_t ha, int64_t hb) {
   using T = typename V::T;
   constexpr int W = V::W;
-  const int64_t own = (t.qb - t.qa) % W;  // windows of the overlapped last block's own lanes
-  const BwdTail<V> tl{nullptr, nullptr, nullptr, V::lanes(W - static_cast<int>(own), W), 0};
+  const int64_t n = t.qb - t.qa;
+  // Windows of the overlapped last block's own lanes (a short row: all of them).
+  const int64_t own = n % W;
   const int64_t zero_from = min64(max64(3 * g.q - g.pw, 0), g.w);
   int64_t found = 0;
   WindowRows wr(g, ha);  // with R <= sh, the one window row (p_top, r_top) of row ih, if any
@@ -391,11 +426,23 @@ int64_t tiled3_bwd_rows(const Geom& g, const typename Op::Plane& plane, const Ti
     const auto block = [&](auto read, int64_t q0) {
       typename V::V v[3];
       found += op.template terms3<decltype(read)::value>(g, q0, k0, tl, v);
-      store3<V>(dxr + 3 * q0 - g.pw, v[0], v[1], v[2]);
+      if (n < W) {
+        store3n<V>(dxr + 3 * q0 - g.pw, v[0], v[1], v[2], static_cast<int>(3 * n));
+      } else {
+        store3<V>(dxr + 3 * q0 - g.pw, v[0], v[1], v[2]);
+      }
     };
-    if (own > 0) block(std::integral_constant<int, kOver>(), t.qb - W);
-    for (int64_t q0 = t.qa; q0 + W <= t.qb; q0 += W) {
-      block(std::integral_constant<int, kInside>(), q0);
+    if (n < W) {
+      if (wr.p_top * g.q + t.qa + W <= tl.avail) {
+        block(std::integral_constant<int, kOver>(), t.qa);
+      } else {
+        block(std::integral_constant<int, kCopy>(), t.qa);
+      }
+    } else {
+      if (own > 0) block(std::integral_constant<int, kOver>(), t.qb - W);
+      for (int64_t q0 = t.qa; q0 + W <= t.qb; q0 += W) {
+        block(std::integral_constant<int, kInside>(), q0);
+      }
     }
     const auto window = [&](int64_t q) {
       for (int64_t s = 0; s < 3; ++s) {
@@ -492,32 +539,29 @@ int64_t bwd_planes(const Pool2d& pl, const typename Op::Plane& plane0, int64_t q
   const Split sp = make_split(planes, g.h, planes * g.h * g.w, pl.nthreads);
   if constexpr (Op::kS2k3) {  // (which ops the 3x3/s2 path serves: Op::kS2k3)
     if (s2k3_fits(g)) {
-      using T = typename V::T;
-      constexpr int64_t L = kTailLen<V>;
       // One block a row at most reads past Q (the last: the column pairs are Q + 1 at most), with
       // fill_from windows of its own (0 when it lies past Q).
       const int64_t nb = ceil_div(ceil_div(g.w, 2), V::W), fill_from = g.q - (nb - 1) * V::W;
       auto rows3 = g.pw == 1 ? s2k3_bwd_rows<V, Op, 1> : s2k3_bwd_rows<V, Op, 0>;
       return parallel_tasks(sp, [&](int64_t i, int64_t b) -> int64_t {
-        T* buf = static_cast<T*>(
-            workspace(WorkspaceSlot::pack_aux, static_cast<size_t>(2 * L + V::W) * sizeof(T)));
-        const BwdTail<V> tl{buf + V::W, buf + L + V::W, buf + 2 * L,
-                            V::first_n(static_cast<int>(fill_from)), (planes - i) * plane_out};
-        if (fill_from < V::W) {  // the fill past the end of dy's rows, once: copies stop before it
-          for (int64_t k = fill_from; k < V::W; ++k) {
-            tl.dy[k] = T(0);
-            tl.cols[k] = T(1);
-          }
-          std::memset(tl.idx, 255, static_cast<size_t>(V::W) * sizeof(T));
-        }
+        const BwdTail<V> tl = bwd_tail<V>(fill_from, V::first_n(static_cast<int>(fill_from)),
+                                          (planes - i) * plane_out);
         return rows3(g, plane0.at_offset(i * plane_out), tl, dx + i * g.h * g.w,
                      block_begin(g.h, sp.blocks, b), block_begin(g.h, sp.blocks, b + 1));
       });
     }
     // The tiled 3-wide windows at stride 3 take terms3 as well.
-    if (const Tiled3 t = tiled3_windows(g); tiled3_fits<V>(g, t)) {
+    if (const Tiled3 t = tiled3_windows(g); tiled3_fits<V, Op>(g, t)) {
+      const int64_t n = t.qb - t.qa;
       return parallel_tasks(sp, [&](int64_t i, int64_t b) -> int64_t {
-        return tiled3_bwd_rows<V, Op>(g, plane0.at_offset(i * plane_out), t, dx + i * g.h * g.w,
+        // A short row's block reads from window qa: to Q (its windows, and one cut by the right
+        // end) where it copies, its valid lanes the first n.
+        const BwdTail<V> tl =
+            n < V::W
+                ? bwd_tail<V>(g.q - t.qa, V::first_n(static_cast<int>(n)), (planes - i) * plane_out)
+                : BwdTail<V>{nullptr, nullptr, nullptr,
+                             V::lanes(V::W - static_cast<int>(n % V::W), V::W), 0};
+        return tiled3_bwd_rows<V, Op>(g, plane0.at_offset(i * plane_out), t, tl, dx + i * g.h * g.w,
                                       block_begin(g.h, sp.blocks, b),
                                       block_begin(g.h, sp.blocks, b + 1));
       });

@@ -576,9 +576,10 @@ def test_column_strides_1_to_3_match_the_twin_exactly(isa, dtype, rng, sw, value
 
 # Rows for the tiled backward (3-wide windows at column stride 3 that do not overlap in rows):
 # vector blocks of W = 4, 8 and 16 windows whole and overlapped (Q a multiple of W or not),
-# windows cut by the padding at either end, columns past the last window, rows too short for a
-# vector block (which take the general paths).
-TILED3_WIDTHS = (3, 13, 24, 26, 29, 33, 48, 52, 53)
+# windows cut by the padding at either end, columns past the last window, rows of fewer whole
+# windows than lanes (average pooling: one masked block, 1-11 windows here), rows of none (the
+# general paths).
+TILED3_WIDTHS = (3, 4, 10, 13, 24, 26, 29, 33, 34, 48, 52, 53)
 
 
 @pytest.mark.usefixtures("quiet_numpy")
