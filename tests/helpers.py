@@ -106,3 +106,32 @@ def need_memory(nbytes: int) -> None:
     have = available_bytes()
     if have < nbytes * 1.15:
         pytest.skip(f"needs {nbytes / GIB:.1f} GiB of free memory, {have / GIB:.1f} GiB available")
+
+
+# Source for a subprocess script (a stray read there is a segfault of that process, not of the
+# test run): at_page_end(values) returns a copy of values (C order) whose last byte is the last
+# byte before a PROT_NONE page, so that a kernel reading past the array faults. Linux (mmap and
+# mprotect through libc).
+AT_PAGE_END = r"""
+import ctypes, mmap, sys
+import numpy as np
+
+PAGE = mmap.PAGESIZE
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+keep = []
+
+
+def at_page_end(values):
+    nbytes = values.nbytes
+    pages = nbytes // PAGE + 2
+    buf = mmap.mmap(-1, pages * PAGE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    guard = base + (pages - 1) * PAGE
+    assert libc.mprotect(guard, PAGE, 0) == 0, ctypes.get_errno()
+    arr = np.frombuffer(buf, values.dtype, count=values.size, offset=(pages - 1) * PAGE - nbytes)
+    arr = arr.reshape(values.shape)
+    arr[...] = values
+    keep.append(buf)
+    return arr
+"""

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import simdnn
 from helpers import (
+    AT_PAGE_END,
     BIG,
     ISAS,
     as64,
@@ -787,31 +788,10 @@ def test_matmul_one_row_out_with_column_step_or_reversed(isa):
 # loaded the B row and A column after the last ones (found by valgrind). Here A and B end exactly
 # where an inaccessible page begins, so a read past them is a segfault, not a silent stray read.
 
-_GUARD_SCRIPT = r"""
-import ctypes, mmap, sys
-import numpy as np
+_GUARD_SCRIPT = (
+    AT_PAGE_END
+    + r"""
 from simdnn import _core
-
-PAGE = mmap.PAGESIZE
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-keep = []
-
-
-def at_page_end(values):
-    # A copy of values (C order) whose last byte is the last byte before a PROT_NONE page.
-    nbytes = values.nbytes
-    pages = nbytes // PAGE + 2
-    buf = mmap.mmap(-1, pages * PAGE)
-    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
-    guard = base + (pages - 1) * PAGE
-    assert libc.mprotect(guard, PAGE, 0) == 0, ctypes.get_errno()
-    arr = np.frombuffer(buf, values.dtype, count=values.size, offset=(pages - 1) * PAGE - nbytes)
-    arr = arr.reshape(values.shape)
-    arr[...] = values
-    keep.append(buf)
-    return arr
-
 
 checked = 0
 for uk in _core.ukernels():
@@ -832,6 +812,7 @@ for uk in _core.ukernels():
                     checked += 1
 print(checked)
 """
+)
 
 
 @pytest.mark.regression

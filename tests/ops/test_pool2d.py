@@ -4,6 +4,8 @@ differences; PyTorch's max-pool semantics (ties, NaN, -inf); threads, strides an
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -14,7 +16,7 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 import simdnn
-from helpers import BIG, F64, ISAS, as64, assert_same_classes, need_memory, sprinkle
+from helpers import AT_PAGE_END, BIG, F64, ISAS, as64, assert_same_classes, need_memory, sprinkle
 from simdnn import bench, ops, reference
 from strategies import (
     BAD_DTYPES,
@@ -629,6 +631,72 @@ def test_tiling_stride3_bad_indices_are_counted_once(isa, dtype, threads, nt, kr
                 idx[0, 0, pi, qi] = bad
                 with pytest.raises(ValueError, match=f"1 of {dy.size} indices"):
                     ops.max_pool2d_backward(dy, idx, shape, *args)
+
+
+_POOL_GUARD_SCRIPT = (
+    AT_PAGE_END
+    + r"""
+import itertools
+import simdnn
+from simdnn import _core, ops
+
+def as_tuple(v):
+    return v if isinstance(v, tuple) else (v,)
+
+
+checked = 0
+for isa, dt, nt in itertools.product(sys.argv[1:], (np.float32, np.float64), (1, 2)):
+    _core.set_isa(isa)
+    simdnn.set_num_threads(nt)
+    rng = np.random.default_rng(0)
+    for (kr, ks, sh, sw, ph, pw), n, w in itertools.product(WINDOWS, (1, 3), WIDTHS):
+        if w + 2 * pw < ks:
+            continue
+        shape = (n, 1, 7, w)
+        args = ((kr, ks), (sh, sw), (ph, pw))
+        x = rng.standard_normal(shape).astype(dt)
+        y, idx = ops.max_pool2d(x, *args)
+        dy = rng.standard_normal(y.shape).astype(dt)
+        xg, dyg, idxg = at_page_end(x), at_page_end(dy), at_page_end(idx)
+        for got, want in (
+            (ops.max_pool2d(xg, *args), (y, idx)),
+            (ops.avg_pool2d(xg, *args), ops.avg_pool2d(x, *args)),
+            (ops.max_pool2d_backward(dyg, idxg, shape, *args),
+             ops.max_pool2d_backward(dy, idx, shape, *args)),
+            (ops.avg_pool2d_backward(dyg, shape, *args), ops.avg_pool2d_backward(dy, shape, *args)),
+        ):
+            for a, b in zip(as_tuple(got), as_tuple(want)):
+                np.testing.assert_array_equal(a, b)
+        checked += 1
+print(checked)
+"""
+)
+
+
+@pytest.mark.regression
+def test_pool_reads_stay_inside_their_arrays():
+    """x, dy and the indices end where an inaccessible page begins: the blocks that read past a
+    row's end (the forward's short rows and the 3x3/s2 path, the 3x3/s2 and tiled gradients) must
+    switch to copies before they would read past the array."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("uses mmap and mprotect through libc")
+    windows = [
+        (3, 3, 3, 3, 0, 0),  # tiled gradient; forward rows of fewer windows than lanes
+        (3, 3, 3, 3, 1, 1),
+        (3, 3, 2, 2, 0, 0),  # the 3x3/s2 paths
+        (3, 3, 2, 2, 1, 1),
+        (5, 5, 3, 3, 0, 0),
+        (2, 2, 2, 2, 0, 0),
+        (3, 3, 1, 1, 0, 0),
+        (2, 3, 2, 1, 0, 0),
+    ]
+    widths = [3, 5, 8, 10, 16, 17, 22, 32, 34, 47, 50]
+    script = f"WINDOWS = {windows!r}\nWIDTHS = {widths!r}\n" + _POOL_GUARD_SCRIPT
+    run = subprocess.run(
+        [sys.executable, "-c", script, *ISAS], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    assert int(run.stdout) > 100 * len(ISAS)
 
 
 def test_3x3_stride2_bad_indices_are_counted(isa, dtype):
