@@ -186,6 +186,10 @@ struct BwdTail {
   void* idx;            // W indices (uint8_t or int32_t); 255 past the end
   typename V::M valid;  // kOver: the lanes of the last block that are windows
   int64_t avail;        // elements of dy (and of the indices) from the plane's start on
+  // Whether W windows from q0 of row p can be read in place (kOver): they end inside dy.
+  bool reads_in_place(const Geom& g, int64_t p, int64_t q0) const {
+    return p * g.q + q0 + V::W <= avail;
+  }
 };
 
 // The scratch rows of a BwdTail in this thread's workspace, their fill set past fill_from
@@ -325,7 +329,7 @@ int64_t s2k3_bwd_rows(const Geom& g, const typename Op::Plane& plane, const BwdT
       const auto any_read = [&](const Op& op, int64_t p, int64_t q0, int64_t k, R ts[3]) {
         if (q0 + W <= g.q) {
           add_terms(std::integral_constant<int, kInside>(), op, q0, k, ts);
-        } else if (p * g.q + q0 + W <= tl.avail) {
+        } else if (tl.reads_in_place(g, p, q0)) {
           add_terms(std::integral_constant<int, kOver>(), op, q0, k, ts);
         } else {
           add_terms(std::integral_constant<int, kCopy>(), op, q0, k, ts);
@@ -402,8 +406,17 @@ bool tiled3_fits(const Geom& g, const Tiled3& t) {
   return g.s == 3 && g.sw == 3 && g.r <= g.sh && t.qb - t.qa >= (Op::kPrefersScatter ? V::W : 1);
 }
 
-// Input rows [ha, hb) of one plane; returns the index matches (max pooling). tl: a short row's
-// (bwd_tail), its valid lanes the first n; otherwise only valid, the overlapped block's lanes.
+// The BwdTail of a task of the tiled path (avail: dy's elements from its plane on). A short row's
+// block reads from window qa to Q (its windows, and one cut by the right end) where it copies, its
+// valid lanes the first n; otherwise only the overlapped last block's lanes are set.
+template <class V>
+BwdTail<V> tiled3_tail(const Geom& g, const Tiled3& t, int64_t avail) {
+  const int64_t n = t.qb - t.qa;
+  if (n < V::W) return bwd_tail<V>(g.q - t.qa, V::first_n(static_cast<int>(n)), avail);
+  return {nullptr, nullptr, nullptr, V::lanes(V::W - static_cast<int>(n % V::W), V::W), 0};
+}
+
+// Input rows [ha, hb) of one plane; returns the index matches (max pooling). tl: tiled3_tail's.
 template <class V, class Op>
 int64_t tiled3_bwd_rows(const Geom& g, const typename Op::Plane& plane, const Tiled3& t,
                         const BwdTail<V>& tl, typename V::T* dx, int64_t ha, int64_t hb) {
@@ -433,7 +446,7 @@ int64_t tiled3_bwd_rows(const Geom& g, const typename Op::Plane& plane, const Ti
       }
     };
     if (n < W) {
-      if (wr.p_top * g.q + t.qa + W <= tl.avail) {
+      if (tl.reads_in_place(g, wr.p_top, t.qa)) {
         block(std::integral_constant<int, kOver>(), t.qa);
       } else {
         block(std::integral_constant<int, kCopy>(), t.qa);
@@ -552,15 +565,8 @@ int64_t bwd_planes(const Pool2d& pl, const typename Op::Plane& plane0, int64_t q
     }
     // The tiled 3-wide windows at stride 3 take terms3 as well.
     if (const Tiled3 t = tiled3_windows(g); tiled3_fits<V, Op>(g, t)) {
-      const int64_t n = t.qb - t.qa;
       return parallel_tasks(sp, [&](int64_t i, int64_t b) -> int64_t {
-        // A short row's block reads from window qa: to Q (its windows, and one cut by the right
-        // end) where it copies, its valid lanes the first n.
-        const BwdTail<V> tl =
-            n < V::W
-                ? bwd_tail<V>(g.q - t.qa, V::first_n(static_cast<int>(n)), (planes - i) * plane_out)
-                : BwdTail<V>{nullptr, nullptr, nullptr,
-                             V::lanes(V::W - static_cast<int>(n % V::W), V::W), 0};
+        const BwdTail<V> tl = tiled3_tail<V>(g, t, (planes - i) * plane_out);
         return tiled3_bwd_rows<V, Op>(g, plane0.at_offset(i * plane_out), t, tl, dx + i * g.h * g.w,
                                       block_begin(g.h, sp.blocks, b),
                                       block_begin(g.h, sp.blocks, b + 1));
