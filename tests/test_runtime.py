@@ -43,8 +43,8 @@ def test_cpu_info_keys():
         assert isinstance(info[key], int)
         assert info[key] > 0
     assert info["vendor"] in ("Intel", "AMD", "unknown")
-    # Intel's L1 stride prefetcher follows strides up to 2 KiB; elsewhere no limit is known.
-    assert info["stride_prefetch_bytes"] == (2048 if info["vendor"] == "Intel" else None)
+    # Intel packs a row-major B whose rows lie more than 512 bytes apart; elsewhere no limit.
+    assert info["in_place_stride_bytes"] == (512 if info["vendor"] == "Intel" else None)
     # AMD family 25 (Zen 3, and Zen 4 with AVX-512) packs a B whose rows span more than 3.5 MiB.
     family = cpu_family()
     # Intel and Zen 4 pack the far planes of 1x1 convolutions (over 2 KiB).

@@ -55,10 +55,10 @@ py::dict cpu_info_dict() {
   d["l1d_cache"] = cpu.l1d;
   d["l2_cache"] = cpu.l2;
   d["l3_cache"] = cpu.l3;
-  if (cpu.stride_prefetch_bytes == INT64_MAX) {
-    d["stride_prefetch_bytes"] = py::none();
+  if (cpu.in_place_stride_bytes == INT64_MAX) {
+    d["in_place_stride_bytes"] = py::none();
   } else {
-    d["stride_prefetch_bytes"] = cpu.stride_prefetch_bytes;
+    d["in_place_stride_bytes"] = cpu.in_place_stride_bytes;
   }
   if (cpu.in_place_span_bytes == INT64_MAX) {
     d["in_place_span_bytes"] = py::none();

@@ -83,7 +83,7 @@ void probe_isas(CpuInfo* info) {
   std::memcpy(vendor + 8, &l0.c, 4);
   if (std::strcmp(vendor, "GenuineIntel") == 0) {
     info->vendor = "Intel";
-    info->stride_prefetch_bytes = 2048;
+    info->in_place_stride_bytes = 512;
     info->pointwise_plane_bytes = 2048;
   }
   if (std::strcmp(vendor, "AuthenticAMD") == 0) {

@@ -19,11 +19,12 @@ struct CpuInfo {
   // Per-core data cache sizes in bytes (L3 is the whole cache as reported; kernels cap its use).
   int64_t l1d = 0, l2 = 0, l3 = 0;
   const char* vendor = "unknown";
-  // The largest distance in bytes between successive loads of one instruction that the core's L1
-  // stride prefetcher follows: 2 KiB on Intel cores (the IP-based stride prefetcher, Intel's
-  // optimization reference manual), no known limit elsewhere. A GEMM reads a row-major B in place
-  // only within it (gemm_driver.h, MatrixB::in_place).
-  int64_t stride_prefetch_bytes = INT64_MAX;
+  // The largest row stride in bytes of a row-major B that a GEMM reads in place (gemm_driver.h,
+  // MatrixB::in_place, which has the measurements); a B whose rows lie farther apart is packed.
+  // 512 bytes on Intel (it was 2 KiB, the reach of Intel's L1 stride prefetcher, until B was
+  // measured as the benchmark and a training step see it: from L3, not hot in L2); no limit
+  // elsewhere.
+  int64_t in_place_stride_bytes = INT64_MAX;
   // The most bytes that the rows of a row-major B read in place by a GEMM may span (K times the
   // row stride); a longer B is packed. 3.5 MiB on AMD family 0x19: on Zen 4 a B of 4 MB or more
   // read in place ran 10-30% slower than packed; on a Zen 3 VM (AVX2, float32, GFLOP/s in place

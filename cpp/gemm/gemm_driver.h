@@ -368,10 +368,10 @@ struct MatrixB {
     pack_b<V, NR>(b + pc * rs + j0 * cs, rs, cs, kc, j1 - j0, dst);
   }
   // A row-major B can be read where it lies (all of its rows): row p of panel v at
-  // b + p * rs + v * NR. Not where its rows are further apart than the L1 stride prefetcher
-  // follows (CpuInfo::stride_prefetch_bytes, 2 KiB on Intel): each k step of the micro-kernel then
-  // waits for B from L2. GFLOP/s, float32, Intel Xeon (Sapphire Rapids class), in place -> packed,
-  // two alternating runs each, 1 thread | 2 threads:
+  // b + p * rs + v * NR. Not where its rows are more than CpuInfo::in_place_stride_bytes apart
+  // (512 on Intel). First, at 2 KiB (the reach of Intel's L1 stride prefetcher, past which each k
+  // step of the micro-kernel waits for B from L2), GFLOP/s, float32, Intel Xeon (Sapphire Rapids
+  // class), in place -> packed, two alternating runs each, 1 thread | 2 threads:
   //  - rows 4000 bytes apart: 128 x 4096 . 4096 x 1000 109-125 -> 140-152 | 228-250 -> 269-304;
   //    64 x 4096 . 4096 x 1000 100-102 -> 127-130 | 192-200 -> 244-246; 64 x 1000 . 1000 x 1000
   //    116 -> 133-138 | 238-243 -> 231-236; 256 x 1000 . 1000 x 1000 142-144 -> 161-169 | 246-263
@@ -381,6 +381,30 @@ struct MatrixB {
   //    256 x 512 . 512 x 512 181-189 -> 166-171 | 327-340 -> 287-290 (but 512^3 139-158 -> 170-184
   //    | 258-304 -> 301-338: not explained by the stride);
   //  - 1024 bytes, kept: 64 x 784 . 784 x 256 161-176 -> 147-162 | 262-320 -> 250-273.
+  // Those products reused one B, hot in L2. Then, on another Intel Xeon VM (AVX-512, family 6
+  // model 167 as the VM reports it), with the operands rotated among copies of at least 3 MiB as
+  // the benchmark does (B from L3, as in a training step, where the optimizer has just rewritten
+  // the weights), medians of 7 blocks, 2-4 alternating runs each, 1 thread | 2 threads:
+  //  - 2048 bytes: 64 x 512 . 512 x 512 103-115 -> 118-133 | 224-231 -> 240-247; 256 x 512 . 512
+  //    x 512 132-138 -> 148-161 | 245-259 -> 273-297; 512^3 143-147 -> 157-177 | 264-271 ->
+  //    298-307; 2000 bytes: 64 x 800 . 800 x 500 106-107 -> 131 | 208-215 -> 225-233;
+  //  - 1024 bytes: 64 x 784 . 784 x 256 118-129 -> 127-143 | 209-222 -> 231-241; 64 x 1024 .
+  //    1024 x 256 120-125 -> 126-131 | 198-207 -> 212-216; 64 x 256 . 256 x 256 122-136 ->
+  //    122-143 | 215-220 -> 223-236;
+  //  - 512 bytes and less, kept in place (even or split): 64 x 784 . 784 x 128 127-129 -> 135-140
+  //    | 203-221 -> 198-204; 64 x 784 . 784 x 64 127-129 -> 129-132 | 201 -> 187-208; 128 x 256 .
+  //    256 x 128 148-149 -> 156-158 | 227-235 -> 216-241; 64 x 256 . 256 x 10 even;
+  //  - AVX2 (SIMDNN_ISA=avx2), 2 threads: 64 x 512 . 512 x 512 149-152 -> 163-167, 512^3 164-174
+  //    -> 190-204, 64 x 784 . 784 x 256 155-160 -> 161-175, 64 x 256 . 256 x 256 even.
+  // With one B reused, in place still won there for the 64-row products (64 x 784 . 784 x 256
+  // 160-164 -> 133-142, 64 x 256 . 256 x 256 155-173 -> 143-144, 1 thread), as on the first VM.
+  // What the copy saves is TLB misses: NumPy gives arrays under 4 MiB 4 KiB pages, and a K block
+  // of B read in place spans KC x stride bytes (392 x 1 KiB, 98 pages, for the MLP's 784 x 256
+  // weights), more than an L1 DTLB holds. With every operand on 2 MiB pages (carved from one
+  // madvised buffer) in place won again (64 x 512 . 512 x 512 118-120 -> 108-111, 512^3 153-156 ->
+  // 142-155, 1 thread); capping the K block at 32 pages of B recovered the 64-row products only in
+  // part (64 x 512 . 512 x 512 127-130) and lost 512^3 (136-137). The MLP's training step, 2
+  // threads, every B packed: 737-827 -> 679-751 us (medians, six alternating pairs).
   // On the AMD EPYC Zen 5 machine the 4000-byte rows of 128 x 4096 . 4096 x 1000 gained in place
   // (393-398 -> 437-439 on 2 threads; in_place_pays), hence no limit there. The convolutions'
   // image planes (Im2colB::in_place) follow the same rule since they are packed in row groups;
@@ -398,12 +422,12 @@ struct MatrixB {
   //  - spans under 3.5 MiB, in place kept: 64 x 784 . 784 x 1000 (3.1 MB) 87.0 -> 83.2 | 193.4 ->
   //    176.8; 64 x 1400 . 1400 x 600 (3.4 MB) 91.0 -> 79.9 (1 thread); 64 x 880 . 880 x 1000 (3.5
   //    MB) 91.8 -> 92.6 | 180.3 -> 172.8; 64 x 784 . 784 x 600 98.9 -> 92.3 (1 thread).
-  // The stride alone does not decide there: with Intel's 2 KiB limit the last four would be packed.
+  // The stride alone does not decide there: with Intel's limit the last four would be packed.
   // Why the span matters (TLB reach, the prefetchers, L2 ways) was not established.
   int64_t in_place(int64_t* ld) const {
     *ld = rs;
     const int64_t bytes = sizeof(T);
-    const bool near = rs * bytes <= cpu_info().stride_prefetch_bytes;
+    const bool near = rs * bytes <= cpu_info().in_place_stride_bytes;
     const bool short_span = k * rs * bytes <= cpu_info().in_place_span_bytes;
     return cs == 1 && near && short_span ? INT64_MAX : 0;
   }

@@ -21,10 +21,10 @@ def cpu_info() -> dict[str, Any]:
     - ``num_threads``: the threads a kernel may use (see :func:`set_num_threads`);
     - ``l1d_cache``, ``l2_cache``, ``l3_cache``: the per-core cache sizes in bytes that the
       blocking is derived from, and ``gemm_blocking``: the resulting tile and block sizes;
-    - ``vendor`` (``"Intel"``, ``"AMD"`` or ``"unknown"``) and ``stride_prefetch_bytes``: the
-      largest stride the L1 stride prefetcher follows (2048 on Intel, ``None`` where no limit is
-      known); a matrix product reads a row-major right operand without copying it only when its
-      rows are at most this far apart; ``in_place_span_bytes``: how far such an operand's rows
+    - ``vendor`` (``"Intel"``, ``"AMD"`` or ``"unknown"``) and ``in_place_stride_bytes``: a
+      matrix product reads a row-major right operand without copying it only when its rows are
+      at most this many bytes apart (512 on Intel, ``None`` where there is no limit);
+      ``in_place_span_bytes``: how far such an operand's rows
       may span in all (rows times stride) to be read without copying (3670016, 3.5 MiB, on AMD
       Zen 3 and Zen 4; ``None`` where there is no such limit); ``pointwise_plane_bytes``: the
       largest image plane a 1x1 convolution reads without copying (2048 on Intel and AMD Zen 4,
