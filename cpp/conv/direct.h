@@ -236,6 +236,16 @@ inline TapRange live_taps(const Conv2d& cv, bool finite, int64_t pa, int64_t pb)
 // (c, r, s) of w[:, c, r, s] . x[c, p * sh + r * dh, q * sw + s * dw] (pad: the padded planes of
 // the group, cg of them; block b's weights at wt + b * wstep, its results at yt + b * ystep), the
 // kernel rows r that read only padding rows left out where the weights are finite (live_taps).
+// A task's weights, KB blocks of Cg x R x S vectors (147 KB for 3x3 64->128, four blocks), come
+// from L2 on every run of pixels. On an Intel Xeon VM (AVX-512, 48 KiB L1d, 2 MiB L2), 3x3/s2 p1
+// 64->128 32x32 N16's forward, 1 thread, spent 79% of its samples in lanes_wide_plane, the
+// largest shares of them (8% and 7%) on the first FMAs after the weight loads. Two remedies were
+// measured there and dropped:
+//  - a prefetch of each block's weights 8 taps ahead: 5.31 -> 5.75 ms (one run each);
+//  - passes over chunks of channels whose weights fit in half of L1, the accumulators reloaded
+//    from the results between passes: 5.21-5.51 -> 5.67-5.93 ms (three alternating runs; 3x3/s2
+//    128->128 28x28 N8 4.06-4.22 -> 4.09-4.14 ms). With one pass, the parameters the chunks need
+//    alone cost 5.74-5.84 ms: the block's code is sensitive to what it carries.
 template <class V, int KB, int NP, int NQ, int SW = 0>
 inline void lanes_block(const Conv2d& cv, bool finite, const typename V::T* pad, int64_t cg,
                         int64_t plane, int64_t wp, const typename V::T* wt, int64_t wstep,
