@@ -234,7 +234,9 @@ inline TapRange live_taps(const Conv2d& cv, bool finite, int64_t pa, int64_t pb)
 
 // NP output rows x NQ pixels from (p, q0) of KB filter blocks of one group: acc = bias + sum over
 // (c, r, s) of w[:, c, r, s] . x[c, p * sh + r * dh, q * sw + s * dw] (pad: the padded planes of
-// the group, cg of them; block b's weights at wt + b * wstep, its results at yt + b * ystep), the
+// the group, cg of them, channel c's padded row i at pad + c * plane + i * wp: planes one after
+// another, or rows of every channel side by side as direct_forward_lanes lays them out; block b's
+// weights at wt + b * wstep, its results at yt + b * ystep), the
 // kernel rows r that read only padding rows left out where the weights are finite (live_taps).
 // A task's weights, KB blocks of Cg x R x S vectors (147 KB for 3x3 64->128, four blocks), come
 // from L2 on every run of pixels. On an Intel Xeon VM (AVX-512, 48 KiB L1d, 2 MiB L2), 3x3/s2 p1
@@ -359,6 +361,15 @@ void direct_forward_lanes(const Conv2d& cv, const T* x, const T* w, const T* b, 
     }
     for (int l = 0; l < W; ++l) d[crs * W + l] = b != nullptr && l < live ? b[k0 + l] : T(0);
   }
+  // The padded image row by row, each row's C channels side by side (c at cstr, padded row i at
+  // i * rstr): a run of pixels then reads its R input rows of every channel from one span of
+  // C x R x Wp values instead of from C planes a page or more apart. Intel Xeon VM (AVX-512), 2
+  // threads, float32, medians of 20-30 calls, three to six alternating runs (one disturbed run
+  // of each left out), planes -> rows:
+  // 3x3/s2 p1 64->128 32x32 N16 2.43-2.59 -> 2.39-2.44 ms, 3x3/s2 p1 128->128 28x28 N8 1.94-2.01 ->
+  // 1.85-1.86 ms, 3x3 p1 64->32 28x28 N8 951-993 -> 909-944 us; 7x7/s2 p3 64->32 56x56 N4, 3x3 p1
+  // 64->64 7x7 N16 and 3x3/s2 p0 192->32 28x28 N4 even. AMD not measured.
+  const int64_t cstr = wp, rstr = cv.c * wp;
   const int nt = static_cast<int>(min64(cv.nthreads, units));
   parallel_ranges(units, 1, 1, nt, [&](int64_t u0, int64_t u1) {
     T* pad = static_cast<T*>(
@@ -372,10 +383,10 @@ void direct_forward_lanes(const Conv2d& cv, const T* x, const T* w, const T* b, 
       const int64_t nb = min64(per_task, (grp + 1) * kbg - kb0);
       if (n != padded) {
         for (int64_t c = 0; c < cv.c; ++c) {
-          T* d = pad + c * plane;
+          T* d = pad + c * cstr;
           const T* src = x + (n * cv.c + c) * cv.h * cv.w;
           for (int64_t i = 0; i < hp; ++i) {
-            T* drow = d + i * wp;
+            T* drow = d + i * rstr;
             if (i < i0 || i >= i1) {
               for (int64_t j = 0; j < wp; ++j) drow[j] = T(0);
               continue;
@@ -393,19 +404,19 @@ void direct_forward_lanes(const Conv2d& cv, const T* x, const T* w, const T* b, 
       R bias[4];
       for (int64_t blk = 0; blk < 4; ++blk)
         bias[blk] = V::load(wk + min64(blk, nb - 1) * wstep + crs * W);
-      const T* gpad = pad + grp * cg * plane;  // the planes of the group
+      const T* gpad = pad + grp * cg * cstr;  // the group's channels
       // Rows per block: one block keeps at least 12 accumulators where the plane allows (2 FMA
       // pipes of latency 4 want 8 chains; each tap's weight vector is loaded once per block);
       // two blocks fill the accumulator budget.
       if (2 * cv.q >= V::W) {
         if (nb == 1) {
-          lanes_wide_plane<V, 1>(cv, finite, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep);
+          lanes_wide_plane<V, 1>(cv, finite, gpad, cg, cstr, rstr, wk, wstep, bias, yt, ystep);
         } else if (nb == 2) {
-          lanes_wide_plane<V, 2>(cv, finite, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep);
+          lanes_wide_plane<V, 2>(cv, finite, gpad, cg, cstr, rstr, wk, wstep, bias, yt, ystep);
         } else if (nb == 3) {
-          lanes_wide_plane<V, 3>(cv, finite, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep);
+          lanes_wide_plane<V, 3>(cv, finite, gpad, cg, cstr, rstr, wk, wstep, bias, yt, ystep);
         } else {
-          lanes_wide_plane<V, 4>(cv, finite, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep);
+          lanes_wide_plane<V, 4>(cv, finite, gpad, cg, cstr, rstr, wk, wstep, bias, yt, ystep);
         }
       } else {
         with_width<7>(cv.q, [&](auto nq) {
@@ -414,10 +425,10 @@ void direct_forward_lanes(const Conv2d& cv, const T* x, const T* w, const T* b, 
             constexpr int NP = NQ >= 6 ? 3 : NQ >= 4 ? 4 : NQ >= 2 ? 6 : 12;
             int64_t p = 0;
             for (; p + NP <= cv.p; p += NP)
-              lanes_block<V, 1, NP, NQ>(cv, finite, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep,
-                                        p, 0);
+              lanes_block<V, 1, NP, NQ>(cv, finite, gpad, cg, cstr, rstr, wk, wstep, bias, yt,
+                                        ystep, p, 0);
             for (; p < cv.p; ++p)
-              lanes_block<V, 1, 1, NQ>(cv, finite, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep,
+              lanes_block<V, 1, 1, NQ>(cv, finite, gpad, cg, cstr, rstr, wk, wstep, bias, yt, ystep,
                                        p, 0);
           } else {
             constexpr int NP = direct_forward_budget<V>() / (2 * NQ) > 1
@@ -425,10 +436,10 @@ void direct_forward_lanes(const Conv2d& cv, const T* x, const T* w, const T* b, 
                                    : 1;
             int64_t p = 0;
             for (; p + NP <= cv.p; p += NP)
-              lanes_block<V, 2, NP, NQ>(cv, finite, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep,
-                                        p, 0);
+              lanes_block<V, 2, NP, NQ>(cv, finite, gpad, cg, cstr, rstr, wk, wstep, bias, yt,
+                                        ystep, p, 0);
             for (; p < cv.p; ++p)
-              lanes_block<V, 2, 1, NQ>(cv, finite, gpad, cg, plane, wp, wk, wstep, bias, yt, ystep,
+              lanes_block<V, 2, 1, NQ>(cv, finite, gpad, cg, cstr, rstr, wk, wstep, bias, yt, ystep,
                                        p, 0);
           }
         });
