@@ -242,7 +242,8 @@ inline TapRange live_taps(const Conv2d& cv, bool finite, int64_t pa, int64_t pb)
 // from L2 on every run of pixels. On an Intel Xeon VM (AVX-512, 48 KiB L1d, 2 MiB L2), 3x3/s2 p1
 // 64->128 32x32 N16's forward, 1 thread, spent 79% of its samples in lanes_wide_plane, the
 // largest shares of them (8% and 7%) on the first FMAs after the weight loads. Two remedies were
-// measured there and dropped:
+// measured there and dropped (both while the padded image was still C planes; its rows now lie
+// side by side, direct_forward_lanes):
 //  - a prefetch of each block's weights 8 taps ahead: 5.31 -> 5.75 ms (one run each);
 //  - passes over chunks of channels whose weights fit in half of L1, the accumulators reloaded
 //    from the results between passes: 5.21-5.51 -> 5.67-5.93 ms (three alternating runs; 3x3/s2

@@ -398,13 +398,14 @@ struct MatrixB {
   //    -> 190-204, 64 x 784 . 784 x 256 155-160 -> 161-175, 64 x 256 . 256 x 256 even.
   // With one B reused, in place still won there for the 64-row products (64 x 784 . 784 x 256
   // 160-164 -> 133-142, 64 x 256 . 256 x 256 155-173 -> 143-144, 1 thread), as on the first VM.
-  // What the copy saves is TLB misses: NumPy gives arrays under 4 MiB 4 KiB pages, and a K block
-  // of B read in place spans KC x stride bytes (392 x 1 KiB, 98 pages, for the MLP's 784 x 256
-  // weights), more than an L1 DTLB holds. With every operand on 2 MiB pages (carved from one
-  // madvised buffer) in place won again (64 x 512 . 512 x 512 118-120 -> 108-111, 512^3 153-156 ->
-  // 142-155, 1 thread); capping the K block at 32 pages of B recovered the 64-row products only in
-  // part (64 x 512 . 512 x 512 127-130) and lost 512^3 (136-137). The MLP's training step, 2
-  // threads, every B packed: 737-827 -> 679-751 us (medians, six alternating pairs).
+  // What the copy saves is TLB misses: arrays this small lie on 4 KiB pages (NumPy asks for huge
+  // pages only for large allocations), and a K block of B read in place spans KC x stride bytes
+  // (392 x 1 KiB, 98 pages, for the MLP's 784 x 256 weights), more than an L1 DTLB holds. With
+  // every operand on 2 MiB pages (carved from one madvised buffer) in place won again (64 x 512 .
+  // 512 x 512 118-120 -> 108-111, 512^3 153-156 -> 142-155, 1 thread); capping the K block at 32
+  // pages of B recovered the 64-row products only in part (64 x 512 . 512 x 512 127-130) and lost
+  // 512^3 (136-137). The MLP's training step, 2 threads, every B packed: 737-827 -> 679-751 us
+  // (medians, six alternating pairs).
   // On the AMD EPYC Zen 5 machine the 4000-byte rows of 128 x 4096 . 4096 x 1000 gained in place
   // (393-398 -> 437-439 on 2 threads; in_place_pays), hence no limit there. The convolutions'
   // image planes (Im2colB::in_place) follow the same rule since they are packed in row groups;

@@ -24,9 +24,9 @@ def cpu_info() -> dict[str, Any]:
     - ``vendor`` (``"Intel"``, ``"AMD"`` or ``"unknown"``) and ``in_place_stride_bytes``: a
       matrix product reads a row-major right operand without copying it only when its rows are
       at most this many bytes apart (512 on Intel, ``None`` where there is no limit);
-      ``in_place_span_bytes``: how far such an operand's rows
-      may span in all (rows times stride) to be read without copying (3670016, 3.5 MiB, on AMD
-      Zen 3 and Zen 4; ``None`` where there is no such limit); ``pointwise_plane_bytes``: the
+      ``in_place_span_bytes``: how far such an operand's rows may span in all (rows times
+      stride) to be read without copying (3670016, 3.5 MiB, on AMD Zen 3 and Zen 4; ``None``
+      where there is no such limit); ``pointwise_plane_bytes``: the
       largest image plane a 1x1 convolution reads without copying (2048 on Intel and AMD Zen 4,
       ``None`` elsewhere); ``winograd_chunk_tasks``: whether a Winograd convolution with an
       image per thread gives each thread whole chunks of images (``True``), or splits each phase
