@@ -67,8 +67,11 @@ EDGE_SHAPES = [
     (130, 1031, 3),
     (3, 1100, 130),
     (200, 64, 257),
-    # A and B rows of 2 KiB (float32: read in place) and 4 KiB (float64 there, float32 next:
-    # packed, gemm_driver.h in_place_pays)
+    # B rows of 512 bytes (float32: read in place everywhere) and 516 (packed on Intel, whose
+    # CpuInfo::in_place_stride_bytes is 512); A and B rows of 2 KiB (float32: read in place but
+    # on Intel) and 4 KiB (float64 there, float32 next: packed, gemm_driver.h in_place_pays)
+    (70, 300, 128),
+    (70, 300, 129),
     (37, 300, 512),
     (70, 200, 1024),
     (40, 512, 70),
@@ -587,6 +590,23 @@ def test_transposed_product_switch_reaches_the_driver(isa, dtype, rng, threads):
     finally:
         _core._set_gemm_swap(None)
     assert 0 < 4 * held[True] <= held[False], held
+
+
+@pytest.mark.parametrize("n", [128, 129, 256])
+def test_b_read_in_place_up_to_the_stride_limit(isa, dtype, rng, threads, n):
+    """A row-major B is read where it lies while its rows are at most cpu_info()'s
+    in_place_stride_bytes apart (512 on Intel, no limit elsewhere) and packed past that: with A
+    read in place too (rows of 300 elements), the product holds no packing workspace exactly
+    when B is read in place. The rule reaches the driver on every ISA."""
+    simdnn.set_num_threads(1)
+    limit = simdnn.cpu_info()["in_place_stride_bytes"]
+    a, b = make(rng, (64, 300), dtype), make(rng, (300, n), dtype)
+    simdnn.empty_cache()
+    got = ops.gemm(a, b)
+    held = simdnn.cpu_info()["workspace_bytes"]
+    row = n * np.dtype(dtype).itemsize
+    assert (held == 0) == (limit is None or row <= limit), (row, limit, held)
+    assert_gemm_close(got, oracle(a, b), gemm_error_bound(a, b, dtype))
 
 
 @pytest.mark.parametrize("trans_a", [False, True])
