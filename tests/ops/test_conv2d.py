@@ -449,6 +449,30 @@ def test_lanes_forward_on_wide_rows(isa, dtype, rng, threads, case):
         assert not np.array_equal(never, runs[0][0])
 
 
+@pytest.mark.parametrize("wide", [True, None])
+def test_lanes_padding_survives_a_stale_workspace(isa, dtype, rng, wide):
+    """The filters-in-lanes forward zeroes its padded copy's borders once per range of images and
+    then copies only each image's interior. A first call leaves nonzero values all over the
+    workspace (an unpadded layer on larger images); the padded layer after it, on one thread so
+    that one range holds all six images (each of a different scale, so that a border left from
+    any earlier image shows), matches the twin on narrow (7-pixel) and wide (20-pixel) rows."""
+    simdnn.set_num_threads(1)
+    simdnn._core._set_conv_lanes_wide(wide)
+    try:
+        big = rng.standard_normal((2, 48, 40, 40)).astype(dtype) + 5
+        ops.conv2d(big, rng.standard_normal((32, 48, 3, 3)).astype(dtype), algorithm="direct")
+        for hw, padding in ((7, 1), (20, 2), (7, (2, 0))):
+            x = rng.standard_normal((6, 12, hw, hw)).astype(dtype)
+            x *= np.arange(1, 7, dtype=dtype).reshape(6, 1, 1, 1) ** 2
+            w = rng.standard_normal((32, 12, 3, 3)).astype(dtype)
+            b = rng.standard_normal(32).astype(dtype)
+            got = ops.conv2d(x, w, b, padding=padding, algorithm="direct")
+            want = reference.conv2d(x, w, b, padding=padding)
+            assert_close(got, want, dtype, scale=108**0.5)
+    finally:
+        simdnn._core._set_conv_lanes_wide(None)
+
+
 # Column panels across images in the forward's implicit GEMM (span_images, forced on and off):
 # planes of 49, 196, 132 (stride 2), 81 (two groups: the second group's channels start past 0),
 # 64 (a multiple of every NR: the rule leaves it per image, forcing reaches it; 1x1 padded, not
