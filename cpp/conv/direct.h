@@ -182,6 +182,18 @@ int64_t lanes_blocks_per_task(const Conv2d& cv) {
   return direct_forward_budget<V>() >= 24 && 2 * cv.q >= V::W ? 4 : 2;
 }
 
+// Bytes of weights a task of the wide form may stream from L2 on each run of pixels. On an Intel
+// Xeon VM (AVX-512, 2 MiB L2, so half of it admitted 1 MiB), 2 threads, float32, forward, 3x3,
+// implicit GEMM against wide lanes, min-median of 6 alternating blocks of 10 calls in one
+// process, KB a task: past 640 KB the GEMM won or tied: p0 14x14 N2 384->128 (864) 1102-1207 us
+// against 1388-1548, 384->96 (864) 850-1177 against 1035-1336 and 870-924 against 1000-1202,
+// 320->96 (720) 713-782 against 805-942; even: 352->64 p0 (792), 384->64 p0 N4 and p1 N2 (864),
+// 384->96 p1 (864), 320->64 p1 28x28 N4 (720). Below it, lanes won or tied: 256->96 p0 14x14 N2
+// (576) 864-1187 against 985-1141 us, 256->64 p1 28x28 N4 (576) 4216-4527 against 4422-4552,
+// 192->64 p1 28x28 N8 (432) 6084-6341 against 6427-6644, 192->96 28x28 N4 (432) even. AMD's
+// L2s of 1 MiB keep half (512 KiB).
+constexpr int64_t kLanesMaxTaskWeights = int64_t(640) << 10;
+
 template <typename T>
 bool lanes_wide_pays(const Conv2d& cv) {
   using V = typename VecOf<T>::type;
@@ -193,8 +205,10 @@ bool lanes_wide_pays(const Conv2d& cv) {
   const int64_t wp = padded_extent(cv.q, cv.sw, cv.s, cv.dw);
   const int64_t per_task = lanes_blocks_per_task<V>(cv), bytes = sizeof(T);
   const int64_t tasks = cv.n * cv.groups * ceil_div(kg / W, per_task);
-  // A task's weights, C/G x R x S vectors of each of its blocks, stay in half the L2.
-  const bool in_l2 = cg * cv.r * cv.s * min64(kg, per_task * W) * bytes <= cpu_info().l2 / 2;
+  // A task's weights, C/G x R x S vectors of each of its blocks, stay in half the L2, and within
+  // kLanesMaxTaskWeights where the L2 is larger (Intel's 2 MiB).
+  const bool in_l2 = cg * cv.r * cv.s * min64(kg, per_task * W) * bytes <=
+                     min64(cpu_info().l2 / 2, kLanesMaxTaskWeights);
   const bool filters =
       kg % W == 0 &&
       (per_task == 4 ? kg <= 8 * W && in_l2
@@ -359,9 +373,11 @@ void direct_forward_lanes(const Conv2d& cv, const T* x, const T* w, const T* b, 
     T* d = wt + kb * (crs + 1) * W;
     const int64_t k0 = kb / kbg * kg + kb % kbg * W;  // the block's first filter
     const int64_t live = min64(W, kg - kb % kbg * W);
-    for (int64_t t = 0; t < crs; ++t) {
-      for (int l = 0; l < W; ++l) d[t * W + l] = l < live ? w[(k0 + l) * crs + t] : T(0);
-    }
+    // d[t * W + l] = w[k0 + l, t], through W x W register transposes: element by element (a
+    // strided load each) it took 3.5% of the samples of grouped 2x2/s2 p1 128->96 g2 7x7 N16's
+    // forward, on one thread before the others start (Intel Xeon VM, 2 threads, float32).
+    if (live < W) std::fill(d, d + crs * W, T(0));
+    transpose_block<V>(w + k0 * crs, crs, live, crs, d, W);
     for (int l = 0; l < W; ++l) d[crs * W + l] = b != nullptr && l < live ? b[k0 + l] : T(0);
   }
   // The padded image row by row, each row's C channels side by side (c at cstr, padded row i at
@@ -396,11 +412,12 @@ void direct_forward_lanes(const Conv2d& cv, const T* x, const T* w, const T* b, 
         // 7x7 N16 293-295 / 305-312 -> 260-268 / 272-279 us; 3x3 p1 256->32 7x7 N8 340-345 /
         // 357-367 -> 281-288 / 291-301 us. AMD not measured.
         const int64_t c_all = cv.c, hw = cv.h * cv.w, w_in = cv.w, len = j1 - j0;
+        const int64_t rows = i1 - i0, row_step = rstr, chan_step = cstr;
         if (padded < 0) std::fill(pad, pad + c_all * plane, T(0));
         const T* src = x + n * c_all * hw + (i0 - cv.ph) * w_in + (j0 - cv.pw);
-        for (int64_t c = 0; c < c_all; ++c, src += hw) {
-          T* d = pad + c * cstr + i0 * rstr + j0;
-          for (int64_t i = 0; i < i1 - i0; ++i) copy_run<V>(src + i * w_in, d + i * rstr, len);
+        T* dst = pad + i0 * rstr + j0;
+        for (int64_t c = 0; c < c_all; ++c, src += hw, dst += chan_step) {
+          for (int64_t i = 0; i < rows; ++i) copy_run<V>(src + i * w_in, dst + i * row_step, len);
         }
         padded = n;
       }
