@@ -473,6 +473,28 @@ def test_lanes_padding_survives_a_stale_workspace(isa, dtype, rng, wide):
         simdnn._core._set_conv_lanes_wide(None)
 
 
+def test_wide_lanes_leave_large_task_weights_to_the_gemm(isa, dtype, rng):
+    """A task of the wide filters-in-lanes forward streams its weights from L2 on every run of
+    pixels; past 640 KiB (or half the L2) the layer stays on the implicit GEMM. 3x3 320->96 p0
+    14x14 N2 (a task of 64 float32 filters: 720 KiB of weights) must give the GEMM's bits, not
+    the lanes' (which differ where lanes exist: forcing them changes the result)."""
+    x = rng.standard_normal((2, 320, 14, 14)).astype(dtype)
+    w = rng.standard_normal((96, 320, 3, 3)).astype(dtype)
+    b = rng.standard_normal(96).astype(dtype)
+    got = ops.conv2d(x, w, b, algorithm="direct")
+    simdnn._core._set_conv_lanes_wide(False)
+    try:
+        gemm = ops.conv2d(x, w, b, algorithm="direct")
+        simdnn._core._set_conv_lanes_wide(True)
+        lanes = ops.conv2d(x, w, b, algorithm="direct")
+    finally:
+        simdnn._core._set_conv_lanes_wide(None)
+    np.testing.assert_array_equal(got, gemm)
+    if isa != "scalar":
+        assert not np.array_equal(lanes, gemm)
+    assert_close(got, reference.conv2d(x, w, b), dtype, scale=2880**0.5)
+
+
 # Column panels across images in the forward's implicit GEMM (span_images, forced on and off):
 # planes of 49, 196, 132 (stride 2), 81 (two groups: the second group's channels start past 0),
 # 64 (a multiple of every NR: the rule leaves it per image, forcing reaches it; 1x1 padded, not
