@@ -194,6 +194,29 @@ int64_t lanes_blocks_per_task(const Conv2d& cv) {
 // L2s of 1 MiB keep half (512 KiB).
 constexpr int64_t kLanesMaxTaskWeights = int64_t(640) << 10;
 
+// Where the GEMM beats four-block tasks (AVX-512): its im2col is cheap against the FMAs, while
+// the lanes pay a pass over the output (pixel-major results transposed back to planes) whatever
+// the reduction's length, and where a group has more filters than one task takes, every task
+// broadcasts the input again. Intel Xeon VM (AVX-512), 2 threads, float32, forward, medians of
+// 5 alternating blocks of 12 calls in one process, wide lanes -> GEMM, 28x28 p1 N16 unless given:
+//  - kernels of under 9 taps from 64 filters (four blocks) on: 2x2 p0 8->128 (the sweep's row,
+//    0.93x PyTorch) 725 -> 500 us, 16->128 1134 -> 812 us, 32->128 1765 -> 1494 us, 16->64 541
+//    -> 505 us, 32->64 886 -> 846 us, 64->64 1582 -> 1519 us, 2x2/s2 64->128 950 -> 787 us;
+//    at 32 and 48 filters the lanes win or tie (8->32 170 vs 201 us, 32->32 484 vs 543 us,
+//    32->48 663 vs 669 us);
+//  - more than four blocks (so several tasks an image) on 3x3 and 4x4 kernels with short
+//    reductions: 3->128 3x3 (27 taps a filter) 2273 -> 1725 us, /s2 p1 112x112 N8 1196 -> 887
+//    us, 8->128 (72) 1156 -> 988 us, 16->96 (144) 1500 -> 1363 us, 16->128 (144) 1747 -> 1663
+//    us, /s2 56x56 1972 -> 1791 us, 20->128 (180) 2196 -> 2119 us, 12->128 4x4 (192) 2548 ->
+//    2496 us; but 24->128 (216) 2336 against 2381 us and 32->128 (288) 3146 against 3271 us;
+//    5x5 and 7x7 kernels keep the lanes even when short: 3->128 5x5 p2 56x56 N8 (75) 1982
+//    against 2012 us, 8->128 5x5 (200) 2210 against 2451 us, 3->128 7x7 p3 56x56 N8 (147) 3057
+//    against 3749 us, 7x7/s2 p3 3->96 56x56 N8 (147) 643 against 818 us.
+// Up to four blocks (one task an image and group), 3x3 reductions as short as 72 keep the lanes:
+// 8->64 3x3 488 against 596 us. AMD not measured (the rule before came from Zen 4 and Zen 5,
+// whose measured layers all still take the lanes).
+constexpr int64_t kLanesSpreadMinReduction = 216;
+
 template <typename T>
 bool lanes_wide_pays(const Conv2d& cv) {
   using V = typename VecOf<T>::type;
@@ -209,10 +232,14 @@ bool lanes_wide_pays(const Conv2d& cv) {
   // kLanesMaxTaskWeights where the L2 is larger (Intel's 2 MiB).
   const bool in_l2 = cg * cv.r * cv.s * min64(kg, per_task * W) * bytes <=
                      min64(cpu_info().l2 / 2, kLanesMaxTaskWeights);
+  // Four-block tasks: short reductions and small kernels left to the GEMM
+  // (kLanesSpreadMinReduction).
+  const int64_t rs = cv.r * cv.s, crs = cg * rs;
+  const bool four_ok = kg <= 8 * W && in_l2 && (rs >= 9 || kg < 4 * W) &&
+                       (kg <= 4 * W || rs >= 25 || crs >= kLanesSpreadMinReduction);
   const bool filters =
       kg % W == 0 &&
-      (per_task == 4 ? kg <= 8 * W && in_l2
-                     : kg <= 8 * W || (kg <= 16 * W && cg <= 32 && cv.r * cv.s >= 16));
+      (per_task == 4 ? four_ok : kg <= 8 * W || (kg <= 16 * W && cg <= 32 && cv.r * cv.s >= 16));
   return cv.r * cv.s >= 2 && cv.q >= NQ && filters && tasks >= 2 * cv.nthreads &&
          (cv.c * hp * wp + per_task * cv.p * cv.q * W) * bytes <= kLanesWideMaxBytes;
 }
@@ -277,12 +304,14 @@ inline void lanes_block(const Conv2d& cv, bool finite, const typename V::T* pad,
     for (int i = 0; i < NP; ++i)
       for (int j = 0; j < NQ; ++j) acc[b][i][j] = bias[b];
   const int64_t row_step = cv.sh * wp;
-  // SS > 0: the kernel's width, compiled in with dilation 1 (3x3 runs take SS = 3), so that
+  // SS > 0: the kernel's width, compiled in with dilation 1 (3-wide runs take SS = 3), so that
   // the taps of a kernel row unroll into one straight run of loads and FMAs without the loop's
   // counter and branch. Intel Xeon VM (AVX-512), float32, forward, min of 12-20 calls in three
   // or four alternating runs, width read at run time -> compiled in: 3x3 p1 128->128 28x28 N4
   // (1 thread) 8.3-9.8 -> 7.8-8.2 ms, N16 (2 threads) 18.9-19.7 -> 16.6-18.3 ms; 3x3/s2 p1
-  // 64->128 32x32 N16 (2 threads) 2.89-3.15 -> 2.69-2.87 ms. AMD not measured.
+  // 64->128 32x32 N16 (2 threads) 2.89-3.15 -> 2.69-2.87 ms. 2x2 runs take SS = 2 (2 threads,
+  // medians of 12 calls, two alternating runs): 2x2 p0 32->32 28x28 N16 508-518 -> 486-503 us,
+  // 2x2/s2 16->32 56x56 N16 383-403 -> 365-372 us. AMD not measured.
   const int64_t ks = SS > 0 ? SS : cv.s, kdw = SS > 0 ? 1 : cv.dw;
   const TapRange taps = live_taps(cv, finite, p, p + NP - 1);
   const int64_t r0 = taps.t0 / ks, r1 = taps.t1 / ks;
@@ -329,6 +358,8 @@ void lanes_wide_plane(const Conv2d& cv, bool finite, const typename V::T* gpad, 
   auto widths = [&](auto swc) {
     if (cv.s == 3 && cv.dw == 1) {
       runs(swc, std::integral_constant<int, 3>{});
+    } else if (cv.s == 2 && cv.dw == 1) {
+      runs(swc, std::integral_constant<int, 2>{});
     } else {
       runs(swc, std::integral_constant<int, 0>{});
     }

@@ -495,6 +495,43 @@ def test_wide_lanes_leave_large_task_weights_to_the_gemm(isa, dtype, rng):
     assert_close(got, reference.conv2d(x, w, b), dtype, scale=2880**0.5)
 
 
+# Four-block tasks of the wide filters-in-lanes forward (AVX-512) against the implicit GEMM, in
+# vectors of filters W: (filters in vectors, C, kernel, padding, which path the rule picks).
+FOUR_BLOCK_CASES = [
+    (4, 8, 2, 0, "gemm"),  # a 2x2 kernel from four blocks on
+    (8, 3, 3, 1, "gemm"),  # several tasks an image, 27 taps a filter
+    (8, 3, 7, 3, "lanes"),  # several tasks an image, but a 7x7 kernel
+]
+
+
+@pytest.mark.parametrize("case", FOUR_BLOCK_CASES, ids=lambda c: f"{c[0]}W-{c[1]}-{c[2]}x{c[2]}")
+def test_four_block_lanes_leave_short_reductions_to_the_gemm(isa, dtype, rng, case):
+    """With 32 registers a wide-lanes task takes four blocks of filters. On 2x2 kernels from four
+    blocks on, and on 3x3 reductions under 216 where an image takes several tasks, the GEMM won:
+    those layers must give the GEMM's bits, a 7x7 kernel the lanes' (forcing either path changes
+    the result), and every path the twin's answer."""
+    vecs, c, r, pad, want_path = case
+    width = (64 if isa == "avx512" else 32) // np.dtype(dtype).itemsize
+    k = vecs * width
+    x = rng.standard_normal((4, c, 16, 16)).astype(dtype)
+    w = rng.standard_normal((k, c, r, r)).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype)
+    got = ops.conv2d(x, w, b, padding=pad, algorithm="direct")
+    forced = {}
+    try:
+        for path, on in (("gemm", False), ("lanes", True)):
+            simdnn._core._set_conv_lanes_wide(on)
+            forced[path] = ops.conv2d(x, w, b, padding=pad, algorithm="direct")
+    finally:
+        simdnn._core._set_conv_lanes_wide(None)
+    if isa == "avx512":  # on AVX2 a task takes two blocks; there 16 filters take the row form
+        np.testing.assert_array_equal(got, forced[want_path])
+        assert not np.array_equal(forced["lanes"], forced["gemm"])
+    want = reference.conv2d(x, w, b, padding=pad)
+    for out in (got, *forced.values()):
+        assert_close(out, want, dtype, scale=(c * r * r) ** 0.5)
+
+
 # Column panels across images in the forward's implicit GEMM (span_images, forced on and off):
 # planes of 49, 196, 132 (stride 2), 81 (two groups: the second group's channels start past 0),
 # 64 (a multiple of every NR: the rule leaves it per image, forcing reaches it; 1x1 padded, not
