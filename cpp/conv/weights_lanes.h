@@ -1,5 +1,6 @@
 // Backward-weights with the input channels in the vector lanes, for layers with few filters a
-// group (up to 64) and whole vectors of input channels, or short output rows. For the per-ISA
+// group (up to 64; 128 at stride 1 with 32 registers) and whole vectors of input channels, or
+// short output rows. For the per-ISA
 // convolution files; the shape legend is conv.cpp's.
 //
 // The GEMM path (dW = dY . im2col^T) packs im2col^T a pixel at a time there: each reduction row
@@ -56,7 +57,8 @@ inline LanesWeightsGeometry lanes_weights_geometry(const Conv2d& cv, int64_t w) 
 }
 
 // Where the channels-in-lanes form replaces the GEMM and the direct kernel: at least half a
-// vector of input channels a group, at most kLanesWeightsMaxFilters filters a group (the GEMM's
+// vector of input channels a group, at most kLanesWeightsMaxFilters filters a group (or
+// kLanesWeightsMaxFiltersStride1, below; the GEMM's
 // packing feeds that many FMAs an element, and beyond it amortises better than this form's
 // broadcasts), a batch that gives every thread an image, one image's copy within the chunk
 // budget, and either output rows under half a vector (the GEMM's im2col^T is then packed pixel by
@@ -80,6 +82,20 @@ inline LanesWeightsGeometry lanes_weights_geometry(const Conv2d& cv, int64_t w) 
 // kLanesWeightsMaxFiltersNarrow there. Not measured on AMD.
 constexpr int64_t kLanesWeightsMaxFilters = 64;
 constexpr int64_t kLanesWeightsMaxFiltersNarrow = 24;
+// With 32 registers at stride 1, full lanes up to 128 filters a group. Intel Xeon VM (AVX-512), 2
+// threads, float32, the "direct" algorithm (the GEMM before), min/median of 18 calls, two
+// alternating runs, GEMM -> this form: 3x3 p1 128->128 28x28 N16 (the benchmark's row, 0.88x
+// PyTorch) 13.5-14.0 / 13.8-14.3 -> 11.1-11.4 / 11.3-11.6 ms; 64->128 28x28 N16 6.5-6.8 -> 5.5-5.8
+// ms, 32->128 28x28 N16 3.41-3.42 -> 2.84-2.86 ms, 96->96 28x28 N16 7.4-7.9 -> 6.1-6.4 ms, 128->128
+// 14x14 N16 3.38-3.54 -> 3.07-3.10 ms, 128->128 7x7 N16 1.17-1.19 -> 0.94-0.96 ms, 64->128 7x7
+// N32 1.17-1.19 -> 0.88-0.89 ms, 5x5 p2 32->96 14x14 N16 1.86-1.97 -> 1.48-1.55 ms, 4x4 p2 16->128
+// 7x7 N16 276-281 -> 270-272 us, 5x5 p2 128->128 14x14 N16 9.5-9.7 -> 8.2 ms, 7x7 p3 64->128
+// 14x14 N8 4.69-4.74 -> 4.05-4.21 ms, 512->128 7x7 N16 4.39-4.42 -> 4.08-4.13 ms; 128->256 28x28
+// N8 and 256->128 14x14 N16 even or better. Lost:
+// 256 filters (3x3 p1 256->256 14x14 N16 12.2 -> 12.5-12.7 ms; 128->256 14x14 N16 even) and
+// stride 2 (3x3/s2 p1 64->128 32x32 N16 2.23-2.25 -> 2.39-2.46 ms; 128->128 28x28 N8 1.79-1.81
+// -> 1.89-2.06 ms). AMD not measured.
+constexpr int64_t kLanesWeightsMaxFiltersStride1 = 128;
 
 template <typename T>
 bool lanes_weights_eligible(const Conv2d& cv) {
@@ -91,8 +107,11 @@ bool lanes_weights_eligible(const Conv2d& cv) {
   const bool short_rows = 2 * cv.q < V::W;
   const bool full_lanes =
       4 * cg >= 3 * lg.cgp && (sizeof(typename V::V) >= 64 || kg <= kLanesWeightsMaxFiltersNarrow);
-  return (short_rows || full_lanes) && 2 * cg >= V::W && kg <= kLanesWeightsMaxFilters &&
-         cv.r * cv.s >= 2 && cv.n >= cv.nthreads &&
+  const bool wide_stride1 = full_lanes && sizeof(typename V::V) >= 64 && cv.sh == 1 && cv.sw == 1;
+  const int64_t max_filters =
+      wide_stride1 ? kLanesWeightsMaxFiltersStride1 : kLanesWeightsMaxFilters;
+  return (short_rows || full_lanes) && 2 * cg >= V::W && kg <= max_filters && cv.r * cv.s >= 2 &&
+         cv.n >= cv.nthreads &&
          lg.image() * static_cast<int64_t>(sizeof(T)) <= kLanesWeightsChunkBytes;
 }
 
