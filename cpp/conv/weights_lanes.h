@@ -94,8 +94,15 @@ constexpr int64_t kLanesWeightsMaxFiltersNarrow = 24;
 // N8 and 256->128 14x14 N16 even or better. Lost:
 // 256 filters (3x3 p1 256->256 14x14 N16 12.2 -> 12.5-12.7 ms; 128->256 14x14 N16 even) and
 // stride 2 (3x3/s2 p1 64->128 32x32 N16 2.23-2.25 -> 2.39-2.46 ms; 128->128 28x28 N8 1.79-1.81
-// -> 1.89-2.06 ms). AMD not measured.
+// -> 1.89-2.06 ms). And few pixels a thread: past 64 filters a task's fixed costs (zeroing the
+// group's sums, then writing them to dw element by element: K/G x C/G x R x S each) outweigh the
+// gain below kLanesWeightsMinPixels output pixels a thread (images a thread x P x Q): 3x3 p0
+// 384->96 14x14 N2 (144) 802-827 -> 1016-1032 us (the sweep's row, 1.21x -> 0.91x PyTorch), N4
+// (288) 1488-1545 -> 1705-1708 us, 256->96 N2 (144) 522-554 -> 675-720 us, 3x3 p1 128->128
+// 14x14 N2 (196) 492-507 -> 529-545 us; won at 392 (128->128 7x7 N16 above, 512->128 7x7 N16).
+// AMD not measured.
 constexpr int64_t kLanesWeightsMaxFiltersStride1 = 128;
+constexpr int64_t kLanesWeightsMinPixels = 384;
 
 template <typename T>
 bool lanes_weights_eligible(const Conv2d& cv) {
@@ -107,7 +114,8 @@ bool lanes_weights_eligible(const Conv2d& cv) {
   const bool short_rows = 2 * cv.q < V::W;
   const bool full_lanes =
       4 * cg >= 3 * lg.cgp && (sizeof(typename V::V) >= 64 || kg <= kLanesWeightsMaxFiltersNarrow);
-  const bool wide_stride1 = full_lanes && sizeof(typename V::V) >= 64 && cv.sh == 1 && cv.sw == 1;
+  const bool wide_stride1 = full_lanes && sizeof(typename V::V) >= 64 && cv.sh == 1 && cv.sw == 1 &&
+                            cv.n / max64(1, cv.nthreads) * cv.p * cv.q >= kLanesWeightsMinPixels;
   const int64_t max_filters =
       wide_stride1 ? kLanesWeightsMaxFiltersStride1 : kLanesWeightsMaxFilters;
   return (short_rows || full_lanes) && 2 * cg >= V::W && kg <= max_filters && cv.r * cv.s >= 2 &&

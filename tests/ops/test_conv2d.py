@@ -127,8 +127,9 @@ CASES = [
     (2, 16, 12, 13, 10, 4, 4, 1, 3, 1, 1),
     (2, 24, 9, 9, 8, 5, 5, 1, 2, 1, 1),
     (2, 32, 10, 11, 40, 3, 3, 1, 1, 1, 2),
-    # ... and at stride 1 with 32 registers up to 128 filters: 100 (a partial last block).
-    (2, 16, 9, 10, 100, 3, 3, 1, 1, 1, 1),
+    # ... and at stride 1 with 32 registers up to 128 filters where a thread has 384 pixels or
+    # more: 100 filters (a partial last block), two 16x15 images a thread on two threads.
+    (4, 16, 16, 15, 100, 3, 3, 1, 1, 1, 1),
     # Backward-data as the flipped convolution with 8 input channels a group: 8 filters, the
     # direct forward's case; one group, and two groups with dilation.
     (2, 8, 11, 13, 16, 3, 3, 1, 1, 1, 1),
