@@ -27,6 +27,7 @@
 #include "conv/conv.h"
 #include "conv/depthwise.h"
 #include "simd/simd.h"
+#include "simd/transpose.h"
 
 namespace simdnn::SIMDNN_ISA_NS {
 namespace {
@@ -95,12 +96,14 @@ constexpr int64_t kLanesWeightsMaxFiltersNarrow = 24;
 // 256 filters (3x3 p1 256->256 14x14 N16 12.2 -> 12.5-12.7 ms; 128->256 14x14 N16 even) and
 // stride 2 (3x3/s2 p1 64->128 32x32 N16 2.23-2.25 -> 2.39-2.46 ms; 128->128 28x28 N8 1.79-1.81
 // -> 1.89-2.06 ms). And few pixels a thread: past 64 filters a task's fixed costs (zeroing the
-// group's sums, then writing them to dw element by element: K/G x C/G x R x S each) outweigh the
-// gain below kLanesWeightsMinPixels output pixels a thread (images a thread x P x Q): 3x3 p0
-// 384->96 14x14 N2 (144) 802-827 -> 1016-1032 us (the sweep's row, 1.21x -> 0.91x PyTorch), N4
-// (288) 1488-1545 -> 1705-1708 us, 256->96 N2 (144) 522-554 -> 675-720 us, 3x3 p1 128->128
-// 14x14 N2 (196) 492-507 -> 529-545 us; won at 392 (128->128 7x7 N16 above, 512->128 7x7 N16).
-// AMD not measured.
+// group's sums, writing them to dw: K/G x C/G x R x S each) outweigh the gain below
+// kLanesWeightsMinPixels output pixels a thread (images a thread x P x Q). With the sums written
+// element by element: 3x3 p0 384->96 14x14 N2 (144) 802-827 -> 1016-1032 us (the sweep's row,
+// 1.21x -> 0.91x PyTorch), N4 (288) 1488-1545 -> 1705-1708 us, 256->96 N2 (144) 522-554 ->
+// 675-720 us, 3x3 p1 128->128 14x14 N2 (196) 492-507 -> 529-545 us; won at 392 (128->128 7x7 N16
+// above, 512->128 7x7 N16). Register transposes (lanes_weights_task) cut that write, but two
+// alternating runs still had 384->96 N2 737-759 -> 856-892 us, N4 1317-1370 -> 1486-1510 us,
+// 256->96 N2 477-504 -> 551-575 us. AMD not measured.
 constexpr int64_t kLanesWeightsMaxFiltersStride1 = 128;
 constexpr int64_t kLanesWeightsMinPixels = 384;
 
@@ -236,12 +239,11 @@ void lanes_weights_task(const Conv2d& cv, const T* x, const T* dy, int64_t n0, i
         }
       }
     }
-    // Lanes to dw[k, c, t]: sums[k][t][c].
+    // Lanes to dw[k, c, t]: sums[k][t][c], each filter's RS x Cg sums transposed in registers.
+    // Element by element (a strided read each), 3x3 p0 384->96 14x14 N2 with this form forced
+    // took 1016-1032 us against 856-892 us (Intel Xeon VM, 2 threads, float32, two runs).
     for (int64_t k = 0; k < kg; ++k) {
-      T* dk = dw + (grp * kg + k) * crs;
-      for (int64_t c = 0; c < cg; ++c) {
-        for (int64_t t = 0; t < rs; ++t) dk[c * rs + t] = sums[(k * rs + t) * lg.cgp + c];
-      }
+      transpose_block<V>(sums + k * rs * lg.cgp, lg.cgp, rs, cg, dw + (grp * kg + k) * crs, rs);
     }
   }
   if (db != nullptr) {
