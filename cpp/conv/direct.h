@@ -194,18 +194,19 @@ int64_t lanes_blocks_per_task(const Conv2d& cv) {
 // L2s of 1 MiB keep half (512 KiB).
 constexpr int64_t kLanesMaxTaskWeights = int64_t(640) << 10;
 
-// Where the GEMM beats four-block tasks (AVX-512): its im2col is cheap against the FMAs, while
-// the lanes pay a pass over the output (pixel-major results transposed back to planes) whatever
-// the reduction's length, and where a group has more filters than one task takes, every task
-// broadcasts the input again. Intel Xeon VM (AVX-512), 2 threads, float32, forward, medians of
-// 5 alternating blocks of 12 calls in one process, wide lanes -> GEMM, 28x28 p1 N16 unless given:
+// Where the GEMM beats four-block tasks (AVX-512; kLanesSpreadFilters, kLanesSpreadMinReduction):
+// its im2col is cheap against the FMAs, while the lanes pay a pass over the output (pixel-major
+// results transposed back to planes) whatever the reduction's length, and where a group has more
+// filters than one task takes, every task broadcasts the input again. Intel Xeon VM (AVX-512), 2
+// threads, float32, forward, medians of 5 alternating blocks of 12 calls in one process, wide lanes
+// -> GEMM, 28x28 p1 N16 unless given:
 //  - kernels of under 9 taps from 64 filters (four blocks) on: 2x2 p0 8->128 (the sweep's row,
 //    0.93x PyTorch) 725 -> 500 us, 16->128 1134 -> 812 us, 32->128 1765 -> 1494 us, 16->64 541
 //    -> 505 us, 32->64 886 -> 846 us, 64->64 1582 -> 1519 us, 2x2/s2 64->128 950 -> 787 us;
 //    at 32 and 48 filters the lanes win or tie (8->32 170 vs 201 us, 32->32 484 vs 543 us,
 //    32->48 663 vs 669 us);
-//  - more than four blocks (so several tasks an image) on 3x3 and 4x4 kernels with short
-//    reductions: 3->128 3x3 (27 taps a filter) 2273 -> 1725 us, /s2 p1 112x112 N8 1196 -> 887
+//  - more than 64 filters (four blocks: several tasks an image) on 3x3 and 4x4 kernels with short
+//    reductions: 3->128 3x3 56x56 (27 taps a filter) 2273 -> 1725 us, /s2 p1 112x112 N8 1196 -> 887
 //    us, 8->128 (72) 1156 -> 988 us, 16->96 (144) 1500 -> 1363 us, 16->128 (144) 1747 -> 1663
 //    us, /s2 56x56 1972 -> 1791 us, 20->128 (180) 2196 -> 2119 us, 12->128 4x4 (192) 2548 ->
 //    2496 us; but 24->128 (216) 2336 against 2381 us and 32->128 (288) 3146 against 3271 us;
@@ -213,8 +214,12 @@ constexpr int64_t kLanesMaxTaskWeights = int64_t(640) << 10;
 //    against 2012 us, 8->128 5x5 (200) 2210 against 2451 us, 3->128 7x7 p3 56x56 N8 (147) 3057
 //    against 3749 us, 7x7/s2 p3 3->96 56x56 N8 (147) 643 against 818 us.
 // Up to four blocks (one task an image and group), 3x3 reductions as short as 72 keep the lanes:
-// 8->64 3x3 488 against 596 us. AMD not measured (the rule before came from Zen 4 and Zen 5,
-// whose measured layers all still take the lanes).
+// 8->64 3x3 488 against 596 us. The bounds count filters, not vectors: in float64 (8 lanes) the
+// lanes won below 64 filters where a vector count would have moved the layer, 2x2 16->32 482-491
+// against 581-594 us and 3x3 8->64 978-985 against 1091-1101 us, and tied at 2x2 8->64 (540-564
+// against 534-557 us). AMD not measured (the rule before came from Zen 4 and Zen 5, whose
+// measured layers all still take the lanes).
+constexpr int64_t kLanesSpreadFilters = 64;
 constexpr int64_t kLanesSpreadMinReduction = 216;
 
 template <typename T>
@@ -235,8 +240,8 @@ bool lanes_wide_pays(const Conv2d& cv) {
   // Four-block tasks: short reductions and small kernels left to the GEMM
   // (kLanesSpreadMinReduction).
   const int64_t rs = cv.r * cv.s, crs = cg * rs;
-  const bool four_ok = kg <= 8 * W && in_l2 && (rs >= 9 || kg < 4 * W) &&
-                       (kg <= 4 * W || rs >= 25 || crs >= kLanesSpreadMinReduction);
+  const bool four_ok = kg <= 8 * W && in_l2 && (rs >= 9 || kg < kLanesSpreadFilters) &&
+                       (kg <= kLanesSpreadFilters || rs >= 25 || crs >= kLanesSpreadMinReduction);
   const bool filters =
       kg % W == 0 &&
       (per_task == 4 ? four_ok : kg <= 8 * W || (kg <= 16 * W && cg <= 32 && cv.r * cv.s >= 16));

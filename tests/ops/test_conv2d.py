@@ -498,24 +498,25 @@ def test_wide_lanes_leave_large_task_weights_to_the_gemm(isa, dtype, rng):
     assert_close(got, reference.conv2d(x, w, b), dtype, scale=2880**0.5)
 
 
-# Four-block tasks of the wide filters-in-lanes forward (AVX-512) against the implicit GEMM, in
-# vectors of filters W: (filters in vectors, C, kernel, padding, which path the rule picks).
+# Four-block tasks of the wide filters-in-lanes forward (AVX-512) against the implicit GEMM:
+# (filters, C, kernel, padding, which path the rule picks). The lanes case is capped at 8
+# vectors of filters, the most the form takes (64 in float64).
 FOUR_BLOCK_CASES = [
-    (4, 8, 2, 0, "gemm"),  # a 2x2 kernel from four blocks on
-    (8, 3, 3, 1, "gemm"),  # several tasks an image, 27 taps a filter
-    (8, 3, 7, 3, "lanes"),  # several tasks an image, but a 7x7 kernel
+    (64, 8, 2, 0, "gemm"),  # a 2x2 kernel with 64 filters
+    (128, 3, 3, 1, "gemm"),  # more than 64 filters, 27 taps a filter
+    (128, 3, 7, 3, "lanes"),  # more than 64 filters (float32), but a 7x7 kernel
 ]
 
 
-@pytest.mark.parametrize("case", FOUR_BLOCK_CASES, ids=lambda c: f"{c[0]}W-{c[1]}-{c[2]}x{c[2]}")
+@pytest.mark.parametrize("case", FOUR_BLOCK_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}x{c[2]}")
 def test_four_block_lanes_leave_short_reductions_to_the_gemm(isa, dtype, rng, case):
-    """With 32 registers a wide-lanes task takes four blocks of filters. On 2x2 kernels from four
-    blocks on, and on 3x3 reductions under 216 where an image takes several tasks, the GEMM won:
+    """With 32 registers a wide-lanes task takes four blocks of filters. On 2x2 kernels from 64
+    filters on, and on 3x3 reductions under 216 past 64 filters, the GEMM won:
     those layers must give the GEMM's bits, a 7x7 kernel the lanes' (forcing either path changes
     the result), and every path the twin's answer."""
-    vecs, c, r, pad, want_path = case
+    filters, c, r, pad, want_path = case
     width = (64 if isa == "avx512" else 32) // np.dtype(dtype).itemsize
-    k = vecs * width
+    k = min(filters, 8 * width) if want_path == "lanes" else filters
     x = rng.standard_normal((4, c, 16, 16)).astype(dtype)
     w = rng.standard_normal((k, c, r, r)).astype(dtype)
     b = rng.standard_normal(k).astype(dtype)
