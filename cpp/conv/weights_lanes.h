@@ -1,7 +1,6 @@
 // Backward-weights with the input channels in the vector lanes, for layers with few filters a
 // group (up to 64; 128 at stride 1 with 32 registers) and whole vectors of input channels, or
-// short output rows. For the per-ISA
-// convolution files; the shape legend is conv.cpp's.
+// short output rows. For the per-ISA convolution files; the shape legend is conv.cpp's.
 //
 // The GEMM path (dW = dY . im2col^T) packs im2col^T a pixel at a time there: each reduction row
 // of a block is one output pixel's C/G x R x S taps, picked element by element, and half of the
@@ -59,13 +58,13 @@ inline LanesWeightsGeometry lanes_weights_geometry(const Conv2d& cv, int64_t w) 
 
 // Where the channels-in-lanes form replaces the GEMM and the direct kernel: at least half a
 // vector of input channels a group, at most kLanesWeightsMaxFilters filters a group (or
-// kLanesWeightsMaxFiltersStride1, below; the GEMM's
-// packing feeds that many FMAs an element, and beyond it amortises better than this form's
-// broadcasts), a batch that gives every thread an image, one image's copy within the chunk
-// budget, and either output rows under half a vector (the GEMM's im2col^T is then packed pixel by
-// pixel, and the direct kernel's row vectors run under half full) or channel vectors at least
-// three-quarters full. Intel Xeon (Sapphire Rapids class), 2 threads, float32, AVX-512, the
-// sweep's backward-weights rows, before -> this form (no eligible row slower beyond the noise):
+// kLanesWeightsMaxFiltersStride1, below; the GEMM's packing feeds that many FMAs an element, and
+// beyond it amortises better than this form's broadcasts), a batch that gives every thread an
+// image, one image's copy within the chunk budget, and either output rows under half a vector (the
+// GEMM's im2col^T is then packed pixel by pixel, and the direct kernel's row vectors run under half
+// full) or channel vectors at least three-quarters full. Intel Xeon (Sapphire Rapids class), 2
+// threads, float32, AVX-512, the sweep's backward-weights rows, before -> this form (no eligible
+// row slower beyond the noise):
 //   short rows: grouped 7x7/s2 p1 32->64 g4 7x7 N16 (16 filters a group) 128-133 -> 70-76 us,
 //     0.84x -> 1.5x PyTorch; grouped 2x2/s2 p1 128->96 g2 7x7 N16 (48) 207-224 -> 126-138 us,
 //     0.71x -> 1.1-1.2x;

@@ -511,9 +511,9 @@ FOUR_BLOCK_CASES = [
 @pytest.mark.parametrize("case", FOUR_BLOCK_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}x{c[2]}")
 def test_four_block_lanes_leave_short_reductions_to_the_gemm(isa, dtype, rng, case):
     """With 32 registers a wide-lanes task takes four blocks of filters. On 2x2 kernels from 64
-    filters on, and on 3x3 reductions under 216 past 64 filters, the GEMM won:
-    those layers must give the GEMM's bits, a 7x7 kernel the lanes' (forcing either path changes
-    the result), and every path the twin's answer."""
+    filters on, and on 3x3 reductions under 216 past 64 filters, the GEMM won: those layers must
+    give the GEMM's bits, a 7x7 kernel the lanes' (forcing either path changes the result), and
+    every path the twin's answer."""
     filters, c, r, pad, want_path = case
     width = (64 if isa == "avx512" else 32) // np.dtype(dtype).itemsize
     k = min(filters, 8 * width) if want_path == "lanes" else filters
@@ -528,7 +528,7 @@ def test_four_block_lanes_leave_short_reductions_to_the_gemm(isa, dtype, rng, ca
             forced[path] = ops.conv2d(x, w, b, padding=pad, algorithm="direct")
     finally:
         simdnn._core._set_conv_lanes_wide(None)
-    if isa == "avx512":  # on AVX2 a task takes two blocks; there 16 filters take the row form
+    if isa == "avx512":  # the rule is for four-block tasks; AVX2's take two blocks
         np.testing.assert_array_equal(got, forced[want_path])
         assert not np.array_equal(forced["lanes"], forced["gemm"])
     want = reference.conv2d(x, w, b, padding=pad)
