@@ -3,6 +3,7 @@
 // backward_data_strategy(). For the per-ISA convolution files; the shape legend is conv.cpp's.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "common/int_math.h"
@@ -106,15 +107,16 @@ static inline int64_t col_slack(const Conv2d& cv, int lanes) {
   return round_up(cv.s * cv.dw + lanes + 4, 16);
 }
 
-// Channels [cb, ce) of the group whose first channel is c0: dx planes computed from col, written
-// whole. kSw == cv.sw (1 or 2); col has col_slack() readable elements on each side.
+// Channels [cb, ce) of the group whose first channel is c0: dx planes computed from col (its
+// (c, r, s) rows ld >= PQ elements apart), written whole. kSw == cv.sw (1 or 2); col has
+// col_slack() readable elements on each side.
 template <int kSw, typename T>
-void col2im_gather(const Conv2d& cv, const T* col, int64_t c0, T* dx_img, int64_t cb, int64_t ce) {
+void col2im_gather(const Conv2d& cv, const T* col, int64_t ld, int64_t c0, T* dx_img, int64_t cb,
+                   int64_t ce) {
   static_assert(kSw == 1 || kSw == 2, "the gather form interleaves at most two column streams");
   using V = typename VecOf<T>::type;
   constexpr int W = V::W;
   constexpr int64_t kBlock = kSw * W;  // dX columns per block
-  const int64_t pq = cv.p * cv.q;
   // Stream e (< kSw) of block b holds dX columns w = b * kBlock + e + kSw * j, lane j. Tap s
   // reaches column w from col column (w + pw - s * dw) / kSw where that divides: one stream per
   // (block, tap), whose lane j reads col column q0 + j. Per (block, tap): that stream, q0 and the
@@ -150,10 +152,10 @@ void col2im_gather(const Conv2d& cv, const T* col, int64_t c0, T* dx_img, int64_
       for (int64_t bk = 0; bk < blocks; ++bk) {
         typename V::V even = V::zero(), odd_acc = V::zero();
         for (int64_t i = 0; i < nr; ++i) {
-          const T* src = col + (c * cv.r + rows[i]) * cv.s * pq + ps[i] * cv.q;
+          const T* src = col + (c * cv.r + rows[i]) * cv.s * ld + ps[i] * cv.q;
           for (int64_t s = 0; s < cv.s; ++s) {
             const int64_t t = bk * cv.s + s;
-            const typename V::V v = V::keep(V::load(src + s * pq + q0[t]), live[t]);
+            const typename V::V v = V::keep(V::load(src + s * ld + q0[t]), live[t]);
             if (kSw == 2 && odd[t]) {
               odd_acc = V::add(odd_acc, v);
             } else {
@@ -183,13 +185,13 @@ void col2im_gather(const Conv2d& cv, const T* col, int64_t c0, T* dx_img, int64_
 }
 
 template <typename T>
-void col2im_add(const Conv2d& cv, const T* col, int64_t c0, T* dx_img, int64_t cb, int64_t ce) {
-  const int64_t pq = cv.p * cv.q;
+void col2im_add(const Conv2d& cv, const T* col, int64_t ld, int64_t c0, T* dx_img, int64_t cb,
+                int64_t ce) {
   for (int64_t c = cb; c < ce; ++c) {
     T* plane = dx_img + (c0 + c) * cv.h * cv.w;
     for (int64_t r = 0; r < cv.r; ++r) {
       for (int64_t s = 0; s < cv.s; ++s) {
-        const T* src = col + ((c * cv.r + r) * cv.s + s) * pq;
+        const T* src = col + ((c * cv.r + r) * cv.s + s) * ld;
         for (int64_t p = 0; p < cv.p; ++p) {
           const int64_t hi = p * cv.sh - cv.ph + r * cv.dh;
           if (hi < 0 || hi >= cv.h) continue;
@@ -210,6 +212,19 @@ void col2im_add(const Conv2d& cv, const T* col, int64_t c0, T* dx_img, int64_t c
   }
 }
 
+// With images in parallel, the col of several images whose output planes are small is computed
+// by one GEMM: col is then CgRS x (batch * PQ), each image's PQ columns side by side, and dY_g of
+// those images is first copied side by side (Kg x batch * PQ, the GEMM's B). Images are added
+// while batch * PQ stays within this many columns: the per-image GEMM of a 2x2 plane used 4 of
+// the micro-tile's 32 columns (float32, AVX-512) and was a call of its own. Intel Xeon (Sapphire
+// Rapids class), 2 threads, per image -> batched, medians of 5 alternating blocks in one process:
+// float32 grouped 7x7/s2 p1 32->64 g4 7x7 N16 (2x2 planes, the sweep's worst row) 104 -> 84 us,
+// 3x3/s2 64->128 8x8 N16 (4x4) 190 -> 169 us, 6x6 planes 144 -> 134 us, 7x7 planes 3x3 64->128
+// N16 539-586 -> 494-516 us (float64 979-1009 -> 884-892 us), 128->256 1279-1323 -> 1249-1271 us.
+// 8x8 planes (64 pixels, two whole micro-tiles) lost batched two at a time: 4x4 p2 16->128 7x7
+// N16 238-240 -> 251-254 us; so 100 columns, which batches planes of up to 50 pixels.
+constexpr int64_t kColBatchColumns = 100;
+
 template <typename T>
 void backward_data_col2im(const Conv2d& cv, const T* dy, const T* w, T* dx) {
   using UK = typename UkernelFor<T>::type;
@@ -220,20 +235,38 @@ void backward_data_col2im(const Conv2d& cv, const T* dy, const T* w, T* dx) {
   // there are enough of them (each thread its own images and col buffer: no sharing at all),
   // otherwise one image at a time with a threaded GEMM and a col2im split over channels.
   const int64_t pq = cv.p * cv.q;
-  const int64_t col_elems = round_up(crs * pq, 16);
-  auto gemm_col = [&](int64_t n, int64_t grp, T* col, int threads) {
+  const bool by_image = cv.n >= cv.nthreads;
+  // Images whose col one GEMM computes (kColBatchColumns).
+  const int64_t batch =
+      by_image ? clamp_int(kColBatchColumns / max64(pq, 1), 1, ceil_div(cv.n, cv.nthreads)) : 1;
+  const int64_t ld = batch * pq;  // col's row stride
+  const int64_t col_elems = round_up(crs * ld, 16);
+  // dY_g of `batch` images side by side (Kg x batch*PQ), the batched GEMM's B.
+  const int64_t dyb_elems = batch > 1 ? round_up(kg * ld, 16) : 0;
+  // col (rows ld apart) of images n .. n + nb - 1 of group grp.
+  auto gemm_col = [&](int64_t n, int64_t nb, int64_t grp, T* col, T* dyb, int threads) {
     GemmArgs<T> a;
     a.m = crs;
-    a.n = pq;
+    a.n = nb * pq;
     a.k = kg;
     a.a = w + grp * kg * crs;  // W_g^T: element (crs, k) at k*crs + crs
     a.rs_a = 1;
     a.cs_a = crs;
     a.b = dy + (n * cv.k + grp * kg) * pq;
     a.rs_b = pq;
+    if (nb > 1) {
+      for (int64_t k = 0; k < kg; ++k) {
+        for (int64_t i = 0; i < nb; ++i) {
+          const T* src = dy + ((n + i) * cv.k + grp * kg + k) * pq;
+          std::copy(src, src + pq, dyb + k * nb * pq + i * pq);
+        }
+      }
+      a.b = dyb;
+      a.rs_b = nb * pq;
+    }
     a.cs_b = 1;
     a.c = col;
-    a.rs_c = pq;
+    a.rs_c = ld;
     a.nthreads = threads;
     gemm_detail::gemm<UK>(a);
   };
@@ -244,31 +277,34 @@ void backward_data_col2im(const Conv2d& cv, const T* dy, const T* w, T* dx) {
     for (int64_t i = 0; i < x_size; ++i) dx[i] = T(0);
   }
   // col2im_gather reads up to `slack` elements beyond each end of col: zeros, written once per
-  // buffer.
+  // buffer. The dY batch follows.
   const int64_t slack = gather ? col_slack(cv, V::W) : 0;
   auto col_buffer = [&]() {
-    T* buf =
-        static_cast<T*>(workspace(WorkspaceSlot::op_scratch, (col_elems + 2 * slack) * sizeof(T)));
+    T* buf = static_cast<T*>(
+        workspace(WorkspaceSlot::op_scratch, (col_elems + 2 * slack + dyb_elems) * sizeof(T)));
     for (int64_t i = 0; i < slack; ++i) buf[i] = buf[slack + col_elems + i] = T(0);
     return buf + slack;
   };
   auto col2im = [&](const T* col, int64_t grp, T* dx_img, int64_t cb, int64_t ce) {
     if (gather && cv.sw == 1) {
-      col2im_gather<1>(cv, col, grp * cg, dx_img, cb, ce);
+      col2im_gather<1>(cv, col, ld, grp * cg, dx_img, cb, ce);
     } else if (gather) {
-      col2im_gather<2>(cv, col, grp * cg, dx_img, cb, ce);
+      col2im_gather<2>(cv, col, ld, grp * cg, dx_img, cb, ce);
     } else {
-      col2im_add(cv, col, grp * cg, dx_img, cb, ce);
+      col2im_add(cv, col, ld, grp * cg, dx_img, cb, ce);
     }
   };
   const int64_t img_size = cv.c * cv.h * cv.w;
-  if (cv.n >= cv.nthreads) {
+  if (by_image) {
     parallel_ranges(cv.n, 1, 1, cv.nthreads, [&](int64_t n0, int64_t n1) {
       T* col = col_buffer();
-      for (int64_t n = n0; n < n1; ++n) {
+      T* dyb = col + col_elems + slack;
+      for (int64_t n = n0; n < n1; n += batch) {
+        const int64_t nb = min64(batch, n1 - n);
         for (int64_t grp = 0; grp < cv.groups; ++grp) {
-          gemm_col(n, grp, col, 1);
-          col2im(col, grp, dx + n * img_size, 0, cg);
+          gemm_col(n, nb, grp, col, dyb, 1);
+          for (int64_t i = 0; i < nb; ++i)
+            col2im(col + i * pq, grp, dx + (n + i) * img_size, 0, cg);
         }
       }
     });
@@ -276,7 +312,7 @@ void backward_data_col2im(const Conv2d& cv, const T* dy, const T* w, T* dx) {
     T* col = col_buffer();
     for (int64_t n = 0; n < cv.n; ++n) {
       for (int64_t grp = 0; grp < cv.groups; ++grp) {
-        gemm_col(n, grp, col, cv.nthreads);
+        gemm_col(n, 1, grp, col, nullptr, cv.nthreads);
         parallel_ranges(cg, 1, 1, cv.nthreads, [&](int64_t cb, int64_t ce) {
           col2im(col, grp, dx + n * img_size, cb, ce);
         });

@@ -1183,6 +1183,48 @@ def test_backward_data_with_inf_weights_adds_only_real_terms(isa, c, k, groups):
 # several (an image per thread).
 
 
+# Backward-data's col form with images in parallel computes the col of several images with small
+# output planes in one GEMM (up to 100 columns, backward_data.h's kColBatchColumns), each image's
+# columns side by side, the last batch of a thread's images partial (5, 7 and 9 images on 1-3
+# threads). Planes of 9 (stride 2, two groups), 12 (stride 1: the gather form of one stream) and
+# 16 pixels (stride 3: the scatter form), 2x2 planes from a 7x7 kernel (the sweep's worst row in
+# small), 49 pixels (two images a GEMM) and a dilated layer of stride 2 down only.
+COL_BATCH_CASES = [
+    (7, 8, 7, 7, 16, 5, 5, 2, 1, 1, 2),
+    (5, 4, 6, 5, 40, 3, 3, 1, 0, 1, 1),
+    (9, 3, 10, 10, 8, 3, 3, 3, 1, 1, 1),
+    (9, 16, 7, 7, 32, 7, 7, 2, 1, 1, 4),
+    (5, 6, 7, 7, 40, 3, 3, 1, 1, 1, 1),
+    (7, 5, 12, 9, 36, 3, 2, (2, 1), 1, 2, 1),
+]
+
+
+@pytest.mark.parametrize("case", COL_BATCH_CASES, ids=case_id)
+def test_backward_data_col_of_several_images(isa, dtype, rng, threads, case):
+    x, w, _, kw = setup(case, dtype, rng)
+    dy = rng.standard_normal(reference.conv2d(x, w, **kw).shape).astype(dtype)
+    want = reference.conv2d_backward_data(dy, w, x.shape, **kw)
+    for nt in (1, 2, 3):
+        simdnn.set_num_threads(nt)
+        dx = ops.conv2d_backward_data(dy, w, x.shape, algorithm="direct", **kw)
+        assert_close(dx, want, dtype, scale=10)
+
+
+def test_backward_data_col_of_several_images_is_one_buffer(isa, dtype, rng, threads):
+    """On one thread, 12 images of 2x2 planes (392 col rows) hold a col of 12 x 4 columns where
+    one image holds 4: more workspace, which per-image GEMMs would not take (equal dX above
+    cannot tell the two apart)."""
+    simdnn.set_num_threads(1)
+    held = {}
+    for n in (1, 12):
+        x, w, _, kw = setup((n, 16, 7, 7, 32, 7, 7, 2, 1, 1, 2), dtype, rng)
+        dy = rng.standard_normal((n, 32, 2, 2)).astype(dtype)
+        simdnn.empty_cache()
+        ops.conv2d_backward_data(dy, w, x.shape, **kw)
+        held[n] = simdnn.cpu_info()["workspace_bytes"]
+    assert held[12] > held[1], held
+
+
 @pytest.mark.regression
 @pytest.mark.parametrize(
     ("n", "c", "k", "r", "hw", "groups"),
