@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 
 #include "common/int_math.h"
 #include "common/parallel.h"
@@ -107,12 +108,11 @@ static inline int64_t col_slack(const Conv2d& cv, int lanes) {
   return round_up(cv.s * cv.dw + lanes + 4, 16);
 }
 
-// Channels [cb, ce) of the group whose first channel is c0: dx planes computed from col (its
-// (c, r, s) rows ld >= PQ elements apart), written whole. kSw == cv.sw (1 or 2); col has
+// dX channels c0 .. c0 + nc - 1 of one image: planes computed from col (the (c, r, s) rows of
+// those channels, ld >= PQ elements apart), written whole. kSw == cv.sw (1 or 2); col has
 // col_slack() readable elements on each side.
 template <int kSw, typename T>
-void col2im_gather(const Conv2d& cv, const T* col, int64_t ld, int64_t c0, T* dx_img, int64_t cb,
-                   int64_t ce) {
+void col2im_gather(const Conv2d& cv, const T* col, int64_t ld, int64_t c0, T* dx_img, int64_t nc) {
   static_assert(kSw == 1 || kSw == 2, "the gather form interleaves at most two column streams");
   using V = typename VecOf<T>::type;
   constexpr int W = V::W;
@@ -137,7 +137,7 @@ void col2im_gather(const Conv2d& cv, const T* col, int64_t ld, int64_t c0, T* dx
       live[bk * cv.s + s] = V::lanes(clamp_int(-q, 0, W), clamp_int(cv.q - q, 0, W));
     }
   }
-  for (int64_t c = cb; c < ce; ++c) {
+  for (int64_t c = 0; c < nc; ++c) {
     T* plane = dx_img + (c0 + c) * cv.h * cv.w;
     for (int64_t hi = 0; hi < cv.h; ++hi) {
       // The window rows r that reach dX row hi, and their dY row p.
@@ -184,10 +184,10 @@ void col2im_gather(const Conv2d& cv, const T* col, int64_t ld, int64_t c0, T* dx
   }
 }
 
+// The same, adding each col element into its dX element (dX zeroed first).
 template <typename T>
-void col2im_add(const Conv2d& cv, const T* col, int64_t ld, int64_t c0, T* dx_img, int64_t cb,
-                int64_t ce) {
-  for (int64_t c = cb; c < ce; ++c) {
+void col2im_add(const Conv2d& cv, const T* col, int64_t ld, int64_t c0, T* dx_img, int64_t nc) {
+  for (int64_t c = 0; c < nc; ++c) {
     T* plane = dx_img + (c0 + c) * cv.h * cv.w;
     for (int64_t r = 0; r < cv.r; ++r) {
       for (int64_t s = 0; s < cv.s; ++s) {
@@ -225,6 +225,20 @@ void col2im_add(const Conv2d& cv, const T* col, int64_t ld, int64_t c0, T* dx_im
 // N16 238-240 -> 251-254 us; so 100 columns, which batches planes of up to 50 pixels.
 constexpr int64_t kColBatchColumns = 100;
 
+// With images in parallel, col is computed and read back in chunks of channels, each at most
+// this many bytes (but at least kColChunkMinRows rows, in chunks of equal size), so that col2im
+// reads it from L2 rather than from memory: 3x3 p0 384->96 14x14 N2 wrote a 2 MiB col per image.
+// Each chunk's GEMM reads all of B (dY_g, Kg x batch*PQ) again, so only where B takes at most as
+// much. Intel Xeon (Sapphire Rapids class), 2 threads, float32, whole col -> chunks, medians of 5
+// alternating blocks in one process: 384->96 14x14 N2 810-863 -> 643-704 us (float64 1642-1704 ->
+// 1455-1525 us), 3x3/s2 256->512 14x14 N4 2421-2455 -> 2262-2277 us, 3x3/s2 128->256 14x14 N16
+// 2214-2303 -> 2049-2093 us, 3x3/s2 p0 192->32 28x28 N4 487-498 -> 442-460 us, 3x3/s2 64->128
+// 32x32 N16 and 4x4/s2 32->64 28x28 N8 even. With 256 KiB chunks and no row minimum, chunks of
+// 36-81 rows lost (3x3/s2 64->128 56x56 N16 float64 13.4 -> 15.4-17.8 ms, B of 800 KiB), and so
+// did B over 256 KiB with 384 rows (the same layer 12.5-13.2 -> 12.8-13.8 ms).
+constexpr int64_t kColChunkBytes = int64_t(256) << 10;
+constexpr int64_t kColChunkMinRows = 384;
+
 template <typename T>
 void backward_data_col2im(const Conv2d& cv, const T* dy, const T* w, T* dx) {
   using UK = typename UkernelFor<T>::type;
@@ -238,32 +252,43 @@ void backward_data_col2im(const Conv2d& cv, const T* dy, const T* w, T* dx) {
   const bool by_image = cv.n >= cv.nthreads;
   // Images whose col one GEMM computes (kColBatchColumns).
   const int64_t batch =
-      by_image ? clamp_int(kColBatchColumns / max64(pq, 1), 1, ceil_div(cv.n, cv.nthreads)) : 1;
+      by_image ? max64(1, min64(kColBatchColumns / max64(pq, 1), ceil_div(cv.n, cv.nthreads))) : 1;
   const int64_t ld = batch * pq;  // col's row stride
-  const int64_t col_elems = round_up(crs * ld, 16);
+  const int64_t rs = cv.r * cv.s;
+  // Channels whose col rows one GEMM computes before col2im reads them back (kColChunkBytes).
+  int64_t chunk = cg;
+  if (by_image && cg > 0 && kg * ld * int64_t(sizeof(T)) <= kColChunkBytes) {
+    const int64_t want = max64(kColChunkBytes / max64(rs * ld * int64_t(sizeof(T)), 1),
+                               ceil_div(kColChunkMinRows, max64(rs, 1)));
+    chunk = ceil_div(cg, ceil_div(cg, min64(want, cg)));  // equal chunks
+  }
+  const int64_t col_elems = round_up(chunk * rs * ld, 16);
   // dY_g of `batch` images side by side (Kg x batch*PQ), the batched GEMM's B.
   const int64_t dyb_elems = batch > 1 ? round_up(kg * ld, 16) : 0;
-  // col (rows ld apart) of images n .. n + nb - 1 of group grp.
-  auto gemm_col = [&](int64_t n, int64_t nb, int64_t grp, T* col, T* dyb, int threads) {
+  // dY_g of images n .. n + nb - 1 as the GEMM's B (Kg x nb*PQ): in place for one image,
+  // otherwise copied side by side into dyb. Returns B and its row stride.
+  auto dy_batch = [&](int64_t n, int64_t nb, int64_t grp, T* dyb) -> std::pair<const T*, int64_t> {
+    if (nb == 1) return {dy + (n * cv.k + grp * kg) * pq, pq};
+    for (int64_t k = 0; k < kg; ++k) {
+      for (int64_t i = 0; i < nb; ++i) {
+        const T* src = dy + ((n + i) * cv.k + grp * kg + k) * pq;
+        std::copy(src, src + pq, dyb + k * nb * pq + i * pq);
+      }
+    }
+    return {dyb, nb * pq};
+  };
+  // col rows of channels [cb, cb + nc) of group grp (rows ld apart) from B = dY_g (Kg x cols).
+  auto gemm_col = [&](std::pair<const T*, int64_t> b, int64_t cols, int64_t grp, int64_t cb,
+                      int64_t nc, T* col, int threads) {
     GemmArgs<T> a;
-    a.m = crs;
-    a.n = nb * pq;
+    a.m = nc * rs;
+    a.n = cols;
     a.k = kg;
-    a.a = w + grp * kg * crs;  // W_g^T: element (crs, k) at k*crs + crs
+    a.a = w + grp * kg * crs + cb * rs;  // W_g^T: element (crs, k) at k*crs + crs
     a.rs_a = 1;
     a.cs_a = crs;
-    a.b = dy + (n * cv.k + grp * kg) * pq;
-    a.rs_b = pq;
-    if (nb > 1) {
-      for (int64_t k = 0; k < kg; ++k) {
-        for (int64_t i = 0; i < nb; ++i) {
-          const T* src = dy + ((n + i) * cv.k + grp * kg + k) * pq;
-          std::copy(src, src + pq, dyb + k * nb * pq + i * pq);
-        }
-      }
-      a.b = dyb;
-      a.rs_b = nb * pq;
-    }
+    a.b = b.first;
+    a.rs_b = b.second;
     a.cs_b = 1;
     a.c = col;
     a.rs_c = ld;
@@ -285,13 +310,14 @@ void backward_data_col2im(const Conv2d& cv, const T* dy, const T* w, T* dx) {
     for (int64_t i = 0; i < slack; ++i) buf[i] = buf[slack + col_elems + i] = T(0);
     return buf + slack;
   };
-  auto col2im = [&](const T* col, int64_t grp, T* dx_img, int64_t cb, int64_t ce) {
+  // dX channels c0 .. c0 + nc - 1 of one image from the col rows of those channels.
+  auto col2im = [&](const T* col, int64_t c0, T* dx_img, int64_t nc) {
     if (gather && cv.sw == 1) {
-      col2im_gather<1>(cv, col, ld, grp * cg, dx_img, cb, ce);
+      col2im_gather<1>(cv, col, ld, c0, dx_img, nc);
     } else if (gather) {
-      col2im_gather<2>(cv, col, ld, grp * cg, dx_img, cb, ce);
+      col2im_gather<2>(cv, col, ld, c0, dx_img, nc);
     } else {
-      col2im_add(cv, col, ld, grp * cg, dx_img, cb, ce);
+      col2im_add(cv, col, ld, c0, dx_img, nc);
     }
   };
   const int64_t img_size = cv.c * cv.h * cv.w;
@@ -302,9 +328,14 @@ void backward_data_col2im(const Conv2d& cv, const T* dy, const T* w, T* dx) {
       for (int64_t n = n0; n < n1; n += batch) {
         const int64_t nb = min64(batch, n1 - n);
         for (int64_t grp = 0; grp < cv.groups; ++grp) {
-          gemm_col(n, nb, grp, col, dyb, 1);
-          for (int64_t i = 0; i < nb; ++i)
-            col2im(col + i * pq, grp, dx + (n + i) * img_size, 0, cg);
+          const auto b = dy_batch(n, nb, grp, dyb);
+          for (int64_t cb = 0; cb < cg; cb += chunk) {
+            const int64_t nc = min64(chunk, cg - cb);
+            gemm_col(b, nb * pq, grp, cb, nc, col, 1);
+            for (int64_t i = 0; i < nb; ++i) {
+              col2im(col + i * pq, grp * cg + cb, dx + (n + i) * img_size, nc);
+            }
+          }
         }
       }
     });
@@ -312,9 +343,9 @@ void backward_data_col2im(const Conv2d& cv, const T* dy, const T* w, T* dx) {
     T* col = col_buffer();
     for (int64_t n = 0; n < cv.n; ++n) {
       for (int64_t grp = 0; grp < cv.groups; ++grp) {
-        gemm_col(n, 1, grp, col, nullptr, cv.nthreads);
+        gemm_col(dy_batch(n, 1, grp, nullptr), pq, grp, 0, cg, col, cv.nthreads);
         parallel_ranges(cg, 1, 1, cv.nthreads, [&](int64_t cb, int64_t ce) {
-          col2im(col, grp, dx + n * img_size, cb, ce);
+          col2im(col + cb * rs * ld, grp * cg + cb, dx + n * img_size, ce - cb);
         });
       }
     }

@@ -1188,7 +1188,12 @@ def test_backward_data_with_inf_weights_adds_only_real_terms(isa, c, k, groups):
 # columns side by side, the last batch of a thread's images partial (5, 7 and 9 images on 1-3
 # threads). Planes of 9 (stride 2, two groups), 12 (stride 1: the gather form of one stream) and
 # 16 pixels (stride 3: the scatter form), 2x2 planes from a 7x7 kernel (the sweep's worst row in
-# small), 49 pixels (two images a GEMM) and a dilated layer of stride 2 down only.
+# small), 49 pixels (two images a GEMM) and a dilated layer of stride 2 down only. The last two
+# compute col in chunks of channels (kColChunkBytes: 1,800 and 1,170 rows a group, chunks of at
+# least 384 rows), of equal size or not (200 channels in 4 or 5 chunks, 130 in 2 of 65 or in 33,
+# 33, 33 and 31), the second batched as well
+# (25-pixel planes, two groups, 6 images), and on 3 threads the first takes the per-image path
+# (2 images), which does not chunk.
 COL_BATCH_CASES = [
     (7, 8, 7, 7, 16, 5, 5, 2, 1, 1, 2),
     (5, 4, 6, 5, 40, 3, 3, 1, 0, 1, 1),
@@ -1196,6 +1201,8 @@ COL_BATCH_CASES = [
     (9, 16, 7, 7, 32, 7, 7, 2, 1, 1, 4),
     (5, 6, 7, 7, 40, 3, 3, 1, 1, 1, 1),
     (7, 5, 12, 9, 36, 3, 2, (2, 1), 1, 2, 1),
+    (2, 200, 14, 14, 16, 3, 3, 1, 0, 1, 1),
+    (6, 260, 9, 9, 32, 3, 3, 2, 1, 1, 2),
 ]
 
 
@@ -1223,6 +1230,19 @@ def test_backward_data_col_of_several_images_is_one_buffer(isa, dtype, rng, thre
         ops.conv2d_backward_data(dy, w, x.shape, **kw)
         held[n] = simdnn.cpu_info()["workspace_bytes"]
     assert held[12] > held[1], held
+
+
+def test_backward_data_col_in_chunks_of_channels(isa, dtype, rng, threads):
+    """On one thread, 200 channels of 3x3 taps on 12x12 planes: a whole col is 1,800 x 144, held
+    in chunks of 50 (float32) or 40 channels (float64) it takes a quarter or a fifth of that (the
+    workspace also holds the GEMM's packs, far smaller)."""
+    simdnn.set_num_threads(1)
+    x, w, _, kw = setup((2, 200, 14, 14, 16, 3, 3, 1, 0, 1, 1), dtype, rng)
+    dy = rng.standard_normal((2, 16, 12, 12)).astype(dtype)
+    simdnn.empty_cache()
+    ops.conv2d_backward_data(dy, w, x.shape, **kw)
+    whole_col = 1800 * 144 * np.dtype(dtype).itemsize
+    assert simdnn.cpu_info()["workspace_bytes"] < whole_col / 2
 
 
 @pytest.mark.regression
@@ -1430,8 +1450,10 @@ _CHILD = textwrap.dedent(
     # Warm up: OpenMP threads and their stacks exist before the cap.
     ops.conv2d_backward_data(dy_small, w_small, small.shape, stride=2)
 
-    dy = np.ones((n, 1, 256, 256), dtype=np.float32)
-    w = np.ones((1, 64, 16, 16), dtype=np.float32)
+    # Two filters: dY of an image (the col GEMM's B) takes 512 KiB, past what col in chunks of
+    # channels allows (backward_data.h), so that col is whole: 4 GiB.
+    dy = np.ones((n, 2, 256, 256), dtype=np.float32)
+    w = np.ones((2, 64, 16, 16), dtype=np.float32)
     x_shape = (n, 64, 526, 526)
     with open("/proc/self/status") as f:
         vm = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:"))
