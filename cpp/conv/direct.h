@@ -656,9 +656,10 @@ inline void direct_forward_row_kb(int64_t kb, const Conv2d& cv, const PadPlane& 
 // out of line it is 0.93-0.96 ms whatever the rest. A call per block of 4 x 4 vectors over
 // Cg x R x S taps costs nothing measurable.
 template <class V, int KB, int NQ>
-SIMDNN_NOINLINE void flat_block(int64_t cg, int64_t rs, TapRange taps, const typename V::T* pad,
-                                int64_t plane, const int64_t* off, const typename V::T* w,
-                                int64_t crs, const typename V::T* bias, typename V::T* out) {
+SIMDNN_NOINLINE void flat_block(int64_t cg, int64_t rs, const TapRange* own, TapRange all,
+                                const typename V::T* pad, int64_t plane, const int64_t* off,
+                                const typename V::T* w, int64_t crs, const typename V::T* bias,
+                                typename V::T* out) {
   using T = typename V::T;
   using R = typename V::V;
   constexpr int W = V::W;
@@ -667,15 +668,43 @@ SIMDNN_NOINLINE void flat_block(int64_t cg, int64_t rs, TapRange taps, const typ
     const R b = V::set1(bias != nullptr ? bias[k] : T(0));
     SIMDNN_UNROLL for (int j = 0; j < NQ; ++j) acc[k][j] = b;
   }
-  for (int64_t c = 0; c < cg; ++c) {
-    const T* src = pad + c * plane;
-    const T* wc = w + c * rs;
-    for (int64_t t = taps.t0; t < taps.t1; ++t) {
+  // Vector j's taps [own[j].t0, all.t0) one vector at a time, the taps all vectors share together,
+  // then its taps [all.t1, own[j].t1): per channel, so that each output sums its taps in the
+  // same order whatever the block it falls in (own[j] == all but at the top and bottom rows).
+  const auto alone = [&](const T* src, const T* wc, int j, int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const R xv = V::load(src + off[t] + j * W);
+      SIMDNN_UNROLL for (int k = 0; k < KB; ++k) {
+        acc[k][j] = V::fma(V::set1(wc[k * crs + t]), xv, acc[k][j]);
+      }
+    }
+  };
+  const auto shared = [&](const T* src, const T* wc) {
+    for (int64_t t = all.t0; t < all.t1; ++t) {
       R xv[NQ];
       SIMDNN_UNROLL for (int j = 0; j < NQ; ++j) xv[j] = V::load(src + off[t] + j * W);
       SIMDNN_UNROLL for (int k = 0; k < KB; ++k) {
         const R wv = V::set1(wc[k * crs + t]);
         SIMDNN_UNROLL for (int j = 0; j < NQ; ++j) acc[k][j] = V::fma(wv, xv[j], acc[k][j]);
+      }
+    }
+  };
+  bool mixed = false;
+  for (int j = 0; j < NQ; ++j) mixed = mixed || own[j].t0 != all.t0 || own[j].t1 != all.t1;
+  if (!mixed) {
+    // Every vector's taps are the block's (all blocks but those at the top and bottom rows):
+    // the plain loop, without the other branch's empty ones.
+    for (int64_t c = 0; c < cg; ++c) shared(pad + c * plane, w + c * rs);
+  } else {
+    for (int64_t c = 0; c < cg; ++c) {
+      const T* src = pad + c * plane;
+      const T* wc = w + c * rs;
+      SIMDNN_UNROLL for (int j = 0; j < NQ; ++j) {
+        alone(src, wc, j, own[j].t0, min64(own[j].t1, all.t0));
+      }
+      shared(src, wc);
+      SIMDNN_UNROLL for (int j = 0; j < NQ; ++j) {
+        alone(src, wc, j, max64(own[j].t0, all.t1), own[j].t1);
       }
     }
   }
@@ -716,16 +745,23 @@ void direct_forward_flat(const Conv2d& cv, const T* x, const T* w, const T* b, T
   const int64_t ld = pp.ld, rs = cv.r * cv.s, pq = cv.p * cv.q;
   const int64_t cg = cv.c / cv.groups, kg = cv.k / cv.groups, crs = cg * rs;
   const int64_t vecs = ceil_div(cv.p * ld, W);
-  // The vectors that hold an output row with dead kernel rows (live_taps), which run one at a time
-  // so that each skips its own: rows p < ph at the top, rows p >= ph + H - (R - 1) * dh at the
-  // bottom (vectors from edge_bottom on). The rest run in blocks of up to kMaxNq vectors. Against
-  // blocks of kMaxNq everywhere (each skipping the kernel rows dead for all its rows), medians of
-  // 5 alternating runs, AMD EPYC Zen 4 VM, 2 threads, float32: 4x4 p3 16->24 14x14 N32 668 -> 631
-  // us, 5x5 p3 24->8 7x7 N16 104 -> 89 us; 5x5 p2 32->16 24x24 N8 579 -> 590 and 3x3 p1 32->8
-  // 20x20 N16 215 -> 215 us, within the noise.
-  const int64_t edge_top = min64(vecs, ceil_div(min64(cv.p, cv.ph) * ld, W));
-  const int64_t edge_bottom =
-      max64(edge_top, min64(cv.p, max64(0, cv.ph + cv.h - (cv.r - 1) * cv.dh)) * ld / W);
+  // Output rows with dead kernel rows (live_taps: rows p < ph at the top, p >= ph + H - (R - 1) *
+  // dh at the bottom) skip them. Their vectors run in blocks of kMaxNq like the rest: the taps
+  // live for every vector of a block together, each vector's other live taps on their own
+  // (flat_block). The first version ran those vectors one at a time, each skipping its own dead
+  // rows, which beat blocks that skip only the rows dead for all their vectors (AMD EPYC Zen 4
+  // VM, 2 threads, float32: 4x4 p3 16->24 14x14 N32 668 -> 631 us, 5x5 p3 24->8 7x7 N16 104 ->
+  // 89 us). But one at a time a vector runs KB FMAs per KB + 1 loads, and on an Intel Xeon VM
+  // (Sapphire Rapids class) the 16->24 layer spent 30% of its samples in those vectors. One at a
+  // time -> blocks there, 2 threads, medians of 5 blocks of 20 calls, two alternating runs:
+  //  - AVX-512 float32: 16->24 445-579 -> 381-411 us, 24->8 73-79 -> 59-64 us, 4x4 p2 128->16
+  //    7x7 N16 423-440 -> 349-365 us; 7x7 p0 64->3 14x14 N16 even;
+  //  - AVX-512 float64: 16->24 631-673 -> 610-657 us, 24->8 129-140 -> 99-104 us;
+  //  - AVX2 (one vector a block at KB = 8: unchanged) even or faster: 24->8 85-100 -> 83-85 us.
+  // The larger flat_block changed what GCC inlines in this file: float64 AVX-512's
+  // lanes_wide_plane now calls live_taps out of line, and its 5x5 p2 32->16 24x24 N8 forward went
+  // 650-710 -> 731-782 us (its other layers measured even; float32 and AVX2 compile to the same
+  // instructions as before). Forcing live_taps inline changed the float32 code instead.
   const bool finite = all_finite(w, cv.k * crs);
   // Past the last padded row, zeros for the last vector's overrun and the widest tap's columns.
   const int64_t plane = round_up(pp.hp * ld + W + (cv.s - 1) * cv.dw, 16);
@@ -767,12 +803,19 @@ void direct_forward_flat(const Conv2d& cv, const T* x, const T* w, const T* b, T
             constexpr int KB = decltype(kbc)::value;
             constexpr int kMaxNq = kBudget / KB < 4 ? kBudget / KB : 4;
             for (int64_t v = v0, nq = 0; v < v1; v += nq) {
-              nq = v < edge_top || v >= edge_bottom ? 1 : min64(kMaxNq, min64(v1, edge_bottom) - v);
-              const int64_t pa = v * W / ld, pb = min64(cv.p - 1, ((v + nq) * W - 1) / ld);
-              const TapRange taps = live_taps(cv, finite, pa, pb);
+              nq = min64(kMaxNq, v1 - v);
+              // Each vector's live taps, and those live for all of the block's vectors.
+              TapRange own[kMaxNq], all{0, rs};
+              for (int64_t j = 0; j < nq; ++j) {
+                const int64_t pa = (v + j) * W / ld;
+                const int64_t pb = min64(cv.p - 1, ((v + j + 1) * W - 1) / ld);
+                own[j] = live_taps(cv, finite, pa, pb);
+                all = TapRange{max64(all.t0, own[j].t0), min64(all.t1, own[j].t1)};
+              }
+              if (all.t0 >= all.t1) all = TapRange{rs, rs};  // none live for all: each alone
               with_width<kMaxNq>(nq, [&](auto nqc) {
                 constexpr int NQ = decltype(nqc)::value;
-                flat_block<V, KB, NQ>(cg, rs, taps, gpad + v * W, plane, off, wk, crs, bk, out);
+                flat_block<V, KB, NQ>(cg, rs, own, all, gpad + v * W, plane, off, wk, crs, bk, out);
               });
               // Flat outputs [j0, j1) into their rows' first Q columns.
               const int64_t j0 = v * W, j1 = min64(cv.p * ld, (v + nq) * W);
