@@ -218,8 +218,8 @@ void col2im_add(const Conv2d& cv, const T* col, int64_t ld, int64_t c0, T* dx_im
 // while batch * PQ stays within this many columns: the per-image GEMM of a 2x2 plane used 4 of
 // the micro-tile's 32 columns (float32, AVX-512) and was a call of its own. Intel Xeon (Sapphire
 // Rapids class), 2 threads, per image -> batched, medians of 5 alternating blocks in one process:
-// float32 grouped 7x7/s2 p1 32->64 g4 7x7 N16 (2x2 planes, the sweep's worst row) 104 -> 84 us,
-// 3x3/s2 64->128 8x8 N16 (4x4) 190 -> 169 us, 6x6 planes 144 -> 134 us, 7x7 planes 3x3 64->128
+// float32 grouped 7x7/s2 p1 32->64 g4 7x7 N16 (2x2 planes, then the sweep's worst row) 104 -> 84
+// us, 3x3/s2 64->128 8x8 N16 (4x4) 190 -> 169 us, 6x6 planes 144 -> 134 us, 7x7 planes 3x3 64->128
 // N16 539-586 -> 494-516 us (float64 979-1009 -> 884-892 us), 128->256 1279-1323 -> 1249-1271 us.
 // 8x8 planes (64 pixels, two whole micro-tiles) lost batched two at a time: 4x4 p2 16->128 7x7
 // N16 238-240 -> 251-254 us; so 100 columns, which batches planes of up to 50 pixels.

@@ -1187,13 +1187,12 @@ def test_backward_data_with_inf_weights_adds_only_real_terms(isa, c, k, groups):
 # output planes in one GEMM (up to 100 columns, backward_data.h's kColBatchColumns), each image's
 # columns side by side, the last batch of a thread's images partial (5, 7 and 9 images on 1-3
 # threads). Planes of 9 (stride 2, two groups), 12 (stride 1: the gather form of one stream) and
-# 16 pixels (stride 3: the scatter form), 2x2 planes from a 7x7 kernel (the sweep's worst row in
-# small), 49 pixels (two images a GEMM) and a dilated layer of stride 2 down only. The last two
-# compute col in chunks of channels (kColChunkBytes: 1,800 and 1,170 rows a group, chunks of at
-# least 384 rows), of equal size or not (200 channels in 4 or 5 chunks, 130 in 2 of 65 or in 33,
-# 33, 33 and 31), the second batched as well
-# (25-pixel planes, two groups, 6 images), and on 3 threads the first takes the per-image path
-# (2 images), which does not chunk.
+# 16 pixels (stride 3: the scatter form), 2x2 planes from a 7x7 kernel (the sweep's grouped
+# 7x7/s2 row in small), 49 pixels (two images a GEMM) and a dilated layer of stride 2 down only.
+# The last two compute col in chunks of channels (kColChunkBytes: 1,800 and 1,170 rows a group,
+# chunks of at least 384 rows), of equal size or not (200 channels in 4 or 5 chunks, 130 in 2 of
+# 65 or in 33, 33, 33 and 31), the second batched as well (25-pixel planes, two groups, 6
+# images); on 3 threads the first takes the per-image path (2 images), which does not chunk.
 COL_BATCH_CASES = [
     (7, 8, 7, 7, 16, 5, 5, 2, 1, 1, 2),
     (5, 4, 6, 5, 40, 3, 3, 1, 0, 1, 1),
